@@ -1,0 +1,1 @@
+"""orthrus-bench: everything around decoding (methods, suites, runner, measurement, verdicts, reports, CLI)."""

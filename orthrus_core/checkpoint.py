@@ -1,0 +1,213 @@
+"""Checkpoint I/O in the official Hugging Face format of chiennv/Orthrus-Qwen3-*, without remote code.
+
+Format: `config.json` (`model_type: qwen3`; `architectures: ["OrthrusLM"]` plus `block_size` and
+`mask_token_id` for Orthrus, `["Qwen3ForCausalLM"]` for a plain Qwen3, which loads AR-only; an `auto_map`
+entry is ignored) and safetensors weights, one file or shards listed in `model.safetensors.index.json`, with
+the tensor names of `OrthrusForCausalLM.state_dict()` (`lm_head.weight` absent when embeddings are tied).
+
+Everything is validated before any weight is read: architecture, Orthrus fields, every tensor name and shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import Qwen3Config
+
+from .model import OrthrusForCausalLM
+
+ORTHRUS_ARCHITECTURES = {"OrthrusLM"}
+AR_ARCHITECTURES = {"Qwen3ForCausalLM"}
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# What a decoder needs from a hub repository; everything else (remote code, READMEs, other formats) stays.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the problem and what to do."""
+
+
+def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local checkpoint directory, or a hub id downloaded (or found in the local hub cache)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_id)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name!r} is not a checkpoint directory (and not a hub id of the form owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated, ...: all end the same way for the user
+        raise CheckpointError(
+            f"{name!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}: {e}). Pass a local checkpoint directory, or check the id and your network "
+            "(HF_HUB_OFFLINE, HF_TOKEN)."
+        ) from e
+
+
+def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config, bool]:
+    """Read and validate config.json -> (config, has_diffusion_view)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no config.json in {directory}")
+    raw = json.loads(path.read_text())
+    raw.pop("auto_map", None)  # points at remote code we deliberately do not run
+    archs = set(raw.get("architectures") or [])
+    if archs & ORTHRUS_ARCHITECTURES:
+        orthrus = True
+    elif archs & AR_ARCHITECTURES:
+        orthrus = False
+    else:
+        raise CheckpointError(
+            f"{path}: unknown architecture {sorted(archs) or 'none given'}; supported: "
+            f"{sorted(ORTHRUS_ARCHITECTURES)} (Orthrus) and {sorted(AR_ARCHITECTURES)} (loads AR-only)"
+        )
+    config = Qwen3Config.from_dict(raw)
+    if orthrus:
+        for key in ("block_size", "mask_token_id"):
+            value = getattr(config, key, None)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CheckpointError(f"{path}: an OrthrusLM config needs an integer {key!r}, got {value!r}")
+        if config.block_size < 2:
+            raise CheckpointError(f"{path}: block_size must be >= 2, got {config.block_size}")
+        if not 0 <= config.mask_token_id < config.vocab_size:
+            raise CheckpointError(
+                f"{path}: mask_token_id {config.mask_token_id} is outside the vocabulary [0, {config.vocab_size})"
+            )
+    return config, orthrus
+
+
+def weight_files(directory: Path) -> dict[str, Path]:
+    """tensor name -> the safetensors file holding it."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        missing = sorted({f for f in weight_map.values() if not (directory / f).is_file()})
+        if missing:
+            raise CheckpointError(f"{index} lists shard files that are not there: {missing}")
+        return {name: directory / f for name, f in weight_map.items()}
+    single = directory / SINGLE_FILE
+    if not single.is_file():
+        raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
+    with safe_open(single, framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def expected_shapes(config: Qwen3Config, orthrus: bool) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = OrthrusForCausalLM(config, diffusion_view=orthrus)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        del shapes["lm_head.weight"]
+    return shapes
+
+
+def _check_tensors(directory: Path, files: dict[str, Path], expected: dict[str, tuple[int, ...]]) -> None:
+    actual: dict[str, tuple[int, ...]] = {}
+    for file in set(files.values()):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if files.get(name) == file:
+                    actual[name] = tuple(f.get_slice(name).get_shape())
+    missing = sorted(set(expected) - set(actual))
+    unexpected = sorted(set(actual) - set(expected))
+    wrong = [f"{n}: expected {expected[n]}, found {actual[n]}" for n in sorted(set(expected) & set(actual))
+             if expected[n] != actual[n]]
+    problems = []
+    for title, items in (("missing tensors", missing), ("unexpected tensors", unexpected),
+                         ("shape mismatches", wrong)):
+        if items:
+            shown = "\n    ".join(items[:12]) + (f"\n    ... and {len(items) - 12} more" if len(items) > 12 else "")
+            problems.append(f"  {title} ({len(items)}):\n    {shown}")
+    if problems:
+        raise CheckpointError(
+            f"the weights in {directory} do not match its config.json:\n" + "\n".join(problems)
+            + "\n(check that config.json belongs to these weights, e.g. hidden size, layers, vocabulary, "
+            "tie_word_embeddings)"
+        )
+
+
+def load_model(
+    path_or_id: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+) -> OrthrusForCausalLM:
+    """Load an Orthrus (or plain Qwen3) checkpoint for inference, in `dtype` on `device`."""
+    directory = resolve(path_or_id, revision)
+    config, orthrus = load_config(directory)
+    files = weight_files(directory)
+    expected = expected_shapes(config, orthrus)
+    _check_tensors(directory, files, expected)
+
+    device = torch.device(device)
+    state = {}
+    for file in sorted(set(files.values())):
+        with safe_open(file, framework="pt", device=str(device)) as f:
+            for name in f.keys():
+                if files.get(name) == file:
+                    state[name] = f.get_tensor(name).to(dtype)
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    with torch.device("meta"):
+        model = OrthrusForCausalLM(config, diffusion_view=orthrus)
+    model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # The RoPE frequencies are a non-persistent buffer: compute them on the target device.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
+    model.name_or_path = str(path_or_id)
+    return model.eval()
+
+
+def save_model(
+    model: OrthrusForCausalLM,
+    directory: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write config.json and safetensors (sharded with an index above `max_shard_bytes`) in the official format."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = Qwen3Config.from_dict(model.config.to_dict())
+    config.architectures = ["OrthrusLM"] if model.has_diffusion_view else ["Qwen3ForCausalLM"]
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        del state["lm_head.weight"]
+    config.dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    config.to_json_file(directory / "config.json", use_diff=False)
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    for stale in [directory / SINGLE_FILE, directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], directory / SINGLE_FILE, metadata={"format": "pt"})
+        return directory
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / INDEX_FILE).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    )
+    return directory

@@ -1,0 +1,209 @@
+"""The Orthrus dual-view model: a Qwen3 decoder with a second, "diffusion" view.
+
+Every attention layer owns two sets of q/k/v/o projections and q/k norms: the autoregressive (AR) set of the
+frozen base model and the diffusion set (`*_diff`). Everything else is shared by both views: token
+embeddings, layer norms, MLPs, the final norm, lm_head, RoPE at absolute positions and the KV cache. A model
+built without the diffusion view is a plain Qwen3 causal LM (weight names as in `modeling_qwen3.py`).
+
+Two kinds of forward, both over a static KV cache (`KVCache`):
+
+* AR view (`diffusion=False`): tokens at positions start..start+T-1 attend causally to the cached prefix and
+  to each other; their K/V are written into the cache at those positions. Used for prefill, AR steps and the
+  Orthrus verify pass.
+* Diffusion view (`diffusion=True`): a block at positions start..start+T-1 attends to the cached AR prefix
+  [0, start) and bidirectionally to the whole block. Its K/V go into the cache's scratch slots
+  [start, start+T) beyond the committed length, which the verify pass at the same positions overwrites right
+  after, so the committed cache only ever holds AR-view K/V (the O(1) memory overhead of the method) and no
+  prefix is copied.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Qwen3Config
+from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3MLP,
+    Qwen3RMSNorm,
+    Qwen3RotaryEmbedding,
+    apply_rotary_pos_emb,
+)
+
+
+class KVCache:
+    """Pre-allocated K/V for every layer, shared by both views; rollback is setting `length`.
+
+    Shapes: k, v = [layers, batch, kv_heads, capacity, head_dim]. `length` counts committed positions (all
+    rows of the batch share it for now; per-row lengths are what batch > 1 with ragged acceptance will need).
+    """
+
+    def __init__(self, config: Qwen3Config, capacity: int, *, batch_size: int = 1, dtype=None, device=None):
+        shape = (
+            config.num_hidden_layers,
+            batch_size,
+            config.num_key_value_heads,
+            capacity,
+            head_dim(config),
+        )
+        # Uninitialised on purpose: a slot is always written before it is read.
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+
+def head_dim(config: Qwen3Config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Qwen3Config, diffusion_view: bool):
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = head_dim(config)
+        self.scaling = self.head_dim**-0.5
+        q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        bias = config.attention_bias
+        views = ["", "_diff"] if diffusion_view else [""]
+        for suffix in views:
+            setattr(self, f"q_proj{suffix}", nn.Linear(config.hidden_size, q_out, bias=bias))
+            setattr(self, f"k_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=bias))
+            setattr(self, f"v_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=bias))
+            setattr(self, f"o_proj{suffix}", nn.Linear(q_out, config.hidden_size, bias=bias))
+            setattr(self, f"q_norm{suffix}", Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps))
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, diffusion: bool):
+        """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], normed and rotated."""
+        sfx = "_diff" if diffusion else ""
+        B, T, _ = x.shape
+        q = getattr(self, "q_norm" + sfx)(getattr(self, "q_proj" + sfx)(x).view(B, T, -1, self.head_dim))
+        k = getattr(self, "k_norm" + sfx)(getattr(self, "k_proj" + sfx)(x).view(B, T, -1, self.head_dim))
+        v = getattr(self, "v_proj" + sfx)(x).view(B, T, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    def attend(self, q, k, v, mask: torch.Tensor | None, diffusion: bool) -> torch.Tensor:
+        """Scaled dot-product attention (GQA) and the output projection of the chosen view."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=True)
+        B, _, T, _ = q.shape
+        o_proj = self.o_proj_diff if diffusion else self.o_proj
+        return o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x, cos, sin, k_cache, v_cache, start: int, mask, diffusion: bool):
+        q, k, v = self.project(x, cos, sin, diffusion)
+        end = start + x.shape[1]
+        k_cache[:, :, start:end] = k
+        v_cache[:, :, start:end] = v
+        return self.attend(q, k_cache[:, :, :end], v_cache[:, :, :end], mask, diffusion)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: Qwen3Config, diffusion_view: bool):
+        super().__init__()
+        self.self_attn = Attention(config, diffusion_view)
+        self.mlp = Qwen3MLP(config)
+        self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, start, mask, diffusion):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start, mask, diffusion)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """`model.*` in checkpoints: embeddings, decoder layers, final norm and the rotary embedding."""
+
+    def __init__(self, config: Qwen3Config, diffusion_view: bool):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, diffusion_view) for _ in range(config.num_hidden_layers))
+        self.norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen3RotaryEmbedding(config)
+
+
+class OrthrusForCausalLM(nn.Module):
+    """Qwen3 causal LM with an optional diffusion view (`config.block_size`, `config.mask_token_id`)."""
+
+    def __init__(self, config: Qwen3Config, diffusion_view: bool = True):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config, diffusion_view)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def has_diffusion_view(self) -> bool:
+        return hasattr(self.model.layers[0].self_attn, "q_proj_diff")
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    def new_cache(self, capacity: int, batch_size: int = 1) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache(self.config, capacity, batch_size=batch_size, dtype=p.dtype, device=p.device)
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor):
+        return self.model.rotary_emb(x, positions)
+
+    def forward(
+        self, input_ids: torch.Tensor, start: int, cache: KVCache, diffusion: bool = False
+    ) -> torch.Tensor:
+        """input_ids [B, T] at positions start..start+T-1 -> float32 logits [B, T, V].
+
+        Reads cache positions [0, start) and writes [start, start+T); see the module docstring for what each
+        view attends to. Does not move `cache.length`: committing is the decoder's decision.
+        """
+        if diffusion and not self.has_diffusion_view:
+            raise ValueError("this model has no diffusion view (it was loaded as a plain AR model)")
+        T = input_ids.shape[1]
+        if start + T > cache.capacity:
+            raise ValueError(f"cache capacity {cache.capacity} < {start + T} positions needed")
+        positions = torch.arange(start, start + T, device=input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rope(x, positions[None])
+        # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block.
+        mask = None if diffusion or T == 1 else causal_mask(start, T, input_ids.device)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, cache.k[i], cache.v[i], start, mask, diffusion)
+        return self.lm_head(self.model.norm(x)).float()
+
+
+def causal_mask(start: int, T: int, device) -> torch.Tensor:
+    """Boolean [T, start+T] mask: query i (position start+i) may attend to keys 0..start+i."""
+    return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(start)
+
+
+@torch.no_grad()
+def init_weights(model: OrthrusForCausalLM, std: float = 0.02, seed: int = 0) -> OrthrusForCausalLM:
+    """Normal(0, std) for every projection and embedding, ones for norms: Qwen3's init, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or "norm_diff" in name:
+            p.fill_(1.0)
+        elif name.endswith(".bias"):
+            p.zero_()
+        else:
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@torch.no_grad()
+def copy_ar_to_diffusion(model: OrthrusForCausalLM) -> None:
+    """Initialise every `*_diff` tensor from its AR counterpart (the method's starting point for training)."""
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        if "_diff" in name:
+            p.copy_(params[name.replace("_diff", "")])

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny Qwen3-shaped Orthrus models with random weights, and draft-view test doubles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen3Config
+
+from orthrus_core.model import OrthrusForCausalLM, init_weights
+
+VOCAB = 320
+MASK_ID = VOCAB - 1
+
+
+def tiny_config(**overrides) -> Qwen3Config:
+    fields = dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, rope_theta=10000.0,
+        tie_word_embeddings=True, eos_token_id=3, block_size=8, mask_token_id=MASK_ID,
+        architectures=["OrthrusLM"],
+    )
+    fields.update(overrides)
+    return Qwen3Config(**fields)
+
+
+def random_model(seed: int = 0, **overrides) -> OrthrusForCausalLM:
+    # std 0.25 (not Qwen3's 0.02) so that logits are spread out: greedy outputs vary and ties are rare.
+    return init_weights(OrthrusForCausalLM(tiny_config(**overrides)), std=0.25, seed=seed).eval()
+
+
+@pytest.fixture(scope="session")
+def model() -> OrthrusForCausalLM:
+    return random_model()
+
+
+def random_prompts(n: int, seed: int = 0, min_len: int = 1, max_len: int = 24) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
+    return [torch.randint(4, MASK_ID, (k,), generator=g).tolist() for k in lengths]
+
+
+class OracleDraftView:
+    """The model with its diffusion view replaced by an oracle over a known continuation.
+
+    `sequence` is prompt + the continuation the AR decoder produces; the draft at block position i (which
+    predicts absolute position start+i+1) is that sequence's token, replaced by a wrong token with probability
+    `error_rate` (deterministic per position). error_rate 0 is a perfect draft view, 1 one that is always wrong.
+    """
+
+    def __init__(self, model: OrthrusForCausalLM, sequence: list[int], error_rate: float = 0.0, seed: int = 0):
+        self.model, self.config = model, model.config
+        self.sequence = sequence
+        g = torch.Generator().manual_seed(seed)
+        self.wrong = (torch.rand(len(sequence) + 64, generator=g) < error_rate).tolist()
+        self.lm_head, self.has_diffusion_view = model.lm_head, True
+        self.block_size, self.mask_token_id = model.block_size, model.mask_token_id
+
+    def new_cache(self, capacity):
+        return self.model.new_cache(capacity)
+
+    def __call__(self, ids, start, cache, diffusion=False):
+        if not diffusion:
+            return self.model(ids, start, cache)
+        logits = torch.zeros(1, ids.shape[1], self.config.vocab_size)
+        for i in range(ids.shape[1]):
+            pos = start + i + 1
+            token = self.sequence[pos] if pos < len(self.sequence) else 0
+            if self.wrong[pos]:
+                token = (token + 1) % (self.config.vocab_size - 1)
+            logits[0, i, token] = 1.0
+        return logits
