@@ -40,7 +40,9 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
         return path
     name = str(path_or_id)
     if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise CheckpointError(f"{name!r} is not a checkpoint directory (and not a hub id of the form owner/name)")
+        raise CheckpointError(
+            f"{name!r} is not a checkpoint directory (and not a hub id of the form owner/name)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -119,17 +121,26 @@ def _check_tensors(directory: Path, files: dict[str, Path], expected: dict[str, 
                     actual[name] = tuple(f.get_slice(name).get_shape())
     missing = sorted(set(expected) - set(actual))
     unexpected = sorted(set(actual) - set(expected))
-    wrong = [f"{n}: expected {expected[n]}, found {actual[n]}" for n in sorted(set(expected) & set(actual))
-             if expected[n] != actual[n]]
+    wrong = [
+        f"{n}: expected {expected[n]}, found {actual[n]}"
+        for n in sorted(set(expected) & set(actual))
+        if expected[n] != actual[n]
+    ]
     problems = []
-    for title, items in (("missing tensors", missing), ("unexpected tensors", unexpected),
-                         ("shape mismatches", wrong)):
+    for title, items in (
+        ("missing tensors", missing),
+        ("unexpected tensors", unexpected),
+        ("shape mismatches", wrong),
+    ):
         if items:
-            shown = "\n    ".join(items[:12]) + (f"\n    ... and {len(items) - 12} more" if len(items) > 12 else "")
+            shown = "\n    ".join(items[:12]) + (
+                f"\n    ... and {len(items) - 12} more" if len(items) > 12 else ""
+            )
             problems.append(f"  {title} ({len(items)}):\n    {shown}")
     if problems:
         raise CheckpointError(
-            f"the weights in {directory} do not match its config.json:\n" + "\n".join(problems)
+            f"the weights in {directory} do not match its config.json:\n"
+            + "\n".join(problems)
             + "\n(check that config.json belongs to these weights, e.g. hidden size, layers, vocabulary, "
             "tie_word_embeddings)"
         )
@@ -185,7 +196,6 @@ def save_model(
     if config.tie_word_embeddings:
         del state["lm_head.weight"]
     config.dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    config.to_json_file(directory / "config.json", use_diff=False)
 
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -196,18 +206,32 @@ def save_model(
             size = 0
         shards[-1][name] = tensor
         size += nbytes
-    for stale in [directory / SINGLE_FILE, directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]:
-        stale.unlink(missing_ok=True)
-    if len(shards) == 1:
-        save_file(shards[0], directory / SINGLE_FILE, metadata={"format": "pt"})
-        return directory
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    (directory / INDEX_FILE).write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     )
+    # Everything is written under temporary names first, so a failure leaves any earlier checkpoint intact.
+    staged: dict[str, Path] = {}
+    for name, shard in zip(names, shards, strict=True):
+        staged[name] = directory / f".{name}.partial"
+        save_file(shard, staged[name], metadata={"format": "pt"})
+    if len(shards) > 1:
+        weight_map = {t: name for name, shard in zip(names, shards, strict=True) for t in shard}
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        staged[INDEX_FILE] = directory / f".{INDEX_FILE}.partial"
+        staged[INDEX_FILE].write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+        )
+    staged["config.json"] = directory / ".config.json.partial"
+    config.to_json_file(staged["config.json"], use_diff=False)
+    for stale in [
+        directory / SINGLE_FILE,
+        directory / INDEX_FILE,
+        *directory.glob("model-*-of-*.safetensors"),
+    ]:
+        if stale.name not in staged:
+            stale.unlink(missing_ok=True)
+    for name, path in staged.items():
+        os.replace(path, directory / name)
     return directory

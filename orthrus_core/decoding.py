@@ -77,8 +77,14 @@ class GenerationResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(new_tokens=self.new_tokens, tau=self.tau, tpf=self.tpf, total_s=self.total_s,
-                 tpot_s=self.tpot_s, tokens_per_s=self.tokens_per_s)
+        d.update(
+            new_tokens=self.new_tokens,
+            tau=self.tau,
+            tpf=self.tpf,
+            total_s=self.total_s,
+            tpot_s=self.tpot_s,
+            tokens_per_s=self.tokens_per_s,
+        )
         return d
 
 
@@ -155,7 +161,9 @@ def generate_ar(
     """Plain autoregressive decoding: one AR-view forward per new token after the prefill."""
     device = model.lm_head.weight.device
     prompt = _check_prompt(prompt_ids, max_new_tokens, device)
-    out = _Output(max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens)
+    out = _Output(
+        max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
+    )
     clock = _Clock(device)
     t0 = clock()
     cache = model.new_cache(prompt.shape[1] + max_new_tokens)
@@ -189,13 +197,17 @@ def generate_orthrus(
 ) -> GenerationResult:
     """Orthrus decoding: per cycle one diffusion-view draft pass and one AR-view verify pass."""
     if not model.has_diffusion_view:
-        raise ValueError("Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)")
+        raise ValueError(
+            "Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)"
+        )
     K = block_size or model.block_size
     if K < 2:
         raise ValueError(f"block size must be >= 2, got {K}")
     device = model.lm_head.weight.device
     prompt = _check_prompt(prompt_ids, max_new_tokens, device)
-    out = _Output(max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens)
+    out = _Output(
+        max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
+    )
     clock = _Clock(device)
     t0 = clock()
     # Room for a full block after the last committed token, so the final cycle needs no special case.
@@ -240,14 +252,18 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int | None = None,
-    **kwargs,
+    block_size: int | None = None,
+    stop_token_ids: Iterable[int] | None = None,
+    on_tokens: StreamCallback | None = None,
 ) -> GenerationResult:
     """Generate with `mode="ar"` or `mode="orthrus"`; sampling when temperature > 0, seeded by `seed`."""
-    decoders = {"ar": generate_ar, "orthrus": generate_orthrus}
-    if mode not in decoders:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(decoders)}")
+    if mode not in ("ar", "orthrus"):
+        raise ValueError(f"unknown mode {mode!r}; choose 'ar' or 'orthrus'")
     generator = None
     if seed is not None:
         generator = torch.Generator(model.lm_head.weight.device).manual_seed(seed)
     params = SamplingParams(temperature, top_k, top_p)
-    return decoders[mode](model, prompt_ids, max_new_tokens, params, generator=generator, **kwargs)
+    common = dict(stop_token_ids=stop_token_ids, generator=generator, on_tokens=on_tokens)
+    if mode == "ar":
+        return generate_ar(model, prompt_ids, max_new_tokens, params, **common)
+    return generate_orthrus(model, prompt_ids, max_new_tokens, params, block_size=block_size, **common)

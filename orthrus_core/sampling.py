@@ -92,4 +92,3 @@ def speculative_accept(
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Unnormalised max(p - q, 0): what to resample from after a rejection."""
     return (p - q).clamp_min(0.0)
-

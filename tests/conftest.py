@@ -14,9 +14,19 @@ MASK_ID = VOCAB - 1
 
 def tiny_config(**overrides) -> Qwen3Config:
     fields = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, rope_theta=10000.0,
-        tie_word_embeddings=True, eos_token_id=3, block_size=8, mask_token_id=MASK_ID,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        eos_token_id=3,
+        block_size=8,
+        mask_token_id=MASK_ID,
         architectures=["OrthrusLM"],
     )
     fields.update(overrides)
@@ -47,7 +57,9 @@ class OracleDraftView:
     `error_rate` (deterministic per position). error_rate 0 is a perfect draft view, 1 one that is always wrong.
     """
 
-    def __init__(self, model: OrthrusForCausalLM, sequence: list[int], error_rate: float = 0.0, seed: int = 0):
+    def __init__(
+        self, model: OrthrusForCausalLM, sequence: list[int], error_rate: float = 0.0, seed: int = 0
+    ):
         self.model, self.config = model, model.config
         self.sequence = sequence
         g = torch.Generator().manual_seed(seed)

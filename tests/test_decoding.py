@@ -32,7 +32,9 @@ def test_orthrus_greedy_identical_to_ar(model, ar_references, block_size):
         if i % 2 == 0:
             draft_model = model
         else:
-            draft_model = OracleDraftView(model, prompt + ar_tokens, error_rate=[0.1, 0.3, 0.6][i % 3], seed=i)
+            draft_model = OracleDraftView(
+                model, prompt + ar_tokens, error_rate=[0.1, 0.3, 0.6][i % 3], seed=i
+            )
         r = generate_orthrus(draft_model, prompt, 29, block_size=block_size, stop_token_ids=[])
         assert r.tokens == ar_tokens, f"prompt {i} diverges at block size {block_size}"
         accepted += r.accepted
@@ -64,7 +66,9 @@ def test_stop_token_inside_an_accepted_block_ends_output_right_after_it(model):
 def test_max_new_tokens_respected_exactly(model, max_new):
     prompt = [11]  # a one-token prompt
     ar = generate_ar(model, prompt, max_new, stop_token_ids=[])
-    oracle = OracleDraftView(model, prompt + generate_ar(model, prompt, max_new + 16, stop_token_ids=[]).tokens)
+    oracle = OracleDraftView(
+        model, prompt + generate_ar(model, prompt, max_new + 16, stop_token_ids=[]).tokens
+    )
     orthrus = generate_orthrus(oracle, prompt, max_new, block_size=8, stop_token_ids=[])
     assert len(ar.tokens) == len(orthrus.tokens) == max_new
     assert orthrus.tokens == ar.tokens
@@ -75,8 +79,9 @@ def test_perfect_draft_view_accepts_every_draft(model):
     K, max_new = 8, 8 * 6 + 1
     prompt = [5, 6, 7, 8]
     continuation = generate_ar(model, prompt, max_new + K, stop_token_ids=[]).tokens
-    r = generate_orthrus(OracleDraftView(model, prompt + continuation), prompt, max_new, block_size=K,
-                         stop_token_ids=[])
+    r = generate_orthrus(
+        OracleDraftView(model, prompt + continuation), prompt, max_new, block_size=K, stop_token_ids=[]
+    )
     assert r.tokens == continuation[:max_new]
     assert r.accepted == [K - 1] * 6  # 1 token from prefill + 6 cycles x K tokens
     assert (r.prefill_forwards, r.ar_forwards, r.draft_forwards) == (1, 6, 6)
@@ -87,8 +92,13 @@ def test_perfect_draft_view_accepts_every_draft(model):
 def test_always_wrong_draft_view_accepts_nothing(model):
     prompt = [5, 6, 7, 8]
     continuation = generate_ar(model, prompt, 40, stop_token_ids=[]).tokens
-    r = generate_orthrus(OracleDraftView(model, prompt + continuation, error_rate=1.0), prompt, 30,
-                         block_size=8, stop_token_ids=[])
+    r = generate_orthrus(
+        OracleDraftView(model, prompt + continuation, error_rate=1.0),
+        prompt,
+        30,
+        block_size=8,
+        stop_token_ids=[],
+    )
     assert r.tokens == continuation[:30]
     assert r.accepted == [0] * 29  # every cycle yields only the correction token
     assert (r.ar_forwards, r.draft_forwards) == (29, 29)

@@ -61,7 +61,9 @@ def pit_of_stream(model, params, n_tokens, seed, block_size=4):
     gen, gen_u = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     us, total, accepted = [], 0, []
     for prompt in random_prompts(10_000, seed=seed):
-        r = generate_orthrus(model, prompt, 100, params, block_size=block_size, generator=gen, stop_token_ids=[])
+        r = generate_orthrus(
+            model, prompt, 100, params, block_size=block_size, generator=gen, stop_token_ids=[]
+        )
         accepted += r.accepted
         ids = torch.tensor(prompt + r.tokens)[None]
         with torch.inference_mode():

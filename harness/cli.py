@@ -1,0 +1,174 @@
+"""The `orthrus-bench` command line. Each subcommand parses its flags here and calls into a module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed without a traceback, exit status 2."""
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def parse_int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def check_device(name: str) -> str:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+    return name
+
+
+def load(args):
+    """The model (and its tokenizer, when the checkpoint has one) named by --model, or the embedded default."""
+    from orthrus_core.checkpoint import load_model, resolve
+    from orthrus_core.tokenizer import load_tokenizer
+
+    from .paths import default_model
+
+    directory = resolve(args.model) if args.model else default_model()
+    model = load_model(directory, dtype=args.dtype, device=check_device(args.device))
+    return model, load_tokenizer(directory)
+
+
+def cmd_generate(args) -> int:
+    from orthrus_core import generate
+
+    model, tokenizer = load(args)
+    if args.prompt_ids is not None:
+        prompt_ids = args.prompt_ids
+    else:
+        if tokenizer is None:
+            raise UsageError(f"{args.model} has no tokenizer files: pass --prompt-ids instead of --prompt")
+        messages = [{"role": "user", "content": args.prompt}]
+        prompt_ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=False
+        )
+    bad = [t for t in prompt_ids if not 0 <= t < model.config.vocab_size]
+    if bad:
+        raise UsageError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {model.config.vocab_size})")
+
+    stream = None
+    if not args.json and tokenizer is not None:
+
+        def stream(new_tokens):
+            print(tokenizer.decode(new_tokens, skip_special_tokens=False), end="", flush=True)
+
+    result = generate(
+        model,
+        prompt_ids,
+        args.max_new_tokens,
+        args.mode,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        block_size=args.block_size,
+        on_tokens=stream,
+    )
+    text = tokenizer.decode(result.tokens, skip_special_tokens=False) if tokenizer is not None else None
+    if args.json:
+        print(json.dumps({**result.to_dict(), "text": text}))
+        return 0
+    if tokenizer is None:
+        print(" ".join(map(str, result.tokens)))
+    else:
+        print()
+    tau = f"  tau {result.tau:.2f}" if result.tau is not None else ""
+    print(
+        f"[{result.new_tokens} tokens, stop: {result.stop_reason}{tau}  TPF {result.tpf or float('nan'):.2f}"
+        f"  {result.tokens_per_s:.1f} tok/s  TTFT {result.prefill_s * 1e3:.1f} ms]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_bench_core(args) -> int:
+    from .bench_core import bench_core
+
+    bench_core(
+        args.shape,
+        model_path=args.model,
+        dtype=args.dtype,
+        device=check_device(args.device),
+        contexts=args.contexts,
+        block_size=args.block_size,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+    )
+    return 0
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", help="checkpoint directory or hub id (default: the embedded tiny Orthrus model)"
+    )
+    p.add_argument("--dtype", type=parse_dtype, default=torch.float32, help="float32 | bfloat16 | float16")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orthrus-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate from one prompt with the AR or the Orthrus decoder")
+    add_model_args(p)
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="user message, formatted with the model's chat template")
+    prompt.add_argument("--prompt-ids", type=parse_int_list, help="raw prompt token ids, e.g. 1,2,3")
+    p.add_argument("--mode", choices=["ar", "orthrus"], default="orthrus")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block-size", type=int, help="Orthrus block size K (default: the checkpoint's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench-core", help="time an AR step, a diffusion pass, a verify pass, and end to end")
+    add_model_args(p)
+    p.add_argument(
+        "--shape",
+        default="tiny",
+        help="tiny | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights; ignored with --model)",
+    )
+    p.add_argument("--contexts", type=parse_int_list, default=None, help="context lengths, e.g. 128,1024")
+    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens per end-to-end generation")
+    p.add_argument("--repeats", type=int, default=20)
+    p.set_defaults(func=cmd_bench_core)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from orthrus_core.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"orthrus-bench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"orthrus-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

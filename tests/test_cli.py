@@ -1,0 +1,132 @@
+"""The orthrus-bench command line: generate and bench-core."""
+
+import json
+
+import pytest
+from conftest import random_model
+
+from harness.cli import main
+from orthrus_core.checkpoint import save_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_model(random_model(seed=2), tmp_path_factory.mktemp("ckpt") / "m")
+
+
+def run_json(capsys, *argv):
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_generate_json_orthrus_equals_ar(checkpoint, capsys):
+    common = [
+        "generate",
+        "--model",
+        str(checkpoint),
+        "--prompt-ids",
+        "5,6,7",
+        "--max-new-tokens",
+        "25",
+        "--json",
+    ]
+    orthrus = run_json(capsys, *common, "--mode", "orthrus", "--block-size", "4")
+    ar = run_json(capsys, *common, "--mode", "ar")
+    assert orthrus["tokens"] == ar["tokens"] and len(ar["tokens"]) >= 1
+    for key in (
+        "tokens",
+        "text",
+        "stop_reason",
+        "accepted",
+        "ar_forwards",
+        "draft_forwards",
+        "prefill_forwards",
+        "prefill_s",
+        "decode_s",
+        "total_s",
+        "tau",
+        "tpf",
+        "tokens_per_s",
+    ):
+        assert key in orthrus
+    assert orthrus["ar_forwards"] == orthrus["draft_forwards"] == len(orthrus["accepted"])
+    assert ar["draft_forwards"] == 0 and ar["accepted"] == []
+    assert orthrus["text"] is None  # a checkpoint without tokenizer files
+
+
+def test_generate_sampling_is_seeded(checkpoint, capsys):
+    common = [
+        "generate",
+        "--model",
+        str(checkpoint),
+        "--prompt-ids",
+        "5",
+        "--max-new-tokens",
+        "30",
+        "--json",
+        "--temperature",
+        "1",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.95",
+    ]
+    a = run_json(capsys, *common, "--seed", "1")
+    b = run_json(capsys, *common, "--seed", "1")
+    c = run_json(capsys, *common, "--seed", "2")
+    assert a["tokens"] == b["tokens"] != c["tokens"]
+
+
+def test_generate_prints_tokens_and_summary(checkpoint, capsys):
+    assert main(["generate", "--model", str(checkpoint), "--prompt-ids", "5,6", "--max-new-tokens", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.split()) == 5 and "tau" in err and "tok/s" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prompt-ids", "1,99999"], "outside the vocabulary"),
+        (["--prompt", "hello"], "has no tokenizer files"),
+        (["--prompt-ids", "1", "--device", "cuda"], "no CUDA device"),
+        (["--prompt-ids", "1", "--temperature", "-1"], "temperature must be >= 0"),
+    ],
+)
+def test_generate_bad_input_exits_2_with_a_clear_message(checkpoint, capsys, argv, message):
+    if "cuda" in argv:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    assert main(["generate", "--model", str(checkpoint), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_generate_missing_model_exits_2(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt-ids", "1"]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
+
+
+def test_bench_core_prints_its_tables(checkpoint, capsys):
+    assert (
+        main(
+            [
+                "bench-core",
+                "--model",
+                str(checkpoint),
+                "--contexts",
+                "16,32",
+                "--repeats",
+                "2",
+                "--new-tokens",
+                "6",
+                "--block-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    for header in ("AR step ms", "diffusion pass ms", "verify pass ms", "tokens/s", "identical to AR"):
+        assert header in out
+    assert "yes" in out
