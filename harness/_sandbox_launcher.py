@@ -16,6 +16,7 @@ process that still descends from it before it reports.
 """
 
 import ctypes
+import errno
 import json
 import os
 import resource
@@ -245,13 +246,19 @@ def seccomp_program(arch: dict, protected_pids: set[int]) -> bytes:
 
 
 def apply_seccomp(protected_pids: set[int]) -> bool:
+    """Install the filter; False where the architecture is not covered or the kernel lacks seccomp."""
     arch = SECCOMP_SYSCALLS.get(os.uname().machine)
     if arch is None:
         return False
     program = seccomp_program(arch, protected_pids)
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+    try:
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # built without CONFIG_SECCOMP_FILTER
+            return False
+        raise
     return True
 
 
@@ -285,7 +292,7 @@ def become_program(request: dict, report_fd: int, in_pid_namespace: bool, launch
         os.write(report_fd, json.dumps({"layers": layers}).encode() + b"\n")
         argv = [request["python"], "-I", "-B", request["program_path"]]
         os.execve(request["python"], argv, request["env"])
-    except BaseException as exc:  # noqa: BLE001 - any failure must be reported, never raised past the fork
+    except BaseException as exc:  # any failure is reported; nothing may unwind past the fork
         os.write(report_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
     os._exit(127)
 

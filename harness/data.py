@@ -71,7 +71,7 @@ def load_records(spec: DatasetSpec, data_dir: Path | None, suite_name: str) -> L
         )
     try:
         rows = _read_hub(spec.hub)
-    except Exception as exc:  # noqa: BLE001 - any failure of the hub is reported with the local one
+    except Exception as exc:  # whatever the hub raised is reported with the local problem
         raise DatasetUnavailableError(
             f"the dataset of suite {suite_name!r} is neither present locally nor reachable:\n"
             f"  - data folder: {local_problem}\n"

@@ -15,6 +15,7 @@ layout. Nothing a program does can raise here: every outcome is a :class:`Sandbo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,7 +25,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 LAUNCHER = Path(__file__).with_name("_sandbox_launcher.py")
+# Layers the kernel may lack, and what a program can then do that it otherwise could not.
+OPTIONAL_LAYER_GAPS = {
+    "landlock": "write and delete files wherever this user may, and signal this user's other processes",
+    "seccomp": "open sockets, use ptrace, and signal the harness",
+}
+_reported_gaps: set[str] = set()
 TAIL_CHARS = 2000
 # Extra time the supervisor gets beyond the program's wall-clock limit to kill and report.
 SUPERVISOR_GRACE_S = 15.0
@@ -96,7 +105,20 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResul
         stderr = _tail(root / "stderr")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return _classify(report, limits, stdout, stderr)
+    result = _classify(report, limits, stdout, stderr)
+    _report_missing_layers(result)
+    return result
+
+
+def _report_missing_layers(result: SandboxResult) -> None:
+    if not result.isolation:
+        return  # the program never started; its result says why
+    for layer, gap in OPTIONAL_LAYER_GAPS.items():
+        if layer not in result.isolation and layer not in _reported_gaps:
+            _reported_gaps.add(layer)
+            logger.warning(
+                "sandbox: %s is not available on this system; sandboxed programs can %s", layer, gap
+            )
 
 
 def _program_environment(work_dir: Path) -> dict[str, str]:

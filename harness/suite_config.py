@@ -26,7 +26,7 @@ A suite file (its name is the file name without ``.toml``) has these tables::
     args = { count = 50 }                     # optional keyword arguments
 
     [prompt]
-    system = ""                               # optional: a system message (even empty); omit for none
+    system = ""                               # optional: a system message, as is (even empty); omit for none
     user = "{problem}\\nPlease ..."           # str.format template over the fields; a list for several
                                               # turns ("{turns[0]}", "{turns[1]}"); list values are
                                               # joined with newlines; "{{" and "}}" are literal braces
@@ -450,18 +450,15 @@ def _check_cross_references(config: SuiteConfig, source: str) -> None:
             )
         # The text field only feeds the filler; templates place it with {context}.
         known = {CONTEXT_PLACEHOLDER}
-    templates = [("prompt", "user", template) for template in config.prompt.user]
-    if config.prompt.system is not None:
-        templates.append(("prompt", "system", config.prompt.system))
-    for table, key, template in templates:
+    for template in config.prompt.user:
         try:
             names = template_fields(template)
         except ValueError as exc:
-            raise SuiteError(f"{source}: [{table}] {key}: malformed template {template!r}: {exc}") from exc
+            raise SuiteError(f"{source}: [prompt] user: malformed template {template!r}: {exc}") from exc
         unknown = sorted(names - known)
         if unknown:
             raise SuiteError(
-                f"{source}: [{table}] {key}: the template uses {', '.join('{' + n + '}' for n in unknown)}, "
+                f"{source}: [prompt] user: the template uses {', '.join('{' + n + '}' for n in unknown)}, "
                 f"which [dataset] fields does not define; defined: {', '.join(sorted(known))}"
             )
     if config.context_sweep is not None:

@@ -1,5 +1,6 @@
 """The sandbox runs ordinary programs and contains hostile ones while the harness keeps running."""
 
+import logging
 import os
 import socket
 import subprocess
@@ -167,3 +168,27 @@ def test_signalling_the_parent_and_the_harness_is_refused():
     assert "delivered" not in result.stdout_tail
     assert result.stdout_tail.count("PermissionError") + result.stdout_tail.count("ProcessLookupError") == 6
     assert os.getpid() == harness_pid  # still here
+
+
+def test_a_missing_isolation_layer_is_reported_once(monkeypatch, caplog):
+    import harness.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "_reported_gaps", set())
+    without_landlock = sandbox.SandboxResult(
+        status="pass",
+        reason="exited with status 0",
+        returncode=0,
+        signal=None,
+        wall_s=0.1,
+        cpu_s=0.05,
+        stdout_tail="",
+        stderr_tail="",
+        isolation=("rlimits", "own-session", "seccomp"),
+    )
+    with caplog.at_level(logging.WARNING, logger="harness.sandbox"):
+        sandbox._report_missing_layers(without_landlock)
+        sandbox._report_missing_layers(without_landlock)
+    assert [record.getMessage() for record in caplog.records] == [
+        "sandbox: landlock is not available on this system; sandboxed programs can write and delete files "
+        "wherever this user may, and signal this user's other processes"
+    ]
