@@ -226,7 +226,10 @@ class GenerationSettings:
                 and token_id != tokenizer.unk_token_id
                 and tokenizer.convert_ids_to_tokens(token_id) == entry
             )
-            (token_ids if is_single_token else strings).append(token_id if is_single_token else entry)
+            if is_single_token:
+                token_ids.append(token_id)
+            else:
+                strings.append(entry)
         return token_ids, strings
 
 
