@@ -12,6 +12,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(os.environ.get("ORTHRUS_HOME") or Path(__file__).resolve().parents[1])
 TINY_DIR = PROJECT_ROOT / "models" / "tiny"
+SUITES_DIR = PROJECT_ROOT / "suites"
 # The embedded default: what every command uses when no --model is given.
 DEFAULT_MODEL = TINY_DIR / "orthrus"
 

@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny Qwen3-shaped Orthrus models with random weights, and draft-view test doubles."""
+"""Shared fixtures: tiny Qwen3-shaped Orthrus models with random weights, draft-view test doubles, the
+project's data folder (``../shared/data`` beside the checkout, or ``$ORTHRUS_DATA_DIR``) and the Qwen3
+tokenizer stored in it."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +86,22 @@ class OracleDraftView:
                 token = (token + 1) % (self.config.vocab_size - 1)
             logits[0, i, token] = 1.0
         return logits
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    configured = os.environ.get("ORTHRUS_DATA_DIR")
+    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (path / "MANIFEST.md").is_file():
+        raise RuntimeError(
+            f"the benchmark data folder is missing at {path}: check out ../shared beside the repository or "
+            f"set ORTHRUS_DATA_DIR"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer(data_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(data_dir / "tokenizers" / "qwen3")

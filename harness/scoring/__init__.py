@@ -1,0 +1,66 @@
+"""Scorers: turn a model's answers to one suite item into a :class:`Score`.
+
+A suite file names its scorer under ``[scoring]`` (``scorer = "math"``); every other key there is an
+option of that scorer. Each scorer says which dataset fields it needs in an item's ``reference``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Score:
+    correct: bool | None  # None where the suite has no notion of correctness
+    status: str  # "correct", "wrong", "pass", "fail", "timeout", "error" or "unscored"
+    detail: dict = field(default_factory=dict)  # JSON-serialisable: extracted answer, gold, stderr tail...
+
+
+class Scorer(Protocol):
+    reference_fields: tuple[str, ...]
+
+    def score(self, reference: dict, outputs: list[str], tokenizer=None) -> Score: ...
+
+
+class ScorerConfigError(ValueError):
+    """An unknown scorer name, or options the scorer does not accept."""
+
+
+def scorer_names() -> list[str]:
+    return sorted(_registry())
+
+
+def make_scorer(name: str, options: dict) -> Scorer:
+    """Build the scorer ``name`` with the suite file's options; unknown names or options raise clearly."""
+    registry = _registry()
+    if name not in registry:
+        raise ScorerConfigError(f"unknown scorer {name!r}; known scorers: {', '.join(sorted(registry))}")
+    scorer_class = registry[name]
+    allowed = {f.name for f in dataclasses.fields(scorer_class) if f.init}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ScorerConfigError(
+            f"scorer {name!r} has no option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(sorted(allowed)) or 'none'}"
+        )
+    try:
+        return scorer_class(**options)
+    except ValueError as exc:
+        raise ScorerConfigError(f"scorer {name!r}: {exc}") from exc
+
+
+def _registry() -> dict[str, type]:
+    # Imported here so that loading a suite does not pull in every scorer's dependencies up front.
+    from harness.scoring.code import HumanEvalScorer, MbppScorer
+    from harness.scoring.lengths import LengthScorer
+    from harness.scoring.math_answers import Gsm8kScorer, MathScorer
+
+    return {
+        "math": MathScorer,
+        "gsm8k": Gsm8kScorer,
+        "humaneval": HumanEvalScorer,
+        "mbpp": MbppScorer,
+        "lengths": LengthScorer,
+    }
