@@ -19,6 +19,9 @@ Two kinds of forward, both over a static KV cache (`KVCache`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +32,10 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RotaryEmbedding,
     apply_rotary_pos_emb,
 )
+
+
+# kv_context(k, v) -> (keys, values): what a layer's new queries attend to, given the new tokens' k and v.
+KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class KVCache:
@@ -54,6 +61,14 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, start: int):
+        """Write k, v [B, kv_heads, T, D] at positions start..start+T-1 of `layer`; return keys and values
+        [B, kv_heads, start+T, D] for the new queries to attend to (views, no copy)."""
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
 def head_dim(config: Qwen3Config) -> int:
@@ -96,12 +111,10 @@ class Attention(nn.Module):
         o_proj = self.o_proj_diff if diffusion else self.o_proj
         return o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
-    def forward(self, x, cos, sin, k_cache, v_cache, start: int, mask, diffusion: bool):
+    def forward(self, x, cos, sin, mask, diffusion: bool, kv_context: KVContext):
         q, k, v = self.project(x, cos, sin, diffusion)
-        end = start + x.shape[1]
-        k_cache[:, :, start:end] = k
-        v_cache[:, :, start:end] = v
-        return self.attend(q, k_cache[:, :, :end], v_cache[:, :, :end], mask, diffusion)
+        keys, values = kv_context(k, v)
+        return self.attend(q, keys, values, mask, diffusion)
 
 
 class DecoderLayer(nn.Module):
@@ -112,8 +125,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, start, mask, diffusion):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start, mask, diffusion)
+    def forward(self, x, cos, sin, mask, diffusion, kv_context: KVContext):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, diffusion, kv_context)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -168,18 +181,37 @@ class OrthrusForCausalLM(nn.Module):
         Reads cache positions [0, start) and writes [start, start+T); see the module docstring for what each
         view attends to. Does not move `cache.length`: committing is the decoder's decision.
         """
-        if diffusion and not self.has_diffusion_view:
-            raise ValueError("this model has no diffusion view (it was loaded as a plain AR model)")
         T = input_ids.shape[1]
         if start + T > cache.capacity:
             raise ValueError(f"cache capacity {cache.capacity} < {start + T} positions needed")
-        positions = torch.arange(start, start + T, device=input_ids.device)
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rope(x, positions[None])
+        positions = torch.arange(start, start + T, device=input_ids.device)[None]
         # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block.
         mask = None if diffusion or T == 1 else causal_mask(start, T, input_ids.device)
+        return self.run(
+            input_ids, positions, mask, diffusion, lambda i, k, v: cache.extend(i, k, v, start=start)
+        )
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        diffusion: bool,
+        kv_context: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """The pass every use shares: input_ids [B, T] at `positions` [B or 1, T] -> float32 logits [B, T, V].
+
+        kv_context(layer, k, v) returns the keys and values the layer's queries attend to, given the new
+        tokens' own (a cache write for decoding, the tokens themselves for a causal training pass, or the AR
+        context concatenated with a block for diffusion training); `mask` is a boolean [T, keys] or
+        [B, 1, T, keys] attention mask (True = may attend), or None for all.
+        """
+        if diffusion and not self.has_diffusion_view:
+            raise ValueError("this model has no diffusion view (it was loaded as a plain AR model)")
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rope(x, positions)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache.k[i], cache.v[i], start, mask, diffusion)
+            x = layer(x, cos, sin, mask, diffusion, partial(kv_context, i))
         return self.lm_head(self.model.norm(x)).float()
 
 
