@@ -33,7 +33,6 @@ from transformers.models.qwen3.modeling_qwen3 import (
     apply_rotary_pos_emb,
 )
 
-
 # kv_context(k, v) -> (keys, values): what a layer's new queries attend to, given the new tokens' k and v.
 KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
