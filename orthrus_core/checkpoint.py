@@ -22,7 +22,9 @@ from transformers import Qwen3Config
 from .model import OrthrusForCausalLM
 
 ORTHRUS_ARCHITECTURES = {"OrthrusLM"}
-AR_ARCHITECTURES = {"Qwen3ForCausalLM"}
+# Plain Qwen3 weights, loaded without a diffusion view; SDAR (JetLM/SDAR-*-Chat) is Qwen3 weights decoded as a
+# block-diffusion LM (block_diffusion.py), its remote code not run.
+AR_ARCHITECTURES = {"Qwen3ForCausalLM", "SDARForCausalLM"}
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # What a decoder needs from a hub repository; everything else (remote code, READMEs, other formats) stays.

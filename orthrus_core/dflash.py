@@ -247,6 +247,7 @@ def load_dflash(
         state = {n: f.get_tensor(n).to(p.dtype) for n in f.keys()}
     draft = DFlashDraftModel(config).to(dtype=p.dtype, device=p.device)
     draft.load_state_dict(state, strict=True)
+    draft.rotary_emb = Qwen3RotaryEmbedding(config).to(p.device)  # RoPE frequencies stay float32
     draft.name_or_path = str(path_or_id)
     return draft.eval()
 

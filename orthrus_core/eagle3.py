@@ -338,6 +338,7 @@ def load_eagle3(
     head = Eagle3Head(config, t.hidden_size, embed).to(dtype=p.dtype, device=p.device)
     missing, _ = head.load_state_dict(state, strict=False)  # shapes and names were checked above
     assert missing == ([] if with_embed else ["embed_tokens.weight"]), missing
+    head.rotary_emb = LlamaRotaryEmbedding(config).to(p.device)  # RoPE frequencies stay float32
     head.name_or_path = str(path_or_id)
     return head.eval()
 

@@ -36,7 +36,9 @@ class DraftTree:
     def chain(cls, root: int, drafts: torch.Tensor) -> DraftTree:
         """A chain of drafts [n] after the root."""
         tokens = torch.cat([drafts.new_tensor([root]), drafts])
-        return cls(tokens, torch.arange(-1, len(drafts), device=drafts.device))
+        tree = cls(tokens, torch.arange(-1, len(drafts), device=drafts.device))
+        tree.is_chain = True  # known, so no device round trip to find out
+        return tree
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

@@ -292,3 +292,18 @@ def test_dflash_loader_errors(target, tmp_path):
         )
         with pytest.raises(CheckpointError, match=match):
             load_dflash(tmp_path / "bad", target)
+
+
+def test_captured_features_use_transformers_hidden_state_indices(target):
+    """capture=(i, ...) returns transformers' output_hidden_states[i] (0 embeddings, l+1 after layer l, the
+    last after the final norm), the indices EAGLE-3 and DFlash configs are written in."""
+    from harness.methods import ar_hf
+    from harness.methods.base import Target
+
+    hf_model = ar_hf.build(Target(target, "x"), "ar_hf", {}).hf_model
+    ids = torch.tensor([[5, 9, 2, 33, 7]])
+    with torch.inference_mode():
+        hf_states = hf_model(ids, output_hidden_states=True).hidden_states
+        _, ours = target(ids, 0, target.new_cache(5), capture=(0, 2, 5, 6))
+    expected = torch.cat([hf_states[i] for i in (0, 2, 5, 6)], dim=-1)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
