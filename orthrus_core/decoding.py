@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .model import OrthrusForCausalLM
-from .sampling import SamplingParams, greedy_accept, sample, speculative_accept
+from .sampling import SamplingParams, sample
 
 StreamCallback = Callable[[list[int]], None]
 
@@ -183,7 +183,6 @@ def generate_ar(
     return GenerationResult(out.tokens, out.stop_reason, [], 1, ar_forwards, 0, t1 - t0, clock() - t1)
 
 
-@torch.inference_mode()
 def generate_orthrus(
     model: OrthrusForCausalLM,
     prompt_ids: Iterable[int],
@@ -195,50 +194,20 @@ def generate_orthrus(
     generator: torch.Generator | None = None,
     on_tokens: StreamCallback | None = None,
 ) -> GenerationResult:
-    """Orthrus decoding: per cycle one diffusion-view draft pass and one AR-view verify pass."""
-    if not model.has_diffusion_view:
-        raise ValueError(
-            "Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)"
-        )
-    K = block_size or model.block_size
-    if K < 2:
-        raise ValueError(f"block size must be >= 2, got {K}")
-    device = model.lm_head.weight.device
-    prompt = check_prompt(prompt_ids, max_new_tokens, device)
-    out = Output(
-        max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
-    )
-    clock = Clock(device)
-    t0 = clock()
-    # Room for a full block after the last committed token, so the final cycle needs no special case.
-    cache = model.new_cache(prompt.shape[1] + max_new_tokens + K)
-    anchor = _first_token(model, prompt, cache, params, generator)
-    done = out.emit([anchor])
-    t1 = clock()
-    accepted: list[int] = []
-    block = torch.full((1, K), model.mask_token_id, dtype=torch.long, device=device)
-    while not done:
-        start = cache.length
-        block[0, 0] = anchor
-        block[0, 1:] = model.mask_token_id
-        draft_logits = model(block, start, cache, diffusion=True)[0, :-1]
-        if params.greedy:
-            drafts = draft_logits.argmax(-1)
-        else:
-            q = params.probs(draft_logits)
-            drafts = sample(q, generator)
-        block[0, 1:] = drafts
-        target_logits = model(block, start, cache)[0]
-        if params.greedy:
-            n_accepted, next_token = greedy_accept(drafts, target_logits)
-        else:
-            n_accepted, next_token = speculative_accept(drafts, q, params.probs(target_logits), generator)
-        n, anchor, *draft_ids = torch.cat([n_accepted[None], next_token[None], drafts]).tolist()  # one sync
-        cache.length = start + 1 + n  # the anchor and n accepted drafts; `anchor` heads the next block
-        accepted.append(n)
-        done = out.emit(draft_ids[:n] + [anchor])
-    return GenerationResult(
-        out.tokens, out.stop_reason, accepted, 1, len(accepted), len(accepted), t1 - t0, clock() - t1
+    """Orthrus decoding: per cycle one diffusion-view draft pass and one AR-view verify pass, in the draft-verify
+    loop every speculative method shares (speculative.py)."""
+    from .speculative import OrthrusDrafter, generate_speculative  # speculative.py builds on this module
+
+    drafter = OrthrusDrafter(model, block_size or model.block_size, params, generator)
+    return generate_speculative(
+        model,
+        drafter,
+        prompt_ids,
+        max_new_tokens,
+        params,
+        stop_token_ids=stop_token_ids,
+        generator=generator,
+        on_tokens=on_tokens,
     )
 
 

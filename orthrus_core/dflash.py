@@ -139,8 +139,8 @@ class DFlashDrafter(Drafter):
     def max_nodes(self) -> int:
         return self.block_size
 
-    def start(self, prompt, features, capacity):
-        self.cache = self.draft.new_cache(capacity + self.block_size)
+    def start(self, prompt, features, cache):
+        self.cache = self.draft.new_cache(cache.capacity + self.block_size)
         self.cache.length = 0
         self.pending = features  # target features of committed tokens not in the draft cache yet
 

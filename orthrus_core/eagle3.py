@@ -183,8 +183,8 @@ class Eagle3Drafter(Drafter):
     def max_nodes(self) -> int:
         return self.n_drafts + 1
 
-    def start(self, prompt, features, capacity):
-        self.cache = self.head.new_cache(capacity + self.depth * self.top_k)
+    def start(self, prompt, features, cache):
+        self.cache = self.head.new_cache(cache.capacity + self.depth * self.top_k)
         self.committed = 0  # draft rows in the cache: one per committed target token but the newest
         self.pending_tokens, self.pending_features = prompt[1:], features
 

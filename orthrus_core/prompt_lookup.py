@@ -23,7 +23,7 @@ class PromptLookupDrafter(Drafter):
     def max_nodes(self) -> int:
         return self.num_draft_tokens + 1
 
-    def start(self, prompt, features, capacity):
+    def start(self, prompt, features, cache):
         self.context = prompt.clone()
 
     def propose(self, root):

@@ -1,18 +1,19 @@
-"""The draft-verify loop every external-drafter method shares (EAGLE-3, DFlash, prompt lookup).
+"""The draft-verify loop every speculative method shares (Orthrus, EAGLE-3, DFlash, prompt lookup).
 
 Per cycle:
 1. the drafter proposes a `DraftTree` rooted at the last committed token (the root is not in the target's
    cache yet; a chain is a tree);
 2. one target forward over all N nodes at cache slots start..start+N-1, with tree positions and an ancestor
    mask, also returning the hidden states the drafter reads (`Drafter.capture`);
-3. exact acceptance (greedy, or sampling with the multi-draft rule of `tree.accept_sampled`) gives the
-   accepted path and one more token from the target (the correction, or the bonus after a leaf);
+3. exact acceptance (greedy; sampling: Leviathan's rule for a chain drawn from a draft distribution q, the
+   multi-draft rule of `tree.accept_sampled` for deterministic drafts) gives the accepted path and one more
+   token from the target (the correction, or the bonus after a leaf);
 4. the cache keeps the root and the accepted nodes: for a chain that is moving its length, for a tree the
    accepted rows are compacted to contiguous slots (`KVCache.compact`); the drafter is told what was committed,
    with its target features, and the extra token becomes the next root.
 
-The target is any `OrthrusForCausalLM` (its AR view); the Orthrus decoder itself (decoding.py) drafts with the
-target's own diffusion view and keeps its own loop, but uses the same acceptance rules and result record.
+The target is any `OrthrusForCausalLM` (its AR view). Orthrus' drafter is the target's own diffusion view
+(`OrthrusDrafter`), whose pass writes scratch K/V into the target cache at the slots the verify pass overwrites.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from collections.abc import Iterable
 import torch
 
 from .decoding import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
-from .model import OrthrusForCausalLM
-from .sampling import SamplingParams, sample
+from .model import KVCache, OrthrusForCausalLM
+from .sampling import SamplingParams, sample, speculative_accept
 from .tree import DraftTree, accept_greedy, accept_sampled
 
 
@@ -40,9 +41,9 @@ class Drafter(ABC):
         """The most nodes (root included) a proposed tree can have: the verify pass's room in the cache."""
 
     @abstractmethod
-    def start(self, prompt: torch.Tensor, features: torch.Tensor | None, capacity: int) -> None:
-        """A new generation: prompt [T] and its target features [T, F] (None without `capture`); `capacity`
-        bounds the positions the generation will reach."""
+    def start(self, prompt: torch.Tensor, features: torch.Tensor | None, cache: KVCache) -> None:
+        """A new generation: prompt [T] and its target features [T, F] (None without `capture`); the target's
+        cache, whose capacity bounds the positions the generation will reach."""
 
     @abstractmethod
     def propose(self, root: int) -> tuple[DraftTree, int]:
@@ -83,7 +84,7 @@ def generate_speculative(
     cache.length = prompt.shape[1]
     last = logits[0, -1]
     token = int(last.argmax() if params.greedy else sample(params.probs(last), generator))
-    drafter.start(prompt[0], None if features is None else features[0], capacity)
+    drafter.start(prompt[0], None if features is None else features[0], cache)
     done = out.emit([token])
     t1 = clock()
     accepted: list[int] = []
@@ -100,6 +101,10 @@ def generate_speculative(
             logits, features = _forward(target, tree.tokens[None], start, cache, capture, positions, mask)
         if params.greedy:
             path, token = accept_greedy(tree, logits[0])
+        elif tree.q is not None:
+            n, nxt = speculative_accept(tree.tokens[1:], tree.q, params.probs(logits[0]), generator)
+            n, token = torch.stack([n, nxt]).tolist()  # one sync
+            path = torch.arange(n + 1, device=device)
         else:
             path, token = accept_sampled(tree, params.probs(logits[0]), generator)
         if tree.is_chain:
@@ -112,6 +117,41 @@ def generate_speculative(
     return GenerationResult(
         out.tokens, out.stop_reason, accepted, 1, len(accepted), draft_forwards, t1 - t0, clock() - t1
     )
+
+
+class OrthrusDrafter(Drafter):
+    """Orthrus: one diffusion-view pass over [root, MASK x (K-1)] at the root's position; block position i
+    predicts position i+1, so K-1 drafts, argmax or sampled from the view's distribution q."""
+
+    def __init__(self, model: OrthrusForCausalLM, block_size: int, params: SamplingParams, generator=None):
+        if not model.has_diffusion_view:
+            raise ValueError(
+                "Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)"
+            )
+        if block_size < 2:
+            raise ValueError(f"block size must be >= 2, got {block_size}")
+        self.model, self.block_size, self.params, self.generator = model, block_size, params, generator
+
+    @property
+    def max_nodes(self) -> int:
+        return self.block_size
+
+    def start(self, prompt, features, cache):
+        self.cache = cache
+        self.block = torch.empty(1, self.block_size, dtype=torch.long, device=prompt.device)
+
+    def accept(self, tokens, features):
+        pass
+
+    def propose(self, root):
+        self.block[0, 0] = root
+        self.block[0, 1:] = self.model.mask_token_id
+        # Scratch K/V at the cache slots the verify pass overwrites next: nothing committed is touched.
+        logits = self.model(self.block, self.cache.length, self.cache, diffusion=True)[0, :-1]
+        if self.params.greedy:
+            return DraftTree.chain(root, logits.argmax(-1)), 1
+        q = self.params.probs(logits)
+        return DraftTree.chain(root, sample(q, self.generator), q), 1
 
 
 def _forward(target, ids, start, cache, capture, positions=None, mask=None):

@@ -31,12 +31,15 @@ from .sampling import RESIDUAL_EPS, sample
 class DraftTree:
     tokens: torch.Tensor  # [N] target token ids, tokens[0] = the root
     parents: torch.Tensor  # [N] parent node index, parents[0] = -1
+    # For a chain whose drafts were sampled: the draft distributions [N-1, V] they were drawn from, verified by
+    # Leviathan's rule (sampling.speculative_accept). None: deterministic drafts.
+    q: torch.Tensor | None = None
 
     @classmethod
-    def chain(cls, root: int, drafts: torch.Tensor) -> DraftTree:
-        """A chain of drafts [n] after the root."""
+    def chain(cls, root: int, drafts: torch.Tensor, q: torch.Tensor | None = None) -> DraftTree:
+        """A chain of drafts [n] after the root (sampled from q [n, V], if given)."""
         tokens = torch.cat([drafts.new_tensor([root]), drafts])
-        tree = cls(tokens, torch.arange(-1, len(drafts), device=drafts.device))
+        tree = cls(tokens, torch.arange(-1, len(drafts), device=drafts.device), q)
         tree.is_chain = True  # known, so no device round trip to find out
         return tree
 

@@ -75,9 +75,9 @@ class OracleDraftView:
     def new_cache(self, capacity):
         return self.model.new_cache(capacity)
 
-    def __call__(self, ids, start, cache, diffusion=False):
+    def __call__(self, ids, start, cache, diffusion=False, **verify_options):
         if not diffusion:
-            return self.model(ids, start, cache)
+            return self.model(ids, start, cache, **verify_options)
         logits = torch.zeros(1, ids.shape[1], self.config.vocab_size)
         for i in range(ids.shape[1]):
             pos = start + i + 1

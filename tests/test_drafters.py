@@ -73,7 +73,7 @@ def test_eagle3_tree_shape(target):
     drafter = Eagle3Drafter(head, target, top_k=3, depth=4, total_tokens=20)
     prompt = torch.tensor([5, 6, 7, 8])
     _, features = target(prompt[None], 0, target.new_cache(10), capture=drafter.capture)
-    drafter.start(prompt, features[0], 64)
+    drafter.start(prompt, features[0], target.new_cache(64))
     tree, forwards = drafter.propose(9)
     assert forwards == 4 and len(tree) == 20 and tree.tokens[0] == 9
     assert int(tree.depth.max()) == 4
@@ -115,7 +115,7 @@ def test_eagle3_incremental_drafts_match_a_recomputation(target):
     with torch.inference_mode():
         _, feats = target(torch.tensor(seq)[None], 0, target.new_cache(len(seq)), capture=drafter.capture)
         n = len(prompt)
-        drafter.start(torch.tensor(prompt), feats[0, :n], 64)
+        drafter.start(torch.tensor(prompt), feats[0, :n], target.new_cache(64))
         # Commit the continuation in uneven cycles, as verification would, checking each proposal.
         for step in [1, 3, 1, 4, 2]:
             tree, _ = drafter.propose(seq[n])
@@ -150,7 +150,7 @@ def test_dflash_incremental_drafts_match_a_recomputation(target):
     with torch.inference_mode():
         _, feats = target(torch.tensor(seq)[None], 0, target.new_cache(len(seq)), capture=drafter.capture)
         n = len(prompt)
-        drafter.start(torch.tensor(prompt), feats[0, :n], 64)
+        drafter.start(torch.tensor(prompt), feats[0, :n], target.new_cache(64))
         for step in [2, 1, 5, 3]:
             tree, _ = drafter.propose(seq[n])
             block = torch.tensor([[seq[n]] + [draft.mask_token_id] * 4])

@@ -24,7 +24,7 @@ class OracleTreeDrafter(Drafter):
     def max_nodes(self):
         return 1 + sum(self.branching**d for d in range(1, self.depth + 1))
 
-    def start(self, prompt, features, capacity):
+    def start(self, prompt, features, cache):
         self.position = len(prompt)  # absolute position of the next root
 
     def propose(self, root):

@@ -26,7 +26,7 @@ class TopKDrafter(Drafter):
     def max_nodes(self):
         return 1 + sum(self.branching**d for d in range(1, self.depth + 1))
 
-    def start(self, prompt, features, capacity):
+    def start(self, prompt, features, cache):
         self.context = prompt.tolist()
 
     def accept(self, tokens, features):
