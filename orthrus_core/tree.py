@@ -76,6 +76,9 @@ class DraftTree:
 
 def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[torch.Tensor, int]:
     """logits [N, V] of the verify pass -> (accepted path: node indices from the root, next token)."""
+    if tree.is_chain:  # the prefix rule, read back in one transfer
+        n, token = torch.stack(sampling.greedy_accept(tree.tokens[1:], logits)).tolist()
+        return torch.arange(n + 1, device=logits.device), token
     target = logits.argmax(-1)
     matches = tree.tokens == target[tree.parents.clamp_min(0)]
     matches[0] = True
