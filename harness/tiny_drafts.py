@@ -89,23 +89,7 @@ def evaluate(model, eagle3_dir: Path, dflash_dir: Path, prompts, max_new_tokens:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.tiny_drafts", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", type=Path, default=DEFAULT_MODEL, help="the tiny Orthrus checkpoint")
-    ap.add_argument("--out", type=Path, default=TINY_DIR, help="writes <out>/eagle3 and <out>/dflash")
-    ap.add_argument("--train-prompts", type=int, default=600)
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--eval-math", type=int, default=20)
-    ap.add_argument("--eval-code", type=int, default=10)
-    ap.add_argument("--draft-vocab", type=int, default=1024, help="EAGLE-3 draft vocabulary size")
-    ap.add_argument("--dflash-layers", type=int, default=2)
-    ap.add_argument("--block-size", type=int, default=16, help="DFlash block size")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-
-    model = load_model(args.base)
-    tokenizer = load_tokenizer(args.base)
+def train(model, tokenizer, args) -> None:
     t0 = time.perf_counter()
     sequences = training_sequences(model, tokenizer, args.train_prompts, args.max_new_tokens)
     n_tokens = sum(len(s) - start for s, start in sequences)
@@ -129,6 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     save_dflash(draft, args.out / "dflash", dtype=torch.bfloat16)
     print(f"trained and saved in {time.perf_counter() - t0:.0f} s", flush=True)
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.tiny_drafts", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", type=Path, default=DEFAULT_MODEL, help="the tiny Orthrus checkpoint")
+    ap.add_argument("--out", type=Path, default=TINY_DIR, help="writes <out>/eagle3 and <out>/dflash")
+    ap.add_argument("--train-prompts", type=int, default=2000)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--eval-math", type=int, default=20)
+    ap.add_argument("--eval-code", type=int, default=10)
+    ap.add_argument("--draft-vocab", type=int, default=1024, help="EAGLE-3 draft vocabulary size")
+    ap.add_argument("--dflash-layers", type=int, default=2)
+    ap.add_argument("--block-size", type=int, default=16, help="DFlash block size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evaluate-only", action="store_true", help="measure the drafts already in --out")
+    args = ap.parse_args(argv)
+
+    model = load_model(args.base)
+    tokenizer = load_tokenizer(args.base)
+    if not args.evaluate_only:
+        train(model, tokenizer, args)
     evaluate(
         model,
         args.out / "eagle3",
