@@ -198,7 +198,7 @@ def generate_orthrus(
     loop every speculative method shares (speculative.py)."""
     from .speculative import OrthrusDrafter, generate_speculative  # speculative.py builds on this module
 
-    drafter = OrthrusDrafter(model, block_size or model.block_size, params, generator)
+    drafter = OrthrusDrafter(model, block_size, params, generator)
     return generate_speculative(
         model,
         drafter,

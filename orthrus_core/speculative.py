@@ -123,11 +123,14 @@ class OrthrusDrafter(Drafter):
     """Orthrus: one diffusion-view pass over [root, MASK x (K-1)] at the root's position; block position i
     predicts position i+1, so K-1 drafts, argmax or sampled from the view's distribution q."""
 
-    def __init__(self, model: OrthrusForCausalLM, block_size: int, params: SamplingParams, generator=None):
+    def __init__(
+        self, model: OrthrusForCausalLM, block_size: int | None, params: SamplingParams, generator=None
+    ):
         if not model.has_diffusion_view:
             raise ValueError(
                 "Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)"
             )
+        block_size = block_size or model.block_size  # None: the checkpoint's
         if block_size < 2:
             raise ValueError(f"block size must be >= 2, got {block_size}")
         self.model, self.block_size, self.params, self.generator = model, block_size, params, generator
