@@ -6,8 +6,9 @@ formats next to it, and measure them on the held-out prompts.
 Training data: the base's own greedy answers (float32) to the first user turn of training conversations
 (`tinydata.conversations`, training seeds, disjoint from the held-out problems). Both drafters are trained in
 float32 and saved in bfloat16 (`<out>/eagle3`, `<out>/dflash`). The evaluation reloads them as every decoder
-does and prints, per method, tau and tokens/s next to AR on held-out math and code prompts (greedy, float32,
-CPU), checking on the way that every lossless method reproduces AR's tokens.
+does and prints, for every method of the registry, tau, TPF and tokens/s next to AR on held-out math and code
+prompts (greedy, float32, CPU), on how many prompts its output differs from AR's (0 for every lossless method)
+and its math accuracy.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import torch
 
 from orthrus_core import tinydata
 from orthrus_core.checkpoint import load_model
-from orthrus_core.decoding import generate_ar, generate_orthrus
-from orthrus_core.dflash import DFlashDrafter, load_dflash, save_dflash
-from orthrus_core.eagle3 import Eagle3Drafter, load_eagle3, save_eagle3
-from orthrus_core.speculative import generate_speculative
+from orthrus_core.decoding import generate_orthrus
+from orthrus_core.dflash import save_dflash
+from orthrus_core.eagle3 import save_eagle3
 from orthrus_core.tokenizer import load_tokenizer
 from orthrus_core.train_dflash import train_dflash
 from orthrus_core.train_eagle3 import train_eagle3
 
+from .methods import Target, make_decoder
 from .paths import DEFAULT_MODEL, TINY_DIR
+from .scoring.math_answers import last_boxed
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
@@ -48,43 +50,59 @@ def training_sequences(model, tokenizer, count: int, max_new_tokens: int) -> lis
     return out
 
 
-def heldout_prompts(tokenizer, n_math: int, n_code: int) -> list[list[int]]:
-    math = [chat_prompt(tokenizer, tinydata.math_messages(p)) for p in tinydata.heldout_math(n_math)]
-    code = [chat_prompt(tokenizer, tinydata.code_messages(p)) for p in tinydata.heldout_code(n_code)]
+def heldout_problems(tokenizer, n_math: int, n_code: int) -> list[tuple[list[int], str | None]]:
+    """(prompt ids, the math answer or None for code) for held-out math and code problems."""
+    math = [
+        (chat_prompt(tokenizer, tinydata.math_messages(p)), p["answer"])
+        for p in tinydata.heldout_math(n_math)
+    ]
+    code = [(chat_prompt(tokenizer, tinydata.code_messages(p)), None) for p in tinydata.heldout_code(n_code)]
     return math + code
 
 
-def evaluate(model, eagle3_dir: Path, dflash_dir: Path, prompts, max_new_tokens: int) -> dict[str, dict]:
-    head, draft = load_eagle3(eagle3_dir, model), load_dflash(dflash_dir, model)
-    methods = {
-        "ar": lambda p: generate_ar(model, p, max_new_tokens),
-        "orthrus": lambda p: generate_orthrus(model, p, max_new_tokens),
-        "eagle3 chain (depth 7)": lambda p: generate_speculative(
-            model, Eagle3Drafter.chain(head, model, 7), p, max_new_tokens
-        ),
-        "eagle3 tree (10/7/60)": lambda p: generate_speculative(
-            model, Eagle3Drafter(head, model, 10, 7, 60), p, max_new_tokens
-        ),
-        "eagle3 tree 16": lambda p: generate_speculative(
-            model, Eagle3Drafter(head, model, 10, 7, 16), p, max_new_tokens
-        ),
-        "dflash": lambda p: generate_speculative(model, DFlashDrafter(draft, model), p, max_new_tokens),
-    }
-    reference = [generate_ar(model, p, max_new_tokens).tokens for p in prompts]
+# Every method at its defaults, the EAGLE-3 chain and "tree 16" variants, and the lossy diffusion-only decoder.
+EVAL_SPECS = [
+    "ar",
+    "orthrus",
+    "eagle3:tree=chain",
+    "eagle3",
+    "eagle3:total_tokens=16",
+    "dflash",
+    "pld",
+    "diffusion",
+]
+
+
+def evaluate(target: Target, out: Path, problems, max_new_tokens: int) -> dict[str, dict]:
+    """Per method: tau, TPF, tokens/s, prompts whose output differs from AR's, and math accuracy (the last
+    \\boxed{} equals the answer)."""
+    drafts = {"eagle3": out / "eagle3", "dflash": out / "dflash"}
+    reference = None
     table = {}
-    for name, run in methods.items():
-        tokens, seconds, accepted, mismatches = 0, 0.0, [], 0
-        for prompt, ref in zip(prompts, reference, strict=True):
-            r = run(prompt)
-            mismatches += r.tokens != ref
-            tokens += r.new_tokens
-            seconds += r.total_s
-            accepted += r.accepted
-        tau = 1 + sum(accepted) / len(accepted) if accepted else None
-        table[name] = {"tau": tau, "tokens_per_s": tokens / seconds, "mismatches": mismatches}
-        tau_text = f"{tau:5.2f}" if tau else "    -"
+    for spec in EVAL_SPECS:
+        name = spec.split(":")[0]
+        decoder = make_decoder(spec, target, **({"draft": str(drafts[name])} if name in drafts else {}))
+        results = [decoder.generate(prompt, max_new_tokens) for prompt, _ in problems]
+        reference = reference or [r.tokens for r in results]
+        accepted = [n for r in results for n in r.accepted]
+        forwards = sum(r.ar_forwards + r.draft_forwards for r in results)
+        tokens = sum(r.new_tokens for r in results)
+        math = [(r, answer) for r, (_, answer) in zip(results, problems, strict=True) if answer is not None]
+        correct = sum(last_boxed(target.tokenizer.decode(r.tokens)) == answer for r, answer in math)
+        row = {
+            "tau": 1 + sum(accepted) / len(accepted) if accepted else None,
+            "tpf": tokens / forwards,
+            "tokens_per_s": tokens / sum(r.total_s for r in results),
+            "differs_from_ar": sum(r.tokens != ref for r, ref in zip(results, reference, strict=True)),
+            "math_accuracy": correct / len(math) if math else None,
+        }
+        table[spec] = row
+        tau = f"{row['tau']:5.2f}" if row["tau"] else "    -"
         print(
-            f"{name:24s} tau {tau_text}  {tokens / seconds:7.1f} tok/s  differs from AR on {mismatches} prompts"
+            f"{spec:24s} {'lossless' if decoder.lossless else 'LOSSY   '} tau {tau}  tpf {row['tpf']:5.2f}  "
+            f"{row['tokens_per_s']:7.1f} tok/s  differs from AR on {row['differs_from_ar']}/{len(problems)}  "
+            f"math {correct}/{len(math)}",
+            flush=True,
         )
     return table
 
@@ -134,12 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(args.base)
     if not args.evaluate_only:
         train(model, tokenizer, args)
+    target = Target(model, str(args.base), tokenizer)
     evaluate(
-        model,
-        args.out / "eagle3",
-        args.out / "dflash",
-        heldout_prompts(tokenizer, args.eval_math, args.eval_code),
-        args.max_new_tokens,
+        target, args.out, heldout_problems(tokenizer, args.eval_math, args.eval_code), args.max_new_tokens
     )
     return 0
 
