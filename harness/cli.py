@@ -114,6 +114,35 @@ def cmd_bench_core(args) -> int:
     return 0
 
 
+def cmd_train_tiny(args) -> int:
+    import dataclasses
+
+    from orthrus_core.train import Recipe, train_tiny
+
+    from .data import resolve_data_dir
+    from .paths import DEFAULT_MODEL
+    from .tiny_family import evaluate, figures_table, save_family
+
+    out = args.out or DEFAULT_MODEL
+    if args.eval_only:
+        print(figures_table(evaluate(out, limit=args.eval_limit, data_dir=args.data_dir)))
+        return 0
+    overrides = {k: v for k, v in (("base_steps", args.base_steps), ("diff_steps", args.diff_steps)) if v}
+    recipe = dataclasses.replace(Recipe(), **overrides)
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        print(
+            "train-tiny: no data folder (--data-dir or ORTHRUS_DATA_DIR): training on generated text only",
+            file=sys.stderr,
+        )
+    model, tokenizer, log = train_tiny(
+        out, data_dir, recipe=recipe, device=check_device(args.device), work_dir=args.work_dir
+    )
+    figures = save_family(out, model.float().cpu(), tokenizer, log, evaluate_limit=args.eval_limit)
+    print(f"wrote {out}\n{figures_table(figures)}")
+    return 0
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", help="checkpoint directory or hub id (default: the embedded tiny Orthrus model)"
@@ -153,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=128, help="tokens per end-to-end generation")
     p.add_argument("--repeats", type=int, default=20)
     p.set_defaults(func=cmd_bench_core)
+
+    p = sub.add_parser(
+        "train-tiny",
+        help="train the tiny Orthrus family from scratch (tokenizer, base, diffusion view), evaluate, ship",
+    )
+    p.add_argument("--out", help="checkpoint directory (default: models/tiny/orthrus)")
+    p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $ORTHRUS_DATA_DIR)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast on cuda)")
+    p.add_argument(
+        "--work-dir", help="where stage checkpoints go, for resuming (default: beside --out, hidden)"
+    )
+    p.add_argument("--base-steps", type=int, help="override the recipe's base-stage steps")
+    p.add_argument("--diff-steps", type=int, help="override the recipe's diffusion-stage steps")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N prompts of each tiny suite")
+    p.add_argument("--eval-only", action="store_true", help="only measure the checkpoint at --out")
+    p.set_defaults(func=cmd_train_tiny)
     return parser
 
 
