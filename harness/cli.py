@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 
@@ -143,6 +144,59 @@ def cmd_train_tiny(args) -> int:
     return 0
 
 
+def parse_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_run(args) -> int:
+    from .runner import DEFAULT_LIMIT, RunSpec, execute, parse_shard, print_summary, summarize
+    from .store import read_records
+
+    defaults = RunSpec()
+    embedded = args.suite is None and args.model is None
+    spec = RunSpec(
+        suites=args.suite or defaults.suites,
+        methods=args.methods or defaults.methods,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit if args.limit is not None else (DEFAULT_LIMIT if embedded else None),
+        samples=args.samples,
+        seed=args.seed,
+        warmup=args.warmup,
+        telemetry=not args.no_telemetry,
+        data_dir=args.data_dir,
+    )
+    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    t0 = time.perf_counter()
+    directory = execute(spec, out, resume=args.resume, shard=parse_shard(args.shard))
+    wall = time.perf_counter() - t0
+    print_summary(summarize(read_records(directory)), f"{directory} ({wall:.0f} s)")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .runner import merge, print_summary, summarize
+    from .store import read_records
+
+    directory = merge(args.shards, args.out)
+    print_summary(summarize(read_records(directory)), f"{directory} (merged from {len(args.shards)} shards)")
+    return 0
+
+
+def cmd_suites(args) -> int:
+    from .suites import list_suites, load_suite
+
+    for name in list_suites():
+        suite = load_suite(name, args.data_dir)
+        print(f"{name:12s} {suite.config.get('description', '')}")
+    return 0
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", help="checkpoint directory or hub id (default: the embedded tiny Orthrus model)"
@@ -198,16 +252,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N prompts of each tiny suite")
     p.add_argument("--eval-only", action="store_true", help="only measure the checkpoint at --out")
     p.set_defaults(func=cmd_train_tiny)
+
+    p = sub.add_parser(
+        "run",
+        help="run suites x methods on a model into a results directory (no arguments: the embedded default)",
+    )
+    add_model_args(p)
+    p.add_argument("--suite", type=parse_list, help="comma-separated suite names or .toml paths")
+    p.add_argument(
+        "--methods", type=parse_list, help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain"
+    )
+    p.add_argument("--temperature", type=float, help="override every suite's temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--limit", type=int, help="first N items of each suite")
+    p.add_argument("--samples", type=int, default=1, help="generations per item and method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up generations per method")
+    p.add_argument("--no-telemetry", action="store_true", help="measure wall-clock only (overhead baseline)")
+    p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $ORTHRUS_DATA_DIR)")
+    p.add_argument("--out", help="results directory (default: runs/<date-time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--shard", help="i/n: run the items whose position is i modulo n")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("merge", help="join the shard directories of one run")
+    p.add_argument("shards", nargs="+", help="shard result directories")
+    p.add_argument("--out", required=True, help="merged results directory")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("suites", help="list the suite files")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_suites)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from orthrus_core.checkpoint import CheckpointError
 
+    from .data import DatasetUnavailableError
+    from .runner import RunError
+    from .store import StoreError
+    from .suite_config import SuiteError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (
+        UsageError,
+        CheckpointError,
+        RunError,
+        StoreError,
+        SuiteError,
+        DatasetUnavailableError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"orthrus-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
