@@ -22,7 +22,9 @@ GenerateFn = Callable[..., GenerationResult]
 class Turn:
     prompt_ids: list[int]
     result: GenerationResult
-    text: str  # the answer as the scorer and the next turn see it: special tokens dropped, cut at a stop string
+    text: (
+        str  # the answer as the scorer and the next turn see it: special tokens dropped, cut at a stop string
+    )
 
 
 def answer_text(tokenizer, tokens: list[int], stop_strings: list[str]) -> str:

@@ -24,7 +24,7 @@ import torch
 
 from .conversation import run_item
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
-from .store import RunStore, StoreError, open_run, write_json
+from .store import StoreError, open_run, write_json
 from .suites import Suite, SuiteItem, load_suite
 from .telemetry import Telemetry, load_nvml
 
@@ -196,8 +196,11 @@ def unit_records(suite, item, label, decoder, sample, turns, measures, score, sp
                 "turns": len(turns),
                 "status": "ok",
                 "error": None,
-                "temperature": spec.temperature if spec.temperature is not None else suite.generation.temperature,
+                "temperature": spec.temperature
+                if spec.temperature is not None
+                else suite.generation.temperature,
                 "prompt_tokens": len(turn.prompt_ids),
+                "prompt_ids": turn.prompt_ids,
                 "context_tokens": item.context_tokens,
                 "context_bucket": context_bucket(len(turn.prompt_ids), item.context_tokens),
                 "new_tokens": r.new_tokens,
@@ -283,7 +286,9 @@ def execute(
     todo = [u for u in units if (u[0].name, u[1].id, u[3], u[2]) not in store.done]
     warmed: set[str] = set()
     totals = defaultdict(lambda: [0, 0.0, 0, 0])  # label -> tokens, seconds, accepted, cycles
-    bar = tqdm(todo, desc="run", unit="gen", disable=not progress, initial=len(units) - len(todo), total=len(units))
+    bar = tqdm(
+        todo, desc="run", unit="gen", disable=not progress, initial=len(units) - len(todo), total=len(units)
+    )
     try:
         for suite, item, sample, label in bar:
             decoder = p.decoders[label]
@@ -368,7 +373,11 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
         for d in shard_dirs:
             for record in read_records(d):
                 f.write(_dumps(record) + "\n")
-    merged = {**runs[0], "shard": [0, 1], "merged_from": [{"dir": str(d), **r} for d, r in zip(shard_dirs, runs, strict=True)]}
+    merged = {
+        **runs[0],
+        "shard": [0, 1],
+        "merged_from": [{"dir": str(d), **r} for d, r in zip(shard_dirs, runs, strict=True)],
+    }
     merged["started"] = min(r["started"] for r in runs)
     merged["finished"] = max(r["finished"] for r in runs)
     staged.replace(out / RECORDS)

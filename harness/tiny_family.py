@@ -220,10 +220,18 @@ def save_family(out_dir: Path, model, tokenizer, log: dict, *, evaluate_limit: i
     save_model(model, staging, dtype=torch.bfloat16)
     tokenizer.save_pretrained(staging)
     (staging / "training_log.json").write_text(
-        json.dumps({k: v for k, v in log.items() if k not in ("base", "diffusion")} | {
-            stage: {"steps": log[stage]["steps"], "wall_s": log[stage]["wall_s"], "losses": log[stage]["losses"]}
-            for stage in ("base", "diffusion")
-        }) + "\n"
+        json.dumps(
+            {k: v for k, v in log.items() if k not in ("base", "diffusion")}
+            | {
+                stage: {
+                    "steps": log[stage]["steps"],
+                    "wall_s": log[stage]["wall_s"],
+                    "losses": log[stage]["losses"],
+                }
+                for stage in ("base", "diffusion")
+            }
+        )
+        + "\n"
     )
     plot_losses(log, staging / "loss.png")
     t0 = time.perf_counter()

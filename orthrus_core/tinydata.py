@@ -402,7 +402,9 @@ def real_conversations(data_dir: str | Path) -> dict[str, list[list[dict]]]:
         reasoning, answer = r["answer"].split("####")
         reasoning = re.sub(r"<<[^>]*>>", "", reasoning).strip()
         solution = f"{reasoning}\nThe answer is \\boxed{{{answer.strip().replace(',', '')}}}."
-        out["gsm8k"].append(math_messages({"problem": r["question"]}) + [{"role": "assistant", "content": solution}])
+        out["gsm8k"].append(
+            math_messages({"problem": r["question"]}) + [{"role": "assistant", "content": solution}]
+        )
     for path in sorted((data_dir / "math" / "hendrycks_math").glob("*_train.jsonl")):
         for line in path.read_text().splitlines():
             r = json.loads(line)

@@ -178,9 +178,7 @@ def draw_anchors(S: int, K: int, n_blocks: int, generator: torch.Generator) -> t
     return torch.randperm(S - K + 1, generator=generator)[:n_blocks] + 1
 
 
-def diffusion_loss(
-    model: OrthrusForCausalLM, x: torch.Tensor, anchors: torch.Tensor, K: int
-) -> torch.Tensor:
+def diffusion_loss(model: OrthrusForCausalLM, x: torch.Tensor, anchors: torch.Tensor, K: int) -> torch.Tensor:
     """Self-distillation loss of the diffusion view on x [B, S] with blocks at `anchors` [B, n] (sorted or
     not); the mean over blocks and offsets 0..K-2 of KL(AR(. | x_<=a+i) || diffusion(. | block i))."""
     B, S = x.shape
@@ -194,7 +192,9 @@ def diffusion_loss(
 
     # Query of block j sees AR keys at positions < anchor_j, and the K keys of block j itself.
     query_block = torch.arange(n * K, device=x.device) // K  # [n*K]
-    sees_prefix = torch.arange(S, device=x.device)[None, None, :] < anchors.repeat_interleave(K, 1)[:, :, None]
+    sees_prefix = (
+        torch.arange(S, device=x.device)[None, None, :] < anchors.repeat_interleave(K, 1)[:, :, None]
+    )
     sees_block = query_block[:, None] == query_block[None, :]  # [n*K, n*K]
     mask = torch.cat([sees_prefix, sees_block[None].expand(B, -1, -1)], dim=2)[:, None]  # [B, 1, nK, S+nK]
 

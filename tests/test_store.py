@@ -11,8 +11,17 @@ from harness.store import RECORDS, StoreError, load, open_run, read_records
 
 def unit(item: str, turns: int = 1, method: str = "ar") -> list[dict]:
     return [
-        {"suite": "s", "item_id": item, "method": method, "sample": 0, "turn": t, "turns": turns, "status": "ok",
-         "new_tokens": 3, "output_ids": [1, 2, 3]}
+        {
+            "suite": "s",
+            "item_id": item,
+            "method": method,
+            "sample": 0,
+            "turn": t,
+            "turns": turns,
+            "status": "ok",
+            "new_tokens": 3,
+            "output_ids": [1, 2, 3],
+        }
         for t in range(turns)
     ]
 

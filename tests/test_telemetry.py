@@ -7,10 +7,10 @@ import time
 from types import SimpleNamespace
 
 import torch
+from conftest import random_prompts
 
 from harness.provenance import config_hash, git_state, hardware, model_provenance, versions
 from harness.telemetry import NVML_FIELDS, NvmlSampler, Telemetry
-from conftest import random_prompts
 from orthrus_core import generate
 
 
@@ -25,7 +25,10 @@ class FakeNvml:
         return index
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
-        return [SimpleNamespace(pid=os.getpid(), usedGpuMemory=300 + self.calls), SimpleNamespace(pid=1, usedGpuMemory=9)]
+        return [
+            SimpleNamespace(pid=os.getpid(), usedGpuMemory=300 + self.calls),
+            SimpleNamespace(pid=1, usedGpuMemory=9),
+        ]
 
     def nvmlDeviceGetMemoryInfo(self, handle):
         self.calls += 1
@@ -68,7 +71,10 @@ def test_telemetry_counts_forwards_by_kind_and_restores_the_model(model):
     result = generate(model, random_prompts(1)[0], 12, mode="orthrus")
     out = telemetry.stop()
     assert "forward" not in vars(model)
-    assert out["ar_forward_count"] == result.ar_forwards and out["diffusion_forward_count"] == result.draft_forwards
+    assert (
+        out["ar_forward_count"] == result.ar_forwards
+        and out["diffusion_forward_count"] == result.draft_forwards
+    )
     assert out["prefill_forward_ms"] > 0 and out["ar_forward_ms_mean"] > 0
     assert out["nvml_samples"] >= 2 and out["allocator_peak_bytes"] is None  # CPU: no allocator peak
     assert Telemetry(model, torch.device("cpu"), enabled=False).stop() == {}
@@ -85,7 +91,9 @@ def test_without_nvml_every_nvml_field_is_none(model):
 def test_provenance_fields(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"abc")
     record = model_provenance("target", "x/y", tmp_path)
-    assert record["weights"] == {"model.safetensors": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+    assert record["weights"] == {
+        "model.safetensors": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    }
     assert set(git_state()) == {"commit", "dirty"}
     assert versions()["torch"] == torch.__version__
     assert hardware(FakeNvml())["driver"] == "560.35.03"

@@ -65,7 +65,9 @@ def test_stages_lower_their_losses_and_the_diffusion_stage_trains_only_the_diffu
 def test_training_blocks_see_exactly_what_inference_blocks_see():
     """The many-blocks-per-forward training pass gives each block the logits of a diffusion-view decoding
     pass over [anchor, MASK...] at that anchor, against a cache holding the AR prefix."""
-    config = dataclasses.replace(MICRO, vocab_size=64).config(mask_token_id=63, eos_token_id=62, pad_token_id=61)
+    config = dataclasses.replace(MICRO, vocab_size=64).config(
+        mask_token_id=63, eos_token_id=62, pad_token_id=61
+    )
     model = init_weights(OrthrusForCausalLM(config), std=0.2, seed=1).eval()
     x = torch.randint(0, 60, (2, 24), generator=torch.Generator().manual_seed(0))
     anchors = torch.tensor([[3, 12, 1], [19, 5, 8]])
@@ -113,8 +115,16 @@ def test_an_interrupted_stage_resumes_to_the_same_run(micro, tmp_path):
 
         params = [(n, p) for n, p in model.named_parameters() if "_diff" not in n]
         log = train.run_stage(
-            "base", model, params, loss_fn, steps=12, lr=1e-2, recipe=recipe, work_dir=work_dir,
-            save_every=5, progress=False,
+            "base",
+            model,
+            params,
+            loss_fn,
+            steps=12,
+            lr=1e-2,
+            recipe=recipe,
+            work_dir=work_dir,
+            save_every=5,
+            progress=False,
         )
         return model, log
 
