@@ -188,6 +188,25 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_bench_overhead(args) -> int:
+    from .bench_overhead import bench_overhead, print_overhead
+    from .suites import load_suite
+
+    model, tokenizer = load(args)
+    if tokenizer is None:
+        raise UsageError(f"{args.model} has no tokenizer files; the benchmark renders suite prompts")
+    suite = load_suite(args.suite, args.data_dir, limit=args.prompts)
+    prompts = [suite.render(tokenizer, item, []) for item in suite.items(tokenizer)]
+    results = [
+        bench_overhead(
+            model, tokenizer, prompts, mode=mode, max_new_tokens=args.max_new_tokens, repeats=args.repeats
+        )
+        for mode in ("ar", "orthrus")
+    ]
+    print_overhead(results)
+    return 0
+
+
 def cmd_suites(args) -> int:
     from .suites import list_suites, load_suite
 
@@ -281,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", nargs="+", help="shard result directories")
     p.add_argument("--out", required=True, help="merged results directory")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("bench-overhead", help="wall-clock cost of the runner's telemetry (on vs off)")
+    add_model_args(p)
+    p.add_argument("--suite", default="tiny-math", help="suite whose first prompts are generated")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=4, help="passes over the prompts per side")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_bench_overhead)
 
     p = sub.add_parser("suites", help="list the suite files")
     p.add_argument("--data-dir")
