@@ -99,16 +99,16 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_bench_core(args) -> int:
-    from .bench_core import bench_core
+def cmd_bench_engine(args) -> int:
+    from .bench_engine import bench_engine
 
-    bench_core(
+    bench_engine(
         args.shape,
         model_path=args.model,
         dtype=args.dtype,
         device=check_device(args.device),
         contexts=args.contexts,
-        block_size=args.block_size,
+        block_sizes=args.block_sizes,
         new_tokens=args.new_tokens,
         repeats=args.repeats,
     )
@@ -243,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("bench-core", help="time an AR step, a diffusion pass, a verify pass, and end to end")
+    p = sub.add_parser(
+        "bench-engine",
+        help="time an AR step, a diffusion pass and a verify pass against the roofline, and end to end",
+    )
     add_model_args(p)
     p.add_argument(
         "--shape",
@@ -251,10 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights; ignored with --model)",
     )
     p.add_argument("--contexts", type=parse_int_list, default=None, help="context lengths, e.g. 128,1024")
-    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--block-sizes", type=parse_int_list, default=None, help="e.g. 16,32")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens per end-to-end generation")
     p.add_argument("--repeats", type=int, default=20)
-    p.set_defaults(func=cmd_bench_core)
+    p.set_defaults(func=cmd_bench_engine)
 
     p = sub.add_parser(
         "train-tiny",
