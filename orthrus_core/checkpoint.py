@@ -26,15 +26,18 @@ AR_ARCHITECTURES = {"Qwen3ForCausalLM"}
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # What a decoder needs from a hub repository; everything else (remote code, READMEs, other formats) stays.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the problem and what to do."""
 
 
-def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local checkpoint directory, or a hub id downloaded (or found in the local hub cache)."""
+def resolve(
+    path_or_id: str | os.PathLike, revision: str | None = None, patterns: tuple[str, ...] = HUB_PATTERNS
+) -> Path:
+    """A local checkpoint directory, or a hub id downloaded (or found in the local hub cache): the files
+    matching `patterns` (draft heads in the EAGLE format need "*.bin" too)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
@@ -46,7 +49,7 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, revision=revision, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(name, revision=revision, allow_patterns=list(patterns)))
     except Exception as e:  # offline, unknown repo, gated, ...: all end the same way for the user
         raise CheckpointError(
             f"{name!r} is not a local directory and could not be fetched from the Hugging Face hub "
@@ -119,6 +122,17 @@ def _check_tensors(directory: Path, files: dict[str, Path], expected: dict[str, 
             for name in f.keys():
                 if files.get(name) == file:
                     actual[name] = tuple(f.get_slice(name).get_shape())
+    check_shapes(f"the weights in {directory} do not match its config.json", actual, expected)
+
+
+def check_shapes(
+    what: str,
+    actual: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    hint: str = "check that config.json belongs to these weights, e.g. hidden size, layers, vocabulary, "
+    "tie_word_embeddings",
+) -> None:
+    """Raise a CheckpointError listing missing, unexpected and mis-shaped tensors, if there are any."""
     missing = sorted(set(expected) - set(actual))
     unexpected = sorted(set(actual) - set(expected))
     wrong = [
@@ -138,12 +152,7 @@ def _check_tensors(directory: Path, files: dict[str, Path], expected: dict[str, 
             )
             problems.append(f"  {title} ({len(items)}):\n    {shown}")
     if problems:
-        raise CheckpointError(
-            f"the weights in {directory} do not match its config.json:\n"
-            + "\n".join(problems)
-            + "\n(check that config.json belongs to these weights, e.g. hidden size, layers, vocabulary, "
-            "tie_word_embeddings)"
-        )
+        raise CheckpointError(f"{what}:\n" + "\n".join(problems) + f"\n({hint})")
 
 
 def load_model(

@@ -88,7 +88,7 @@ class GenerationResult:
         return d
 
 
-class _Clock:
+class Clock:
     """Wall-clock that waits for the device queue first, so GPU work is inside the interval."""
 
     def __init__(self, device: torch.device):
@@ -99,7 +99,7 @@ class _Clock:
         return time.perf_counter()
 
 
-class _Output:
+class Output:
     """Collects emitted tokens, enforcing stop tokens and max_new_tokens exactly."""
 
     def __init__(self, max_new_tokens: int, stop_token_ids: Iterable[int], on_tokens: StreamCallback | None):
@@ -125,7 +125,7 @@ class _Output:
         return self.stop_reason is not None
 
 
-def _check_prompt(prompt_ids, max_new_tokens: int, device) -> torch.Tensor:
+def check_prompt(prompt_ids, max_new_tokens: int, device) -> torch.Tensor:
     ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)
     if ids.ndim != 1 or ids.numel() == 0:
         raise ValueError("the prompt must be a non-empty sequence of token ids")
@@ -160,11 +160,11 @@ def generate_ar(
 ) -> GenerationResult:
     """Plain autoregressive decoding: one AR-view forward per new token after the prefill."""
     device = model.lm_head.weight.device
-    prompt = _check_prompt(prompt_ids, max_new_tokens, device)
-    out = _Output(
+    prompt = check_prompt(prompt_ids, max_new_tokens, device)
+    out = Output(
         max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
     )
-    clock = _Clock(device)
+    clock = Clock(device)
     t0 = clock()
     cache = model.new_cache(prompt.shape[1] + max_new_tokens)
     token = _first_token(model, prompt, cache, params, generator)
@@ -204,11 +204,11 @@ def generate_orthrus(
     if K < 2:
         raise ValueError(f"block size must be >= 2, got {K}")
     device = model.lm_head.weight.device
-    prompt = _check_prompt(prompt_ids, max_new_tokens, device)
-    out = _Output(
+    prompt = check_prompt(prompt_ids, max_new_tokens, device)
+    out = Output(
         max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
     )
-    clock = _Clock(device)
+    clock = Clock(device)
     t0 = clock()
     # Room for a full block after the last committed token, so the final cycle needs no special case.
     cache = model.new_cache(prompt.shape[1] + max_new_tokens + K)

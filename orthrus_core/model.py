@@ -19,7 +19,7 @@ Two kinds of forward, both over a static KV cache (`KVCache`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -68,6 +68,15 @@ class KVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def compact(self, start: int, keep: torch.Tensor) -> None:
+        """Keep the rows at positions start + keep (sorted offsets, e.g. an accepted tree path) as the
+        positions start..start+len(keep)-1 and commit through them: the rollback of a tree verify pass."""
+        n = keep.shape[0]
+        src = start + keep
+        self.k[:, :, :, start : start + n] = self.k[:, :, :, src]
+        self.v[:, :, :, start : start + n] = self.v[:, :, :, src]
+        self.length = start + n
 
 
 def head_dim(config: Qwen3Config) -> int:
@@ -173,21 +182,38 @@ class OrthrusForCausalLM(nn.Module):
         return self.model.rotary_emb(x, positions)
 
     def forward(
-        self, input_ids: torch.Tensor, start: int, cache: KVCache, diffusion: bool = False
-    ) -> torch.Tensor:
-        """input_ids [B, T] at positions start..start+T-1 -> float32 logits [B, T, V].
+        self,
+        input_ids: torch.Tensor,
+        start: int,
+        cache: KVCache,
+        diffusion: bool = False,
+        *,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        capture: Sequence[int] = (),
+    ):
+        """input_ids [B, T] written at cache slots start..start+T-1 -> float32 logits [B, T, V].
 
         Reads cache positions [0, start) and writes [start, start+T); see the module docstring for what each
-        view attends to. Does not move `cache.length`: committing is the decoder's decision.
+        view attends to. Does not move `cache.length`: committing is the decoder's decision. A tree verify
+        pass passes its own RoPE `positions` [1, T] (start + node depth) and `mask` [T, start+T] (the prefix
+        plus each node's ancestors). With `capture` it returns (logits, features); see `run`.
         """
         T = input_ids.shape[1]
         if start + T > cache.capacity:
             raise ValueError(f"cache capacity {cache.capacity} < {start + T} positions needed")
-        positions = torch.arange(start, start + T, device=input_ids.device)[None]
+        if positions is None:
+            positions = torch.arange(start, start + T, device=input_ids.device)[None]
         # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block.
-        mask = None if diffusion or T == 1 else causal_mask(start, T, input_ids.device)
+        if mask is None and not diffusion and T > 1:
+            mask = causal_mask(start, T, input_ids.device)
         return self.run(
-            input_ids, positions, mask, diffusion, lambda i, k, v: cache.extend(i, k, v, start=start)
+            input_ids,
+            positions,
+            mask,
+            diffusion,
+            lambda i, k, v: cache.extend(i, k, v, start=start),
+            capture=capture,
         )
 
     def run(
@@ -197,21 +223,37 @@ class OrthrusForCausalLM(nn.Module):
         mask: torch.Tensor | None,
         diffusion: bool,
         kv_context: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    ) -> torch.Tensor:
+        *,
+        capture: Sequence[int] = (),
+    ):
         """The pass every use shares: input_ids [B, T] at `positions` [B or 1, T] -> float32 logits [B, T, V].
 
         kv_context(layer, k, v) returns the keys and values the layer's queries attend to, given the new
         tokens' own (a cache write for decoding, the tokens themselves for a causal training pass, or the AR
         context concatenated with a block for diffusion training); `mask` is a boolean [T, keys] or
         [B, 1, T, keys] attention mask (True = may attend), or None for all.
+
+        `capture` lists hidden states by their index in transformers' `output_hidden_states` (0 = the
+        embeddings, l + 1 = the output of layer l, the last one after the final norm), which is how drafters
+        such as EAGLE-3 and DFlash name the target features they read; then the return value is
+        (logits, features [B, T, len(capture) * H]) with the states concatenated in the order given.
         """
         if diffusion and not self.has_diffusion_view:
             raise ValueError("this model has no diffusion view (it was loaded as a plain AR model)")
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope(x, positions)
+        n_layers = len(self.model.layers)
+        states = {0: x} if 0 in capture else {}
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, diffusion, partial(kv_context, i))
-        return self.lm_head(self.model.norm(x)).float()
+            if i + 1 in capture and i + 1 < n_layers:
+                states[i + 1] = x
+        x = self.model.norm(x)
+        logits = self.lm_head(x).float()
+        if not capture:
+            return logits
+        states[n_layers] = x
+        return logits, torch.cat([states[i] for i in capture], dim=-1)
 
 
 def causal_mask(start: int, T: int, device) -> torch.Tensor:

@@ -1,0 +1,40 @@
+"""`ar`: plain autoregressive decoding over the static KV cache, the reference every method is held to."""
+
+from __future__ import annotations
+
+from orthrus_core.decoding import generate_ar
+
+from .base import Decoder
+
+OPTIONS: dict = {}
+
+
+class ARDecoder(Decoder):
+    name = "ar"
+
+    def generate(
+        self,
+        prompt_ids,
+        max_new_tokens,
+        *,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=None,
+        stop_token_ids=None,
+        on_tokens=None,
+    ):
+        params, generator = self.sampling(temperature, top_k, top_p, seed)
+        return generate_ar(
+            self.target.model,
+            prompt_ids,
+            max_new_tokens,
+            params,
+            stop_token_ids=stop_token_ids,
+            generator=generator,
+            on_tokens=on_tokens,
+        )
+
+
+def build(target, label, options):
+    return ARDecoder(target, label, options)

@@ -1,0 +1,95 @@
+"""`ar_hf`: transformers' `generate` with its own Qwen3ForCausalLM on the same weights, a second AR reference
+(independent attention, cache and sampling code). It shares the target's tensors rather than copying them."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+from transformers.generation.streamers import BaseStreamer
+
+from orthrus_core.decoding import Clock, GenerationResult, check_prompt, default_stop_ids
+
+from .base import Decoder
+
+OPTIONS: dict = {}
+
+
+class _Timer(BaseStreamer):
+    """Records when the first new token is known and forwards new tokens to on_tokens."""
+
+    def __init__(self, clock, on_tokens):
+        self.clock, self.on_tokens = clock, on_tokens
+        self.first_token_at = None
+        self.prompt_seen = False
+
+    def put(self, value):
+        if not self.prompt_seen:  # generate() streams the prompt first
+            self.prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = self.clock()
+        if self.on_tokens:
+            self.on_tokens(value.flatten().tolist())
+
+    def end(self):
+        pass
+
+
+class HFDecoder(Decoder):
+    name = "ar_hf"
+
+    def __init__(self, target, label, config, hf_model):
+        super().__init__(target, label, config)
+        self.hf_model = hf_model
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids,
+        max_new_tokens,
+        *,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=None,
+        stop_token_ids=None,
+        on_tokens=None,
+    ):
+        model = self.target.model
+        params, _ = self.sampling(temperature, top_k, top_p, seed)  # validates the same way as every method
+        device = model.lm_head.weight.device
+        prompt = check_prompt(prompt_ids, max_new_tokens, device)
+        stop = list(default_stop_ids(model) if stop_token_ids is None else stop_token_ids)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0,
+            eos_token_id=stop or None,
+            pad_token_id=stop[0] if stop else 0,
+            **(sampling if not params.greedy else dict(do_sample=False)),
+        )
+        if seed is not None:
+            torch.manual_seed(seed)  # transformers samples from the global generator
+        clock = Clock(device)
+        timer = _Timer(clock, on_tokens)
+        t0 = clock()
+        out = self.hf_model.generate(prompt, generation_config=config, streamer=timer)[0, prompt.shape[1] :]
+        end = clock()
+        tokens = out.tolist()
+        stop_reason = "stop" if tokens and tokens[-1] in stop else "length"
+        first = timer.first_token_at or end
+        return GenerationResult(tokens, stop_reason, [], 1, len(tokens) - 1, 0, first - t0, end - first)
+
+
+def build(target, label, options):
+    model = target.model
+    config = Qwen3Config.from_dict(model.config.to_dict())
+    config.architectures = ["Qwen3ForCausalLM"]
+    with torch.device("meta"):
+        hf_model = Qwen3ForCausalLM(config)
+    state = {k: v for k, v in model.state_dict(keep_vars=True).items() if "_diff" not in k}
+    hf_model.load_state_dict(state, strict=True, assign=True)  # the same tensors, no copy
+    if config.tie_word_embeddings:
+        hf_model.tie_weights()
+    hf_model.model.rotary_emb = type(hf_model.model.rotary_emb)(config).to(model.lm_head.weight.device)
+    return HFDecoder(target, label, options, hf_model.eval())

@@ -1,0 +1,59 @@
+"""The one decoder interface every method implements, and the target model it decodes for."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from orthrus_core.decoding import GenerationResult, StreamCallback
+from orthrus_core.model import OrthrusForCausalLM
+from orthrus_core.sampling import SamplingParams
+
+
+@dataclass
+class Target:
+    """A loaded target model, the local checkpoint directory it came from, and its tokenizer (or None)."""
+
+    model: OrthrusForCausalLM
+    path: str
+    tokenizer: object | None = None
+
+
+class Decoder(ABC):
+    """One configured method. `config` holds every resolved option (JSON-serialisable, for provenance) and
+    `checkpoints` the local directory of every checkpoint used, by role ("target", "draft")."""
+
+    name: str  # the method, e.g. "eagle3"
+    lossless: bool = True  # greedy output equals AR's and sampled output follows the target's distribution
+
+    def __init__(self, target: Target, label: str, config: dict, checkpoints: dict[str, str] | None = None):
+        self.target, self.label, self.config = target, label, config
+        self.checkpoints = {"target": target.path, **(checkpoints or {})}
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt_ids: Iterable[int],
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        on_tokens: StreamCallback | None = None,
+    ) -> GenerationResult:
+        """Generate after prompt_ids; stop tokens default to the target's eos_token_id."""
+
+    def sampling(self, temperature, top_k, top_p, seed) -> tuple[SamplingParams, torch.Generator | None]:
+        params = SamplingParams(temperature, top_k, top_p)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(self.target.model.lm_head.weight.device).manual_seed(seed)
+        return params, generator
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"

@@ -1,0 +1,44 @@
+"""Which draft checkpoint a method uses for a given target.
+
+Public drafts are matched by the base model's size in the target's name or path (a hub cache directory keeps
+the repository name: models--chiennv--Orthrus-Qwen3-8B), so a stock Qwen3 and its Orthrus conversion share
+their drafts (Orthrus' AR view is the frozen base). A local target directory with a sibling directory named
+after the method (the tiny family: models/tiny/{orthrus,eagle3,dflash}) uses that. `draft=` overrides both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# Sources: /work/shared/research/baselines.md sections 1.3 and 2.2 (AngelSlim's heads are the ones the DFlash
+# and Orthrus comparisons used; there is no public DFlash drafter for Qwen3-1.7B).
+PUBLIC_DRAFTS = {
+    "eagle3": {
+        "qwen3-1.7b": "AngelSlim/Qwen3-1.7B_eagle3",
+        "qwen3-4b": "AngelSlim/Qwen3-4B_eagle3",
+        "qwen3-8b": "AngelSlim/Qwen3-8B_eagle3",
+    },
+    "dflash": {
+        "qwen3-4b": "z-lab/Qwen3-4B-DFlash-b16",
+        "qwen3-8b": "z-lab/Qwen3-8B-DFlash-b16",
+    },
+}
+BASE_NAME = re.compile(r"qwen3-(1\.7b|4b|8b)(?![\w.])", re.IGNORECASE)
+
+
+def draft_checkpoint(method: str, target, override: str | None = None) -> str:
+    """The hub id or directory of `method`'s draft for `target` (a harness.methods.base.Target)."""
+    if override:
+        return override
+    sibling = Path(target.path).parent / method
+    if Path(target.path).is_dir() and (sibling / "config.json").is_file():
+        return str(sibling)
+    match = BASE_NAME.search(str(target.path))
+    if match and match.group(0).lower() in PUBLIC_DRAFTS[method]:
+        return PUBLIC_DRAFTS[method][match.group(0).lower()]
+    known = ", ".join(f"{base} -> {repo}" for base, repo in PUBLIC_DRAFTS[method].items())
+    raise ValueError(
+        f"no {method} draft checkpoint is known for the model {target.path} (known: {known}; or a sibling "
+        f"directory {sibling}); pass one with {method}:draft=<hub id or directory>"
+    )

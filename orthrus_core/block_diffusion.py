@@ -1,0 +1,148 @@
+"""Lossy block-diffusion decoding (the dLLM baseline): Fast-dLLM v2 / SDAR-style confidence-threshold parallel
+unmasking, with no verification against an AR model, so the output may differ from AR decoding.
+
+Per block of B positions (split into sub-blocks, left to right): run the denoiser over the block against the
+committed prefix, take the argmax and its probability at every masked position of the current sub-block,
+unmask every position whose probability exceeds `threshold` and always at least the most confident one; repeat
+until the sub-block is clean. A finished block is committed with one more forward that writes its exact K/V
+into the cache. Generation stops after the block that holds a stop token (the output ends at the stop token).
+
+Two families, by how a block is laid out (`BlockDiffusionLM`):
+* shift (Orthrus' diffusion view, Fast-dLLM v2): block row i predicts position i + 1, so a block opens with a
+  known token. Orthrus: blocks start anywhere, at [last token, MASK x (B-1)]; the commit pass is the AR view,
+  whose last logit gives the next block's first token.
+* no shift (SDAR): row i predicts position i in place; blocks sit at multiples of B, the first one opening with
+  the prompt's tail; the commit pass uses the same block-bidirectional attention as denoising.
+
+Forwards: `draft_forwards` counts denoising passes, `ar_forwards` commit passes; `accepted` holds, per block,
+the tokens it produced minus one, so `tau` reads as tokens per commit and `tpf` as tokens per forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from .decoding import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
+from .model import OrthrusForCausalLM
+
+
+@dataclass
+class BlockDiffusionLM:
+    model: OrthrusForCausalLM
+    mask_token_id: int
+    diffusion_view: bool  # denoise with the `*_diff` projections (Orthrus) or the model's only ones (SDAR)
+    shift: bool  # row i predicts position i + 1 (Orthrus, Fast-dLLM v2) rather than position i (SDAR)
+    aligned: bool  # blocks at absolute multiples of the block size (as block-diffusion LMs are trained)
+
+    @classmethod
+    def orthrus(cls, model: OrthrusForCausalLM) -> BlockDiffusionLM:
+        if not model.has_diffusion_view:
+            raise ValueError("orthrus-diffusion-only needs a checkpoint with a diffusion view (OrthrusLM)")
+        return cls(model, model.mask_token_id, diffusion_view=True, shift=True, aligned=False)
+
+    @classmethod
+    def sdar(cls, model: OrthrusForCausalLM, mask_token_id: int) -> BlockDiffusionLM:
+        return cls(model, mask_token_id, diffusion_view=False, shift=False, aligned=True)
+
+    def denoise(self, block: torch.Tensor, start: int, cache) -> torch.Tensor:
+        """block [1, B] at positions start.. -> logits [B, V] for the block's own positions (shift applied)."""
+        logits = self._block_forward(block, start, cache, self.diffusion_view)[0]
+        if self.shift:  # the row before a position predicts it; position 0 of a shifted block is always known
+            logits = torch.cat([logits[:1], logits[:-1]])
+        return logits
+
+    def commit(self, block: torch.Tensor, start: int, cache) -> torch.Tensor:
+        """Write the finished block's K/V; -> the last position's logits (the next token, with shift)."""
+        if self.diffusion_view:  # Orthrus: the committed cache holds AR-view K/V only
+            return self.model(block, start, cache)[0, -1]
+        return self._block_forward(block, start, cache, False)[0, -1]
+
+    def _block_forward(self, block, start, cache, diffusion):
+        if diffusion:
+            return self.model(block, start, cache, diffusion=True)
+        # Block-causal: every row sees the prefix and the whole block.
+        mask = torch.ones(block.shape[1], start + block.shape[1], dtype=torch.bool, device=block.device)
+        return self.model(block, start, cache, mask=mask)
+
+
+@torch.inference_mode()
+def generate_block_diffusion(
+    lm: BlockDiffusionLM,
+    prompt_ids: Iterable[int],
+    max_new_tokens: int,
+    *,
+    block_size: int,
+    sub_block_size: int | None = None,
+    threshold: float = 0.9,
+    stop_token_ids: Iterable[int] | None = None,
+    on_tokens: StreamCallback | None = None,
+) -> GenerationResult:
+    """Greedy block-diffusion decoding (argmax unmasking); see the module docstring."""
+    B, S = block_size, sub_block_size or block_size
+    if B < 2 or not 1 <= S <= B:
+        raise ValueError(f"need block_size >= 2 and 1 <= sub_block_size <= block_size, got {B}, {S}")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    model = lm.model
+    device = model.lm_head.weight.device
+    prompt = check_prompt(prompt_ids, max_new_tokens, device)
+    out = Output(
+        max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
+    )
+    n = prompt.shape[1]
+    clock = Clock(device)
+    t0 = clock()
+    cache = model.new_cache(n + max_new_tokens + 2 * B)
+    prefill = (n // B) * B if lm.aligned else n
+    prefill_forwards = 0
+    if prefill:
+        logits = model(prompt[:, :prefill], 0, cache)[0, -1]
+        cache.length, prefill_forwards = prefill, 1
+    known = prompt[0, prefill:].tolist()  # tokens opening the first block (already in the prompt or output)
+    t1 = None
+    if lm.shift and not lm.aligned:  # Orthrus: the prefill gives the first token, which opens the first block
+        known = [int(logits.argmax())]
+        out.emit(known)
+        t1 = clock()
+    accepted: list[int] = []
+    draft_forwards = ar_forwards = 0
+    done = out.stop_reason is not None
+    while not done:
+        start = cache.length
+        block = torch.full((1, B), lm.mask_token_id, dtype=torch.long, device=device)
+        block[0, : len(known)] = torch.tensor(known, dtype=torch.long, device=device)
+        masked = torch.arange(B, device=device) >= len(known)
+        for s0 in range(0, B, S):
+            in_sub = torch.zeros(B, dtype=torch.bool, device=device)
+            in_sub[s0 : s0 + S] = True
+            while bool((masked & in_sub).any()):
+                probs = torch.softmax(lm.denoise(block, start, cache), -1)
+                draft_forwards += 1
+                confidence, tokens = probs.max(-1)
+                confidence = torch.where(masked & in_sub, confidence, -1.0)
+                unmask = confidence > threshold
+                unmask[confidence.argmax()] = True
+                block[0, unmask] = tokens[unmask]
+                masked &= ~unmask
+        last = lm.commit(block, start, cache)
+        ar_forwards += 1
+        cache.length = start + B
+        new = block[0, len(known) :].tolist()
+        known = [int(last.argmax())] if lm.shift else []
+        accepted.append(len(new) + len(known) - 1)
+        done = out.emit(new + known)
+        if t1 is None:
+            t1 = clock()
+    return GenerationResult(
+        out.tokens,
+        out.stop_reason,
+        accepted,
+        prefill_forwards,
+        ar_forwards,
+        draft_forwards,
+        t1 - t0,
+        clock() - t1,
+    )

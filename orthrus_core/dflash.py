@@ -1,0 +1,286 @@
+"""DFlash (z-lab/dflash): a small block-diffusion drafter conditioned on the target's hidden states, with chain
+verification.
+
+Drafter (public format `DFlashDraftModel`, e.g. z-lab/Qwen3-8B-DFlash-b16): a few Qwen3-style layers (q/k
+norms, RoPE, non-causal attention); the target's hidden states after layers `target_layer_ids` are
+concatenated, projected by `fc` and normed by `hidden_norm` into one context row per committed token, and in
+every draft layer these rows are turned into extra keys and values by that layer's own k/v projections (with
+k_norm) in front of the block's. Queries come only from the block. The block is [root, MASK x (B-1)] embedded
+with the target's embeddings; the drafter's final `norm` then the target's lm_head give logits, and block row
+i predicts block position i (no shift), so rows 1..B-1 give B-1 greedy drafts, whatever the temperature.
+
+The draft cache keeps the context rows only: each cycle writes the new context rows and the block, then
+commits the context rows (DFlash's `crop(start)`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import Qwen3Config
+from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3MLP,
+    Qwen3RMSNorm,
+    Qwen3RotaryEmbedding,
+    rotate_half,
+)
+
+from .checkpoint import CheckpointError, check_shapes, resolve
+from .model import KVCache, OrthrusForCausalLM, head_dim
+from .speculative import Drafter
+from .tree import DraftTree
+
+ARCHITECTURE = "DFlashDraftModel"
+WEIGHTS = "model.safetensors"
+
+
+def build_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> list[int]:
+    """DFlash's default: layers spread evenly from 1 to L-3 (L // 2 for a single draft layer)."""
+    L, n = num_target_layers, num_draft_layers
+    if n == 1:
+        return [L // 2]
+    return [round(1 + i * (L - 4) / (n - 1)) for i in range(n)]
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, T, D] rotated by cos/sin [B, T, D]."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+class DFlashAttention(nn.Module):
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.head_dim = head_dim(config)
+        n, n_kv, H = config.num_attention_heads, config.num_key_value_heads, config.hidden_size
+        self.q_proj = nn.Linear(H, n * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(H, n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(H, n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(n * self.head_dim, H, bias=False)
+        self.q_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.k_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def forward(self, x, context, cos, sin, mask, kv_context):
+        """x [B, Q, H] block rows, context [B, C, H] new context rows; cos/sin for the C + Q positions."""
+        B, Q, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, Q, -1, self.head_dim)).transpose(1, 2)
+        rows = torch.cat([context, x], dim=1)
+        k = self.k_norm(self.k_proj(rows).view(B, rows.shape[1], -1, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(rows).view(B, rows.shape[1], -1, self.head_dim).transpose(1, 2)
+        # Keys sit at every new position (context rows, then the block); queries only at the block's.
+        q, k = rope(q, cos[:, -Q:], sin[:, -Q:]), rope(k, cos, sin)
+        keys, values = kv_context(k, v)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
+
+
+class DFlashLayer(nn.Module):
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.self_attn = DFlashAttention(config)
+        self.mlp = Qwen3MLP(config)
+        self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, context, cos, sin, mask, kv_context):
+        x = x + self.self_attn(self.input_layernorm(x), context, cos, sin, mask, kv_context)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DFlashDraftModel(nn.Module):
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.config = config
+        self.target_layer_ids = list(config.dflash_config["target_layer_ids"])
+        self.mask_token_id = config.dflash_config["mask_token_id"]
+        self.block_size = config.block_size
+        H = config.hidden_size
+        self.layers = nn.ModuleList(DFlashLayer(config) for _ in range(config.num_hidden_layers))
+        self.fc = nn.Linear(len(self.target_layer_ids) * H, H, bias=False)
+        self.hidden_norm = Qwen3RMSNorm(H, eps=config.rms_norm_eps)
+        self.norm = Qwen3RMSNorm(H, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen3RotaryEmbedding(config)
+
+    @property
+    def capture(self) -> tuple[int, ...]:
+        """The target features, as `output_hidden_states` indices (the output of layer l is index l + 1)."""
+        return tuple(i + 1 for i in self.target_layer_ids)
+
+    def forward(self, block_embeds, features, positions, mask, kv_context):
+        """block_embeds [B, Q, H], features [B, C, n H] of the new context rows, positions [B or 1, C + Q]
+        (context rows first), kv_context(layer, k, v) -> keys/values; -> normed hidden states [B, Q, H]."""
+        context = self.hidden_norm(self.fc(features))
+        cos, sin = self.rotary_emb(block_embeds, positions)
+        x = block_embeds
+        for i, layer in enumerate(self.layers):
+            x = layer(x, context, cos, sin, mask, lambda k, v, i=i: kv_context(i, k, v))
+        return self.norm(x)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        p = self.fc.weight
+        return KVCache(self.config, capacity, dtype=p.dtype, device=p.device)
+
+
+class DFlashDrafter(Drafter):
+    def __init__(self, draft: DFlashDraftModel, target: OrthrusForCausalLM, block_size: int | None = None):
+        self.draft, self.target = draft, target
+        self.block_size = block_size or draft.block_size
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {self.block_size}")
+        self.capture = draft.capture
+
+    @property
+    def max_nodes(self) -> int:
+        return self.block_size
+
+    def start(self, prompt, features, capacity):
+        self.cache = self.draft.new_cache(capacity + self.block_size)
+        self.cache.length = 0
+        self.pending = features  # target features of committed tokens not in the draft cache yet
+
+    def accept(self, tokens, features):
+        self.pending = features
+
+    def propose(self, root):
+        B, c, n = self.block_size, self.cache.length, len(self.pending)
+        start = c + n  # the root's position
+        block = torch.full((1, B), self.draft.mask_token_id, dtype=torch.long, device=self.pending.device)
+        block[0, 0] = root
+        positions = torch.arange(c, start + B, device=block.device)[None]
+        kv = lambda i, k, v: self.cache.extend(i, k, v, start=c)  # noqa: E731
+        hidden = self.draft(self.target.model.embed_tokens(block), self.pending[None], positions, None, kv)
+        self.cache.length = start  # keep the context rows, drop the block's
+        drafts = self.target.lm_head(hidden[0, 1:]).argmax(-1)
+        return DraftTree.chain(root, drafts), 1
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def dflash_config(
+    target_config: Qwen3Config,
+    num_layers: int,
+    block_size: int,
+    mask_token_id: int,
+    target_layer_ids: list[int] | None = None,
+) -> Qwen3Config:
+    """A drafter config with the target's dimensions (as the public drafters have)."""
+    t = target_config
+    L = t.num_hidden_layers
+    return Qwen3Config(
+        architectures=[ARCHITECTURE],
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        head_dim=head_dim(t),
+        num_hidden_layers=num_layers,
+        layer_types=["full_attention"] * num_layers,
+        rms_norm_eps=t.rms_norm_eps,
+        rope_parameters=dict(t.rope_parameters),
+        max_position_embeddings=t.max_position_embeddings,
+        vocab_size=t.vocab_size,
+        tie_word_embeddings=False,
+        block_size=block_size,
+        num_target_layers=L,
+        dflash_config={
+            "mask_token_id": mask_token_id,
+            "target_layer_ids": target_layer_ids or build_target_layer_ids(L, num_layers),
+        },
+    )
+
+
+def load_dflash(
+    path_or_id: str | os.PathLike, target: OrthrusForCausalLM, *, revision: str | None = None
+) -> DFlashDraftModel:
+    """Load a DFlash drafter for `target`, in the target's dtype and device, validated against both."""
+    directory = resolve(path_or_id, revision)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"no config.json in {directory}")
+    raw = json.loads(config_path.read_text())
+    raw.pop("auto_map", None)
+    if ARCHITECTURE not in (raw.get("architectures") or []):
+        raise CheckpointError(
+            f"{config_path}: architectures {raw.get('architectures')} is not a DFlash drafter ({ARCHITECTURE})"
+        )
+    config = Qwen3Config.from_dict(raw)
+    t = target.config
+    extra = raw.get("dflash_config") or {}
+    layer_ids = extra.get("target_layer_ids") or build_target_layer_ids(
+        raw.get("num_target_layers", t.num_hidden_layers), config.num_hidden_layers
+    )
+    config.dflash_config = {"mask_token_id": extra.get("mask_token_id"), "target_layer_ids": layer_ids}
+    problems = []
+    if not isinstance(raw.get("block_size"), int) or raw["block_size"] < 2:
+        problems.append(f"block_size must be an integer >= 2, got {raw.get('block_size')!r}")
+    mask_id = extra.get("mask_token_id")
+    if not isinstance(mask_id, int) or not 0 <= mask_id < t.vocab_size:
+        problems.append(
+            f"dflash_config.mask_token_id {mask_id!r} is not a token of the target [0, {t.vocab_size})"
+        )
+    if config.hidden_size != t.hidden_size:
+        problems.append(f"hidden size {config.hidden_size} != the target's {t.hidden_size}")
+    if not all(0 <= i < t.num_hidden_layers for i in layer_ids):
+        problems.append(
+            f"target_layer_ids {layer_ids} are not layers of the target (0..{t.num_hidden_layers - 1})"
+        )
+    if problems:
+        raise CheckpointError(
+            f"{directory}: this DFlash drafter does not fit the target: " + "; ".join(problems)
+        )
+    if not (directory / WEIGHTS).is_file():
+        raise CheckpointError(f"no {WEIGHTS} in {directory}")
+    with safe_open(directory / WEIGHTS, framework="pt") as f:
+        actual = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
+    with torch.device("meta"):
+        expected = {n: tuple(v.shape) for n, v in DFlashDraftModel(config).state_dict().items()}
+    check_shapes(f"the DFlash weights in {directory} do not match its config.json", actual, expected)
+    p = target.lm_head.weight
+    with safe_open(directory / WEIGHTS, framework="pt", device=str(p.device)) as f:
+        state = {n: f.get_tensor(n).to(p.dtype) for n in f.keys()}
+    draft = DFlashDraftModel(config).to(dtype=p.dtype, device=p.device)
+    draft.load_state_dict(state, strict=True)
+    draft.name_or_path = str(path_or_id)
+    return draft.eval()
+
+
+def save_dflash(
+    draft: DFlashDraftModel, directory: str | os.PathLike, *, dtype: torch.dtype | None = None
+) -> Path:
+    """Write config.json and model.safetensors in the public format (no embedding, no lm_head)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {n: v.detach().to(dtype or v.dtype).contiguous().cpu() for n, v in draft.state_dict().items()}
+    c = draft.config
+    config = {
+        "architectures": [ARCHITECTURE],
+        "model_type": "qwen3",
+        "block_size": draft.block_size,
+        "num_target_layers": c.num_target_layers,
+        "dflash_config": {"mask_token_id": draft.mask_token_id, "target_layer_ids": draft.target_layer_ids},
+        "num_hidden_layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": head_dim(c),
+        "layer_types": ["full_attention"] * c.num_hidden_layers,
+        "rope_theta": c.rope_parameters["rope_theta"],
+        "rms_norm_eps": c.rms_norm_eps,
+        "max_position_embeddings": c.max_position_embeddings,
+        "vocab_size": c.vocab_size,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+        "torch_dtype": str(state["fc.weight"].dtype).removeprefix("torch."),
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(state, directory / WEIGHTS, metadata={"format": "pt"})
+    return directory

@@ -1,0 +1,392 @@
+"""EAGLE-3 (Li et al. 2025): a one-layer draft head over fused target features, chain or dynamic-tree drafting.
+
+Head (SafeAILab/EAGLE eagle/model/cnets.py; public format `LlamaForCausalLMEagle3`, e.g. AngelSlim/Qwen3-8B_eagle3):
+* `fc` (3 H_target -> H, no bias) over the target hidden states entering layers 2, L//2 and L-3 (transformers'
+  `hidden_states` indices; `eagle_aux_hidden_state_layer_ids` in the config overrides them);
+* one Llama-style layer (`midlayer`: RoPE, GQA, no q/k norm) whose attention input is
+  concat[input_layernorm(embed(token)), hidden_norm(feature)] (width 2H), with the feature as the residual;
+* final `norm`, `lm_head` over a draft vocabulary; `d2t` maps draft ids to target ids (target = draft +
+  d2t[draft]); the embedding is the target's, stored in the checkpoint or not.
+
+Alignment: the draft row for token t takes the target feature of token t-1 and predicts token t+1. Deeper
+draft steps feed the head's own output hidden state back in place of the fc output.
+
+Drafting (`Eagle3Drafter`), per cycle: one forward over the rows committed since the last cycle plus the root,
+then depth-1 expansion forwards, each over the top_k best nodes of the newest level (scored by cumulative
+draft log-probability, beam style), each node seeing the committed rows, its ancestors and itself. The tree
+keeps the total_tokens-1 best-scored candidates (parents score at least as high as their children, so every
+kept node's ancestors are kept). top_k = 1 is chain drafting. Only committed rows stay in the draft cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import (
+    LlamaMLP,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+)
+
+from .checkpoint import CheckpointError, check_shapes, resolve
+from .model import KVCache, OrthrusForCausalLM, causal_mask, head_dim
+from .speculative import Drafter
+from .tree import DraftTree
+
+ARCHITECTURE = "LlamaForCausalLMEagle3"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # either; EAGLE's loader tries the .bin first
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.bin")
+
+
+def default_aux_layers(num_target_layers: int) -> list[int]:
+    L = num_target_layers
+    return [2, L // 2, L - 3]
+
+
+def aux_layers(config: LlamaConfig, num_target_layers: int) -> list[int]:
+    eagle = getattr(config, "eagle_config", None) or {}
+    ids = getattr(config, "eagle_aux_hidden_state_layer_ids", None) or eagle.get(
+        "eagle_aux_hidden_state_layer_ids"
+    )
+    return list(ids) if ids else default_aux_layers(num_target_layers)
+
+
+def eagle3_config(
+    target_config, draft_vocab_size: int, aux_layer_ids: list[int] | None = None
+) -> LlamaConfig:
+    """A head config with the target's dimensions, as the public heads have."""
+    t = target_config
+    extra = (
+        {"eagle_config": {"eagle_aux_hidden_state_layer_ids": list(aux_layer_ids)}} if aux_layer_ids else {}
+    )
+    return LlamaConfig(
+        architectures=[ARCHITECTURE],
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        head_dim=head_dim(t),
+        num_hidden_layers=1,
+        rms_norm_eps=t.rms_norm_eps,
+        rope_parameters=dict(t.rope_parameters),
+        max_position_embeddings=t.max_position_embeddings,
+        vocab_size=t.vocab_size,
+        draft_vocab_size=draft_vocab_size,
+        tie_word_embeddings=False,
+        **extra,
+    )
+
+
+class Eagle3Attention(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        n, n_kv, H = config.num_attention_heads, config.num_key_value_heads, config.hidden_size
+        self.q_proj = nn.Linear(2 * H, n * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(2 * H, n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(2 * H, n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(n * self.head_dim, H, bias=False)
+
+    def forward(self, x, cos, sin, mask, kv_context):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys, values = kv_context(k, v)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class Eagle3Layer(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        H, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = Eagle3Attention(config)
+        self.mlp = LlamaMLP(config)
+        self.hidden_norm = LlamaRMSNorm(H, eps=eps)
+        self.input_layernorm = LlamaRMSNorm(H, eps=eps)
+        self.post_attention_layernorm = LlamaRMSNorm(H, eps=eps)
+
+    def forward(self, embeds, hidden, cos, sin, mask, kv_context):
+        x = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
+        hidden = hidden + self.self_attn(x, cos, sin, mask, kv_context)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class Eagle3Head(nn.Module):
+    """The draft head. `embed_tokens` is the target's embedding module unless the checkpoint carries one."""
+
+    def __init__(self, config: LlamaConfig, target_hidden_size: int, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.draft_vocab_size = getattr(config, "draft_vocab_size", None) or config.vocab_size
+        self.embed_tokens = embed_tokens
+        self.fc = nn.Linear(3 * target_hidden_size, H, bias=False)
+        self.midlayer = Eagle3Layer(config)
+        self.norm = LlamaRMSNorm(H, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(H, self.draft_vocab_size, bias=False)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.register_buffer("d2t", torch.zeros(self.draft_vocab_size, dtype=torch.long))
+        self.register_buffer("t2d", torch.ones(config.vocab_size, dtype=torch.bool))
+
+    def forward(self, input_ids, hidden, positions, mask, kv_context):
+        """input_ids [B, T] (target ids) with hidden [B, T, 3 H_target] (target features, one position
+        behind) or [B, T, H] (the head's own output, at deeper steps) -> output hidden states [B, T, H]."""
+        if hidden.shape[-1] != self.config.hidden_size:
+            hidden = self.fc(hidden)
+        embeds = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb(embeds, positions)
+        return self.midlayer(embeds, hidden, cos, sin, mask, kv_context)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """-> float32 logits over the draft vocabulary."""
+        return self.lm_head(self.norm(hidden)).float()
+
+    def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        return draft_ids + self.d2t[draft_ids]
+
+    def new_cache(self, capacity: int) -> KVCache:
+        p = self.fc.weight
+        return KVCache(self.config, capacity, dtype=p.dtype, device=p.device)
+
+
+class Eagle3Drafter(Drafter):
+    """Dynamic-tree (or, with top_k = 1, chain) drafting with an EAGLE-3 head; `depth` draft forwards per cycle,
+    so a path holds at most `depth` drafts, and at most total_tokens - 1 drafts in all."""
+
+    def __init__(
+        self, head: Eagle3Head, target: OrthrusForCausalLM, top_k: int, depth: int, total_tokens: int
+    ):
+        if top_k < 1 or depth < 1 or total_tokens < 2:
+            raise ValueError(
+                f"need top_k >= 1, depth >= 1, total_tokens >= 2; got {top_k}, {depth}, {total_tokens}"
+            )
+        self.head, self.top_k, self.depth = head, top_k, depth
+        self.n_drafts = min(total_tokens - 1, top_k + (depth - 1) * top_k * top_k)
+        self.capture = tuple(aux_layers(head.config, target.config.num_hidden_layers))
+
+    @classmethod
+    def chain(cls, head, target, depth: int) -> Eagle3Drafter:
+        return cls(head, target, top_k=1, depth=depth, total_tokens=depth + 1)
+
+    @property
+    def max_nodes(self) -> int:
+        return self.n_drafts + 1
+
+    def start(self, prompt, features, capacity):
+        self.cache = self.head.new_cache(capacity + self.depth * self.top_k)
+        self.committed = 0  # draft rows in the cache: one per committed target token but the newest
+        self.pending_tokens, self.pending_features = prompt[1:], features
+
+    def accept(self, tokens, features):
+        self.pending_tokens, self.pending_features = tokens[1:], features
+
+    def _run(self, tokens, hidden, positions, mask, slot):
+        kv = lambda k, v: self.cache.extend(0, k, v, start=slot)  # noqa: E731
+        return self.head(tokens[None], hidden, positions[None], mask, kv)
+
+    def propose(self, root):
+        head, k, device = self.head, self.top_k, self.pending_features.device
+        # Rows not in the draft cache yet: (feature of token t-1, token t) for every newly committed t, root last.
+        tokens = torch.cat([self.pending_tokens, self.pending_tokens.new_tensor([root])])
+        m, c = len(tokens), self.committed
+        mask = causal_mask(c, m, device) if m > 1 else None
+        out = self._run(tokens, self.pending_features[None], torch.arange(c, c + m, device=device), mask, c)
+        self.committed = c = c + m
+        hidden = out[:, -1:]  # [1, 1, H]: the root row's output
+
+        scores, ids = torch.log_softmax(head.logits(hidden[0, 0]), -1).topk(k)
+        cand_ids, cand_scores, cand_parents = [ids], [scores], [torch.full((k,), -1, device=device)]
+        frontier, frontier_hidden, frontier_scores = (
+            torch.arange(k, device=device),
+            hidden.expand(1, k, -1),
+            scores,
+        )
+        row_ancestors = torch.zeros(
+            k, 0, dtype=torch.bool, device=device
+        )  # scratch rows each frontier row sees
+        n_rows = 0
+        for level in range(1, self.depth):
+            # The frontier's rows go to scratch slots after the committed rows, at position c - 1 + level.
+            slot = c + n_rows
+            width = len(frontier)
+            mask = torch.cat(
+                [
+                    torch.ones(width, c, dtype=torch.bool, device=device),
+                    row_ancestors,
+                    torch.eye(width, dtype=torch.bool, device=device),
+                ],
+                dim=1,
+            )
+            positions = torch.full((width,), c - 1 + level, device=device)
+            out = self._run(
+                head.to_target(torch.cat(cand_ids)[frontier]), frontier_hidden, positions, mask, slot
+            )
+            logp, child_ids = torch.log_softmax(head.logits(out[0]), -1).topk(k)  # [width, k]
+            child_scores = (frontier_scores[:, None] + logp).flatten()
+            first = sum(len(s) for s in cand_ids)
+            cand_ids.append(child_ids.flatten())
+            cand_scores.append(child_scores)
+            cand_parents.append(frontier.repeat_interleave(k))
+            best = child_scores.topk(k).indices
+            frontier, frontier_scores = first + best, child_scores[best]
+            frontier_hidden = out[:, best // k]
+            row_ancestors = torch.cat(
+                [row_ancestors, torch.eye(width, dtype=torch.bool, device=device)], dim=1
+            )[best // k]
+            n_rows += width
+
+        # Rerank: the best-scored candidates; a stable sort keeps a parent ahead of an equal-scored child.
+        all_scores = torch.cat(cand_scores)
+        keep = torch.sort(all_scores, descending=True, stable=True).indices[: self.n_drafts].sort().values
+        node_of = torch.zeros(len(all_scores), dtype=torch.long, device=device)
+        node_of[keep] = torch.arange(1, len(keep) + 1, device=device)
+        parent_cands = torch.cat(cand_parents)[keep]
+        parents = torch.where(parent_cands >= 0, node_of[parent_cands.clamp_min(0)], 0)
+        tree = DraftTree(
+            torch.cat([tokens.new_tensor([root]), head.to_target(torch.cat(cand_ids)[keep])]),
+            torch.cat([parents.new_tensor([-1]), parents]),
+        )
+        return tree, self.depth
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def expected_shapes(config: LlamaConfig, target_hidden_size: int, with_embed: bool) -> dict[str, tuple]:
+    with torch.device("meta"):
+        head = Eagle3Head(config, target_hidden_size, nn.Embedding(config.vocab_size, config.hidden_size))
+    shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    if not with_embed:
+        del shapes["embed_tokens.weight"]
+    return shapes
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if path.is_file():
+            if name.endswith(".bin"):
+                return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+    raise CheckpointError(f"no {' or '.join(WEIGHT_FILES)} in {directory}")
+
+
+def load_eagle3(
+    path_or_id: str | os.PathLike, target: OrthrusForCausalLM, *, revision: str | None = None
+) -> Eagle3Head:
+    """Load an EAGLE-3 head for `target`, in the target's dtype and device, validated against both."""
+    directory = resolve(path_or_id, revision, HUB_PATTERNS)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"no config.json in {directory}")
+    raw = json.loads(config_path.read_text())
+    if ARCHITECTURE not in (raw.get("architectures") or []):
+        raise CheckpointError(
+            f"{config_path}: architectures {raw.get('architectures')} is not an EAGLE-3 head ({ARCHITECTURE})"
+        )
+    state = _read_weights(directory)
+    if "midlayer.self_attn.q_proj.weight" not in state:
+        raise CheckpointError(f"{directory}: no midlayer.self_attn.q_proj.weight; not an EAGLE-3 head")
+    # head_dim from the checkpoint, not the config: SafeAILab's code uses H / heads, SpecForge config.head_dim.
+    raw["head_dim"] = state["midlayer.self_attn.q_proj.weight"].shape[0] // raw["num_attention_heads"]
+    raw["num_hidden_layers"] = 1
+    config = LlamaConfig.from_dict(raw)
+    t = target.config
+    if config.vocab_size != t.vocab_size or config.hidden_size != t.hidden_size:
+        raise CheckpointError(
+            f"{directory}: this EAGLE-3 head was built for a target with vocabulary {config.vocab_size} and "
+            f"hidden size {config.hidden_size}, but the target has {t.vocab_size} and {t.hidden_size}"
+        )
+    target_hidden = getattr(config, "target_hidden_size", None) or t.hidden_size
+    if target_hidden != t.hidden_size:
+        raise CheckpointError(
+            f"{directory}: target_hidden_size {target_hidden} != the target's {t.hidden_size}"
+        )
+    draft_vocab = getattr(config, "draft_vocab_size", None) or config.vocab_size
+    if "d2t" not in state and draft_vocab == config.vocab_size:
+        state["d2t"] = torch.zeros(draft_vocab, dtype=torch.long)  # full vocabulary: the identity mapping
+    if "t2d" not in state:
+        state["t2d"] = torch.zeros(config.vocab_size, dtype=torch.bool)
+        if "d2t" in state:
+            state["t2d"][torch.arange(len(state["d2t"])) + state["d2t"].long()] = True
+    with_embed = "embed_tokens.weight" in state
+    check_shapes(
+        f"the EAGLE-3 weights in {directory} do not match its config and the target",
+        {n: tuple(v.shape) for n, v in state.items()},
+        expected_shapes(config, t.hidden_size, with_embed),
+        hint="check hidden_size, num_attention_heads/num_key_value_heads, intermediate_size, draft_vocab_size",
+    )
+    d2t = state["d2t"].long()
+    if ((d2t + torch.arange(len(d2t))) >= t.vocab_size).any() or ((d2t + torch.arange(len(d2t))) < 0).any():
+        raise CheckpointError(
+            f"{directory}: d2t maps draft ids outside the target vocabulary [0, {t.vocab_size})"
+        )
+    state["d2t"], state["t2d"] = d2t, state["t2d"].bool()
+    p = target.lm_head.weight
+    embed = nn.Embedding(config.vocab_size, config.hidden_size) if with_embed else target.model.embed_tokens
+    head = Eagle3Head(config, t.hidden_size, embed).to(dtype=p.dtype, device=p.device)
+    missing, _ = head.load_state_dict(state, strict=False)  # shapes and names were checked above
+    assert missing == ([] if with_embed else ["embed_tokens.weight"]), missing
+    head.name_or_path = str(path_or_id)
+    return head.eval()
+
+
+def save_eagle3(
+    head: Eagle3Head,
+    directory: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    with_embed: bool = False,
+    weights_format: str = "safetensors",
+) -> Path:
+    """Write config.json and the weights in the public format (`model.safetensors` or `pytorch_model.bin`),
+    without the embedding unless `with_embed` (loaders take it from the target)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    c = head.config
+    state = {n: v.detach().cpu().contiguous() for n, v in head.state_dict().items()}
+    if not with_embed:
+        del state["embed_tokens.weight"]
+    state = {n: v.to(dtype) if dtype and v.is_floating_point() else v for n, v in state.items()}
+    config = {
+        "architectures": [ARCHITECTURE],
+        "model_type": "llama",
+        "num_hidden_layers": 1,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_parameters["rope_theta"],
+        "max_position_embeddings": c.max_position_embeddings,
+        "vocab_size": c.vocab_size,
+        "draft_vocab_size": head.draft_vocab_size,
+        "tie_word_embeddings": False,
+        "torch_dtype": str(state["fc.weight"].dtype).removeprefix("torch."),
+    }
+    eagle = getattr(c, "eagle_config", None)
+    if eagle:
+        config["eagle_config"] = dict(eagle)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in WEIGHT_FILES:
+        (directory / name).unlink(missing_ok=True)
+    if weights_format == "bin":
+        torch.save(state, directory / "pytorch_model.bin")
+    elif weights_format == "safetensors":
+        save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    else:
+        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
+    return directory

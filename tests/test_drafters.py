@@ -1,0 +1,294 @@
+"""EAGLE-3 and DFlash drafters: greedy identity with AR (chain and tree), the incremental draft cache against a
+from-scratch recomputation, and the public checkpoint formats (names, shapes, loader errors)."""
+
+import json
+
+import pytest
+import torch
+from conftest import VOCAB, random_model, random_prompts
+from safetensors import safe_open
+
+from orthrus_core.checkpoint import CheckpointError
+from orthrus_core.decoding import generate_ar
+from orthrus_core.dflash import DFlashDrafter, DFlashDraftModel, dflash_config, load_dflash, save_dflash
+from orthrus_core.eagle3 import Eagle3Drafter, Eagle3Head, eagle3_config, load_eagle3, save_eagle3
+from orthrus_core.model import causal_mask
+from orthrus_core.speculative import generate_speculative
+
+DRAFT_VOCAB = 150
+
+
+def random_head(target, seed=0, draft_vocab=DRAFT_VOCAB, aux=None) -> Eagle3Head:
+    head = Eagle3Head(
+        eagle3_config(target.config, draft_vocab, aux), target.config.hidden_size, target.model.embed_tokens
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name == "embed_tokens.weight":
+                continue
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn(p.shape, generator=g) * 0.25)
+        # A sparse draft vocabulary: every other target id from 20 on.
+        used = torch.arange(20, 20 + 2 * draft_vocab, 2)
+        head.d2t.copy_(used - torch.arange(draft_vocab))
+        head.t2d.zero_()
+        head.t2d[used] = True
+    return head.eval()
+
+
+def random_dflash(target, seed=0, layers=2, block_size=6) -> DFlashDraftModel:
+    draft = DFlashDraftModel(dflash_config(target.config, layers, block_size, target.config.mask_token_id))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in draft.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn(p.shape, generator=g) * 0.25)
+    return draft.eval()
+
+
+@pytest.fixture(scope="module")
+def target():
+    return random_model(seed=0, num_hidden_layers=6)
+
+
+@pytest.fixture(scope="module")
+def references(target):
+    return [(p, generate_ar(target, p, 25, stop_token_ids=[]).tokens) for p in random_prompts(8, seed=5)]
+
+
+@pytest.mark.parametrize(
+    "top_k,depth,total", [(1, 1, 2), (1, 5, 6), (2, 3, 8), (3, 4, 16), (10, 7, 60), (4, 2, 100)]
+)
+def test_eagle3_greedy_identical_to_ar(target, references, top_k, depth, total):
+    head = random_head(target)
+    for prompt, ar in references:
+        drafter = Eagle3Drafter(head, target, top_k, depth, total)
+        r = generate_speculative(target, drafter, prompt, 25, stop_token_ids=[])
+        assert r.tokens == ar
+        assert r.draft_forwards == depth * r.cycles
+    assert drafter.max_nodes == min(total, 1 + top_k + (depth - 1) * top_k**2)
+
+
+def test_eagle3_tree_shape(target):
+    head = random_head(target)
+    drafter = Eagle3Drafter(head, target, top_k=3, depth=4, total_tokens=20)
+    prompt = torch.tensor([5, 6, 7, 8])
+    _, features = target(prompt[None], 0, target.new_cache(10), capture=drafter.capture)
+    drafter.start(prompt, features[0], 64)
+    tree, forwards = drafter.propose(9)
+    assert forwards == 4 and len(tree) == 20 and tree.tokens[0] == 9
+    assert int(tree.depth.max()) == 4
+    assert bool((tree.parents[1:] < torch.arange(1, 20)).all())
+    assert bool(head.t2d[tree.tokens[1:]].all())  # drafts are mapped into the target vocabulary
+    # Siblings are distinct, so greedy acceptance has at most one matching child.
+    pairs = {(int(p), int(t)) for p, t in zip(tree.parents[1:], tree.tokens[1:], strict=True)}
+    assert len(pairs) == 19
+
+
+def naive_eagle3_chain(head, target, sequence, depth):
+    """Chain drafts after `sequence` computed without any cache: every step re-runs the head causally over
+    all rows (target feature of t-1, token t), then the drafted rows (previous output, drafted token)."""
+    ids = torch.tensor(sequence)[None]
+    _, feats = target(ids, 0, target.new_cache(len(sequence)), capture=head_capture(head, target))
+    tokens, hidden = ids[0, 1:], feats[0, :-1]
+    drafts = []
+    keep = lambda k, v: (k, v)  # noqa: E731
+    rows_h = head.fc(hidden)
+    for _ in range(depth):
+        T = len(tokens)
+        out = head(tokens[None], rows_h[None], torch.arange(T)[None], causal_mask(0, T, "cpu"), keep)
+        nxt = head.to_target(head.logits(out[0, -1]).argmax())
+        drafts.append(int(nxt))
+        # The drafted row takes the head's own output at the last row, and the drafted token.
+        tokens, rows_h = torch.cat([tokens, nxt[None]]), torch.cat([rows_h, out[0, -1:]])
+    return drafts
+
+
+def head_capture(head, target):
+    return Eagle3Drafter(head, target, 1, 1, 2).capture
+
+
+def test_eagle3_incremental_drafts_match_a_recomputation(target):
+    head = random_head(target, seed=1)
+    prompt, free = [4, 9, 13, 2, 7], generate_ar(target, [4, 9, 13, 2, 7], 30, stop_token_ids=[]).tokens
+    drafter = Eagle3Drafter.chain(head, target, depth=4)
+    seq = prompt + free
+    with torch.inference_mode():
+        _, feats = target(torch.tensor(seq)[None], 0, target.new_cache(len(seq)), capture=drafter.capture)
+        n = len(prompt)
+        drafter.start(torch.tensor(prompt), feats[0, :n], 64)
+        # Commit the continuation in uneven cycles, as verification would, checking each proposal.
+        for step in [1, 3, 1, 4, 2]:
+            tree, _ = drafter.propose(seq[n])
+            assert tree.tokens[1:].tolist() == naive_eagle3_chain(head, target, seq[: n + 1], 4)
+            drafter.accept(torch.tensor(seq[n : n + step]), feats[0, n : n + step])
+            n += step
+
+
+def test_eagle3_default_aux_layers_and_override(target):
+    assert Eagle3Drafter(random_head(target), target, 1, 1, 2).capture == (2, 3, 3)
+    custom = random_head(target, aux=[1, 3, 5])
+    assert Eagle3Drafter(custom, target, 1, 1, 2).capture == (1, 3, 5)
+
+
+@pytest.mark.parametrize("block_size", [2, 4, 6])
+def test_dflash_greedy_identical_to_ar(target, references, block_size):
+    draft = random_dflash(target)
+    for prompt, ar in references:
+        r = generate_speculative(
+            target, DFlashDrafter(draft, target, block_size), prompt, 25, stop_token_ids=[]
+        )
+        assert r.tokens == ar
+        assert r.draft_forwards == r.ar_forwards == r.cycles
+
+
+def test_dflash_incremental_drafts_match_a_recomputation(target):
+    draft = random_dflash(target, seed=2, block_size=5)
+    prompt = [4, 9, 13, 2, 7]
+    seq = prompt + generate_ar(target, prompt, 30, stop_token_ids=[]).tokens
+    drafter = DFlashDrafter(draft, target)
+    keep = lambda i, k, v: (k, v)  # noqa: E731
+    with torch.inference_mode():
+        _, feats = target(torch.tensor(seq)[None], 0, target.new_cache(len(seq)), capture=drafter.capture)
+        n = len(prompt)
+        drafter.start(torch.tensor(prompt), feats[0, :n], 64)
+        for step in [2, 1, 5, 3]:
+            tree, _ = drafter.propose(seq[n])
+            block = torch.tensor([[seq[n]] + [draft.mask_token_id] * 4])
+            hidden = draft(
+                target.model.embed_tokens(block), feats[:, :n], torch.arange(n + 5)[None], None, keep
+            )
+            assert tree.tokens[1:].tolist() == target.lm_head(hidden[0, 1:]).argmax(-1).tolist()
+            drafter.accept(torch.tensor(seq[n : n + step]), feats[0, n : n + step])
+            n += step
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+EAGLE3_TENSORS = {
+    "fc.weight",
+    "midlayer.self_attn.q_proj.weight",
+    "midlayer.self_attn.k_proj.weight",
+    "midlayer.self_attn.v_proj.weight",
+    "midlayer.self_attn.o_proj.weight",
+    "midlayer.mlp.gate_proj.weight",
+    "midlayer.mlp.up_proj.weight",
+    "midlayer.mlp.down_proj.weight",
+    "midlayer.hidden_norm.weight",
+    "midlayer.input_layernorm.weight",
+    "midlayer.post_attention_layernorm.weight",
+    "norm.weight",
+    "lm_head.weight",
+    "d2t",
+    "t2d",
+}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_eagle3_round_trip_in_the_public_format(target, tmp_path, fmt):
+    head = random_head(target, seed=3)
+    save_eagle3(head, tmp_path, weights_format=fmt)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["draft_vocab_size"] == DRAFT_VOCAB
+    if fmt == "bin":
+        names = set(torch.load(tmp_path / "pytorch_model.bin", weights_only=True))
+    else:
+        with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
+            names = set(f.keys())
+    assert names == EAGLE3_TENSORS  # no embedding: it is the target's
+    loaded = load_eagle3(tmp_path, target)
+    assert loaded.embed_tokens is target.model.embed_tokens
+    for name, value in head.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    prompt = [3, 1, 4, 1, 5]
+    a = generate_speculative(target, Eagle3Drafter(head, target, 3, 3, 10), prompt, 20, stop_token_ids=[])
+    b = generate_speculative(target, Eagle3Drafter(loaded, target, 3, 3, 10), prompt, 20, stop_token_ids=[])
+    assert (a.tokens, a.accepted) == (b.tokens, b.accepted)
+
+
+def test_eagle3_head_dim_comes_from_the_weights(target, tmp_path):
+    """SafeAILab's code derives head_dim as H / heads; a config saying otherwise must not win."""
+    head = random_head(target)
+    save_eagle3(head, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["head_dim"] = 998
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_eagle3(tmp_path, target).config.head_dim == target.config.head_dim
+
+
+def test_eagle3_loader_errors(target, tmp_path):
+    save_eagle3(random_head(target), tmp_path / "ok")
+    wider = random_model(seed=1, hidden_size=96, num_hidden_layers=6)
+    with pytest.raises(CheckpointError, match="hidden size 64"):
+        load_eagle3(tmp_path / "ok", wider)
+    other_vocab = random_model(seed=1, vocab_size=VOCAB + 10, num_hidden_layers=6)
+    with pytest.raises(CheckpointError, match=f"vocabulary {VOCAB}"):
+        load_eagle3(tmp_path / "ok", other_vocab)
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for bad, match in [
+        (dict(architectures=["LlamaForCausalLM"]), "not an EAGLE-3 head"),
+        (dict(draft_vocab_size=DRAFT_VOCAB + 1), "lm_head.weight"),
+        (dict(intermediate_size=64), "midlayer.mlp"),
+    ]:
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, **bad}))
+        (tmp_path / "bad" / "model.safetensors").write_bytes(
+            (tmp_path / "ok" / "model.safetensors").read_bytes()
+        )
+        with pytest.raises(CheckpointError, match=match):
+            load_eagle3(tmp_path / "bad", target)
+
+
+DFLASH_LAYER_TENSORS = [
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+]
+
+
+def test_dflash_round_trip_in_the_public_format(target, tmp_path):
+    draft = random_dflash(target, seed=4, layers=2, block_size=6)
+    save_dflash(draft, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["DFlashDraftModel"] and config["block_size"] == 6
+    assert config["dflash_config"] == {
+        "mask_token_id": target.config.mask_token_id,
+        "target_layer_ids": [1, 3],
+    }
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
+        names = set(f.keys())
+        assert f.get_slice("fc.weight").get_shape() == [64, 128]
+    expected = {f"layers.{i}.{n}" for i in range(2) for n in DFLASH_LAYER_TENSORS}
+    assert names == expected | {"fc.weight", "hidden_norm.weight", "norm.weight"}
+    loaded = load_dflash(tmp_path, target)
+    for name, value in draft.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert loaded.capture == (2, 4)
+
+
+def test_dflash_loader_errors(target, tmp_path):
+    save_dflash(random_dflash(target), tmp_path / "ok")
+    with pytest.raises(CheckpointError, match="hidden size 64 != the target's 96"):
+        load_dflash(tmp_path / "ok", random_model(seed=1, hidden_size=96, num_hidden_layers=6))
+    with pytest.raises(CheckpointError, match="target_layer_ids"):
+        load_dflash(tmp_path / "ok", random_model(seed=1, num_hidden_layers=2))
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for bad, match in [
+        (dict(architectures=["Qwen3ForCausalLM"]), "not a DFlash drafter"),
+        (dict(dflash_config={"mask_token_id": VOCAB, "target_layer_ids": [1, 3]}), "mask_token_id"),
+        (dict(intermediate_size=100), "layers.0.mlp"),
+    ]:
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, **bad}))
+        (tmp_path / "bad" / "model.safetensors").write_bytes(
+            (tmp_path / "ok" / "model.safetensors").read_bytes()
+        )
+        with pytest.raises(CheckpointError, match=match):
+            load_dflash(tmp_path / "bad", target)

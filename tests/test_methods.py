@@ -1,0 +1,139 @@
+"""The methods registry: spec parsing and its errors, draft checkpoint resolution, and every method behind the
+one interface (greedy identity with AR for the lossless ones, the lossy one marked and visible)."""
+
+import json
+
+import pytest
+from conftest import random_model, random_prompts
+from test_drafters import random_dflash, random_head
+
+from harness.methods import available, make_decoder, parse_spec
+from harness.methods.base import Target
+from harness.methods.checkpoints import draft_checkpoint
+from orthrus_core.checkpoint import save_model
+from orthrus_core.dflash import save_dflash
+from orthrus_core.eagle3 import save_eagle3
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """A random tiny family on disk: <dir>/orthrus, <dir>/eagle3, <dir>/dflash."""
+    root = tmp_path_factory.mktemp("family")
+    model = random_model(seed=0, num_hidden_layers=6)
+    save_model(model, root / "orthrus")
+    save_eagle3(random_head(model), root / "eagle3")
+    save_dflash(random_dflash(model), root / "dflash")
+    return Target(model, str(root / "orthrus"))
+
+
+def test_available_and_spec_parsing():
+    assert available() == ["ar", "ar_hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+    assert parse_spec("eagle3:tree=chain:depth=5") == ("eagle3", {"tree": "chain", "depth": "5"})
+    assert parse_spec("ar") == ("ar", {})
+    for bad in ["eagle3:depth", "eagle3:=3", "pld:max_ngram=2:max_ngram=3"]:
+        with pytest.raises(ValueError, match="bad method spec"):
+            parse_spec(bad)
+
+
+def test_spec_errors_name_what_is_known(family):
+    with pytest.raises(ValueError, match="unknown method 'medusa'; known methods: ar, ar_hf, orthrus"):
+        make_decoder("medusa", family)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) depht; known options: tree .*depth"):
+        make_decoder("eagle3:depht=3", family)
+    with pytest.raises(ValueError, match="option depth must be int, got 'x'"):
+        make_decoder("eagle3:depth=x", family)
+    with pytest.raises(ValueError, match="tree must be 'dynamic' or 'chain'"):
+        make_decoder("eagle3:tree=beam", family)
+    with pytest.raises(ValueError, match="top_k >= 1"):
+        make_decoder("eagle3:top_k=0", family)
+    with pytest.raises(ValueError, match="block size must be >= 2|block_size must be >= 2"):
+        make_decoder("orthrus:block_size=1", family)
+    with pytest.raises(ValueError, match="temperature"):
+        make_decoder("diffusion", family).generate([1, 2], 4, temperature=1.0)
+
+
+def test_missing_draft_names_model_method_and_option(tmp_path):
+    target = Target(random_model(seed=0), str(tmp_path / "somewhere" / "my-model"))
+    with pytest.raises(
+        ValueError, match=r"no eagle3 draft checkpoint is known for the model .*my-model.*eagle3:draft="
+    ):
+        make_decoder("eagle3", target)
+    with pytest.raises(ValueError, match=r"no dflash draft .*Qwen3-1.7B.*dflash:draft="):
+        draft_checkpoint("dflash", Target(None, "/cache/models--Qwen--Qwen3-1.7B/snapshots/x"))
+
+
+def test_public_draft_table():
+    hub = Target(None, "/hf/hub/models--chiennv--Orthrus-Qwen3-8B/snapshots/0123")
+    assert draft_checkpoint("eagle3", hub) == "AngelSlim/Qwen3-8B_eagle3"
+    assert draft_checkpoint("dflash", hub) == "z-lab/Qwen3-8B-DFlash-b16"
+    assert draft_checkpoint("eagle3", Target(None, "Qwen/Qwen3-1.7B")) == "AngelSlim/Qwen3-1.7B_eagle3"
+    assert draft_checkpoint("dflash", Target(None, "Qwen/Qwen3-4B")) == "z-lab/Qwen3-4B-DFlash-b16"
+    assert draft_checkpoint("eagle3", hub, "me/my-head") == "me/my-head"
+    with pytest.raises(ValueError):
+        draft_checkpoint("eagle3", Target(None, "Qwen/Qwen3-14B"))
+
+
+LOSSLESS_SPECS = [
+    "ar_hf",
+    "orthrus",
+    "orthrus:block_size=3",
+    "pld",
+    "pld:max_ngram=1:num_draft_tokens=3",
+    "eagle3",
+    "eagle3:tree=chain:depth=5",
+    "eagle3:total_tokens=16",
+    "eagle3:top_k=3:depth=3:total_tokens=9",
+    "dflash",
+    "dflash:block_size=4",
+]
+
+
+@pytest.mark.parametrize("spec", LOSSLESS_SPECS)
+def test_lossless_methods_greedy_identical_to_ar(family, spec):
+    ar = make_decoder("ar", family)
+    decoder = make_decoder(spec, family)
+    assert decoder.lossless and decoder.name == spec.split(":")[0] and decoder.label == spec
+    json.dumps(decoder.config)
+    for prompt in random_prompts(4, seed=7):
+        expected = ar.generate(prompt, 30)
+        r = decoder.generate(prompt, 30)
+        assert (r.tokens, r.stop_reason) == (expected.tokens, expected.stop_reason)
+    free = ar.generate([5, 6], 40, stop_token_ids=[])
+    r = decoder.generate([5, 6], 40, stop_token_ids=[free.tokens[20]])
+    assert r.tokens == free.tokens[: free.tokens.index(free.tokens[20]) + 1] and r.stop_reason == "stop"
+
+
+def test_checkpoints_and_config_are_resolved(family):
+    d = make_decoder("eagle3:tree=chain:depth=5", family)
+    root = family.path.rsplit("/", 1)[0]
+    assert d.checkpoints == {"target": family.path, "draft": f"{root}/eagle3"}
+    assert d.config == {"tree": "chain", "top_k": 1, "depth": 5, "total_tokens": 6, "draft": f"{root}/eagle3"}
+    d = make_decoder("dflash", family, draft=f"{root}/dflash")
+    assert (
+        d.config == {"block_size": 6, "draft": f"{root}/dflash"}
+        and d.checkpoints["draft"] == f"{root}/dflash"
+    )
+    assert make_decoder("orthrus", family).config == {"block_size": 8}
+    assert make_decoder("ar", family).checkpoints == {"target": family.path}
+
+
+def test_diffusion_is_marked_lossy_and_counts(family):
+    d = make_decoder("diffusion:threshold=0.5", family)
+    assert not d.lossless and d.config["block_size"] == 8 and d.config["sub_block_size"] == 8
+    r = d.generate([3, 4, 5], 21, stop_token_ids=[])
+    assert len(r.tokens) == 21 and r.ar_forwards == 3 and r.draft_forwards >= 3
+
+
+def test_sampling_is_seeded_for_every_method(family):
+    for spec in ["ar", "ar_hf", "eagle3", "dflash", "pld", "orthrus"]:
+        d = make_decoder(spec, family)
+        a = d.generate([1, 2, 3], 20, temperature=1.0, top_k=50, seed=3, stop_token_ids=[])
+        b = d.generate([1, 2, 3], 20, temperature=1.0, top_k=50, seed=3, stop_token_ids=[])
+        assert a.tokens == b.tokens and len(a.tokens) == 20, spec
+
+
+def test_ar_hf_streams_and_times(family):
+    chunks = []
+    r = make_decoder("ar_hf", family).generate([7, 8], 12, stop_token_ids=[], on_tokens=chunks.append)
+    assert sum(chunks, []) == r.tokens and len(r.tokens) == 12
+    assert r.prefill_s > 0 and r.decode_s > 0 and r.ar_forwards == 11

@@ -1,0 +1,66 @@
+"""The draft trainers learn on a random micro target: the loss falls, and the trained drafters raise the
+acceptance length over untrained ones while the output stays the target's."""
+
+import pytest
+import torch
+from conftest import random_model, random_prompts
+
+from orthrus_core.decoding import generate_ar
+from orthrus_core.dflash import DFlashDrafter
+from orthrus_core.eagle3 import Eagle3Drafter
+from orthrus_core.speculative import generate_speculative
+from orthrus_core.train_dflash import train_dflash
+from orthrus_core.train_eagle3 import train_eagle3
+
+
+@pytest.fixture(scope="module")
+def target():
+    return random_model(seed=0, num_hidden_layers=4)
+
+
+@pytest.fixture(scope="module")
+def sequences(target):
+    """The target's greedy continuations of random prompts."""
+    out = []
+    for prompt in random_prompts(40, seed=11, min_len=4, max_len=12):
+        out.append((prompt + generate_ar(target, prompt, 48, stop_token_ids=[]).tokens, len(prompt)))
+    return out
+
+
+def taus(target, drafter, sequences):
+    accepted = []
+    for ids, start in sequences[:6]:
+        r = generate_speculative(target, drafter, ids[:start], 40, stop_token_ids=[])
+        assert r.tokens == ids[start : start + 40]  # still the target's output
+        accepted += r.accepted
+    return 1 + sum(accepted) / len(accepted)
+
+
+def test_eagle3_trainer_learns(target, sequences):
+    losses = []
+    log = lambda line: losses.append(float(line.rsplit(" ", 1)[1]))  # noqa: E731
+    head0 = train_eagle3(target, sequences, draft_vocab_size=200, steps=1, ttt_steps=3, log=lambda _: None)
+    head = train_eagle3(
+        target, sequences, draft_vocab_size=200, steps=400, ttt_steps=3, batch_size=8, log=log
+    )
+    assert losses[-1] < 0.75 * losses[0]
+    tau0 = taus(target, Eagle3Drafter(head0, target, 4, 4, 16), sequences)
+    tau = taus(target, Eagle3Drafter(head, target, 4, 4, 16), sequences)
+    print("eagle3 tau before/after training:", tau0, tau)
+    assert tau > tau0 + 0.3
+    assert int(head.t2d.sum()) == 200 and torch.equal(
+        head.to_target(torch.arange(200)), head.t2d.nonzero()[:, 0]
+    )
+
+
+def test_dflash_trainer_learns(target, sequences):
+    losses = []
+    log = lambda line: losses.append(float(line.rsplit(" ", 1)[1]))  # noqa: E731
+    kw = dict(num_layers=1, block_size=6, mask_token_id=target.config.mask_token_id, anchors=8)
+    draft0 = train_dflash(target, sequences, steps=1, log=lambda _: None, **kw)
+    draft = train_dflash(target, sequences, steps=400, log=log, **kw)
+    assert losses[-1] < 0.75 * losses[0]
+    tau0 = taus(target, DFlashDrafter(draft0, target), sequences)
+    tau = taus(target, DFlashDrafter(draft, target), sequences)
+    print("dflash tau before/after training:", tau0, tau)
+    assert tau > tau0 + 0.3
