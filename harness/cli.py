@@ -158,7 +158,7 @@ def cmd_run(args) -> int:
         suites=args.suite or defaults.suites,
         methods=args.methods or defaults.methods,
         model=args.model,
-        dtype=args.dtype,
+        dtype=str(args.dtype).removeprefix("torch."),
         device=args.device,
         temperature=args.temperature,
         top_k=args.top_k,

@@ -13,6 +13,7 @@ perf_counter; per-forward times come from CUDA events (perf_counter on CPU); tel
 from __future__ import annotations
 
 import math
+import sys
 import time
 import traceback
 from collections import defaultdict
@@ -404,8 +405,13 @@ def summarize(records: list[dict]):
     for r in records:
         if r["status"] != "ok":
             errors[r["method"]] += 1
+    failed_only = [
+        {"method": m, "generations": 0, "errors": n}
+        for m, n in errors.items()
+        if df.empty or m not in set(df.method)
+    ]
     if df.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(failed_only)
     unit = ["suite", "item_id", "sample"]
     per_item = df.groupby(["method", *unit]).agg(tokens=("new_tokens", "sum"), wall=("wall_s", "sum"))
     per_item["tps"] = per_item.tokens / per_item.wall
@@ -438,7 +444,7 @@ def summarize(records: list[dict]):
                 "identical_to_ar": sum(identical) / len(identical) if identical else None,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows + failed_only)
 
 
 def print_summary(table, title: str) -> None:
@@ -466,4 +472,4 @@ def print_summary(table, title: str) -> None:
             v = row.get(key)
             cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
         t.add_row(*cells)
-    Console().print(t)
+    Console(width=None if sys.stdout.isatty() else 160).print(t)

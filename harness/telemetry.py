@@ -121,17 +121,19 @@ class ForwardTimer:
         forward = type(self.model).forward.__get__(self.model)
         events = self.events
 
-        def timed(input_ids, start, cache, diffusion=False):
+        def timed(*args, **kwargs):
+            # forward(input_ids, start, cache, diffusion=False, ...): the view decides the kind
+            diffusion = kwargs["diffusion"] if "diffusion" in kwargs else len(args) > 3 and args[3]
             kind = "diffusion" if diffusion else "ar"
             if self.cuda:
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()
-                out = forward(input_ids, start, cache, diffusion)
+                out = forward(*args, **kwargs)
                 end.record()
                 events[kind].append((begin, end))
             else:
                 t0 = time.perf_counter()
-                out = forward(input_ids, start, cache, diffusion)
+                out = forward(*args, **kwargs)
                 events[kind].append(time.perf_counter() - t0)
             return out
 
