@@ -36,7 +36,7 @@ def test_available_and_spec_parsing():
 
 
 def test_spec_errors_name_what_is_known(family):
-    with pytest.raises(ValueError, match="unknown method 'medusa'; known methods: ar, ar_hf, orthrus"):
+    with pytest.raises(ValueError, match="unknown method 'medusa'; known methods: ar, ar-hf, orthrus"):
         make_decoder("medusa", family)
     with pytest.raises(ValueError, match=r"unknown option\(s\) depht; known options: tree .*depth"):
         make_decoder("eagle3:depht=3", family)
