@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 
@@ -98,19 +99,120 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_bench_core(args) -> int:
-    from .bench_core import bench_core
+def cmd_bench_engine(args) -> int:
+    from .bench_engine import bench_engine
 
-    bench_core(
+    bench_engine(
         args.shape,
         model_path=args.model,
         dtype=args.dtype,
         device=check_device(args.device),
         contexts=args.contexts,
-        block_size=args.block_size,
+        block_sizes=args.block_sizes,
         new_tokens=args.new_tokens,
         repeats=args.repeats,
     )
+    return 0
+
+
+def cmd_train_tiny(args) -> int:
+    import dataclasses
+
+    from orthrus_core.train import Recipe, train_tiny
+
+    from .data import resolve_data_dir
+    from .paths import DEFAULT_MODEL
+    from .tiny_family import evaluate, figures_table, save_family
+
+    out = args.out or DEFAULT_MODEL
+    if args.eval_only:
+        print(figures_table(evaluate(out, limit=args.eval_limit, data_dir=args.data_dir)))
+        return 0
+    overrides = {k: v for k, v in (("base_steps", args.base_steps), ("diff_steps", args.diff_steps)) if v}
+    recipe = dataclasses.replace(Recipe(), **overrides)
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        print(
+            "train-tiny: no data folder (--data-dir or ORTHRUS_DATA_DIR): training on generated text only",
+            file=sys.stderr,
+        )
+    model, tokenizer, log = train_tiny(
+        out, data_dir, recipe=recipe, device=check_device(args.device), work_dir=args.work_dir
+    )
+    figures = save_family(out, model.float().cpu(), tokenizer, log, evaluate_limit=args.eval_limit)
+    print(f"wrote {out}\n{figures_table(figures)}")
+    return 0
+
+
+def parse_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_run(args) -> int:
+    from .runner import DEFAULT_LIMIT, RunSpec, execute, parse_shard, print_summary, summarize
+    from .store import read_records
+
+    defaults = RunSpec()
+    embedded = args.suite is None and args.model is None
+    spec = RunSpec(
+        suites=args.suite or defaults.suites,
+        methods=args.methods or defaults.methods,
+        model=args.model,
+        dtype=str(args.dtype).removeprefix("torch."),
+        device=args.device,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit if args.limit is not None else (DEFAULT_LIMIT if embedded else None),
+        samples=args.samples,
+        seed=args.seed,
+        warmup=args.warmup,
+        telemetry=not args.no_telemetry,
+        data_dir=args.data_dir,
+    )
+    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    t0 = time.perf_counter()
+    directory = execute(spec, out, resume=args.resume, shard=parse_shard(args.shard))
+    wall = time.perf_counter() - t0
+    print_summary(summarize(read_records(directory)), f"{directory} ({wall:.0f} s)")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .runner import merge, print_summary, summarize
+    from .store import read_records
+
+    directory = merge(args.shards, args.out)
+    print_summary(summarize(read_records(directory)), f"{directory} (merged from {len(args.shards)} shards)")
+    return 0
+
+
+def cmd_bench_overhead(args) -> int:
+    from .bench_overhead import bench_overhead, print_overhead
+    from .suites import load_suite
+
+    model, tokenizer = load(args)
+    if tokenizer is None:
+        raise UsageError(f"{args.model} has no tokenizer files; the benchmark renders suite prompts")
+    suite = load_suite(args.suite, args.data_dir, limit=args.prompts)
+    prompts = [suite.render(tokenizer, item, []) for item in suite.items(tokenizer)]
+    results = [
+        bench_overhead(
+            model, tokenizer, prompts, mode=mode, max_new_tokens=args.max_new_tokens, repeats=args.repeats
+        )
+        for mode in ("ar", "orthrus")
+    ]
+    print_overhead(results)
+    return 0
+
+
+def cmd_suites(args) -> int:
+    from .suites import list_suites, load_suite
+
+    for name in list_suites():
+        suite = load_suite(name, args.data_dir)
+        print(f"{name:12s} {suite.config.get('description', '')}")
     return 0
 
 
@@ -141,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("bench-core", help="time an AR step, a diffusion pass, a verify pass, and end to end")
+    p = sub.add_parser(
+        "bench-engine",
+        help="time an AR step, a diffusion pass and a verify pass against the roofline, and end to end",
+    )
     add_model_args(p)
     p.add_argument(
         "--shape",
@@ -149,20 +254,92 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights; ignored with --model)",
     )
     p.add_argument("--contexts", type=parse_int_list, default=None, help="context lengths, e.g. 128,1024")
-    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--block-sizes", type=parse_int_list, default=None, help="e.g. 16,32")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens per end-to-end generation")
     p.add_argument("--repeats", type=int, default=20)
-    p.set_defaults(func=cmd_bench_core)
+    p.set_defaults(func=cmd_bench_engine)
+
+    p = sub.add_parser(
+        "train-tiny",
+        help="train the tiny Orthrus family from scratch (tokenizer, base, diffusion view), evaluate, ship",
+    )
+    p.add_argument("--out", help="checkpoint directory (default: models/tiny/orthrus)")
+    p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $ORTHRUS_DATA_DIR)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast on cuda)")
+    p.add_argument(
+        "--work-dir", help="where stage checkpoints go, for resuming (default: beside --out, hidden)"
+    )
+    p.add_argument("--base-steps", type=int, help="override the recipe's base-stage steps")
+    p.add_argument("--diff-steps", type=int, help="override the recipe's diffusion-stage steps")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N prompts of each tiny suite")
+    p.add_argument("--eval-only", action="store_true", help="only measure the checkpoint at --out")
+    p.set_defaults(func=cmd_train_tiny)
+
+    p = sub.add_parser(
+        "run",
+        help="run suites x methods on a model into a results directory (no arguments: the embedded default)",
+    )
+    add_model_args(p)
+    p.add_argument("--suite", type=parse_list, help="comma-separated suite names or .toml paths")
+    p.add_argument(
+        "--methods", type=parse_list, help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain"
+    )
+    p.add_argument("--temperature", type=float, help="override every suite's temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--limit", type=int, help="first N items of each suite")
+    p.add_argument("--samples", type=int, default=1, help="generations per item and method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up generations per method")
+    p.add_argument("--no-telemetry", action="store_true", help="measure wall-clock only (overhead baseline)")
+    p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $ORTHRUS_DATA_DIR)")
+    p.add_argument("--out", help="results directory (default: runs/<date-time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--shard", help="i/n: run the items whose position is i modulo n")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("merge", help="join the shard directories of one run")
+    p.add_argument("shards", nargs="+", help="shard result directories")
+    p.add_argument("--out", required=True, help="merged results directory")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("bench-overhead", help="wall-clock cost of the runner's telemetry (on vs off)")
+    add_model_args(p)
+    p.add_argument("--suite", default="tiny-math", help="suite whose first prompts are generated")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=4, help="passes over the prompts per side")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_bench_overhead)
+
+    p = sub.add_parser("suites", help="list the suite files")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_suites)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from orthrus_core.checkpoint import CheckpointError
 
+    from .data import DatasetUnavailableError
+    from .runner import RunError
+    from .store import StoreError
+    from .suite_config import SuiteError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (
+        UsageError,
+        CheckpointError,
+        RunError,
+        StoreError,
+        SuiteError,
+        DatasetUnavailableError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"orthrus-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -392,25 +392,34 @@ def conversations(seed: int, count: int) -> Iterator[list[dict]]:
             yield msgs
 
 
-def real_conversations(data_dir: str | Path) -> Iterator[list[dict]]:
-    """Training splits of real data: GSM8K train, MATH train, MBPP train (tasks 601-974)."""
+def real_conversations(data_dir: str | Path) -> dict[str, list[list[dict]]]:
+    """Training splits of real data by source: "gsm8k" (GSM8K train), "math" (MATH train), "mbpp" (MBPP
+    train, tasks 601-974)."""
     data_dir = Path(data_dir)
+    out: dict[str, list[list[dict]]] = {"gsm8k": [], "math": [], "mbpp": []}
     for line in (data_dir / "math" / "gsm8k_train.jsonl").read_text().splitlines():
         r = json.loads(line)
         reasoning, answer = r["answer"].split("####")
         reasoning = re.sub(r"<<[^>]*>>", "", reasoning).strip()
         solution = f"{reasoning}\nThe answer is \\boxed{{{answer.strip().replace(',', '')}}}."
-        yield math_messages({"problem": r["question"]}) + [{"role": "assistant", "content": solution}]
+        out["gsm8k"].append(
+            math_messages({"problem": r["question"]}) + [{"role": "assistant", "content": solution}]
+        )
     for path in sorted((data_dir / "math" / "hendrycks_math").glob("*_train.jsonl")):
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            yield math_messages({"problem": r["problem"]}) + [{"role": "assistant", "content": r["solution"]}]
+            out["math"].append(
+                math_messages({"problem": r["problem"]}) + [{"role": "assistant", "content": r["solution"]}]
+            )
     for line in (data_dir / "code" / "mbpp" / "mbpp.jsonl").read_text().splitlines():
         r = json.loads(line)
         if 601 <= r["task_id"] <= 974:
             p = {"prompt": r["text"], "test_list": r["test_list"]}
             code = r["code"].replace("\r\n", "\n").strip()
-            yield code_messages(p) + [{"role": "assistant", "content": f"```python\n{code}\n```"}]
+            out["mbpp"].append(
+                code_messages(p) + [{"role": "assistant", "content": f"```python\n{code}\n```"}]
+            )
+    return out
 
 
 def tokenizer_training_text(data_dir: str | Path | None, count: int = 20_000) -> Iterator[str]:
@@ -418,8 +427,9 @@ def tokenizer_training_text(data_dir: str | Path | None, count: int = 20_000) ->
     for msgs in conversations(TRAIN_SEED, count):
         yield "\n".join(m["content"] for m in msgs)
     if data_dir is not None:
-        for msgs in real_conversations(data_dir):
-            yield "\n".join(m["content"] for m in msgs)
+        for source in real_conversations(data_dir).values():
+            for msgs in source:
+                yield "\n".join(m["content"] for m in msgs)
         with gzip.open(Path(data_dir) / "instruct" / "hh_rlhf_harmless_base_test.jsonl.gz", "rt") as f:
             for _, line in zip(range(500), f, strict=False):
                 yield json.loads(line)["chosen"]
@@ -447,7 +457,7 @@ def _heldout(kind: str, count: int, train_count: int) -> list[dict]:
 
 
 # How many training conversations train-tiny draws from `conversations`; held-out problems avoid all of them.
-TRAIN_CONVERSATIONS = 120_000
+TRAIN_CONVERSATIONS = 40_000
 
 
 def heldout_math(count: int = 200) -> list[dict]:
@@ -461,10 +471,11 @@ def heldout_code(count: int = 100) -> list[dict]:
 
 
 def heldout_chat(count: int = 60) -> list[dict]:
-    """Evaluation conversations: `turns` (one or two user messages). Chat is unscored and its templates are
-    few, so these share their wording with training; they measure speed on chat-shaped text."""
+    """Evaluation conversations: `turns`, two user messages each (the second is answered after the model's
+    own first answer). Chat is unscored and its templates are few, so these share their wording with
+    training; they measure speed on chat-shaped text."""
     out = []
     for i in range(count):
-        ex = chat_exchange(random.Random(HELDOUT_SEED + i))
-        out.append({"id": f"chat-{i}", "turns": ex["turns"]})
+        rng = random.Random(HELDOUT_SEED + i)
+        out.append({"id": f"chat-{i}", "turns": [_chat_turn(rng)[0], _chat_turn(rng)[0]]})
     return out

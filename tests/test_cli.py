@@ -1,4 +1,4 @@
-"""The orthrus-bench command line: generate and bench-core."""
+"""The orthrus-bench command line: generate and bench-engine."""
 
 import json
 
@@ -107,11 +107,11 @@ def test_generate_missing_model_exits_2(tmp_path, capsys):
     assert "not a checkpoint directory" in capsys.readouterr().err
 
 
-def test_bench_core_prints_its_tables(checkpoint, capsys):
+def test_bench_engine_prints_its_tables(checkpoint, capsys):
     assert (
         main(
             [
-                "bench-core",
+                "bench-engine",
                 "--model",
                 str(checkpoint),
                 "--contexts",
@@ -120,13 +120,13 @@ def test_bench_core_prints_its_tables(checkpoint, capsys):
                 "2",
                 "--new-tokens",
                 "6",
-                "--block-size",
+                "--block-sizes",
                 "4",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
-    for header in ("AR step ms", "diffusion pass ms", "verify pass ms", "tokens/s", "identical to AR"):
+    for header in ("roofline", "AR ms", "diffusion ms", "verify ms", "cycle / AR", "tokens/s", "identical"):
         assert header in out
-    assert "yes" in out
+    assert "yes" in out and "NO" not in out

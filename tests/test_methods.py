@@ -27,7 +27,7 @@ def family(tmp_path_factory):
 
 
 def test_available_and_spec_parsing():
-    assert available() == ["ar", "ar_hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+    assert available() == ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
     assert parse_spec("eagle3:tree=chain:depth=5") == ("eagle3", {"tree": "chain", "depth": "5"})
     assert parse_spec("ar") == ("ar", {})
     for bad in ["eagle3:depth", "eagle3:=3", "pld:max_ngram=2:max_ngram=3"]:
@@ -36,7 +36,7 @@ def test_available_and_spec_parsing():
 
 
 def test_spec_errors_name_what_is_known(family):
-    with pytest.raises(ValueError, match="unknown method 'medusa'; known methods: ar, ar_hf, orthrus"):
+    with pytest.raises(ValueError, match="unknown method 'medusa'; known methods: ar, ar-hf, orthrus"):
         make_decoder("medusa", family)
     with pytest.raises(ValueError, match=r"unknown option\(s\) depht; known options: tree .*depth"):
         make_decoder("eagle3:depht=3", family)
@@ -74,7 +74,7 @@ def test_public_draft_table():
 
 
 LOSSLESS_SPECS = [
-    "ar_hf",
+    "ar-hf",
     "orthrus",
     "orthrus:block_size=3",
     "pld",
@@ -125,7 +125,7 @@ def test_diffusion_is_marked_lossy_and_counts(family):
 
 
 def test_sampling_is_seeded_for_every_method(family):
-    for spec in ["ar", "ar_hf", "eagle3", "dflash", "pld", "orthrus"]:
+    for spec in ["ar", "ar-hf", "eagle3", "dflash", "pld", "orthrus"]:
         d = make_decoder(spec, family)
         a = d.generate([1, 2, 3], 20, temperature=1.0, top_k=50, seed=3, stop_token_ids=[])
         b = d.generate([1, 2, 3], 20, temperature=1.0, top_k=50, seed=3, stop_token_ids=[])
@@ -134,6 +134,6 @@ def test_sampling_is_seeded_for_every_method(family):
 
 def test_ar_hf_streams_and_times(family):
     chunks = []
-    r = make_decoder("ar_hf", family).generate([7, 8], 12, stop_token_ids=[], on_tokens=chunks.append)
+    r = make_decoder("ar-hf", family).generate([7, 8], 12, stop_token_ids=[], on_tokens=chunks.append)
     assert sum(chunks, []) == r.tokens and len(r.tokens) == 12
     assert r.prefill_s > 0 and r.decode_s > 0 and r.ar_forwards == 11

@@ -13,7 +13,7 @@ from importlib import import_module
 
 from .base import Decoder, Target
 
-METHODS = ["ar", "ar_hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
 
 __all__ = ["METHODS", "Decoder", "Target", "available", "make_decoder", "parse_spec"]
 
@@ -25,7 +25,7 @@ def available() -> list[str]:
 def _module(name: str):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
-    return import_module(f"{__name__}.{name}")
+    return import_module(f"{__name__}.{name.replace('-', '_')}")  # ar-hf lives in ar_hf.py
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:

@@ -36,7 +36,7 @@ class _Timer(BaseStreamer):
 
 
 class HFDecoder(Decoder):
-    name = "ar_hf"
+    name = "ar-hf"
 
     def __init__(self, target, label, config, hf_model):
         super().__init__(target, label, config)

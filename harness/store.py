@@ -1,0 +1,128 @@
+"""The results store: one directory per run, `run.json` (provenance and configuration) and `records.jsonl`.
+
+Records are appended one generation per line; all lines of one work unit (the turns of one item by one
+method) go out in a single write followed by flush and fsync, so after any stop (Ctrl-C, kill -9, power
+loss) the file holds complete units followed by at most one partial unit at its end. `open_run(...,
+resume=True)` cuts that partial unit off, so no half-written line is ever accepted, and reports the units
+already done, so none is run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+RECORDS = "records.jsonl"
+RUN = "run.json"
+
+
+class StoreError(Exception):
+    """A results directory that cannot be used as asked (exists without --resume, config mismatch...)."""
+
+
+def unit_key(record: dict) -> tuple:
+    return (record["suite"], record["item_id"], record["method"], record["sample"])
+
+
+def _complete_prefix(path: Path) -> tuple[int, list[dict]]:
+    """Byte length of the longest prefix of complete units, and their records."""
+    data = path.read_bytes()
+    records: list[dict] = []
+    good_end = 0  # end of the last complete unit
+    offset = 0
+    pending: list[dict] = []
+    for line in data.split(b"\n")[:-1]:  # the piece after the last newline is never complete
+        offset += len(line) + 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        pending.append(record)
+        if record["turn"] == record["turns"] - 1:
+            if len({unit_key(r) for r in pending}) != 1 or len(pending) != record["turns"]:
+                break
+            records += pending
+            pending = []
+            good_end = offset
+    return good_end, records
+
+
+class RunStore:
+    def __init__(self, directory: Path, records: list[dict]):
+        self.directory = directory
+        self.done = {unit_key(r) for r in records}
+        self.records = records
+        self._file = open(directory / RECORDS, "ab")  # noqa: SIM115 (held for the whole run)
+
+    def write_unit(self, lines: Iterable[dict]) -> None:
+        lines = list(lines)
+        payload = b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in lines)
+        self._file.write(payload)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.add(unit_key(lines[0]))
+        self.records += lines
+
+    def write_run(self, run: dict) -> None:
+        write_json(self.directory / RUN, run)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Replace `path` atomically: a reader sees the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def open_run(directory: str | os.PathLike, *, resume: bool, config_hash: str) -> RunStore:
+    """Create a results directory, or with resume=True reopen one made with the same configuration."""
+    directory = Path(directory)
+    records_path = directory / RECORDS
+    if records_path.exists() or (directory / RUN).exists():
+        if not resume:
+            raise StoreError(
+                f"{directory} already holds a run: pass --resume to continue it, or choose another --out"
+            )
+        previous = json.loads((directory / RUN).read_text()) if (directory / RUN).exists() else {}
+        if previous.get("config_hash") not in (None, config_hash):
+            raise StoreError(
+                f"{directory} holds a run with a different configuration (config hash "
+                f"{previous.get('config_hash')} vs {config_hash}); resume it with the same suites, methods, "
+                f"model and settings, or choose another --out"
+            )
+        records: list[dict] = []
+        if records_path.exists():
+            end, records = _complete_prefix(records_path)
+            if end != records_path.stat().st_size:
+                with open(records_path, "r+b") as f:
+                    f.truncate(end)
+                    os.fsync(f.fileno())
+        return RunStore(directory, records)
+    directory.mkdir(parents=True, exist_ok=True)
+    return RunStore(directory, [])
+
+
+def read_records(directory: str | os.PathLike) -> list[dict]:
+    """The complete units of a run (a partial unit at the end, from a run still going or killed, is left out)."""
+    path = Path(directory) / RECORDS
+    if not path.exists():
+        raise StoreError(f"{directory} has no {RECORDS}: is it an orthrus-bench run directory?")
+    return _complete_prefix(path)[1]
+
+
+def load(directory: str | os.PathLike):
+    """A run's records as a pandas DataFrame, one row per generation (turn); see docs/methodology.md."""
+    import pandas as pd
+
+    return pd.DataFrame.from_records(read_records(directory))
+
+
+def load_run(directory: str | os.PathLike) -> dict:
+    return json.loads((Path(directory) / RUN).read_text())

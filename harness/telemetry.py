@@ -1,0 +1,188 @@
+"""Per-generation device telemetry: allocator peak, NVML memory / power / clocks / throttling, energy, and
+per-forward times.
+
+NVML (`nvidia-ml-py`, imported as `pynvml`) is read by a background thread every `interval_s`, so sampling
+never runs on the decoding thread; energy is the difference of the device's total-energy counter
+(`nvmlDeviceGetTotalEnergyConsumption`, mJ) across the generation, flagged unreliable below a second because
+the counter updates every few tens of milliseconds. Without a GPU (or without pynvml) every NVML field is
+None. Tests pass a fake `nvml` module.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from statistics import fmean, median
+
+import torch
+
+ENERGY_MIN_RELIABLE_S = 1.0
+
+
+def load_nvml():
+    """The pynvml module, initialised, or None when the library or a driver is missing."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # ImportError, or NVMLError when no driver: both mean "no NVML"
+        return None
+
+
+class NvmlSampler:
+    """Samples one device in a background thread between start() and stop()."""
+
+    def __init__(self, nvml, index: int, interval_s: float = 0.05):
+        self.nvml = nvml
+        self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        self.interval_s = interval_s
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.samples: list[dict] = []
+
+    def _sample(self) -> dict:
+        n, h = self.nvml, self.handle
+        process_bytes = None
+        for p in n.nvmlDeviceGetComputeRunningProcesses(h):
+            if p.pid == self.pid:
+                process_bytes = p.usedGpuMemory
+        return {
+            "device_bytes": n.nvmlDeviceGetMemoryInfo(h).used,
+            "process_bytes": process_bytes,
+            "power_w": n.nvmlDeviceGetPowerUsage(h) / 1000,
+            "sm_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+            "mem_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
+            "throttle": n.nvmlDeviceGetCurrentClocksEventReasons(h),
+        }
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(self._sample())
+
+    def start(self) -> None:
+        self.samples = [self._sample()]
+        self._energy0 = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        self._t0 = time.perf_counter()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(self._sample())
+        duration = time.perf_counter() - self._t0
+        energy_j = (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self._energy0) / 1000
+        throttle = 0
+        for s in self.samples:
+            throttle |= s["throttle"]
+        process = [s["process_bytes"] for s in self.samples if s["process_bytes"] is not None]
+        return {
+            "nvml_samples": len(self.samples),
+            "device_mem_peak_bytes": max(s["device_bytes"] for s in self.samples),
+            "process_mem_peak_bytes": max(process) if process else None,
+            "power_mean_w": fmean(s["power_w"] for s in self.samples),
+            "sm_clock_mean_mhz": fmean(s["sm_mhz"] for s in self.samples),
+            "mem_clock_mean_mhz": fmean(s["mem_mhz"] for s in self.samples),
+            "throttle_reasons": throttle,
+            "energy_j": energy_j,
+            "energy_reliable": duration >= ENERGY_MIN_RELIABLE_S,
+        }
+
+
+NVML_FIELDS = (
+    "nvml_samples",
+    "device_mem_peak_bytes",
+    "process_mem_peak_bytes",
+    "power_mean_w",
+    "sm_clock_mean_mhz",
+    "mem_clock_mean_mhz",
+    "throttle_reasons",
+    "energy_j",
+    "energy_reliable",
+)
+
+
+class ForwardTimer:
+    """Times every forward of a model between attach() and detach(), by kind ("ar" or "diffusion").
+
+    On a GPU each forward is bracketed by CUDA events (read once, after the generation, so timing adds no
+    host sync); on a CPU by perf_counter. Wraps the instance's `forward`, so the decoder is unchanged."""
+
+    def __init__(self, model, device: torch.device):
+        self.model = model
+        self.cuda = device.type == "cuda"
+        self.events: dict[str, list] = {"ar": [], "diffusion": []}
+
+    def attach(self) -> None:
+        forward = type(self.model).forward.__get__(self.model)
+        events = self.events
+
+        def timed(*args, **kwargs):
+            # forward(input_ids, start, cache, diffusion=False, ...): the view decides the kind
+            diffusion = kwargs["diffusion"] if "diffusion" in kwargs else len(args) > 3 and args[3]
+            kind = "diffusion" if diffusion else "ar"
+            if self.cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                out = forward(*args, **kwargs)
+                end.record()
+                events[kind].append((begin, end))
+            else:
+                t0 = time.perf_counter()
+                out = forward(*args, **kwargs)
+                events[kind].append(time.perf_counter() - t0)
+            return out
+
+        self.model.forward = timed
+
+    def detach(self) -> dict:
+        """Summary per kind: count, mean and median milliseconds. The first AR forward is the prefill."""
+        del self.model.forward
+        out = {}
+        for kind, items in self.events.items():
+            ms = [b.elapsed_time(e) for b, e in items] if self.cuda else [s * 1e3 for s in items]
+            if kind == "ar" and ms:
+                out["prefill_forward_ms"] = ms[0]
+                ms = ms[1:]
+            out[f"{kind}_forward_count"] = len(ms)
+            out[f"{kind}_forward_ms_mean"] = fmean(ms) if ms else None
+            out[f"{kind}_forward_ms_median"] = median(ms) if ms else None
+        self.events = {"ar": [], "diffusion": []}
+        return out
+
+
+class Telemetry:
+    """Everything measured around one generation; `enabled=False` measures nothing (overhead baseline)."""
+
+    def __init__(self, model, device: torch.device, *, enabled: bool = True, nvml=None, nvml_index: int = 0):
+        self.device = device
+        self.enabled = enabled
+        self.cuda = device.type == "cuda"
+        self.timer = ForwardTimer(model, device) if enabled else None
+        self.sampler = NvmlSampler(nvml, nvml_index) if enabled and nvml is not None else None
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.sampler:
+            self.sampler.start()
+        self.timer.attach()
+
+    def stop(self) -> dict:
+        if not self.enabled:
+            return {}
+        out = self.timer.detach()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            out["allocator_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        else:
+            out["allocator_peak_bytes"] = None
+        out.update(self.sampler.stop() if self.sampler else dict.fromkeys(NVML_FIELDS))
+        return out

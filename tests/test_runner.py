@@ -1,0 +1,139 @@
+"""The suite runner end to end on the tiny family, on CPU: records, provenance, resume, failures, shards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.runner import RunError, RunSpec, execute, merge, prepare, summarize
+from harness.store import RECORDS, load, load_run, read_records
+
+SPEC = dict(
+    suites=["tiny-math", "tiny-chat"], methods=["ar", "orthrus"], limit=2, max_new_tokens=24, warmup=1
+)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare(RunSpec(**SPEC))
+
+
+def keys(records):
+    return sorted((r["suite"], r["item_id"], r["method"], r["sample"], r["turn"]) for r in records)
+
+
+def test_a_run_records_every_generation_with_provenance(prepared, tmp_path):
+    out = execute(RunSpec(**SPEC), tmp_path / "run", prepared=prepared, progress=False)
+    records = read_records(out)
+    # 2 math items x 1 turn + 2 chat items x 2 turns, by 2 methods
+    assert len(records) == (2 + 4) * 2
+    assert all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert r["new_tokens"] == len(r["output_ids"]) <= 24
+        assert r["prompt_tokens"] == len(r["prompt_ids"]) and r["context_bucket"] == 1024
+        assert r["wall_s"] > 0 and r["ttft_s"] > 0 and r["ar_forward_count"] == r["ar_forwards"]
+        assert (r["score_status"] is None) == (r["turn"] < r["turns"] - 1)
+    orthrus = [r for r in records if r["method"] == "orthrus"]
+    assert all(r["draft_forwards"] == len(r["accepted"]) > 0 for r in orthrus)
+
+    run = load_run(out)
+    assert run["status"] == "complete" and run["finished"] >= run["started"]
+    for key in ("git", "versions", "hardware", "suites", "methods", "models", "seeds", "command"):
+        assert run[key], key
+    assert run["models"][0]["weights"]["model.safetensors"]
+    assert run["suites"]["tiny-math"]["data_origin"].startswith("builtin")
+    assert run["methods"]["orthrus"]["lossless"] is True
+
+    table = summarize(records).set_index("method")
+    assert table.loc["orthrus", "identical_to_ar"] == 1.0
+    assert table.loc["orthrus", "tau"] > 1.5
+    assert table.loc["ar", "speedup_vs_ar"] == 1.0
+    assert len(load(out)) == len(records)
+
+
+def test_resume_after_a_crash_loses_and_repeats_nothing(prepared, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    full = keys(
+        read_records(execute(RunSpec(**SPEC), tmp_path / "straight", prepared=prepared, progress=False))
+    )
+
+    decoder = prepared.decoders["orthrus"]
+    calls = {"n": 0}
+    generate = decoder.generate
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # stands in for Ctrl-C or kill -9 mid-generation
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "generate", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        execute(RunSpec(**SPEC), out, prepared=prepared, progress=False)
+    monkeypatch.setattr(decoder, "generate", generate)
+    assert load_run(out)["status"] == "interrupted"
+    with open(out / RECORDS, "a") as f:
+        f.write('{"suite": "tiny-math", "item_id": "tiny-math/math-1", "met')  # a torn last line
+    done_before = len(read_records(out))
+    assert 0 < done_before < len(full)
+
+    with pytest.raises(RunError, match="--resume"):
+        execute(RunSpec(**SPEC), out, prepared=prepared, progress=False)
+    execute(RunSpec(**SPEC), out, prepared=prepared, resume=True, progress=False)
+    assert keys(read_records(out)) == full
+    assert all(json.loads(line) for line in (out / RECORDS).read_text().splitlines())
+    assert load_run(out)["status"] == "complete"
+
+
+def test_a_failing_generation_is_recorded_and_the_run_goes_on(prepared, tmp_path, monkeypatch):
+    decoder = prepared.decoders["orthrus"]
+    generate = decoder.generate
+
+    def failing(prompt_ids, *args, **kwargs):
+        if len(prompt_ids) % 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(decoder, "generate", failing)
+    records = read_records(execute(RunSpec(**SPEC), tmp_path / "run", prepared=prepared, progress=False))
+    errors = [r for r in records if r["status"] == "error"]
+    assert errors and all("out of memory" in r["error"] and r["method"] == "orthrus" for r in errors)
+    assert sum(r["method"] == "ar" and r["status"] == "ok" for r in records) == 6
+    assert "forward" not in vars(prepared.target.model)  # telemetry let go of the model
+    assert summarize(records).set_index("method").loc["orthrus", "errors"] == len(errors)
+
+
+def test_shards_merge_into_the_whole_run(prepared, tmp_path):
+    whole = keys(
+        read_records(execute(RunSpec(**SPEC), tmp_path / "whole", prepared=prepared, progress=False))
+    )
+    parts = []
+    for i in range(2):
+        shard_prepared = prepare(RunSpec(**SPEC), shard=(i, 2))
+        parts.append(
+            execute(
+                RunSpec(**SPEC), tmp_path / f"s{i}", prepared=shard_prepared, shard=(i, 2), progress=False
+            )
+        )
+    merged = merge(parts, tmp_path / "merged")
+    assert keys(read_records(merged)) == whole
+    with pytest.raises(RunError, match="cover"):
+        merge(parts[:1], tmp_path / "half")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "ar,nonsense"], "nonsense"),
+        (["--suite", "no-such-suite"], "no suite named"),
+        (["--shard", "3/2"], "--shard"),
+        (["--methods", "ar,ar"], "twice"),
+    ],
+)
+def test_bad_input_fails_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["run", "--limit", "1", "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,100 @@
+"""Telemetry around one generation, with a fake NVML standing in for a GPU."""
+
+from __future__ import annotations
+
+import os
+import time
+from types import SimpleNamespace
+
+import torch
+from conftest import random_prompts
+
+from harness.provenance import config_hash, git_state, hardware, model_provenance, versions
+from harness.telemetry import NVML_FIELDS, NvmlSampler, Telemetry
+from orthrus_core import generate
+
+
+class FakeNvml:
+    NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
+
+    def __init__(self):
+        self.energy_mj = 1_000_000
+        self.calls = 0
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [
+            SimpleNamespace(pid=os.getpid(), usedGpuMemory=300 + self.calls),
+            SimpleNamespace(pid=1, usedGpuMemory=9),
+        ]
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        self.calls += 1
+        return SimpleNamespace(used=1000 + 10 * self.calls)
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 250_000  # mW
+
+    def nvmlDeviceGetClockInfo(self, handle, kind):
+        return 1980 if kind == self.NVML_CLOCK_SM else 2619
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
+        return 4 if self.calls % 2 else 1
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        self.energy_mj += 5000
+        return self.energy_mj
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"560.35.03"
+
+
+def test_nvml_sampler_summarises_a_background_series():
+    nvml = FakeNvml()
+    sampler = NvmlSampler(nvml, 0, interval_s=0.005)
+    sampler.start()
+    time.sleep(0.05)
+    out = sampler.stop()
+    assert out["nvml_samples"] >= 4  # the start and stop samples plus the thread's
+    assert out["device_mem_peak_bytes"] == 1000 + 10 * nvml.calls
+    assert out["process_mem_peak_bytes"] == 300 + nvml.calls - 1
+    assert out["power_mean_w"] == 250 and out["sm_clock_mean_mhz"] == 1980
+    assert out["throttle_reasons"] == 5  # every reason seen, OR-ed
+    assert out["energy_j"] == 5.0 and out["energy_reliable"] is False  # far under a second
+
+
+def test_telemetry_counts_forwards_by_kind_and_restores_the_model(model):
+    telemetry = Telemetry(model, torch.device("cpu"), nvml=FakeNvml())
+    telemetry.start()
+    result = generate(model, random_prompts(1)[0], 12, mode="orthrus")
+    out = telemetry.stop()
+    assert "forward" not in vars(model)
+    assert (
+        out["ar_forward_count"] == result.ar_forwards
+        and out["diffusion_forward_count"] == result.draft_forwards
+    )
+    assert out["prefill_forward_ms"] > 0 and out["ar_forward_ms_mean"] > 0
+    assert out["nvml_samples"] >= 2 and out["allocator_peak_bytes"] is None  # CPU: no allocator peak
+    assert Telemetry(model, torch.device("cpu"), enabled=False).stop() == {}
+
+
+def test_without_nvml_every_nvml_field_is_none(model):
+    telemetry = Telemetry(model, torch.device("cpu"))
+    telemetry.start()
+    generate(model, random_prompts(1)[0], 4, mode="ar")
+    out = telemetry.stop()
+    assert all(out[k] is None for k in NVML_FIELDS)
+
+
+def test_provenance_fields(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    record = model_provenance("target", "x/y", tmp_path)
+    assert record["weights"] == {
+        "model.safetensors": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    }
+    assert set(git_state()) == {"commit", "dirty"}
+    assert versions()["torch"] == torch.__version__
+    assert hardware(FakeNvml())["driver"] == "560.35.03"
+    assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1}) != config_hash({"a": 2, "b": 2})
