@@ -1,4 +1,4 @@
-"""`ar_hf`: transformers' `generate` with its own Qwen3ForCausalLM on the same weights, a second AR reference
+"""`ar-hf`: transformers' `generate` with its own Qwen3ForCausalLM on the same weights, a second AR reference
 (independent attention, cache and sampling code). It shares the target's tensors rather than copying them."""
 
 from __future__ import annotations
