@@ -1,16 +1,55 @@
-"""nox sessions: `nox -s tests`, `nox -s lint`.
+"""nox sessions.
 
-Sessions use the interpreter nox runs under (no interpreter downloads). TORCH_SPEC picks the torch wheel:
-`torch==2.13.0` by default (the CPU wheel on CPU-only machines with a local wheel cache, the CUDA build from
-PyPI elsewhere).
+    nox                                   lint and tests
+    nox -s bench-tiny [-- RUN OPTIONS]    the embedded default on CPU: run (T=0 and T=1), verify, report
+                                          -> results/tiny, results/tiny-t1, reports/tiny
+    nox -s bench-1.7b | bench-4b | bench-8b [-- RUN OPTIONS]
+                                          the same on chiennv/Orthrus-Qwen3-N with the baselines, on a GPU
+                                          (skipped, with a message, where no CUDA device is present)
+    nox -s report -- RUN [RUN…] --out reports/NAME
+    nox -s compare -- BASE NEW [--threshold 0.05]
+
+Arguments after `--` go to `orthrus-bench run` (bench sessions) or to the command itself (report, compare).
+
+Interpreters: `tests` and `lint` use the one nox runs under. Every other session uses one pinned Python,
+BENCH_PYTHON, found on PATH (never downloaded), in a reused virtualenv, so results do not depend on which
+interpreter happened to run them. TORCH_SPEC picks the torch wheel: `torch==2.13.0` by default (the CPU
+wheel on CPU-only machines with a local wheel cache, the CUDA build from PyPI elsewhere).
 """
 
 import os
+import re
+import shutil
+import subprocess
 
 import nox
 
+nox.needs_version = ">=2025.10.14"  # download_python=
 nox.options.sessions = ["lint", "tests"]
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+BENCH_PYTHON = "3.11"
+PINNED = dict(python=BENCH_PYTHON, reuse_venv=True, download_python="never", default=False)
+
+# The paper's efficiency suites (Table 1, Figure 4) and the long-context sweep. The baselines' checkpoints:
+# AngelSlim's EAGLE-3 heads (what DFlash and Orthrus compared against), z-lab's DFlash drafters (none
+# published for 1.7B), SDAR (Qwen3-based block diffusion) for the diffusion LM. research/baselines.md.
+GPU_SUITES = "gsm8k,math500,humaneval,mbpp"
+CONTEXT_SUITE = "longctx"
+GPU_MODELS = {
+    "1.7b": ("chiennv/Orthrus-Qwen3-1.7B", "AngelSlim/Qwen3-1.7B_eagle3", None, "JetLM/SDAR-1.7B-Chat"),
+    "4b": (
+        "chiennv/Orthrus-Qwen3-4B",
+        "AngelSlim/Qwen3-4B_eagle3",
+        "z-lab/Qwen3-4B-DFlash-b16",
+        "JetLM/SDAR-4B-Chat",
+    ),
+    "8b": (
+        "chiennv/Orthrus-Qwen3-8B",
+        "AngelSlim/Qwen3-8B_eagle3",
+        "z-lab/Qwen3-8B-DFlash-b16",
+        "JetLM/SDAR-8B-Chat",
+    ),
+}
 
 
 @nox.session
@@ -25,3 +64,126 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+def install_project(session: nox.Session) -> None:
+    session.install(TORCH_SPEC)
+    session.install("-e", ".")
+
+
+def split_out(args: list[str], default: str) -> tuple[str, list[str]]:
+    """`--out DIR` (or `--out=DIR`) taken out of `args`: (DIR or `default`, the other arguments)."""
+    out, rest, i = default, [], 0
+    while i < len(args):
+        if args[i] == "--out" and i + 1 < len(args):
+            out, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--out="):
+            out = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return out, rest
+
+
+def has_command(session: nox.Session, command: str) -> bool:
+    usage = session.run("orthrus-bench", "--help", silent=True) or ""
+    choices = re.search(r"\{([^}]*)\}", usage)
+    return choices is not None and command in choices.group(1).split(",")
+
+
+def verify_and_report(session: nox.Session, runs: list[str], report_dir: str) -> None:
+    if has_command(session, "verify"):
+        for run in runs:
+            session.run("orthrus-bench", "verify", run)
+    else:
+        session.warn("this checkout has no `orthrus-bench verify`; the report will say 'not verified'")
+    session.run("orthrus-bench", "report", *runs, "--out", report_dir)
+
+
+def bench(
+    session: nox.Session, name: str, run_args: list[str], context_args: list[str] | None = None
+) -> None:
+    """Greedy and T=1 runs (plus a context sweep when given) into results/NAME*, then verify and report."""
+    out, passthrough = split_out(session.posargs, f"results/{name}")
+    runs = [out, f"{out}-t1"]
+    session.run("orthrus-bench", "run", *run_args, *passthrough, "--out", runs[0])
+    session.run("orthrus-bench", "run", *run_args, "--temperature", "1", *passthrough, "--out", runs[1])
+    if context_args is not None:
+        runs.append(f"{out}-context")
+        session.run("orthrus-bench", "run", *context_args, *passthrough, "--out", runs[-1])
+    verify_and_report(session, runs, f"reports/{os.path.basename(out)}")
+
+
+@nox.session(name="bench-tiny", **PINNED)
+def bench_tiny(session: nox.Session) -> None:
+    install_project(session)
+    bench(session, "tiny", [])  # no suite or model: the embedded default (tiny family, tiny suites)
+
+
+def cuda_device() -> str | None:
+    """The first GPU's name, asked of nvidia-smi before anything is installed; None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return listing.stdout.splitlines()[0] if listing.returncode == 0 and listing.stdout.strip() else None
+
+
+def gpu_bench(session: nox.Session, size: str) -> None:
+    device = cuda_device()
+    if device is None:
+        session.skip(
+            f"bench-{size} needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
+        )
+    session.log(f"benchmarking on {device}")
+    model, eagle3_head, dflash_drafter, diffusion_model = GPU_MODELS[size]
+    # Option names follow the methods registry's spec syntax (`name:key=value`), as in `orthrus-bench run`.
+    methods = [
+        "ar",
+        "ar-hf",
+        "orthrus",
+        f"eagle3:head={eagle3_head}",
+        "pld",
+        f"diffusion:model={diffusion_model}",
+    ]
+    if dflash_drafter:
+        methods.insert(4, f"dflash:drafter={dflash_drafter}")
+    common = ["--model", model, "--dtype", "bfloat16", "--device", "cuda", "--methods", ",".join(methods)]
+    install_project(session)
+    bench(
+        session,
+        f"qwen3-{size}",
+        [*common, "--suite", GPU_SUITES],
+        [*common, "--suite", CONTEXT_SUITE],
+    )
+
+
+@nox.session(name="bench-1.7b", **PINNED)
+def bench_1_7b(session: nox.Session) -> None:
+    gpu_bench(session, "1.7b")
+
+
+@nox.session(name="bench-4b", **PINNED)
+def bench_4b(session: nox.Session) -> None:
+    gpu_bench(session, "4b")
+
+
+@nox.session(name="bench-8b", **PINNED)
+def bench_8b(session: nox.Session) -> None:
+    gpu_bench(session, "8b")
+
+
+@nox.session(**PINNED)
+def report(session: nox.Session) -> None:
+    if not session.posargs:
+        session.error("usage: nox -s report -- RUN [RUN…] --out reports/NAME")
+    install_project(session)
+    session.run("orthrus-bench", "report", *session.posargs)
+
+
+@nox.session(**PINNED)
+def compare(session: nox.Session) -> None:
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s compare -- BASE NEW [--threshold 0.05] [--out summary.md]")
+    install_project(session)
+    session.run("orthrus-bench", "compare", *session.posargs)
