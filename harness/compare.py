@@ -16,7 +16,6 @@ when anything regressed, 0 otherwise; the markdown table lists every delta and v
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .runs import Run, bootstrap_ci, generations, load_runs, ratio_of_means
+from .runs import Run, bootstrap_ci, generations, ratio_of_means
 
 PAIR = ["method", "suite", "item_id", "sample", "turn"]
 REGRESSION, IMPROVEMENT, OK, UNDECIDABLE, INFO = "REGRESSION", "improvement", "ok", "undecidable", "info"
@@ -262,23 +261,3 @@ def markdown(rows: list[Row], base: Path, new: Path, threshold: float, alpha: fl
             f"| {r.method} | {r.metric} | {r.base} | {r.new} | {r.change} | {r.ci} | {r.p} | {r.n} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def add_compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("base", help="baseline run directory (e.g. results/tiny)")
-    p.add_argument("new", help="run directory to check against it")
-    p.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (default 0.05)")
-    p.add_argument(
-        "--alpha", type=float, default=0.002, help="Mann–Whitney significance level (default 0.002)"
-    )
-    p.add_argument("--out", help="also write the markdown table to this file (e.g. $GITHUB_STEP_SUMMARY)")
-
-
-def compare_main(args: argparse.Namespace) -> int:
-    base, new = load_runs([args.base, args.new])
-    rows = compare_runs(base, new, args.threshold, args.alpha)
-    text = markdown(rows, Path(args.base), Path(args.new), args.threshold, args.alpha)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    return 1 if any(r.verdict == REGRESSION for r in rows) else 0

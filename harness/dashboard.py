@@ -10,7 +10,6 @@ requires: `benchmark-bigger.json` (tool `customBiggerIsBetter`) and `benchmark-s
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -190,14 +189,3 @@ def write_dashboard(history_dir: str | Path, out: str | Path) -> Path:
         f"<p>{len(runs)} runs, oldest first: {html.escape(run_list)}</p>{images}</body></html>\n"
     )
     return out
-
-
-def add_dashboard_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("history", help="directory holding one run directory per benchmarked commit")
-    p.add_argument("--out", default="reports/dashboard", help="output directory (default: reports/dashboard)")
-
-
-def dashboard_main(args: argparse.Namespace) -> int:
-    out = write_dashboard(args.history, args.out)
-    print(f"wrote {out / 'dashboard.html'}, trend PNGs, benchmark-bigger.json and benchmark-smaller.json")
-    return 0

@@ -10,7 +10,6 @@ agree with what `orthrus-bench run` prints.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import math
@@ -781,23 +780,3 @@ def write_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     (out / "report.md").write_text(report.markdown())
     (out / "report.html").write_text(report.html())
     return out
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", help="run directories (records.jsonl + run.json)")
-    p.add_argument("--out", required=True, help="report directory, e.g. reports/tiny")
-    p.add_argument("--title", help="page title (default: the run directories)")
-    p.add_argument(
-        "--calibration",
-        default="reports/calibration.json",
-        help="calibration table from `orthrus-bench calibrate` (default: reports/calibration.json, if present)",
-    )
-
-
-def report_main(args: argparse.Namespace) -> int:
-    out = write_report(args.runs, args.out, args.title, args.calibration)
-    print(f"wrote {out / 'report.html'}, {out / 'report.md'} and {out / 'figures'}/*.png")
-    return 0

@@ -8,7 +8,7 @@ import json
 
 from synthetic_runs import make_run
 
-from harness.dashboard import add_dashboard_args, dashboard_main
+from harness.report_commands import add_dashboard_args, dashboard_main
 
 
 def test_trends_and_benchmark_export(tmp_path):

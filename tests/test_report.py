@@ -12,7 +12,8 @@ import pytest
 from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
-from harness.report import FIGURES, add_report_args, report_main
+from harness.report import FIGURES
+from harness.report_commands import add_report_args, report_main
 from harness.runner import summarize
 from harness.runs import bootstrap_ci, ratio_of_means
 from harness.store import read_records
