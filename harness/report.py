@@ -30,6 +30,7 @@ from .runs import (  # noqa: E402
     generations,
     load_runs,
     mean,
+    pooled_tau,
     ratio_of_means,
     ratio_of_sums,
     read_json_if_present,
@@ -173,6 +174,8 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Tabl
             if label in set(figures.summary.method):
                 cells[(model, label, suite, temp)] = table1_cell(figures, label)
     groups = sorted({(m, label) for m, label, _, _ in cells})
+    if not groups:
+        return [Table("Table 1", ["model", "method", "suite"], [], "no Orthrus method in these runs")]
     baselines = sorted({c.baseline for c in cells.values() if c.baseline})
     denominators = " and ".join(f"`{b}`" for b in baselines) or "no AR baseline in the run"
 
@@ -252,6 +255,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
             s = summary.loc[method]
             own = figures.units[figures.units.method == method]
             scored = own.correct.dropna().astype(float)
+            pairs = paired_units(figures.units, method, "ar")
             rows.append(
                 [
                     model,
@@ -260,10 +264,17 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
                     method,
                     str(int(s.generations)),
                     str(int(s.errors)),
-                    fmt(s.tau),
-                    fmt(s.tpf),
+                    fmt(
+                        s.tau,
+                        ci=bootstrap_ci(pooled_tau, own.accepted, own.cycles) if own.cycles.sum() else None,
+                    ),
+                    fmt(s.tpf, ci=bootstrap_ci(ratio_of_sums, own.tokens, own.forwards)),
                     fmt(s.tokens_per_s, ".1f", bootstrap_ci(mean, own.tokens_per_s)),
-                    fmt(s.speedup_vs_ar, suffix="×"),
+                    fmt(
+                        s.speedup_vs_ar,
+                        ci=bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base),
+                        suffix="×",
+                    ),
                     fmt(s.speedup_vs_ar_hf, suffix="×"),
                     fmt(s.accuracy, ".1%", bootstrap_ci(mean, scored) if len(scored) else None),
                     fmt(s.identical_to_ar, ".1%"),
@@ -287,9 +298,31 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     note = (
         "τ = accepted drafts + 1 per cycle, pooled over cycles; TPF = all new tokens / all forwards after "
         "prefill; tok/s = mean over items of item tokens / item wall time; accuracy = mean score over items. "
-        "Parentheses: 95% bootstrap CI over items. Definitions: docs/methodology.md."
+        "Parentheses: 95% bootstrap CI over items (speedup: paired with ar's item). "
+        "Definitions: docs/methodology.md."
     )
     return [Table("Per method, suite and temperature", columns, rows, note)]
+
+
+def figure4_tables(u: pd.DataFrame) -> list[Table]:
+    """The numbers behind the Figure 4 plot: τ per suite (rows) and drafting method (columns)."""
+    drafting = u[u.cycles > 0]
+    tables = []
+    for model, temp in Panels.of(drafting).keys:
+        d = drafting[(drafting.model == model) & (drafting.temperature == temp)]
+        methods = method_order(set(d.method))
+        rows = []
+        for suite in sorted(set(d.suite)):
+            row = [suite]
+            for method in methods:
+                g = d[(d.suite == suite) & (d.method == method)]
+                tau = pooled_tau(g.accepted, g.cycles) if len(g) else None
+                row.append(fmt(tau, ci=bootstrap_ci(pooled_tau, g.accepted, g.cycles)) if len(g) else "–")
+            rows.append(row)
+        title = f"Figure 4 — average acceptance length τ ({model}, {temperature_label(temp)})"
+        note = "τ = accepted drafts + 1 per cycle, pooled over cycles; the paper's Figure 4 shows τ − 1."
+        tables.append(Table(title, ["suite", *methods], rows, note))
+    return tables
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -363,8 +396,8 @@ def figure_acceptance(u: pd.DataFrame, ax_row) -> None:
                 g = d[(d.method == method) & (d.suite == suite)]
                 if g.empty:
                     continue
-                tau = 1 + g.accepted.sum() / g.cycles.sum()
-                ci = bootstrap_ci(lambda a, c, axis=-1: 1 + ratio_of_sums(a, c, axis), g.accepted, g.cycles)
+                tau = pooled_tau(g.accepted, g.cycles)
+                ci = bootstrap_ci(pooled_tau, g.accepted, g.cycles)
                 xs.append(j + (i - (len(methods) - 1) / 2) * width)
                 taus.append(tau)
                 errs.append(error_bar(tau, ci))
@@ -678,6 +711,7 @@ class Report:
     title: str
     runs: list[Run]
     table1: list[Table]
+    figure4: list[Table]
     summary: list[Table]
     figures: list[Figure]
     verdicts: list[Table]
@@ -696,6 +730,7 @@ class Report:
         calibration = self.calibration or ["no calibration table (reports/calibration.json)"]
         return [
             ("Table 1", self.table1),
+            ("Figure 4", self.figure4),
             ("Summary", self.summary),
             ("Figures", self.figures),
             ("Equivalence verdicts", verification),
@@ -745,7 +780,7 @@ CSS = (
     "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;margin:1em 0;font-size:.85em}"
     "caption{font-weight:bold;text-align:left;padding:.3em 0}"
-    "th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}"
+    "th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;white-space:nowrap}"
     "th:first-child,td:first-child{text-align:left}"
     "img{max-width:100%;height:auto}figure{margin:1.5em 0}.note{color:#555;font-size:.85em}"
 )
@@ -765,6 +800,7 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
         table1=table1(gens, by_slice),
+        figure4=figure4_tables(u),
         summary=summary_tables(by_slice),
         figures=draw_figures(gens, u, out / "figures"),
         verdicts=verdicts,

@@ -105,16 +105,24 @@ def bootstrap_ci(statistic, *samples, confidence: float = 0.95) -> tuple[float, 
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+# Statistics for bootstrap_ci, also usable on plain columns (pandas objects are turned into arrays first).
+
+
 def ratio_of_means(a, b, axis=-1):
-    return np.mean(a, axis=axis) / np.mean(b, axis=axis)
+    return np.mean(np.asarray(a, float), axis=axis) / np.mean(np.asarray(b, float), axis=axis)
 
 
 def ratio_of_sums(a, b, axis=-1):
-    return np.sum(a, axis=axis) / np.sum(b, axis=axis)
+    return np.sum(np.asarray(a, float), axis=axis) / np.sum(np.asarray(b, float), axis=axis)
+
+
+def pooled_tau(accepted, cycles, axis=-1):
+    """τ over many generations: 1 + all accepted drafts / all cycles (docs/methodology.md)."""
+    return 1 + ratio_of_sums(accepted, cycles, axis)
 
 
 def mean(a, axis=-1):
-    return np.mean(a, axis=axis)
+    return np.mean(np.asarray(a, float), axis=axis)
 
 
 def read_json_if_present(path: Path) -> object | None:

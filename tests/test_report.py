@@ -101,6 +101,19 @@ def test_table1_matches_the_run_summary(report):
     assert "per-question" in markdown and "token-weighted" in markdown  # the averaging is stated
 
 
+def test_figure4_table_matches_the_run_summary(report):
+    markdown = (report / "out" / "report.md").read_text()
+    rows = table_rows(markdown, "Figure 4 — average acceptance length τ (embedded tiny family, T=0)")
+    header = markdown.split("Figure 4 — average acceptance length τ (embedded tiny family, T=0)**", 1)[1]
+    assert header.strip().splitlines()[0] == "| suite | eagle3 | dflash | orthrus |"  # the paper's order
+    records = [r for r in read_records(report / "t0") if r["suite"] == "tiny-code"]
+    summary = summarize(records).set_index("method")
+    cells = dict(zip(["suite", "eagle3", "dflash", "orthrus"], rows[0], strict=True))
+    assert cells["suite"] == "tiny-code"
+    for method in ("eagle3", "dflash", "orthrus"):
+        assert float(cells[method].split()[0]) == pytest.approx(summary.loc[method].tau, abs=0.005)
+
+
 def test_verdicts_calibration_and_provenance(report):
     markdown = (report / "out" / "report.md").read_text()
     assert "| orthrus | greedy identity | 24 | 0.124 | pass |" in markdown
