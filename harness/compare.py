@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -160,7 +159,7 @@ def compare_runs(base: Run, new: Run, threshold: float = 0.05, alpha: float = 0.
     rows: list[Row] = []
     for df in (base_df, new_df):
         if not df.empty:
-            df["energy_per_token_j"] = df.energy_j / df.new_tokens if "energy_j" in df else np.nan
+            df["energy_per_token_j"] = df.energy_j / df.new_tokens
     base_methods = list(dict.fromkeys(base_df.method)) if not base_df.empty else []
     new_methods = set(new_df.method) if not new_df.empty else set()
     for method in base_methods:

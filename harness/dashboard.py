@@ -69,8 +69,8 @@ def run_metrics(run: Run) -> pd.DataFrame:
             method = s["method"]
             g = gens[(gens.suite == suite) & (gens.temperature == temp) & (gens.method == method)]
             own = u[(u.suite == suite) & (u.temperature == temp) & (u.method == method)]
-            energy = g[g.energy_reliable.fillna(False).astype(bool)] if "energy_reliable" in g else g.iloc[:0]
-            peak = g.allocator_peak_bytes.max() if "allocator_peak_bytes" in g else None
+            energy = g[g.energy_reliable.eq(True) & g.energy_j.notna()]
+            peak = g.allocator_peak_bytes.max()
             values = {
                 "tokens_per_s": (s["tokens_per_s"], bootstrap_ci(mean, own.tokens_per_s)),
                 "speedup_vs_ar": (s["speedup_vs_ar"], None),
@@ -79,7 +79,7 @@ def run_metrics(run: Run) -> pd.DataFrame:
                 "accuracy": (s["accuracy"], None),
                 "ttft_ms": (g.ttft_s.median() * 1e3, None),
                 "tpot_ms": (g.tpot_s.median() * 1e3 if g.tpot_s.notna().any() else None, None),
-                "peak_memory_mib": (peak / 2**20 if peak is not None and not pd.isna(peak) else None, None),
+                "peak_memory_mib": (peak / 2**20, None),
                 "energy_per_token_j": (
                     (energy.energy_j / energy.new_tokens).mean() if not energy.empty else None,
                     None,

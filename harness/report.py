@@ -113,7 +113,8 @@ class Cell:
 
 @dataclass
 class SliceFigures:
-    """summarize() on one (model, suite, temperature) slice, plus the CIs summarize does not give."""
+    """summarize() on one (model, suite, temperature) slice, with the slice's work units (for the CIs
+    summarize does not give) and the speedup baseline."""
 
     summary: pd.DataFrame
     units: pd.DataFrame
@@ -138,7 +139,10 @@ def table1_cell(figures: SliceFigures, method: str) -> Cell:
     cell = Cell(baseline=figures.baseline)
     cell.tpf = row.tpf
     cell.tpf_ci = bootstrap_ci(ratio_of_sums, own.tokens, own.forwards)
-    cell.tpf_per_question = float((own.tokens / own.forwards).mean()) if len(own) else None
+    with_forwards = own[own.forwards > 0]  # a one-token answer has no forward after the prefill
+    cell.tpf_per_question = (
+        float((with_forwards.tokens / with_forwards.forwards).mean()) if len(own) else None
+    )
     if figures.baseline is not None:
         cell.speedup = row[f"speedup_vs_{figures.baseline.replace('-', '_')}"]
         pairs = paired_units(figures.units, method, figures.baseline)
@@ -470,10 +474,9 @@ def figure_memory(gens: pd.DataFrame, axes) -> None:
     """Row 0: peak allocator memory; row 1: memory above AR's at the same context; row 2: share of wall
     time in draft (diffusion-view) forwards. All against the context bucket."""
     panels = Panels.of(gens)
-    measured = gens.allocator_peak_bytes.notna() if "allocator_peak_bytes" in gens else gens.suite.isna()
     for col, key in enumerate(panels.keys):
         d = gens[(gens.model == key[0]) & (gens.temperature == key[1]) & gens.context_bucket.notna()]
-        mem = d[measured.loc[d.index]]
+        mem = d[d.allocator_peak_bytes.notna()]
         ax_peak, ax_over, ax_draft = axes[0][col], axes[1][col], axes[2][col]
         ax_peak.set_title(panels.title(key))
         if mem.empty:
@@ -493,7 +496,7 @@ def figure_memory(gens: pd.DataFrame, axes) -> None:
             for ax in (ax_peak, ax_over):
                 context_axis(ax, mem.context_bucket)
                 ax.legend(fontsize=8)
-        drafts = d[d.diffusion_forward_count.fillna(0) > 0] if "diffusion_forward_count" in d else d.iloc[:0]
+        drafts = d[d.diffusion_forward_count.fillna(0) > 0]
         if drafts.empty:
             no_data(ax_draft, "no timed draft forwards (only the diffusion view's passes are timed)")
         else:
@@ -509,13 +512,11 @@ def figure_memory(gens: pd.DataFrame, axes) -> None:
 
 def figure_energy(gens: pd.DataFrame, ax_row) -> None:
     panels = Panels.of(gens)
-    reliable = gens.energy_reliable.fillna(False).astype(bool) if "energy_reliable" in gens else None
     for ax, key in zip(ax_row, panels.keys, strict=False):
         ax.set_title(panels.title(key))
         d = gens[(gens.model == key[0]) & (gens.temperature == key[1])]
-        if reliable is not None:
-            d = d[reliable.loc[d.index] & d.energy_j.notna()]
-        if reliable is None or d.empty:
+        d = d[d.energy_reliable.eq(True) & d.energy_j.notna()]
+        if d.empty:
             no_data(ax, "no reliable NVML energy readings (CUDA only, generations of at least 1 s)")
             continue
         methods = method_order(set(d.method))

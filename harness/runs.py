@@ -19,6 +19,14 @@ from .store import load_run, read_records
 
 EMBEDDED_MODEL = "embedded tiny family"
 UNIT = ["suite", "item_id", "sample"]
+# Telemetry fields that a run made with --no-telemetry lacks altogether; there they read as not measured.
+TELEMETRY_COLUMNS = [
+    "allocator_peak_bytes",
+    "energy_j",
+    "energy_reliable",
+    "diffusion_forward_count",
+    "diffusion_forward_ms_mean",
+]
 
 
 @dataclass
@@ -55,7 +63,10 @@ def generations(runs: list[Run]) -> pd.DataFrame:
         for r in run.records
         if r["status"] == "ok"
     ]
-    return pd.DataFrame.from_records(rows)
+    df = pd.DataFrame.from_records(rows)
+    if df.empty:
+        return df
+    return df.reindex(columns=list(dict.fromkeys([*df.columns, *TELEMETRY_COLUMNS])))
 
 
 def units(df: pd.DataFrame) -> pd.DataFrame:

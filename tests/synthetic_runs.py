@@ -19,6 +19,25 @@ METHODS = {
     "diffusion": ("diffusion", False, 2.5, None),
 }
 SUITES = {"tiny-math": 1024, "tiny-code": 2048}  # suite -> context bucket
+TELEMETRY_FIELDS = {
+    "prefill_forward_ms",
+    "ar_forward_count",
+    "ar_forward_ms_mean",
+    "ar_forward_ms_median",
+    "diffusion_forward_count",
+    "diffusion_forward_ms_mean",
+    "diffusion_forward_ms_median",
+    "allocator_peak_bytes",
+    "nvml_samples",
+    "device_mem_peak_bytes",
+    "process_mem_peak_bytes",
+    "power_mean_w",
+    "sm_clock_mean_mhz",
+    "mem_clock_mean_mhz",
+    "throttle_reasons",
+    "energy_j",
+    "energy_reliable",
+}
 
 
 def make_run(
@@ -35,13 +54,15 @@ def make_run(
     changed_outputs: dict[str, int] | None = None,
     accepted_drop: dict[str, int] | None = None,
     gpu: bool = False,
+    telemetry: bool = True,
     commit: str = "0123456789abcdef",
     started: str = "2026-11-30T12:00:00+00:00",
     model: str | None = None,
 ) -> Path:
     """A complete run. `slowdown[method]` divides that method's speed; `changed_outputs[method]` alters the
     output of that many items; `accepted_drop[method]` lowers that many cycles' accepted drafts by one.
-    Speeds carry multiplicative noise of relative size `noise`, drawn from `seed`."""
+    Speeds carry multiplicative noise of relative size `noise`, drawn from `seed`. `telemetry=False` leaves out
+    the fields that `run --no-telemetry` does not record."""
     rng = np.random.default_rng(seed)
     outputs_rng = np.random.default_rng(1234)  # outputs do not depend on the seed: A/A runs agree
     slowdown = slowdown or {}
@@ -124,6 +145,8 @@ def make_run(
                     "score_status": "correct",
                     "score_detail": None,
                 }
+                if not telemetry:
+                    record = {k: v for k, v in record.items() if k not in TELEMETRY_FIELDS}
                 store.write_unit([record])
     store.write_run(
         {

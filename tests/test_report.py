@@ -12,7 +12,7 @@ import pytest
 from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
-from harness.report import FIGURES
+from harness.report import FIGURES, write_report
 from harness.report_commands import add_report_args, report_main
 from harness.runner import summarize
 from harness.runs import bootstrap_ci, ratio_of_means
@@ -122,6 +122,13 @@ def test_verdicts_calibration_and_provenance(report):
     provenance = table_rows(markdown, "Provenance")
     assert [row[4] for row in provenance] == ["0123456789", "0123456789"]  # commit
     assert provenance[1][6] == "synthetic GPU"
+
+
+def test_a_run_without_telemetry_still_gets_every_figure(tmp_path):
+    run = make_run(tmp_path / "bare", methods=("ar", "orthrus"), items=3, telemetry=False)
+    out = write_report([str(run)], tmp_path / "out")
+    assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(f.name for f in FIGURES)
+    assert "| embedded tiny family | orthrus | tiny-math |" in (out / "report.md").read_text()
 
 
 def test_paired_bootstrap_ci():
