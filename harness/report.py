@@ -680,7 +680,10 @@ def provenance_table(runs: list[Run]) -> Table:
                 str(info.get("config_hash", "–"))[:12],
                 ", ".join(g.get("name", "?") for g in gpus if isinstance(g, dict))
                 or str(hardware.get("cpu", "–")),
-                ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("torch", "transformers", "cuda")),
+                ", ".join(
+                    [f"{k} {v}" for k, v in versions.items() if k in ("python", "torch", "transformers")]
+                    + [f"{k} {hardware[k]}" for k in ("cuda", "driver") if hardware.get(k)]
+                ),
                 f"{info.get('started', '–')} → {info.get('finished', '–')}",
                 str(info.get("status", "–")),
                 ", ".join(
