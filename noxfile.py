@@ -13,8 +13,9 @@ Arguments after `--` go to `orthrus-bench run` (bench sessions) or to the comman
 
 Interpreters: `tests` and `lint` use the one nox runs under. Every other session uses one pinned Python,
 BENCH_PYTHON, found on PATH (never downloaded), in a reused virtualenv, so results do not depend on which
-interpreter happened to run them. TORCH_SPEC picks the torch wheel: `torch==2.13.0` by default (the CPU
-wheel on CPU-only machines with a local wheel cache, the CUDA build from PyPI elsewhere).
+interpreter happened to run them; `nox --no-venv -s ...` runs them in the current environment instead.
+TORCH_SPEC picks the torch wheel: `torch==2.13.0` by default (the CPU wheel on CPU-only machines with a
+local wheel cache, the CUDA build from PyPI elsewhere).
 """
 
 import os
@@ -67,6 +68,8 @@ def lint(session: nox.Session) -> None:
 
 
 def install_project(session: nox.Session) -> None:
+    if session.venv_backend == "none":  # `nox --no-venv`: use the current environment, which has the project
+        return
     session.install(TORCH_SPEC)
     session.install("-e", ".")
 
