@@ -159,7 +159,8 @@ def compare_runs(base: Run, new: Run, threshold: float = 0.05, alpha: float = 0.
     rows: list[Row] = []
     for df in (base_df, new_df):
         if not df.empty:
-            df["energy_per_token_j"] = df.energy_j / df.new_tokens
+            # NVML's energy counter is too coarse for generations under a second (docs/methodology.md).
+            df["energy_per_token_j"] = (df.energy_j / df.new_tokens).where(df.energy_reliable.eq(True))
     base_methods = list(dict.fromkeys(base_df.method)) if not base_df.empty else []
     new_methods = set(new_df.method) if not new_df.empty else set()
     for method in base_methods:
