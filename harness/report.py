@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -362,7 +363,8 @@ def new_figure(panels: int, rows: int = 1, width: float = 6.0, height: float = 4
 
 
 def no_data(ax, why: str) -> None:
-    ax.text(0.5, 0.5, f"no data: {why}", ha="center", va="center", wrap=True, transform=ax.transAxes)
+    text = textwrap.fill(f"no data: {why}", width=40)  # a panel can be narrow; wrap=True ignores the axes
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
 
