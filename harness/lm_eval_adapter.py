@@ -200,11 +200,12 @@ class OrthrusLM(LM):
         )
 
 
-def task_manager():
-    """lm-eval's task index with the local, offline configs taking precedence over the stock tasks."""
+def task_manager(include_defaults: bool = True):
+    """lm-eval's task index with the local, offline configs taking precedence over the stock tasks (or, with
+    include_defaults=False, alone: indexing lm-eval's thousands of stock configs takes seconds)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
 
 
 def main(argv: list[str] | None = None) -> None:

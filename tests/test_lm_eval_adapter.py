@@ -51,7 +51,11 @@ def first_record(path: Path) -> dict:
 def evaluate(directory: Path, method: str, task: str, **kwargs) -> tuple[dict, OrthrusLM]:
     model = OrthrusLM(pretrained=str(directory), method=method, device="cpu", max_gen_toks=24)
     results = lm_eval.simple_evaluate(
-        model=model, tasks=[task], task_manager=task_manager(), log_samples=True, **kwargs
+        model=model,
+        tasks=[task],
+        task_manager=task_manager(include_defaults=False),
+        log_samples=True,
+        **kwargs,
     )
     return results, model
 
