@@ -131,7 +131,7 @@ def paired_units(unit_table: pd.DataFrame, method: str, baseline: str) -> pd.Dat
     keys = ["suite", "item_id", "sample"]
     a = unit_table[unit_table.method == method].set_index(keys)
     b = unit_table[unit_table.method == baseline].set_index(keys)
-    return a.join(b, how="inner", suffixes=("", "_base"))
+    return a.merge(b, left_index=True, right_index=True, suffixes=("", "_base"))
 
 
 def table1_cell(figures: SliceFigures, method: str) -> Cell:
