@@ -32,6 +32,9 @@ def test_every_session_is_declared_and_only_lint_and_tests_run_by_default():
 @pytest.mark.skipif(
     shutil.which("nvidia-smi") is not None, reason="this machine has a GPU: the session would run"
 )
+@pytest.mark.skipif(
+    shutil.which("python3.11") is None, reason="the bench sessions' pinned Python 3.11 is not on PATH"
+)
 def test_gpu_benchmark_skips_without_cuda():
     done = nox("-s", "bench-8b")
     assert done.returncode == 0
