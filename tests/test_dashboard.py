@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
+from harness.dashboard import write_dashboard
 from harness.report_commands import add_dashboard_args, dashboard_main
 
 
@@ -46,3 +49,22 @@ def test_trends_and_benchmark_export(tmp_path):
     assert 2.8 < speedup < 3.4
     assert {e["unit"] for e in smaller} == {"ms", "MiB", "J"}
     assert all(set(e) <= {"name", "unit", "value", "range", "extra"} for e in bigger + smaller)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"
+)
+def test_dashboard_page_loads_in_chromium(tmp_path):
+    for day in (1, 2):
+        make_run(
+            tmp_path / "history" / str(day),
+            methods=("ar",),
+            suites=("tiny-math",),
+            items=3,
+            seed=day,
+            started=f"2026-11-0{day}T00:00:00+00:00",
+        )
+    out = write_dashboard(tmp_path / "history", tmp_path / "out")
+    page = load_page(out / "dashboard.html")
+    assert page.errors == []
+    assert page.images and all(image["loaded"] for image in page.images)
