@@ -31,26 +31,20 @@ TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 BENCH_PYTHON = "3.11"
 PINNED = dict(python=BENCH_PYTHON, reuse_venv=True, download_python="never", default=False)
 
-# The paper's efficiency suites (Table 1, Figure 4) and the long-context sweep. The baselines' checkpoints:
-# AngelSlim's EAGLE-3 heads (what DFlash and Orthrus compared against), z-lab's DFlash drafters (none
-# published for 1.7B), SDAR (Qwen3-based block diffusion) for the diffusion LM. research/baselines.md.
+# The paper's efficiency suites (Table 1, Figure 4) and the long-context sweep. The methods registry finds
+# the baselines' drafts for chiennv/Orthrus-Qwen3-N itself (harness/methods/checkpoints.py: AngelSlim's
+# EAGLE-3 heads, z-lab's DFlash drafters, none published for 1.7B); the standalone block-diffusion LM is
+# SDAR (Qwen3-based; the DFlash blog's baseline, block 16, threshold 0.9), run as its own target.
 GPU_SUITES = "gsm8k,math500,humaneval,mbpp"
 CONTEXT_SUITE = "longctx"
-GPU_MODELS = {
-    "1.7b": ("chiennv/Orthrus-Qwen3-1.7B", "AngelSlim/Qwen3-1.7B_eagle3", None, "JetLM/SDAR-1.7B-Chat"),
-    "4b": (
-        "chiennv/Orthrus-Qwen3-4B",
-        "AngelSlim/Qwen3-4B_eagle3",
-        "z-lab/Qwen3-4B-DFlash-b16",
-        "JetLM/SDAR-4B-Chat",
-    ),
-    "8b": (
-        "chiennv/Orthrus-Qwen3-8B",
-        "AngelSlim/Qwen3-8B_eagle3",
-        "z-lab/Qwen3-8B-DFlash-b16",
-        "JetLM/SDAR-8B-Chat",
-    ),
-}
+GPU_SIZES = {"1.7b": "1.7B", "4b": "4B", "8b": "8B"}
+SDAR_METHOD = "diffusion:layout=sdar:block_size=16:mask_token_id=151669"
+ALL_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]  # harness.methods.METHODS
+GREEDY_ONLY = {"diffusion"}  # block diffusion decodes greedily only, so the T=1 runs leave it out
+
+
+def methods_list(methods: list[str], temperature: float) -> str:
+    return ",".join(m for m in methods if temperature == 0 or m.split(":")[0] not in GREEDY_ONLY)
 
 
 @nox.session
@@ -104,24 +98,23 @@ def verify_and_report(session: nox.Session, runs: list[str], report_dir: str) ->
     session.run("orthrus-bench", "report", *runs, "--out", report_dir)
 
 
-def bench(
-    session: nox.Session, name: str, run_args: list[str], context_args: list[str] | None = None
-) -> None:
-    """Greedy and T=1 runs (plus a context sweep when given) into results/NAME*, then verify and report."""
+def bench(session: nox.Session, name: str, runs: dict[str, list[str]]) -> None:
+    """Each run (directory suffix -> `orthrus-bench run` arguments) into results/NAME<suffix>, then verify
+    and report them together into reports/NAME. `--out` in the pass-through arguments replaces results/NAME."""
     out, passthrough = split_out(session.posargs, f"results/{name}")
-    runs = [out, f"{out}-t1"]
-    session.run("orthrus-bench", "run", *run_args, *passthrough, "--out", runs[0])
-    session.run("orthrus-bench", "run", *run_args, "--temperature", "1", *passthrough, "--out", runs[1])
-    if context_args is not None:
-        runs.append(f"{out}-context")
-        session.run("orthrus-bench", "run", *context_args, *passthrough, "--out", runs[-1])
-    verify_and_report(session, runs, f"reports/{os.path.basename(out)}")
+    directories = []
+    for suffix, args in runs.items():
+        directories.append(out + suffix)
+        session.run("orthrus-bench", "run", *args, *passthrough, "--out", directories[-1])
+    verify_and_report(session, directories, f"reports/{os.path.basename(out)}")
 
 
 @nox.session(name="bench-tiny", **PINNED)
 def bench_tiny(session: nox.Session) -> None:
     install_project(session)
-    bench(session, "tiny", [])  # no suite or model: the embedded default (tiny family, tiny suites)
+    # No suite or model: the embedded default (tiny family, tiny suites, every method), greedy and at T=1.
+    sampled = ["--temperature", "1", "--methods", methods_list(ALL_METHODS, 1)]
+    bench(session, "tiny", {"": [], "-t1": sampled})
 
 
 def cuda_device() -> str | None:
@@ -139,25 +132,30 @@ def gpu_bench(session: nox.Session, size: str) -> None:
             f"bench-{size} needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
         )
     session.log(f"benchmarking on {device}")
-    model, eagle3_head, dflash_drafter, diffusion_model = GPU_MODELS[size]
-    # Option names follow the methods registry's spec syntax (`name:key=value`), as in `orthrus-bench run`.
-    methods = [
-        "ar",
-        "ar-hf",
-        "orthrus",
-        f"eagle3:head={eagle3_head}",
-        "pld",
-        f"diffusion:model={diffusion_model}",
-    ]
-    if dflash_drafter:
-        methods.insert(4, f"dflash:drafter={dflash_drafter}")
-    common = ["--model", model, "--dtype", "bfloat16", "--device", "cuda", "--methods", ",".join(methods)]
+    methods = list(ALL_METHODS)
+    if size == "1.7b":
+        methods.remove("dflash")  # no public DFlash drafter for Qwen3-1.7B
+    gpu = ["--dtype", "bfloat16", "--device", "cuda"]
+    orthrus = ["--model", f"chiennv/Orthrus-Qwen3-{GPU_SIZES[size]}", *gpu]
+    sdar = ["--model", f"JetLM/SDAR-{GPU_SIZES[size]}-Chat-b16", *gpu, "--methods", SDAR_METHOD]
     install_project(session)
     bench(
         session,
         f"qwen3-{size}",
-        [*common, "--suite", GPU_SUITES],
-        [*common, "--suite", CONTEXT_SUITE],
+        {
+            "": [*orthrus, "--suite", GPU_SUITES, "--methods", methods_list(methods, 0)],
+            "-t1": [
+                *orthrus,
+                "--suite",
+                GPU_SUITES,
+                "--temperature",
+                "1",
+                "--methods",
+                methods_list(methods, 1),
+            ],
+            "-context": [*orthrus, "--suite", CONTEXT_SUITE, "--methods", methods_list(methods, 0)],
+            "-sdar": [*sdar, "--suite", GPU_SUITES],
+        },
     )
 
 

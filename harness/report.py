@@ -268,7 +268,6 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
                     temperature_label(temp),
                     method,
                     str(int(s.generations)),
-                    str(int(s.errors)),
                     fmt(
                         s.tau,
                         ci=bootstrap_ci(pooled_tau, own.accepted, own.cycles) if own.cycles.sum() else None,
@@ -291,7 +290,6 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "T",
         "method",
         "gens",
-        "errors",
         "τ",
         "TPF",
         "tok/s",
@@ -307,6 +305,24 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "Definitions: docs/methodology.md."
     )
     return [Table("Per method, suite and temperature", columns, rows, note)]
+
+
+def errors_table(runs: list[Run]) -> Table | str:
+    """Failed generations per run, method and suite, with the first error (they have no timing or score)."""
+    failed: dict[tuple, list[str]] = {}
+    for run in runs:
+        for r in run.records:
+            if r["status"] != "ok":
+                failed.setdefault((str(run.directory), r["method"], r["suite"]), []).append(
+                    r.get("error") or ""
+                )
+    if not failed:
+        return "no failed generations"
+    rows = [
+        [run, method, suite, str(len(errors)), errors[0][:160]]
+        for (run, method, suite), errors in failed.items()
+    ]
+    return Table("Failed generations", ["run", "method", "suite", "count", "first error"], rows)
 
 
 def figure4_tables(u: pd.DataFrame) -> list[Table]:
@@ -719,6 +735,7 @@ class Report:
     table1: list[Table]
     figure4: list[Table]
     summary: list[Table]
+    errors: Table | str
     figures: list[Figure]
     verdicts: list[Table]
     unverified: list[str]
@@ -737,7 +754,7 @@ class Report:
         return [
             ("Table 1", self.table1),
             ("Figure 4", self.figure4),
-            ("Summary", self.summary),
+            ("Summary", [*self.summary, self.errors]),
             ("Figures", self.figures),
             ("Equivalence verdicts", verification),
             ("Calibration", calibration),
@@ -808,6 +825,7 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         table1=table1(gens, by_slice),
         figure4=figure4_tables(u),
         summary=summary_tables(by_slice),
+        errors=errors_table(runs),
         figures=draw_figures(gens, u, out / "figures"),
         verdicts=verdicts,
         unverified=unverified,

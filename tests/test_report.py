@@ -16,7 +16,7 @@ from harness.report import FIGURES, write_report
 from harness.report_commands import add_report_args, report_main
 from harness.runner import summarize
 from harness.runs import bootstrap_ci, ratio_of_means
-from harness.store import read_records
+from harness.store import open_run, read_records
 
 VERDICTS = {
     "verdicts": [
@@ -124,11 +124,29 @@ def test_verdicts_calibration_and_provenance(report):
     assert provenance[1][6] == "synthetic GPU"
 
 
-def test_a_run_without_telemetry_still_gets_every_figure(tmp_path):
+def test_a_bare_run_with_a_failure_still_gets_every_figure(tmp_path):
     run = make_run(tmp_path / "bare", methods=("ar", "orthrus"), items=3, telemetry=False)
+    store = open_run(run, resume=True, config_hash="synthetic")
+    failure = {"suite": "tiny-math", "item_id": "tiny-math/99", "method": "orthrus", "method_name": "orthrus"}
+    store.write_unit(
+        [
+            {
+                **failure,
+                "lossless": True,
+                "sample": 0,
+                "turn": 0,
+                "turns": 1,
+                "status": "error",
+                "error": "RuntimeError: out of memory",
+            }
+        ]
+    )
+    store.close()
     out = write_report([str(run)], tmp_path / "out")
     assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(f.name for f in FIGURES)
-    assert "| embedded tiny family | orthrus | tiny-math |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| embedded tiny family | orthrus | tiny-math |" in markdown
+    assert f"| {run} | orthrus | tiny-math | 1 | RuntimeError: out of memory |" in markdown
 
 
 def test_paired_bootstrap_ci():
