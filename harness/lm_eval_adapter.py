@@ -10,13 +10,14 @@ configs (harness/lm_eval_tasks) on the include path ahead of the stock ones, so 
 `gsm8k` read the data folder ($ORTHRUS_DATA_DIR) instead of the Hugging Face Hub. In Python, pass
 `OrthrusLM(...)` and `task_manager()` to `lm_eval.simple_evaluate`.
 
-`generate_until` runs the chosen decoder (`method`: `ar` or `orthrus` from orthrus_core; any other method
-spec through the methods registry, harness.methods, as `orthrus-bench run` does). `loglikelihood` and
-`loglikelihood_rolling` use the AR view: a lossless decoder does not change the model's distribution, so
-only generation needs the accelerated path. Model arguments: pretrained (checkpoint directory or hub id;
-default: the embedded tiny family), method, dtype, device (default: cuda when available, else cpu), block_size, seed, max_gen_toks (default 256,
-lm-eval's own default; raise it for chain-of-thought tasks), think (Qwen3 thinking mode in chat templates,
-default off as in the paper).
+`generate_until` runs the chosen decoder: `method` is a method spec of the registry (harness.methods), as
+`orthrus-bench run` takes it, e.g. `orthrus`, `ar`, `eagle3:tree=chain` (colons, so no commas, inside
+model_args). It generates to EOS or max_gen_toks, then lm-eval's stop strings cut the text (the decoders
+stop on tokens, not strings). `loglikelihood` and `loglikelihood_rolling` use the AR view: a lossless decoder
+does not change the model's distribution, so only generation needs the accelerated path. Model arguments:
+pretrained (checkpoint directory or hub id; default: the embedded tiny family), method, dtype, device
+(default: cuda when available, else cpu), seed, max_gen_toks (default 256, lm-eval's own; raise it for
+chain-of-thought tasks), think (Qwen3 thinking mode in chat templates, default off as in the paper).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class OrthrusLM(LM):
         method: str = "orthrus",
         dtype: str = "float32",
         device: str | None = None,
-        block_size: int | None = None,
         seed: int = 0,
         max_gen_toks: int = 256,
         think: bool = False,
@@ -55,6 +55,7 @@ class OrthrusLM(LM):
         from orthrus_core.checkpoint import load_model, resolve
         from orthrus_core.tokenizer import load_tokenizer
 
+        from .methods import Target, make_decoder
         from .paths import default_model
 
         if str(batch_size) not in ("1", "auto"):
@@ -71,30 +72,12 @@ class OrthrusLM(LM):
         self.tokenizer = load_tokenizer(self.directory)
         if self.tokenizer is None:
             raise ValueError(f"{self.directory} has no tokenizer files; lm-eval tasks are text")
-        self.method, self.block_size, self.seed = method, block_size, seed
+        self.method, self.seed = method, seed
         self.max_gen_toks, self.think = max_gen_toks, think
         self.max_length = self.model.config.max_position_embeddings
         self._device = self.model.lm_head.weight.device  # LM.device reads it
-        self._generate = self._decoder(method)
+        self.decoder = make_decoder(method, Target(self.model, str(self.directory), self.tokenizer))
         self.generations: list = []  # every GenerationResult, for τ / TPF / tokens/s after a run
-
-    def _decoder(self, method: str):
-        if method in ("ar", "orthrus"):
-            from orthrus_core import generate
-
-            def run(prompt_ids, max_new_tokens, **options):
-                return generate(
-                    self.model, prompt_ids, max_new_tokens, method, block_size=self.block_size, **options
-                )
-
-            return run
-        try:
-            from .methods import Target, make_decoder
-        except ModuleNotFoundError as exc:
-            raise ValueError(
-                f"method {method!r} needs the methods registry (harness.methods): {exc}"
-            ) from exc
-        return make_decoder(method, Target(self.model, self.directory, self.tokenizer)).generate
 
     # ------------------------------------------------------------------------------------- generation
 
@@ -107,7 +90,7 @@ class OrthrusLM(LM):
             options = normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.max_gen_toks)
             max_new = options["max_gen_toks"]
             prompt = self.tok_encode(context)[-(self.max_length - max_new) :]  # keep the end, as HFLM does
-            result = self._generate(
+            result = self.decoder.generate(
                 prompt,
                 max_new,
                 temperature=float(options["temperature"]),

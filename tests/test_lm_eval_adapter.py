@@ -60,14 +60,14 @@ def evaluate(directory: Path, method: str, task: str, **kwargs) -> tuple[dict, O
     return results, model
 
 
-def test_gsm8k_offline_orthrus_answers_as_ar(micro_model, data_dir):
-    by_method = {m: evaluate(micro_model, m, "gsm8k", limit=2, num_fewshot=1) for m in ("ar", "orthrus")}
+def test_gsm8k_offline_decoders_answer_as_ar(micro_model, data_dir):
+    methods = ("ar", "orthrus", "pld:max_ngram=2")  # any method spec of the registry
+    by_method = {m: evaluate(micro_model, m, "gsm8k", limit=2, num_fewshot=1) for m in methods}
     samples = {m: r["samples"]["gsm8k"] for m, (r, _) in by_method.items()}
-    assert (
-        samples["ar"][0]["doc"]["question"]
-        == first_record(data_dir / "math" / "gsm8k_test.jsonl")["question"]
-    )
-    assert [s["resps"] for s in samples["orthrus"]] == [s["resps"] for s in samples["ar"]]
+    first_question = first_record(data_dir / "math" / "gsm8k_test.jsonl")["question"]
+    assert samples["ar"][0]["doc"]["question"] == first_question
+    for lossless in methods[1:]:
+        assert [s["resps"] for s in samples[lossless]] == [s["resps"] for s in samples["ar"]]
     assert "exact_match,strict-match" in by_method["orthrus"][0]["results"]["gsm8k"]
     orthrus_model = by_method["orthrus"][1]
     assert all(g.accepted for g in orthrus_model.generations)  # the Orthrus decoder ran: verify cycles
