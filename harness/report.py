@@ -327,7 +327,7 @@ def errors_table(runs: list[Run]) -> Table | str:
 
 def figure4_tables(u: pd.DataFrame) -> list[Table]:
     """The numbers behind the Figure 4 plot: τ per suite (rows) and drafting method (columns)."""
-    drafting = u[u.cycles > 0]
+    drafting = u[u.cycles.gt(0) & u.lossless.astype(bool)]  # verified drafts; lossy diffusion has none
     tables = []
     for model, temp in Panels.of(drafting).keys:
         d = drafting[(drafting.model == model) & (drafting.temperature == temp)]
@@ -401,7 +401,7 @@ def context_axis(ax, buckets) -> None:
 
 def figure_acceptance(u: pd.DataFrame, ax_row) -> None:
     """Figure 4 layout: grouped bars of τ per suite, one bar per drafting method."""
-    drafting = u[u.cycles > 0]
+    drafting = u[u.cycles.gt(0) & u.lossless.astype(bool)]  # verified drafts; lossy diffusion has none
     panels = Panels.of(u)
     for ax, key in zip(ax_row, panels.keys, strict=False):
         d = drafting[(drafting.model == key[0]) & (drafting.temperature == key[1])]
