@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .report import CSS, method_order, slices, temperature_label  # noqa: E402
+from .report import CSS, method_colors, method_order, slices, temperature_label  # noqa: E402
 from .runs import Run, bootstrap_ci, generations, load_runs, mean, units  # noqa: E402
 from .store import RECORDS  # noqa: E402
 
@@ -135,18 +135,19 @@ def trend_figure(history: pd.DataFrame, metric: TrendMetric, path: Path) -> None
     panels = sorted({(m, s, t) for m, s, t in zip(data.model, data.suite, data.temperature, strict=True)})
     runs = list(dict.fromkeys(history.run))  # already in time order
     labels = [history[history.run == r].commit.iloc[0][:7] for r in runs]
+    colors = method_colors(history.method)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for ax, (model, suite, temp) in zip(axes[0], panels, strict=True):
         d = data[(data.model == model) & (data.suite == suite) & (data.temperature == temp)]
         for method in method_order(set(d.method)):
             series = d[d.method == method].set_index("run").reindex(runs)
             xs = np.arange(len(runs))
-            (line,) = ax.plot(xs, series.value.to_numpy(float), marker="o", label=method)
+            ax.plot(xs, series.value.to_numpy(float), marker="o", label=method, color=colors[method])
             cis = series.ci.dropna()
             if len(cis):
                 idx = [runs.index(r) for r in cis.index]
                 ax.fill_between(
-                    idx, [c[0] for c in cis], [c[1] for c in cis], color=line.get_color(), alpha=0.2
+                    idx, [c[0] for c in cis], [c[1] for c in cis], color=colors[method], alpha=0.2
                 )
         ax.set_xticks(range(len(runs)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{suite}, {temperature_label(temp)} ({model})", fontsize=9)

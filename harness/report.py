@@ -252,6 +252,11 @@ def method_order(methods) -> list[str]:
     return sorted(methods, key=rank)
 
 
+def method_colors(methods) -> dict[str, str]:
+    """One colour per method for every figure of a report (matplotlib's default cycle, in method order)."""
+    return {method: f"C{i % 10}" for i, method in enumerate(method_order(methods))}
+
+
 def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     rows = []
     for (model, suite, temp), figures in by_slice.items():
@@ -399,7 +404,7 @@ def context_axis(ax, buckets) -> None:
     ax.set_xlabel("context length bucket (tokens)")
 
 
-def figure_acceptance(u: pd.DataFrame, ax_row) -> None:
+def figure_acceptance(u: pd.DataFrame, ax_row, colors: dict) -> None:
     """Figure 4 layout: grouped bars of τ per suite, one bar per drafting method."""
     drafting = u[u.cycles.gt(0) & u.lossless.astype(bool)]  # verified drafts; lossy diffusion has none
     panels = Panels.of(u)
@@ -423,14 +428,16 @@ def figure_acceptance(u: pd.DataFrame, ax_row) -> None:
                 xs.append(j + (i - (len(methods) - 1) / 2) * width)
                 taus.append(tau)
                 errs.append(error_bar(tau, ci))
-            bars = ax.bar(xs, taus, width, yerr=np.array(errs).T, capsize=3, label=method)
+            bars = ax.bar(
+                xs, taus, width, yerr=np.array(errs).T, capsize=3, label=method, color=colors[method]
+            )
             ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_xticks(range(len(suites)), suites)
         ax.set_ylabel("average acceptance length τ")
         ax.legend(fontsize=8)
 
 
-def figure_context(u: pd.DataFrame, ax_row) -> None:
+def figure_context(u: pd.DataFrame, ax_row, colors: dict) -> None:
     panels = Panels.of(u)
     for ax, key in zip(ax_row, panels.keys, strict=False):
         d = u[(u.model == key[0]) & (u.temperature == key[1]) & u.context_bucket.notna()]
@@ -443,7 +450,9 @@ def figure_context(u: pd.DataFrame, ax_row) -> None:
             xs = list(g.groups)
             ys = [g.get_group(x).mean() for x in xs]
             errs = [error_bar(y, bootstrap_ci(mean, g.get_group(x))) for x, y in zip(xs, ys, strict=True)]
-            ax.errorbar(xs, ys, yerr=np.array(errs).T, marker="o", capsize=3, label=method)
+            ax.errorbar(
+                xs, ys, yerr=np.array(errs).T, marker="o", capsize=3, label=method, color=colors[method]
+            )
         context_axis(ax, d.context_bucket)
         ax.set_ylabel("end-to-end tokens/s (mean per item)")
         ax.legend(fontsize=8)
@@ -454,7 +463,7 @@ def accuracy_suite(u: pd.DataFrame) -> str | None:
     return next((s for s in ACCURACY_SUITES if s in scored), min(scored) if scored else None)
 
 
-def figure_accuracy(u: pd.DataFrame, ax_row) -> None:
+def figure_accuracy(u: pd.DataFrame, ax_row, colors: dict) -> None:
     suite = accuracy_suite(u)
     panels = Panels.of(u)
     for ax, key in zip(ax_row, panels.keys, strict=False):
@@ -481,6 +490,7 @@ def figure_accuracy(u: pd.DataFrame, ax_row) -> None:
                 marker="o" if lossless else "X",
                 markersize=8,
                 capsize=3,
+                color=colors[method],
                 label=f"{method} ({'lossless' if lossless else 'lossy'})",
             )
         ax.set_xlabel("tokens/s (mean per item)")
@@ -488,7 +498,7 @@ def figure_accuracy(u: pd.DataFrame, ax_row) -> None:
         ax.legend(fontsize=8)
 
 
-def figure_memory(gens: pd.DataFrame, axes) -> None:
+def figure_memory(gens: pd.DataFrame, axes, colors: dict) -> None:
     """Row 0: peak allocator memory; row 1: memory above AR's at the same context; row 2: share of wall
     time in draft (diffusion-view) forwards. All against the context bucket."""
     panels = Panels.of(gens)
@@ -505,10 +515,10 @@ def figure_memory(gens: pd.DataFrame, axes) -> None:
             ar_peak = peak.get("ar")
             for method in method_order(set(mem.method)):
                 series = peak.loc[method]
-                ax_peak.plot(series.index, series.values, marker="o", label=method)
+                ax_peak.plot(series.index, series.values, marker="o", label=method, color=colors[method])
                 if ar_peak is not None and method != "ar":
                     over = (series - ar_peak).dropna()
-                    ax_over.plot(over.index, over.values, marker="o", label=method)
+                    ax_over.plot(over.index, over.values, marker="o", label=method, color=colors[method])
             ax_peak.set_ylabel("peak allocated memory (MiB)")
             ax_over.set_ylabel("peak memory above AR (MiB)")
             for ax in (ax_peak, ax_over):
@@ -522,13 +532,15 @@ def figure_memory(gens: pd.DataFrame, axes) -> None:
             grouped = share.groupby([drafts.method, drafts.context_bucket]).mean()
             for method in method_order(set(drafts.method)):
                 series = grouped.loc[method]
-                ax_draft.plot(series.index, series.values * 100, marker="o", label=method)
+                ax_draft.plot(
+                    series.index, series.values * 100, marker="o", label=method, color=colors[method]
+                )
             context_axis(ax_draft, drafts.context_bucket)
             ax_draft.set_ylabel("wall time in draft passes (%)")
             ax_draft.legend(fontsize=8)
 
 
-def figure_energy(gens: pd.DataFrame, ax_row) -> None:
+def figure_energy(gens: pd.DataFrame, ax_row, colors: dict) -> None:
     panels = Panels.of(gens)
     for ax, key in zip(ax_row, panels.keys, strict=False):
         ax.set_title(panels.title(key))
@@ -543,7 +555,7 @@ def figure_energy(gens: pd.DataFrame, ax_row) -> None:
             per_token = (d[d.method == method].energy_j / d[d.method == method].new_tokens).to_numpy()
             values.append(per_token.mean())
             errs.append(error_bar(per_token.mean(), bootstrap_ci(mean, per_token)))
-        bars = ax.bar(methods, values, yerr=np.array(errs).T, capsize=3)
+        bars = ax.bar(methods, values, yerr=np.array(errs).T, capsize=3, color=[colors[m] for m in methods])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
         ax.set_ylabel("energy per token (J)")
 
@@ -611,12 +623,13 @@ FIGURES = [
 def draw_figures(gens: pd.DataFrame, u: pd.DataFrame, directory: Path) -> list[Figure]:
     directory.mkdir(parents=True, exist_ok=True)
     panels = len(Panels.of(gens).keys)
+    colors = method_colors(gens.method)
     drawers = {
-        "acceptance": (1, lambda axes: figure_acceptance(u, axes[0])),
-        "throughput_context": (1, lambda axes: figure_context(u, axes[0])),
-        "accuracy_throughput": (1, lambda axes: figure_accuracy(u, axes[0])),
-        "memory_overhead": (3, lambda axes: figure_memory(gens, axes)),
-        "energy": (1, lambda axes: figure_energy(gens, axes[0])),
+        "acceptance": (1, lambda axes: figure_acceptance(u, axes[0], colors)),
+        "throughput_context": (1, lambda axes: figure_context(u, axes[0], colors)),
+        "accuracy_throughput": (1, lambda axes: figure_accuracy(u, axes[0], colors)),
+        "memory_overhead": (3, lambda axes: figure_memory(gens, axes, colors)),
+        "energy": (1, lambda axes: figure_energy(gens, axes[0], colors)),
         "latency": (2, lambda axes: figure_latency(gens, axes)),
     }
     out = []
