@@ -154,7 +154,12 @@ def error_count(run: Run, method: str) -> int:
     return sum(1 for r in run.records if r["method"] == method and r["status"] != "ok")
 
 
-def compare_runs(base: Run, new: Run, threshold: float = 0.05, alpha: float = 0.002) -> list[Row]:
+def compare_runs(
+    base: Run, new: Run, threshold: float = 0.05, alpha: float = 0.002, gate_timing: bool = True
+) -> list[Row]:
+    """Every row of the comparison. gate_timing=False reports timing and memory changes without failing on
+    them: for a BASE measured on another machine (a committed baseline), where only the deterministic
+    rows can be compared."""
     base_df, new_df = generations([base]), generations([new])
     rows: list[Row] = []
     for df in (base_df, new_df):
@@ -196,11 +201,15 @@ def compare_runs(base: Run, new: Run, threshold: float = 0.05, alpha: float = 0.
         if not greedy.empty:
             rows += greedy_rows(method, greedy)
         per_unit = unit_pairs(pairs)
-        rows.append(timing_row(method, TIMING_METRICS[0], per_unit, threshold, alpha))
+        timing = [timing_row(method, TIMING_METRICS[0], per_unit, threshold, alpha)]
         for metric in TIMING_METRICS[1:]:
             valid = pairs[pairs[metric.column].notna() & pairs[f"{metric.column}_base"].notna()]
             if not valid.empty:
-                rows.append(timing_row(method, metric, valid, threshold, alpha))
+                timing.append(timing_row(method, metric, valid, threshold, alpha))
+        for row in timing:
+            if row.verdict == REGRESSION and not gate_timing:
+                row.verdict, row.why = INFO, f"worse ({row.why}), not gated: --no-timing-gate"
+        rows += timing
         scored = pairs[pairs.score_correct.notna() & pairs.score_correct_base.notna()]
         if not scored.empty:
             acc_base, acc_new = (

@@ -35,6 +35,11 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
         "--alpha", type=float, default=0.002, help="Mann–Whitney significance level (default 0.002)"
     )
     p.add_argument("--out", help="also append the markdown table to this file (e.g. $GITHUB_STEP_SUMMARY)")
+    p.add_argument(
+        "--no-timing-gate",
+        action="store_true",
+        help="show timing and memory changes without failing on them (BASE measured on another machine)",
+    )
 
 
 def compare_main(args: argparse.Namespace) -> int:
@@ -43,7 +48,7 @@ def compare_main(args: argparse.Namespace) -> int:
     from .runs import load_runs
 
     base, new = load_runs([args.base, args.new])
-    rows = compare_runs(base, new, args.threshold, args.alpha)
+    rows = compare_runs(base, new, args.threshold, args.alpha, gate_timing=not args.no_timing_gate)
     text = markdown(rows, Path(args.base), Path(args.new), args.threshold, args.alpha)
     print(text)
     if args.out:
