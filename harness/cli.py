@@ -225,6 +225,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .report_commands import (
+        add_compare_args,
+        add_dashboard_args,
+        add_report_args,
+        compare_main,
+        dashboard_main,
+        report_main,
+    )
+
     parser = argparse.ArgumentParser(prog="orthrus-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -312,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_bench_overhead)
+
+    p = sub.add_parser("report", help="HTML + markdown report with figures from run directories")
+    add_report_args(p)
+    p.set_defaults(func=report_main)
+
+    p = sub.add_parser("compare", help="regression gate: NEW against BASE per prompt (exit 1 on regression)")
+    add_compare_args(p)
+    p.set_defaults(func=compare_main)
+
+    p = sub.add_parser("dashboard", help="trends across runs and github-action-benchmark JSON")
+    add_dashboard_args(p)
+    p.set_defaults(func=dashboard_main)
 
     p = sub.add_parser("suites", help="list the suite files")
     p.add_argument("--data-dir")
