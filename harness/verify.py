@@ -34,6 +34,7 @@ from scipy import stats
 from orthrus_core.sampling import SamplingParams
 
 from .equivalence import (
+    MIN_EXPECTED,
     GTest,
     Surprisal,
     TestResult,
@@ -58,8 +59,8 @@ from .forensics import (
 
 DEFAULT_ALPHA = 0.01
 DEFAULT_MARGIN = 0.02  # accuracy equivalence margin: 2 points
-DEFAULT_T2_SAMPLES = 1000  # draws at the fixed context (see reports/calibration.md for the power this buys)
-DEFAULT_T2_DEPTH = 6  # new-token positions tested at the fixed context
+DEFAULT_T2_SAMPLES = 500  # draws at the fixed context (see reports/calibration.md for the power this buys)
+DEFAULT_T2_DEPTH = 4  # new-token positions tested at the fixed context
 DEFAULT_TIE_PATHS = 4  # AR greedy paths per suite for the benign-perturbation study
 VERDICTS = "verdicts.json"
 
@@ -99,23 +100,18 @@ class Reference:
 # ------------------------------------------------------------------------------------------ T2 at fixed context
 
 
-def fixed_context_tests(
+def draw_fixed_context(
     generate: GenerateFn,
-    reference: Reference,
     prompt_ids: list[int],
     params: SamplingParams,
     *,
     samples: int,
     depth: int,
-    alpha: float,
     stop_token_ids: list[int],
     seed: int,
-) -> list[TestResult]:
-    """T2: `samples` generations of `depth` tokens from the same prompt (the same cache state, fresh seeds).
-    At each position j < depth the draws are grouped by their realised prefix (a context), the token counts
-    of each context G-tested against the reference distribution there (cells pooled to expected >= 5), and the
-    contexts' statistics summed. Position 0 is the first step; later positions cover the parallel blocks'
-    offsets and boundaries, whichever the draws fell on."""
+) -> list[tuple[int, ...]]:
+    """T2's draws: `samples` generations of `depth` tokens from the same prompt (the same cache state),
+    seeded seed, seed + 1, ..."""
     sequences = []
     for i in range(samples):
         result = generate(
@@ -128,6 +124,22 @@ def fixed_context_tests(
             stop_token_ids=stop_token_ids,
         )
         sequences.append(tuple(result.tokens))
+    return sequences
+
+
+def fixed_context_tests(
+    sequences: list[tuple[int, ...]],
+    reference: Reference,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    *,
+    depth: int,
+    alpha: float,
+) -> list[TestResult]:
+    """T2 on draws from one prompt: at each position j < depth the draws are grouped by their realised
+    prefix (a context), the token counts of each context G-tested against the reference distribution there
+    (cells pooled to expected >= 5), and the contexts' statistics summed. Position 0 is the first step; later
+    positions cover the parallel blocks' offsets and boundaries, whichever the draws fell on."""
     # Only contexts with enough draws for two pooled cells are worth a forward pass.
     groups_by_position = []
     for j in range(depth):
@@ -135,7 +147,7 @@ def fixed_context_tests(
         for seq in sequences:
             if len(seq) > j:
                 groups[seq[:j]].append(seq[j])
-        groups_by_position.append({k: v for k, v in groups.items() if len(v) >= 2 * 5})
+        groups_by_position.append({k: v for k, v in groups.items() if len(v) >= 2 * MIN_EXPECTED})
     table = reference.prefix_probs(prompt_ids, [k for g in groups_by_position for k in g], params)
     results = []
     for j, groups in enumerate(groups_by_position):
@@ -147,6 +159,28 @@ def fixed_context_tests(
         if combined is not None:
             results.append(combined)
     return results
+
+
+def t2_context(
+    reference: Reference, records: list[dict], params: SamplingParams, limit: int = 16
+) -> list[int]:
+    """The fixed context for T2: prompt + the first k tokens of one of `records` (realised paths), chosen to
+    maximise P(the most likely first token) x the entropy of the step after it. Most draws then share their
+    first token, so the context of the second position (a parallel block's first draft) is fixed for most of
+    them, and the distribution tested there is far from deterministic."""
+    best, best_score = None, -1.0
+    for r in records[:limit]:
+        tokens = list(r["output_ids"])
+        if len(tokens) < 2:
+            continue
+        probs = reference.probs(r["prompt_ids"], tokens, params)
+        p_max, argmax = probs.max(-1)
+        entropy = -(probs * torch.where(probs > 0, probs.log(), torch.zeros_like(probs))).sum(-1)
+        for k in range(len(tokens) - 1):
+            score = float(p_max[k] * entropy[k + 1])
+            if int(argmax[k]) == tokens[k] and score > best_score:
+                best, best_score = list(r["prompt_ids"]) + tokens[:k], score
+    return best if best is not None else list(records[0]["prompt_ids"])
 
 
 # -------------------------------------------------------------------------------------------- per group
@@ -442,18 +476,17 @@ def verify_run(
         else:
             t2 = None
             if generate is not None and t2_samples > 0:
-                first = min((r for r in group if r["turn"] == 0), key=_key)
-                t2 = fixed_context_tests(
+                prompt = t2_context(reference, sorted(ref_records, key=_key), params)
+                draws = draw_fixed_context(
                     generate,
-                    reference,
-                    first["prompt_ids"],
+                    prompt,
                     params,
                     samples=t2_samples,
                     depth=t2_depth,
-                    alpha=alpha,
                     stop_token_ids=stop_ids_for(stop),
                     seed=seed + 10_000,
                 )
+                t2 = fixed_context_tests(draws, reference, prompt, params, depth=t2_depth, alpha=alpha)
             entry["sampling"] = verify_sampling(
                 group, ref_records, reference, params, alpha=alpha, seed=seed, t2=t2
             )
