@@ -36,7 +36,7 @@ def uniformity_pvalues(u: np.ndarray | torch.Tensor) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- T2: G-tests
-# Each test below returns a `TestResult`: its p-value, the sample size it used and the smallest deviation it
+# Each test below returns a `StatResult`: its p-value, the sample size it used and the smallest deviation it
 # could detect (power 0.8 at level alpha), so that a PASS always says how small a bug it would have missed.
 
 POWER = 0.8  # the power at which "minimal detectable" deviations are stated
@@ -44,7 +44,7 @@ MIN_EXPECTED = 5  # the pooling rule of Mitsuba's chi2 tests: no cell with an ex
 
 
 @dataclass
-class TestResult:
+class StatResult:
     name: str
     pvalue: float
     n: int  # samples (tokens, sequences or draws) the test used
@@ -89,14 +89,15 @@ def g_test(counts: np.ndarray, probs: np.ndarray) -> GTest | None:
     counts, probs = np.asarray(counts, dtype=np.float64), np.asarray(probs, dtype=np.float64)
     n = int(counts.sum())
     impossible = int(counts[probs <= 0].sum())
-    cells = pooled_cells(counts[probs > 0], n * probs[probs > 0] / probs[probs > 0].sum())
+    possible = probs > 0
+    cells = pooled_cells(counts[possible], (n - impossible) * probs[possible] / probs[possible].sum())
     if cells is None:
         return GTest(0.0, 0, n, impossible) if impossible else None
     result = stats.power_divergence(cells[0], cells[1], lambda_="log-likelihood")
     return GTest(float(result.statistic), len(cells[0]) - 1, n, impossible)
 
 
-def combined_g_test(name: str, tests: list[GTest], alpha: float) -> TestResult | None:
+def combined_g_test(name: str, tests: list[GTest], alpha: float) -> StatResult | None:
     """Independent G-tests (one per context) summed: sum of G ~ chi2 with the summed degrees of freedom."""
     tests = [t for t in tests if t is not None]
     if not tests:
@@ -108,7 +109,7 @@ def combined_g_test(name: str, tests: list[GTest], alpha: float) -> TestResult |
     detail = f"{len(tests)} contexts, df {df}" + (
         f", {impossible} draws of zero-probability tokens" if impossible else ""
     )
-    return TestResult(
+    return StatResult(
         name, pvalue, n, statistic, detail, min_detectable_tv=g_test_min_tv(n, max(df, 1), alpha)
     )
 
@@ -132,13 +133,13 @@ def ks_min_tv(n: int, alpha: float, power: float = POWER) -> float:
     return (stats.kstwobign.isf(alpha) + stats.norm.ppf(power) * 0.5) / math.sqrt(n)
 
 
-def pit_test(u: np.ndarray, alpha: float) -> list[TestResult]:
+def pit_test(u: np.ndarray, alpha: float) -> list[StatResult]:
     """T1: KS and Cramer-von Mises of the randomized PIT values against U(0, 1)."""
     pvalues = uniformity_pvalues(u)
     n, tv = len(u), ks_min_tv(len(u), alpha)
     return [
-        TestResult("T1 PIT KS", pvalues["ks"], n, detail="randomized PIT vs U(0,1)", min_detectable_tv=tv),
-        TestResult("T1 PIT CvM", pvalues["cvm"], n, detail="randomized PIT vs U(0,1)", min_detectable_tv=tv),
+        StatResult("T1 PIT KS", pvalues["ks"], n, detail="randomized PIT vs U(0,1)", min_detectable_tv=tv),
+        StatResult("T1 PIT CvM", pvalues["cvm"], n, detail="randomized PIT vs U(0,1)", min_detectable_tv=tv),
     ]
 
 
@@ -161,16 +162,16 @@ def surprisal_terms(probs: torch.Tensor, tokens: torch.Tensor) -> Surprisal:
     return Surprisal(surprisal.numpy(), entropy.numpy(), variance.clamp_min(0).numpy())
 
 
-def surprisal_test(terms: Surprisal, alpha: float, power: float = POWER) -> TestResult:
+def surprisal_test(terms: Surprisal, alpha: float, power: float = POWER) -> StatResult:
     """T3: Z = sum(-log p(x) - H) / sqrt(sum Var[-log p]) is N(0, 1) under H0; two-sided. Sensitive to
     sharpening (Z < 0) and flattening (Z > 0) of the whole distribution."""
     n = len(terms.surprisal)
     sd = math.sqrt(terms.variance.sum())
     if not np.all(np.isfinite(terms.surprisal)):
-        return TestResult("T3 surprisal z", 0.0, n, math.inf, "a token of probability 0 was emitted")
+        return StatResult("T3 surprisal z", 0.0, n, math.inf, "a token of probability 0 was emitted")
     z = float((terms.surprisal - terms.entropy).sum() / sd) if sd > 0 else 0.0
     shift = (stats.norm.isf(alpha / 2) + stats.norm.ppf(power)) * sd / n if n else math.inf
-    return TestResult(
+    return StatResult(
         "T3 surprisal z",
         float(2 * stats.norm.sf(abs(z))),
         n,
@@ -191,7 +192,7 @@ def two_sample_tests(
     alpha: float,
     seed: int = 0,
     power: float = POWER,
-) -> list[TestResult]:
+) -> list[StatResult]:
     """T4: the method's sequences against the reference decoder's, on the per-sequence target log-probability
     (KS and k-sample Anderson-Darling, continuous) and on the length (permutation test of the mean)."""
     a, b = np.asarray(method_logprob, float), np.asarray(reference_logprob, float)
@@ -220,9 +221,9 @@ def two_sample_tests(
     length_shift = (stats.norm.isf(alpha / 2) + stats.norm.ppf(power)) * spread * math.sqrt(1 / n + 1 / m)
     sizes = f"{n} vs {m} sequences"
     return [
-        TestResult("T4 log-prob KS", float(ks.pvalue), n + m, float(ks.statistic), sizes, tv),
-        TestResult("T4 log-prob AD", float(ad.pvalue), n + m, float(ad.statistic), sizes, tv),
-        TestResult(
+        StatResult("T4 log-prob KS", float(ks.pvalue), n + m, float(ks.statistic), sizes, tv),
+        StatResult("T4 log-prob AD", float(ad.pvalue), n + m, float(ad.statistic), sizes, tv),
+        StatResult(
             "T4 length permutation",
             float(length_p),
             n + m,
@@ -236,7 +237,7 @@ def two_sample_tests(
 # -------------------------------------------------------------------------------------- multiple testing
 
 
-def holm(results: list[TestResult], alpha: float) -> bool:
+def holm(results: list[StatResult], alpha: float) -> bool:
     """Holm's step-down adjustment across the family, in place; True when any test rejects at alpha."""
     order = sorted(range(len(results)), key=lambda i: results[i].pvalue)
     m, running = len(results), 0.0

@@ -36,8 +36,8 @@ from orthrus_core.sampling import SamplingParams
 from .equivalence import (
     MIN_EXPECTED,
     GTest,
+    StatResult,
     Surprisal,
-    TestResult,
     combined_g_test,
     compare_accuracy,
     g_test,
@@ -135,7 +135,7 @@ def fixed_context_tests(
     *,
     depth: int,
     alpha: float,
-) -> list[TestResult]:
+) -> list[StatResult]:
     """T2 on draws from one prompt: at each position j < depth the draws are grouped by their realised
     prefix (a context), the token counts of each context G-tested against the reference distribution there
     (cells pooled to expected >= 5), and the contexts' statistics summed. Position 0 is the first step; later
@@ -316,12 +316,12 @@ def sampling_family(
     *,
     alpha: float,
     seed: int,
-    t2: list[TestResult] | None = None,
-) -> tuple[list[TestResult], bool]:
+    t2: list[StatResult] | None = None,
+) -> tuple[list[StatResult], bool]:
     """T1, T3, T4 (and T2 when given) with Holm across them; True when the family rejects."""
     pits, terms, logprob, length = sequence_statistics(reference, records, params, seed)
     _, _, ref_logprob, ref_length = sequence_statistics(reference, reference_records, params, seed + 1)
-    family: list[TestResult] = []
+    family: list[StatResult] = []
     if pits:
         family += pit_test(np.concatenate(pits), alpha)
         merged = Surprisal(
