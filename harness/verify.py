@@ -419,7 +419,7 @@ def verify_run(
     run_model = (
         reference.model if dtype == "float32" else load_model(path, dtype=DTYPES[dtype], device=device)
     )
-    stop_ids_for = _stop_ids_resolver(path)
+    stop_ids_for = _stop_ids_resolver(path, reference.model)
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -515,17 +515,23 @@ def verify_run(
     }
 
 
-def _stop_ids_resolver(model_path: str):
-    """stop entries of a suite -> token ids, with the target's tokenizer (loaded on first use)."""
+def _stop_ids_resolver(model_path: str, model):
+    """stop entries of a suite -> token ids, with the target's tokenizer (loaded on first use); a checkpoint
+    without a tokenizer keeps the integer entries and the model's EOS."""
+    from orthrus_core.decoding import default_stop_ids
+
     cache = {}
 
     def resolve(stop: list) -> list[int]:
-        if all(isinstance(s, int) for s in stop):
-            return list(stop)
+        ids = [s for s in stop if isinstance(s, int)]
+        if len(ids) == len(stop):
+            return ids
         if "tokenizer" not in cache:
             from orthrus_core.tokenizer import load_tokenizer
 
             cache["tokenizer"] = load_tokenizer(model_path)
+        if cache["tokenizer"] is None:
+            return sorted(set(ids) | set(default_stop_ids(model)))
         from .suite_config import GenerationSettings
 
         return GenerationSettings(1, stop=tuple(stop)).stop_token_ids_and_strings(cache["tokenizer"])[0]
