@@ -260,7 +260,11 @@ def verify_greedy(
     elif dtype == "float32":
         ok = identical == prompts and not_comparable == 0
         verdict = "PASS" if ok else "FAIL"
-        reason = f"{identical}/{prompts} prompts token-identical" + ("" if ok else " (float32 requires 100%)")
+        reason = f"{identical}/{prompts} prompts token-identical" + (
+            ""
+            if ok
+            else f" (float32 requires 100%); {near_ties} near-tie and {algorithmic} algorithmic divergences"
+        )
     else:
         ok = algorithmic == 0 and fisher_p > alpha
         verdict = "PASS" if ok else "FAIL"
@@ -561,7 +565,7 @@ def plain_summary(entry: dict) -> str:
             f"95% CI [{_points(lo)}, {_points(hi)}], {acc['items']} items): {acc['conclusion']}"
         )
     if not entry["lossless"] and entry["verdict"] == "FAIL":
-        head += ". Its outputs are not the AR model's: it is not a lossless decoder."
+        head += ". Its outputs are not the AR model's: it is not a lossless decoder"
     return head + "."
 
 
