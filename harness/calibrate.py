@@ -53,9 +53,9 @@ PARAMS = SamplingParams(1.0)
 @dataclass
 class CalibrationConfig:
     replicates: int = 200  # A/A replicates
-    power_replicates: int = 40  # replicates per mutant, and for the correct Orthrus decoder
-    prompts: int = 16  # prompts per synthetic run (each decoder)
-    max_new_tokens: int = 128
+    power_replicates: int = 20  # replicates per mutant, and for the correct Orthrus decoder
+    prompts: int = 32  # prompts per synthetic run (each decoder): about 10k tokens with the micro model
+    max_new_tokens: int = 512
     t2_samples: int = DEFAULT_T2_SAMPLES
     t2_depth: int = DEFAULT_T2_DEPTH
     block_size: int | None = None  # None: the model's
@@ -476,6 +476,8 @@ def calibrate_main(
 
 
 def cmd_calibrate(args) -> int:
+    # Batch-1 decoding of small models is per-operation overhead: extra threads only contend.
+    torch.set_num_threads(1)
     config = CalibrationConfig(
         replicates=args.replicates,
         power_replicates=args.power_replicates,

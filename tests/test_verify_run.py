@@ -169,3 +169,18 @@ def test_decoders_resynchronise_and_run_t2(run_dir, model_dir, tmp_path):
     names = [t["name"] for t in verdicts["orthrus", 1.0]["sampling"]["tests"]]
     assert "T2 G-test position 0" in names
     assert verdicts["orthrus", 1.0]["verdict"] == "PASS"
+
+
+def test_command_line_arguments(run_dir, tmp_path):
+    import argparse
+
+    from harness.verify import add_verify_args, cmd_verify
+
+    parser = argparse.ArgumentParser()
+    add_verify_args(parser)
+    out = tmp_path / "v.json"
+    args = parser.parse_args(
+        [str(run_dir), "--no-decoders", "--out", str(out), "--alpha", "0.05", "--tie-paths", "1"]
+    )
+    assert cmd_verify(args) == 0
+    assert json.loads(out.read_text())["alpha"] == 0.05
