@@ -429,6 +429,7 @@ def verify_run(
     for r in records:
         groups[(r["method"], r["suite"], float(r["temperature"]))].append(r)
     benign_by_suite: dict[str, BenignStudy] = {}
+    decoders: dict[str, GenerateFn | None] = {}
     verdicts = []
     for (method, suite, temperature), group in sorted(groups.items()):
         if method == reference_method:
@@ -447,7 +448,15 @@ def verify_run(
             "reference": reference_method,
             "mode": "greedy" if params.greedy else "sampling",
         }
-        generate = decoder_factory(method) if decoder_factory else None
+        generate = None
+        if decoder_factory is not None:
+            if method not in decoders:
+                try:
+                    decoders[method] = decoder_factory(method)
+                except Exception as exc:  # a method the registry cannot rebuild here: verify without it
+                    decoders[method] = None
+                    entry["decoder_error"] = f"{type(exc).__name__}: {exc}"
+            generate = decoders[method]
         if not ref_records:
             entry.update(verdict="NO DATA", reason=f"the run has no {reference_method} records for {suite}")
         elif params.greedy:
