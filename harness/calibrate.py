@@ -7,7 +7,7 @@ of `prompts` prompts × `max_new_tokens` tokens per decoder, and T2 at verify's 
 * A/A: AR against AR with different seeds. Its rejection rate over the replicates, with an exact binomial
   (Clopper-Pearson) 95% CI, must not be above alpha: the CI must reach down to alpha.
 * Lossless: the correct Orthrus decoder against AR; the same requirement.
-* Power: the Orthrus sampling decoder with one planted bug each (`MUTANTS`); rejection rate >= 0.8.
+* Power: the Orthrus sampling decoder with one planted bug each (`mutants`); rejection rate >= 0.8.
 
 Bugs are planted without touching orthrus_core: a wrong setting passed to the decoder, or an acceptance rule
 patched in for the duration of one generation (as tests/test_sampling.py does for the residual bug).
@@ -54,8 +54,8 @@ PARAMS = SamplingParams(1.0)
 class CalibrationConfig:
     replicates: int = 200  # A/A replicates
     power_replicates: int = 20  # replicates per mutant, and for the correct Orthrus decoder
-    prompts: int = 32  # prompts per synthetic run (each decoder): about 10k tokens with the micro model
-    max_new_tokens: int = 512
+    prompts: int = 32  # prompts per synthetic run (each decoder): about 7k tokens with the micro model
+    max_new_tokens: int = 384
     t2_samples: int = DEFAULT_T2_SAMPLES
     t2_depth: int = DEFAULT_T2_DEPTH
     block_size: int | None = None  # None: the model's
@@ -374,7 +374,7 @@ def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str,
         "",
         f"Model: {meta['model']}. Sampling at temperature {PARAMS.temperature:g}, no top-k/top-p. "
         f"Per replicate and decoder: {config.prompts} prompts × up to {config.max_new_tokens} new tokens "
-        f"(T1, T3, T4), and T2 with {config.t2_samples} draws × {config.t2_depth} positions at the first prompt. "
+        f"(T1, T3, T4), and T2 with {config.t2_samples} draws × {config.t2_depth} positions at one fixed context. "
         f"Family: T1 KS+CvM, T2 per position, T3, T4 KS+AD+length, Holm at α = {alpha}. "
         f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}.",
         "",
