@@ -335,9 +335,15 @@ def sampling_family(
         )
         family.append(surprisal_test(merged, alpha))
     # A zero-probability sequence has log-probability -inf: keep it comparable (and extreme) for the ranks.
-    floor = min(np.min(logprob[np.isfinite(logprob)], initial=0), np.min(ref_logprob, initial=0)) - 1e6
+    both = np.concatenate([logprob, ref_logprob])
+    floor = np.min(both[np.isfinite(both)], initial=0) - 1e6
     family += two_sample_tests(
-        np.where(np.isfinite(logprob), logprob, floor), ref_logprob, length, ref_length, alpha, seed
+        np.where(np.isfinite(logprob), logprob, floor),
+        np.where(np.isfinite(ref_logprob), ref_logprob, floor),
+        length,
+        ref_length,
+        alpha,
+        seed,
     )
     family += t2 or []
     return family, holm(family, alpha) if family else False
