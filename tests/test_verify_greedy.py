@@ -202,3 +202,21 @@ def test_benign_study_on_a_model():
     assert study.positions == 3 * 24
     assert study.flips == len(study.flip_margins) <= 2  # float32 flips need a near-exact tie
     assert 0 < study.floor < 1e-4 and study.threshold >= study.floor
+
+
+def test_a_later_turn_after_a_divergence_is_not_compared_again():
+    """Turn 1's prompt holds each decoder's own turn-0 answer: after a divergence it is not comparable."""
+    ar_turn1 = {**record(AR, prompt=PROMPT + AR), "turn": 1}
+    method_turn1 = {**record(AR, prompt=PROMPT + AR[:3] + [13]), "turn": 1}
+    refs = {("s", "i0", 0, 0): record(AR), ("s", "i0", 0, 1): ar_turn1}
+    methods = [record(AR[:3] + [13] + AR[4:]), method_turn1]
+    verdict = verify_greedy(
+        methods,
+        refs,
+        StubReference(table_logits(AR, {(3, 13): 4.99})),
+        benign(flips=10, positions=100),
+        dtype="bfloat16",
+        alpha=0.01,
+    )
+    assert verdict["prompts"] == 1 and verdict["not_comparable"] == 1
+    assert verdict["near_tie_events"] == 1 and verdict["verdict"] == "PASS"
