@@ -1,16 +1,50 @@
-"""nox sessions: `nox -s tests`, `nox -s lint`.
+"""nox sessions.
 
-Sessions use the interpreter nox runs under (no interpreter downloads). TORCH_SPEC picks the torch wheel:
-`torch==2.13.0` by default (the CPU wheel on CPU-only machines with a local wheel cache, the CUDA build from
-PyPI elsewhere).
+    nox                                   lint and tests
+    nox -s bench-tiny [-- RUN OPTIONS]    the embedded default on CPU: run (T=0 and T=1), verify, report
+                                          -> results/tiny, results/tiny-t1, reports/tiny
+    nox -s bench-1.7b | bench-4b | bench-8b [-- RUN OPTIONS]
+                                          the same on chiennv/Orthrus-Qwen3-N with the baselines, on a GPU
+                                          (skipped, with a message, where no CUDA device is present)
+    nox -s report -- RUN [RUN…] --out reports/NAME
+    nox -s compare -- BASE NEW [--threshold 0.05]
+
+Arguments after `--` go to `orthrus-bench run` (bench sessions) or to the command itself (report, compare).
+
+Interpreters: `tests` and `lint` use the one nox runs under. Every other session uses one pinned Python,
+BENCH_PYTHON, found on PATH (never downloaded), in a reused virtualenv, so results do not depend on which
+interpreter happened to run them; `nox --no-venv -s ...` runs them in the current environment instead.
+TORCH_SPEC picks the torch wheel: `torch==2.13.0` by default (the CPU wheel on CPU-only machines with a
+local wheel cache, the CUDA build from PyPI elsewhere).
 """
 
 import os
+import re
+import shutil
+import subprocess
 
 import nox
 
+nox.needs_version = ">=2025.10.14"  # download_python=
 nox.options.sessions = ["lint", "tests"]
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+BENCH_PYTHON = "3.11"
+PINNED = dict(python=BENCH_PYTHON, reuse_venv=True, download_python="never", default=False)
+
+# The paper's efficiency suites (Table 1, Figure 4) and the long-context sweep. The methods registry finds
+# the baselines' drafts for chiennv/Orthrus-Qwen3-N itself (harness/methods/checkpoints.py: AngelSlim's
+# EAGLE-3 heads, z-lab's DFlash drafters, none published for 1.7B); the standalone block-diffusion LM is
+# SDAR (Qwen3-based; the DFlash blog's baseline, block 16, threshold 0.9), run as its own target.
+GPU_SUITES = "gsm8k,math500,humaneval,mbpp"
+CONTEXT_SUITE = "longctx"
+GPU_SIZES = {"1.7b": "1.7B", "4b": "4B", "8b": "8B"}
+SDAR_METHOD = "diffusion:layout=sdar:block_size=16:mask_token_id=151669"
+ALL_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]  # harness.methods.METHODS
+GREEDY_ONLY = {"diffusion"}  # block diffusion decodes greedily only, so the T=1 runs leave it out
+
+
+def methods_list(methods: list[str], temperature: float) -> str:
+    return ",".join(m for m in methods if temperature == 0 or m.split(":")[0] not in GREEDY_ONLY)
 
 
 @nox.session
@@ -25,3 +59,132 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+def install_project(session: nox.Session) -> None:
+    if session.venv_backend == "none":  # `nox --no-venv`: use the current environment, which has the project
+        return
+    session.install(TORCH_SPEC)
+    session.install("-e", ".")
+
+
+def split_out(args: list[str], default: str) -> tuple[str, list[str]]:
+    """`--out DIR` (or `--out=DIR`) taken out of `args`: (DIR or `default`, the other arguments)."""
+    out, rest, i = default, [], 0
+    while i < len(args):
+        if args[i] == "--out" and i + 1 < len(args):
+            out, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--out="):
+            out = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return out, rest
+
+
+def has_command(session: nox.Session, command: str) -> bool:
+    usage = session.run("orthrus-bench", "--help", silent=True) or ""
+    choices = re.search(r"\{([^}]*)\}", usage)
+    return choices is not None and command in choices.group(1).split(",")
+
+
+def verify_and_report(session: nox.Session, runs: list[str], report_dir: str) -> None:
+    if has_command(session, "verify"):
+        for run in runs:
+            session.run("orthrus-bench", "verify", run)
+    else:
+        session.warn("this checkout has no `orthrus-bench verify`; the report will say 'not verified'")
+    session.run("orthrus-bench", "report", *runs, "--out", report_dir)
+
+
+def bench(session: nox.Session, name: str, runs: dict[str, list[str]]) -> None:
+    """Each run (directory suffix -> `orthrus-bench run` arguments) into results/NAME<suffix>, then verify
+    and report them together into reports/NAME. `--out` in the pass-through arguments replaces results/NAME."""
+    out, passthrough = split_out(session.posargs, f"results/{name}")
+    directories = []
+    for suffix, args in runs.items():
+        directories.append(out + suffix)
+        session.run("orthrus-bench", "run", *args, *passthrough, "--out", directories[-1])
+    verify_and_report(session, directories, f"reports/{os.path.basename(out)}")
+
+
+@nox.session(name="bench-tiny", **PINNED)
+def bench_tiny(session: nox.Session) -> None:
+    install_project(session)
+    # No suite or model: the embedded default (tiny family, tiny suites, every method), greedy and at T=1.
+    sampled = ["--temperature", "1", "--methods", methods_list(ALL_METHODS, 1)]
+    bench(session, "tiny", {"": [], "-t1": sampled})
+
+
+def cuda_device() -> str | None:
+    """The first GPU's name, asked of nvidia-smi before anything is installed; None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return listing.stdout.splitlines()[0] if listing.returncode == 0 and listing.stdout.strip() else None
+
+
+def gpu_bench(session: nox.Session, size: str) -> None:
+    device = cuda_device()
+    if device is None:
+        session.skip(
+            f"bench-{size} needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
+        )
+    session.log(f"benchmarking on {device}")
+    methods = list(ALL_METHODS)
+    if size == "1.7b":
+        methods.remove("dflash")  # no public DFlash drafter for Qwen3-1.7B
+    gpu = ["--dtype", "bfloat16", "--device", "cuda"]
+    orthrus = ["--model", f"chiennv/Orthrus-Qwen3-{GPU_SIZES[size]}", *gpu]
+    sdar = ["--model", f"JetLM/SDAR-{GPU_SIZES[size]}-Chat-b16", *gpu, "--methods", SDAR_METHOD]
+    install_project(session)
+    bench(
+        session,
+        f"qwen3-{size}",
+        {
+            "": [*orthrus, "--suite", GPU_SUITES, "--methods", methods_list(methods, 0)],
+            "-t1": [
+                *orthrus,
+                "--suite",
+                GPU_SUITES,
+                "--temperature",
+                "1",
+                "--methods",
+                methods_list(methods, 1),
+            ],
+            "-context": [*orthrus, "--suite", CONTEXT_SUITE, "--methods", methods_list(methods, 0)],
+            "-sdar": [*sdar, "--suite", GPU_SUITES],
+        },
+    )
+
+
+@nox.session(name="bench-1.7b", **PINNED)
+def bench_1_7b(session: nox.Session) -> None:
+    gpu_bench(session, "1.7b")
+
+
+@nox.session(name="bench-4b", **PINNED)
+def bench_4b(session: nox.Session) -> None:
+    gpu_bench(session, "4b")
+
+
+@nox.session(name="bench-8b", **PINNED)
+def bench_8b(session: nox.Session) -> None:
+    gpu_bench(session, "8b")
+
+
+@nox.session(**PINNED)
+def report(session: nox.Session) -> None:
+    if not session.posargs:
+        session.error("usage: nox -s report -- RUN [RUN…] --out reports/NAME")
+    install_project(session)
+    session.run("orthrus-bench", "report", *session.posargs)
+
+
+@nox.session(**PINNED)
+def compare(session: nox.Session) -> None:
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s compare -- BASE NEW [--threshold 0.05] [--out summary.md]")
+    install_project(session)
+    session.run("orthrus-bench", "compare", *session.posargs)

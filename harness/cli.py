@@ -176,7 +176,11 @@ def cmd_run(args) -> int:
     directory = execute(spec, out, resume=args.resume, shard=parse_shard(args.shard))
     wall = time.perf_counter() - t0
     print_summary(summarize(read_records(directory)), f"{directory} ({wall:.0f} s)")
-    return 0
+    if args.no_verify:
+        return 0
+    from .verify import verify_main
+
+    return verify_main(directory, device=args.device)
 
 
 def cmd_merge(args) -> int:
@@ -225,6 +229,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .report_commands import (
+        add_compare_args,
+        add_dashboard_args,
+        add_report_args,
+        compare_main,
+        dashboard_main,
+        report_main,
+    )
+
     parser = argparse.ArgumentParser(prog="orthrus-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -297,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results directory (default: runs/<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--shard", help="i/n: run the items whose position is i modulo n")
+    p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="join the shard directories of one run")
@@ -312,6 +326,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_bench_overhead)
+
+    p = sub.add_parser("report", help="HTML + markdown report with figures from run directories")
+    add_report_args(p)
+    p.set_defaults(func=report_main)
+
+    p = sub.add_parser("compare", help="regression gate: NEW against BASE per prompt (exit 1 on regression)")
+    add_compare_args(p)
+    p.set_defaults(func=compare_main)
+
+    p = sub.add_parser("dashboard", help="trends across runs and github-action-benchmark JSON")
+    add_dashboard_args(p)
+    p.set_defaults(func=dashboard_main)
+
+    from .calibrate import add_calibrate_args, cmd_calibrate
+    from .verify import add_verify_args, cmd_verify
+
+    p = sub.add_parser("verify", help="lossless-equivalence verdicts of a run against its AR run")
+    add_verify_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("calibrate", help="measure the verification tests' false-positive rate and power")
+    add_calibrate_args(p)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("suites", help="list the suite files")
     p.add_argument("--data-dir")

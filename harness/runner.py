@@ -12,6 +12,7 @@ perf_counter; per-forward times come from CUDA events (perf_counter on CPU); tel
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -28,6 +29,8 @@ from .provenance import command_line, config_hash, git_state, hardware, model_pr
 from .store import StoreError, open_run, write_json
 from .suites import Suite, SuiteItem, load_suite
 from .telemetry import Telemetry, load_nvml
+
+logger = logging.getLogger(__name__)
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
 DEFAULT_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
@@ -251,8 +254,11 @@ def warm_up(p: Prepared, label: str, decoder) -> None:
         return
     item = p.items[suite.name][0]
     prompt = suite.render(p.target.tokenizer, item, [])
-    for _ in range(p.spec.warmup):
-        decoder.generate(prompt, min(32, suite.generation.max_new_tokens))
+    try:
+        for _ in range(p.spec.warmup):
+            decoder.generate(prompt, min(32, suite.generation.max_new_tokens))
+    except Exception as exc:  # the recorded generations will fail too, each with its own error record
+        logger.warning("%s: warm-up failed (%s: %s)", label, type(exc).__name__, exc)
 
 
 def execute(

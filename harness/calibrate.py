@@ -1,0 +1,492 @@
+"""`orthrus-bench calibrate`: the sampling verdict's own error rates, measured on CPU.
+
+One replicate is one sampling verdict exactly as `verify` reaches it (harness/verify.py: T1 PIT, T2 G-tests
+at a fixed context, T3 surprisal z, T4 two-sample tests against AR samples, Holm at alpha), on a synthetic run
+of `prompts` prompts × `max_new_tokens` tokens per decoder, and T2 at verify's default size.
+
+* A/A: AR against AR with different seeds. Its rejection rate over the replicates, with an exact binomial
+  (Clopper-Pearson) 95% CI, must not be above alpha: the CI must reach down to alpha.
+* Lossless: the correct Orthrus decoder against AR; the same requirement.
+* Power: the Orthrus sampling decoder with one planted bug each (`mutants`); rejection rate >= 0.8.
+
+Bugs are planted without touching orthrus_core: a wrong setting passed to the decoder, or an acceptance rule
+patched in for the duration of one generation (as tests/test_sampling.py does for the residual bug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import torch
+from scipy import stats
+
+import orthrus_core.decoding as decoding
+import orthrus_core.sampling as sampling
+from orthrus_core.sampling import SamplingParams
+
+from .verify import (
+    DEFAULT_ALPHA,
+    DEFAULT_T2_DEPTH,
+    DEFAULT_T2_SAMPLES,
+    GenerateFn,
+    Reference,
+    draw_fixed_context,
+    fixed_context_tests,
+    sampling_family,
+    t2_context,
+)
+
+POWER_TARGET = 0.8
+# The sampling setting every replicate uses: plain temperature-1 sampling, no truncation.
+PARAMS = SamplingParams(1.0)
+
+
+@dataclass
+class CalibrationConfig:
+    replicates: int = 200  # A/A replicates
+    power_replicates: int = 20  # replicates per mutant, and for the correct Orthrus decoder
+    prompts: int = 32  # prompts per synthetic run (each decoder): about 7k tokens with the micro model
+    max_new_tokens: int = 384
+    t2_samples: int = DEFAULT_T2_SAMPLES
+    t2_depth: int = DEFAULT_T2_DEPTH
+    block_size: int | None = None  # None: the model's
+    alpha: float = DEFAULT_ALPHA
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ decoders
+
+
+def decoder(model, mode: str, block_size: int | None, *, temperature_scale=1.0, forced_top_k=0) -> GenerateFn:
+    """orthrus_core's own decoder as a GenerateFn; `temperature_scale` and `forced_top_k` plant the
+    setting bugs (the decoder samples at a different temperature, or truncates when it should not)."""
+
+    def generate(prompt_ids, max_new_tokens, *, temperature, top_k, top_p, seed, stop_token_ids):
+        return decoding.generate(
+            model,
+            prompt_ids,
+            max_new_tokens,
+            mode,
+            temperature=temperature * temperature_scale,
+            top_k=forced_top_k or top_k,
+            top_p=top_p,
+            seed=seed,
+            block_size=block_size if mode == "orthrus" else None,
+            stop_token_ids=stop_token_ids,
+        )
+
+    return generate
+
+
+def with_patch(generate: GenerateFn, target, attribute: str, replacement) -> GenerateFn:
+    """`generate` with target.attribute replaced while it runs."""
+
+    def patched(*args, **kwargs):
+        with mock.patch.object(target, attribute, replacement):
+            return generate(*args, **kwargs)
+
+    return patched
+
+
+def speculative_accept_variant(ratio_scale: float = 1.0, position_shift: int = 0):
+    """sampling.speculative_accept with draft i accepted with probability
+    min(1, ratio_scale * p_{i + position_shift}(x_i) / q_i(x_i)); everything else as the real rule.
+    (1.0, 0) is the real rule, which tests check draw for draw."""
+
+    def accept(drafts, q, p, generator):
+        n = drafts.shape[0]
+        rows = torch.arange(n, device=drafts.device)
+        u = torch.rand(n, generator=generator, device=drafts.device)
+        accepted = u * q[rows, drafts] < ratio_scale * p[rows + position_shift, drafts]
+        n_accepted = torch.cumprod(accepted.long(), 0).sum()
+        q_at = torch.cat([q, q.new_zeros(1, q.shape[1])])[n_accepted]
+        p_at = p[n_accepted]
+        residual = sampling.residual_distribution(p_at, q_at)
+        residual = torch.where(residual.sum() > sampling.RESIDUAL_EPS, residual, p_at)
+        return n_accepted, sampling.sample(residual, generator)
+
+    return accept
+
+
+def mutants(model, block_size: int | None) -> dict[str, GenerateFn]:
+    """The five planted bugs of issue 7, each in the Orthrus sampling decoder."""
+    orthrus = decoder(model, "orthrus", block_size)
+    return {
+        "temperature 1.05 instead of 1.0": decoder(model, "orthrus", block_size, temperature_scale=1.05),
+        # transformers' generate samples with top_k=50 unless told otherwise: a classic silent truncation.
+        "top-k truncation (k=50 applied when off)": decoder(model, "orthrus", block_size, forced_top_k=50),
+        "residual drawn from p, not max(p - q, 0)": with_patch(
+            orthrus, sampling, "residual_distribution", lambda p, q: p
+        ),
+        "acceptance off by one position (p_{i+1})": with_patch(
+            orthrus, decoding, "speculative_accept", speculative_accept_variant(position_shift=1)
+        ),
+        "acceptance min(1, 1.1 p/q)": with_patch(
+            orthrus, decoding, "speculative_accept", speculative_accept_variant(ratio_scale=1.1)
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- replicates
+
+
+@torch.inference_mode()
+def ar_samples(
+    model, prompt: list[int], rows: int, max_new_tokens: int, params: SamplingParams, stop_ids, generator
+) -> list[list[int]]:
+    """`rows` independent AR generations of one prompt at once: a batch of identical prompts, one forward per
+    position for all rows, each token drawn from `params.probs` of the row's logits (argmax when greedy), each
+    row cut after its first stop token. The same draws as generate_ar's, without its per-token overhead,
+    which is what makes hundreds of A/A replicates affordable on a CPU."""
+    ids = torch.tensor(prompt)[None].expand(rows, -1)
+    cache = model.new_cache(len(prompt) + max_new_tokens, batch_size=rows)
+    logits = model(ids, 0, cache)[:, -1]
+    out = torch.empty(rows, max_new_tokens, dtype=torch.long)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
+    stopped = torch.zeros(rows, dtype=torch.bool)
+    steps = 0
+    for t in range(max_new_tokens):
+        token = logits.argmax(-1) if params.greedy else sampling.sample(params.probs(logits), generator)
+        out[:, t] = token
+        steps = t + 1
+        stopped |= torch.isin(token, stop)
+        if bool(stopped.all()) or steps == max_new_tokens:
+            break
+        logits = model(token[:, None], len(prompt) + t, cache)[:, -1]
+    samples = []
+    for row in out[:, :steps].tolist():
+        end = next((i + 1 for i, x in enumerate(row) if x in stop_ids), len(row))
+        samples.append(row[:end])
+    return samples
+
+
+def sample_records(
+    generate: GenerateFn, prompts, config: CalibrationConfig, stop_ids, seed: int
+) -> list[dict]:
+    """A synthetic run of one decoder: one record per prompt, seeded seed, seed + 1, ..."""
+    records = []
+    for i, prompt in enumerate(prompts):
+        r = generate(
+            prompt,
+            config.max_new_tokens,
+            temperature=PARAMS.temperature,
+            top_k=PARAMS.top_k,
+            top_p=PARAMS.top_p,
+            seed=seed + i,
+            stop_token_ids=stop_ids,
+        )
+        records.append({"prompt_ids": list(prompt), "output_ids": list(r.tokens)})
+    return records
+
+
+def verdict_of(records, draws, reference_records, reference, t2_context, config, seed) -> dict:
+    """One replicate's verdict: a decoder's synthetic run and its T2 draws, against AR records."""
+    t2 = fixed_context_tests(draws, reference, t2_context, PARAMS, depth=config.t2_depth, alpha=config.alpha)
+    family, rejected = sampling_family(
+        reference, records, reference_records, PARAMS, alpha=config.alpha, seed=seed, t2=t2
+    )
+    return {
+        "reject": rejected,
+        "tokens": sum(len(r["output_ids"]) for r in records),
+        "rejected_by": [t.name for t in family if t.reject],
+        "tests": len(family),
+    }
+
+
+@dataclass
+class Arm:
+    name: str
+    requirement: str  # "<= alpha" or ">= 0.8"
+    replicates: int = 0
+    rejections: int = 0
+    tokens: int = 0
+    tests: int = 0
+    rejected_by: dict[str, int] = field(default_factory=dict)
+
+    def add(self, outcome: dict) -> None:
+        self.replicates += 1
+        self.rejections += outcome["reject"]
+        self.tokens += outcome["tokens"]
+        self.tests = max(self.tests, outcome["tests"])
+        for name in outcome["rejected_by"]:
+            self.rejected_by[name] = self.rejected_by.get(name, 0) + 1
+
+    @property
+    def rate(self) -> float:
+        return self.rejections / self.replicates if self.replicates else math.nan
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        ci = stats.binomtest(self.rejections, self.replicates).proportion_ci(0.95, method="exact")
+        return float(ci.low), float(ci.high)
+
+    def met(self, alpha: float) -> bool:
+        if self.requirement.startswith("<="):
+            return self.ci95[0] <= alpha  # not significantly above alpha
+        return self.rate >= POWER_TARGET
+
+    def to_dict(self, alpha: float) -> dict:
+        return {
+            **asdict(self),
+            "rate": self.rate,
+            "ci95": self.ci95,
+            "met": self.met(alpha),
+            "tokens_per_replicate": self.tokens / max(self.replicates, 1),
+        }
+
+
+def calibration_prompts(model, tokenizer, n: int, seed: int) -> list[list[int]]:
+    """Rendered tiny-suite prompts when the model has a tokenizer, else random token ids."""
+    if tokenizer is not None:
+        from .suites import load_suite
+
+        prompts = []
+        for name in ("tiny-chat", "tiny-math", "tiny-code"):
+            suite = load_suite(name)
+            prompts += [suite.render(tokenizer, item, []) for item in suite.items(tokenizer)[:n]]
+        return prompts[:n] if len(prompts) >= n else prompts
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    return [torch.randint(4, vocab - 1, (int(torch.randint(4, 25, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]  # fmt: skip
+
+
+def micro_model(seed: int = 0, std: float = 0.25, draft_noise: float = 0.05):
+    """A one-layer random Qwen3-shaped Orthrus model whose diffusion view is its AR view plus noise, so that
+    drafts are accepted often but not always (the near-AR model of tests/test_sampling.py)."""
+    from transformers import Qwen3Config
+
+    from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
+
+    vocab = 320
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        eos_token_id=3,
+        block_size=8,
+        mask_token_id=vocab - 1,
+        architectures=["OrthrusLM"],
+    )
+    # std 0.25 (not Qwen3's 0.02) so that next-token distributions have a few nats of entropy.
+    model = init_weights(OrthrusForCausalLM(config), std=std, seed=seed).eval()
+    copy_ar_to_diffusion(model)
+    g = torch.Generator().manual_seed(seed + 5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_diff" in name and "norm" not in name:
+                p.add_(torch.randn(p.shape, generator=g) * draft_noise)
+    return model
+
+
+def calibrate(
+    model,
+    prompts: list[list[int]],
+    config: CalibrationConfig,
+    *,
+    stop_ids: list[int],
+    progress: Callable[[str], None] | None = None,
+) -> list[Arm]:
+    """Run every arm. Replicate r of every arm is tested against the same AR reference records (row r of
+    the batched AR samples); the A/A arm's own AR samples are further rows of the same batches."""
+    reference = Reference(model)
+    arms: list[tuple[Arm, GenerateFn | None, int]] = [
+        (Arm("A/A: AR vs AR (different seeds)", "<= alpha"), None, config.replicates),
+        (
+            Arm("lossless: Orthrus vs AR", "<= alpha"),
+            decoder(model, "orthrus", config.block_size),
+            config.power_replicates,
+        ),
+    ]
+    for name, mutant in mutants(model, config.block_size).items():
+        arms.append((Arm(f"mutant: {name}", f">= {POWER_TARGET}"), mutant, config.power_replicates))
+    total = max(n for _, _, n in arms)
+    generator = torch.Generator().manual_seed(config.seed)
+    rows = [
+        ar_samples(
+            model, p, total + config.replicates + 1, config.max_new_tokens, PARAMS, stop_ids, generator
+        )
+        for p in prompts
+    ]
+    # The T2 context comes from AR paths no replicate uses (rows past the last A/A row).
+    context = t2_context(
+        reference, [{"prompt_ids": p, "output_ids": rows[i][-1]} for i, p in enumerate(prompts)], PARAMS
+    )
+    for r in range(total):
+        reference_records = [{"prompt_ids": p, "output_ids": rows[i][r]} for i, p in enumerate(prompts)]
+        seed = config.seed + 1_000_000 * (r + 1)
+        for k, (arm, generate, n) in enumerate(arms):
+            if r >= n:
+                continue
+            arm_seed = seed + 100_000 * (k + 1)
+            if generate is None:  # A/A: AR samples against AR samples
+                records = [{"prompt_ids": p, "output_ids": rows[i][total + r]} for i, p in enumerate(prompts)]
+                draws = [
+                    tuple(x)
+                    for x in ar_samples(
+                        model, context, config.t2_samples, config.t2_depth, PARAMS, stop_ids, generator
+                    )
+                ]
+            else:
+                records = sample_records(generate, prompts, config, stop_ids, arm_seed)
+                draws = draw_fixed_context(
+                    generate,
+                    context,
+                    PARAMS,
+                    samples=config.t2_samples,
+                    depth=config.t2_depth,
+                    stop_token_ids=stop_ids,
+                    seed=arm_seed + 50_000,
+                )
+            arm.add(verdict_of(records, draws, reference_records, reference, context, config, arm_seed))
+        if progress:
+            progress(
+                f"replicate {r + 1}/{total}: "
+                + ", ".join(f"{a.rejections}/{a.replicates}" for a, _, _ in arms)
+            )
+    return [arm for arm, _, _ in arms]
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str, dict]:
+    """(markdown, JSON) of the calibration table."""
+    alpha = config.alpha
+    lines = [
+        "# Calibration of the sampling verdict",
+        "",
+        f"Model: {meta['model']}. Sampling at temperature {PARAMS.temperature:g}, no top-k/top-p. "
+        f"Per replicate and decoder: {config.prompts} prompts × up to {config.max_new_tokens} new tokens "
+        f"(T1, T3, T4), and T2 with {config.t2_samples} draws × {config.t2_depth} positions at one fixed context. "
+        f"Family: T1 KS+CvM, T2 per position, T3, T4 KS+AD+length, Holm at α = {alpha}. "
+        f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}.",
+        "",
+        "| arm | replicates | rejections | rate | exact 95% CI | requirement | met | mean tokens/replicate | rejected by (count) |",
+        "|---|---:|---:|---:|---|---|---|---:|---|",
+    ]
+    for a in arms:
+        lo, hi = a.ci95
+        by = ", ".join(f"{k} {v}" for k, v in sorted(a.rejected_by.items(), key=lambda kv: -kv[1])) or "–"
+        lines.append(
+            f"| {a.name} | {a.replicates} | {a.rejections} | {a.rate:.3f} | [{lo:.3f}, {hi:.3f}] | "
+            f"rate {a.requirement.replace('alpha', str(alpha))} | {'yes' if a.met(alpha) else '**no**'} | "
+            f"{a.tokens / max(a.replicates, 1):.0f} | {by} |"
+        )
+    lines += [
+        "",
+        "A/A and lossless arms meet the requirement when the CI reaches down to α (the rate is not "
+        "significantly above α); mutant arms when the estimated power is at least 0.8. "
+        '"Rejected by" counts the replicates in which each test rejected after the Holm adjustment.',
+        "",
+    ]
+    data = {"config": asdict(config), "meta": meta, "arms": [a.to_dict(alpha) for a in arms]}
+    return "\n".join(lines), data
+
+
+def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
+    defaults = CalibrationConfig()
+    parser.add_argument(
+        "--model",
+        help="checkpoint directory (default: the embedded tiny family if it is there, else the random micro "
+        "model of the tests)",
+    )
+    parser.add_argument(
+        "--micro", action="store_true", help="use the random micro model even if the tiny family exists"
+    )
+    parser.add_argument("--replicates", type=int, default=defaults.replicates, help="A/A replicates")
+    parser.add_argument(
+        "--power-replicates", type=int, default=defaults.power_replicates, help="replicates per mutant"
+    )
+    parser.add_argument("--prompts", type=int, default=defaults.prompts)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--t2-samples", type=int, default=defaults.t2_samples)
+    parser.add_argument("--t2-depth", type=int, default=defaults.t2_depth)
+    parser.add_argument("--block-size", type=int, help="Orthrus block size (default: the model's)")
+    parser.add_argument("--alpha", type=float, default=defaults.alpha)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--out", default="reports/calibration", help="writes OUT.md and OUT.json")
+
+
+def calibrate_main(
+    model: str | None = None,
+    out: str = "reports/calibration",
+    *,
+    micro: bool = False,
+    config: CalibrationConfig | None = None,
+    quiet: bool = False,
+) -> int:
+    """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met."""
+    from orthrus_core.checkpoint import load_model
+    from orthrus_core.decoding import default_stop_ids
+    from orthrus_core.tokenizer import load_tokenizer
+
+    from .paths import DEFAULT_MODEL
+
+    config = config or CalibrationConfig()
+    torch.manual_seed(config.seed)
+    directory = Path(model) if model else DEFAULT_MODEL
+    if not micro and (model or (DEFAULT_MODEL / "config.json").is_file()):
+        net, tokenizer, name = load_model(directory).eval(), load_tokenizer(directory), str(directory)
+    else:
+        net, tokenizer, name = (
+            micro_model(config.seed),
+            None,
+            "random micro model (1 layer, vocab 320, near-AR draft view)",
+        )
+    if config.block_size is None:
+        config.block_size = net.block_size
+    prompts = calibration_prompts(net, tokenizer, config.prompts, config.seed)
+    stop_ids = default_stop_ids(net)
+    t0 = time.perf_counter()
+    say = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    arms = calibrate(net, prompts, config, stop_ids=stop_ids, progress=say)
+    meta = {
+        "model": name,
+        "block_size": config.block_size,
+        "prompts": len(prompts),
+        "seconds": time.perf_counter() - t0,
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+    }
+    markdown, data = report(arms, config, meta)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.with_suffix(".md").write_text(markdown)
+    out_path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    if not quiet:
+        print(markdown)
+    return 0 if all(a.met(config.alpha) for a in arms) else 1
+
+
+def cmd_calibrate(args) -> int:
+    # Batch-1 decoding of small models is per-operation overhead: extra threads only contend.
+    torch.set_num_threads(1)
+    config = CalibrationConfig(
+        replicates=args.replicates,
+        power_replicates=args.power_replicates,
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        t2_samples=args.t2_samples,
+        t2_depth=args.t2_depth,
+        block_size=args.block_size,
+        alpha=args.alpha,
+        seed=args.seed,
+    )
+    return calibrate_main(args.model, args.out, micro=args.micro, config=config)

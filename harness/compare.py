@@ -1,0 +1,272 @@
+"""`orthrus-bench compare BASE NEW`: a regression gate for pull requests.
+
+Both runs are paired per prompt (suite, item, sample, turn) and per method, then gated in two tiers
+(research note "Harness anchors", §4):
+
+1. Deterministic under greedy decoding, so zero tolerance: token identity (any prompt whose output ids
+   changed is a regression) and τ and TPF pooled over the paired prompts (any decrease is a regression).
+2. Noisy, so asv's rule (airspeed-velocity/asv `_stats.py`, `asv continuous`): a change counts only when
+   a Mann–Whitney U test says the two samples differ (p < 0.002) *and* the ratio of means moves past a
+   relative threshold (default 5%) in the bad direction. The paired bootstrap CI of that ratio is shown.
+   With few prompts the test cannot reach p < 0.002 at all (7 per side are needed); such rows say so.
+
+A method in BASE that NEW lacks, and more failed generations in NEW, are regressions too. Exit status 1
+when anything regressed, 0 otherwise; the markdown table lists every delta and verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+from .runs import Run, bootstrap_ci, generations, ratio_of_means
+
+PAIR = ["method", "suite", "item_id", "sample", "turn"]
+REGRESSION, IMPROVEMENT, OK, UNDECIDABLE, INFO = "REGRESSION", "improvement", "ok", "undecidable", "info"
+
+
+@dataclass(frozen=True)
+class TimingMetric:
+    column: str
+    label: str
+    unit: str
+    bigger_is_better: bool
+    scale: float = 1.0  # for display only
+
+
+TIMING_METRICS = [
+    TimingMetric("tokens_per_s", "tokens/s", "tok/s", True),
+    TimingMetric("ttft_s", "TTFT", "ms", False, 1e3),
+    TimingMetric("tpot_s", "TPOT", "ms", False, 1e3),
+    TimingMetric("allocator_peak_bytes", "peak memory", "MiB", False, 1 / 2**20),
+    TimingMetric("energy_per_token_j", "energy/token", "mJ", False, 1e3),
+]
+
+
+@dataclass
+class Row:
+    method: str
+    metric: str
+    base: str
+    new: str
+    change: str
+    ci: str
+    p: str
+    n: int
+    verdict: str
+    why: str = ""
+
+
+def min_mannwhitney_p(n: int, m: int) -> float:
+    """The smallest two-sided p-value an exact Mann–Whitney U test can give with n and m values."""
+    return 2 / math.comb(n + m, n)
+
+
+def timing_row(method: str, metric: TimingMetric, pairs: pd.DataFrame, threshold: float, alpha: float) -> Row:
+    base, new = pairs[f"{metric.column}_base"].to_numpy(float), pairs[metric.column].to_numpy(float)
+    n = len(pairs)
+    shown = dict(
+        base=f"{base.mean() * metric.scale:.4g} {metric.unit}", new=f"{new.mean() * metric.scale:.4g}"
+    )
+    ratio = new.mean() / base.mean()
+    ci = bootstrap_ci(ratio_of_means, new, base)
+    p = stats.mannwhitneyu(new, base, alternative="two-sided").pvalue if n else math.nan
+    worse_by = (1 - ratio) if metric.bigger_is_better else (ratio - 1)
+    row = Row(
+        method,
+        metric.label,
+        change=f"{(ratio - 1) * 100:+.1f}%",
+        ci="–" if ci is None else f"{(ci[0] - 1) * 100:+.1f}% … {(ci[1] - 1) * 100:+.1f}%",
+        p=f"{p:.2g}",
+        n=n,
+        verdict=OK,
+        **shown,
+    )
+    if n < 2 or min_mannwhitney_p(n, n) >= alpha:
+        row.verdict = UNDECIDABLE
+        row.why = f"{n} pairs cannot reach p < {alpha:g} (7 per side are needed)"
+    elif p < alpha and abs(worse_by) > threshold:
+        row.verdict = REGRESSION if worse_by > 0 else IMPROVEMENT
+        row.why = f"p < {alpha:g} and beyond ±{threshold:.0%}"
+    return row
+
+
+def greedy_rows(method: str, pairs: pd.DataFrame) -> list[Row]:
+    """Zero tolerance under greedy decoding: token identity, then τ and TPF pooled over the pairs."""
+    rows = []
+    differ = [a != b for a, b in zip(pairs.output_ids, pairs.output_ids_base, strict=True)]
+    n = len(pairs)
+    rows.append(
+        Row(
+            method,
+            "greedy token identity",
+            base="–",
+            new=f"{n - sum(differ)}/{n} identical",
+            change=f"{sum(differ)} changed",
+            ci="–",
+            p="–",
+            n=n,
+            verdict=REGRESSION if any(differ) else OK,
+            why="zero tolerance" if any(differ) else "",
+        )
+    )
+    cycles_base, cycles_new = pairs.accepted_base.map(len).sum(), pairs.accepted.map(len).sum()
+    if cycles_base or cycles_new:
+        tau_base = 1 + pairs.accepted_base.map(sum).sum() / cycles_base if cycles_base else math.nan
+        tau_new = 1 + pairs.accepted.map(sum).sum() / cycles_new if cycles_new else math.nan
+        changed = int((pairs.accepted.map(tuple) != pairs.accepted_base.map(tuple)).sum())
+        rows.append(deterministic_row(method, "τ (greedy)", tau_base, tau_new, changed, n))
+    forwards_base = pairs.ar_forwards_base + pairs.draft_forwards_base
+    forwards_new = pairs.ar_forwards + pairs.draft_forwards
+    tpf_base = pairs.new_tokens_base.sum() / forwards_base.sum()
+    tpf_new = pairs.new_tokens.sum() / forwards_new.sum()
+    changed = int((forwards_new != forwards_base).sum())
+    rows.append(deterministic_row(method, "TPF (greedy)", tpf_base, tpf_new, changed, n))
+    return rows
+
+
+def deterministic_row(method: str, metric: str, base: float, new: float, changed: int, n: int) -> Row:
+    if not new >= base:  # NaN on the NEW side (no cycles left) is a regression too
+        verdict, why = REGRESSION, "zero tolerance"
+    elif new > base:
+        verdict, why = IMPROVEMENT, ""
+    else:
+        verdict, why = OK, ""
+    return Row(
+        method,
+        metric,
+        base=f"{base:.4f}",
+        new=f"{new:.4f}",
+        change=f"{new - base:+.4f} ({changed} prompts changed)",
+        ci="–",
+        p="–",
+        n=n,
+        verdict=verdict,
+        why=why,
+    )
+
+
+def error_count(run: Run, method: str) -> int:
+    return sum(1 for r in run.records if r["method"] == method and r["status"] != "ok")
+
+
+def compare_runs(
+    base: Run, new: Run, threshold: float = 0.05, alpha: float = 0.002, gate_timing: bool = True
+) -> list[Row]:
+    """Every row of the comparison. gate_timing=False reports timing and memory changes without failing on
+    them: for a BASE measured on another machine (a committed baseline), where only the deterministic
+    rows can be compared."""
+    base_df, new_df = generations([base]), generations([new])
+    rows: list[Row] = []
+    for df in (base_df, new_df):
+        if not df.empty:
+            # NVML's energy counter is too coarse for generations under a second (docs/methodology.md).
+            df["energy_per_token_j"] = (df.energy_j / df.new_tokens).where(df.energy_reliable.eq(True))
+    base_methods = list(dict.fromkeys(base_df.method)) if not base_df.empty else []
+    new_methods = set(new_df.method) if not new_df.empty else set()
+    for method in base_methods:
+        if method not in new_methods:
+            rows.append(
+                Row(method, "coverage", "present", "missing", "–", "–", "–", 0, REGRESSION, "not in NEW")
+            )
+            continue
+        b = base_df[base_df.method == method]
+        pairs = new_df[new_df.method == method].merge(b, on=PAIR, suffixes=("", "_base"))
+        if pairs.empty:
+            rows.append(
+                Row(method, "coverage", "–", "–", "–", "–", "–", 0, REGRESSION, "no prompt in both runs")
+            )
+            continue
+        errors_base, errors_new = error_count(base, method), error_count(new, method)
+        if errors_new > errors_base:
+            rows.append(
+                Row(
+                    method,
+                    "errors",
+                    str(errors_base),
+                    str(errors_new),
+                    f"+{errors_new - errors_base}",
+                    "–",
+                    "–",
+                    0,
+                    REGRESSION,
+                    "more failed generations",
+                )
+            )
+        greedy = pairs[(pairs.temperature == 0) & (pairs.temperature_base == 0)]
+        if not greedy.empty:
+            rows += greedy_rows(method, greedy)
+        per_unit = unit_pairs(pairs)
+        timing = [timing_row(method, TIMING_METRICS[0], per_unit, threshold, alpha)]
+        for metric in TIMING_METRICS[1:]:
+            valid = pairs[pairs[metric.column].notna() & pairs[f"{metric.column}_base"].notna()]
+            if not valid.empty:
+                timing.append(timing_row(method, metric, valid, threshold, alpha))
+        for row in timing:
+            if row.verdict == REGRESSION and not gate_timing:
+                row.verdict, row.why = INFO, f"worse ({row.why}), not gated: --no-timing-gate"
+        rows += timing
+        scored = pairs[pairs.score_correct.notna() & pairs.score_correct_base.notna()]
+        if not scored.empty:
+            acc_base, acc_new = (
+                scored.score_correct_base.astype(float).mean(),
+                scored.score_correct.astype(float).mean(),
+            )
+            rows.append(
+                Row(
+                    method,
+                    "accuracy",
+                    f"{acc_base:.1%}",
+                    f"{acc_new:.1%}",
+                    f"{(acc_new - acc_base) * 100:+.1f} pp",
+                    "–",
+                    "–",
+                    len(scored),
+                    INFO,
+                    "gated through token identity",
+                )
+            )
+    return rows
+
+
+def unit_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """tokens/s per work unit (an item's turns), as the report and Spec-Bench compute it."""
+    grouped = pairs.groupby(["suite", "item_id", "sample"]).agg(
+        tokens=("new_tokens", "sum"),
+        wall=("wall_s", "sum"),
+        tokens_base=("new_tokens_base", "sum"),
+        wall_base=("wall_s_base", "sum"),
+    )
+    return pd.DataFrame(
+        {
+            "tokens_per_s": grouped.tokens / grouped.wall,
+            "tokens_per_s_base": grouped.tokens_base / grouped.wall_base,
+        }
+    )
+
+
+def markdown(rows: list[Row], base: Path, new: Path, threshold: float, alpha: float) -> str:
+    regressions = [r for r in rows if r.verdict == REGRESSION]
+    status = f"❌ {len(regressions)} regression(s)" if regressions else "✅ no regression"
+    lines = [
+        f"### orthrus-bench compare: {status}",
+        "",
+        f"BASE `{base}` → NEW `{new}`. Greedy token identity, τ and TPF: zero tolerance. Timing and memory: "
+        f"regression when Mann–Whitney p < {alpha:g} and the mean moves more than {threshold:.0%} the wrong "
+        "way (asv's rule); CI: 95% paired bootstrap of the ratio NEW/BASE over prompts.",
+        "",
+        "| method | metric | base | new | change | 95% CI | p | n | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = f"**{r.verdict}**" if r.verdict == REGRESSION else r.verdict
+        if r.why:
+            verdict += f" ({r.why})"
+        lines.append(
+            f"| {r.method} | {r.metric} | {r.base} | {r.new} | {r.change} | {r.ci} | {r.p} | {r.n} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,174 @@
+"""Synthetic run directories in the runner's format (harness.store), with known speeds and outputs, so the
+report, compare and dashboard tests can plant exactly the effect they look for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.store import open_run
+
+# method label -> (method name, lossless, tokens/s relative to ar, mean accepted drafts per cycle)
+METHODS = {
+    "ar": ("ar", True, 1.0, None),
+    "ar-hf": ("ar-hf", True, 0.9, None),
+    "orthrus": ("orthrus", True, 4.0, 6.0),
+    "eagle3": ("eagle3", True, 2.0, 2.5),
+    "dflash": ("dflash", True, 3.0, 4.5),
+    "diffusion": ("diffusion", False, 2.5, None),
+}
+SUITES = {"tiny-math": 1024, "tiny-code": 2048}  # suite -> context bucket
+TELEMETRY_FIELDS = {
+    "prefill_forward_ms",
+    "ar_forward_count",
+    "ar_forward_ms_mean",
+    "ar_forward_ms_median",
+    "diffusion_forward_count",
+    "diffusion_forward_ms_mean",
+    "diffusion_forward_ms_median",
+    "allocator_peak_bytes",
+    "nvml_samples",
+    "device_mem_peak_bytes",
+    "process_mem_peak_bytes",
+    "power_mean_w",
+    "sm_clock_mean_mhz",
+    "mem_clock_mean_mhz",
+    "throttle_reasons",
+    "energy_j",
+    "energy_reliable",
+}
+
+
+def make_run(
+    directory: Path,
+    *,
+    methods=("ar", "ar-hf", "orthrus", "eagle3", "dflash", "diffusion"),
+    suites=tuple(SUITES),
+    temperature: float = 0.0,
+    items: int = 12,
+    seed: int = 0,
+    ar_tokens_per_s: float = 50.0,
+    noise: float = 0.03,
+    slowdown: dict[str, float] | None = None,
+    changed_outputs: dict[str, int] | None = None,
+    accepted_drop: dict[str, int] | None = None,
+    gpu: bool = False,
+    telemetry: bool = True,
+    commit: str = "0123456789abcdef",
+    started: str = "2026-11-30T12:00:00+00:00",
+    model: str | None = None,
+) -> Path:
+    """A complete run. `slowdown[method]` divides that method's speed; `changed_outputs[method]` alters the
+    output of that many items; `accepted_drop[method]` lowers that many cycles' accepted drafts by one.
+    Speeds carry multiplicative noise of relative size `noise`, drawn from `seed`. `telemetry=False` leaves out
+    the fields that `run --no-telemetry` does not record."""
+    rng = np.random.default_rng(seed)
+    outputs_rng = np.random.default_rng(1234)  # outputs do not depend on the seed: A/A runs agree
+    slowdown = slowdown or {}
+    changed_outputs = changed_outputs or {}
+    accepted_drop = accepted_drop or {}
+    store = open_run(directory, resume=False, config_hash="synthetic")
+    for suite in suites:
+        for i in range(items):
+            new_tokens = int(outputs_rng.integers(40, 120))
+            ar_output = outputs_rng.integers(0, 300, new_tokens).tolist()
+            for label in methods:
+                name, lossless, speed, mean_accepted = METHODS[label]
+                output = list(ar_output) if lossless else outputs_rng.integers(0, 300, new_tokens).tolist()
+                if i < changed_outputs.get(label, 0):
+                    output[-1] = (output[-1] + 1) % 300
+                accepted = []
+                if mean_accepted is not None:
+                    cycle_rng = np.random.default_rng(i)
+                    made = 1
+                    while made < new_tokens:
+                        n = int(min(cycle_rng.poisson(mean_accepted), new_tokens - made - 1))
+                        accepted.append(n)
+                        made += n + 1
+                    for c in range(min(accepted_drop.get(label, 0), len(accepted))):
+                        accepted[c] = max(accepted[c] - 1, 0)
+                cycles = len(accepted)
+                ar_forwards = cycles if cycles else new_tokens - 1
+                draft_forwards = cycles  # one drafter pass per verification cycle
+                rate = ar_tokens_per_s * speed / slowdown.get(label, 1.0) * rng.lognormal(0, noise)
+                wall = new_tokens / rate
+                ttft = 0.02 * rng.lognormal(0, noise)
+                record = {
+                    "suite": suite,
+                    "item_id": f"{suite}/{i}",
+                    "method": label,
+                    "method_name": name,
+                    "lossless": lossless,
+                    "sample": 0,
+                    "turn": 0,
+                    "turns": 1,
+                    "status": "ok",
+                    "error": None,
+                    "temperature": temperature,
+                    "prompt_tokens": 30,
+                    "prompt_ids": list(range(30)),
+                    "context_tokens": None,
+                    "context_bucket": SUITES[suite],
+                    "new_tokens": new_tokens,
+                    "stop_reason": "stop",
+                    "output_ids": output,
+                    "accepted": accepted,
+                    "prefill_forwards": 1,
+                    "ar_forwards": ar_forwards,
+                    "draft_forwards": draft_forwards,
+                    "tau": 1 + sum(accepted) / cycles if cycles else None,
+                    "tpf": new_tokens / (ar_forwards + draft_forwards),
+                    "wall_s": wall,
+                    "ttft_s": ttft,
+                    "decode_s": wall - ttft,
+                    "tpot_s": (wall - ttft) / (new_tokens - 1),
+                    "tokens_per_s": new_tokens / wall,
+                    "prefill_forward_ms": ttft * 1e3,
+                    "ar_forward_count": ar_forwards,
+                    "ar_forward_ms_mean": 10.0,
+                    "ar_forward_ms_median": 10.0,
+                    "diffusion_forward_count": cycles if name == "orthrus" else 0,
+                    "diffusion_forward_ms_mean": 11.0 if name == "orthrus" else None,
+                    "diffusion_forward_ms_median": 11.0 if name == "orthrus" else None,
+                    "allocator_peak_bytes": (2**30 + (2**24 if name != "ar" else 0)) if gpu else None,
+                    "nvml_samples": 10 if gpu else 0,
+                    "device_mem_peak_bytes": 2**31 if gpu else None,
+                    "process_mem_peak_bytes": 2**31 if gpu else None,
+                    "power_mean_w": 300.0 if gpu else None,
+                    "sm_clock_mean_mhz": 1980.0 if gpu else None,
+                    "mem_clock_mean_mhz": 2619.0 if gpu else None,
+                    "throttle_reasons": 0 if gpu else None,
+                    "energy_j": 300.0 * wall if gpu else None,
+                    "energy_reliable": gpu,
+                    "score_correct": i % 3 != 0 if lossless else i % 2 == 0,
+                    "score_status": "correct",
+                    "score_detail": None,
+                }
+                if not telemetry:
+                    record = {k: v for k, v in record.items() if k not in TELEMETRY_FIELDS}
+                store.write_unit([record])
+    store.write_run(
+        {
+            "config": {
+                "suites": list(suites),
+                "methods": list(methods),
+                "model": model,
+                "dtype": "float32",
+                "device": "cuda" if gpu else "cpu",
+                "temperature": temperature,
+            },
+            "config_hash": "synthetic",
+            "git": {"commit": commit, "dirty": False},
+            "versions": {"torch": "2.13.0", "transformers": "5.24.0"},
+            "hardware": {"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
+            "methods": {
+                m: {"name": METHODS[m][0], "lossless": METHODS[m][1], "hash": "abcdef12"} for m in methods
+            },
+            "started": started,
+            "finished": started,
+            "status": "complete",
+        }
+    )
+    store.close()
+    return directory

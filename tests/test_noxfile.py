@@ -1,0 +1,55 @@
+"""The nox sessions: all declared, GPU benchmarks skip cleanly without CUDA, `--out` passes through."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SESSIONS = ["tests", "lint", "bench-tiny", "bench-1.7b", "bench-4b", "bench-8b", "report", "compare"]
+
+
+def nox(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nox", "--noxfile", str(REPO / "noxfile.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_every_session_is_declared_and_only_lint_and_tests_run_by_default():
+    listing = nox("--list").stdout
+    assert [line[2:] for line in listing.splitlines() if line[:2] in ("* ", "- ")] == SESSIONS
+    assert {line[2:] for line in listing.splitlines() if line.startswith("* ")} == {"tests", "lint"}
+
+
+@pytest.mark.skipif(
+    shutil.which("nvidia-smi") is not None, reason="this machine has a GPU: the session would run"
+)
+@pytest.mark.skipif(
+    shutil.which("python3.11") is None, reason="the bench sessions' pinned Python 3.11 is not on PATH"
+)
+def test_gpu_benchmark_skips_without_cuda():
+    done = nox("-s", "bench-8b")
+    assert done.returncode == 0
+    assert "Session bench-8b skipped: bench-8b needs a CUDA device" in done.stderr
+
+
+def test_out_is_taken_from_the_passthrough_arguments():
+    sys.path.insert(0, str(REPO))
+    try:
+        import noxfile
+    finally:
+        sys.path.remove(str(REPO))
+    assert noxfile.split_out(["--limit", "2", "--out", "x", "--resume"], "d") == (
+        "x",
+        ["--limit", "2", "--resume"],
+    )
+    assert noxfile.split_out(["--out=y"], "d") == ("y", [])
+    assert noxfile.split_out([], "d") == ("d", [])

@@ -1,0 +1,186 @@
+"""`verify` end to end on a constructed run directory: a lossless method passes at T = 0 and T = 1, a lossy
+one fails with its accuracy difference stated, and the exit status follows the lossless methods only."""
+
+import json
+
+import pytest
+import torch
+
+from harness.calibrate import decoder, micro_model
+from harness.store import write_json
+from harness.suite_config import read_suite_file
+from harness.suites import suite_files_dir
+from harness.verify import VERDICTS, verify_main
+from orthrus_core.checkpoint import save_model
+
+SUITE = "tiny-math"
+MAX_NEW = 24
+ITEMS = 6
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model")
+    save_model(micro_model(), directory)
+    return directory
+
+
+def prompts():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(4, 300, (8,), generator=g).tolist() for _ in range(ITEMS)]
+
+
+def records_of(label, generate, temperature, samples, correct, *, lossless=True):
+    out = []
+    for k, prompt in enumerate(prompts()):
+        for s in range(samples):
+            r = generate(
+                prompt,
+                MAX_NEW,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                seed=1000 * s + k,
+                stop_token_ids=[3],
+            )
+            out.append(
+                {
+                    "suite": SUITE,
+                    "item_id": f"{SUITE}/{k}",
+                    "method": label,
+                    "method_name": label.split(":")[0],
+                    "lossless": lossless,
+                    "sample": s,
+                    "turn": 0,
+                    "turns": 1,
+                    "status": "ok",
+                    "error": None,
+                    "temperature": temperature,
+                    "prompt_ids": prompt,
+                    "output_ids": r.tokens,
+                    "stop_reason": r.stop_reason,
+                    "accepted": r.accepted,
+                    "new_tokens": len(r.tokens),
+                    "score_correct": correct(k, s),
+                }
+            )
+    return out
+
+
+def corrupt(generate):
+    """A lossy decoder: AR's output with every fifth token replaced by a token the model finds unlikely."""
+
+    def lossy(prompt, max_new, **kw):
+        r = generate(prompt, max_new, **kw)
+        r.tokens = [(t + 7) % 300 + 4 if i % 5 == 4 else t for i, t in enumerate(r.tokens)]
+        return r
+
+    return lossy
+
+
+def write_run(directory, model_dir, records):
+    directory.mkdir()
+    with open(directory / "records.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    raw = read_suite_file(suite_files_dir() / f"{SUITE}.toml")
+    write_json(
+        directory / "run.json",
+        {
+            "config": {
+                "dtype": "float32",
+                "temperature": None,
+                "top_k": None,
+                "top_p": None,
+                "max_new_tokens": MAX_NEW,
+            },
+            "models": [{"role": "target", "path": str(model_dir)}],
+            "suites": {SUITE: {"config": raw}},
+            "methods": {},
+        },
+    )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, model_dir):
+    model = micro_model()
+    ar, orthrus = decoder(model, "ar", None), decoder(model, "orthrus", 4)
+    ar_correct = lambda k, s: k < 4  # noqa: E731
+    records = []
+    for temperature, samples in ((0.0, 1), (1.0, 8)):
+        records += records_of("ar", ar, temperature, samples, ar_correct)
+        records += records_of("orthrus", orthrus, temperature, samples, ar_correct)
+        records += records_of(
+            "diffusion", corrupt(ar), temperature, samples, lambda k, s: k < 1, lossless=False
+        )
+    return write_run(tmp_path_factory.mktemp("runs") / "run", model_dir, records)
+
+
+def by_key(result):
+    return {(v["method"], v["temperature"]): v for v in result["verdicts"]}
+
+
+def test_verify_writes_verdicts_and_explains_the_lossy_failure(run_dir, capsys):
+    assert verify_main(run_dir, decoders=False) == 0  # the lossy method's failure is expected
+    result = json.loads((run_dir / VERDICTS).read_text())
+    verdicts = by_key(result)
+    assert set(verdicts) == {("orthrus", 0.0), ("orthrus", 1.0), ("diffusion", 0.0), ("diffusion", 1.0)}
+
+    greedy = verdicts["orthrus", 0.0]
+    assert greedy["verdict"] == "PASS" and greedy["greedy"]["identical"] == ITEMS
+    assert greedy["accuracy"]["test"] == "exact McNemar" and greedy["accuracy"]["discordant"] == [0, 0]
+
+    sampling = verdicts["orthrus", 1.0]
+    assert sampling["verdict"] == "PASS" and sampling["sampling"]["tokens"] > 500
+    names = {t["name"] for t in sampling["sampling"]["tests"]}
+    assert {"T1 PIT KS", "T1 PIT CvM", "T3 surprisal z", "T4 log-prob KS", "T4 length permutation"} <= names
+    assert all(t["n"] > 0 for t in sampling["sampling"]["tests"])
+    assert 0 < sampling["sampling"]["min_detectable_tv"] < 1
+
+    lossy = verdicts["diffusion", 0.0]
+    assert lossy["verdict"] == "FAIL" and lossy["greedy"]["algorithmic_events"] >= 1
+    assert lossy["greedy"]["first_divergences"][0]["index"] == 4
+    assert lossy["accuracy"]["difference"] == pytest.approx(-0.5)
+    assert "difference -50.0 points" in lossy["summary"] and "not a lossless decoder" in lossy["summary"]
+    assert verdicts["diffusion", 1.0]["verdict"] == "FAIL"
+
+    printed = capsys.readouterr().out
+    assert "diffusion (lossy)" in printed and "FAILS" in printed and "-50.0 points" in printed
+
+
+def test_a_failing_lossless_method_sets_the_exit_status(tmp_path, model_dir):
+    ar = decoder(micro_model(), "ar", None)
+    records = records_of("ar", ar, 0.0, 1, lambda k, s: True)
+    records += records_of("broken", corrupt(ar), 0.0, 1, lambda k, s: True)
+    run = write_run(tmp_path / "run", model_dir, records)
+    assert verify_main(run, decoders=False, tie_paths=1) == 1
+
+
+def test_decoders_resynchronise_and_run_t2(run_dir, model_dir, tmp_path):
+    """With decoders, greedy divergences are counted after re-syncs and T2 joins the sampling family."""
+    model = micro_model()
+    factory = {"orthrus": decoder(model, "orthrus", 4), "diffusion": corrupt(decoder(model, "ar", None))}.get
+    out = tmp_path / "verdicts.json"
+    verify_main(run_dir, out, decoder_factory=factory, t2_samples=150, t2_depth=2, tie_paths=1)
+    verdicts = by_key(json.loads(out.read_text()))
+    lossy = verdicts["diffusion", 0.0]["greedy"]
+    assert lossy["resynced"] and lossy["algorithmic_events"] > lossy["algorithmic_prompts"]
+    names = [t["name"] for t in verdicts["orthrus", 1.0]["sampling"]["tests"]]
+    assert "T2 G-test position 0" in names
+    assert verdicts["orthrus", 1.0]["verdict"] == "PASS"
+
+
+def test_command_line_arguments(run_dir, tmp_path):
+    import argparse
+
+    from harness.verify import add_verify_args, cmd_verify
+
+    parser = argparse.ArgumentParser()
+    add_verify_args(parser)
+    out = tmp_path / "v.json"
+    args = parser.parse_args(
+        [str(run_dir), "--no-decoders", "--out", str(out), "--alpha", "0.05", "--tie-paths", "1"]
+    )
+    assert cmd_verify(args) == 0
+    assert json.loads(out.read_text())["alpha"] == 0.05
