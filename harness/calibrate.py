@@ -31,6 +31,7 @@ from scipy import stats
 
 import orthrus_core.decoding as decoding
 import orthrus_core.sampling as sampling
+import orthrus_core.speculative as speculative
 from orthrus_core.sampling import SamplingParams
 
 from .verify import (
@@ -128,10 +129,10 @@ def mutants(model, block_size: int | None) -> dict[str, GenerateFn]:
             orthrus, sampling, "residual_distribution", lambda p, q: p
         ),
         "acceptance off by one position (p_{i+1})": with_patch(
-            orthrus, decoding, "speculative_accept", speculative_accept_variant(position_shift=1)
+            orthrus, speculative, "speculative_accept", speculative_accept_variant(position_shift=1)
         ),
         "acceptance min(1, 1.1 p/q)": with_patch(
-            orthrus, decoding, "speculative_accept", speculative_accept_variant(ratio_scale=1.1)
+            orthrus, speculative, "speculative_accept", speculative_accept_variant(ratio_scale=1.1)
         ),
     }
 
