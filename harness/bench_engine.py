@@ -21,10 +21,10 @@ import time
 from functools import partial
 
 import torch
-from rich.console import Console
 from rich.table import Table
 from transformers import Qwen3Config
 
+from harness.console import console as make_console
 from orthrus_core.decoding import default_stop_ids, generate_ar, generate_orthrus
 from orthrus_core.model import OrthrusForCausalLM, causal_mask
 
@@ -258,7 +258,7 @@ def bench_engine(
     if contexts is None:
         contexts = [1024, 4096, 16384, 32768, 40000] if device.type == "cuda" else [64, 256, 1024]
     contexts = [c for c in contexts if c + max(block_sizes) <= model.config.max_position_embeddings]
-    console = Console()
+    console = make_console()
     console.print(f"[bold]bench-engine[/]: {label}, {str(dtype).removeprefix('torch.')}, on {machine()}")
     bandwidth = copy_bandwidth(device)
     floor = weight_bytes(model) / bandwidth

@@ -63,8 +63,9 @@ def bench_overhead(
 
 
 def print_overhead(results: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import console
 
     t = Table(title="instrumentation overhead (telemetry on vs off, same prompts, interleaved)")
     for name in ("decoder", "prompts × repeats", "off (s)", "on (s)", "overhead", "95% CI"):
@@ -79,4 +80,4 @@ def print_overhead(results: list[dict]) -> None:
             f"{100 * r['overhead']:+.2f}%",
             f"[{100 * lo:+.2f}%, {100 * hi:+.2f}%]",
         )
-    Console().print(t)
+    console().print(t)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 import traceback
 from collections import defaultdict
@@ -441,7 +440,8 @@ def summarize(records: list[dict]):
                 "method": method,
                 "generations": len(g),
                 "errors": errors.get(method, 0),
-                "tau": 1 + sum(accepted) / len(accepted) if accepted else None,
+                # tau counts drafts a verifier accepted; a lossy decoder commits its drafts unverified
+                "tau": 1 + sum(accepted) / len(accepted) if accepted and g.lossless.all() else None,
                 "tpf": g.new_tokens.sum() / forwards if forwards else None,
                 "tokens_per_s": tps[method],
                 "speedup_vs_ar": tps[method] / tps["ar"] if "ar" in tps else None,
@@ -454,8 +454,9 @@ def summarize(records: list[dict]):
 
 
 def print_summary(table, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import console
 
     t = Table(title=title)
     columns = [
@@ -478,4 +479,4 @@ def print_summary(table, title: str) -> None:
             v = row.get(key)
             cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
         t.add_row(*cells)
-    Console(width=None if sys.stdout.isatty() else 160).print(t)
+    console().print(t)

@@ -585,10 +585,11 @@ def plain_summary(entry: dict) -> str:
 
 
 def print_verdicts(result: dict, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from .console import console as make_console
+
+    console = console or make_console()
     table = Table(title=f"verify {result['run']} (alpha {result['alpha']}, reference {result['reference']})")
     for column in ("method", "suite", "T", "mode", "N", "verdict", "evidence", "min TV", "Δ accuracy"):
         table.add_column(column, justify="left" if column in ("method", "suite", "evidence") else "right")
