@@ -165,6 +165,7 @@ def cmd_run(args) -> int:
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit if args.limit is not None else (DEFAULT_LIMIT if embedded else None),
+        ids=args.ids,
         samples=args.samples,
         seed=args.seed,
         warmup=args.warmup,
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--limit", type=int, help="first N items of each suite")
+    p.add_argument("--ids", type=parse_list, help="comma-separated dataset ids to keep (one suite)")
     p.add_argument("--samples", type=int, default=1, help="generations per item and method")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up generations per method")

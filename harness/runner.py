@@ -53,6 +53,7 @@ class RunSpec:
     top_p: float | None = None
     max_new_tokens: int | None = None
     limit: int | None = None
+    ids: list[str] | None = None  # dataset ids to keep (with or without the "<suite>/" prefix)
     samples: int = 1  # generations per item and method (> 1 for sampling-based verdicts)
     seed: int = 0
     warmup: int = 2
@@ -111,7 +112,7 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
         raise RunError("give at least one suite and one method")
     if len(set(spec.methods)) != len(spec.methods):
         raise RunError(f"a method is listed twice in {spec.methods}")
-    suites = [load_suite(name, spec.data_dir, limit=spec.limit) for name in spec.suites]
+    suites = [load_suite(name, spec.data_dir, limit=spec.limit, ids=spec.ids) for name in spec.suites]
     directory = resolve(spec.model) if spec.model else default_model()
     model = load_model(directory, dtype=DTYPES[spec.dtype], device=spec.device)
     tokenizer = load_tokenizer(directory)

@@ -64,6 +64,7 @@ class HFDecoder(Decoder):
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             min_new_tokens=0,
+            use_cache=True,  # explicit: the Orthrus checkpoints' config says use_cache false
             eos_token_id=stop or None,
             pad_token_id=stop[0] if stop else 0,
             **(sampling if not params.greedy else dict(do_sample=False)),
