@@ -43,24 +43,14 @@ class HFDecoder(Decoder):
         self.hf_model = hf_model
 
     @torch.inference_mode()
-    def generate(
-        self,
-        prompt_ids,
-        max_new_tokens,
-        *,
-        temperature=0.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_token_ids=None,
-        on_tokens=None,
-    ):
+    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
         model = self.target.model
-        params, _ = self.sampling(temperature, top_k, top_p, seed)  # validates the same way as every method
         device = model.lm_head.weight.device
         prompt = check_prompt(prompt_ids, max_new_tokens, device)
         stop = list(default_stop_ids(model) if stop_token_ids is None else stop_token_ids)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        sampling = dict(
+            do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p
+        )
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             min_new_tokens=0,
@@ -69,8 +59,8 @@ class HFDecoder(Decoder):
             pad_token_id=stop[0] if stop else 0,
             **(sampling if not params.greedy else dict(do_sample=False)),
         )
-        if seed is not None:
-            torch.manual_seed(seed)  # transformers samples from the global generator
+        if generator is not None:
+            torch.manual_seed(generator.initial_seed())  # transformers samples from the global generator
         clock = Clock(device)
         timer = _Timer(clock, on_tokens)
         t0 = clock()

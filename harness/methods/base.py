@@ -33,7 +33,6 @@ class Decoder(ABC):
         self.target, self.label, self.config = target, label, config
         self.checkpoints = {"target": target.path, **(checkpoints or {})}
 
-    @abstractmethod
     def generate(
         self,
         prompt_ids: Iterable[int],
@@ -47,6 +46,20 @@ class Decoder(ABC):
         on_tokens: StreamCallback | None = None,
     ) -> GenerationResult:
         """Generate after prompt_ids; stop tokens default to the target's eos_token_id."""
+        params, generator = self.sampling(temperature, top_k, top_p, seed)
+        return self.decode(prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens)
+
+    @abstractmethod
+    def decode(
+        self,
+        prompt_ids: Iterable[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        stop_token_ids: Iterable[int] | None,
+        on_tokens: StreamCallback | None,
+    ) -> GenerationResult:
+        """The method itself, with the sampling settings validated and the seeded generator made."""
 
     def sampling(self, temperature, top_k, top_p, seed) -> tuple[SamplingParams, torch.Generator | None]:
         params = SamplingParams(temperature, top_k, top_p)

@@ -22,19 +22,7 @@ class DFlashDecoder(Decoder):
         super().__init__(target, label, config, checkpoints)
         self.draft = draft
 
-    def generate(
-        self,
-        prompt_ids,
-        max_new_tokens,
-        *,
-        temperature=0.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_token_ids=None,
-        on_tokens=None,
-    ):
-        params, generator = self.sampling(temperature, top_k, top_p, seed)
+    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
         drafter = DFlashDrafter(self.draft, self.target.model, self.config["block_size"])
         return generate_speculative(
             self.target.model,

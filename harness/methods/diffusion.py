@@ -28,19 +28,8 @@ class BlockDiffusionDecoder(Decoder):
         super().__init__(target, label, config)
         self.lm = lm
 
-    def generate(
-        self,
-        prompt_ids,
-        max_new_tokens,
-        *,
-        temperature=0.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_token_ids=None,
-        on_tokens=None,
-    ):
-        if temperature != 0:
+    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
+        if not params.greedy:
             raise ValueError("the diffusion method decodes greedily only (temperature 0)")
         c = self.config
         return generate_block_diffusion(

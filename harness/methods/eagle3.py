@@ -32,19 +32,7 @@ class Eagle3Decoder(Decoder):
             return Eagle3Drafter.chain(self.head, model, c["depth"])
         return Eagle3Drafter(self.head, model, c["top_k"], c["depth"], c["total_tokens"])
 
-    def generate(
-        self,
-        prompt_ids,
-        max_new_tokens,
-        *,
-        temperature=0.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_token_ids=None,
-        on_tokens=None,
-    ):
-        params, generator = self.sampling(temperature, top_k, top_p, seed)
+    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
         return generate_speculative(
             self.target.model,
             self.drafter(),

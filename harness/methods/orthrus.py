@@ -12,19 +12,7 @@ OPTIONS = {"block_size": (int, None)}  # None: the checkpoint's block_size
 class OrthrusDecoder(Decoder):
     name = "orthrus"
 
-    def generate(
-        self,
-        prompt_ids,
-        max_new_tokens,
-        *,
-        temperature=0.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_token_ids=None,
-        on_tokens=None,
-    ):
-        params, generator = self.sampling(temperature, top_k, top_p, seed)
+    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
         return generate_orthrus(
             self.target.model,
             prompt_ids,

@@ -13,19 +13,7 @@ OPTIONS = {"max_ngram": (int, 3), "num_draft_tokens": (int, 10)}
 class PromptLookupDecoder(Decoder):
     name = "pld"
 
-    def generate(
-        self,
-        prompt_ids,
-        max_new_tokens,
-        *,
-        temperature=0.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_token_ids=None,
-        on_tokens=None,
-    ):
-        params, generator = self.sampling(temperature, top_k, top_p, seed)
+    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
         drafter = PromptLookupDrafter(self.config["max_ngram"], self.config["num_draft_tokens"])
         return generate_speculative(
             self.target.model,
