@@ -199,6 +199,19 @@ def forward_costs(model, contexts, K, repeats, device):
     return rows
 
 
+def suite_prompts(model_path, count: int) -> list[list[int]] | None:
+    """The first prompts of the tiny-math suite in the checkpoint's chat template, or None without a tokenizer."""
+    from orthrus_core.tokenizer import load_tokenizer
+
+    from .suites import load_suite
+
+    tokenizer = load_tokenizer(model_path)
+    if tokenizer is None:
+        return None
+    suite = load_suite("tiny-math", limit=count)
+    return [suite.render(tokenizer, item, []) for item in suite.items(tokenizer)]
+
+
 def end_to_end(model, prompts, new_tokens: int, K: int) -> dict:
     """Greedy over the prompts (the model's own stop tokens), per decoder: tokens/s, whether every output
     equals AR's, and tau. Decoders: `ar` and `orthrus` (this project's) and `orthrus-dynamic-cache`."""
@@ -288,6 +301,8 @@ def bench_engine(
         console.print(table)
 
     if prompts is None:
+        prompts = suite_prompts(model_path, 8) if model_path else None
+    if prompts is None:  # random weights or no tokenizer: random prompts (acceptance is then meaningless)
         g = torch.Generator().manual_seed(1)
         prompts = [
             torch.randint(0, model.config.vocab_size - 1, (32,), generator=g).tolist() for _ in range(4)
