@@ -178,6 +178,8 @@ def write_model_card(directory: Path, model, log: dict, figures: list[SuiteFigur
     n_diff = sum(p.numel() for n, p in model.named_parameters() if "_diff" in n)
     n_base = sum(p.numel() for n, p in model.named_parameters() if "_diff" not in n)
     sizes = {"gsm8k": r["gsm8k_train"], "math": r["math_train"], "mbpp": r["mbpp_train"] or "all 374"}
+    if not log.get("real_data", True):  # trained without a data folder: generated text only
+        sizes = dict.fromkeys(sizes, 0)
     text = MODEL_CARD.format(
         params_m=n_base / 1e6,
         diff_m=n_diff / 1e6,
@@ -219,20 +221,7 @@ def save_family(out_dir: Path, model, tokenizer, log: dict, *, evaluate_limit: i
     shutil.rmtree(staging, ignore_errors=True)
     save_model(model, staging, dtype=torch.bfloat16)
     tokenizer.save_pretrained(staging)
-    (staging / "training_log.json").write_text(
-        json.dumps(
-            {k: v for k, v in log.items() if k not in ("base", "diffusion")}
-            | {
-                stage: {
-                    "steps": log[stage]["steps"],
-                    "wall_s": log[stage]["wall_s"],
-                    "losses": log[stage]["losses"],
-                }
-                for stage in ("base", "diffusion")
-            }
-        )
-        + "\n"
-    )
+    (staging / "training_log.json").write_text(json.dumps(log) + "\n")
     plot_losses(log, staging / "loss.png")
     t0 = time.perf_counter()
     figures = evaluate(staging, limit=evaluate_limit)

@@ -402,6 +402,7 @@ def train_tiny(
     log = {
         "recipe": asdict(recipe),
         "corpus_tokens": len(stream),
+        "real_data": data_dir is not None,
         "corpus_s": corpus_s,
         "base": base_log,
         "diffusion": diff_log,
