@@ -261,16 +261,12 @@ def calibration_prompts(model, tokenizer, n: int, seed: int) -> list[list[int]]:
             for _ in range(n)]  # fmt: skip
 
 
-def micro_model(seed: int = 0, std: float = 0.25, draft_noise: float = 0.05):
-    """A one-layer random Qwen3-shaped Orthrus model whose diffusion view is its AR view plus noise, so that
-    drafts are accepted often but not always (the near-AR model of tests/test_sampling.py)."""
+def micro_config(**overrides):
+    """The random micro Orthrus shape of the calibration and of the tests: vocabulary 320, hidden 64, one layer."""
     from transformers import Qwen3Config
 
-    from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
-
-    vocab = 320
-    config = Qwen3Config(
-        vocab_size=vocab,
+    fields = dict(
+        vocab_size=320,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=1,
@@ -282,9 +278,18 @@ def micro_model(seed: int = 0, std: float = 0.25, draft_noise: float = 0.05):
         tie_word_embeddings=True,
         eos_token_id=3,
         block_size=8,
-        mask_token_id=vocab - 1,
+        mask_token_id=319,
         architectures=["OrthrusLM"],
     )
+    return Qwen3Config(**{**fields, **overrides})
+
+
+def micro_model(seed: int = 0, std: float = 0.25, draft_noise: float = 0.05):
+    """A one-layer random Qwen3-shaped Orthrus model whose diffusion view is its AR view plus noise, so that
+    drafts are accepted often but not always (the near-AR model of tests/test_sampling.py)."""
+    from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
+
+    config = micro_config()
     # std 0.25 (not Qwen3's 0.02) so that next-token distributions have a few nats of entropy.
     model = init_weights(OrthrusForCausalLM(config), std=std, seed=seed).eval()
     copy_ar_to_diffusion(model)

@@ -12,6 +12,7 @@ perf_counter; per-forward times come from CUDA events (perf_counter on CPU); tel
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -379,7 +380,7 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
     with open(staged, "w") as f:
         for d in shard_dirs:
             for record in read_records(d):
-                f.write(_dumps(record) + "\n")
+                f.write(json.dumps(record, allow_nan=True) + "\n")
     merged = {
         **runs[0],
         "shard": [0, 1],
@@ -390,12 +391,6 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
     staged.replace(out / RECORDS)
     write_json(out / "run.json", merged)
     return out
-
-
-def _dumps(record: dict) -> str:
-    import json
-
-    return json.dumps(record, allow_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------- summary

@@ -11,31 +11,16 @@ import pytest
 import torch
 from transformers import Qwen3Config
 
+from harness.calibrate import micro_config
 from orthrus_core.model import OrthrusForCausalLM, init_weights
 
-VOCAB = 320
-MASK_ID = VOCAB - 1
+VOCAB = micro_config().vocab_size
+MASK_ID = micro_config().mask_token_id
 
 
 def tiny_config(**overrides) -> Qwen3Config:
-    fields = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        eos_token_id=3,
-        block_size=8,
-        mask_token_id=MASK_ID,
-        architectures=["OrthrusLM"],
-    )
-    fields.update(overrides)
-    return Qwen3Config(**fields)
+    """The calibration's micro shape with two layers."""
+    return micro_config(**{"num_hidden_layers": 2, **overrides})
 
 
 def random_model(seed: int = 0, **overrides) -> OrthrusForCausalLM:
