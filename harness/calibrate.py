@@ -9,6 +9,10 @@ of `prompts` prompts × `max_new_tokens` tokens per decoder, and T2 at verify's 
 * Lossless: the correct Orthrus decoder against AR; the same requirement.
 * Power: the Orthrus sampling decoder with one planted bug each (`mutants`); rejection rate >= 0.8.
 
+Every arm also records the T3 surprisal z of each replicate. Its mean is the drift a bug causes at this run
+size; since z grows as the square root of the tokens, it gives the tokens T3 alone would need for power 0.8
+(`Arm.tokens_for_power`), which says how far out of reach a missed mutant is.
+
 Bugs are planted without touching orthrus_core: a wrong setting passed to the decoder, or an acceptance rule
 patched in for the duration of one generation (as tests/test_sampling.py does for the residual bug).
 """
@@ -16,7 +20,6 @@ patched in for the duration of one generation (as tests/test_sampling.py does fo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
 from scipy import stats
 
@@ -34,6 +38,7 @@ import orthrus_core.sampling as sampling
 import orthrus_core.speculative as speculative
 from orthrus_core.sampling import SamplingParams
 
+from .store import json_safe, write_json
 from .verify import (
     DEFAULT_ALPHA,
     DEFAULT_T2_DEPTH,
@@ -47,6 +52,7 @@ from .verify import (
 )
 
 POWER_TARGET = 0.8
+ARM_KINDS = ("aa", "lossless", "mutants")
 # The sampling setting every replicate uses: plain temperature-1 sampling, no truncation.
 PARAMS = SamplingParams(1.0)
 
@@ -54,14 +60,18 @@ PARAMS = SamplingParams(1.0)
 @dataclass
 class CalibrationConfig:
     replicates: int = 200  # A/A replicates
-    power_replicates: int = 20  # replicates per mutant, and for the correct Orthrus decoder
-    prompts: int = 32  # prompts per synthetic run (each decoder): about 7k tokens with the micro model
+    lossless_replicates: int = 100  # replicates of the correct Orthrus decoder
+    power_replicates: int = 20  # replicates per mutant
+    # Prompts per synthetic run (each decoder); None: 32 random prompts for the micro model (~8k tokens), 200
+    # tiny-suite prompts for a model with a tokenizer (~9k tokens from the tiny family).
+    prompts: int | None = None
     max_new_tokens: int = 384
     t2_samples: int = DEFAULT_T2_SAMPLES
     t2_depth: int = DEFAULT_T2_DEPTH
     block_size: int | None = None  # None: the model's
     alpha: float = DEFAULT_ALPHA
     seed: int = 0
+    arms: tuple[str, ...] = ARM_KINDS
 
 
 # ------------------------------------------------------------------------------------------------ decoders
@@ -145,28 +155,30 @@ def ar_samples(
     model, prompt: list[int], rows: int, max_new_tokens: int, params: SamplingParams, stop_ids, generator
 ) -> list[list[int]]:
     """`rows` independent AR generations of one prompt at once: a batch of identical prompts, one forward per
-    position for all rows, each token drawn from `params.probs` of the row's logits (argmax when greedy), each
-    row cut after its first stop token. The same draws as generate_ar's, without its per-token overhead,
-    which is what makes hundreds of A/A replicates affordable on a CPU."""
-    ids = torch.tensor(prompt)[None].expand(rows, -1)
-    cache = model.new_cache(len(prompt) + max_new_tokens, batch_size=rows)
-    logits = model(ids, 0, cache)[:, -1]
-    out = torch.empty(rows, max_new_tokens, dtype=torch.long)
+    position for the rows still running, each token drawn from `params.probs` of the row's logits (argmax when
+    greedy), each row ending with its first stop token. The same draws as generate_ar's, without its
+    per-token overhead, which is what makes hundreds of A/A replicates affordable on a CPU. Finished rows
+    leave the batch (and the cache), since a few long samples would otherwise keep every row running."""
+    cache = model.new_cache(len(prompt) + max_new_tokens, batch_size=1)
+    logits = model(torch.tensor([prompt]), 0, cache)[:, -1].expand(rows, -1)
+    cache.k, cache.v = (
+        cache.k.expand(-1, rows, -1, -1, -1).clone(),
+        cache.v.expand(-1, rows, -1, -1, -1).clone(),
+    )
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
-    stopped = torch.zeros(rows, dtype=torch.bool)
-    steps = 0
+    samples: list[list[int]] = [[] for _ in range(rows)]
+    running = torch.arange(rows)
     for t in range(max_new_tokens):
         token = logits.argmax(-1) if params.greedy else sampling.sample(params.probs(logits), generator)
-        out[:, t] = token
-        steps = t + 1
-        stopped |= torch.isin(token, stop)
-        if bool(stopped.all()) or steps == max_new_tokens:
+        for row, x in zip(running.tolist(), token.tolist(), strict=True):
+            samples[row].append(x)
+        going = ~torch.isin(token, stop)
+        if not bool(going.any()) or t + 1 == max_new_tokens:
             break
+        if not bool(going.all()):
+            running, token = running[going], token[going]
+            cache.k, cache.v = cache.k[:, going], cache.v[:, going]
         logits = model(token[:, None], len(prompt) + t, cache)[:, -1]
-    samples = []
-    for row in out[:, :steps].tolist():
-        end = next((i + 1 for i, x in enumerate(row) if x in stop_ids), len(row))
-        samples.append(row[:end])
     return samples
 
 
@@ -195,11 +207,13 @@ def verdict_of(records, draws, reference_records, reference, t2_context, config,
     family, rejected = sampling_family(
         reference, records, reference_records, PARAMS, alpha=config.alpha, seed=seed, t2=t2
     )
+    surprisal = next(t for t in family if t.name == "T3 surprisal z")
     return {
         "reject": rejected,
         "tokens": sum(len(r["output_ids"]) for r in records),
         "rejected_by": [t.name for t in family if t.reject],
         "tests": len(family),
+        "t3_z": surprisal.statistic,
     }
 
 
@@ -212,12 +226,14 @@ class Arm:
     tokens: int = 0
     tests: int = 0
     rejected_by: dict[str, int] = field(default_factory=dict)
+    t3_z: list[float] = field(default_factory=list)
 
     def add(self, outcome: dict) -> None:
         self.replicates += 1
         self.rejections += outcome["reject"]
         self.tokens += outcome["tokens"]
         self.tests = max(self.tests, outcome["tests"])
+        self.t3_z.append(outcome["t3_z"])
         for name in outcome["rejected_by"]:
             self.rejected_by[name] = self.rejected_by.get(name, 0) + 1
 
@@ -229,6 +245,29 @@ class Arm:
     def ci95(self) -> tuple[float, float]:
         ci = stats.binomtest(self.rejections, self.replicates).proportion_ci(0.95, method="exact")
         return float(ci.low), float(ci.high)
+
+    @property
+    def t3_drift(self) -> tuple[float, float]:
+        """Mean T3 z over the replicates and its standard error."""
+        z = np.asarray(self.t3_z, dtype=float)
+        z = z[np.isfinite(z)]
+        if len(z) < 2:
+            return (float(z.mean()) if len(z) else math.nan), math.nan
+        return float(z.mean()), float(z.std(ddof=1) / math.sqrt(len(z)))
+
+    def tokens_for_power(self, alpha: float) -> float:
+        """The tokens per replicate at which T3 alone rejects with probability 0.8 at level alpha / tests
+        (Bonferroni, a bound on Holm's first step), if the drift per token stays what was measured: z
+        grows as sqrt(tokens). Infinite when no drift was seen (|mean z| within two standard errors)."""
+        mean, se = self.t3_drift
+        if (
+            not self.replicates
+            or not math.isfinite(mean)
+            or abs(mean) <= 2 * (se if math.isfinite(se) else 0)
+        ):
+            return math.inf
+        needed = stats.norm.isf(alpha / (2 * max(self.tests, 1))) + stats.norm.ppf(POWER_TARGET)
+        return self.tokens / self.replicates * (needed / abs(mean)) ** 2
 
     def met(self, alpha: float) -> bool:
         if self.requirement.startswith("<="):
@@ -242,16 +281,19 @@ class Arm:
             "ci95": self.ci95,
             "met": self.met(alpha),
             "tokens_per_replicate": self.tokens / max(self.replicates, 1),
+            "t3_drift": self.t3_drift,
+            "t3_tokens_for_power": self.tokens_for_power(alpha),
         }
 
 
 def calibration_prompts(model, tokenizer, n: int, seed: int) -> list[list[int]]:
-    """Rendered tiny-suite prompts when the model has a tokenizer, else random token ids."""
+    """Rendered tiny-suite prompts when the model has a tokenizer, else random token ids. The suites come in
+    the order of their answers' length (math, code, chat), since the tests' power grows with the tokens."""
     if tokenizer is not None:
         from .suites import load_suite
 
         prompts = []
-        for name in ("tiny-chat", "tiny-math", "tiny-code"):
+        for name in ("tiny-math", "tiny-code", "tiny-chat"):
             suite = load_suite(name)
             prompts += [suite.render(tokenizer, item, []) for item in suite.items(tokenizer)[:n]]
         return prompts[:n] if len(prompts) >= n else prompts
@@ -312,17 +354,20 @@ def calibrate(
     """Run every arm. Replicate r of every arm is tested against the same AR reference records (row r of
     the batched AR samples); the A/A arm's own AR samples are further rows of the same batches."""
     reference = Reference(model)
-    arms: list[tuple[Arm, GenerateFn | None, int]] = [
+    # (arm, decoder or None for A/A, replicates); seeds and AR rows do not depend on which arms run, so an arm
+    # run alone gives the replicates it gives in a full calibration.
+    every: list[tuple[Arm, GenerateFn | None, int]] = [
         (Arm("A/A: AR vs AR (different seeds)", "<= alpha"), None, config.replicates),
         (
             Arm("lossless: Orthrus vs AR", "<= alpha"),
             decoder(model, "orthrus", config.block_size),
-            config.power_replicates,
+            config.lossless_replicates,
         ),
     ]
     for name, mutant in mutants(model, config.block_size).items():
-        arms.append((Arm(f"mutant: {name}", f">= {POWER_TARGET}"), mutant, config.power_replicates))
-    total = max(n for _, _, n in arms)
+        every.append((Arm(f"mutant: {name}", f">= {POWER_TARGET}"), mutant, config.power_replicates))
+    kinds = ["aa", "lossless"] + ["mutants"] * (len(every) - 2)
+    total = max(n for _, _, n in every)
     generator = torch.Generator().manual_seed(config.seed)
     rows = [
         ar_samples(
@@ -334,10 +379,13 @@ def calibrate(
     context = t2_context(
         reference, [{"prompt_ids": p, "output_ids": rows[i][-1]} for i, p in enumerate(prompts)], PARAMS
     )
-    for r in range(total):
+    arms = [(k, arm) for k, (arm, _, _) in enumerate(every) if kinds[k] in config.arms]
+    replicates = max(every[k][2] for k, _ in arms)
+    for r in range(replicates):
         reference_records = [{"prompt_ids": p, "output_ids": rows[i][r]} for i, p in enumerate(prompts)]
         seed = config.seed + 1_000_000 * (r + 1)
-        for k, (arm, generate, n) in enumerate(arms):
+        for k, arm in arms:
+            _, generate, n = every[k]
             if r >= n:
                 continue
             arm_seed = seed + 100_000 * (k + 1)
@@ -363,10 +411,10 @@ def calibrate(
             arm.add(verdict_of(records, draws, reference_records, reference, context, config, arm_seed))
         if progress:
             progress(
-                f"replicate {r + 1}/{total}: "
-                + ", ".join(f"{a.rejections}/{a.replicates}" for a, _, _ in arms)
+                f"replicate {r + 1}/{replicates}: "
+                + ", ".join(f"{a.rejections}/{a.replicates}" for _, a in arms)
             )
-    return [arm for arm, _, _ in arms]
+    return [arm for _, arm in arms]
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -384,22 +432,30 @@ def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str,
         f"Family: T1 KS+CvM, T2 per position, T3, T4 KS+AD+length, Holm at α = {alpha}. "
         f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}.",
         "",
-        "| arm | replicates | rejections | rate | exact 95% CI | requirement | met | mean tokens/replicate | rejected by (count) |",
-        "|---|---:|---:|---:|---|---|---|---:|---|",
+        "| arm | replicates | rejections | rate | exact 95% CI | requirement | met | mean tokens/replicate "
+        "| T3 mean z ± se | T3 tokens for power 0.8 | rejected by (count) |",
+        "|---|---:|---:|---:|---|---|---|---:|---:|---:|---|",
     ]
     for a in arms:
         lo, hi = a.ci95
         by = ", ".join(f"{k} {v}" for k, v in sorted(a.rejected_by.items(), key=lambda kv: -kv[1])) or "–"
+        mean_z, se_z = a.t3_drift
+        needed = a.tokens_for_power(alpha)
         lines.append(
             f"| {a.name} | {a.replicates} | {a.rejections} | {a.rate:.3f} | [{lo:.3f}, {hi:.3f}] | "
             f"rate {a.requirement.replace('alpha', str(alpha))} | {'yes' if a.met(alpha) else '**no**'} | "
-            f"{a.tokens / max(a.replicates, 1):.0f} | {by} |"
+            f"{a.tokens / max(a.replicates, 1):.0f} | {mean_z:+.2f} ± {se_z:.2f} | "
+            f"{'no drift seen' if math.isinf(needed) else f'{needed:,.0f}'} | {by} |"
         )
     lines += [
         "",
         "A/A and lossless arms meet the requirement when the CI reaches down to α (the rate is not "
         "significantly above α); mutant arms when the estimated power is at least 0.8. "
-        '"Rejected by" counts the replicates in which each test rejected after the Holm adjustment.',
+        '"Rejected by" counts the replicates in which each test rejected after the Holm adjustment. '
+        "T3 mean z is the drift a bug puts into the surprisal test at this run size (about 0 for an exact "
+        "sampler; its standard error is about 1/sqrt(replicates)); the tokens for power 0.8 extrapolate it "
+        "(z grows as sqrt(tokens)) to the run size at which T3 alone would catch the bug at α over the "
+        "family's size, Bonferroni. It is the measure of how far out of reach a missed mutant is.",
         "",
     ]
     data = {"config": asdict(config), "meta": meta, "arms": [a.to_dict(alpha) for a in arms]}
@@ -418,9 +474,26 @@ def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--replicates", type=int, default=defaults.replicates, help="A/A replicates")
     parser.add_argument(
+        "--lossless-replicates",
+        type=int,
+        default=defaults.lossless_replicates,
+        help="replicates of the correct Orthrus decoder",
+    )
+    parser.add_argument(
         "--power-replicates", type=int, default=defaults.power_replicates, help="replicates per mutant"
     )
-    parser.add_argument("--prompts", type=int, default=defaults.prompts)
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARM_KINDS,
+        default=list(ARM_KINDS),
+        help="which arms to run (default: all); each gives the replicates it gives in a full calibration",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        help="prompts per synthetic run (default: 200 tiny-suite prompts, or 32 random ones for the micro model)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--t2-samples", type=int, default=defaults.t2_samples)
     parser.add_argument("--t2-depth", type=int, default=defaults.t2_depth)
@@ -458,6 +531,8 @@ def calibrate_main(
         )
     if config.block_size is None:
         config.block_size = net.block_size
+    if config.prompts is None:
+        config.prompts = 32 if tokenizer is None else 200
     prompts = calibration_prompts(net, tokenizer, config.prompts, config.seed)
     stop_ids = default_stop_ids(net)
     t0 = time.perf_counter()
@@ -475,7 +550,7 @@ def calibrate_main(
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.with_suffix(".md").write_text(markdown)
-    out_path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    write_json(out_path.with_suffix(".json"), json_safe(data))
     if not quiet:
         print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1
@@ -486,7 +561,9 @@ def cmd_calibrate(args) -> int:
     torch.set_num_threads(1)
     config = CalibrationConfig(
         replicates=args.replicates,
+        lossless_replicates=args.lossless_replicates,
         power_replicates=args.power_replicates,
+        arms=tuple(args.arms),
         prompts=args.prompts,
         max_new_tokens=args.max_new_tokens,
         t2_samples=args.t2_samples,

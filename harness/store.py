@@ -10,6 +10,7 @@ already done, so none is run twice.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,6 +71,17 @@ class RunStore:
 
     def close(self) -> None:
         self._file.close()
+
+
+def json_safe(obj):
+    """JSON without NaN/inf (strict readers reject them): non-finite floats become None, or strings."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else str(obj)
+    return obj
 
 
 def write_json(path: Path, obj: dict) -> None:

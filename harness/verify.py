@@ -20,7 +20,6 @@ the method's decoder: pass `decoder_factory` (label -> generate function, as har
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections import defaultdict
 from collections.abc import Callable
@@ -698,7 +697,7 @@ def verify_main(
     decoder_factory: DecoderFactory | None = None,
 ) -> int:
     """Verify, print the table, write verdicts.json; exit status 1 when a lossless method fails, else 0."""
-    from .store import write_json
+    from .store import json_safe, write_json
 
     if decoder_factory is None and decoders:
         decoder_factory = registry_decoder_factory(run_dir, device)
@@ -715,7 +714,7 @@ def verify_main(
         seed=seed,
     )
     path = Path(out) if out else Path(run_dir) / VERDICTS
-    write_json(path, _finite(result))
+    write_json(path, json_safe(result))
     print_verdicts(result)
     print(f"wrote {path}", file=sys.stderr)
     return 1 if any(v["lossless"] and v["verdict"] == "FAIL" for v in result["verdicts"]) else 0
@@ -735,14 +734,3 @@ def cmd_verify(args) -> int:
         device=args.device,
         seed=args.seed,
     )
-
-
-def _finite(obj):
-    """JSON without NaN/inf (strict readers reject them): non-finite floats become None, or strings."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else str(obj)
-    return obj

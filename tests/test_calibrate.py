@@ -7,6 +7,7 @@ import torch
 
 import orthrus_core.sampling as sampling
 from harness.calibrate import (
+    Arm,
     CalibrationConfig,
     ar_samples,
     calibrate_main,
@@ -60,10 +61,10 @@ def test_batched_ar_samples_are_the_ar_decoder():
     assert cut == [greedy[: greedy.index(stop) + 1]] * 2
 
 
-def test_reduced_calibration(tmp_path):
-    """CI-sized: every arm runs; the A/A and lossless arms stay at alpha, the gross mutants are caught."""
-    config = CalibrationConfig(
+def reduced(**overrides) -> CalibrationConfig:
+    fields = dict(
         replicates=10,
+        lossless_replicates=3,
         power_replicates=1,
         prompts=6,
         max_new_tokens=64,
@@ -71,14 +72,20 @@ def test_reduced_calibration(tmp_path):
         t2_depth=2,
         block_size=4,
     )
+    return CalibrationConfig(**{**fields, **overrides})
+
+
+def test_reduced_calibration(tmp_path):
+    """CI-sized: every arm runs; the A/A and lossless arms stay at alpha, the gross mutants are caught."""
     out = tmp_path / "calibration"
-    calibrate_main(out=str(out), micro=True, config=config, quiet=True)
+    calibrate_main(out=str(out), micro=True, config=reduced(), quiet=True)
     data = json.loads(out.with_suffix(".json").read_text())
     arms = {a["name"]: a for a in data["arms"]}
     assert len(arms) == 7
     aa = arms["A/A: AR vs AR (different seeds)"]
     assert aa["replicates"] == 10 and aa["rejections"] <= 1 and aa["met"]
-    assert arms["lossless: Orthrus vs AR"]["rejections"] == 0
+    lossless = arms["lossless: Orthrus vs AR"]
+    assert lossless["replicates"] == 3 and lossless["rejections"] == 0
     topk = arms["mutant: top-k truncation (k=50 applied when off)"]
     assert topk["rejections"] == 1 and topk["met"]
     for arm in arms.values():
@@ -86,3 +93,28 @@ def test_reduced_calibration(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| A/A: AR vs AR (different seeds) | 10 |" in table
     assert "random micro model" in table
+
+
+def test_an_arm_run_alone_gives_its_replicates_in_the_full_calibration(tmp_path):
+    """--arms splits a calibration across processes: same AR references, same seeds, same outcomes."""
+    config = reduced(replicates=4, lossless_replicates=2, prompts=3, max_new_tokens=32, t2_samples=30)
+    calibrate_main(out=str(tmp_path / "all"), micro=True, config=config, quiet=True)
+    config.arms = ("lossless",)
+    calibrate_main(out=str(tmp_path / "one"), micro=True, config=config, quiet=True)
+    full = {a["name"]: a for a in json.loads((tmp_path / "all.json").read_text())["arms"]}
+    alone = json.loads((tmp_path / "one.json").read_text())["arms"]
+    assert [a["name"] for a in alone] == ["lossless: Orthrus vs AR"]
+    assert alone[0]["t3_z"] == full["lossless: Orthrus vs AR"]["t3_z"]
+    assert alone[0]["tokens"] == full["lossless: Orthrus vs AR"]["tokens"]
+
+
+def test_t3_drift_extrapolates_the_tokens_a_mutant_needs():
+    """z grows as sqrt(tokens): a drift of mean z 1 at 1000 tokens needs (z_crit + z_0.8)^2 x 1000 tokens,
+    z_crit at alpha / (2 x tests)."""
+    arm = Arm("mutant", ">= 0.8", replicates=4, tokens=4000, tests=10, t3_z=[0.9, 1.1, 1.0, 1.0])
+    needed = arm.tokens_for_power(0.01)
+    assert arm.t3_drift[0] == 1.0
+    assert abs(needed - 1000 * (3.2905 + 0.8416) ** 2) < 50
+    # No drift beyond two standard errors: nothing to extrapolate.
+    exact = Arm("lossless", "<= alpha", replicates=4, tokens=4000, tests=10, t3_z=[0.5, -0.7, 0.2, -0.1])
+    assert exact.tokens_for_power(0.01) == float("inf")
