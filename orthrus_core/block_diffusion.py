@@ -5,14 +5,18 @@ Per block of B positions (split into sub-blocks, left to right): run the denoise
 committed prefix, take the argmax and its probability at every masked position of the current sub-block,
 unmask every position whose probability exceeds `threshold` and always at least the most confident one; repeat
 until the sub-block is clean. A finished block is committed with one more forward that writes its exact K/V
-into the cache. Generation stops after the block that holds a stop token (the output ends at the stop token).
+into the cache. Generation stops as soon as a stop token is unmasked with nothing masked before it (the output
+ends at the stop token; that block is not committed), as Fast-dLLM v2's `generate` does.
 
-Two families, by how a block is laid out (`BlockDiffusionLM`):
-* shift (Orthrus' diffusion view, Fast-dLLM v2): block row i predicts position i + 1, so a block opens with a
-  known token. Orthrus: blocks start anywhere, at [last token, MASK x (B-1)]; the commit pass is the AR view,
-  whose last logit gives the next block's first token.
-* no shift (SDAR): row i predicts position i in place; blocks sit at multiples of B, the first one opening with
-  the prompt's tail; the commit pass uses the same block-bidirectional attention as denoising.
+Three layouts (`BlockDiffusionLM`):
+* Orthrus' diffusion view: block row i predicts position i + 1 (shift), so a block opens with a known token;
+  blocks start anywhere, at [last token, MASK x (B-1)]; the commit pass is the AR view, whose last logit gives
+  the next block's first token.
+* Fast-dLLM v2: shift too, but blocks sit at multiples of B (the first one opens with the prompt's tail, or
+  with the prefill's next token when the prompt fills whole blocks); denoising and commit passes see the prefix
+  and the whole block (block-causal), and the commit pass's last logit gives the next block's first token.
+* SDAR: row i predicts position i in place (no shift); blocks at multiples of B, the first one opening with
+  the prompt's tail; block-causal passes as Fast-dLLM v2's.
 
 Forwards: `draft_forwards` counts denoising passes, `ar_forwards` commit passes; `accepted` holds, per block,
 the tokens it produced minus one, so `tau` reads as tokens per commit and `tpf` as tokens per forward.
@@ -47,12 +51,25 @@ class BlockDiffusionLM:
     def sdar(cls, model: OrthrusForCausalLM, mask_token_id: int) -> BlockDiffusionLM:
         return cls(model, mask_token_id, diffusion_view=False, shift=False, aligned=True)
 
+    @classmethod
+    def fast_dllm_v2(cls, model: OrthrusForCausalLM, mask_token_id: int) -> BlockDiffusionLM:
+        return cls(model, mask_token_id, diffusion_view=False, shift=True, aligned=True)
+
     def denoise(self, block: torch.Tensor, start: int, cache) -> torch.Tensor:
         """block [1, B] at positions start.. -> logits [B, V] for the block's own positions (shift applied)."""
         logits = self._block_forward(block, start, cache, self.diffusion_view)[0]
         if self.shift:  # the row before a position predicts it; position 0 of a shifted block is always known
             logits = torch.cat([logits[:1], logits[:-1]])
         return logits
+
+    def prefill(self, ids: torch.Tensor, cache, block_size: int) -> torch.Tensor:
+        """Write the prompt's K/V -> the last position's logits. Orthrus prefills with its AR view; a
+        block-diffusion LM sees committed blocks as it was trained to, block-causally (each block
+        bidirectionally, earlier blocks fully), as Fast-dLLM v2's prefill does."""
+        if self.diffusion_view:
+            return self.model(ids, 0, cache)[0, -1]
+        blocks = torch.arange(ids.shape[1], device=ids.device) // block_size
+        return self.model(ids, 0, cache, mask=blocks[:, None] >= blocks[None, :])[0, -1]
 
     def commit(self, block: torch.Tensor, start: int, cache) -> torch.Tensor:
         """Write the finished block's K/V; -> the last position's logits (the next token, with shift)."""
@@ -99,11 +116,11 @@ def generate_block_diffusion(
     prefill = (n // B) * B if lm.aligned else n
     prefill_forwards = 0
     if prefill:
-        logits = model(prompt[:, :prefill], 0, cache)[0, -1]
+        logits = lm.prefill(prompt[:, :prefill], cache, B)
         cache.length, prefill_forwards = prefill, 1
     known = prompt[0, prefill:].tolist()  # tokens opening the first block (already in the prompt or output)
     t1 = None
-    if lm.shift and not lm.aligned:  # Orthrus: the prefill gives the first token, which opens the first block
+    if lm.shift and not known:  # the prefill gives the first token, which opens the first block
         known = [int(logits.argmax())]
         out.emit(known)
         t1 = clock()
@@ -115,10 +132,11 @@ def generate_block_diffusion(
         block = torch.full((1, B), lm.mask_token_id, dtype=torch.long, device=device)
         block[0, : len(known)] = torch.tensor(known, dtype=torch.long, device=device)
         masked = torch.arange(B, device=device) >= len(known)
+        stop_at = None  # the block position of a stop token with nothing masked before it
         for s0 in range(0, B, S):
             in_sub = torch.zeros(B, dtype=torch.bool, device=device)
             in_sub[s0 : s0 + S] = True
-            while bool((masked & in_sub).any()):
+            while stop_at is None and bool((masked & in_sub).any()):
                 probs = torch.softmax(lm.denoise(block, start, cache), -1)
                 draft_forwards += 1
                 confidence, tokens = probs.max(-1)
@@ -127,6 +145,13 @@ def generate_block_diffusion(
                 unmask[confidence.argmax()] = True
                 block[0, unmask] = tokens[unmask]
                 masked &= ~unmask
+                stop_at = decided_stop(block[0].tolist(), masked.tolist(), len(known), out.stop_ids)
+        if stop_at is not None:  # the output is decided: no commit
+            new = block[0, len(known) : stop_at + 1].tolist()
+            accepted.append(len(new) - 1)
+            out.emit(new)
+            t1 = clock() if t1 is None else t1
+            break
         last = lm.commit(block, start, cache)
         ar_forwards += 1
         cache.length = start + B
@@ -146,3 +171,13 @@ def generate_block_diffusion(
         t1 - t0,
         clock() - t1,
     )
+
+
+def decided_stop(block: list[int], masked: list[bool], first: int, stop_ids) -> int | None:
+    """The first position >= first of a stop token in the block with no masked position before it, or None."""
+    for i in range(first, len(block)):
+        if masked[i]:
+            return None
+        if block[i] in stop_ids:
+            return i
+    return None

@@ -1,8 +1,8 @@
 """Checkpoint I/O in the official Hugging Face format of chiennv/Orthrus-Qwen3-*, without remote code.
 
 Format: `config.json` (`model_type: qwen3`; `architectures: ["OrthrusLM"]` plus `block_size` and
-`mask_token_id` for Orthrus, `["Qwen3ForCausalLM"]` for a plain Qwen3, which loads AR-only; an `auto_map`
-entry is ignored) and safetensors weights, one file or shards listed in `model.safetensors.index.json`, with
+`mask_token_id` for Orthrus, `["Qwen3ForCausalLM"]` for a plain Qwen3, which loads AR-only; Qwen2 weights, such
+as Fast-dLLM v2's, load AR-only too; an `auto_map` entry is ignored) and safetensors weights, one file or shards listed in `model.safetensors.index.json`, with
 the tensor names of `OrthrusForCausalLM.state_dict()` (`lm_head.weight` absent when embeddings are tied).
 
 Everything is validated before any weight is read: architecture, Orthrus fields, every tensor name and shape.
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import Qwen3Config
+from transformers import Qwen2Config, Qwen3Config
 
 from .model import OrthrusForCausalLM
 
@@ -25,6 +25,9 @@ ORTHRUS_ARCHITECTURES = {"OrthrusLM"}
 # Plain Qwen3 weights, loaded without a diffusion view; SDAR (JetLM/SDAR-*-Chat) is Qwen3 weights decoded as a
 # block-diffusion LM (block_diffusion.py), its remote code not run.
 AR_ARCHITECTURES = {"Qwen3ForCausalLM", "SDARForCausalLM"}
+# Qwen2 weights; Fast-dLLM v2 (Efficient-Large-Model/Fast_dLLM_v2_*) is Qwen2.5 fine-tuned into a block-diffusion
+# LM, its config a Qwen2 one plus `bd_size`, its remote code not run either.
+QWEN2_ARCHITECTURES = {"Qwen2ForCausalLM", "Fast_dLLM_QwenForCausalLM"}
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # What a decoder needs from a hub repository; everything else (remote code, READMEs, other formats) stays.
@@ -60,7 +63,7 @@ def resolve(
         ) from e
 
 
-def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config, bool]:
+def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config | Qwen2Config, bool]:
     """Read and validate config.json -> (config, has_diffusion_view)."""
     path = Path(directory) / "config.json"
     if not path.is_file():
@@ -68,6 +71,9 @@ def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config, bool]:
     raw = json.loads(path.read_text())
     raw.pop("auto_map", None)  # points at remote code we deliberately do not run
     archs = set(raw.get("architectures") or [])
+    if archs & QWEN2_ARCHITECTURES:
+        # model_type names the attention flavour the model builds (Fast-dLLM v2 calls it "Fast_dLLM_Qwen").
+        return Qwen2Config.from_dict({**raw, "model_type": "qwen2"}), False
     if archs & ORTHRUS_ARCHITECTURES:
         orthrus = True
     elif archs & AR_ARCHITECTURES:
@@ -75,7 +81,8 @@ def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config, bool]:
     else:
         raise CheckpointError(
             f"{path}: unknown architecture {sorted(archs) or 'none given'}; supported: "
-            f"{sorted(ORTHRUS_ARCHITECTURES)} (Orthrus) and {sorted(AR_ARCHITECTURES)} (loads AR-only)"
+            f"{sorted(ORTHRUS_ARCHITECTURES)} (Orthrus) and "
+            f"{sorted(AR_ARCHITECTURES | QWEN2_ARCHITECTURES)} (load AR-only)"
         )
     config = Qwen3Config.from_dict(raw)
     if orthrus:

@@ -3,7 +3,9 @@
 Every attention layer owns two sets of q/k/v/o projections and q/k norms: the autoregressive (AR) set of the
 frozen base model and the diffusion set (`*_diff`). Everything else is shared by both views: token
 embeddings, layer norms, MLPs, the final norm, lm_head, RoPE at absolute positions and the KV cache. A model
-built without the diffusion view is a plain Qwen3 causal LM (weight names as in `modeling_qwen3.py`).
+built without the diffusion view is a plain Qwen3 causal LM (weight names as in `modeling_qwen3.py`); with a
+config of `model_type` "qwen2" it is a Qwen2 causal LM (q/k/v biases, no q/k norms), which is what Fast-dLLM v2
+checkpoints are.
 
 Two kinds of forward, both over a static KV cache (`KVCache`):
 
@@ -91,15 +93,18 @@ class Attention(nn.Module):
         self.head_dim = head_dim(config)
         self.scaling = self.head_dim**-0.5
         q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        bias = config.attention_bias
+        # Qwen2 (the base of Fast-dLLM v2) has q/k/v biases, an o_proj without one, and no q/k norms.
+        qwen2 = config.model_type == "qwen2"
+        qkv_bias, o_bias = (True, False) if qwen2 else (config.attention_bias, config.attention_bias)
         views = ["", "_diff"] if diffusion_view else [""]
         for suffix in views:
-            setattr(self, f"q_proj{suffix}", nn.Linear(config.hidden_size, q_out, bias=bias))
-            setattr(self, f"k_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=bias))
-            setattr(self, f"v_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=bias))
-            setattr(self, f"o_proj{suffix}", nn.Linear(q_out, config.hidden_size, bias=bias))
-            setattr(self, f"q_norm{suffix}", Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps))
-            setattr(self, f"k_norm{suffix}", Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps))
+            setattr(self, f"q_proj{suffix}", nn.Linear(config.hidden_size, q_out, bias=qkv_bias))
+            setattr(self, f"k_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=qkv_bias))
+            setattr(self, f"v_proj{suffix}", nn.Linear(config.hidden_size, kv_out, bias=qkv_bias))
+            setattr(self, f"o_proj{suffix}", nn.Linear(q_out, config.hidden_size, bias=o_bias))
+            for norm in ("q_norm", "k_norm"):
+                module = nn.Identity() if qwen2 else Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+                setattr(self, f"{norm}{suffix}", module)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, diffusion: bool):
         """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], normed and rotated."""
