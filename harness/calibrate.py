@@ -38,6 +38,7 @@ import orthrus_core.sampling as sampling
 import orthrus_core.speculative as speculative
 from orthrus_core.sampling import SamplingParams
 
+from .seeds import generation_seed
 from .store import json_safe, write_json
 from .verify import (
     DEFAULT_ALPHA,
@@ -183,9 +184,10 @@ def ar_samples(
 
 
 def sample_records(
-    generate: GenerateFn, prompts, config: CalibrationConfig, stop_ids, seed: int
+    generate: GenerateFn, prompts, config: CalibrationConfig, stop_ids, replicate: int
 ) -> list[dict]:
-    """A synthetic run of one decoder: one record per prompt, seeded seed, seed + 1, ..."""
+    """A synthetic run of one decoder: one record per prompt, seeded as the runner seeds sample `replicate` of
+    a run (harness.seeds), so the same seeds for every decoder."""
     records = []
     for i, prompt in enumerate(prompts):
         r = generate(
@@ -194,7 +196,7 @@ def sample_records(
             temperature=PARAMS.temperature,
             top_k=PARAMS.top_k,
             top_p=PARAMS.top_p,
-            seed=seed + i,
+            seed=generation_seed(config.seed, f"calibration/{i}", replicate, 0),
             stop_token_ids=stop_ids,
         )
         records.append({"prompt_ids": list(prompt), "output_ids": list(r.tokens)})
@@ -383,12 +385,11 @@ def calibrate(
     replicates = max(every[k][2] for k, _ in arms)
     for r in range(replicates):
         reference_records = [{"prompt_ids": p, "output_ids": rows[i][r]} for i, p in enumerate(prompts)]
-        seed = config.seed + 1_000_000 * (r + 1)
         for k, arm in arms:
             _, generate, n = every[k]
             if r >= n:
                 continue
-            arm_seed = seed + 100_000 * (k + 1)
+            arm_seed = generation_seed(config.seed, f"calibration/arm {k}", r, 0)  # T2 draws, T1's V
             if generate is None:  # A/A: AR samples against AR samples
                 records = [{"prompt_ids": p, "output_ids": rows[i][total + r]} for i, p in enumerate(prompts)]
                 draws = [
@@ -398,7 +399,7 @@ def calibrate(
                     )
                 ]
             else:
-                records = sample_records(generate, prompts, config, stop_ids, arm_seed)
+                records = sample_records(generate, prompts, config, stop_ids, r)
                 draws = draw_fixed_context(
                     generate,
                     context,
@@ -406,7 +407,7 @@ def calibrate(
                     samples=config.t2_samples,
                     depth=config.t2_depth,
                     stop_token_ids=stop_ids,
-                    seed=arm_seed + 50_000,
+                    seed=arm_seed,
                 )
             arm.add(verdict_of(records, draws, reference_records, reference, context, config, arm_seed))
         if progress:

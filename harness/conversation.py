@@ -35,10 +35,17 @@ def answer_text(tokenizer, tokens: list[int], stop_strings: list[str]) -> str:
 
 
 def run_item(
-    suite: Suite, item: SuiteItem, tokenizer, generate: GenerateFn, *, seed: int | None = None, **overrides
+    suite: Suite,
+    item: SuiteItem,
+    tokenizer,
+    generate: GenerateFn,
+    *,
+    seed: Callable[[int], int] | None = None,
+    **overrides,
 ) -> list[Turn]:
     """Generate every turn of `item` with the suite's settings (`overrides` replace temperature, top_k,
-    top_p or max_new_tokens). Turn t is seeded with seed + t so multi-turn sampling is reproducible."""
+    top_p or max_new_tokens). Turn t is seeded with seed(t) (harness.seeds) so that sampling is
+    reproducible."""
     settings = suite.generation
     stop_ids, stop_strings = settings.stop_token_ids_and_strings(tokenizer)
     options = {
@@ -59,7 +66,7 @@ def run_item(
             prompt,
             max_new,
             stop_token_ids=stop_ids,
-            seed=None if seed is None else seed + t,
+            seed=None if seed is None else seed(t),
             **options,
         )
         turns.append(Turn(prompt, result, answer_text(tokenizer, result.tokens, stop_strings)))

@@ -20,12 +20,15 @@ import traceback
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from .conversation import run_item
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
+from .seeds import RULE as SEED_RULE
+from .seeds import generation_seed
 from .store import StoreError, open_run, write_json
 from .suites import Suite, SuiteItem, load_suite
 from .telemetry import Telemetry, load_nvml
@@ -163,7 +166,7 @@ def provenance(p: Prepared, shard: tuple[int, int]) -> dict:
             for label, d in p.decoders.items()
         },
         "models": p.model_records,
-        "seeds": {"base": spec.seed, "rule": "seed + 1000 * sample + turn"},
+        "seeds": {"base": spec.seed, "rule": SEED_RULE},
     }
 
 
@@ -199,6 +202,7 @@ def unit_records(suite, item, label, decoder, sample, turns, measures, score, sp
                 "sample": sample,
                 "turn": t,
                 "turns": len(turns),
+                "seed": generation_seed(spec.seed, item.id, sample, t),
                 "status": "ok",
                 "error": None,
                 "temperature": spec.temperature
@@ -310,7 +314,7 @@ def execute(
                     item,
                     p.target.tokenizer,
                     _measured(decoder, telemetry, device, measures),
-                    seed=spec.seed + 1000 * sample,
+                    seed=partial(generation_seed, spec.seed, item.id, sample),
                     temperature=spec.temperature,
                     top_k=spec.top_k,
                     top_p=spec.top_p,

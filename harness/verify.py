@@ -55,6 +55,7 @@ from .forensics import (
     compare_pair,
     teacher_forced_logits,
 )
+from .seeds import generation_seed
 
 DEFAULT_ALPHA = 0.01
 DEFAULT_MARGIN = 0.02  # accuracy equivalence margin: 2 points
@@ -109,8 +110,8 @@ def draw_fixed_context(
     stop_token_ids: list[int],
     seed: int,
 ) -> list[tuple[int, ...]]:
-    """T2's draws: `samples` generations of `depth` tokens from the same prompt (the same cache state),
-    seeded seed, seed + 1, ..."""
+    """T2's draws: `samples` generations of `depth` tokens from the same prompt (the same cache state), each
+    with its own seed hashed from `seed` (harness.seeds)."""
     sequences = []
     for i in range(samples):
         result = generate(
@@ -119,7 +120,7 @@ def draw_fixed_context(
             temperature=params.temperature,
             top_k=params.top_k,
             top_p=params.top_p,
-            seed=seed + i,
+            seed=generation_seed(seed, "t2", i, 0),
             stop_token_ids=stop_token_ids,
         )
         sequences.append(tuple(result.tokens))

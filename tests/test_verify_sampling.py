@@ -126,7 +126,7 @@ def test_t2_on_a_decoder():
 
     def t2(generate):
         sequences = draw_fixed_context(
-            generate, prompt, params, samples=300, depth=2, stop_token_ids=[], seed=0
+            generate, prompt, params, samples=600, depth=2, stop_token_ids=[], seed=0
         )
         return fixed_context_tests(sequences, reference, prompt, params, depth=2, alpha=ALPHA)
 
