@@ -11,6 +11,7 @@ import torch
 from orthrus_core.decoding import GenerationResult, StreamCallback
 from orthrus_core.model import OrthrusForCausalLM
 from orthrus_core.sampling import SamplingParams
+from orthrus_core.speculative import Drafter, generate_speculative
 
 
 @dataclass
@@ -70,3 +71,24 @@ class Decoder(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
+
+
+class SpeculativeDecoder(Decoder):
+    """A method that is a drafter in the draft-verify loop every lossless speculative method shares
+    (orthrus_core.speculative): the method is its `drafter`."""
+
+    @abstractmethod
+    def drafter(self, params: SamplingParams, generator: torch.Generator | None) -> Drafter:
+        """A fresh drafter for one generation (sampled drafts draw from `generator`)."""
+
+    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
+        return generate_speculative(
+            self.target.model,
+            self.drafter(params, generator),
+            prompt_ids,
+            max_new_tokens,
+            params,
+            stop_token_ids=stop_token_ids,
+            generator=generator,
+            on_tokens=on_tokens,
+        )

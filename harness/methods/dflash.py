@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from orthrus_core.checkpoint import resolve
 from orthrus_core.dflash import DFlashDrafter, load_dflash
-from orthrus_core.speculative import generate_speculative
 
-from .base import Decoder
+from .base import SpeculativeDecoder
 from .checkpoints import draft_checkpoint
 
 OPTIONS = {
@@ -15,25 +14,15 @@ OPTIONS = {
 }
 
 
-class DFlashDecoder(Decoder):
+class DFlashDecoder(SpeculativeDecoder):
     name = "dflash"
 
     def __init__(self, target, label, config, checkpoints, draft):
         super().__init__(target, label, config, checkpoints)
         self.draft = draft
 
-    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
-        drafter = DFlashDrafter(self.draft, self.target.model, self.config["block_size"])
-        return generate_speculative(
-            self.target.model,
-            drafter,
-            prompt_ids,
-            max_new_tokens,
-            params,
-            stop_token_ids=stop_token_ids,
-            generator=generator,
-            on_tokens=on_tokens,
-        )
+    def drafter(self, params, generator):
+        return DFlashDrafter(self.draft, self.target.model, self.config["block_size"])
 
 
 def build(target, label, options):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from orthrus_core.checkpoint import resolve
 from orthrus_core.eagle3 import HUB_PATTERNS, Eagle3Drafter, load_eagle3
-from orthrus_core.speculative import generate_speculative
+from orthrus_core.sampling import SamplingParams
 
-from .base import Decoder
+from .base import SpeculativeDecoder
 from .checkpoints import draft_checkpoint
 
 # EAGLE-3's published config (top-k 10, 7 draft levels, 60 tokens); `total_tokens=16` is the "tree 16" budget.
@@ -19,30 +19,18 @@ OPTIONS = {
 }
 
 
-class Eagle3Decoder(Decoder):
+class Eagle3Decoder(SpeculativeDecoder):
     name = "eagle3"
 
     def __init__(self, target, label, config, checkpoints, head):
         super().__init__(target, label, config, checkpoints)
         self.head = head
 
-    def drafter(self) -> Eagle3Drafter:
+    def drafter(self, params, generator) -> Eagle3Drafter:
         c, model = self.config, self.target.model
         if c["tree"] == "chain":
             return Eagle3Drafter.chain(self.head, model, c["depth"])
         return Eagle3Drafter(self.head, model, c["top_k"], c["depth"], c["total_tokens"])
-
-    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
-        return generate_speculative(
-            self.target.model,
-            self.drafter(),
-            prompt_ids,
-            max_new_tokens,
-            params,
-            stop_token_ids=stop_token_ids,
-            generator=generator,
-            on_tokens=on_tokens,
-        )
 
 
 def build(target, label, options):
@@ -54,5 +42,7 @@ def build(target, label, options):
     if options["tree"] == "chain":  # top_k and total_tokens do not apply
         config.update(top_k=1, total_tokens=options["depth"] + 1)
     decoder = Eagle3Decoder(target, label, config, {"draft": str(directory)}, head)
-    decoder.drafter()  # validates top_k, depth, total_tokens now rather than at the first prompt
+    decoder.drafter(
+        SamplingParams(), None
+    )  # validates top_k, depth, total_tokens now rather than at the first prompt
     return decoder

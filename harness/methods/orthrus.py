@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from orthrus_core.decoding import generate_orthrus
+from orthrus_core.speculative import OrthrusDrafter
 
-from .base import Decoder
+from .base import SpeculativeDecoder
 
 OPTIONS = {"block_size": (int, None)}  # None: the checkpoint's block_size
 
 
-class OrthrusDecoder(Decoder):
+class OrthrusDecoder(SpeculativeDecoder):
     name = "orthrus"
 
-    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
-        return generate_orthrus(
-            self.target.model,
-            prompt_ids,
-            max_new_tokens,
-            params,
-            block_size=self.config["block_size"],
-            stop_token_ids=stop_token_ids,
-            generator=generator,
-            on_tokens=on_tokens,
-        )
+    def drafter(self, params, generator):
+        return OrthrusDrafter(self.target.model, self.config["block_size"], params, generator)
 
 
 def build(target, label, options):

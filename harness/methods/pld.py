@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 from orthrus_core.prompt_lookup import PromptLookupDrafter
-from orthrus_core.speculative import generate_speculative
 
-from .base import Decoder
+from .base import SpeculativeDecoder
 
 OPTIONS = {"max_ngram": (int, 3), "num_draft_tokens": (int, 10)}
 
 
-class PromptLookupDecoder(Decoder):
+class PromptLookupDecoder(SpeculativeDecoder):
     name = "pld"
 
-    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
-        drafter = PromptLookupDrafter(self.config["max_ngram"], self.config["num_draft_tokens"])
-        return generate_speculative(
-            self.target.model,
-            drafter,
-            prompt_ids,
-            max_new_tokens,
-            params,
-            stop_token_ids=stop_token_ids,
-            generator=generator,
-            on_tokens=on_tokens,
-        )
+    def drafter(self, params, generator):
+        return PromptLookupDrafter(self.config["max_ngram"], self.config["num_draft_tokens"])
 
 
 def build(target, label, options):
