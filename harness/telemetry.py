@@ -104,6 +104,12 @@ NVML_FIELDS = (
     "energy_j",
     "energy_reliable",
 )
+FORWARD_KINDS = ("ar", "diffusion")
+TIMER_FIELDS = ("prefill_forward_ms",) + tuple(
+    f"{kind}_forward_{stat}" for kind in FORWARD_KINDS for stat in ("count", "ms_mean", "ms_median")
+)
+# Every field telemetry adds to a record (`run --no-telemetry` adds none).
+TELEMETRY_FIELDS = (*TIMER_FIELDS, "allocator_peak_bytes", *NVML_FIELDS)
 
 
 class ForwardTimer:
@@ -115,7 +121,7 @@ class ForwardTimer:
     def __init__(self, model, device: torch.device):
         self.model = model
         self.cuda = device.type == "cuda"
-        self.events: dict[str, list] = {"ar": [], "diffusion": []}
+        self.events: dict[str, list] = {kind: [] for kind in FORWARD_KINDS}
 
     def attach(self) -> None:
         forward = type(self.model).forward.__get__(self.model)
@@ -151,7 +157,7 @@ class ForwardTimer:
             out[f"{kind}_forward_count"] = len(ms)
             out[f"{kind}_forward_ms_mean"] = fmean(ms) if ms else None
             out[f"{kind}_forward_ms_median"] = median(ms) if ms else None
-        self.events = {"ar": [], "diffusion": []}
+        self.events = {kind: [] for kind in FORWARD_KINDS}
         return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.store import open_run
+from harness.telemetry import TELEMETRY_FIELDS
 
 # method label -> (method name, lossless, tokens/s relative to ar, mean accepted drafts per cycle)
 METHODS = {
@@ -19,25 +20,6 @@ METHODS = {
     "diffusion": ("diffusion", False, 2.5, None),
 }
 SUITES = {"tiny-math": 1024, "tiny-code": 2048}  # suite -> context bucket
-TELEMETRY_FIELDS = {
-    "prefill_forward_ms",
-    "ar_forward_count",
-    "ar_forward_ms_mean",
-    "ar_forward_ms_median",
-    "diffusion_forward_count",
-    "diffusion_forward_ms_mean",
-    "diffusion_forward_ms_median",
-    "allocator_peak_bytes",
-    "nvml_samples",
-    "device_mem_peak_bytes",
-    "process_mem_peak_bytes",
-    "power_mean_w",
-    "sm_clock_mean_mhz",
-    "mem_clock_mean_mhz",
-    "throttle_reasons",
-    "energy_j",
-    "energy_reliable",
-}
 
 
 def make_run(

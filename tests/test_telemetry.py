@@ -10,7 +10,7 @@ import torch
 from conftest import random_prompts
 
 from harness.provenance import config_hash, git_state, hardware, model_provenance, versions
-from harness.telemetry import NVML_FIELDS, NvmlSampler, Telemetry
+from harness.telemetry import NVML_FIELDS, TELEMETRY_FIELDS, NvmlSampler, Telemetry
 from orthrus_core import generate
 
 
@@ -77,6 +77,7 @@ def test_telemetry_counts_forwards_by_kind_and_restores_the_model(model):
     )
     assert out["prefill_forward_ms"] > 0 and out["ar_forward_ms_mean"] > 0
     assert out["nvml_samples"] >= 2 and out["allocator_peak_bytes"] is None  # CPU: no allocator peak
+    assert sorted(out) == sorted(TELEMETRY_FIELDS)  # what the record gets, and what --no-telemetry leaves out
     assert Telemetry(model, torch.device("cpu"), enabled=False).stop() == {}
 
 
