@@ -174,7 +174,9 @@ def cmd_run(args) -> int:
     )
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    directory = execute(spec, out, resume=args.resume, shard=parse_shard(args.shard))
+    directory = execute(
+        spec, out, resume=args.resume, retry_failed=args.retry_failed, shard=parse_shard(args.shard)
+    )
     wall = time.perf_counter() - t0
     print_summary(summarize(read_records(directory)), f"{directory} ({wall:.0f} s)")
     if args.no_verify:
@@ -311,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $ORTHRUS_DATA_DIR)")
     p.add_argument("--out", help="results directory (default: runs/<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run again the units that ended in an error (their records kept in "
+        "retried-errors.jsonl)",
+    )
     p.add_argument("--shard", help="i/n: run the items whose position is i modulo n")
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
     p.set_defaults(func=cmd_run)

@@ -271,6 +271,7 @@ def execute(
     out: str | Path,
     *,
     resume: bool = False,
+    retry_failed: bool = False,
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     prepared: Prepared | None = None,
@@ -281,7 +282,7 @@ def execute(
     p = prepared or prepare(spec, shard)
     run = provenance(p, shard)
     try:
-        store = open_run(out, resume=resume, config_hash=run["config_hash"])
+        store = open_run(out, resume=resume, config_hash=run["config_hash"], retry_failed=retry_failed)
     except StoreError as exc:
         raise RunError(str(exc)) from None
     run.update(status="running", started=_now(), finished=None, resumed_from=len(store.done) or None)

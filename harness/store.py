@@ -17,6 +17,7 @@ from pathlib import Path
 
 RECORDS = "records.jsonl"
 RUN = "run.json"
+RETRIED = "retried-errors.jsonl"  # the error records of units that --retry-failed ran again
 
 
 class StoreError(Exception):
@@ -93,8 +94,14 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def open_run(directory: str | os.PathLike, *, resume: bool, config_hash: str) -> RunStore:
-    """Create a results directory, or with resume=True reopen one made with the same configuration."""
+def open_run(
+    directory: str | os.PathLike, *, resume: bool, config_hash: str, retry_failed: bool = False
+) -> RunStore:
+    """Create a results directory, or with resume=True reopen one made with the same configuration. With
+    retry_failed, the units that ended in an error are taken out of records.jsonl (into retried-errors.jsonl,
+    so that nothing is lost) to be run again."""
+    if retry_failed and not resume:
+        raise StoreError("--retry-failed re-runs the failed units of an existing run: pass --resume too")
     directory = Path(directory)
     records_path = directory / RECORDS
     if records_path.exists() or (directory / RUN).exists():
@@ -116,9 +123,31 @@ def open_run(directory: str | os.PathLike, *, resume: bool, config_hash: str) ->
                 with open(records_path, "r+b") as f:
                     f.truncate(end)
                     os.fsync(f.fileno())
+        if retry_failed:
+            records = _set_aside_failed_units(directory, records)
         return RunStore(directory, records)
     directory.mkdir(parents=True, exist_ok=True)
     return RunStore(directory, [])
+
+
+def _set_aside_failed_units(directory: Path, records: list[dict]) -> list[dict]:
+    """Append the records of every unit with an error to RETRIED, then rewrite RECORDS without them
+    (atomically: a crash leaves the old file or the new one); -> the records kept."""
+    failed = {unit_key(r) for r in records if r["status"] != "ok"}
+    if not failed:
+        return records
+    kept = [r for r in records if unit_key(r) not in failed]
+    with open(directory / RETRIED, "ab") as f:
+        f.write(b"".join(json.dumps(r).encode() + b"\n" for r in records if unit_key(r) in failed))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = directory / f".{RECORDS}.partial"
+    with open(tmp, "wb") as f:
+        f.write(b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / RECORDS)
+    return kept
 
 
 def read_records(directory: str | os.PathLike) -> list[dict]:

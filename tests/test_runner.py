@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.runner import RunError, RunSpec, execute, merge, prepare, summarize
-from harness.store import RECORDS, load, load_run, read_records
+from harness.store import RECORDS, RETRIED, load, load_run, read_records, unit_key
 
 SPEC = dict(
     suites=["tiny-math", "tiny-chat"], methods=["ar", "orthrus"], limit=2, max_new_tokens=24, warmup=1
@@ -120,6 +120,22 @@ def test_a_failing_generation_is_recorded_and_the_run_goes_on(prepared, tmp_path
     assert sum(r["method"] == "ar" and r["status"] == "ok" for r in records) == 6
     assert "forward" not in vars(prepared.target.model)  # telemetry let go of the model
     assert summarize(records).set_index("method").loc["orthrus", "errors"] == len(errors)
+
+    # --resume alone keeps the errors; --retry-failed runs those units again and keeps the old error records.
+    monkeypatch.setattr(decoder, "generate", generate)
+    out = tmp_path / "run"
+    assert (
+        read_records(execute(RunSpec(**SPEC), out, prepared=prepared, resume=True, progress=False)) == records
+    )
+    with pytest.raises(RunError, match="--resume"):
+        execute(RunSpec(**SPEC), out, prepared=prepared, retry_failed=True, progress=False)
+    retried = read_records(
+        execute(RunSpec(**SPEC), out, prepared=prepared, resume=True, retry_failed=True, progress=False)
+    )
+    assert {unit_key(r) for r in retried} == {unit_key(r) for r in records}
+    assert all(r["status"] == "ok" for r in retried) and len(retried) > len(records)
+    set_aside = [json.loads(line) for line in (out / RETRIED).read_text().splitlines()]
+    assert set_aside == errors
 
 
 def test_shards_merge_into_the_whole_run(prepared, tmp_path):
