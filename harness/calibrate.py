@@ -277,8 +277,12 @@ class Arm:
         return self.rate >= POWER_TARGET
 
     def to_dict(self, alpha: float) -> dict:
+        """The arm's row of the calibration table (its per-replicate z values go under the report's
+        "replicate_t3_z")."""
+        z = np.asarray(self.t3_z, dtype=float)
         return {
-            **asdict(self),
+            **{k: v for k, v in asdict(self).items() if k != "t3_z"},
+            "t3_z_variance": float(z[np.isfinite(z)].var(ddof=1)) if np.isfinite(z).sum() > 1 else None,
             "rate": self.rate,
             "ci95": self.ci95,
             "met": self.met(alpha),
@@ -459,7 +463,12 @@ def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str,
         "family's size, Bonferroni. It is the measure of how far out of reach a missed mutant is.",
         "",
     ]
-    data = {"config": asdict(config), "meta": meta, "arms": [a.to_dict(alpha) for a in arms]}
+    data = {
+        "config": asdict(config),
+        "meta": meta,
+        "arms": [a.to_dict(alpha) for a in arms],
+        "replicate_t3_z": {a.name: a.t3_z for a in arms},
+    }
     return "\n".join(lines), data
 
 
