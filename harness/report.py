@@ -832,6 +832,8 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     out = Path(out)
     verdicts, unverified = verification_tables(runs)
     calibration_data = read_json_if_present(Path(calibration)) if calibration else None
+    if isinstance(calibration_data, dict):  # the per-replicate values are data for analysis, not a table
+        calibration_data = {k: v for k, v in calibration_data.items() if k != "replicate_t3_z"}
     return Report(
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
