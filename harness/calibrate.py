@@ -25,7 +25,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from unittest import mock
 
@@ -73,6 +73,22 @@ class CalibrationConfig:
     alpha: float = DEFAULT_ALPHA
     seed: int = 0
     arms: tuple[str, ...] = ARM_KINDS
+
+    def __post_init__(self):
+        """Bad settings fail here, before the AR references (minutes of work) are drawn."""
+        self.arms = tuple(self.arms)
+        counts = ["replicates", "lossless_replicates", "power_replicates", "max_new_tokens", "t2_samples"]
+        counts += ["t2_depth"] + [k for k in ("prompts", "block_size") if getattr(self, k) is not None]
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.block_size is not None and self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {self.block_size}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        unknown = sorted(set(self.arms) - set(ARM_KINDS))
+        if unknown or not self.arms:
+            raise ValueError(f"arms must be some of {list(ARM_KINDS)}, got {list(self.arms)}")
 
 
 # ------------------------------------------------------------------------------------------------ decoders
@@ -569,17 +585,5 @@ def calibrate_main(
 def cmd_calibrate(args) -> int:
     # Batch-1 decoding of small models is per-operation overhead: extra threads only contend.
     torch.set_num_threads(1)
-    config = CalibrationConfig(
-        replicates=args.replicates,
-        lossless_replicates=args.lossless_replicates,
-        power_replicates=args.power_replicates,
-        arms=tuple(args.arms),
-        prompts=args.prompts,
-        max_new_tokens=args.max_new_tokens,
-        t2_samples=args.t2_samples,
-        t2_depth=args.t2_depth,
-        block_size=args.block_size,
-        alpha=args.alpha,
-        seed=args.seed,
-    )
+    config = CalibrationConfig(**{f.name: getattr(args, f.name) for f in fields(CalibrationConfig)})
     return calibrate_main(args.model, args.out, micro=args.micro, config=config)

@@ -3,6 +3,7 @@ calibration (the CI version of `orthrus-bench calibrate`) meets its requirements
 
 import json
 
+import pytest
 import torch
 
 import orthrus_core.sampling as sampling
@@ -119,3 +120,20 @@ def test_t3_drift_extrapolates_the_tokens_a_mutant_needs():
     # No drift beyond two standard errors: nothing to extrapolate.
     exact = Arm("lossless", "<= alpha", replicates=4, tokens=4000, tests=10, t3_z=[0.5, -0.7, 0.2, -0.1])
     assert exact.tokens_for_power(0.01) == float("inf")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--replicates", "0"], "replicates must be >= 1"),
+        (["--alpha", "1.5"], "alpha must be in"),
+        (["--block-size", "1"], "block_size must be >= 2"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(tmp_path, capsys, argv, message):
+    from harness.cli import main
+
+    out = tmp_path / "calibration"
+    assert main(["calibrate", "--micro", "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.with_suffix(".json").exists()
