@@ -215,7 +215,9 @@ def sample_records(
             seed=generation_seed(config.seed, f"calibration/{i}", replicate, 0),
             stop_token_ids=stop_ids,
         )
-        records.append({"prompt_ids": list(prompt), "output_ids": list(r.tokens)})
+        records.append(
+            {"prompt_ids": list(prompt), "output_ids": list(r.tokens), "acceptance_trace": r.acceptance_trace}
+        )
     return records
 
 

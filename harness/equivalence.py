@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import optimize, stats
+from scipy import optimize, signal, stats
 
 
 def randomized_pit(probs: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -40,6 +40,9 @@ def uniformity_pvalues(u: np.ndarray | torch.Tensor) -> dict[str, float]:
 # could detect (power 0.8 at level alpha), so that a PASS always says how small a bug it would have missed.
 
 POWER = 0.8  # the power at which "minimal detectable" deviations are stated
+# T5: relative disagreement of q(x) and p(x) below which a correction counts as rounding, not as impossible.
+# float32 decoders and the float32 reference agree to ~1e-6; this leaves three orders of magnitude.
+AUDIT_TOLERANCE = 1e-3
 MIN_EXPECTED = 5  # the pooling rule of Mitsuba's chi2 tests: no cell with an expected count below 5
 
 
@@ -178,6 +181,70 @@ def surprisal_test(terms: Surprisal, alpha: float, power: float = POWER) -> Stat
         z,
         "positive: flatter than the reference, negative: sharper",
         min_detectable_effect=f"{shift:.3g} nats/token of mean surprisal",
+    )
+
+
+# ------------------------------------------------------------------------------------ T5: acceptance audit
+
+
+def poisson_binomial_pmf(pi: np.ndarray) -> np.ndarray:
+    """P(S = k), k = 0..len(pi), for S a sum of independent Bernoulli(pi): the coefficients of the product of
+    the polynomials (1 - pi + pi z), multiplied pairwise so that the long products go through the FFT."""
+    polys = [np.array([1 - x, x]) for x in pi] or [np.ones(1)]
+    while len(polys) > 1:
+        paired = [signal.convolve(a, b) for a, b in zip(polys[::2], polys[1::2], strict=False)]
+        polys = paired + polys[len(paired) * 2 :]
+    return np.clip(polys[0], 0.0, None)
+
+
+def acceptance_audit(
+    accepted: np.ndarray,
+    q: np.ndarray,
+    p: np.ndarray,
+    alpha: float,
+    power: float = POWER,
+    tolerance: float = AUDIT_TOLERANCE,
+) -> StatResult | None:
+    """T5, an audit of the consensus rule from the decoder's acceptance trace. At a verified draft position,
+    speculative sampling emits token x as an accepted draft with probability min(q(x), p(x)) and as the
+    correction with max(p(x) - q(x), 0), whatever the draft distribution q; so given the emitted x it was
+    accepted with probability pi = min(1, q(x) / p(x)), with p the target's exact distribution recomputed
+    here. The number of acceptances is compared with its Poisson-binomial law given the pi (two-sided). A
+    correction where q(x) > p(x) (1 + tolerance) (the residual max(p - q, 0) has no mass there) or an
+    acceptance where q(x) = 0 cannot happen and rejects outright; corrections where q and p agree within the
+    tolerance are rounding, dropped and counted.
+
+    This sees bugs the output tests barely can: a wrong acceptance ratio, residual or target transform changes
+    which tokens are accepted and corrected long before it measurably changes the output distribution, since
+    its effect on the output is scaled by the rejection rate. Positions where q(x) >= p(x) (pi = 1) carry no
+    information and no noise. None when the trace holds no verified draft positions."""
+    accepted, q, p = (np.asarray(x, dtype=np.float64) for x in (accepted, q, p))
+    ratio = np.divide(q, p, out=np.full_like(q, np.inf), where=p > 0)
+    corrected = accepted == 0
+    impossible = int(np.sum(corrected & (ratio > 1 + tolerance)) + np.sum(~corrected & (q <= 0)))
+    rounding = corrected & (ratio >= 1) & (ratio <= 1 + tolerance)
+    kept = ~rounding
+    accepted, pi = accepted[kept], np.minimum(1.0, ratio[kept])
+    n = len(accepted)
+    if not n:
+        return None
+    free = (pi > 0) & (pi < 1)
+    pmf = poisson_binomial_pmf(pi[free])
+    s = int(accepted[free].sum())
+    expected, variance = float(pi[free].sum()), float(np.sum(pi[free] * (1 - pi[free])))
+    pvalue = 0.0 if impossible else float(min(1.0, 2 * min(pmf[: s + 1].sum(), pmf[s:].sum())))
+    shift = (stats.norm.isf(alpha / 2) + stats.norm.ppf(power)) * math.sqrt(variance) / n
+    notes = [f"{impossible} impossible events"] if impossible else []
+    notes += [f"{int(rounding.sum())} corrections at q = p within rounding dropped"] if rounding.any() else []
+    return StatResult(
+        "T5 acceptance audit",
+        pvalue,
+        n,
+        (s - expected) / math.sqrt(variance) if variance > 0 else 0.0,
+        f"{s} of {int(free.sum())} undecided verified drafts accepted, {expected:.1f} expected"
+        + "".join(f"; {x}" for x in notes)
+        + "; z positive: accepts too often",
+        min_detectable_effect=f"{shift:.3g} in the mean acceptance probability of a verified draft",
     )
 
 

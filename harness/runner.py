@@ -216,6 +216,7 @@ def unit_records(suite, item, label, decoder, sample, turns, measures, score, sp
                 "stop_reason": r.stop_reason,
                 "output_ids": r.tokens,
                 "accepted": r.accepted,
+                "acceptance_trace": r.acceptance_trace,
                 "prefill_forwards": r.prefill_forwards,
                 "ar_forwards": r.ar_forwards,
                 "draft_forwards": r.draft_forwards,

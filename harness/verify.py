@@ -37,6 +37,7 @@ from .equivalence import (
     GTest,
     StatResult,
     Surprisal,
+    acceptance_audit,
     combined_g_test,
     compare_accuracy,
     g_test,
@@ -295,9 +296,10 @@ def verify_greedy(
 
 
 def sequence_statistics(reference: Reference, records: list[dict], params: SamplingParams, seed: int):
-    """Per record: PIT values and surprisal terms per token, total log-probability and length."""
+    """Per record: PIT values and surprisal terms per token, total log-probability and length; and over all
+    records, the acceptance trace's events (accepted, q(x), p(x)) with p the reference's (T5)."""
     generator = torch.Generator().manual_seed(seed)
-    pits, terms, logprob, length = [], [], [], []
+    pits, terms, logprob, length, audit = [], [], [], [], []
     for r in records:
         tokens = list(r["output_ids"])
         if not tokens:
@@ -309,7 +311,10 @@ def sequence_statistics(reference: Reference, records: list[dict], params: Sampl
         terms.append(t)
         logprob.append(-float(t.surprisal.sum()))
         length.append(len(tokens))
-    return pits, terms, np.array(logprob), np.array(length)
+        if trace := r.get("acceptance_trace"):  # aligned with the tokens; absent for other decoders
+            p_emitted = probs[torch.arange(len(tokens)), ids].tolist()
+            audit += [(*event, p_x) for event, p_x in zip(trace, p_emitted, strict=True) if event is not None]
+    return pits, terms, np.array(logprob), np.array(length), np.array(audit).reshape(-1, 3)
 
 
 def sampling_family(
@@ -322,9 +327,10 @@ def sampling_family(
     seed: int,
     t2: list[StatResult] | None = None,
 ) -> tuple[list[StatResult], bool]:
-    """T1, T3, T4 (and T2 when given) with Holm across them; True when the family rejects."""
-    pits, terms, logprob, length = sequence_statistics(reference, records, params, seed)
-    _, _, ref_logprob, ref_length = sequence_statistics(reference, reference_records, params, seed + 1)
+    """T1, T3, T4, T5 (when the records carry acceptance traces) and T2 (when given) with Holm across them;
+    True when the family rejects."""
+    pits, terms, logprob, length, audit = sequence_statistics(reference, records, params, seed)
+    _, _, ref_logprob, ref_length, _ = sequence_statistics(reference, reference_records, params, seed + 1)
     family: list[StatResult] = []
     if pits:
         family += pit_test(np.concatenate(pits), alpha)
@@ -345,6 +351,8 @@ def sampling_family(
         alpha,
         seed,
     )
+    audit_result = acceptance_audit(audit[:, 0], audit[:, 1], audit[:, 2], alpha)
+    family += [audit_result] if audit_result else []
     family += t2 or []
     return family, holm(family, alpha) if family else False
 

@@ -88,6 +88,7 @@ def generate_speculative(
     done = out.emit([token])
     t1 = clock()
     accepted: list[int] = []
+    trace: list[list[float] | None] = [None]  # the first token comes from the prefill
     draft_forwards = 0
     while not done:
         start = cache.length
@@ -102,11 +103,20 @@ def generate_speculative(
         if params.greedy:
             path, token = accept_greedy(tree, logits[0])
         elif tree.q is not None:
-            n, nxt = speculative_accept(tree.tokens[1:], tree.q, params.probs(logits[0]), generator)
-            n, token = torch.stack([n, nxt]).tolist()  # one sync
+            drafts = tree.tokens[1:]
+            n, nxt = speculative_accept(drafts, tree.q, params.probs(logits[0]), generator)
+            rows = torch.arange(len(drafts), device=device)
+            q_emitted = tree.q[rows, torch.where(rows == n, nxt, drafts)]  # valid up to row n
+            n, token, *q_at = torch.cat(
+                [torch.stack([n, nxt]).double(), q_emitted.double()]
+            ).tolist()  # one sync
+            n, token = int(n), int(token)
+            trace += [[1, q] for q in q_at[:n]] + ([[0, q_at[n]]] if n < len(drafts) else [None])
             path = torch.arange(n + 1, device=device)
         else:
             path, token = accept_sampled(tree, params.probs(logits[0]), generator)
+        if tree.q is None or params.greedy:
+            trace += [None] * len(path)  # no draft distribution to audit against
         if tree.is_chain:
             cache.length = start + len(path)
         else:
@@ -115,7 +125,15 @@ def generate_speculative(
         accepted.append(len(path) - 1)
         done = out.emit(tree.tokens[path[1:]].tolist() + [token])
     return GenerationResult(
-        out.tokens, out.stop_reason, accepted, 1, len(accepted), draft_forwards, t1 - t0, clock() - t1
+        out.tokens,
+        out.stop_reason,
+        accepted,
+        1,
+        len(accepted),
+        draft_forwards,
+        t1 - t0,
+        clock() - t1,
+        trace[: len(out.tokens)] if any(trace) else [],
     )
 
 
