@@ -38,6 +38,7 @@ import orthrus_core.sampling as sampling
 import orthrus_core.speculative as speculative
 from orthrus_core.sampling import SamplingParams
 
+from .equivalence import surprisal_terms
 from .seeds import generation_seed
 from .store import json_safe, write_json
 from .verify import (
@@ -310,6 +311,25 @@ class Arm:
         }
 
 
+def entropy_profile(model, prompts, config: CalibrationConfig, stop_ids) -> dict:
+    """How much the model samples on these prompts: next-token entropy along one AR sample per prompt. A
+    bug that reshapes the distribution moves a near-deterministic one by almost nothing, so the power the
+    tests can have is bounded by it."""
+    reference, generator = Reference(model), torch.Generator().manual_seed(config.seed + 1)
+    entropy = []
+    for prompt in prompts:
+        tokens = ar_samples(model, prompt, 1, config.max_new_tokens, PARAMS, stop_ids, generator)[0]
+        entropy += surprisal_terms(
+            reference.probs(prompt, tokens, PARAMS), torch.tensor(tokens)
+        ).entropy.tolist()
+    entropy = np.asarray(entropy)
+    return {
+        "tokens": len(entropy),
+        "mean_nats": float(entropy.mean()),
+        "share_below_0.1_nat": float((entropy < 0.1).mean()),
+    }
+
+
 def calibration_prompts(model, tokenizer, n: int, seed: int) -> list[list[int]]:
     """Rendered tiny-suite prompts when the model has a tokenizer, else random token ids. The suites come in
     the order of their answers' length (math, code, chat), since the tests' power grows with the tokens."""
@@ -452,8 +472,12 @@ def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str,
         f"Model: {meta['model']}. Sampling at temperature {PARAMS.temperature:g}, no top-k/top-p. "
         f"Per replicate and decoder: {config.prompts} prompts × up to {config.max_new_tokens} new tokens "
         f"(T1, T3, T4), and T2 with {config.t2_samples} draws × {config.t2_depth} positions at one fixed context. "
-        f"Family: T1 KS+CvM, T2 per position, T3, T4 KS+AD+length, Holm at α = {alpha}. "
-        f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}.",
+        f"Family: T1 KS+CvM, T2 per position, T3, T4 KS+AD+length, T5 acceptance audit (decoders with an "
+        f"acceptance trace), Holm at α = {alpha}. "
+        f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}. "
+        f"What there is to test: the model's mean next-token entropy along AR samples of these prompts is "
+        f"{meta['entropy']['mean_nats']:.3f} nats, and {meta['entropy']['share_below_0.1_nat']:.0%} of "
+        f"tokens have less than 0.1 nat.",
         "",
         "| arm | replicates | rejections | rate | exact 95% CI | requirement | met | mean tokens/replicate "
         "| T3 mean z ± se | T3 tokens for power 0.8 | rejected by (count) |",
@@ -571,6 +595,7 @@ def calibrate_main(
         "block_size": config.block_size,
         "prompts": len(prompts),
         "seconds": time.perf_counter() - t0,
+        "entropy": entropy_profile(net, prompts, config, stop_ids),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }
