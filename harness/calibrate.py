@@ -146,13 +146,25 @@ def speculative_accept_variant(ratio_scale: float = 1.0, position_shift: int = 0
     return accept
 
 
+# The bugs that are a wrong sampling setting: the decoder then samples exactly from another distribution,
+# whose divergence from the right one bounds what any test of the output can see (`sampling_profile`).
+SETTING_MUTANTS = {
+    "temperature 1.05 instead of 1.0": {"temperature_scale": 1.05},
+    # transformers' generate samples with top_k=50 unless told otherwise: a classic silent truncation.
+    "top-k truncation (k=50 applied when off)": {"forced_top_k": 50},
+}
+
+
+def setting_params(temperature_scale=1.0, forced_top_k=0) -> SamplingParams:
+    """What a setting mutant samples from where PARAMS was asked for."""
+    return SamplingParams(PARAMS.temperature * temperature_scale, forced_top_k or PARAMS.top_k, PARAMS.top_p)
+
+
 def mutants(model, block_size: int | None) -> dict[str, GenerateFn]:
     """The five planted bugs of issue 7, each in the Orthrus sampling decoder."""
     orthrus = decoder(model, "orthrus", block_size)
     return {
-        "temperature 1.05 instead of 1.0": decoder(model, "orthrus", block_size, temperature_scale=1.05),
-        # transformers' generate samples with top_k=50 unless told otherwise: a classic silent truncation.
-        "top-k truncation (k=50 applied when off)": decoder(model, "orthrus", block_size, forced_top_k=50),
+        **{name: decoder(model, "orthrus", block_size, **bug) for name, bug in SETTING_MUTANTS.items()},
         "residual drawn from p, not max(p - q, 0)": with_patch(
             orthrus, sampling, "residual_distribution", lambda p, q: p
         ),
@@ -311,22 +323,35 @@ class Arm:
         }
 
 
-def entropy_profile(model, prompts, config: CalibrationConfig, stop_ids) -> dict:
-    """How much the model samples on these prompts: next-token entropy along one AR sample per prompt. A
-    bug that reshapes the distribution moves a near-deterministic one by almost nothing, so the power the
-    tests can have is bounded by it."""
+def sampling_profile(model, prompts, config: CalibrationConfig, stop_ids) -> dict:
+    """What there is to test, along one AR sample per prompt: the next-token entropy (a bug that reshapes a
+    distribution moves a near-deterministic one by almost nothing), and for each setting mutant its KL
+    divergence from the right distribution per token. By the data-processing inequality, a test of level
+    alpha with power 0.8 against a bug needs n * KL >= d(0.8 || alpha) (binary KL), whatever it computes
+    from the output tokens: `output_test_tokens` is that lower bound on the tokens per replicate. (T5 reads
+    the acceptance trace as well, so it is not bound by it.)"""
     reference, generator = Reference(model), torch.Generator().manual_seed(config.seed + 1)
-    entropy = []
+    bugs = {name: setting_params(**bug) for name, bug in SETTING_MUTANTS.items()}
+    entropy, kl = [], {name: [] for name in bugs}
     for prompt in prompts:
         tokens = ar_samples(model, prompt, 1, config.max_new_tokens, PARAMS, stop_ids, generator)[0]
-        entropy += surprisal_terms(
-            reference.probs(prompt, tokens, PARAMS), torch.tensor(tokens)
-        ).entropy.tolist()
+        logits = reference.logits(prompt, tokens)
+        p = PARAMS.probs(logits).double()
+        entropy += surprisal_terms(p, torch.tensor(tokens)).entropy.tolist()
+        for name, params in bugs.items():
+            p_bug = params.probs(logits).double()
+            kl[name] += torch.where(p_bug > 0, p_bug * (p_bug / p).log(), 0.0).sum(-1).tolist()
     entropy = np.asarray(entropy)
+    needed = POWER_TARGET * math.log(POWER_TARGET / config.alpha) + (1 - POWER_TARGET) * math.log(
+        (1 - POWER_TARGET) / (1 - config.alpha)
+    )
+    kl_mean = {name: float(np.mean(v)) for name, v in kl.items()}
     return {
         "tokens": len(entropy),
-        "mean_nats": float(entropy.mean()),
+        "mean_entropy_nats": float(entropy.mean()),
         "share_below_0.1_nat": float((entropy < 0.1).mean()),
+        "kl_per_token": kl_mean,
+        "output_test_tokens": {name: needed / v if v > 0 else math.inf for name, v in kl_mean.items()},
     }
 
 
@@ -465,7 +490,7 @@ def calibrate(
 
 def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str, dict]:
     """(markdown, JSON) of the calibration table."""
-    alpha = config.alpha
+    alpha, profile = config.alpha, meta["profile"]
     lines = [
         "# Calibration of the sampling verdict",
         "",
@@ -475,9 +500,15 @@ def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str,
         f"Family: T1 KS+CvM, T2 per position, T3, T4 KS+AD+length, T5 acceptance audit (decoders with an "
         f"acceptance trace), Holm at α = {alpha}. "
         f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}. "
-        f"What there is to test: the model's mean next-token entropy along AR samples of these prompts is "
-        f"{meta['entropy']['mean_nats']:.3f} nats, and {meta['entropy']['share_below_0.1_nat']:.0%} of "
-        f"tokens have less than 0.1 nat.",
+        "",
+        f"What there is to test (along one AR sample per prompt, {profile['tokens']} tokens): the mean "
+        f"next-token entropy is {profile['mean_entropy_nats']:.3f} nats, and "
+        f"{profile['share_below_0.1_nat']:.0%} of tokens have less than 0.1 nat. "
+        + " ".join(
+            f"{name}: KL {profile['kl_per_token'][name]:.2g} nats per token, so no test of the output tokens "
+            f"reaches power 0.8 at α with fewer than {profile['output_test_tokens'][name]:,.0f} tokens."
+            for name in SETTING_MUTANTS
+        ),
         "",
         "| arm | replicates | rejections | rate | exact 95% CI | requirement | met | mean tokens/replicate "
         "| T3 mean z ± se | T3 tokens for power 0.8 | rejected by (count) |",
@@ -595,7 +626,7 @@ def calibrate_main(
         "block_size": config.block_size,
         "prompts": len(prompts),
         "seconds": time.perf_counter() - t0,
-        "entropy": entropy_profile(net, prompts, config, stop_ids),
+        "profile": sampling_profile(net, prompts, config, stop_ids),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }

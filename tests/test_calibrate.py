@@ -2,19 +2,24 @@
 calibration (the CI version of `orthrus-bench calibrate`) meets its requirements and writes its table."""
 
 import json
+import math
 
 import pytest
 import torch
 
 import orthrus_core.sampling as sampling
 from harness.calibrate import (
+    PARAMS,
     Arm,
     CalibrationConfig,
     ar_samples,
     calibrate_main,
+    calibration_prompts,
     micro_model,
+    sampling_profile,
     speculative_accept_variant,
 )
+from harness.verify import Reference
 from orthrus_core.decoding import generate_ar
 from orthrus_core.sampling import SamplingParams
 
@@ -137,3 +142,24 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys, argv, message):
     assert main(["calibrate", "--micro", "--out", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.with_suffix(".json").exists()
+
+
+def test_the_sampling_profile_bounds_what_any_output_test_can_see():
+    """The top-k bug's KL per token is -log(top-50 mass); the bound is d(0.8 || alpha) / KL."""
+    model = micro_model(0)
+    config = CalibrationConfig(prompts=3, max_new_tokens=40)
+    prompts = calibration_prompts(model, None, 3, 0)
+    profile = sampling_profile(model, prompts, config, [])
+    assert profile["tokens"] == 120 and 2 < profile["mean_entropy_nats"] < math.log(320)
+    # Recompute the top-k bug's divergence from the same AR samples (same generator seed as the profile).
+    generator, reference, kl = torch.Generator().manual_seed(config.seed + 1), Reference(model), []
+    for prompt in prompts:
+        tokens = ar_samples(model, prompt, 1, 40, PARAMS, [], generator)[0]
+        p = PARAMS.probs(reference.logits(prompt, tokens)).double()
+        kl += (-p.topk(50, -1).values.sum(-1).log()).tolist()
+    name = "top-k truncation (k=50 applied when off)"
+    assert profile["kl_per_token"][name] == pytest.approx(sum(kl) / len(kl), rel=1e-6)
+    binary_kl = 0.8 * math.log(0.8 / 0.01) + 0.2 * math.log(0.2 / 0.99)
+    assert profile["output_test_tokens"][name] == pytest.approx(binary_kl / profile["kl_per_token"][name])
+    # Sharper and flatter are both divergences: the temperature bug's KL is positive and smaller than top-k's.
+    assert 0 < profile["kl_per_token"]["temperature 1.05 instead of 1.0"] < profile["kl_per_token"][name]
