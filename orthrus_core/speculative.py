@@ -7,7 +7,9 @@ Per cycle:
    mask, also returning the hidden states the drafter reads (`Drafter.capture`);
 3. exact acceptance (greedy; sampling: Leviathan's rule for a chain drawn from a draft distribution q, the
    multi-draft rule of `tree.accept_sampled` for deterministic drafts) gives the accepted path and one more
-   token from the target (the correction, or the bonus after a leaf);
+   token from the target (the correction, or the bonus after a leaf); sampling from a q also records, per
+   emitted draft position, accepted or corrected and q there (`GenerationResult.acceptance_trace`, which
+   verify audits);
 4. the cache keeps the root and the accepted nodes: for a chain that is moving its length, for a tree the
    accepted rows are compacted to contiguous slots (`KVCache.compact`); the drafter is told what was committed,
    with its target features, and the extra token becomes the next root.
