@@ -117,8 +117,7 @@ def generate_speculative(
             path = torch.arange(n + 1, device=device)
         else:
             path, token = accept_sampled(tree, params.probs(logits[0]), generator)
-        if tree.q is None or params.greedy:
-            trace += [None] * len(path)  # no draft distribution to audit against
+            trace += [None] * len(path)  # deterministic drafts: no draft distribution to audit against
         if tree.is_chain:
             cache.length = start + len(path)
         else:

@@ -15,7 +15,9 @@ from harness.calibrate import decoder, micro_model, mutants
 from harness.equivalence import AUDIT_TOLERANCE, acceptance_audit, poisson_binomial_pmf
 from harness.verify import Reference, sampling_family
 from orthrus_core.decoding import generate_ar, generate_orthrus
+from orthrus_core.prompt_lookup import PromptLookupDrafter
 from orthrus_core.sampling import SamplingParams
+from orthrus_core.speculative import generate_speculative
 
 ALPHA = 0.01
 
@@ -132,6 +134,12 @@ def test_the_trace_is_aligned_with_the_tokens_and_holds_the_drafters_q(model):
         offset += n + 1
     assert checked >= len(r.tokens) - len(r.accepted)
     assert generate_orthrus(model, prompt, 20, SamplingParams(0.0)).acceptance_trace == []
+    # Deterministic drafts (prompt lookup) have no q: no trace, even when sampling.
+    repetitive = [5, 6, 7, 8] * 6
+    lookup = generate_speculative(
+        model, PromptLookupDrafter(), repetitive, 40, params, generator=torch.Generator().manual_seed(0)
+    )
+    assert lookup.cycles > 0 and lookup.acceptance_trace == []
     assert (
         generate_ar(model, prompt, 20, params, generator=torch.Generator().manual_seed(0)).acceptance_trace
         == []
