@@ -20,6 +20,7 @@ patched in for the duration of one generation (as tests/test_sampling.py does fo
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
@@ -419,9 +420,15 @@ def calibrate(
     *,
     stop_ids: list[int],
     progress: Callable[[str], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: dict | None = None,
 ) -> list[Arm]:
     """Run every arm. Replicate r of every arm is tested against the same AR reference records (row r of
-    the batched AR samples); the A/A arm's own AR samples are further rows of the same batches."""
+    the batched AR samples); the A/A arm's own AR samples are further rows of the same batches.
+
+    After each replicate the arms and the generator's state go to `checkpoint`; `resume` (such a
+    checkpoint) continues from there with the same outcomes as an uninterrupted calibration."""
+    t_start = time.perf_counter()
     reference = Reference(model)
     # (arm, decoder or None for A/A, replicates); seeds and AR rows do not depend on which arms run, so an arm
     # run alone gives the replicates it gives in a full calibration.
@@ -450,7 +457,13 @@ def calibrate(
     )
     arms = [(k, arm) for k, (arm, _, _) in enumerate(every) if kinds[k] in config.arms]
     replicates = max(every[k][2] for k, _ in arms)
-    for r in range(replicates):
+    done, seconds_before = 0, 0.0
+    if resume:
+        done, seconds_before = resume["replicates_done"], resume["seconds"]
+        for (_, arm), saved in zip(arms, resume["arms"], strict=True):
+            arm.__dict__.update(saved, t3_z=[math.nan if z is None else z for z in saved["t3_z"]])
+        generator.set_state(torch.tensor(resume["generator_state"], dtype=torch.uint8))
+    for r in range(done, replicates):
         reference_records = [{"prompt_ids": p, "output_ids": rows[i][r]} for i, p in enumerate(prompts)]
         for k, arm in arms:
             _, generate, n = every[k]
@@ -477,12 +490,38 @@ def calibrate(
                     seed=arm_seed,
                 )
             arm.add(verdict_of(records, draws, reference_records, reference, context, config, arm_seed))
+        if checkpoint:
+            state = {
+                "config": asdict(config),
+                "replicates_done": r + 1,
+                "seconds": seconds_before + time.perf_counter() - t_start,
+                "generator_state": generator.get_state().tolist(),
+                "arms": [asdict(arm) for _, arm in arms],
+            }
+            write_json(checkpoint, json_safe(state))
         if progress:
             progress(
                 f"replicate {r + 1}/{replicates}: "
                 + ", ".join(f"{a.rejections}/{a.replicates}" for _, a in arms)
             )
     return [arm for _, arm in arms]
+
+
+def load_checkpoint(path: Path, config: CalibrationConfig) -> dict:
+    """A calibration's checkpoint, if it was written with these settings."""
+    try:
+        state = json.loads(path.read_text())
+        saved = state["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a calibration checkpoint ({e}): delete it to start over") from e
+    settings = json.loads(json.dumps(json_safe(asdict(config))))
+    if saved != settings:
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise ValueError(
+            f"{path} was written with other settings ({', '.join(changed)} differ): rerun with the settings "
+            f"it holds, or delete it to start over"
+        )
+    return state
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -584,6 +623,11 @@ def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=defaults.alpha)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default="reports/calibration", help="writes OUT.md and OUT.json")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the calibration interrupted at OUT.partial.json (same settings), or start one",
+    )
 
 
 def calibrate_main(
@@ -593,8 +637,11 @@ def calibrate_main(
     micro: bool = False,
     config: CalibrationConfig | None = None,
     quiet: bool = False,
+    resume: bool = False,
 ) -> int:
-    """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met."""
+    """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met.
+    Progress is checkpointed to OUT.partial.json after each replicate (removed at the end); `resume`
+    continues from it. Without `resume` an existing checkpoint is an error, so that no work is lost."""
     from orthrus_core.checkpoint import load_model
     from orthrus_core.decoding import default_stop_ids
     from orthrus_core.tokenizer import load_tokenizer
@@ -602,6 +649,13 @@ def calibrate_main(
     from .paths import DEFAULT_MODEL
 
     config = config or CalibrationConfig()
+    out_path = Path(out)
+    checkpoint = out_path.with_suffix(".partial.json")
+    if checkpoint.exists() and not resume:
+        raise ValueError(
+            f"{checkpoint} holds an interrupted calibration: pass --resume to continue it, or delete it to "
+            f"start over"
+        )
     torch.manual_seed(config.seed)
     directory = Path(model) if model else DEFAULT_MODEL
     if not micro and (model or (DEFAULT_MODEL / "config.json").is_file()):
@@ -618,23 +672,26 @@ def calibrate_main(
         config.prompts = 32 if tokenizer is None else 200
     prompts = calibration_prompts(net, tokenizer, config.prompts, config.seed)
     stop_ids = default_stop_ids(net)
+    state = load_checkpoint(checkpoint, config) if checkpoint.exists() else None
     t0 = time.perf_counter()
     say = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    arms = calibrate(net, prompts, config, stop_ids=stop_ids, progress=say)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    arms = calibrate(
+        net, prompts, config, stop_ids=stop_ids, progress=say, checkpoint=checkpoint, resume=state
+    )
     meta = {
         "model": name,
         "block_size": config.block_size,
         "prompts": len(prompts),
-        "seconds": time.perf_counter() - t0,
+        "seconds": (state["seconds"] if state else 0.0) + time.perf_counter() - t0,
         "profile": sampling_profile(net, prompts, config, stop_ids),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }
     markdown, data = report(arms, config, meta)
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.with_suffix(".md").write_text(markdown)
     write_json(out_path.with_suffix(".json"), json_safe(data))
+    checkpoint.unlink()
     if not quiet:
         print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1
@@ -644,4 +701,4 @@ def cmd_calibrate(args) -> int:
     # Batch-1 decoding of small models is per-operation overhead: extra threads only contend.
     torch.set_num_threads(1)
     config = CalibrationConfig(**{f.name: getattr(args, f.name) for f in fields(CalibrationConfig)})
-    return calibrate_main(args.model, args.out, micro=args.micro, config=config)
+    return calibrate_main(args.model, args.out, micro=args.micro, config=config, resume=args.resume)

@@ -3,10 +3,12 @@ calibration (the CI version of `orthrus-bench calibrate`) meets its requirements
 
 import json
 import math
+from unittest import mock
 
 import pytest
 import torch
 
+import harness.calibrate as calibrate_module
 import orthrus_core.sampling as sampling
 from harness.calibrate import (
     PARAMS,
@@ -163,3 +165,39 @@ def test_the_sampling_profile_bounds_what_any_output_test_can_see():
     assert profile["output_test_tokens"][name] == pytest.approx(binary_kl / profile["kl_per_token"][name])
     # Sharper and flatter are both divergences: the temperature bug's KL is positive and smaller than top-k's.
     assert 0 < profile["kl_per_token"]["temperature 1.05 instead of 1.0"] < profile["kl_per_token"][name]
+
+
+def test_an_interrupted_calibration_resumes_to_the_same_table(tmp_path):
+    """Killed in its third replicate, a calibration continues from its checkpoint to the outcomes of an
+    uninterrupted one (the A/A arm's T2 draws depend on the generator's state, which the checkpoint holds)."""
+    settings = dict(replicates=4, lossless_replicates=2, prompts=3, max_new_tokens=32, t2_samples=30)
+    calibrate_main(out=str(tmp_path / "whole"), micro=True, config=reduced(**settings), quiet=True)
+    out = tmp_path / "resumed"
+    real, calls = calibrate_module.verdict_of, []
+
+    def dies_in_the_third_replicate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7 + 2 + 1:  # replicate 0 has 7 arms, replicate 1 two, replicate 2 only A/A
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with mock.patch.object(calibrate_module, "verdict_of", dies_in_the_third_replicate):
+        with pytest.raises(KeyboardInterrupt):
+            calibrate_main(out=str(out), micro=True, config=reduced(**settings), quiet=True)
+    checkpoint = out.with_suffix(".partial.json")
+    assert (
+        json.loads(checkpoint.read_text())["replicates_done"] == 2 and not out.with_suffix(".json").exists()
+    )
+    # Not resuming would throw the work away: refused. Resuming with other settings: refused.
+    with pytest.raises(ValueError, match="pass --resume"):
+        calibrate_main(out=str(out), micro=True, config=reduced(**settings), quiet=True)
+    with pytest.raises(ValueError, match="replicates differ"):
+        calibrate_main(out=str(out), micro=True, config=reduced(**{**settings, "replicates": 5}), resume=True)
+    calibrate_main(out=str(out), micro=True, config=reduced(**settings), quiet=True, resume=True)
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    resumed = json.loads(out.with_suffix(".json").read_text())
+    assert resumed["arms"] == whole["arms"] and resumed["replicate_t3_z"] == whole["replicate_t3_z"]
+    assert not checkpoint.exists()
+    checkpoint.write_text("{")  # a truncated file is named as such, not a traceback
+    with pytest.raises(ValueError, match="not a calibration checkpoint"):
+        calibrate_main(out=str(out), micro=True, config=reduced(**settings), quiet=True, resume=True)
