@@ -461,7 +461,8 @@ def calibrate(
     if resume:
         done, seconds_before = resume["replicates_done"], resume["seconds"]
         for (_, arm), saved in zip(arms, resume["arms"], strict=True):
-            arm.__dict__.update(saved, t3_z=[math.nan if z is None else z for z in saved["t3_z"]])
+            # json_safe wrote NaN as null and inf as "inf"
+            arm.__dict__.update(saved, t3_z=[math.nan if z is None else float(z) for z in saved["t3_z"]])
         generator.set_state(torch.tensor(resume["generator_state"], dtype=torch.uint8))
     for r in range(done, replicates):
         reference_records = [{"prompt_ids": p, "output_ids": rows[i][r]} for i, p in enumerate(prompts)]
