@@ -539,8 +539,7 @@ def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str,
         f"(T1, T3, T4), and T2 with {config.t2_samples} draws × {config.t2_depth} positions at one fixed context. "
         f"Family: T1 KS+CvM, T2 per position, T3, T4 KS+AD+length, T5 acceptance audit (decoders with an "
         f"acceptance trace), Holm at α = {alpha}. "
-        f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}. "
-        "",
+        f"Block size {meta['block_size']}; {meta['seconds']:.0f} s on {meta['machine']}. ",
         f"What there is to test (along one AR sample per prompt, {profile['tokens']} tokens): the mean "
         f"next-token entropy is {profile['mean_entropy_nats']:.3f} nats, and "
         f"{profile['share_below_0.1_nat']:.0%} of tokens have less than 0.1 nat. "
