@@ -312,8 +312,13 @@ def sequence_statistics(reference: Reference, records: list[dict], params: Sampl
         logprob.append(-float(t.surprisal.sum()))
         length.append(len(tokens))
         if trace := r.get("acceptance_trace"):  # aligned with the tokens; absent for other decoders
+            if len(trace) != len(tokens):
+                raise ValueError(
+                    f"record {r.get('method')}/{r.get('suite')}/{r.get('item_id')} has {len(trace)} acceptance "
+                    f"trace entries for {len(tokens)} tokens: the record is corrupt; run that unit again"
+                )
             p_emitted = probs[torch.arange(len(tokens)), ids].tolist()
-            audit += [(*event, p_x) for event, p_x in zip(trace, p_emitted, strict=True) if event is not None]
+            audit += [(*event, p_x) for event, p_x in zip(trace, p_emitted, strict=True) if event]
     return pits, terms, np.array(logprob), np.array(length), np.array(audit).reshape(-1, 3)
 
 

@@ -170,3 +170,16 @@ def test_the_verdict_runs_the_audit_and_it_catches_the_residual_bug(model):
     # AR records have no trace: no T5 in their family.
     family, _ = sampling_family(reference, ar, ar, params, alpha=ALPHA, seed=0)
     assert "T5 acceptance audit" not in [t.name for t in family]
+
+
+def test_a_trace_that_does_not_match_its_tokens_is_named(model):
+    record = {
+        "method": "orthrus",
+        "suite": "s",
+        "item_id": "7",
+        "prompt_ids": [3, 4],
+        "output_ids": [5, 6, 7],
+    }
+    record["acceptance_trace"] = [None, [1, 0.5]]
+    with pytest.raises(ValueError, match="orthrus/s/7 has 2 acceptance trace entries for 3 tokens"):
+        sampling_family(Reference(model), [record], [record], SamplingParams(1.0), alpha=ALPHA, seed=0)
