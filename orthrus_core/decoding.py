@@ -44,7 +44,7 @@ class GenerationResult:
     decode_s: float = 0.0  # everything after the first token
     # Sampled speculative decoding with a draft distribution q: per new token, [accepted (1) or corrected (0),
     # q(token)] when the verifier ruled on it as a draft position, None otherwise (the first token, a bonus).
-    # What an audit of the acceptance rule needs (harness.equivalence.acceptance_audit); empty for the rest.
+    # What an audit of the acceptance rule needs (harness.verify.equivalence.acceptance_audit); empty for the rest.
     acceptance_trace: list[list[float] | None] = field(default_factory=list)
 
     @property

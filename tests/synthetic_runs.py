@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.run.telemetry import TELEMETRY_FIELDS
 from harness.store import open_run
-from harness.telemetry import TELEMETRY_FIELDS
 
 # method label -> (method name, lossless, tokens/s relative to ar, mean accepted drafts per cycle)
 METHODS = {

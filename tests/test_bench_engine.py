@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_model, random_prompts
 
-from harness.bench_engine import generate_orthrus_dynamic_cache, weight_bytes
+from harness.bench.engine import generate_orthrus_dynamic_cache, weight_bytes
 from orthrus_core import generate_ar
 
 

@@ -8,9 +8,9 @@ from unittest import mock
 import pytest
 import torch
 
-import harness.calibrate as calibrate_module
+import harness.verify.calibrate as calibrate_module
 import orthrus_core.sampling as sampling
-from harness.calibrate import (
+from harness.verify.calibrate import (
     PARAMS,
     Arm,
     CalibrationConfig,
@@ -21,7 +21,7 @@ from harness.calibrate import (
     sampling_profile,
     speculative_accept_variant,
 )
-from harness.verify import Reference
+from harness.verify.verdicts import Reference
 from orthrus_core.decoding import generate_ar
 from orthrus_core.sampling import SamplingParams
 

@@ -7,9 +7,9 @@ import argparse
 import pytest
 from synthetic_runs import make_run
 
-from harness.compare import REGRESSION, compare_runs, min_mannwhitney_p
-from harness.report_commands import add_compare_args, compare_main
-from harness.runs import load_runs
+from harness.cli.report import add_compare_args, compare_main
+from harness.report.compare import REGRESSION, compare_runs, min_mannwhitney_p
+from harness.report.runs import load_runs
 
 METHODS = ("ar", "orthrus", "eagle3")
 

@@ -10,8 +10,8 @@ import pytest
 from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
-from harness.dashboard import write_dashboard
-from harness.report_commands import add_dashboard_args, dashboard_main
+from harness.cli.report import add_dashboard_args, dashboard_main
+from harness.report.dashboard import write_dashboard
 
 
 def test_trends_and_benchmark_export(tmp_path):

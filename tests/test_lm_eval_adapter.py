@@ -16,11 +16,11 @@ import torch
 from conftest import VOCAB, random_model
 from lm_eval.api.instance import Instance
 
-from harness.lm_eval_adapter import OrthrusLM, task_manager
-from harness.lm_eval_tasks.utils import minerva_process_results
+from harness.lm_eval.adapter import OrthrusLM, task_manager
+from harness.lm_eval.tasks.utils import minerva_process_results
 from harness.paths import DEFAULT_MODEL
 from orthrus_core.checkpoint import save_model
-from orthrus_core.tiny_tokenizer import train_tokenizer
+from orthrus_core.training.tiny_tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_minerva_math500_from_the_command_line(micro_model, data_dir, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "harness.lm_eval_adapter",
+        "harness.lm_eval",
         "--model",
         "orthrus",
         "--model_args",

@@ -12,10 +12,10 @@ import pytest
 from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
-from harness.report import FIGURES, write_report
-from harness.report_commands import add_report_args, report_main
-from harness.runner import summarize
-from harness.runs import bootstrap_ci, ratio_of_means
+from harness.cli.report import add_report_args, report_main
+from harness.report.runs import bootstrap_ci, ratio_of_means
+from harness.report.tables import FIGURES, write_report
+from harness.run.runner import summarize
 from harness.store import open_run, read_records
 
 VERDICTS = {

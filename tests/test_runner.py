@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.runner import RunError, RunSpec, execute, merge, prepare, summarize
+from harness.run.runner import RunError, RunSpec, execute, merge, prepare, summarize
 from harness.store import RECORDS, RETRIED, load, load_run, read_records, unit_key
 
 SPEC = dict(

@@ -5,7 +5,7 @@ import torch
 from conftest import random_model, random_prompts
 
 import orthrus_core.sampling as sampling
-from harness.equivalence import randomized_pit, uniformity_pvalues
+from harness.verify.equivalence import randomized_pit, uniformity_pvalues
 from orthrus_core.decoding import generate_ar, generate_orthrus
 from orthrus_core.model import copy_ar_to_diffusion
 from orthrus_core.sampling import SamplingParams, greedy_accept, speculative_accept

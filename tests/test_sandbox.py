@@ -6,7 +6,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from harness.sandbox import SandboxLimits, run_python
+from harness.scoring.sandbox import SandboxLimits, run_python
 
 QUICK = SandboxLimits(wall_s=3.0, cpu_s=3)
 
@@ -171,7 +171,7 @@ def test_signalling_the_parent_and_the_harness_is_refused():
 
 
 def test_a_missing_isolation_layer_is_reported_once(monkeypatch, caplog):
-    import harness.sandbox as sandbox
+    import harness.scoring.sandbox as sandbox
 
     monkeypatch.setattr(sandbox, "_reported_gaps", set())
     without_landlock = sandbox.SandboxResult(
@@ -185,7 +185,7 @@ def test_a_missing_isolation_layer_is_reported_once(monkeypatch, caplog):
         stderr_tail="",
         isolation=("rlimits", "own-session", "seccomp"),
     )
-    with caplog.at_level(logging.WARNING, logger="harness.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="harness.scoring.sandbox"):
         sandbox._report_missing_layers(without_landlock)
         sandbox._report_missing_layers(without_landlock)
     assert [record.getMessage() for record in caplog.records] == [

@@ -1,6 +1,6 @@
 """Generation seeds: hashed, stable across processes, distinct for every generation of a run."""
 
-from harness.seeds import generation_seed
+from harness.run.seeds import generation_seed
 
 
 def test_generation_seeds_are_stable_and_distinct():

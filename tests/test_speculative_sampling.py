@@ -6,7 +6,7 @@ import torch
 from conftest import random_model, random_prompts
 
 import orthrus_core.sampling as sampling
-from harness.equivalence import randomized_pit, uniformity_pvalues
+from harness.verify.equivalence import randomized_pit, uniformity_pvalues
 from orthrus_core.model import causal_mask
 from orthrus_core.sampling import SamplingParams
 from orthrus_core.speculative import Drafter, generate_speculative

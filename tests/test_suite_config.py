@@ -5,8 +5,8 @@ import textwrap
 import datasets
 import pytest
 
-from harness.data import DatasetFieldError, DatasetUnavailableError
-from harness.suites import SuiteError, load_suite
+from harness.suites.data import DatasetFieldError, DatasetUnavailableError
+from harness.suites.suite import SuiteError, load_suite
 
 MINIMAL_MATH_SUITE = """
 [dataset]

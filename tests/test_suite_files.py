@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from harness.suites import list_suites, load_suite
+from harness.suites.suite import list_suites, load_suite
 
 EXPECTED_PROMPTS = {"math500": 500, "gsm8k": 1319, "humaneval": 164, "mbpp": 257, "mtbench": 80}
 LONGCTX_LENGTHS = [1000, 2000, 4000, 8000, 16000, 32000, 40000]

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import torch
 from conftest import random_prompts
 
-from harness.provenance import config_hash, git_state, hardware, model_provenance, versions
-from harness.telemetry import NVML_FIELDS, TELEMETRY_FIELDS, NvmlSampler, Telemetry
+from harness.run.provenance import config_hash, git_state, hardware, model_provenance, versions
+from harness.run.telemetry import NVML_FIELDS, TELEMETRY_FIELDS, NvmlSampler, Telemetry
 from orthrus_core import generate
 
 

@@ -10,9 +10,9 @@ import pytest
 from harness.methods import make_decoder
 from harness.methods.base import Target
 from harness.paths import TINY_DIR
-from orthrus_core import tinydata
 from orthrus_core.checkpoint import load_model
 from orthrus_core.tokenizer import load_tokenizer
+from orthrus_core.training import tiny_corpus
 
 MISSING = [
     name for name in ("orthrus", "eagle3", "dflash") if not (TINY_DIR / name / "config.json").is_file()
@@ -35,8 +35,8 @@ def prompts(tiny):
             messages, add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=False
         )
 
-    math = [render(tinydata.math_messages(p)) for p in tinydata.heldout_math(6)]
-    code = [render(tinydata.code_messages(p)) for p in tinydata.heldout_code(3)]
+    math = [render(tiny_corpus.math_messages(p)) for p in tiny_corpus.heldout_math(6)]
+    code = [render(tiny_corpus.code_messages(p)) for p in tiny_corpus.heldout_code(3)]
     return math + code
 
 

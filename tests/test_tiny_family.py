@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.paths import DEFAULT_MODEL, TINY_DIR
-from harness.tiny_family import evaluate
+from harness.tiny.family import evaluate
 from orthrus_core.checkpoint import load_model
 from orthrus_core.tokenizer import load_tokenizer
 

@@ -8,9 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from orthrus_core import tinydata, train
 from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
-from orthrus_core.tiny_tokenizer import train_tokenizer
+from orthrus_core.training import tiny as train
+from orthrus_core.training import tiny_corpus
+from orthrus_core.training.tiny_tokenizer import train_tokenizer
 
 MICRO = train.Recipe(
     vocab_size=400,
@@ -37,7 +38,7 @@ MICRO = train.Recipe(
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     tokenizer = train_tokenizer(
-        tinydata.tokenizer_training_text(None, count=400), MICRO.vocab_size, tmp_path_factory.mktemp("tok")
+        tiny_corpus.tokenizer_training_text(None, count=400), MICRO.vocab_size, tmp_path_factory.mktemp("tok")
     )
     stream = train.token_stream(tokenizer, train.training_conversations(MICRO, None), MICRO.seed)
     return tokenizer, stream

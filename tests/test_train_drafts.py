@@ -9,8 +9,8 @@ from orthrus_core.decoding import generate_ar
 from orthrus_core.dflash import DFlashDrafter
 from orthrus_core.eagle3 import Eagle3Drafter
 from orthrus_core.speculative import generate_speculative
-from orthrus_core.train_dflash import train_dflash
-from orthrus_core.train_eagle3 import train_eagle3
+from orthrus_core.training.dflash import train_dflash
+from orthrus_core.training.eagle3 import train_eagle3
 
 
 @pytest.fixture(scope="module")

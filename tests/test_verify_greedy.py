@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import random_model, random_prompts
 
-from harness.forensics import (
+from harness.verify.forensics import (
     ALGORITHMIC,
     NEAR_TIE,
     BenignStudy,
@@ -15,7 +15,7 @@ from harness.forensics import (
     teacher_forced_logits,
     token_location,
 )
-from harness.verify import verify_greedy
+from harness.verify.verdicts import verify_greedy
 from orthrus_core.decoding import generate_ar
 
 V = 16

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from harness.calibrate import decoder, micro_model
 from harness.store import write_json
-from harness.suite_config import read_suite_file
-from harness.suites import suite_files_dir
-from harness.verify import VERDICTS, verify_main
+from harness.suites.config import read_suite_file
+from harness.suites.suite import suite_files_dir
+from harness.verify.calibrate import decoder, micro_model
+from harness.verify.verdicts import VERDICTS, verify_main
 from orthrus_core.checkpoint import save_model
 
 SUITE = "tiny-math"
@@ -174,7 +174,7 @@ def test_decoders_resynchronise_and_run_t2(run_dir, model_dir, tmp_path):
 def test_command_line_arguments(run_dir, tmp_path):
     import argparse
 
-    from harness.verify import add_verify_args, cmd_verify
+    from harness.verify.verdicts import add_verify_args, cmd_verify
 
     parser = argparse.ArgumentParser()
     add_verify_args(parser)

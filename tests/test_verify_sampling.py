@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from harness.calibrate import decoder, micro_model
-from harness.equivalence import (
+from harness.verify.calibrate import decoder, micro_model
+from harness.verify.equivalence import (
     GTest,
     StatResult,
     combined_g_test,
@@ -22,7 +22,7 @@ from harness.equivalence import (
     surprisal_test,
     two_sample_tests,
 )
-from harness.verify import Reference, draw_fixed_context, fixed_context_tests
+from harness.verify.verdicts import Reference, draw_fixed_context, fixed_context_tests
 from orthrus_core.sampling import SamplingParams
 
 ALPHA = 0.01

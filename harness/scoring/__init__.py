@@ -53,9 +53,9 @@ def make_scorer(name: str, options: dict) -> Scorer:
 
 def _registry() -> dict[str, type]:
     # Imported here so that loading a suite does not pull in every scorer's dependencies up front.
-    from harness.scoring.code import HumanEvalScorer, MbppScorer
-    from harness.scoring.lengths import LengthScorer
-    from harness.scoring.math_answers import Gsm8kScorer, MathScorer
+    from .code import HumanEvalScorer, MbppScorer
+    from .lengths import LengthScorer
+    from .math_answers import Gsm8kScorer, MathScorer
 
     return {
         "math": MathScorer,

@@ -6,8 +6,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from harness.sandbox import SandboxLimits, run_python
-from harness.scoring import Score
+from . import Score
+from .sandbox import SandboxLimits, run_python
 
 # A fenced block, closed or (when generation stopped at the token limit) running to the end.
 _FENCED_BLOCK = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.scoring import Score
+from . import Score
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The decoders as an lm-evaluation-harness model (`orthrus`), and offline task configs (tasks/)."""

@@ -1,0 +1,5 @@
+"""`python -m harness.lm_eval ...`: lm_eval's command line with the `orthrus` model and the offline tasks."""
+
+from .adapter import main
+
+main()

@@ -1,1 +1,0 @@
-"""lm-eval task configs that read the data folder instead of the Hugging Face Hub (see harness.lm_eval_adapter)."""

@@ -1,0 +1,13 @@
+"""Stage 5, report: results directories -> tables, figures, the pull-request gate and trends. Never imports
+torch or the runner: a report renders on any machine from the records alone.
+
+    runs.py       run directories as pandas tables (generations, work units)
+    stats.py      bootstrap CIs and the ratio statistics they resample
+    summary.py    the per-method summary `run` prints (τ, TPF, speedup, accuracy, identity)
+    style.py      what every page shares: method order and colours, labels, CSS
+    tables.py     Table 1, Figure 4's numbers, per-method summaries, verdicts, provenance
+    figures.py    the report's PNG figures
+    page.py       `orthrus-bench report`: the HTML page and report.md
+    compare.py    `orthrus-bench compare`: the regression gate
+    dashboard.py  `orthrus-bench dashboard`: trends across runs, github-action-benchmark JSON
+"""

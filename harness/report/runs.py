@@ -1,0 +1,140 @@
+"""Run directories as tables: what `report`, `compare` and `dashboard` read.
+
+One row per work unit (an item's turns by one method for one sample) is the grain of every per-question
+figure (docs/methodology.md, "Averages"); `units()` builds it from the per-generation records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from harness.store import load_run, read_records
+
+EMBEDDED_MODEL = "embedded tiny family"
+UNIT = ["suite", "item_id", "sample"]
+# Telemetry fields that a run made with --no-telemetry lacks altogether; there they read as not measured.
+TELEMETRY_COLUMNS = [
+    "allocator_peak_bytes",
+    "energy_j",
+    "energy_reliable",
+    "diffusion_forward_count",
+    "diffusion_forward_ms_mean",
+]
+
+
+@dataclass
+class Run:
+    directory: Path
+    info: dict  # run.json
+    records: list[dict]  # every complete record, errors included
+
+    @property
+    def model(self) -> str:
+        return self.info.get("config", {}).get("model") or EMBEDDED_MODEL
+
+    @property
+    def commit(self) -> str:
+        git = self.info.get("git") or {}
+        commit = git.get("commit") or "unknown"
+        return commit[:10] + ("+dirty" if git.get("dirty") else "")
+
+
+def load_runs(directories: list[str | os.PathLike]) -> list[Run]:
+    runs = []
+    for directory in directories:
+        directory = Path(directory)
+        info = load_run(directory) if (directory / "run.json").exists() else {}
+        runs.append(Run(directory, info, read_records(directory)))
+    return runs
+
+
+def generations(runs: list[Run]) -> pd.DataFrame:
+    """The successful generations of all runs, one row each, with `run` and `model` columns added."""
+    rows = [
+        {**r, "run": str(run.directory), "model": run.model}
+        for run in runs
+        for r in run.records
+        if r["status"] == "ok"
+    ]
+    df = pd.DataFrame.from_records(rows)
+    if df.empty:
+        return df
+    return df.reindex(columns=list(dict.fromkeys([*df.columns, *TELEMETRY_COLUMNS])))
+
+
+def units(df: pd.DataFrame) -> pd.DataFrame:
+    """Per work unit (model, temperature, method, suite, item, sample): tokens, time, forwards, cycles,
+    accepted drafts, the score, and per-unit tokens/s (tokens / wall time, Spec-Bench's per-question rate)."""
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(
+        forwards=df.ar_forwards + df.draft_forwards,
+        cycles=df.accepted.map(len),
+        accepted_sum=df.accepted.map(sum),
+    )
+    keys = ["model", "temperature", "method", "method_name", "lossless", *UNIT]
+    out = df.groupby(keys, dropna=False, sort=False).agg(
+        tokens=("new_tokens", "sum"),
+        wall_s=("wall_s", "sum"),
+        forwards=("forwards", "sum"),
+        cycles=("cycles", "sum"),
+        accepted=("accepted_sum", "sum"),
+        correct=("score_correct", "last"),
+        context_bucket=("context_bucket", "first"),
+    )
+    out = out.reset_index()
+    out["tokens_per_s"] = out.tokens / out.wall_s
+    return out
+
+
+def bootstrap_ci(statistic, *samples, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of `statistic(*samples, axis=-1)`, the samples resampled together (paired:
+    one index draw per resample keeps an item's values side by side). None with fewer than two values."""
+    samples = tuple(np.asarray(s, dtype=float) for s in samples)
+    if len(samples[0]) < 2:
+        return None
+    if all(np.ptp(s) == 0 for s in samples):  # every resample gives the same value
+        value = float(statistic(*samples, axis=-1))
+        return value, value
+    result = stats.bootstrap(
+        samples,
+        statistic,
+        paired=True,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+# Statistics for bootstrap_ci, also usable on plain columns (pandas objects are turned into arrays first).
+
+
+def ratio_of_means(a, b, axis=-1):
+    return np.mean(np.asarray(a, float), axis=axis) / np.mean(np.asarray(b, float), axis=axis)
+
+
+def ratio_of_sums(a, b, axis=-1):
+    return np.sum(np.asarray(a, float), axis=axis) / np.sum(np.asarray(b, float), axis=axis)
+
+
+def pooled_tau(accepted, cycles, axis=-1):
+    """τ over many generations: 1 + all accepted drafts / all cycles (docs/methodology.md)."""
+    return 1 + ratio_of_sums(accepted, cycles, axis)
+
+
+def mean(a, axis=-1):
+    return np.mean(np.asarray(a, float), axis=axis)
+
+
+def read_json_if_present(path: Path) -> object | None:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,117 @@
+"""What a run was: code, software, hardware, configuration and weights, enough to reproduce or distrust it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from harness.paths import PROJECT_ROOT
+
+PACKAGES = (
+    "orthrus-bench",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "pandas",
+    "datasets",
+    "math-verify",
+    "nvidia-ml-py",
+)
+
+
+def config_hash(obj) -> str:
+    """sha256 of the canonical JSON of obj (sorted keys), first 16 hex digits."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_state() -> dict:
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10
+        )
+
+    try:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(nvml=None) -> dict:
+    import os
+
+    out = {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "driver": None,
+    }
+    if nvml is not None:
+        driver = nvml.nvmlSystemGetDriverVersion()
+        out["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+    return out
+
+
+def model_provenance(role: str, spec: str, directory: Path) -> dict:
+    """A checkpoint as given and as resolved, with a hash of every weight file. A hub snapshot's path
+    ends in its commit (`.../snapshots/<revision>`), recorded as the revision."""
+    directory = Path(directory)
+    revision = directory.name if directory.parent.name == "snapshots" else None
+    weights = sorted(
+        p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin") and not p.name.startswith(".")
+    )
+    return {
+        "role": role,
+        "spec": spec,
+        "path": str(directory),
+        "revision": revision,
+        "weights": {p.name: file_sha256(p) for p in weights},
+    }
+
+
+def command_line() -> list[str]:
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
