@@ -7,7 +7,8 @@ result.tokens, result.stop_reason, result.accepted, result.tau, result.tpf
 """
 
 from .checkpoint import CheckpointError, load_model, save_model
-from .decoding import GenerationResult, generate, generate_ar, generate_orthrus
+from .decoding import generate, generate_ar, generate_orthrus
+from .generation import GenerationResult
 from .model import KVCache, OrthrusForCausalLM
 from .sampling import SamplingParams
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoding import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
 from .model import OrthrusForCausalLM
 
 

@@ -12,130 +12,20 @@ Orthrus cycle (K = block size):
    (the correction, or the bonus when all K-1 are accepted), which becomes the next anchor;
 4. the cache keeps anchor + n accepted drafts: rollback is moving its length, nothing is copied.
 
-Metrics (see docs/methodology.md): tau = accepted drafts + 1 per cycle, averaged over cycles; TPF = new tokens
-/ (AR + draft forwards after prefill), counting both forwards of each cycle as the paper does.
+The result record and the bookkeeping both share are in generation.py; the draft-verify loop Orthrus runs in
+(and every speculative baseline with it) is speculative.py.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 
 import torch
 
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
 from .model import OrthrusForCausalLM
 from .sampling import SamplingParams, sample
-
-StreamCallback = Callable[[list[int]], None]
-
-
-@dataclass
-class GenerationResult:
-    """One generation. `tokens` are the new tokens only (ending with the stop token when one was hit)."""
-
-    tokens: list[int]
-    stop_reason: str  # "stop": a stop token was emitted; "length": max_new_tokens reached
-    accepted: list[int] = field(default_factory=list)  # drafts the verifier accepted, per cycle
-    prefill_forwards: int = 0
-    ar_forwards: int = 0  # target-model forwards after prefill (AR steps or verify passes)
-    draft_forwards: int = 0  # drafter forwards (for Orthrus: diffusion-view passes)
-    prefill_s: float = 0.0  # prompt forward through the first token (= time to first token)
-    decode_s: float = 0.0  # everything after the first token
-    # Sampled speculative decoding with a draft distribution q: per new token, [accepted (1) or corrected (0),
-    # q(token)] when the verifier ruled on it as a draft position, None otherwise (the first token, a bonus).
-    # What an audit of the acceptance rule needs (harness.verify.equivalence.acceptance_audit); empty for the rest.
-    acceptance_trace: list[list[float] | None] = field(default_factory=list)
-
-    @property
-    def new_tokens(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def cycles(self) -> int:
-        return len(self.accepted)
-
-    @property
-    def tau(self) -> float | None:
-        """Mean tokens per verification cycle (accepted drafts + 1); None for plain AR decoding."""
-        return 1 + sum(self.accepted) / len(self.accepted) if self.accepted else None
-
-    @property
-    def tpf(self) -> float | None:
-        """New tokens per forward after prefill (the first token comes from the prefill and counts)."""
-        forwards = self.ar_forwards + self.draft_forwards
-        return self.new_tokens / forwards if forwards else None
-
-    @property
-    def total_s(self) -> float:
-        return self.prefill_s + self.decode_s
-
-    @property
-    def tpot_s(self) -> float | None:
-        """Time per output token after the first."""
-        return self.decode_s / (self.new_tokens - 1) if self.new_tokens > 1 else None
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.total_s if self.total_s > 0 else float("nan")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(
-            new_tokens=self.new_tokens,
-            tau=self.tau,
-            tpf=self.tpf,
-            total_s=self.total_s,
-            tpot_s=self.tpot_s,
-            tokens_per_s=self.tokens_per_s,
-        )
-        return d
-
-
-class Clock:
-    """Wall-clock that waits for the device queue first, so GPU work is inside the interval."""
-
-    def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def __call__(self) -> float:
-        self.sync()
-        return time.perf_counter()
-
-
-class Output:
-    """Collects emitted tokens, enforcing stop tokens and max_new_tokens exactly."""
-
-    def __init__(self, max_new_tokens: int, stop_token_ids: Iterable[int], on_tokens: StreamCallback | None):
-        self.tokens: list[int] = []
-        self.max_new_tokens = max_new_tokens
-        self.stop_ids = frozenset(stop_token_ids)
-        self.on_tokens = on_tokens
-        self.stop_reason: str | None = None
-
-    def emit(self, new: list[int]) -> bool:
-        """Append tokens up to the first stop token or the length limit; True when generation is over."""
-        for i, t in enumerate(new):
-            if t in self.stop_ids:
-                new, self.stop_reason = new[: i + 1], "stop"
-                break
-        room = self.max_new_tokens - len(self.tokens)
-        if len(new) >= room:
-            new = new[:room]
-            self.stop_reason = self.stop_reason or "length"
-        self.tokens += new
-        if self.on_tokens and new:
-            self.on_tokens(new)
-        return self.stop_reason is not None
-
-
-def check_prompt(prompt_ids, max_new_tokens: int, device) -> torch.Tensor:
-    ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)
-    if ids.ndim != 1 or ids.numel() == 0:
-        raise ValueError("the prompt must be a non-empty sequence of token ids")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    return ids[None]
+from .speculative import OrthrusDrafter, generate_speculative
 
 
 def _first_token(model, prompt, cache, params, generator) -> int:
@@ -144,11 +34,6 @@ def _first_token(model, prompt, cache, params, generator) -> int:
     if params.greedy:
         return int(logits.argmax())
     return int(sample(params.probs(logits), generator))
-
-
-def default_stop_ids(model: OrthrusForCausalLM) -> list[int]:
-    eos = model.config.eos_token_id
-    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
 
 
 @torch.inference_mode()
@@ -200,8 +85,6 @@ def generate_orthrus(
 ) -> GenerationResult:
     """Orthrus decoding: per cycle one diffusion-view draft pass and one AR-view verify pass, in the draft-verify
     loop every speculative method shares (speculative.py)."""
-    from .speculative import OrthrusDrafter, generate_speculative  # speculative.py builds on this module
-
     drafter = OrthrusDrafter(model, block_size, params, generator)
     return generate_speculative(
         model,

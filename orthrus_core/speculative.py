@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .decoding import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
 from .model import KVCache, OrthrusForCausalLM
 from .sampling import SamplingParams, sample, speculative_accept
 from .tree import DraftTree, accept_greedy, accept_sampled

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import Qwen3Config
 
-from harness.verify.calibrate import micro_config
+from orthrus_core.micro import micro_config
 from orthrus_core.model import OrthrusForCausalLM, init_weights
 
 VOCAB = micro_config().vocab_size

@@ -17,12 +17,12 @@ from harness.verify.calibrate import (
     ar_samples,
     calibrate_main,
     calibration_prompts,
-    micro_model,
     sampling_profile,
     speculative_accept_variant,
 )
 from harness.verify.verdicts import Reference
 from orthrus_core.decoding import generate_ar
+from orthrus_core.micro import micro_model
 from orthrus_core.sampling import SamplingParams
 
 

@@ -9,9 +9,10 @@ import torch
 from harness.store import write_json
 from harness.suites.config import read_suite_file
 from harness.suites.suite import suite_files_dir
-from harness.verify.calibrate import decoder, micro_model
+from harness.verify.calibrate import decoder
 from harness.verify.verdicts import VERDICTS, verify_main
 from orthrus_core.checkpoint import save_model
+from orthrus_core.micro import micro_model
 
 SUITE = "tiny-math"
 MAX_NEW = 24

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from harness.verify.calibrate import decoder, micro_model
+from harness.verify.calibrate import decoder
 from harness.verify.equivalence import (
     GTest,
     StatResult,
@@ -23,6 +23,7 @@ from harness.verify.equivalence import (
     two_sample_tests,
 )
 from harness.verify.verdicts import Reference, draw_fixed_context, fixed_context_tests
+from orthrus_core.micro import micro_model
 from orthrus_core.sampling import SamplingParams
 
 ALPHA = 0.01

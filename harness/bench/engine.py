@@ -25,7 +25,8 @@ from rich.table import Table
 from transformers import Qwen3Config
 
 from harness.console import console as make_console
-from orthrus_core.decoding import default_stop_ids, generate_ar, generate_orthrus
+from orthrus_core.decoding import generate_ar, generate_orthrus
+from orthrus_core.generation import default_stop_ids
 from orthrus_core.model import OrthrusForCausalLM, causal_mask
 
 # Qwen3 dense shapes (config.json of Qwen/Qwen3-*), with Orthrus' block size and mask id.

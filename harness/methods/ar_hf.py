@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
-from orthrus_core.decoding import Clock, GenerationResult, check_prompt, default_stop_ids
+from orthrus_core.generation import Clock, GenerationResult, check_prompt, default_stop_ids
 
 from .base import Decoder
 

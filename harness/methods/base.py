@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from orthrus_core.decoding import GenerationResult, StreamCallback
+from orthrus_core.generation import GenerationResult, StreamCallback
 from orthrus_core.model import OrthrusForCausalLM
 from orthrus_core.sampling import SamplingParams
 from orthrus_core.speculative import Drafter, generate_speculative

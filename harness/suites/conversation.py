@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orthrus_core import GenerationResult
+from orthrus_core.generation import GenerationResult
 
 from .suite import Suite, SuiteItem
 

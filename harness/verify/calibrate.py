@@ -39,6 +39,7 @@ import orthrus_core.sampling as sampling
 import orthrus_core.speculative as speculative
 from harness.run.seeds import generation_seed
 from harness.store import json_safe, write_json
+from orthrus_core.micro import micro_model
 from orthrus_core.sampling import SamplingParams
 
 from .equivalence import surprisal_terms
@@ -373,46 +374,6 @@ def calibration_prompts(model, tokenizer, n: int, seed: int) -> list[list[int]]:
             for _ in range(n)]  # fmt: skip
 
 
-def micro_config(**overrides):
-    """The random micro Orthrus shape of the calibration and of the tests: vocabulary 320, hidden 64, one layer."""
-    from transformers import Qwen3Config
-
-    fields = dict(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        eos_token_id=3,
-        block_size=8,
-        mask_token_id=319,
-        architectures=["OrthrusLM"],
-    )
-    return Qwen3Config(**{**fields, **overrides})
-
-
-def micro_model(seed: int = 0, std: float = 0.25, draft_noise: float = 0.05):
-    """A one-layer random Qwen3-shaped Orthrus model whose diffusion view is its AR view plus noise, so that
-    drafts are accepted often but not always (the near-AR model of tests/test_sampling.py)."""
-    from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
-
-    config = micro_config()
-    # std 0.25 (not Qwen3's 0.02) so that next-token distributions have a few nats of entropy.
-    model = init_weights(OrthrusForCausalLM(config), std=std, seed=seed).eval()
-    copy_ar_to_diffusion(model)
-    g = torch.Generator().manual_seed(seed + 5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "_diff" in name and "norm" not in name:
-                p.add_(torch.randn(p.shape, generator=g) * draft_noise)
-    return model
-
-
 def calibrate(
     model,
     prompts: list[list[int]],
@@ -644,7 +605,7 @@ def calibrate_main(
     continues from it. Without `resume` an existing checkpoint is an error, so that no work is lost."""
     from harness.paths import DEFAULT_MODEL
     from orthrus_core.checkpoint import load_model
-    from orthrus_core.decoding import default_stop_ids
+    from orthrus_core.generation import default_stop_ids
     from orthrus_core.tokenizer import load_tokenizer
 
     config = config or CalibrationConfig()

@@ -549,7 +549,7 @@ def verify_run(
 def _stop_ids_resolver(model_path: str, model):
     """stop entries of a suite -> token ids, with the target's tokenizer (loaded on first use); a checkpoint
     without a tokenizer keeps the integer entries and the model's EOS."""
-    from orthrus_core.decoding import default_stop_ids
+    from orthrus_core.generation import default_stop_ids
 
     cache = {}
 

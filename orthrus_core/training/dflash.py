@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from orthrus_core.dflash import DFlashDraftModel, dflash_config
 from orthrus_core.model import OrthrusForCausalLM, causal_mask
 
-from .eagle3 import Batch, lr_at, make_batches
+from .batches import Batch, make_batches
+from .schedule import lr_at
 
 
 def dflash_loss(

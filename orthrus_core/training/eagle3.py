@@ -14,9 +14,7 @@ EAGLE-3 builds them). The head starts from the target's lm_head rows of those to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,38 +22,8 @@ import torch.nn.functional as F
 from orthrus_core.eagle3 import Eagle3Head, aux_layers, eagle3_config
 from orthrus_core.model import OrthrusForCausalLM, causal_mask
 
-
-@dataclass
-class Batch:
-    ids: torch.Tensor  # [B, T] prompt + response, right-padded
-    lengths: torch.Tensor  # [B] real lengths
-    response_start: torch.Tensor  # [B] index of the first response token
-
-
-def make_batches(
-    sequences: Sequence[tuple[list[int], int]], batch_size: int, pad_id: int, seed: int
-) -> Callable[[], Batch]:
-    """sequences: (ids, response_start) pairs -> a function returning a random batch each call."""
-    g = torch.Generator().manual_seed(seed)
-
-    def draw() -> Batch:
-        chosen = [sequences[i] for i in torch.randint(len(sequences), (batch_size,), generator=g).tolist()]
-        T = max(len(ids) for ids, _ in chosen)
-        ids = torch.full((len(chosen), T), pad_id, dtype=torch.long)
-        for row, (seq, _) in enumerate(chosen):
-            ids[row, : len(seq)] = torch.tensor(seq)
-        lengths = torch.tensor([len(s) for s, _ in chosen])
-        return Batch(ids, lengths, torch.tensor([r for _, r in chosen]))
-
-    return draw
-
-
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10%."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(steps - warmup, 1)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+from .batches import Batch, make_batches
+from .schedule import lr_at
 
 
 def draft_vocabulary(sequences: Sequence[tuple[list[int], int]], vocab_size: int, size: int) -> torch.Tensor:

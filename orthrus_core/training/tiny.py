@@ -20,7 +20,6 @@ sees the same data as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -35,6 +34,7 @@ from transformers import Qwen3Config
 from orthrus_core.model import OrthrusForCausalLM, causal_mask, copy_ar_to_diffusion, init_weights
 
 from . import tiny_corpus
+from .schedule import lr_at
 from .tiny_tokenizer import ENDOFTEXT, IM_END, MASK, train_tokenizer
 
 
@@ -210,14 +210,6 @@ def diffusion_loss(model: OrthrusForCausalLM, x: torch.Tensor, anchors: torch.Te
 
 
 # ---------------------------------------------------------------------------------------------- stages
-
-
-def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def run_stage(
