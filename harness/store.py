@@ -1,10 +1,10 @@
 """The results store: one directory per run, `run.json` (provenance and configuration) and `records.jsonl`.
 
-Records are appended one generation per line; all lines of one work unit (the turns of one item by one
+Records (harness.records: the schema) are appended one generation per line; all lines of one work unit (the turns of one item by one
 method) go out in a single write followed by flush and fsync, so after any stop (Ctrl-C, kill -9, power
 loss) the file holds complete units followed by at most one partial unit at its end. `open_run(...,
 resume=True)` cuts that partial unit off, so no half-written line is ever accepted, and reports the units
-already done, so none is run twice.
+already done, so none is run twice. Every line read is checked against the schema.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from harness.records import Record, missing_fields, unit_key
+
 RECORDS = "records.jsonl"
 RUN = "run.json"
 RETRIED = "retried-errors.jsonl"  # the error records of units that --retry-failed ran again
@@ -24,23 +26,26 @@ class StoreError(Exception):
     """A results directory that cannot be used as asked (exists without --resume, config mismatch...)."""
 
 
-def unit_key(record: dict) -> tuple:
-    return (record["suite"], record["item_id"], record["method"], record["sample"])
-
-
 def _complete_prefix(path: Path) -> tuple[int, list[dict]]:
-    """Byte length of the longest prefix of complete units, and their records."""
+    """Byte length of the longest prefix of complete units, and their records (each checked against the
+    schema: a complete line that is not a record is an error, not a torn end)."""
     data = path.read_bytes()
     records: list[dict] = []
     good_end = 0  # end of the last complete unit
     offset = 0
     pending: list[dict] = []
-    for line in data.split(b"\n")[:-1]:  # the piece after the last newline is never complete
+    for number, line in enumerate(data.split(b"\n")[:-1], 1):  # after the last newline: never complete
         offset += len(line) + 1
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             break
+        missing = missing_fields(record) if isinstance(record, dict) else ["(not a JSON object)"]
+        if missing:
+            raise StoreError(
+                f"{path}, line {number}: not an orthrus-bench record (it lacks {', '.join(missing[:6])}"
+                f"{' ...' if len(missing) > 6 else ''}; the schema is harness/records.py)"
+            )
         pending.append(record)
         if record["turn"] == record["turns"] - 1:
             if len({unit_key(r) for r in pending}) != 1 or len(pending) != record["turns"]:
@@ -58,8 +63,9 @@ class RunStore:
         self.records = records
         self._file = open(directory / RECORDS, "ab")  # noqa: SIM115 (held for the whole run)
 
-    def write_unit(self, lines: Iterable[dict]) -> None:
-        lines = list(lines)
+    def write_unit(self, records: Iterable[Record]) -> None:
+        """Append one work unit's records in a single write, flushed and fsynced."""
+        lines = [r.to_json() for r in records]
         payload = b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in lines)
         self._file.write(payload)
         self._file.flush()

@@ -129,3 +129,8 @@ def check_prompt(prompt_ids, max_new_tokens: int, device) -> torch.Tensor:
 def default_stop_ids(model: OrthrusForCausalLM) -> list[int]:
     eos = model.config.eos_token_id
     return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+# A decoder bound to its model, as harness.methods' `Decoder.generate` is (and the functions that stand in for
+# one): generate(prompt_ids, max_new_tokens, *, temperature, top_k, top_p, seed, stop_token_ids) -> result.
+GenerateFn = Callable[..., GenerationResult]

@@ -1,4 +1,4 @@
-"""Synthetic run directories in the runner's format (harness.store), with known speeds and outputs, so the
+"""Synthetic run directories in the runner's format (harness.records, harness.store), with known speeds and outputs, so the
 report, compare and dashboard tests can plant exactly the effect they look for."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.run.telemetry import TELEMETRY_FIELDS
+from harness.records import GenerationRecord, TelemetryFields
 from harness.store import open_run
 
 # method label -> (method name, lossless, tokens/s relative to ar, mean accepted drafts per cycle)
@@ -20,6 +20,52 @@ METHODS = {
     "diffusion": ("diffusion", False, 2.5, None),
 }
 SUITES = {"tiny-math": 1024, "tiny-code": 2048}  # suite -> context bucket
+
+
+def generation_record(
+    *, output_ids=(1, 2, 3), accepted=(), wall_s=0.1, ttft_s=0.02, **fields
+) -> GenerationRecord:
+    """A successful generation with plausible values for every field `fields` does not set; its counts and
+    rates follow from `output_ids`, `accepted`, the forwards and the times, as the runner's do."""
+    output_ids, accepted = list(output_ids), list(accepted)
+    new_tokens = len(output_ids)
+    cycles = len(accepted)
+    ar_forwards = fields.pop("ar_forwards", cycles if cycles else new_tokens - 1)
+    draft_forwards = fields.pop("draft_forwards", cycles)
+    forwards = ar_forwards + draft_forwards
+    prompt_ids = fields.pop("prompt_ids", list(range(30)))
+    defaults = dict(
+        suite="s",
+        item_id="s/0",
+        method="ar",
+        method_name="ar",
+        lossless=True,
+        sample=0,
+        turn=0,
+        turns=1,
+        seed=0,
+        temperature=0.0,
+        prompt_tokens=len(prompt_ids),
+        context_tokens=None,
+        context_bucket=1024,
+        stop_reason="stop",
+        acceptance_trace=[],
+        prefill_forwards=1,
+        tau=1 + sum(accepted) / cycles if cycles else None,
+        tpf=new_tokens / forwards if forwards else None,
+        decode_s=wall_s - ttft_s,
+        tpot_s=(wall_s - ttft_s) / (new_tokens - 1) if new_tokens > 1 else None,
+        tokens_per_s=new_tokens / wall_s,
+        telemetry=None,
+        score_correct=None,
+        score_status=None,
+        score_detail=None,
+    )
+    given = dict(
+        output_ids=output_ids, accepted=accepted, wall_s=wall_s, ttft_s=ttft_s, prompt_ids=prompt_ids
+    )
+    derived = dict(new_tokens=new_tokens, ar_forwards=ar_forwards, draft_forwards=draft_forwards)
+    return GenerationRecord(**{**defaults, **fields, **given, **derived})
 
 
 def make_run(
@@ -76,59 +122,43 @@ def make_run(
                 rate = ar_tokens_per_s * speed / slowdown.get(label, 1.0) * rng.lognormal(0, noise)
                 wall = new_tokens / rate
                 ttft = 0.02 * rng.lognormal(0, noise)
-                record = {
-                    "suite": suite,
-                    "item_id": f"{suite}/{i}",
-                    "method": label,
-                    "method_name": name,
-                    "lossless": lossless,
-                    "sample": 0,
-                    "turn": 0,
-                    "turns": 1,
-                    "status": "ok",
-                    "error": None,
-                    "temperature": temperature,
-                    "prompt_tokens": 30,
-                    "prompt_ids": list(range(30)),
-                    "context_tokens": None,
-                    "context_bucket": SUITES[suite],
-                    "new_tokens": new_tokens,
-                    "stop_reason": "stop",
-                    "output_ids": output,
-                    "accepted": accepted,
-                    "prefill_forwards": 1,
-                    "ar_forwards": ar_forwards,
-                    "draft_forwards": draft_forwards,
-                    "tau": 1 + sum(accepted) / cycles if cycles else None,
-                    "tpf": new_tokens / (ar_forwards + draft_forwards),
-                    "wall_s": wall,
-                    "ttft_s": ttft,
-                    "decode_s": wall - ttft,
-                    "tpot_s": (wall - ttft) / (new_tokens - 1),
-                    "tokens_per_s": new_tokens / wall,
-                    "prefill_forward_ms": ttft * 1e3,
-                    "ar_forward_count": ar_forwards,
-                    "ar_forward_ms_mean": 10.0,
-                    "ar_forward_ms_median": 10.0,
-                    "diffusion_forward_count": cycles if name == "orthrus" else 0,
-                    "diffusion_forward_ms_mean": 11.0 if name == "orthrus" else None,
-                    "diffusion_forward_ms_median": 11.0 if name == "orthrus" else None,
-                    "allocator_peak_bytes": (2**30 + (2**24 if name != "ar" else 0)) if gpu else None,
-                    "nvml_samples": 10 if gpu else 0,
-                    "device_mem_peak_bytes": 2**31 if gpu else None,
-                    "process_mem_peak_bytes": 2**31 if gpu else None,
-                    "power_mean_w": 300.0 if gpu else None,
-                    "sm_clock_mean_mhz": 1980.0 if gpu else None,
-                    "mem_clock_mean_mhz": 2619.0 if gpu else None,
-                    "throttle_reasons": 0 if gpu else None,
-                    "energy_j": 300.0 * wall if gpu else None,
-                    "energy_reliable": gpu,
-                    "score_correct": i % 3 != 0 if lossless else i % 2 == 0,
-                    "score_status": "correct",
-                    "score_detail": None,
-                }
-                if not telemetry:
-                    record = {k: v for k, v in record.items() if k not in TELEMETRY_FIELDS}
+                telemetry_fields = TelemetryFields(
+                    prefill_forward_ms=ttft * 1e3,
+                    ar_forward_count=ar_forwards,
+                    ar_forward_ms_mean=10.0,
+                    ar_forward_ms_median=10.0,
+                    diffusion_forward_count=cycles if name == "orthrus" else 0,
+                    diffusion_forward_ms_mean=11.0 if name == "orthrus" else None,
+                    diffusion_forward_ms_median=11.0 if name == "orthrus" else None,
+                    allocator_peak_bytes=(2**30 + (2**24 if name != "ar" else 0)) if gpu else None,
+                    nvml_samples=10 if gpu else 0,
+                    device_mem_peak_bytes=2**31 if gpu else None,
+                    process_mem_peak_bytes=2**31 if gpu else None,
+                    power_mean_w=300.0 if gpu else None,
+                    sm_clock_mean_mhz=1980.0 if gpu else None,
+                    mem_clock_mean_mhz=2619.0 if gpu else None,
+                    throttle_reasons=0 if gpu else None,
+                    energy_j=300.0 * wall if gpu else None,
+                    energy_reliable=gpu,
+                )
+                record = generation_record(
+                    suite=suite,
+                    item_id=f"{suite}/{i}",
+                    method=label,
+                    method_name=name,
+                    lossless=lossless,
+                    temperature=temperature,
+                    context_bucket=SUITES[suite],
+                    output_ids=output,
+                    accepted=accepted,
+                    ar_forwards=ar_forwards,
+                    draft_forwards=draft_forwards,
+                    wall_s=wall,
+                    ttft_s=ttft,
+                    telemetry=telemetry_fields if telemetry else None,
+                    score_correct=i % 3 != 0 if lossless else i % 2 == 0,
+                    score_status="correct",
+                )
                 store.write_unit([record])
     store.write_run(
         {

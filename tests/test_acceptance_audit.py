@@ -13,7 +13,8 @@ from scipy import stats
 import orthrus_core.sampling as sampling
 from harness.verify.calibrate import decoder, mutants
 from harness.verify.equivalence import AUDIT_TOLERANCE, acceptance_audit, poisson_binomial_pmf
-from harness.verify.verdicts import Reference, sampling_family
+from harness.verify.reference import Reference
+from harness.verify.sampling import sampling_family
 from orthrus_core.decoding import generate_ar, generate_orthrus
 from orthrus_core.micro import micro_model
 from orthrus_core.prompt_lookup import PromptLookupDrafter

@@ -13,14 +13,14 @@ import orthrus_core.sampling as sampling
 from harness.verify.calibrate import (
     PARAMS,
     Arm,
-    CalibrationConfig,
     ar_samples,
     calibrate_main,
     calibration_prompts,
     sampling_profile,
     speculative_accept_variant,
 )
-from harness.verify.verdicts import Reference
+from harness.verify.config import CalibrationConfig
+from harness.verify.reference import Reference
 from orthrus_core.decoding import generate_ar
 from orthrus_core.micro import micro_model
 from orthrus_core.sampling import SamplingParams

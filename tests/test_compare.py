@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 from synthetic_runs import make_run
 
-from harness.cli.report import add_compare_args, compare_main
+from harness.cli import main
 from harness.report.compare import REGRESSION, compare_runs, min_mannwhitney_p
 from harness.report.runs import load_runs
 
@@ -20,9 +18,7 @@ def verdicts(base, new, **kwargs) -> dict[tuple[str, str], str]:
 
 
 def run_cli(base, new, *options) -> int:
-    parser = argparse.ArgumentParser()
-    add_compare_args(parser)
-    return compare_main(parser.parse_args([str(base), str(new), *map(str, options)]))
+    return main(["compare", str(base), str(new), *map(str, options)])
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,13 @@ github-action-benchmark export of the newest run."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
-from harness.cli.report import add_dashboard_args, dashboard_main
+from harness.cli import main
 from harness.report.dashboard import write_dashboard
 
 
@@ -29,9 +28,7 @@ def test_trends_and_benchmark_export(tmp_path):
             started=f"2026-11-0{day}T00:00:00+00:00",
             gpu=day == 3,
         )
-    parser = argparse.ArgumentParser()
-    add_dashboard_args(parser)
-    assert dashboard_main(parser.parse_args([str(history), "--out", str(tmp_path / "out")])) == 0
+    assert main(["dashboard", str(history), "--out", str(tmp_path / "out")]) == 0
     out = tmp_path / "out"
     for metric in ("tokens_per_s", "speedup_vs_ar", "tau", "tpf", "accuracy", "ttft_ms", "tpot_ms"):
         assert (out / "figures" / f"trend_{metric}.png").read_bytes()[:4] == b"\x89PNG"

@@ -297,8 +297,7 @@ def test_dflash_loader_errors(target, tmp_path):
 def test_captured_features_use_transformers_hidden_state_indices(target):
     """capture=(i, ...) returns transformers' output_hidden_states[i] (0 embeddings, l+1 after layer l, the
     last after the final norm), the indices EAGLE-3 and DFlash configs are written in."""
-    from harness.methods import ar_hf
-    from harness.methods.base import Target
+    from harness.methods import Target, ar_hf
 
     hf_model = ar_hf.build(Target(target, "x"), "ar_hf", {}).hf_model
     ids = torch.tensor([[5, 9, 2, 33, 7]])

@@ -19,6 +19,7 @@ from lm_eval.api.instance import Instance
 from harness.lm_eval.adapter import OrthrusLM, task_manager
 from harness.lm_eval.tasks.utils import minerva_process_results
 from harness.paths import DEFAULT_MODEL
+from harness.run.seeds import generation_seed
 from orthrus_core.checkpoint import save_model
 from orthrus_core.training.tiny_tokenizer import train_tokenizer
 
@@ -134,12 +135,28 @@ def test_loglikelihood_is_the_ar_views(micro_model):
     assert rolling == pytest.approx(from_empty, abs=1e-4)
 
 
-@pytest.mark.skipif(
-    not (DEFAULT_MODEL / "config.json").is_file(),
-    reason=f"the tiny family is not in this checkout ({DEFAULT_MODEL})",
-)
 def test_gsm8k_on_the_tiny_family():
     by_method = {m: evaluate(DEFAULT_MODEL, m, "gsm8k", limit=2, num_fewshot=0) for m in ("ar", "orthrus")}
     samples = {m: r["samples"]["gsm8k"] for m, (r, _) in by_method.items()}
     assert [s["resps"] for s in samples["orthrus"]] == [s["resps"] for s in samples["ar"]]
     assert all(g.accepted for g in by_method["orthrus"][1].generations)
+
+
+def test_sampled_generations_are_seeded_per_document_and_repeat(micro_model):
+    """Each generation's seed is hashed from the base seed, the task's document and the repeat (as in a run),
+    so a document's answers do not depend on where lm-eval put its request, and repeats are distinct draws."""
+    lm = OrthrusLM(pretrained=str(micro_model), method="orthrus", device="cpu", seed=7)
+    options = {"until": [], "temperature": 1.0, "do_sample": True, "max_gen_toks": 12}
+
+    def request(doc_id, context):
+        return Instance("generate_until", {}, (context, options), 0, ("gsm8k", doc_id, 2))
+
+    first, second = request(0, "Question: 1 + 1?"), request(1, "Question: 2 + 2?")
+    answers = lm.generate_until([first, first, second])  # lm-eval lists a request once per repeat
+    assert lm.generate_until([second, first, first]) == [answers[2], answers[0], answers[1]]
+    prompt = lm.tok_encode("Question: 1 + 1?")
+    for repeat in (0, 1):
+        expected = lm.decoder.generate(
+            prompt, 12, temperature=1.0, seed=generation_seed(7, "gsm8k/0", repeat, 0)
+        )
+        assert lm.tokenizer.decode(expected.tokens, skip_special_tokens=True) == answers[repeat]

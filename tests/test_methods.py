@@ -7,8 +7,7 @@ import pytest
 from conftest import random_model, random_prompts
 from test_drafters import random_dflash, random_head
 
-from harness.methods import available, make_decoder, parse_spec
-from harness.methods.base import Target
+from harness.methods import Target, available, make_decoder, parse_spec
 from harness.methods.checkpoints import draft_checkpoint
 from orthrus_core.checkpoint import save_model
 from orthrus_core.dflash import save_dflash

@@ -3,7 +3,6 @@ and calibration rendered (or "not verified"), and the HTML page clean in headles
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 
@@ -12,10 +11,12 @@ import pytest
 from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
-from harness.cli.report import add_report_args, report_main
-from harness.report.runs import bootstrap_ci, ratio_of_means
-from harness.report.tables import FIGURES, write_report
-from harness.run.runner import summarize
+from harness.cli import main
+from harness.records import ErrorRecord
+from harness.report.figures import FIGURES
+from harness.report.page import write_report
+from harness.report.stats import bootstrap_ci, ratio_of_means
+from harness.report.summary import summarize
 from harness.store import open_run, read_records
 
 VERDICTS = {
@@ -46,19 +47,16 @@ def report(tmp_path_factory):
     (greedy / "verdicts.json").write_text(json.dumps(VERDICTS))
     sampled = make_run(root / "t1", temperature=1.0, seed=2, gpu=True)
     (root / "calibration.json").write_text(json.dumps(CALIBRATION))
-    parser = argparse.ArgumentParser()
-    add_report_args(parser)
-    args = parser.parse_args(
-        [
-            str(greedy),
-            str(sampled),
-            "--out",
-            str(root / "out"),
-            "--calibration",
-            str(root / "calibration.json"),
-        ]
-    )
-    assert report_main(args) == 0
+    args = [
+        "report",
+        str(greedy),
+        str(sampled),
+        "--out",
+        str(root / "out"),
+        "--calibration",
+        str(root / "calibration.json"),
+    ]
+    assert main(args) == 0
     return root
 
 
@@ -127,20 +125,10 @@ def test_verdicts_calibration_and_provenance(report):
 def test_a_bare_run_with_a_failure_still_gets_every_figure(tmp_path):
     run = make_run(tmp_path / "bare", methods=("ar", "orthrus"), items=3, telemetry=False)
     store = open_run(run, resume=True, config_hash="synthetic")
-    failure = {"suite": "tiny-math", "item_id": "tiny-math/99", "method": "orthrus", "method_name": "orthrus"}
-    store.write_unit(
-        [
-            {
-                **failure,
-                "lossless": True,
-                "sample": 0,
-                "turn": 0,
-                "turns": 1,
-                "status": "error",
-                "error": "RuntimeError: out of memory",
-            }
-        ]
-    )
+    failure = dict(suite="tiny-math", item_id="tiny-math/99", method="orthrus", method_name="orthrus")
+    error = "RuntimeError: out of memory"
+    unit = dict(lossless=True, sample=0, turn=0, turns=1, error=error, traceback="...", context_tokens=None)
+    store.write_unit([ErrorRecord(**failure, **unit)])
     store.close()
     out = write_report([str(run)], tmp_path / "out")
     assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(f.name for f in FIGURES)

@@ -7,8 +7,12 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.run.runner import RunError, RunSpec, execute, merge, prepare, summarize
-from harness.store import RECORDS, RETRIED, load, load_run, read_records, unit_key
+from harness.records import unit_key
+from harness.report.summary import summarize
+from harness.run.runner import execute, prepare
+from harness.run.shards import merge
+from harness.run.spec import RunError, RunSpec
+from harness.store import RECORDS, RETRIED, load, load_run, read_records
 
 SPEC = dict(
     suites=["tiny-math", "tiny-chat"], methods=["ar", "orthrus"], limit=2, max_new_tokens=24, warmup=1

@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from synthetic_runs import generation_record
 
+from harness.records import REQUIRED_FIELDS, TELEMETRY_FIELDS, ErrorRecord, TelemetryFields
 from harness.store import RECORDS, StoreError, load, open_run, read_records
 
 
-def unit(item: str, turns: int = 1, method: str = "ar") -> list[dict]:
-    return [
-        {
-            "suite": "s",
-            "item_id": item,
-            "method": method,
-            "sample": 0,
-            "turn": t,
-            "turns": turns,
-            "status": "ok",
-            "new_tokens": 3,
-            "output_ids": [1, 2, 3],
-        }
-        for t in range(turns)
-    ]
+def unit(item: str, turns: int = 1, method: str = "ar"):
+    return [generation_record(item_id=item, method=method, turn=t, turns=turns) for t in range(turns)]
 
 
 def test_units_round_trip_into_a_dataframe(tmp_path):
@@ -50,8 +39,8 @@ def test_an_existing_run_needs_resume_and_the_same_configuration(tmp_path):
     "tail",
     [
         b'{"suite": "s", "item_id": "c", "met',  # killed inside a line
-        json.dumps(unit("c", turns=2)[0]).encode() + b"\n",  # killed between the turns of one unit
-        json.dumps(unit("c", turns=2)[0]).encode() + b"\n" + b'{"suite"',
+        json.dumps(unit("c", turns=2)[0].to_json()).encode() + b"\n",  # killed between the turns of one unit
+        json.dumps(unit("c", turns=2)[0].to_json()).encode() + b"\n" + b'{"suite"',
     ],
 )
 def test_resume_drops_a_partial_unit_and_keeps_every_complete_one(tmp_path, tail):
@@ -70,3 +59,35 @@ def test_resume_drops_a_partial_unit_and_keeps_every_complete_one(tmp_path, tail
     resumed.close()
     lines = (tmp_path / RECORDS).read_text().splitlines()
     assert [json.loads(line)["item_id"] for line in lines] == ["a", "b", "b", "c", "c"]
+
+
+def test_records_are_written_flat_and_read_back_as_written(tmp_path):
+    telemetry = TelemetryFields(**{**dict.fromkeys(TELEMETRY_FIELDS), "ar_forward_count": 2})
+    records = [
+        generation_record(item_id="a", telemetry=telemetry),
+        generation_record(item_id="b"),  # --no-telemetry: no telemetry field at all
+        ErrorRecord(
+            suite="s", item_id="c", method="ar", method_name="ar", lossless=True, sample=0, turn=0, turns=1,
+            error="RuntimeError: boom", traceback="...", context_tokens=None,
+        ),
+    ]  # fmt: skip
+    store = open_run(tmp_path, resume=False, config_hash="h")
+    for record in records:
+        store.write_unit([record])
+    store.close()
+    a, b, c = read_records(tmp_path)
+    assert list(a) == [*REQUIRED_FIELDS["ok"][:-3], *TELEMETRY_FIELDS, *REQUIRED_FIELDS["ok"][-3:]]
+    assert a["ar_forward_count"] == 2 and a["status"] == "ok" and a["error"] is None
+    assert list(b) == list(REQUIRED_FIELDS["ok"])
+    assert list(c) == list(REQUIRED_FIELDS["error"]) and c["status"] == "error"
+
+
+def test_a_line_that_is_not_a_record_is_named(tmp_path):
+    store = open_run(tmp_path, resume=False, config_hash="h")
+    store.write_unit(unit("a"))
+    store.close()
+    broken = {k: v for k, v in unit("b")[0].to_json().items() if k not in ("output_ids", "wall_s")}
+    with open(tmp_path / RECORDS, "a") as f:
+        f.write(json.dumps(broken) + "\n")
+    with pytest.raises(StoreError, match="line 2: not an orthrus-bench record .*output_ids, wall_s"):
+        read_records(tmp_path)

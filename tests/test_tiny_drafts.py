@@ -1,31 +1,19 @@
 """The shipped tiny family (models/tiny/{orthrus,eagle3,dflash}): every lossless method reproduces AR on
 held-out prompts (float32, greedy), the drafts meet their acceptance bars, and the lossy method is visibly lossy.
 
-Skipped until all three checkpoints are in models/tiny: the base comes from `orthrus-bench train-tiny`, the
-drafts from `python -m harness.tiny_drafts`.
+All three checkpoints come from `orthrus-bench train-tiny` (the drafts from its drafts stage).
 """
 
 import pytest
 
-from harness.methods import make_decoder
-from harness.methods.base import Target
-from harness.paths import TINY_DIR
-from orthrus_core.checkpoint import load_model
-from orthrus_core.tokenizer import load_tokenizer
+from harness.methods import load_target, make_decoder
+from harness.paths import DEFAULT_MODEL
 from orthrus_core.training import tiny_corpus
-
-MISSING = [
-    name for name in ("orthrus", "eagle3", "dflash") if not (TINY_DIR / name / "config.json").is_file()
-]
-pytestmark = pytest.mark.skipif(
-    bool(MISSING), reason=f"models/tiny lacks {MISSING} (see the module docstring)"
-)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    path = TINY_DIR / "orthrus"
-    return Target(load_model(path), str(path), load_tokenizer(path))
+    return load_target(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,16 @@ import json
 
 import pytest
 
+from harness.methods import load_target
 from harness.paths import DEFAULT_MODEL, TINY_DIR
 from harness.tiny.family import evaluate
-from orthrus_core.checkpoint import load_model
-from orthrus_core.tokenizer import load_tokenizer
 
 
 def test_the_family_is_in_the_official_format_and_small():
     config = json.loads((DEFAULT_MODEL / "config.json").read_text())
     assert config["architectures"] == ["OrthrusLM"] and config["model_type"] == "qwen3"
-    model = load_model(DEFAULT_MODEL)
-    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    target = load_target(DEFAULT_MODEL)
+    model, tokenizer = target.model, target.tokenizer
     assert model.has_diffusion_view
     assert tokenizer.convert_ids_to_tokens(model.mask_token_id) == "<|mask|>"
     assert tokenizer.convert_ids_to_tokens(model.config.eos_token_id) == "<|im_end|>"

@@ -3,14 +3,18 @@ acceptance length over untrained ones while the output stays the target's."""
 
 import pytest
 import torch
-from conftest import random_model, random_prompts
+from conftest import VOCAB, random_model, random_prompts
 
+from harness.cli import main
+from orthrus_core.checkpoint import save_model
 from orthrus_core.decoding import generate_ar
 from orthrus_core.dflash import DFlashDrafter
 from orthrus_core.eagle3 import Eagle3Drafter
 from orthrus_core.speculative import generate_speculative
+from orthrus_core.training import tiny_corpus
 from orthrus_core.training.dflash import train_dflash
 from orthrus_core.training.eagle3 import train_eagle3
+from orthrus_core.training.tiny_tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +68,33 @@ def test_dflash_trainer_learns(target, sequences):
     tau = taus(target, DFlashDrafter(draft, target), sequences)
     print("dflash tau before/after training:", tau0, tau)
     assert tau > tau0 + 0.3
+
+
+def test_train_tiny_drafts_stage_writes_both_drafts_beside_the_base(tmp_path, capsys):
+    """`train-tiny --stage drafts` on a micro base with a tokenizer: both drafts are written where the method
+    registry finds them, load, and keep every lossless method's output the base's."""
+    base = tmp_path / "orthrus"
+    tokenizer = train_tokenizer(tiny_corpus.tokenizer_training_text(None, count=200), VOCAB, base)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    save_model(random_model(seed=0, num_hidden_layers=4, eos_token_id=eos), base)  # EAGLE-3 reads 3 layers
+    argv = [
+        "train-tiny",
+        "--stage",
+        "drafts",
+        "--out",
+        str(base),
+        "--draft-prompts",
+        "6",
+        "--draft-steps",
+        "3",
+    ]
+    assert main([*argv, "--eval-limit", "1"]) == 0
+    assert (tmp_path / "eagle3" / "config.json").is_file() and (tmp_path / "dflash" / "config.json").is_file()
+    rows = {
+        line.split()[0]: line for line in capsys.readouterr().out.splitlines() if "differs from AR" in line
+    }
+    assert set(rows) == {"ar", "orthrus", "eagle3:tree=chain", "eagle3", "eagle3:total_tokens=16", "dflash", "pld",
+                         "diffusion"}  # fmt: skip
+    for spec, line in rows.items():
+        if spec != "diffusion":
+            assert "differs from AR on 0/2" in line, line

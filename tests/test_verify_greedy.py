@@ -15,7 +15,7 @@ from harness.verify.forensics import (
     teacher_forced_logits,
     token_location,
 )
-from harness.verify.verdicts import verify_greedy
+from harness.verify.greedy import verify_greedy
 from orthrus_core.decoding import generate_ar
 
 V = 16

@@ -5,12 +5,15 @@ import json
 
 import pytest
 import torch
+from synthetic_runs import generation_record
 
+from harness.cli import main
 from harness.store import write_json
 from harness.suites.config import read_suite_file
 from harness.suites.suite import suite_files_dir
 from harness.verify.calibrate import decoder
-from harness.verify.verdicts import VERDICTS, verify_main
+from harness.verify.config import VERDICTS, VerifyConfig
+from harness.verify.verdicts import verify_main
 from orthrus_core.checkpoint import save_model
 from orthrus_core.micro import micro_model
 
@@ -45,25 +48,21 @@ def records_of(label, generate, temperature, samples, correct, *, lossless=True)
                 stop_token_ids=[3],
             )
             out.append(
-                {
-                    "suite": SUITE,
-                    "item_id": f"{SUITE}/{k}",
-                    "method": label,
-                    "method_name": label.split(":")[0],
-                    "lossless": lossless,
-                    "sample": s,
-                    "turn": 0,
-                    "turns": 1,
-                    "status": "ok",
-                    "error": None,
-                    "temperature": temperature,
-                    "prompt_ids": prompt,
-                    "output_ids": r.tokens,
-                    "stop_reason": r.stop_reason,
-                    "accepted": r.accepted,
-                    "new_tokens": len(r.tokens),
-                    "score_correct": correct(k, s),
-                }
+                generation_record(
+                    suite=SUITE,
+                    item_id=f"{SUITE}/{k}",
+                    method=label,
+                    method_name=label.split(":")[0],
+                    lossless=lossless,
+                    sample=s,
+                    temperature=temperature,
+                    prompt_ids=prompt,
+                    output_ids=r.tokens,
+                    stop_reason=r.stop_reason,
+                    accepted=r.accepted,
+                    acceptance_trace=r.acceptance_trace,
+                    score_correct=correct(k, s),
+                )
             )
     return out
 
@@ -83,7 +82,7 @@ def write_run(directory, model_dir, records):
     directory.mkdir()
     with open(directory / "records.jsonl", "w") as f:
         for r in records:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps(r.to_json()) + "\n")
     raw = read_suite_file(suite_files_dir() / f"{SUITE}.toml")
     write_json(
         directory / "run.json",
@@ -123,7 +122,7 @@ def by_key(result):
 
 
 def test_verify_writes_verdicts_and_explains_the_lossy_failure(run_dir, capsys):
-    assert verify_main(run_dir, decoders=False) == 0  # the lossy method's failure is expected
+    assert verify_main(run_dir, VerifyConfig(decoders=False)) == 0  # the lossy method's failure is expected
     result = json.loads((run_dir / VERDICTS).read_text())
     verdicts = by_key(result)
     assert set(verdicts) == {("orthrus", 0.0), ("orthrus", 1.0), ("diffusion", 0.0), ("diffusion", 1.0)}
@@ -155,7 +154,7 @@ def test_a_failing_lossless_method_sets_the_exit_status(tmp_path, model_dir):
     records = records_of("ar", ar, 0.0, 1, lambda k, s: True)
     records += records_of("broken", corrupt(ar), 0.0, 1, lambda k, s: True)
     run = write_run(tmp_path / "run", model_dir, records)
-    assert verify_main(run, decoders=False, tie_paths=1) == 1
+    assert verify_main(run, VerifyConfig(decoders=False, tie_paths=1)) == 1
 
 
 def test_decoders_resynchronise_and_run_t2(run_dir, model_dir, tmp_path):
@@ -163,7 +162,7 @@ def test_decoders_resynchronise_and_run_t2(run_dir, model_dir, tmp_path):
     model = micro_model()
     factory = {"orthrus": decoder(model, "orthrus", 4), "diffusion": corrupt(decoder(model, "ar", None))}.get
     out = tmp_path / "verdicts.json"
-    verify_main(run_dir, out, decoder_factory=factory, t2_samples=150, t2_depth=2, tie_paths=1)
+    verify_main(run_dir, VerifyConfig(t2_samples=150, t2_depth=2, tie_paths=1), out, decoder_factory=factory)
     verdicts = by_key(json.loads(out.read_text()))
     lossy = verdicts["diffusion", 0.0]["greedy"]
     assert lossy["resynced"] and lossy["algorithmic_events"] > lossy["algorithmic_prompts"]
@@ -172,16 +171,17 @@ def test_decoders_resynchronise_and_run_t2(run_dir, model_dir, tmp_path):
     assert verdicts["orthrus", 1.0]["verdict"] == "PASS"
 
 
-def test_command_line_arguments(run_dir, tmp_path):
-    import argparse
-
-    from harness.verify.verdicts import add_verify_args, cmd_verify
-
-    parser = argparse.ArgumentParser()
-    add_verify_args(parser)
+def test_command_line_arguments(run_dir, tmp_path, capsys):
     out = tmp_path / "v.json"
-    args = parser.parse_args(
-        [str(run_dir), "--no-decoders", "--out", str(out), "--alpha", "0.05", "--tie-paths", "1"]
-    )
-    assert cmd_verify(args) == 0
+    argv = ["verify", str(run_dir), "--no-decoders", "--out", str(out), "--alpha", "0.05", "--tie-paths", "1"]
+    assert main(argv) == 0
     assert json.loads(out.read_text())["alpha"] == 0.05
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("--alpha=0", "alpha must be in (0, 1)"), ("--margin=-0.1", "margin"), ("--t2-depth=0", "t2_depth")],
+)
+def test_bad_settings_exit_2_before_anything_is_loaded(tmp_path, capsys, option, message):
+    assert main(["verify", str(tmp_path / "no-such-run"), option]) == 2
+    assert message in capsys.readouterr().err

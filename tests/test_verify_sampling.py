@@ -22,7 +22,8 @@ from harness.verify.equivalence import (
     surprisal_test,
     two_sample_tests,
 )
-from harness.verify.verdicts import Reference, draw_fixed_context, fixed_context_tests
+from harness.verify.reference import Reference
+from harness.verify.sampling import draw_fixed_context, fixed_context_tests
 from orthrus_core.micro import micro_model
 from orthrus_core.sampling import SamplingParams
 

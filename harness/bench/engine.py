@@ -25,6 +25,7 @@ from rich.table import Table
 from transformers import Qwen3Config
 
 from harness.console import console as make_console
+from harness.methods.target import check_device, load_target, torch_dtype
 from orthrus_core.decoding import generate_ar, generate_orthrus
 from orthrus_core.generation import default_stop_ids
 from orthrus_core.model import OrthrusForCausalLM, causal_mask
@@ -252,7 +253,7 @@ def bench_engine(
     shape="tiny",
     *,
     model_path=None,
-    dtype=torch.float32,
+    dtype="float32",
     device="cpu",
     contexts=None,
     block_sizes=None,
@@ -260,13 +261,14 @@ def bench_engine(
     repeats=20,
     prompts=None,
 ) -> None:
-    device = torch.device(device)
+    dtype = torch_dtype(dtype)
+    tokenizer = None
     if model_path:
-        from orthrus_core.checkpoint import load_model
-
-        model, label = load_model(model_path, dtype=dtype, device=device), str(model_path)
+        target = load_target(model_path, dtype, device)
+        model, tokenizer, label = target.model, target.tokenizer, str(model_path)
     else:
-        model, label = random_model(shape, dtype, device), f"{shape} shape, random weights"
+        model, label = random_model(shape, dtype, check_device(device)), f"{shape} shape, random weights"
+    device = torch.device(device)
     block_sizes = block_sizes or ([16, 32] if device.type == "cuda" else [model.block_size])
     if contexts is None:
         contexts = [1024, 4096, 16384, 32768, 40000] if device.type == "cuda" else [64, 256, 1024]
@@ -300,8 +302,8 @@ def bench_engine(
             )
         console.print(table)
 
-    if prompts is None:
-        prompts = suite_prompts(model_path, 8) if model_path else None
+    if prompts is None and tokenizer is not None:
+        prompts = suite_prompts(tokenizer, 8)
     if prompts is None:  # random weights or no tokenizer: random prompts (acceptance is then meaningless)
         g = torch.Generator().manual_seed(1)
         prompts = [

@@ -18,7 +18,7 @@ from orthrus_core import generate
 
 
 def bench_overhead(
-    model, tokenizer, prompts: list[list[int]], *, mode: str, max_new_tokens: int, repeats: int, seed: int = 0
+    model, prompts: list[list[int]], *, mode: str, max_new_tokens: int, repeats: int, seed: int = 0
 ) -> dict:
     device = model.lm_head.weight.device
     on = Telemetry(model, device, nvml=load_nvml() if device.type == "cuda" else None)

@@ -1,14 +1,13 @@
-"""Command-line entry points of `orthrus-bench report`, `compare` and `dashboard`: an `add_*_args(parser)`
-and `*_main(args) -> int` pair per command. Only argparse here; the modules that draw and test (matplotlib,
-pandas, scipy) load when a command runs, so building the parser stays cheap for every other command."""
+"""`orthrus-bench report`, `compare` and `dashboard`: results directories into pages, the regression gate and
+trends. The modules that draw and test (matplotlib, pandas, scipy) load when a command runs."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
-def add_report_args(p: argparse.ArgumentParser) -> None:
+def register(sub) -> None:
+    p = sub.add_parser("report", help="HTML + markdown report with figures from run directories")
     p.add_argument("runs", nargs="+", help="run directories (records.jsonl + run.json)")
     p.add_argument("--out", required=True, help="report directory, e.g. reports/tiny")
     p.add_argument("--title", help="page title (default: the run directories)")
@@ -17,17 +16,9 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
         default="reports/calibration.json",
         help="calibration table from `orthrus-bench calibrate` (default: reports/calibration.json, if present)",
     )
+    p.set_defaults(func=cmd_report)
 
-
-def report_main(args: argparse.Namespace) -> int:
-    from harness.report.tables import write_report
-
-    out = write_report(args.runs, args.out, args.title, args.calibration)
-    print(f"wrote {out / 'report.html'}, {out / 'report.md'} and {out / 'figures'}/*.png")
-    return 0
-
-
-def add_compare_args(p: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("compare", help="regression gate: NEW against BASE per prompt (exit 1 on regression)")
     p.add_argument("base", help="baseline run directory (e.g. results/tiny)")
     p.add_argument("new", help="run directory to check against it")
     p.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (default 0.05)")
@@ -40,9 +31,23 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="show timing and memory changes without failing on them (BASE measured on another machine)",
     )
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("dashboard", help="trends across runs and github-action-benchmark JSON")
+    p.add_argument("history", help="directory holding one run directory per benchmarked commit")
+    p.add_argument("--out", default="reports/dashboard", help="output directory (default: reports/dashboard)")
+    p.set_defaults(func=cmd_dashboard)
 
 
-def compare_main(args: argparse.Namespace) -> int:
+def cmd_report(args) -> int:
+    from harness.report.page import write_report
+
+    out = write_report(args.runs, args.out, args.title, args.calibration)
+    print(f"wrote {out / 'report.html'}, {out / 'report.md'} and {out / 'figures'}/*.png")
+    return 0
+
+
+def cmd_compare(args) -> int:
     """Exit status 1 when anything regressed, 0 otherwise."""
     from harness.report.compare import REGRESSION, compare_runs, markdown
     from harness.report.runs import load_runs
@@ -57,12 +62,7 @@ def compare_main(args: argparse.Namespace) -> int:
     return 1 if any(r.verdict == REGRESSION for r in rows) else 0
 
 
-def add_dashboard_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("history", help="directory holding one run directory per benchmarked commit")
-    p.add_argument("--out", default="reports/dashboard", help="output directory (default: reports/dashboard)")
-
-
-def dashboard_main(args: argparse.Namespace) -> int:
+def cmd_dashboard(args) -> int:
     from harness.report.dashboard import write_dashboard
 
     out = write_dashboard(args.history, args.out)

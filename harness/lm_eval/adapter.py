@@ -16,14 +16,17 @@ model_args). It generates to EOS or max_gen_toks, then lm-eval's stop strings cu
 stop on tokens, not strings). `loglikelihood` and `loglikelihood_rolling` use the AR view: a lossless decoder
 does not change the model's distribution, so only generation needs the accelerated path. Model arguments:
 pretrained (checkpoint directory or hub id; default: the embedded tiny family), method, dtype, device
-(default: cuda when available, else cpu), seed, max_gen_toks (default 256, lm-eval's own; raise it for
-chain-of-thought tasks), think (Qwen3 thinking mode in chat templates, default off as in the paper).
+(default: cuda when available, else cpu), seed (each generation's own seed is hashed from it, the task, the
+document and the repeat, as `orthrus-bench run` does: harness.run.seeds), max_gen_toks (default 256,
+lm-eval's own; raise it for chain-of-thought tasks), think (Qwen3 thinking mode in chat templates, default
+off as in the paper).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -32,9 +35,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from harness.run.seeds import generation_seed
+
 logger = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).with_name("tasks")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @register_model("orthrus")
@@ -52,30 +56,24 @@ class OrthrusLM(LM):
         **unused,  # lm-eval passes max_batch_size and the like to every model
     ):
         super().__init__()
-        from harness.methods import Target, make_decoder
-        from harness.paths import default_model
-        from orthrus_core.checkpoint import load_model, resolve
-        from orthrus_core.tokenizer import load_tokenizer
+        from harness.methods import load_target, make_decoder
 
         if str(batch_size) not in ("1", "auto"):
             raise ValueError(f"the decoders run batch size 1 only, not {batch_size}")
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        self.directory = resolve(pretrained) if pretrained else default_model()
         # lm-eval's command line passes cuda:0 unless told otherwise; like its HF model, use the CPU when no GPU.
         if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
             if device is not None:
                 logger.warning("%s is not available; running on the CPU", device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(self.directory, dtype=DTYPES[dtype], device=device)
-        self.tokenizer = load_tokenizer(self.directory)
-        if self.tokenizer is None:
-            raise ValueError(f"{self.directory} has no tokenizer files; lm-eval tasks are text")
+        target = load_target(pretrained, dtype, device)
+        if target.tokenizer is None:
+            raise ValueError(f"{target.path} has no tokenizer files; lm-eval tasks are text")
+        self.directory, self.model, self.tokenizer = Path(target.path), target.model, target.tokenizer
         self.method, self.seed = method, seed
         self.max_gen_toks, self.think = max_gen_toks, think
         self.max_length = self.model.config.max_position_embeddings
         self._device = self.model.lm_head.weight.device  # LM.device reads it
-        self.decoder = make_decoder(method, Target(self.model, str(self.directory), self.tokenizer))
+        self.decoder = make_decoder(method, target)
         self.generations: list = []  # every GenerationResult, for τ / TPF / tokens/s after a run
 
     # ------------------------------------------------------------------------------------- generation
@@ -84,8 +82,14 @@ class OrthrusLM(LM):
         from tqdm import tqdm
 
         outputs = []
-        for request in tqdm(requests, disable=disable_tqdm, desc=f"generate ({self.method})"):
+        repeats: Counter[str] = Counter()  # lm-eval repeats a request by listing it again
+        for position, request in enumerate(
+            tqdm(requests, disable=disable_tqdm, desc=f"generate ({self.method})")
+        ):
             context, gen_kwargs = request.args
+            item = f"{request.task_name}/{request.doc_id}" if request.doc_id is not None else str(position)
+            sample = repeats[item]
+            repeats[item] += 1
             options = normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.max_gen_toks)
             max_new = options["max_gen_toks"]
             prompt = self.tok_encode(context)[-(self.max_length - max_new) :]  # keep the end, as HFLM does
@@ -95,7 +99,7 @@ class OrthrusLM(LM):
                 temperature=float(options["temperature"]),
                 top_k=int(options.get("top_k") or 0),
                 top_p=float(options.get("top_p") or 1.0),
-                seed=self.seed + len(outputs),
+                seed=generation_seed(self.seed, item, sample, 0),
             )
             self.generations.append(result)
             text = self.tokenizer.decode(result.tokens, skip_special_tokens=True)

@@ -1,5 +1,6 @@
 """The methods registry: every decoder behind one interface (`base.Decoder`), built from a spec string.
 
+    target = load_target("chiennv/Orthrus-Qwen3-8B", "bfloat16", "cuda")
     decoder = make_decoder("eagle3:tree=chain:depth=5", target)
     result = decoder.generate(prompt_ids, 256)
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .base import Decoder, Target
+from .base import Decoder
+from .target import DTYPES, Target, load_target
 
 METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
 
-__all__ = ["METHODS", "Decoder", "Target", "available", "make_decoder", "parse_spec"]
+__all__ = ["DTYPES", "METHODS", "Decoder", "Target", "available", "load_target", "make_decoder", "parse_spec"]
 
 
 def available() -> list[str]:

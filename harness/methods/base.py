@@ -1,26 +1,17 @@
-"""The one decoder interface every method implements, and the target model it decodes for."""
+"""The one decoder interface every method implements."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
 from orthrus_core.generation import GenerationResult, StreamCallback
-from orthrus_core.model import OrthrusForCausalLM
 from orthrus_core.sampling import SamplingParams
 from orthrus_core.speculative import Drafter, generate_speculative
 
-
-@dataclass
-class Target:
-    """A loaded target model, the local checkpoint directory it came from, and its tokenizer (or None)."""
-
-    model: OrthrusForCausalLM
-    path: str
-    tokenizer: object | None = None
+from .target import Target
 
 
 class Decoder(ABC):

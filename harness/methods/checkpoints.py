@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# Sources: /work/shared/research/baselines.md sections 1.3 and 2.2 (AngelSlim's heads are the ones the DFlash
-# and Orthrus comparisons used; there is no public DFlash drafter for Qwen3-1.7B).
+# AngelSlim's EAGLE-3 heads are the ones the DFlash and Orthrus comparisons used (the DFlash authors say so in
+# https://github.com/z-lab/dflash/issues/21); z-lab publishes DFlash drafters for Qwen3-4B and 8B, none for 1.7B.
 PUBLIC_DRAFTS = {
     "eagle3": {
         "qwen3-1.7b": "AngelSlim/Qwen3-1.7B_eagle3",

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-from .runs import Run, bootstrap_ci, generations, ratio_of_means
+from .runs import Run, generations
+from .stats import bootstrap_ci, ratio_of_means
 
 PAIR = ["method", "suite", "item_id", "sample", "turn"]
 REGRESSION, IMPROVEMENT, OK, UNDECIDABLE, INFO = "REGRESSION", "improvement", "ok", "undecidable", "info"

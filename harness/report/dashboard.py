@@ -25,8 +25,10 @@ import pandas as pd  # noqa: E402
 
 from harness.store import RECORDS  # noqa: E402
 
-from .runs import Run, bootstrap_ci, generations, load_runs, mean, units  # noqa: E402
-from .tables import CSS, method_colors, method_order, slices, temperature_label  # noqa: E402
+from .runs import Run, generations, load_runs, units  # noqa: E402
+from .stats import bootstrap_ci, mean  # noqa: E402
+from .style import CSS, method_colors, method_order, temperature_label  # noqa: E402
+from .tables import slices  # noqa: E402
 
 
 @dataclass(frozen=True)

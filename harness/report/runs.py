@@ -11,9 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from harness.store import load_run, read_records
 
@@ -92,48 +90,6 @@ def units(df: pd.DataFrame) -> pd.DataFrame:
     out = out.reset_index()
     out["tokens_per_s"] = out.tokens / out.wall_s
     return out
-
-
-def bootstrap_ci(statistic, *samples, confidence: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of `statistic(*samples, axis=-1)`, the samples resampled together (paired:
-    one index draw per resample keeps an item's values side by side). None with fewer than two values."""
-    samples = tuple(np.asarray(s, dtype=float) for s in samples)
-    if len(samples[0]) < 2:
-        return None
-    if all(np.ptp(s) == 0 for s in samples):  # every resample gives the same value
-        value = float(statistic(*samples, axis=-1))
-        return value, value
-    result = stats.bootstrap(
-        samples,
-        statistic,
-        paired=True,
-        vectorized=True,
-        confidence_level=confidence,
-        n_resamples=2000,
-        method="percentile",
-        rng=np.random.default_rng(0),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-# Statistics for bootstrap_ci, also usable on plain columns (pandas objects are turned into arrays first).
-
-
-def ratio_of_means(a, b, axis=-1):
-    return np.mean(np.asarray(a, float), axis=axis) / np.mean(np.asarray(b, float), axis=axis)
-
-
-def ratio_of_sums(a, b, axis=-1):
-    return np.sum(np.asarray(a, float), axis=axis) / np.sum(np.asarray(b, float), axis=axis)
-
-
-def pooled_tau(accepted, cycles, axis=-1):
-    """τ over many generations: 1 + all accepted drafts / all cycles (docs/methodology.md)."""
-    return 1 + ratio_of_sums(accepted, cycles, axis)
-
-
-def mean(a, axis=-1):
-    return np.mean(np.asarray(a, float), axis=axis)
 
 
 def read_json_if_present(path: Path) -> object | None:

@@ -1,51 +1,26 @@
-"""`orthrus-bench report RUN [RUN…] --out reports/NAME`: a self-contained HTML page (figures embedded as
-data URIs, no scripts, no external requests), `report.md` for a pull-request comment or job summary, and
-the figures as PNG files under `figures/`.
+"""The report's tables: Table 1 (Orthrus TPF and speedup per suite and temperature), Figure 4's numbers (τ per
+suite and drafting method), the per-method summary, failed generations, verdicts, calibration, provenance.
 
 Figures estimated from samples carry 95% percentile-bootstrap CIs over work units (an item's turns by one
 method and sample); speedups resample items paired with the baseline. Run-level figures (τ, TPF, speedup,
-accuracy) come from `harness.runner.summarize`, applied to each (model, suite, temperature) slice, so they
-agree with what `orthrus-bench run` prints.
+accuracy) come from `harness.report.summary.summarize`, applied to each (model, suite, temperature) slice, so
+they agree with what `orthrus-bench run` prints.
 """
 
 from __future__ import annotations
 
-import base64
 import html
+import json
 import math
-import textwrap
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from harness.run.runner import summarize  # noqa: E402
-
-from .runs import (  # noqa: E402
-    Run,
-    bootstrap_ci,
-    generations,
-    load_runs,
-    mean,
-    pooled_tau,
-    ratio_of_means,
-    ratio_of_sums,
-    read_json_if_present,
-    units,
-)
-
-# Figure 4 of the paper orders the drafting methods EAGLE-3, DFlash, Orthrus; other methods follow.
-DRAFT_ORDER = ["eagle3", "dflash", "orthrus"]
-ACCURACY_SUITES = ["math500", "tiny-math"]  # the accuracy/throughput figure's suite, first one present
-MIB = 2**20
-
-
-# ------------------------------------------------------------------------------------------------ tables
+from .runs import Run, read_json_if_present
+from .stats import bootstrap_ci, mean, pooled_tau, ratio_of_means, ratio_of_sums
+from .style import method_order, temperature_label
+from .summary import summarize
 
 
 @dataclass
@@ -91,10 +66,6 @@ def is_missing(value) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- Table 1
-
-
-def temperature_label(t: float) -> str:
-    return f"T={t:g}"
 
 
 def baseline_label(methods: set[str]) -> str | None:
@@ -238,26 +209,6 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Tabl
 # ----------------------------------------------------------------------------------- per-method summary
 
 
-def method_order(methods) -> list[str]:
-    """Baselines first, then the drafting methods in the paper's Figure 4 order, then the rest."""
-    methods = list(dict.fromkeys(methods))
-
-    def rank(label: str):
-        name = label.split(":", 1)[0]
-        if name in ("ar", "ar-hf"):
-            return (0, name, label)
-        if name in DRAFT_ORDER:
-            return (1, DRAFT_ORDER.index(name), label)
-        return (2, name, label)
-
-    return sorted(methods, key=rank)
-
-
-def method_colors(methods) -> dict[str, str]:
-    """One colour per method for every figure of a report (matplotlib's default cycle, in method order)."""
-    return {method: f"C{i % 10}" for i, method in enumerate(method_order(methods))}
-
-
 def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     rows = []
     for (model, suite, temp), figures in by_slice.items():
@@ -335,7 +286,7 @@ def figure4_tables(u: pd.DataFrame) -> list[Table]:
     """The numbers behind the Figure 4 plot: τ per suite (rows) and drafting method (columns)."""
     drafting = u[u.cycles.gt(0) & u.lossless.astype(bool)]  # verified drafts; lossy diffusion has none
     tables = []
-    for model, temp in Panels.of(drafting).keys:
+    for model, temp in sorted(set(zip(drafting.model, drafting.temperature, strict=True))):
         d = drafting[(drafting.model == model) & (drafting.temperature == temp)]
         methods = method_order(set(d.method))
         rows = []
@@ -352,301 +303,6 @@ def figure4_tables(u: pd.DataFrame) -> list[Table]:
     return tables
 
 
-# -------------------------------------------------------------------------------------------- figures
-
-
-@dataclass
-class Figure:
-    name: str
-    title: str
-    caption: str
-    path: Path | None = None
-
-
-@dataclass
-class Panels:
-    """One subplot per (model, temperature): methods are compared within a model and a setting."""
-
-    keys: list[tuple] = field(default_factory=list)
-
-    @staticmethod
-    def of(df: pd.DataFrame) -> Panels:
-        return Panels(sorted({(m, t) for m, t in zip(df.model, df.temperature, strict=True)}))
-
-    def title(self, key: tuple) -> str:
-        return f"{key[0]}, {temperature_label(key[1])}"
-
-
-def new_figure(panels: int, rows: int = 1, width: float = 6.0, height: float = 4.0):
-    fig, axes = plt.subplots(
-        rows, max(panels, 1), figsize=(width * max(panels, 1), height * rows), squeeze=False
-    )
-    return fig, axes
-
-
-def no_data(ax, why: str) -> None:
-    text = textwrap.fill(f"no data: {why}", width=40)  # a panel can be narrow; wrap=True ignores the axes
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def error_bar(value: float, ci: tuple | None) -> list[float]:
-    if ci is None:
-        return [0.0, 0.0]
-    return [max(value - ci[0], 0.0), max(ci[1] - value, 0.0)]
-
-
-def context_axis(ax, buckets) -> None:
-    buckets = sorted({int(b) for b in buckets})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(buckets, [f"{b // 1024}K" if b >= 1024 else str(b) for b in buckets])
-    ax.minorticks_off()
-    ax.set_xlabel("context length bucket (tokens)")
-
-
-def figure_acceptance(u: pd.DataFrame, ax_row, colors: dict) -> None:
-    """Figure 4 layout: grouped bars of τ per suite, one bar per drafting method."""
-    drafting = u[u.cycles.gt(0) & u.lossless.astype(bool)]  # verified drafts; lossy diffusion has none
-    panels = Panels.of(u)
-    for ax, key in zip(ax_row, panels.keys, strict=False):
-        d = drafting[(drafting.model == key[0]) & (drafting.temperature == key[1])]
-        ax.set_title(panels.title(key))
-        if d.empty:
-            no_data(ax, "no method drafted tokens (τ needs verification cycles)")
-            continue
-        suites = sorted(set(d.suite))
-        methods = method_order(set(d.method))
-        width = 0.8 / len(methods)
-        for i, method in enumerate(methods):
-            xs, taus, errs = [], [], []
-            for j, suite in enumerate(suites):
-                g = d[(d.method == method) & (d.suite == suite)]
-                if g.empty:
-                    continue
-                tau = pooled_tau(g.accepted, g.cycles)
-                ci = bootstrap_ci(pooled_tau, g.accepted, g.cycles)
-                xs.append(j + (i - (len(methods) - 1) / 2) * width)
-                taus.append(tau)
-                errs.append(error_bar(tau, ci))
-            bars = ax.bar(
-                xs, taus, width, yerr=np.array(errs).T, capsize=3, label=method, color=colors[method]
-            )
-            ax.bar_label(bars, fmt="%.1f", fontsize=8)
-        ax.set_xticks(range(len(suites)), suites)
-        ax.set_ylabel("average acceptance length τ")
-        ax.legend(fontsize=8)
-
-
-def figure_context(u: pd.DataFrame, ax_row, colors: dict) -> None:
-    panels = Panels.of(u)
-    for ax, key in zip(ax_row, panels.keys, strict=False):
-        d = u[(u.model == key[0]) & (u.temperature == key[1]) & u.context_bucket.notna()]
-        ax.set_title(panels.title(key))
-        if d.empty:
-            no_data(ax, "no record has a context bucket")
-            continue
-        for method in method_order(set(d.method)):
-            g = d[d.method == method].groupby("context_bucket").tokens_per_s
-            xs = list(g.groups)
-            ys = [g.get_group(x).mean() for x in xs]
-            errs = [error_bar(y, bootstrap_ci(mean, g.get_group(x))) for x, y in zip(xs, ys, strict=True)]
-            ax.errorbar(
-                xs, ys, yerr=np.array(errs).T, marker="o", capsize=3, label=method, color=colors[method]
-            )
-        context_axis(ax, d.context_bucket)
-        ax.set_ylabel("end-to-end tokens/s (mean per item)")
-        ax.legend(fontsize=8)
-
-
-def accuracy_suite(u: pd.DataFrame) -> str | None:
-    scored = set(u[u.correct.notna()].suite)
-    return next((s for s in ACCURACY_SUITES if s in scored), min(scored) if scored else None)
-
-
-def figure_accuracy(u: pd.DataFrame, ax_row, colors: dict) -> None:
-    suite = accuracy_suite(u)
-    panels = Panels.of(u)
-    for ax, key in zip(ax_row, panels.keys, strict=False):
-        d = u[(u.model == key[0]) & (u.temperature == key[1]) & (u.suite == suite) & u.correct.notna()]
-        ax.set_title(f"{suite}: {panels.title(key)}")
-        if d.empty:
-            no_data(ax, "no scored items")
-            continue
-        ar = d[d.method == "ar"]
-        if not ar.empty:
-            ax.axhline(
-                ar.correct.astype(float).mean(), ls="--", color="grey", label="AR accuracy (lossless line)"
-            )
-        for method in method_order(set(d.method)):
-            g = d[d.method == method]
-            correct = g.correct.astype(float)
-            x, y = g.tokens_per_s.mean(), correct.mean()
-            lossless = bool(g.lossless.iloc[0])
-            ax.errorbar(
-                [x],
-                [y],
-                xerr=np.array([error_bar(x, bootstrap_ci(mean, g.tokens_per_s))]).T,
-                yerr=np.array([error_bar(y, bootstrap_ci(mean, correct))]).T,
-                marker="o" if lossless else "X",
-                markersize=8,
-                capsize=3,
-                color=colors[method],
-                label=f"{method} ({'lossless' if lossless else 'lossy'})",
-            )
-        ax.set_xlabel("tokens/s (mean per item)")
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=8)
-
-
-def figure_memory(gens: pd.DataFrame, axes, colors: dict) -> None:
-    """Row 0: peak allocator memory; row 1: memory above AR's at the same context; row 2: share of wall
-    time in draft (diffusion-view) forwards. All against the context bucket."""
-    panels = Panels.of(gens)
-    for col, key in enumerate(panels.keys):
-        d = gens[(gens.model == key[0]) & (gens.temperature == key[1]) & gens.context_bucket.notna()]
-        mem = d[d.allocator_peak_bytes.notna()]
-        ax_peak, ax_over, ax_draft = axes[0][col], axes[1][col], axes[2][col]
-        ax_peak.set_title(panels.title(key))
-        if mem.empty:
-            for ax in (ax_peak, ax_over):
-                no_data(ax, "allocator memory is recorded on CUDA devices only")
-        else:
-            peak = mem.groupby(["method", "context_bucket"]).allocator_peak_bytes.max() / MIB
-            ar_peak = peak.get("ar")
-            for method in method_order(set(mem.method)):
-                series = peak.loc[method]
-                ax_peak.plot(series.index, series.values, marker="o", label=method, color=colors[method])
-                if ar_peak is not None and method != "ar":
-                    over = (series - ar_peak).dropna()
-                    ax_over.plot(over.index, over.values, marker="o", label=method, color=colors[method])
-            ax_peak.set_ylabel("peak allocated memory (MiB)")
-            ax_over.set_ylabel("peak memory above AR (MiB)")
-            for ax in (ax_peak, ax_over):
-                context_axis(ax, mem.context_bucket)
-                ax.legend(fontsize=8)
-        drafts = d[d.diffusion_forward_count.fillna(0) > 0]
-        if drafts.empty:
-            no_data(ax_draft, "no timed draft forwards (only the diffusion view's passes are timed)")
-        else:
-            share = drafts.diffusion_forward_count * drafts.diffusion_forward_ms_mean / (drafts.wall_s * 1e3)
-            grouped = share.groupby([drafts.method, drafts.context_bucket]).mean()
-            for method in method_order(set(drafts.method)):
-                series = grouped.loc[method]
-                ax_draft.plot(
-                    series.index, series.values * 100, marker="o", label=method, color=colors[method]
-                )
-            context_axis(ax_draft, drafts.context_bucket)
-            ax_draft.set_ylabel("wall time in draft passes (%)")
-            ax_draft.legend(fontsize=8)
-
-
-def figure_energy(gens: pd.DataFrame, ax_row, colors: dict) -> None:
-    panels = Panels.of(gens)
-    for ax, key in zip(ax_row, panels.keys, strict=False):
-        ax.set_title(panels.title(key))
-        d = gens[(gens.model == key[0]) & (gens.temperature == key[1])]
-        d = d[d.energy_reliable.eq(True) & d.energy_j.notna()]
-        if d.empty:
-            no_data(ax, "no reliable NVML energy readings (CUDA only, generations of at least 1 s)")
-            continue
-        methods = method_order(set(d.method))
-        values, errs = [], []
-        for method in methods:
-            per_token = (d[d.method == method].energy_j / d[d.method == method].new_tokens).to_numpy()
-            values.append(per_token.mean())
-            errs.append(error_bar(per_token.mean(), bootstrap_ci(mean, per_token)))
-        bars = ax.bar(methods, values, yerr=np.array(errs).T, capsize=3, color=[colors[m] for m in methods])
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
-        ax.set_ylabel("energy per token (J)")
-
-
-def figure_latency(gens: pd.DataFrame, axes) -> None:
-    """TTFT (row 0) and TPOT (row 1) distributions per method, box plots over generations."""
-    panels = Panels.of(gens)
-    for col, key in enumerate(panels.keys):
-        d = gens[(gens.model == key[0]) & (gens.temperature == key[1])]
-        methods = method_order(set(d.method))
-        for row, (column, label) in enumerate([("ttft_s", "TTFT (ms)"), ("tpot_s", "TPOT (ms)")]):
-            ax = axes[row][col]
-            data = [d[d.method == m][column].dropna().to_numpy() * 1e3 for m in methods]
-            if not any(len(x) for x in data):
-                no_data(ax, f"no {column}")
-                continue
-            ax.boxplot(data, tick_labels=methods, showmeans=True)
-            ax.set_ylabel(label)
-            ax.set_yscale("log")
-        axes[0][col].set_title(panels.title(key))
-
-
-FIGURES = [
-    Figure(
-        "acceptance",
-        "Average acceptance length per method and suite (the paper's Figure 4 layout)",
-        "τ = accepted drafts + 1 per verification cycle, pooled over cycles (EAGLE/DFlash's definition). "
-        "The paper's Figure 4 plots accepted drafts without the +1, i.e. τ − 1. Error bars: 95% bootstrap "
-        "CI over items.",
-    ),
-    Figure(
-        "throughput_context",
-        "End-to-end throughput against context length",
-        "Mean over items of item tokens / item wall time, per context bucket (a sweep's target length, or "
-        "the smallest of 1K…40K holding the prompt). Error bars: 95% bootstrap CI over items.",
-    ),
-    Figure(
-        "accuracy_throughput",
-        "Accuracy against throughput",
-        "Lossless methods (circles) must sit on the AR accuracy line up to sampling noise; lossy ones "
-        "(crosses) may fall off it. Error bars: 95% bootstrap CIs over items.",
-    ),
-    Figure(
-        "memory_overhead",
-        "Peak memory and draft overhead against context length",
-        "Top: torch.cuda.max_memory_allocated per generation (weights included), maximum per bucket. "
-        "Middle: the same minus AR's at that bucket. Bottom: share of wall time spent in timed draft "
-        "(diffusion-view) forwards; EAGLE-3/DFlash drafter forwards are not timed.",
-    ),
-    Figure(
-        "energy",
-        "Energy per token",
-        "NVML board energy per generation / new tokens, generations flagged energy_reliable only (≥ 1 s). "
-        "Error bars: 95% bootstrap CI over generations.",
-    ),
-    Figure(
-        "latency",
-        "TTFT and TPOT distributions",
-        "Per generation: TTFT = prefill through the first token; TPOT = decode time / (new tokens − 1). "
-        "Boxes: quartiles; whiskers 1.5 IQR; triangle: mean.",
-    ),
-]
-
-
-def draw_figures(gens: pd.DataFrame, u: pd.DataFrame, directory: Path) -> list[Figure]:
-    directory.mkdir(parents=True, exist_ok=True)
-    panels = len(Panels.of(gens).keys)
-    colors = method_colors(gens.method)
-    drawers = {
-        "acceptance": (1, lambda axes: figure_acceptance(u, axes[0], colors)),
-        "throughput_context": (1, lambda axes: figure_context(u, axes[0], colors)),
-        "accuracy_throughput": (1, lambda axes: figure_accuracy(u, axes[0], colors)),
-        "memory_overhead": (3, lambda axes: figure_memory(gens, axes, colors)),
-        "energy": (1, lambda axes: figure_energy(gens, axes[0], colors)),
-        "latency": (2, lambda axes: figure_latency(gens, axes)),
-    }
-    out = []
-    for figure in FIGURES:
-        rows, draw = drawers[figure.name]
-        fig, axes = new_figure(panels, rows, height=4.0 if rows == 1 else 3.2)
-        draw(axes)
-        fig.suptitle(figure.title)
-        fig.tight_layout()
-        path = directory / f"{figure.name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(Figure(figure.name, figure.title, figure.caption, path))
-    return out
-
-
 # --------------------------------------------------------------------- verdicts, calibration, provenance
 
 
@@ -658,8 +314,6 @@ def json_tables(title: str, data) -> list[Table]:
         if isinstance(value, float):
             return f"{value:.4g}"
         if isinstance(value, (dict, list)):
-            import json
-
             return json.dumps(value, separators=(",", ":"))[:200]
         return str(value)
 
@@ -737,122 +391,3 @@ def provenance_table(runs: list[Run]) -> Table:
         "methods (config hash)",
     ]
     return Table("Provenance", columns, rows, "Full provenance: run.json in each run directory.")
-
-
-# ----------------------------------------------------------------------------------------------- output
-
-
-@dataclass
-class Report:
-    title: str
-    runs: list[Run]
-    table1: list[Table]
-    figure4: list[Table]
-    summary: list[Table]
-    errors: Table | str
-    figures: list[Figure]
-    verdicts: list[Table]
-    unverified: list[str]
-    calibration: list[Table]
-    provenance: Table
-
-    def sections(self) -> list[tuple[str, list]]:
-        verification = list(self.verdicts)
-        if self.unverified:
-            verification.append(
-                "not verified: no verdicts.json in "
-                + ", ".join(self.unverified)
-                + " (run `orthrus-bench verify` on the run directory)"
-            )
-        calibration = self.calibration or ["no calibration table (reports/calibration.json)"]
-        return [
-            ("Table 1", self.table1),
-            ("Figure 4", self.figure4),
-            ("Summary", [*self.summary, self.errors]),
-            ("Figures", self.figures),
-            ("Equivalence verdicts", verification),
-            ("Calibration", calibration),
-            ("Provenance", [self.provenance]),
-        ]
-
-    def markdown(self) -> str:
-        parts = [f"# {self.title}"]
-        for heading, items in self.sections():
-            parts.append(f"## {heading}")
-            for item in items:
-                if isinstance(item, Table):
-                    parts.append(item.markdown())
-                elif isinstance(item, Figure):
-                    parts.append(
-                        f"**{item.title}**\n\n![{item.title}](figures/{item.path.name})\n\n{item.caption}"
-                    )
-                else:
-                    parts.append(f"_{item}_")
-        return "\n\n".join(parts) + "\n"
-
-    def html(self) -> str:
-        body = [f"<h1>{html.escape(self.title)}</h1>"]
-        for heading, items in self.sections():
-            body.append(f"<h2>{html.escape(heading)}</h2>")
-            for item in items:
-                if isinstance(item, Table):
-                    body.append(item.html())
-                elif isinstance(item, Figure):
-                    data = base64.b64encode(item.path.read_bytes()).decode()
-                    body.append(
-                        f'<figure id="fig-{item.name}"><img src="data:image/png;base64,{data}" '
-                        f'alt="{html.escape(item.title)}"><figcaption><b>{html.escape(item.title)}.</b> '
-                        f"{html.escape(item.caption)}</figcaption></figure>"
-                    )
-                else:
-                    body.append(f'<p class="note">{html.escape(item)}</p>')
-        return (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>"
-            f"<body>{''.join(body)}</body></html>\n"
-        )
-
-
-CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0;font-size:.85em}"
-    "caption{font-weight:bold;text-align:left;padding:.3em 0}"
-    "th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;white-space:nowrap}"
-    "th:first-child,td:first-child{text-align:left}"
-    "img{max-width:100%;height:auto}figure{margin:1.5em 0}.note{color:#555;font-size:.85em}"
-)
-
-
-def build_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Report:
-    runs = load_runs(run_dirs)
-    gens = generations(runs)
-    if gens.empty:
-        raise ValueError(f"no successful generations in {', '.join(map(str, run_dirs))}")
-    u = units(gens)
-    by_slice = slices(gens, u)
-    out = Path(out)
-    verdicts, unverified = verification_tables(runs)
-    calibration_data = read_json_if_present(Path(calibration)) if calibration else None
-    if isinstance(calibration_data, dict):  # the per-replicate values are data for analysis, not a table
-        calibration_data = {k: v for k, v in calibration_data.items() if k != "replicate_t3_z"}
-    return Report(
-        title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
-        runs=runs,
-        table1=table1(gens, by_slice),
-        figure4=figure4_tables(u),
-        summary=summary_tables(by_slice),
-        errors=errors_table(runs),
-        figures=draw_figures(gens, u, out / "figures"),
-        verdicts=verdicts,
-        unverified=unverified,
-        calibration=json_tables("Calibration", calibration_data) if calibration_data is not None else [],
-        provenance=provenance_table(runs),
-    )
-
-
-def write_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Path:
-    out = Path(out)
-    report = build_report(run_dirs, out, title, calibration)
-    (out / "report.md").write_text(report.markdown())
-    (out / "report.html").write_text(report.html())
-    return out

@@ -4,82 +4,43 @@ Order of work: every check that can fail (suites, data, methods, checkpoints, to
 first generation. Then, per method, warm-up generations (not recorded), then the work units: one unit is
 one item (all its turns) by one method for one sample. Items are the outer loop and methods the inner one,
 so a run stopped early still compares every method on the same prompts. `--shard i/n` keeps the items whose
-position is i modulo n; `merge` joins shard directories back into one run.
+position is i modulo n (shards.py joins shard directories back into one run).
 
 Timing follows docs/methodology.md: each generation is bracketed by device synchronisation and
 perf_counter; per-forward times come from CUDA events (perf_counter on CPU); telemetry is in telemetry.py.
+The records are harness.records' types.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 import traceback
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from harness.store import StoreError, open_run, write_json
-from harness.suites.conversation import run_item
+from harness.methods import Decoder, Target, load_target, make_decoder
+from harness.methods.target import check_device, torch_dtype
+from harness.records import ErrorRecord, GenerationRecord, Record
+from harness.store import StoreError, open_run
+from harness.suites.config import GenerationSettings
+from harness.suites.conversation import Turn, run_item
 from harness.suites.suite import Suite, SuiteItem, load_suite
 
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
 from .seeds import RULE as SEED_RULE
 from .seeds import generation_seed
+from .spec import RunError, RunSpec, generation_settings
 from .telemetry import Telemetry, load_nvml
 
 logger = logging.getLogger(__name__)
 
-TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
-DEFAULT_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
-DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a few minutes on 2 CPU cores
 CONTEXT_BUCKETS = (1024, 2048, 4096, 8192, 16384, 32768, 40960)
-
-
-class RunError(Exception):
-    """A run that cannot start: bad suite, method, checkpoint, shard or output directory."""
-
-
-@dataclass
-class RunSpec:
-    suites: list[str] = field(default_factory=lambda: list(TINY_SUITES))
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    model: str | None = None  # checkpoint directory or hub id; None: the embedded tiny family
-    dtype: str = "float32"
-    device: str = "cpu"
-    temperature: float | None = None  # None: each suite's own setting
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    limit: int | None = None
-    ids: list[str] | None = None  # dataset ids to keep (with or without the "<suite>/" prefix)
-    samples: int = 1  # generations per item and method (> 1 for sampling-based verdicts)
-    seed: int = 0
-    warmup: int = 2
-    telemetry: bool = True
-    data_dir: str | None = None
-
-    def config(self) -> dict:
-        """What makes two runs comparable; hashed, and checked on --resume and merge."""
-        return {k: v for k, v in asdict(self).items() if k not in ("warmup", "telemetry", "data_dir")}
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise RunError(f"--shard must look like i/n (e.g. 0/4), not {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise RunError(f"--shard {text}: need 0 <= i < n")
-    return i, n
 
 
 def context_bucket(prompt_tokens: int, context_tokens: int | None) -> int | None:
@@ -92,8 +53,8 @@ def context_bucket(prompt_tokens: int, context_tokens: int | None) -> int | None
 @dataclass
 class Prepared:
     spec: RunSpec
-    target: object  # harness.methods.Target
-    decoders: dict  # label -> Decoder
+    target: Target
+    decoders: dict[str, Decoder]  # label -> decoder
     suites: list[Suite]
     items: dict[str, list[SuiteItem]]  # suite name -> items in this shard
     nvml: object
@@ -102,46 +63,34 @@ class Prepared:
 
 def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     """Load and check everything before any generation: a bad input fails here, with nothing written."""
-    from harness.cli import DTYPES
-    from harness.methods import Target, make_decoder
-    from harness.paths import default_model
-    from orthrus_core.checkpoint import load_model, resolve
-    from orthrus_core.tokenizer import load_tokenizer
-
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"--device {spec.device} was asked for but no CUDA device is available; use cpu")
-    if spec.dtype not in DTYPES:
-        raise RunError(f"unknown dtype {spec.dtype!r}; choose one of {', '.join(DTYPES)}")
+    torch_dtype(spec.dtype)
+    check_device(spec.device)
     if not spec.methods or not spec.suites:
         raise RunError("give at least one suite and one method")
     if len(set(spec.methods)) != len(spec.methods):
         raise RunError(f"a method is listed twice in {spec.methods}")
     suites = [load_suite(name, spec.data_dir, limit=spec.limit, ids=spec.ids) for name in spec.suites]
-    directory = resolve(spec.model) if spec.model else default_model()
-    model = load_model(directory, dtype=DTYPES[spec.dtype], device=spec.device)
-    tokenizer = load_tokenizer(directory)
-    if tokenizer is None:
-        raise RunError(f"{directory} has no tokenizer files; suites need the model's chat template")
-    target = Target(model, directory, tokenizer)
+    target = load_target(spec.model, spec.dtype, spec.device)
+    if target.tokenizer is None:
+        raise RunError(f"{target.path} has no tokenizer files; suites need the model's chat template")
     decoders = {label: make_decoder(label, target) for label in spec.methods}
 
     index, count = shard
-    max_context = model.config.max_position_embeddings
+    max_context = target.model.config.max_position_embeddings
     items = {}
     for suite in suites:
-        all_items = suite.items(tokenizer, max_context=max_context)
+        all_items = suite.items(target.tokenizer, max_context=max_context)
         items[suite.name] = [it for position, it in enumerate(all_items) if position % count == index]
     nvml = load_nvml() if spec.device.startswith("cuda") else None
-    model_records = [model_provenance("target", spec.model or "embedded tiny family", directory)]
+    model_records = [model_provenance("target", spec.model or "embedded tiny family", Path(target.path))]
     for label, decoder in decoders.items():
         for role, path in decoder.checkpoints.items():
-            if Path(path) != Path(directory):
+            if Path(path) != Path(target.path):
                 model_records.append(model_provenance(f"{label}:{role}", label, Path(path)))
     return Prepared(spec, target, decoders, suites, items, nvml, model_records)
 
 
-def provenance(p: Prepared, shard: tuple[int, int]) -> dict:
-    spec = p.spec
+def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> dict:
     return {
         "config": spec.config(),
         "config_hash": config_hash(spec.config()),
@@ -170,7 +119,7 @@ def provenance(p: Prepared, shard: tuple[int, int]) -> dict:
     }
 
 
-def _measured(decoder, telemetry: Telemetry, device: torch.device, sink: list):
+def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink: list):
     """decoder.generate wrapped: synchronised wall-clock and telemetry per call, appended to sink."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
@@ -187,84 +136,113 @@ def _measured(decoder, telemetry: Telemetry, device: torch.device, sink: list):
     return generate
 
 
-def unit_records(suite, item, label, decoder, sample, turns, measures, score, spec) -> list[dict]:
+# The record fields that are the GenerationResult's attributes of the same name.
+RESULT_FIELDS = (
+    "new_tokens",
+    "stop_reason",
+    "accepted",
+    "acceptance_trace",
+    "prefill_forwards",
+    "ar_forwards",
+    "draft_forwards",
+    "tau",
+    "tpf",
+    "decode_s",
+    "tpot_s",
+)
+
+
+def unit_fields(suite: Suite, item: SuiteItem, label: str, decoder: Decoder, sample: int) -> dict:
+    return dict(
+        suite=suite.name,
+        item_id=item.id,
+        method=label,
+        method_name=decoder.name,
+        lossless=decoder.lossless,
+        sample=sample,
+    )
+
+
+def unit_records(
+    unit: dict,
+    item: SuiteItem,
+    turns: list[Turn],
+    measures: list,
+    score,
+    settings: GenerationSettings,
+    seed: int,
+) -> list[GenerationRecord]:
+    """One record per turn of a unit (`unit_fields`): what was generated, how fast, with what score."""
     out = []
-    for t, (turn, (wall, tele)) in enumerate(zip(turns, measures, strict=True)):
-        r = turn.result
-        last = t == len(turns) - 1
+    for t, (turn, (wall, telemetry)) in enumerate(zip(turns, measures, strict=True)):
+        r, last = turn.result, t == len(turns) - 1
         out.append(
-            {
-                "suite": suite.name,
-                "item_id": item.id,
-                "method": label,
-                "method_name": decoder.name,
-                "lossless": decoder.lossless,
-                "sample": sample,
-                "turn": t,
-                "turns": len(turns),
-                "seed": generation_seed(spec.seed, item.id, sample, t),
-                "status": "ok",
-                "error": None,
-                "temperature": spec.temperature
-                if spec.temperature is not None
-                else suite.generation.temperature,
-                "prompt_tokens": len(turn.prompt_ids),
-                "prompt_ids": turn.prompt_ids,
-                "context_tokens": item.context_tokens,
-                "context_bucket": context_bucket(len(turn.prompt_ids), item.context_tokens),
-                "new_tokens": r.new_tokens,
-                "stop_reason": r.stop_reason,
-                "output_ids": r.tokens,
-                "accepted": r.accepted,
-                "acceptance_trace": r.acceptance_trace,
-                "prefill_forwards": r.prefill_forwards,
-                "ar_forwards": r.ar_forwards,
-                "draft_forwards": r.draft_forwards,
-                "tau": r.tau,
-                "tpf": r.tpf,
-                "wall_s": wall,
-                "ttft_s": r.prefill_s,
-                "decode_s": r.decode_s,
-                "tpot_s": r.tpot_s,
-                "tokens_per_s": r.new_tokens / wall if wall > 0 else None,
-                **tele,
-                "score_correct": score.correct if last else None,
-                "score_status": score.status if last else None,
-                "score_detail": score.detail if last else None,
-            }
+            GenerationRecord(
+                **unit,
+                turn=t,
+                turns=len(turns),
+                seed=generation_seed(seed, item.id, unit["sample"], t),
+                temperature=settings.temperature,
+                prompt_tokens=len(turn.prompt_ids),
+                prompt_ids=turn.prompt_ids,
+                context_tokens=item.context_tokens,
+                context_bucket=context_bucket(len(turn.prompt_ids), item.context_tokens),
+                output_ids=r.tokens,
+                wall_s=wall,
+                ttft_s=r.prefill_s,
+                tokens_per_s=r.new_tokens / wall if wall > 0 else None,
+                telemetry=telemetry,
+                score_correct=score.correct if last else None,
+                score_status=score.status if last else None,
+                score_detail=score.detail if last else None,
+                **{name: getattr(r, name) for name in RESULT_FIELDS},
+            )
         )
     return out
 
 
-def error_record(suite, item, label, decoder, sample, exc: BaseException) -> dict:
-    return {
-        "suite": suite.name,
-        "item_id": item.id,
-        "method": label,
-        "method_name": decoder.name,
-        "lossless": decoder.lossless,
-        "sample": sample,
-        "turn": 0,
-        "turns": 1,
-        "status": "error",
-        "error": f"{type(exc).__name__}: {exc}",
-        "traceback": traceback.format_exc()[-4000:],
-        "context_tokens": item.context_tokens,
-    }
+def error_record(unit: dict, item: SuiteItem, exc: BaseException) -> ErrorRecord:
+    return ErrorRecord(
+        **unit,
+        turn=0,
+        turns=1,
+        error=f"{type(exc).__name__}: {exc}",
+        traceback=traceback.format_exc()[-4000:],
+        context_tokens=item.context_tokens,
+    )
 
 
-def warm_up(p: Prepared, label: str, decoder) -> None:
+def warm_up(p: Prepared, warmup: int, label: str, decoder: Decoder, settings: dict[str, GenerationSettings]):
     """`warmup` short generations on the first item (kernels, allocator, caches); nothing is recorded."""
     suite = next((s for s in p.suites if p.items[s.name]), None)
-    if suite is None or p.spec.warmup <= 0:
+    if suite is None or warmup <= 0:
         return
     item = p.items[suite.name][0]
     prompt = suite.render(p.target.tokenizer, item, [])
     try:
-        for _ in range(p.spec.warmup):
-            decoder.generate(prompt, min(32, suite.generation.max_new_tokens))
+        for _ in range(warmup):
+            decoder.generate(prompt, min(32, settings[suite.name].max_new_tokens))
     except Exception as exc:  # the recorded generations will fail too, each with its own error record
         logger.warning("%s: warm-up failed (%s: %s)", label, type(exc).__name__, exc)
+
+
+class Progress:
+    """The progress bar's running figures per method: tokens/s and τ so far."""
+
+    def __init__(self):
+        self.totals = defaultdict(lambda: [0, 0.0, 0, 0])  # label -> tokens, seconds, accepted, cycles
+
+    def add(self, label: str, records: list[Record]) -> str:
+        t = self.totals[label]
+        for r in records:
+            if isinstance(r, GenerationRecord):
+                t[0] += r.new_tokens
+                t[1] += r.wall_s
+                t[2] += sum(r.accepted)
+                t[3] += len(r.accepted)
+        if not t[1]:
+            return label
+        return f"{label}: {t[0] / t[1]:.1f} tok/s" + (f" τ {1 + t[2] / t[3]:.2f}" if t[3] else "")
 
 
 def execute(
@@ -277,17 +255,19 @@ def execute(
     progress: bool = True,
     prepared: Prepared | None = None,
 ) -> Path:
-    """Run everything `spec` names into `out`; returns the directory. See the module docstring."""
+    """Run everything `spec` names into `out`; returns the directory. See the module docstring. `prepared`
+    (from `prepare`) reuses loaded models and suites; `spec` still decides what is generated and recorded."""
     from tqdm import tqdm
 
     p = prepared or prepare(spec, shard)
-    run = provenance(p, shard)
+    run = provenance(spec, p, shard)
     try:
         store = open_run(out, resume=resume, config_hash=run["config_hash"], retry_failed=retry_failed)
     except StoreError as exc:
         raise RunError(str(exc)) from None
     run.update(status="running", started=_now(), finished=None, resumed_from=len(store.done) or None)
     store.write_run(run)
+    settings = {s.name: generation_settings(s.generation, spec.config()) for s in p.suites}
     device = p.target.model.lm_head.weight.device
     telemetry = Telemetry(p.target.model, device, enabled=spec.telemetry, nvml=p.nvml)
     units = [
@@ -299,7 +279,7 @@ def execute(
     ]
     todo = [u for u in units if (u[0].name, u[1].id, u[3], u[2]) not in store.done]
     warmed: set[str] = set()
-    totals = defaultdict(lambda: [0, 0.0, 0, 0])  # label -> tokens, seconds, accepted, cycles
+    figures = Progress()
     bar = tqdm(
         todo, desc="run", unit="gen", disable=not progress, initial=len(units) - len(todo), total=len(units)
     )
@@ -307,8 +287,9 @@ def execute(
         for suite, item, sample, label in bar:
             decoder = p.decoders[label]
             if label not in warmed:
-                warm_up(p, label, decoder)
+                warm_up(p, spec.warmup, label, decoder, settings)
                 warmed.add(label)
+            unit = unit_fields(suite, item, label, decoder, sample)
             measures: list = []
             try:
                 turns = run_item(
@@ -316,33 +297,19 @@ def execute(
                     item,
                     p.target.tokenizer,
                     _measured(decoder, telemetry, device, measures),
+                    settings[suite.name],
                     seed=partial(generation_seed, spec.seed, item.id, sample),
-                    temperature=spec.temperature,
-                    top_k=spec.top_k,
-                    top_p=spec.top_p,
-                    max_new_tokens=spec.max_new_tokens,
                 )
                 score = suite.score(item, [t.text for t in turns], tokenizer=p.target.tokenizer)
-                records = unit_records(suite, item, label, decoder, sample, turns, measures, score, spec)
+                records = unit_records(unit, item, turns, measures, score, settings[suite.name], spec.seed)
             except Exception as exc:  # an OOM or a bug in one generation must not end the run
                 if telemetry.timer is not None and "forward" in vars(p.target.model):
                     telemetry.timer.detach()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                records = [error_record(suite, item, label, decoder, sample, exc)]
+                records = [error_record(unit, item, exc)]
             store.write_unit(records)
-            t = totals[label]
-            for r in records:
-                if r["status"] == "ok":
-                    t[0] += r["new_tokens"]
-                    t[1] += r["wall_s"]
-                    t[2] += sum(r["accepted"])
-                    t[3] += len(r["accepted"])
-            bar.set_postfix_str(
-                f"{label}: {t[0] / t[1]:.1f} tok/s" + (f" τ {1 + t[2] / t[3]:.2f}" if t[3] else "")
-                if t[1]
-                else label
-            )
+            bar.set_postfix_str(figures.add(label, records))
         run["status"] = "complete"
     except KeyboardInterrupt:
         run["status"] = "interrupted"
@@ -356,129 +323,3 @@ def execute(
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------------------------------------- merge
-
-
-def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
-    """Join shard directories of one run (same config hash, shards i/n covering 0..n-1 once) into `out`."""
-    from harness.store import RECORDS, load_run, read_records
-
-    if not shard_dirs:
-        raise RunError("merge needs at least one shard directory")
-    runs = [load_run(d) for d in shard_dirs]
-    hashes = {r["config_hash"] for r in runs}
-    if len(hashes) != 1:
-        raise RunError(f"the shards come from different configurations (config hashes {sorted(hashes)})")
-    counts = {r["shard"][1] for r in runs}
-    indices = sorted(r["shard"][0] for r in runs)
-    if len(counts) != 1 or indices != list(range(counts.pop())):
-        raise RunError(f"shards {[r['shard'] for r in runs]} do not cover i/n for i = 0..n-1 exactly once")
-    incomplete = [str(d) for d, r in zip(shard_dirs, runs, strict=True) if r.get("status") != "complete"]
-    if incomplete:
-        raise RunError(f"shard(s) not finished: {', '.join(incomplete)}; resume them first")
-    out = Path(out)
-    if (out / RECORDS).exists():
-        raise RunError(f"{out} already holds a run; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    staged = out / f".{RECORDS}.partial"
-    with open(staged, "w") as f:
-        for d in shard_dirs:
-            for record in read_records(d):
-                f.write(json.dumps(record, allow_nan=True) + "\n")
-    merged = {
-        **runs[0],
-        "shard": [0, 1],
-        "merged_from": [{"dir": str(d), **r} for d, r in zip(shard_dirs, runs, strict=True)],
-    }
-    merged["started"] = min(r["started"] for r in runs)
-    merged["finished"] = max(r["finished"] for r in runs)
-    staged.replace(out / RECORDS)
-    write_json(out / "run.json", merged)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------- summary
-
-
-def summarize(records: list[dict]):
-    """Per method: τ (over all cycles), TPF, mean per-item tokens/s and its speedup over `ar` and `ar-hf`
-    (Spec-Bench: ratio of the means of per-item tokens/s), accuracy, and greedy token identity with `ar`."""
-    import pandas as pd
-
-    df = pd.DataFrame.from_records([r for r in records if r["status"] == "ok"])
-    errors = defaultdict(int)
-    for r in records:
-        if r["status"] != "ok":
-            errors[r["method"]] += 1
-    failed_only = [
-        {"method": m, "generations": 0, "errors": n}
-        for m, n in errors.items()
-        if df.empty or m not in set(df.method)
-    ]
-    if df.empty:
-        return pd.DataFrame(failed_only)
-    unit = ["suite", "item_id", "sample"]
-    per_item = df.groupby(["method", *unit]).agg(tokens=("new_tokens", "sum"), wall=("wall_s", "sum"))
-    per_item["tps"] = per_item.tokens / per_item.wall
-    tps = per_item.groupby("method").tps.mean()
-    ar_ids = {}
-    if "ar" in set(df.method):
-        ar = df[df.method == "ar"]
-        ar_ids = {(r.suite, r.item_id, r.sample, r.turn): r.output_ids for r in ar.itertuples()}
-    rows = []
-    for method, g in df.groupby("method", sort=False):
-        accepted = [n for a in g.accepted for n in a]
-        forwards = (g.ar_forwards + g.draft_forwards).sum()
-        scored = g.score_correct.dropna()
-        identical = [
-            r.output_ids == ar_ids[(r.suite, r.item_id, r.sample, r.turn)]
-            for r in g.itertuples()
-            if (r.suite, r.item_id, r.sample, r.turn) in ar_ids
-        ]
-        rows.append(
-            {
-                "method": method,
-                "generations": len(g),
-                "errors": errors.get(method, 0),
-                # tau counts drafts a verifier accepted; a lossy decoder commits its drafts unverified
-                "tau": 1 + sum(accepted) / len(accepted) if accepted and g.lossless.all() else None,
-                "tpf": g.new_tokens.sum() / forwards if forwards else None,
-                "tokens_per_s": tps[method],
-                "speedup_vs_ar": tps[method] / tps["ar"] if "ar" in tps else None,
-                "speedup_vs_ar_hf": tps[method] / tps["ar-hf"] if "ar-hf" in tps else None,
-                "accuracy": scored.astype(float).mean() if len(scored) else None,
-                "identical_to_ar": sum(identical) / len(identical) if identical else None,
-            }
-        )
-    return pd.DataFrame(rows + failed_only)
-
-
-def print_summary(table, title: str) -> None:
-    from rich.table import Table
-
-    from harness.console import console
-
-    t = Table(title=title)
-    columns = [
-        ("method", "method", "{}"),
-        ("generations", "gens", "{}"),
-        ("errors", "errors", "{}"),
-        ("tau", "τ", "{:.2f}"),
-        ("tpf", "TPF", "{:.2f}"),
-        ("tokens_per_s", "tok/s", "{:.1f}"),
-        ("speedup_vs_ar", "× ar", "{:.2f}"),
-        ("speedup_vs_ar_hf", "× ar-hf", "{:.2f}"),
-        ("accuracy", "accuracy", "{:.1%}"),
-        ("identical_to_ar", "identical to ar", "{:.1%}"),
-    ]
-    for _, name, _ in columns:
-        t.add_column(name, justify="left" if name == "method" else "right")
-    for row in table.to_dict("records"):
-        cells = []
-        for key, _, fmt in columns:
-            v = row.get(key)
-            cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
-        t.add_row(*cells)
-    console().print(t)

@@ -1,5 +1,5 @@
 """Per-generation device telemetry: allocator peak, NVML memory / power / clocks / throttling, energy, and
-per-forward times.
+per-forward times, as a record's `TelemetryFields` (harness.records).
 
 NVML (`nvidia-ml-py`, imported as `pynvml`) is read by a background thread every `interval_s`, so sampling
 never runs on the decoding thread; energy is the difference of the device's total-energy counter
@@ -16,6 +16,8 @@ import time
 from statistics import fmean, median
 
 import torch
+
+from harness.records import TelemetryFields
 
 ENERGY_MIN_RELIABLE_S = 1.0
 
@@ -93,6 +95,7 @@ class NvmlSampler:
         }
 
 
+# What NvmlSampler.stop() measures: all None without a GPU or NVML.
 NVML_FIELDS = (
     "nvml_samples",
     "device_mem_peak_bytes",
@@ -105,11 +108,6 @@ NVML_FIELDS = (
     "energy_reliable",
 )
 FORWARD_KINDS = ("ar", "diffusion")
-TIMER_FIELDS = ("prefill_forward_ms",) + tuple(
-    f"{kind}_forward_{stat}" for kind in FORWARD_KINDS for stat in ("count", "ms_mean", "ms_median")
-)
-# Every field telemetry adds to a record (`run --no-telemetry` adds none).
-TELEMETRY_FIELDS = (*TIMER_FIELDS, "allocator_peak_bytes", *NVML_FIELDS)
 
 
 class ForwardTimer:
@@ -181,14 +179,14 @@ class Telemetry:
             self.sampler.start()
         self.timer.attach()
 
-    def stop(self) -> dict:
+    def stop(self) -> TelemetryFields | None:
+        """The generation's measurements; None when disabled (a record then has no telemetry fields)."""
         if not self.enabled:
-            return {}
-        out = self.timer.detach()
+            return None
+        timer = self.timer.detach()
+        peak = None
         if self.cuda:
             torch.cuda.synchronize(self.device)
-            out["allocator_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        else:
-            out["allocator_peak_bytes"] = None
-        out.update(self.sampler.stop() if self.sampler else dict.fromkeys(NVML_FIELDS))
-        return out
+            peak = torch.cuda.max_memory_allocated(self.device)
+        nvml = self.sampler.stop() if self.sampler else dict.fromkeys(NVML_FIELDS)
+        return TelemetryFields(**timer, allocator_peak_bytes=peak, **nvml)

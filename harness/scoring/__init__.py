@@ -2,34 +2,21 @@
 
 A suite file names its scorer under ``[scoring]`` (``scorer = "math"``); every other key there is an
 option of that scorer. Each scorer says which dataset fields it needs in an item's ``reference``.
+
+    math_answers.py  MATH-style \\boxed{} answers and GSM8K numbers, checked with math-verify
+    code.py          HumanEval and MBPP: the answer's code run against the tests in the sandbox
+    sandbox.py       untrusted code in a separate, resource-limited process (_sandbox_launcher.py)
+    lengths.py       chat suites: no correctness, the answer's length
+    base.py          what every scorer returns (Score) and is (Scorer)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Protocol
 
+from .base import Score, Scorer, ScorerConfigError
 
-@dataclass(frozen=True)
-class Score:
-    correct: bool | None  # None where the suite has no notion of correctness
-    status: str  # "correct", "wrong", "pass", "fail", "timeout", "error" or "unscored"
-    detail: dict = field(default_factory=dict)  # JSON-serialisable: extracted answer, gold, stderr tail...
-
-
-class Scorer(Protocol):
-    reference_fields: tuple[str, ...]
-
-    def score(self, reference: dict, outputs: list[str], tokenizer=None) -> Score: ...
-
-
-class ScorerConfigError(ValueError):
-    """An unknown scorer name, or options the scorer does not accept."""
-
-
-def scorer_names() -> list[str]:
-    return sorted(_registry())
+__all__ = ["Score", "Scorer", "ScorerConfigError", "make_scorer"]
 
 
 def make_scorer(name: str, options: dict) -> Scorer:

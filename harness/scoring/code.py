@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from . import Score
+from .base import Score
 from .sandbox import SandboxLimits, run_python
 
 # A fenced block, closed or (when generation stopped at the token limit) running to the end.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import Score
+from .base import Score
 
 
 @dataclass(frozen=True)

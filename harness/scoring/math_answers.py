@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from . import Score
+from .base import Score
 
 WORKER = Path(__file__).with_name("_math_verify_worker.py")
 _BOXED_COMMANDS = ("\\boxed", "\\fbox")

@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orthrus_core.generation import GenerationResult
+from orthrus_core.generation import GenerateFn, GenerationResult
 
+from .config import GenerationSettings
 from .suite import Suite, SuiteItem
-
-# generate(prompt_ids, max_new_tokens, *, temperature, top_k, top_p, seed, stop_token_ids) -> result
-GenerateFn = Callable[..., GenerationResult]
 
 
 @dataclass
@@ -39,35 +37,20 @@ def run_item(
     item: SuiteItem,
     tokenizer,
     generate: GenerateFn,
+    settings: GenerationSettings | None = None,
     *,
     seed: Callable[[int], int] | None = None,
-    **overrides,
 ) -> list[Turn]:
-    """Generate every turn of `item` with the suite's settings (`overrides` replace temperature, top_k,
-    top_p or max_new_tokens). Turn t is seeded with seed(t) (harness.run.seeds) so that sampling is
-    reproducible."""
-    settings = suite.generation
+    """Generate every turn of `item` with `settings` (default: the suite's own; a run passes
+    harness.run.spec.generation_settings). Turn t is seeded with seed(t) (harness.run.seeds) so that
+    sampling is reproducible."""
+    settings = settings or suite.generation
     stop_ids, stop_strings = settings.stop_token_ids_and_strings(tokenizer)
-    options = {
-        "max_new_tokens": settings.max_new_tokens,
-        "temperature": settings.temperature,
-        "top_k": settings.top_k,
-        "top_p": settings.top_p,
-    }
-    unknown = set(overrides) - set(options)
-    if unknown:
-        raise ValueError(f"cannot override {sorted(unknown)}; only {sorted(options)}")
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    max_new = options.pop("max_new_tokens")
+    sampling = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     turns: list[Turn] = []
     for t in range(len(item.turns)):
         prompt = suite.render(tokenizer, item, [turn.text for turn in turns])
-        result = generate(
-            prompt,
-            max_new,
-            stop_token_ids=stop_ids,
-            seed=None if seed is None else seed(t),
-            **options,
-        )
+        seeded = None if seed is None else seed(t)
+        result = generate(prompt, settings.max_new_tokens, stop_token_ids=stop_ids, seed=seeded, **sampling)
         turns.append(Turn(prompt, result, answer_text(tokenizer, result.tokens, stop_strings)))
     return turns

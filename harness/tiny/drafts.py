@@ -1,35 +1,52 @@
-"""Train the tiny family's EAGLE-3 head and DFlash drafter for the tiny Orthrus base, write them in their public
-formats next to it, and measure them on the held-out prompts.
+"""The drafts stage of `orthrus-bench train-tiny`: the tiny family's EAGLE-3 head and DFlash drafter for the
+tiny Orthrus base, written in their public formats beside it (`eagle3/`, `dflash/`, where the method registry
+finds them), and measured on the held-out prompts.
 
-    python -m harness.tiny_drafts [--base models/tiny/orthrus] [--out models/tiny]
+    orthrus-bench train-tiny --stage drafts [--out models/tiny/orthrus] [--eval-only]
 
 Training data: the base's own greedy answers (float32) to the first user turn of training conversations
 (`tiny_corpus.conversations`, training seeds, disjoint from the held-out problems). Both drafters are trained in
-float32 and saved in bfloat16 (`<out>/eagle3`, `<out>/dflash`). The evaluation reloads them as every decoder
-does and prints, for every method of the registry, tau, TPF and tokens/s next to AR on held-out math and code
+float32 on the CPU and saved in bfloat16. The evaluation reloads them as every decoder does and prints, for every method of the registry, tau, TPF and tokens/s next to AR on held-out math and code
 prompts (greedy, float32, CPU), on how many prompts its output differs from AR's (0 for every lossless method)
 and its math accuracy.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from harness.methods import Target, make_decoder
-from harness.paths import DEFAULT_MODEL, TINY_DIR
 from harness.scoring.math_answers import last_boxed
-from orthrus_core.checkpoint import load_model
 from orthrus_core.decoding import generate_orthrus
 from orthrus_core.dflash import save_dflash
 from orthrus_core.eagle3 import save_eagle3
-from orthrus_core.tokenizer import load_tokenizer
 from orthrus_core.training import tiny_corpus
 from orthrus_core.training.dflash import train_dflash
 from orthrus_core.training.eagle3 import train_eagle3
+
+
+@dataclass(frozen=True)
+class DraftRecipe:
+    """How the shipped drafts were trained and are measured."""
+
+    train_prompts: int = 2000  # training conversations answered by the base
+    max_new_tokens: int = 256  # per training answer, and per evaluation generation
+    steps: int = 800  # optimiser steps, each drafter
+    draft_vocab: int = 1024  # EAGLE-3 draft vocabulary size
+    dflash_layers: int = 2
+    dflash_block_size: int = 16
+    eval_math: int = 20  # held-out problems of the evaluation
+    eval_code: int = 10
+    seed: int = 0
+
+
+def draft_dirs(base: str | Path) -> dict[str, Path]:
+    """Where the drafts of the checkpoint at `base` go: sibling directories named after their methods."""
+    return {name: Path(base).parent / name for name in ("eagle3", "dflash")}
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
@@ -74,10 +91,10 @@ EVAL_SPECS = [
 ]
 
 
-def evaluate(target: Target, out: Path, problems, max_new_tokens: int) -> dict[str, dict]:
+def evaluate(target: Target, problems, max_new_tokens: int) -> dict[str, dict]:
     """Per method: tau, TPF, tokens/s, prompts whose output differs from AR's, and math accuracy (the last
     \\boxed{} equals the answer)."""
-    drafts = {"eagle3": out / "eagle3", "dflash": out / "dflash"}
+    drafts = draft_dirs(target.path)
     reference = None
     table = {}
     for spec in EVAL_SPECS:
@@ -108,57 +125,39 @@ def evaluate(target: Target, out: Path, problems, max_new_tokens: int) -> dict[s
     return table
 
 
-def train(model, tokenizer, args) -> None:
+def train_drafts(target: Target, recipe: DraftRecipe) -> None:
+    """Train both drafters on the base's answers and write them beside it."""
+    model, out = target.model, draft_dirs(target.path)
     t0 = time.perf_counter()
-    sequences = training_sequences(model, tokenizer, args.train_prompts, args.max_new_tokens)
+    sequences = training_sequences(model, target.tokenizer, recipe.train_prompts, recipe.max_new_tokens)
     n_tokens = sum(len(s) - start for s, start in sequences)
     print(
         f"{len(sequences)} training answers, {n_tokens} tokens, in {time.perf_counter() - t0:.0f} s",
         flush=True,
     )
-
-    draft_vocab = min(args.draft_vocab, model.config.vocab_size)
-    head = train_eagle3(model, sequences, draft_vocab_size=draft_vocab, steps=args.steps, seed=args.seed)
-    save_eagle3(head, args.out / "eagle3", dtype=torch.bfloat16)
+    draft_vocab = min(recipe.draft_vocab, model.config.vocab_size)
+    head = train_eagle3(model, sequences, draft_vocab_size=draft_vocab, steps=recipe.steps, seed=recipe.seed)
+    save_eagle3(head, out["eagle3"], dtype=torch.bfloat16)
     draft = train_dflash(
         model,
         sequences,
-        num_layers=args.dflash_layers,
-        block_size=args.block_size,
+        num_layers=recipe.dflash_layers,
+        block_size=recipe.dflash_block_size,
         mask_token_id=model.mask_token_id,
-        steps=args.steps,
-        seed=args.seed,
+        steps=recipe.steps,
+        seed=recipe.seed,
     )
-    save_dflash(draft, args.out / "dflash", dtype=torch.bfloat16)
+    save_dflash(draft, out["dflash"], dtype=torch.bfloat16)
     print(f"trained and saved in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.tiny_drafts", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", type=Path, default=DEFAULT_MODEL, help="the tiny Orthrus checkpoint")
-    ap.add_argument("--out", type=Path, default=TINY_DIR, help="writes <out>/eagle3 and <out>/dflash")
-    ap.add_argument("--train-prompts", type=int, default=2000)
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--eval-math", type=int, default=20)
-    ap.add_argument("--eval-code", type=int, default=10)
-    ap.add_argument("--draft-vocab", type=int, default=1024, help="EAGLE-3 draft vocabulary size")
-    ap.add_argument("--dflash-layers", type=int, default=2)
-    ap.add_argument("--block-size", type=int, default=16, help="DFlash block size")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--evaluate-only", action="store_true", help="measure the drafts already in --out")
-    args = ap.parse_args(argv)
-
-    model = load_model(args.base)
-    tokenizer = load_tokenizer(args.base)
-    if not args.evaluate_only:
-        train(model, tokenizer, args)
-    target = Target(model, str(args.base), tokenizer)
-    evaluate(
-        target, args.out, heldout_problems(tokenizer, args.eval_math, args.eval_code), args.max_new_tokens
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def drafts_stage(
+    target: Target, recipe: DraftRecipe, *, eval_only: bool = False, eval_limit: int | None = None
+):
+    """Train (unless `eval_only`) and measure the drafts of `target`; -> the evaluation table."""
+    if not eval_only:
+        train_drafts(target, recipe)
+    n_math, n_code = recipe.eval_math, recipe.eval_code
+    if eval_limit is not None:
+        n_math, n_code = min(n_math, eval_limit), min(n_code, eval_limit)
+    return evaluate(target, heldout_problems(target.tokenizer, n_math, n_code), recipe.max_new_tokens)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from harness.methods import load_target
 from harness.suites.conversation import run_item
 from harness.suites.suite import load_suite
 from orthrus_core import generate
-from orthrus_core.checkpoint import load_model, save_model
-from orthrus_core.tokenizer import load_tokenizer
+from orthrus_core.checkpoint import save_model
 
 TINY_SUITES = ("tiny-math", "tiny-code", "tiny-chat")
 EVAL_BLOCK_SIZES = (8, 16, 32)
@@ -50,8 +50,8 @@ def evaluate(
     """Greedy AR and Orthrus (at each block size) on the tiny suites, float32, as the issue's bars ask."""
     from tqdm import tqdm
 
-    model = load_model(model_dir, dtype=torch.float32)
-    tokenizer = load_tokenizer(model_dir)
+    target = load_target(model_dir)
+    model, tokenizer = target.model, target.tokenizer
     figures = []
     for name in suites:
         suite = load_suite(name, data_dir, limit=limit)
@@ -84,11 +84,6 @@ def evaluate(
         fig.identical = identical
         figures.append(fig)
     return figures
-
-
-def overall_tau(figures: list[SuiteFigures], K: int) -> float:
-    """Tau over every suite, weighting each by its turns (the per-suite tau are over cycles)."""
-    return sum(f.tau[K] * f.turns for f in figures) / sum(f.turns for f in figures)
 
 
 def figures_table(figures: list[SuiteFigures]) -> str:

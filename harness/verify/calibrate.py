@@ -19,14 +19,13 @@ patched in for the duration of one generation (as tests/test_sampling.py does fo
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -39,59 +38,18 @@ import orthrus_core.sampling as sampling
 import orthrus_core.speculative as speculative
 from harness.run.seeds import generation_seed
 from harness.store import json_safe, write_json
+from orthrus_core.generation import GenerateFn
 from orthrus_core.micro import micro_model
 from orthrus_core.sampling import SamplingParams
 
+from .config import CalibrationConfig
 from .equivalence import surprisal_terms
-from .verdicts import (
-    DEFAULT_ALPHA,
-    DEFAULT_T2_DEPTH,
-    DEFAULT_T2_SAMPLES,
-    GenerateFn,
-    Reference,
-    draw_fixed_context,
-    fixed_context_tests,
-    sampling_family,
-    t2_context,
-)
+from .reference import Reference
+from .sampling import draw_fixed_context, fixed_context_tests, sampling_family, t2_context
 
 POWER_TARGET = 0.8
-ARM_KINDS = ("aa", "lossless", "mutants")
 # The sampling setting every replicate uses: plain temperature-1 sampling, no truncation.
 PARAMS = SamplingParams(1.0)
-
-
-@dataclass
-class CalibrationConfig:
-    replicates: int = 200  # A/A replicates
-    lossless_replicates: int = 100  # replicates of the correct Orthrus decoder
-    power_replicates: int = 20  # replicates per mutant
-    # Prompts per synthetic run (each decoder); None: 32 random prompts for the micro model (~8k tokens), 200
-    # tiny-suite prompts for a model with a tokenizer (~9k tokens from the tiny family).
-    prompts: int | None = None
-    max_new_tokens: int = 384
-    t2_samples: int = DEFAULT_T2_SAMPLES
-    t2_depth: int = DEFAULT_T2_DEPTH
-    block_size: int | None = None  # None: the model's
-    alpha: float = DEFAULT_ALPHA
-    seed: int = 0
-    arms: tuple[str, ...] = ARM_KINDS
-
-    def __post_init__(self):
-        """Bad settings fail here, before the AR references (minutes of work) are drawn."""
-        self.arms = tuple(self.arms)
-        counts = ["replicates", "lossless_replicates", "power_replicates", "max_new_tokens", "t2_samples"]
-        counts += ["t2_depth"] + [k for k in ("prompts", "block_size") if getattr(self, k) is not None]
-        for name in counts:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.block_size is not None and self.block_size < 2:
-            raise ValueError(f"block_size must be >= 2, got {self.block_size}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        unknown = sorted(set(self.arms) - set(ARM_KINDS))
-        if unknown or not self.arms:
-            raise ValueError(f"arms must be some of {list(ARM_KINDS)}, got {list(self.arms)}")
 
 
 # ------------------------------------------------------------------------------------------------ decoders
@@ -545,52 +503,6 @@ def report(arms: list[Arm], config: CalibrationConfig, meta: dict) -> tuple[str,
     return "\n".join(lines), data
 
 
-def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
-    defaults = CalibrationConfig()
-    parser.add_argument(
-        "--model",
-        help="checkpoint directory (default: the embedded tiny family if it is there, else the random micro "
-        "model of the tests)",
-    )
-    parser.add_argument(
-        "--micro", action="store_true", help="use the random micro model even if the tiny family exists"
-    )
-    parser.add_argument("--replicates", type=int, default=defaults.replicates, help="A/A replicates")
-    parser.add_argument(
-        "--lossless-replicates",
-        type=int,
-        default=defaults.lossless_replicates,
-        help="replicates of the correct Orthrus decoder",
-    )
-    parser.add_argument(
-        "--power-replicates", type=int, default=defaults.power_replicates, help="replicates per mutant"
-    )
-    parser.add_argument(
-        "--arms",
-        nargs="+",
-        choices=ARM_KINDS,
-        default=list(ARM_KINDS),
-        help="which arms to run (default: all); each gives the replicates it gives in a full calibration",
-    )
-    parser.add_argument(
-        "--prompts",
-        type=int,
-        help="prompts per synthetic run (default: 200 tiny-suite prompts, or 32 random ones for the micro model)",
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument("--t2-samples", type=int, default=defaults.t2_samples)
-    parser.add_argument("--t2-depth", type=int, default=defaults.t2_depth)
-    parser.add_argument("--block-size", type=int, help="Orthrus block size (default: the model's)")
-    parser.add_argument("--alpha", type=float, default=defaults.alpha)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--out", default="reports/calibration", help="writes OUT.md and OUT.json")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the calibration interrupted at OUT.partial.json (same settings), or start one",
-    )
-
-
 def calibrate_main(
     model: str | None = None,
     out: str = "reports/calibration",
@@ -603,10 +515,9 @@ def calibrate_main(
     """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met.
     Progress is checkpointed to OUT.partial.json after each replicate (removed at the end); `resume`
     continues from it. Without `resume` an existing checkpoint is an error, so that no work is lost."""
+    from harness.methods import load_target
     from harness.paths import DEFAULT_MODEL
-    from orthrus_core.checkpoint import load_model
     from orthrus_core.generation import default_stop_ids
-    from orthrus_core.tokenizer import load_tokenizer
 
     config = config or CalibrationConfig()
     out_path = Path(out)
@@ -617,9 +528,9 @@ def calibrate_main(
             f"start over"
         )
     torch.manual_seed(config.seed)
-    directory = Path(model) if model else DEFAULT_MODEL
     if not micro and (model or (DEFAULT_MODEL / "config.json").is_file()):
-        net, tokenizer, name = load_model(directory).eval(), load_tokenizer(directory), str(directory)
+        target = load_target(model)
+        net, tokenizer, name = target.model, target.tokenizer, target.path
     else:
         net, tokenizer, name = (
             micro_model(config.seed),
@@ -655,10 +566,3 @@ def calibrate_main(
     if not quiet:
         print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1
-
-
-def cmd_calibrate(args) -> int:
-    # Batch-1 decoding of small models is per-operation overhead: extra threads only contend.
-    torch.set_num_threads(1)
-    config = CalibrationConfig(**{f.name: getattr(args, f.name) for f in fields(CalibrationConfig)})
-    return calibrate_main(args.model, args.out, micro=args.micro, config=config, resume=args.resume)

@@ -1,0 +1,68 @@
+"""`orthrus-bench bench-engine` and `bench-overhead`: benchmarks that print figures."""
+
+from __future__ import annotations
+
+from .args import UsageError, add_data_dir_arg, add_model_args, parse_int_list
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench-engine",
+        help="time an AR step, a diffusion pass and a verify pass against the roofline, and end to end",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--shape",
+        default="tiny",
+        help="tiny | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights; ignored with --model)",
+    )
+    p.add_argument("--contexts", type=parse_int_list, default=None, help="context lengths, e.g. 128,1024")
+    p.add_argument("--block-sizes", type=parse_int_list, default=None, help="e.g. 16,32")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens per end-to-end generation")
+    p.add_argument("--repeats", type=int, default=20)
+    p.set_defaults(func=cmd_bench_engine)
+
+    p = sub.add_parser("bench-overhead", help="wall-clock cost of the runner's telemetry (on vs off)")
+    add_model_args(p)
+    p.add_argument("--suite", default="tiny-math", help="suite whose first prompts are generated")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=4, help="passes over the prompts per side")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    add_data_dir_arg(p)
+    p.set_defaults(func=cmd_bench_overhead)
+
+
+def cmd_bench_engine(args) -> int:
+    from harness.bench.engine import bench_engine
+
+    bench_engine(
+        args.shape,
+        model_path=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        contexts=args.contexts,
+        block_sizes=args.block_sizes,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+    )
+    return 0
+
+
+def cmd_bench_overhead(args) -> int:
+    from harness.bench.overhead import bench_overhead, print_overhead
+    from harness.methods import load_target
+    from harness.suites import load_suite
+
+    target = load_target(args.model, args.dtype, args.device)
+    if target.tokenizer is None:
+        raise UsageError(f"{args.model} has no tokenizer files; the benchmark renders suite prompts")
+    suite = load_suite(args.suite, args.data_dir, limit=args.prompts)
+    prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
+    results = [
+        bench_overhead(
+            target.model, prompts, mode=mode, max_new_tokens=args.max_new_tokens, repeats=args.repeats
+        )
+        for mode in ("ar", "orthrus")
+    ]
+    print_overhead(results)
+    return 0

@@ -1,0 +1,79 @@
+"""`orthrus-bench generate`: one prompt through the AR or the Orthrus decoder."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .args import UsageError, add_model_args, parse_int_list
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate from one prompt with the AR or the Orthrus decoder")
+    add_model_args(p)
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="user message, formatted with the model's chat template")
+    prompt.add_argument("--prompt-ids", type=parse_int_list, help="raw prompt token ids, e.g. 1,2,3")
+    p.add_argument("--mode", choices=["ar", "orthrus"], default="orthrus")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block-size", type=int, help="Orthrus block size K (default: the checkpoint's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from harness.methods import load_target
+    from orthrus_core import generate
+
+    target = load_target(args.model, args.dtype, args.device)
+    model, tokenizer = target.model, target.tokenizer
+    if args.prompt_ids is not None:
+        prompt_ids = args.prompt_ids
+    else:
+        if tokenizer is None:
+            raise UsageError(f"{args.model} has no tokenizer files: pass --prompt-ids instead of --prompt")
+        messages = [{"role": "user", "content": args.prompt}]
+        prompt_ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=False
+        )
+    bad = [t for t in prompt_ids if not 0 <= t < model.config.vocab_size]
+    if bad:
+        raise UsageError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {model.config.vocab_size})")
+
+    stream = None
+    if not args.json and tokenizer is not None:
+
+        def stream(new_tokens):
+            print(tokenizer.decode(new_tokens, skip_special_tokens=False), end="", flush=True)
+
+    result = generate(
+        model,
+        prompt_ids,
+        args.max_new_tokens,
+        args.mode,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        block_size=args.block_size,
+        on_tokens=stream,
+    )
+    text = tokenizer.decode(result.tokens, skip_special_tokens=False) if tokenizer is not None else None
+    if args.json:
+        print(json.dumps({**result.to_dict(), "text": text}))
+        return 0
+    if tokenizer is None:
+        print(" ".join(map(str, result.tokens)))
+    else:
+        print()
+    tau = f"  tau {result.tau:.2f}" if result.tau is not None else ""
+    print(
+        f"[{result.new_tokens} tokens, stop: {result.stop_reason}{tau}  TPF {result.tpf or float('nan'):.2f}"
+        f"  {result.tokens_per_s:.1f} tok/s  TTFT {result.prefill_s * 1e3:.1f} ms]",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,51 @@
+"""The target model every method decodes for, loaded once: `load_target(model, dtype, device)`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from harness.paths import default_model
+from orthrus_core.checkpoint import load_model, resolve
+from orthrus_core.model import OrthrusForCausalLM
+from orthrus_core.tokenizer import load_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Target:
+    """A loaded target model, the local checkpoint directory it came from, and its tokenizer (or None)."""
+
+    model: OrthrusForCausalLM
+    path: str
+    tokenizer: object | None = None
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A dtype name ("bfloat16") or torch dtype, checked against the ones the decoders support."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+def check_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def load_target(
+    model: str | os.PathLike | None, dtype: str | torch.dtype = "float32", device: str = "cpu"
+) -> Target:
+    """The checkpoint `model` (a directory or hub id; None: the embedded tiny family) in `dtype` on `device`,
+    with its tokenizer when it has one. Bad input fails here, before anything is loaded."""
+    dtype, device = torch_dtype(dtype), check_device(device)
+    directory = resolve(model) if model else default_model()
+    return Target(
+        load_model(directory, dtype=dtype, device=device), str(directory), load_tokenizer(directory)
+    )

@@ -1,0 +1,135 @@
+"""The record schema: what one line of a run's `records.jsonl` holds.
+
+A run writes, per work unit (one item's turns by one method for one sample), one `GenerationRecord` per turn,
+or a single `ErrorRecord` when the unit failed (an OOM, a bug: the run goes on). On disk a record is one flat
+JSON object, telemetry's fields inline, so that `pandas.DataFrame.from_records` gives one column per field;
+a run made with `--no-telemetry` has none of them. docs/methodology.md defines every metric.
+
+The runner builds these classes, `harness.store` writes them and checks every line it reads against them, and
+the tests' synthetic runs build them too, so there is one schema, not several dict literals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(kw_only=True)
+class TelemetryFields:
+    """What `harness.run.telemetry` measures around one generation. Forward times are CUDA events on a GPU,
+    perf_counter on a CPU; the first AR forward is the prefill. Memory, NVML and energy fields are None where
+    they cannot be measured (no CUDA device, no NVML)."""
+
+    prefill_forward_ms: float | None = None  # None when the target's own forward never ran (ar-hf)
+    ar_forward_count: int
+    ar_forward_ms_mean: float | None
+    ar_forward_ms_median: float | None
+    diffusion_forward_count: int
+    diffusion_forward_ms_mean: float | None
+    diffusion_forward_ms_median: float | None
+    allocator_peak_bytes: int | None  # torch.cuda.max_memory_allocated, weights included
+    nvml_samples: int | None
+    device_mem_peak_bytes: int | None
+    process_mem_peak_bytes: int | None
+    power_mean_w: float | None
+    sm_clock_mean_mhz: float | None
+    mem_clock_mean_mhz: float | None
+    throttle_reasons: int | None  # NVML clock-event reasons OR-ed over the generation
+    energy_j: float | None
+    energy_reliable: bool | None  # False below a second: the energy counter updates every few tens of ms
+
+
+TELEMETRY_FIELDS = tuple(f.name for f in fields(TelemetryFields))
+
+
+@dataclass(kw_only=True)
+class UnitFields:
+    """Which generation a record is: a turn of one item by one method for one sample."""
+
+    suite: str
+    item_id: str  # "<suite>/<dataset id>"
+    method: str  # the method spec as the run names it, e.g. "eagle3:tree=chain"
+    method_name: str  # the registry name, e.g. "eagle3"
+    lossless: bool
+    sample: int
+    turn: int
+    turns: int
+
+
+@dataclass(kw_only=True)
+class GenerationRecord(UnitFields):
+    """One successful generation (one turn)."""
+
+    seed: int  # harness.run.seeds.generation_seed(base, item_id, sample, turn)
+    status: str = field(default="ok", init=False)
+    error: str | None = field(default=None, init=False)
+    temperature: float
+    prompt_tokens: int
+    prompt_ids: list[int]
+    context_tokens: int | None  # a context sweep's target prompt length, else None
+    context_bucket: int | None
+    new_tokens: int
+    stop_reason: str  # "stop" or "length"
+    output_ids: list[int]
+    accepted: list[int]  # drafts the verifier accepted, per cycle
+    acceptance_trace: list  # orthrus_core GenerationResult.acceptance_trace (sampled drafts only)
+    prefill_forwards: int
+    ar_forwards: int
+    draft_forwards: int
+    tau: float | None
+    tpf: float | None
+    wall_s: float
+    ttft_s: float
+    decode_s: float
+    tpot_s: float | None
+    tokens_per_s: float | None
+    telemetry: TelemetryFields | None  # inlined on disk; None: `run --no-telemetry`
+    score_correct: bool | None  # the score belongs to the item's last turn; None on earlier turns
+    score_status: str | None
+    score_detail: str | None
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "telemetry":
+                if value is not None:
+                    out.update({name: getattr(value, name) for name in TELEMETRY_FIELDS})
+            else:
+                out[f.name] = value
+        return out
+
+
+@dataclass(kw_only=True)
+class ErrorRecord(UnitFields):
+    """A work unit that failed: one record for the whole unit, with the error and its traceback."""
+
+    status: str = field(default="error", init=False)
+    error: str  # "<exception type>: <message>"
+    traceback: str  # the last 4000 characters
+    context_tokens: int | None
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+Record = GenerationRecord | ErrorRecord
+
+# The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none).
+REQUIRED_FIELDS = {
+    "ok": tuple(f.name for f in fields(GenerationRecord) if f.name != "telemetry"),
+    "error": tuple(f.name for f in fields(ErrorRecord)),
+}
+
+
+def missing_fields(record: dict) -> list[str]:
+    """The schema's fields that a record read from disk lacks (its status decides which are required)."""
+    required = REQUIRED_FIELDS.get(record.get("status"))
+    if required is None:
+        return ["status"]
+    return [name for name in required if name not in record]
+
+
+def unit_key(record: dict) -> tuple:
+    """The work unit a record belongs to: what resume and merge count."""
+    return (record["suite"], record["item_id"], record["method"], record["sample"])

@@ -1,0 +1,314 @@
+"""The report's figures, one PNG each: acceptance length (the paper's Figure 4 layout), throughput against
+context length, accuracy against throughput, memory and draft overhead, energy per token, TTFT and TPOT.
+Error bars are 95% bootstrap CIs over work units."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .stats import bootstrap_ci, mean, pooled_tau  # noqa: E402
+from .style import method_colors, method_order, temperature_label  # noqa: E402
+
+ACCURACY_SUITES = ["math500", "tiny-math"]  # the accuracy/throughput figure's suite, first one present
+MIB = 2**20
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str
+    path: Path | None = None
+
+
+@dataclass
+class Panels:
+    """One subplot per (model, temperature): methods are compared within a model and a setting."""
+
+    keys: list[tuple] = field(default_factory=list)
+
+    @staticmethod
+    def of(df: pd.DataFrame) -> Panels:
+        return Panels(sorted({(m, t) for m, t in zip(df.model, df.temperature, strict=True)}))
+
+    def title(self, key: tuple) -> str:
+        return f"{key[0]}, {temperature_label(key[1])}"
+
+
+def new_figure(panels: int, rows: int = 1, width: float = 6.0, height: float = 4.0):
+    fig, axes = plt.subplots(
+        rows, max(panels, 1), figsize=(width * max(panels, 1), height * rows), squeeze=False
+    )
+    return fig, axes
+
+
+def no_data(ax, why: str) -> None:
+    text = textwrap.fill(f"no data: {why}", width=40)  # a panel can be narrow; wrap=True ignores the axes
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def error_bar(value: float, ci: tuple | None) -> list[float]:
+    if ci is None:
+        return [0.0, 0.0]
+    return [max(value - ci[0], 0.0), max(ci[1] - value, 0.0)]
+
+
+def context_axis(ax, buckets) -> None:
+    buckets = sorted({int(b) for b in buckets})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(buckets, [f"{b // 1024}K" if b >= 1024 else str(b) for b in buckets])
+    ax.minorticks_off()
+    ax.set_xlabel("context length bucket (tokens)")
+
+
+def figure_acceptance(u: pd.DataFrame, ax_row, colors: dict) -> None:
+    """Figure 4 layout: grouped bars of τ per suite, one bar per drafting method."""
+    drafting = u[u.cycles.gt(0) & u.lossless.astype(bool)]  # verified drafts; lossy diffusion has none
+    panels = Panels.of(u)
+    for ax, key in zip(ax_row, panels.keys, strict=False):
+        d = drafting[(drafting.model == key[0]) & (drafting.temperature == key[1])]
+        ax.set_title(panels.title(key))
+        if d.empty:
+            no_data(ax, "no method drafted tokens (τ needs verification cycles)")
+            continue
+        suites = sorted(set(d.suite))
+        methods = method_order(set(d.method))
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            xs, taus, errs = [], [], []
+            for j, suite in enumerate(suites):
+                g = d[(d.method == method) & (d.suite == suite)]
+                if g.empty:
+                    continue
+                tau = pooled_tau(g.accepted, g.cycles)
+                ci = bootstrap_ci(pooled_tau, g.accepted, g.cycles)
+                xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                taus.append(tau)
+                errs.append(error_bar(tau, ci))
+            bars = ax.bar(
+                xs, taus, width, yerr=np.array(errs).T, capsize=3, label=method, color=colors[method]
+            )
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(suites)), suites)
+        ax.set_ylabel("average acceptance length τ")
+        ax.legend(fontsize=8)
+
+
+def figure_context(u: pd.DataFrame, ax_row, colors: dict) -> None:
+    panels = Panels.of(u)
+    for ax, key in zip(ax_row, panels.keys, strict=False):
+        d = u[(u.model == key[0]) & (u.temperature == key[1]) & u.context_bucket.notna()]
+        ax.set_title(panels.title(key))
+        if d.empty:
+            no_data(ax, "no record has a context bucket")
+            continue
+        for method in method_order(set(d.method)):
+            g = d[d.method == method].groupby("context_bucket").tokens_per_s
+            xs = list(g.groups)
+            ys = [g.get_group(x).mean() for x in xs]
+            errs = [error_bar(y, bootstrap_ci(mean, g.get_group(x))) for x, y in zip(xs, ys, strict=True)]
+            ax.errorbar(
+                xs, ys, yerr=np.array(errs).T, marker="o", capsize=3, label=method, color=colors[method]
+            )
+        context_axis(ax, d.context_bucket)
+        ax.set_ylabel("end-to-end tokens/s (mean per item)")
+        ax.legend(fontsize=8)
+
+
+def accuracy_suite(u: pd.DataFrame) -> str | None:
+    scored = set(u[u.correct.notna()].suite)
+    return next((s for s in ACCURACY_SUITES if s in scored), min(scored) if scored else None)
+
+
+def figure_accuracy(u: pd.DataFrame, ax_row, colors: dict) -> None:
+    suite = accuracy_suite(u)
+    panels = Panels.of(u)
+    for ax, key in zip(ax_row, panels.keys, strict=False):
+        d = u[(u.model == key[0]) & (u.temperature == key[1]) & (u.suite == suite) & u.correct.notna()]
+        ax.set_title(f"{suite}: {panels.title(key)}")
+        if d.empty:
+            no_data(ax, "no scored items")
+            continue
+        ar = d[d.method == "ar"]
+        if not ar.empty:
+            ax.axhline(
+                ar.correct.astype(float).mean(), ls="--", color="grey", label="AR accuracy (lossless line)"
+            )
+        for method in method_order(set(d.method)):
+            g = d[d.method == method]
+            correct = g.correct.astype(float)
+            x, y = g.tokens_per_s.mean(), correct.mean()
+            lossless = bool(g.lossless.iloc[0])
+            ax.errorbar(
+                [x],
+                [y],
+                xerr=np.array([error_bar(x, bootstrap_ci(mean, g.tokens_per_s))]).T,
+                yerr=np.array([error_bar(y, bootstrap_ci(mean, correct))]).T,
+                marker="o" if lossless else "X",
+                markersize=8,
+                capsize=3,
+                color=colors[method],
+                label=f"{method} ({'lossless' if lossless else 'lossy'})",
+            )
+        ax.set_xlabel("tokens/s (mean per item)")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=8)
+
+
+def figure_memory(gens: pd.DataFrame, axes, colors: dict) -> None:
+    """Row 0: peak allocator memory; row 1: memory above AR's at the same context; row 2: share of wall
+    time in draft (diffusion-view) forwards. All against the context bucket."""
+    panels = Panels.of(gens)
+    for col, key in enumerate(panels.keys):
+        d = gens[(gens.model == key[0]) & (gens.temperature == key[1]) & gens.context_bucket.notna()]
+        mem = d[d.allocator_peak_bytes.notna()]
+        ax_peak, ax_over, ax_draft = axes[0][col], axes[1][col], axes[2][col]
+        ax_peak.set_title(panels.title(key))
+        if mem.empty:
+            for ax in (ax_peak, ax_over):
+                no_data(ax, "allocator memory is recorded on CUDA devices only")
+        else:
+            peak = mem.groupby(["method", "context_bucket"]).allocator_peak_bytes.max() / MIB
+            ar_peak = peak.get("ar")
+            for method in method_order(set(mem.method)):
+                series = peak.loc[method]
+                ax_peak.plot(series.index, series.values, marker="o", label=method, color=colors[method])
+                if ar_peak is not None and method != "ar":
+                    over = (series - ar_peak).dropna()
+                    ax_over.plot(over.index, over.values, marker="o", label=method, color=colors[method])
+            ax_peak.set_ylabel("peak allocated memory (MiB)")
+            ax_over.set_ylabel("peak memory above AR (MiB)")
+            for ax in (ax_peak, ax_over):
+                context_axis(ax, mem.context_bucket)
+                ax.legend(fontsize=8)
+        drafts = d[d.diffusion_forward_count.fillna(0) > 0]
+        if drafts.empty:
+            no_data(ax_draft, "no timed draft forwards (only the diffusion view's passes are timed)")
+        else:
+            share = drafts.diffusion_forward_count * drafts.diffusion_forward_ms_mean / (drafts.wall_s * 1e3)
+            grouped = share.groupby([drafts.method, drafts.context_bucket]).mean()
+            for method in method_order(set(drafts.method)):
+                series = grouped.loc[method]
+                ax_draft.plot(
+                    series.index, series.values * 100, marker="o", label=method, color=colors[method]
+                )
+            context_axis(ax_draft, drafts.context_bucket)
+            ax_draft.set_ylabel("wall time in draft passes (%)")
+            ax_draft.legend(fontsize=8)
+
+
+def figure_energy(gens: pd.DataFrame, ax_row, colors: dict) -> None:
+    panels = Panels.of(gens)
+    for ax, key in zip(ax_row, panels.keys, strict=False):
+        ax.set_title(panels.title(key))
+        d = gens[(gens.model == key[0]) & (gens.temperature == key[1])]
+        d = d[d.energy_reliable.eq(True) & d.energy_j.notna()]
+        if d.empty:
+            no_data(ax, "no reliable NVML energy readings (CUDA only, generations of at least 1 s)")
+            continue
+        methods = method_order(set(d.method))
+        values, errs = [], []
+        for method in methods:
+            per_token = (d[d.method == method].energy_j / d[d.method == method].new_tokens).to_numpy()
+            values.append(per_token.mean())
+            errs.append(error_bar(per_token.mean(), bootstrap_ci(mean, per_token)))
+        bars = ax.bar(methods, values, yerr=np.array(errs).T, capsize=3, color=[colors[m] for m in methods])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_ylabel("energy per token (J)")
+
+
+def figure_latency(gens: pd.DataFrame, axes) -> None:
+    """TTFT (row 0) and TPOT (row 1) distributions per method, box plots over generations."""
+    panels = Panels.of(gens)
+    for col, key in enumerate(panels.keys):
+        d = gens[(gens.model == key[0]) & (gens.temperature == key[1])]
+        methods = method_order(set(d.method))
+        for row, (column, label) in enumerate([("ttft_s", "TTFT (ms)"), ("tpot_s", "TPOT (ms)")]):
+            ax = axes[row][col]
+            data = [d[d.method == m][column].dropna().to_numpy() * 1e3 for m in methods]
+            if not any(len(x) for x in data):
+                no_data(ax, f"no {column}")
+                continue
+            ax.boxplot(data, tick_labels=methods, showmeans=True)
+            ax.set_ylabel(label)
+            ax.set_yscale("log")
+        axes[0][col].set_title(panels.title(key))
+
+
+FIGURES = [
+    Figure(
+        "acceptance",
+        "Average acceptance length per method and suite (the paper's Figure 4 layout)",
+        "τ = accepted drafts + 1 per verification cycle, pooled over cycles (EAGLE/DFlash's definition). "
+        "The paper's Figure 4 plots accepted drafts without the +1, i.e. τ − 1. Error bars: 95% bootstrap "
+        "CI over items.",
+    ),
+    Figure(
+        "throughput_context",
+        "End-to-end throughput against context length",
+        "Mean over items of item tokens / item wall time, per context bucket (a sweep's target length, or "
+        "the smallest of 1K…40K holding the prompt). Error bars: 95% bootstrap CI over items.",
+    ),
+    Figure(
+        "accuracy_throughput",
+        "Accuracy against throughput",
+        "Lossless methods (circles) must sit on the AR accuracy line up to sampling noise; lossy ones "
+        "(crosses) may fall off it. Error bars: 95% bootstrap CIs over items.",
+    ),
+    Figure(
+        "memory_overhead",
+        "Peak memory and draft overhead against context length",
+        "Top: torch.cuda.max_memory_allocated per generation (weights included), maximum per bucket. "
+        "Middle: the same minus AR's at that bucket. Bottom: share of wall time spent in timed draft "
+        "(diffusion-view) forwards; EAGLE-3/DFlash drafter forwards are not timed.",
+    ),
+    Figure(
+        "energy",
+        "Energy per token",
+        "NVML board energy per generation / new tokens, generations flagged energy_reliable only (≥ 1 s). "
+        "Error bars: 95% bootstrap CI over generations.",
+    ),
+    Figure(
+        "latency",
+        "TTFT and TPOT distributions",
+        "Per generation: TTFT = prefill through the first token; TPOT = decode time / (new tokens − 1). "
+        "Boxes: quartiles; whiskers 1.5 IQR; triangle: mean.",
+    ),
+]
+
+
+def draw_figures(gens: pd.DataFrame, u: pd.DataFrame, directory: Path) -> list[Figure]:
+    directory.mkdir(parents=True, exist_ok=True)
+    panels = len(Panels.of(gens).keys)
+    colors = method_colors(gens.method)
+    drawers = {
+        "acceptance": (1, lambda axes: figure_acceptance(u, axes[0], colors)),
+        "throughput_context": (1, lambda axes: figure_context(u, axes[0], colors)),
+        "accuracy_throughput": (1, lambda axes: figure_accuracy(u, axes[0], colors)),
+        "memory_overhead": (3, lambda axes: figure_memory(gens, axes, colors)),
+        "energy": (1, lambda axes: figure_energy(gens, axes[0], colors)),
+        "latency": (2, lambda axes: figure_latency(gens, axes)),
+    }
+    out = []
+    for figure in FIGURES:
+        rows, draw = drawers[figure.name]
+        fig, axes = new_figure(panels, rows, height=4.0 if rows == 1 else 3.2)
+        draw(axes)
+        fig.suptitle(figure.title)
+        fig.tight_layout()
+        path = directory / f"{figure.name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        out.append(Figure(figure.name, figure.title, figure.caption, path))
+    return out

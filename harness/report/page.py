@@ -1,0 +1,131 @@
+"""`orthrus-bench report RUN [RUN…] --out reports/NAME`: a self-contained HTML page (figures embedded as
+data URIs, no scripts, no external requests), `report.md` for a pull-request comment or job summary, and
+the figures as PNG files under `figures/`."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+from .figures import Figure, draw_figures
+from .runs import Run, generations, load_runs, read_json_if_present, units
+from .style import CSS
+from .tables import (
+    Table,
+    errors_table,
+    figure4_tables,
+    json_tables,
+    provenance_table,
+    slices,
+    summary_tables,
+    table1,
+    verification_tables,
+)
+
+
+@dataclass
+class Report:
+    title: str
+    runs: list[Run]
+    table1: list[Table]
+    figure4: list[Table]
+    summary: list[Table]
+    errors: Table | str
+    figures: list[Figure]
+    verdicts: list[Table]
+    unverified: list[str]
+    calibration: list[Table]
+    provenance: Table
+
+    def sections(self) -> list[tuple[str, list]]:
+        verification = list(self.verdicts)
+        if self.unverified:
+            verification.append(
+                "not verified: no verdicts.json in "
+                + ", ".join(self.unverified)
+                + " (run `orthrus-bench verify` on the run directory)"
+            )
+        calibration = self.calibration or ["no calibration table (reports/calibration.json)"]
+        return [
+            ("Table 1", self.table1),
+            ("Figure 4", self.figure4),
+            ("Summary", [*self.summary, self.errors]),
+            ("Figures", self.figures),
+            ("Equivalence verdicts", verification),
+            ("Calibration", calibration),
+            ("Provenance", [self.provenance]),
+        ]
+
+    def markdown(self) -> str:
+        parts = [f"# {self.title}"]
+        for heading, items in self.sections():
+            parts.append(f"## {heading}")
+            for item in items:
+                if isinstance(item, Table):
+                    parts.append(item.markdown())
+                elif isinstance(item, Figure):
+                    parts.append(
+                        f"**{item.title}**\n\n![{item.title}](figures/{item.path.name})\n\n{item.caption}"
+                    )
+                else:
+                    parts.append(f"_{item}_")
+        return "\n\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for heading, items in self.sections():
+            body.append(f"<h2>{html.escape(heading)}</h2>")
+            for item in items:
+                if isinstance(item, Table):
+                    body.append(item.html())
+                elif isinstance(item, Figure):
+                    data = base64.b64encode(item.path.read_bytes()).decode()
+                    body.append(
+                        f'<figure id="fig-{item.name}"><img src="data:image/png;base64,{data}" '
+                        f'alt="{html.escape(item.title)}"><figcaption><b>{html.escape(item.title)}.</b> '
+                        f"{html.escape(item.caption)}</figcaption></figure>"
+                    )
+                else:
+                    body.append(f'<p class="note">{html.escape(item)}</p>')
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n"
+        )
+
+
+def build_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Report:
+    runs = load_runs(run_dirs)
+    gens = generations(runs)
+    if gens.empty:
+        raise ValueError(f"no successful generations in {', '.join(map(str, run_dirs))}")
+    u = units(gens)
+    by_slice = slices(gens, u)
+    out = Path(out)
+    verdicts, unverified = verification_tables(runs)
+    calibration_data = read_json_if_present(Path(calibration)) if calibration else None
+    if isinstance(calibration_data, dict):  # the per-replicate values are data for analysis, not a table
+        calibration_data = {k: v for k, v in calibration_data.items() if k != "replicate_t3_z"}
+    return Report(
+        title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
+        runs=runs,
+        table1=table1(gens, by_slice),
+        figure4=figure4_tables(u),
+        summary=summary_tables(by_slice),
+        errors=errors_table(runs),
+        figures=draw_figures(gens, u, out / "figures"),
+        verdicts=verdicts,
+        unverified=unverified,
+        calibration=json_tables("Calibration", calibration_data) if calibration_data is not None else [],
+        provenance=provenance_table(runs),
+    )
+
+
+def write_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Path:
+    out = Path(out)
+    report = build_report(run_dirs, out, title, calibration)
+    (out / "report.md").write_text(report.markdown())
+    (out / "report.html").write_text(report.html())
+    return out

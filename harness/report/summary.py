@@ -1,0 +1,89 @@
+"""The per-method summary of a run, as `orthrus-bench run` and `merge` print it and the report's tables use it:
+τ, TPF, tokens/s and its speedup over `ar` and `ar-hf`, accuracy, and greedy token identity with `ar`."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pandas as pd
+from rich.table import Table
+
+from harness.console import console
+
+
+def summarize(records: list[dict]) -> pd.DataFrame:
+    """Per method: τ (over all cycles), TPF, mean per-item tokens/s and its speedup over `ar` and `ar-hf`
+    (Spec-Bench: ratio of the means of per-item tokens/s), accuracy, and greedy token identity with `ar`."""
+    df = pd.DataFrame.from_records([r for r in records if r["status"] == "ok"])
+    errors = defaultdict(int)
+    for r in records:
+        if r["status"] != "ok":
+            errors[r["method"]] += 1
+    failed_only = [
+        {"method": m, "generations": 0, "errors": n}
+        for m, n in errors.items()
+        if df.empty or m not in set(df.method)
+    ]
+    if df.empty:
+        return pd.DataFrame(failed_only)
+    unit = ["suite", "item_id", "sample"]
+    per_item = df.groupby(["method", *unit]).agg(tokens=("new_tokens", "sum"), wall=("wall_s", "sum"))
+    per_item["tps"] = per_item.tokens / per_item.wall
+    tps = per_item.groupby("method").tps.mean()
+    ar_ids = {}
+    if "ar" in set(df.method):
+        ar = df[df.method == "ar"]
+        ar_ids = {(r.suite, r.item_id, r.sample, r.turn): r.output_ids for r in ar.itertuples()}
+    rows = []
+    for method, g in df.groupby("method", sort=False):
+        accepted = [n for a in g.accepted for n in a]
+        forwards = (g.ar_forwards + g.draft_forwards).sum()
+        scored = g.score_correct.dropna()
+        identical = [
+            r.output_ids == ar_ids[(r.suite, r.item_id, r.sample, r.turn)]
+            for r in g.itertuples()
+            if (r.suite, r.item_id, r.sample, r.turn) in ar_ids
+        ]
+        rows.append(
+            {
+                "method": method,
+                "generations": len(g),
+                "errors": errors.get(method, 0),
+                # tau counts drafts a verifier accepted; a lossy decoder commits its drafts unverified
+                "tau": 1 + sum(accepted) / len(accepted) if accepted and g.lossless.all() else None,
+                "tpf": g.new_tokens.sum() / forwards if forwards else None,
+                "tokens_per_s": tps[method],
+                "speedup_vs_ar": tps[method] / tps["ar"] if "ar" in tps else None,
+                "speedup_vs_ar_hf": tps[method] / tps["ar-hf"] if "ar-hf" in tps else None,
+                "accuracy": scored.astype(float).mean() if len(scored) else None,
+                "identical_to_ar": sum(identical) / len(identical) if identical else None,
+            }
+        )
+    return pd.DataFrame(rows + failed_only)
+
+
+def print_summary(table, title: str) -> None:
+
+    t = Table(title=title)
+    columns = [
+        ("method", "method", "{}"),
+        ("generations", "gens", "{}"),
+        ("errors", "errors", "{}"),
+        ("tau", "τ", "{:.2f}"),
+        ("tpf", "TPF", "{:.2f}"),
+        ("tokens_per_s", "tok/s", "{:.1f}"),
+        ("speedup_vs_ar", "× ar", "{:.2f}"),
+        ("speedup_vs_ar_hf", "× ar-hf", "{:.2f}"),
+        ("accuracy", "accuracy", "{:.1%}"),
+        ("identical_to_ar", "identical to ar", "{:.1%}"),
+    ]
+    for _, name, _ in columns:
+        t.add_column(name, justify="left" if name == "method" else "right")
+    for row in table.to_dict("records"):
+        cells = []
+        for key, _, fmt in columns:
+            v = row.get(key)
+            cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
+        t.add_row(*cells)
+    console().print(t)

@@ -1,0 +1,59 @@
+"""One run split across processes and joined again: `--shard i/n` keeps the items whose position is i modulo
+n; `merge` joins the shard directories of one run (same configuration, shards 0..n-1 once each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.store import RECORDS, load_run, read_records, write_json
+
+from .spec import RunError
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise RunError(f"--shard must look like i/n (e.g. 0/4), not {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise RunError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
+    """Join shard directories of one run (same config hash, shards i/n covering 0..n-1 once) into `out`."""
+    if not shard_dirs:
+        raise RunError("merge needs at least one shard directory")
+    runs = [load_run(d) for d in shard_dirs]
+    hashes = {r["config_hash"] for r in runs}
+    if len(hashes) != 1:
+        raise RunError(f"the shards come from different configurations (config hashes {sorted(hashes)})")
+    counts = {r["shard"][1] for r in runs}
+    indices = sorted(r["shard"][0] for r in runs)
+    if len(counts) != 1 or indices != list(range(counts.pop())):
+        raise RunError(f"shards {[r['shard'] for r in runs]} do not cover i/n for i = 0..n-1 exactly once")
+    incomplete = [str(d) for d, r in zip(shard_dirs, runs, strict=True) if r.get("status") != "complete"]
+    if incomplete:
+        raise RunError(f"shard(s) not finished: {', '.join(incomplete)}; resume them first")
+    out = Path(out)
+    if (out / RECORDS).exists():
+        raise RunError(f"{out} already holds a run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    staged = out / f".{RECORDS}.partial"
+    with open(staged, "w") as f:
+        for d in shard_dirs:
+            for record in read_records(d):
+                f.write(json.dumps(record, allow_nan=True) + "\n")
+    merged = {
+        **runs[0],
+        "shard": [0, 1],
+        "merged_from": [{"dir": str(d), **r} for d, r in zip(shard_dirs, runs, strict=True)],
+    }
+    merged["started"] = min(r["started"] for r in runs)
+    merged["finished"] = max(r["finished"] for r in runs)
+    staged.replace(out / RECORDS)
+    write_json(out / "run.json", merged)
+    return out

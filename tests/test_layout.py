@@ -1,0 +1,147 @@
+"""The layout's rules, read off the import graph of the source (every import statement, those inside functions
+included): no import cycles; orthrus_core never imports harness; nothing imports the CLI that drives it; the
+report stage never imports torch or the runner, directly or through what it imports."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("harness", "orthrus_core")
+REPORT_MODULES = sorted(
+    f"harness.report.{p.stem}" for p in (ROOT / "harness" / "report").glob("*.py") if p.stem != "__init__"
+)
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {
+    module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py")) if p.is_file()
+}
+
+
+def imports(name: str) -> tuple[set[str], set[str]]:
+    """(project modules `name` imports, top-level names of the other packages it imports). `from pkg import
+    x` counts as importing pkg.x where that is a module, else pkg."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    project, external = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module
+            targets = [
+                f"{module}.{a.name}" if f"{module}.{a.name}" in MODULES else module for a in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            if target.split(".")[0] in PACKAGES:
+                project.add(next(t for t in (target, target.rpartition(".")[0]) if t in MODULES))
+            else:
+                external.add(target.split(".")[0])
+    return project - {name}, external
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def with_parents(name: str) -> list[str]:
+    """A module and the packages above it: importing it runs their __init__ too."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def closure(start: str) -> set[str]:
+    seen, todo = set(), with_parents(start)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += [p for target in GRAPH[name][0] for p in with_parents(target)]
+    return seen
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_is_read_from_every_import():
+    """The rules below see what the source imports, lazy imports inside functions included."""
+    runner, runner_external = GRAPH["harness.run.runner"]
+    assert {"harness.store", "harness.records", "harness.run.spec", "harness.methods"} <= runner
+    assert "torch" in runner_external and "tqdm" in runner_external  # tqdm is imported inside execute()
+    assert "harness.suites.data" in GRAPH["harness.cli"][0]  # inside usage_errors()
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_there_are_no_import_cycles():
+    assert cycles({name: project for name, (project, _) in GRAPH.items()}) == []
+
+
+def test_orthrus_core_never_imports_harness():
+    offending = {
+        name: sorted(t for t in project if t.startswith("harness"))
+        for name, (project, _) in GRAPH.items()
+        if name.startswith("orthrus_core")
+    }
+    assert {name: targets for name, targets in offending.items() if targets} == {}
+
+
+def test_only_the_cli_imports_the_cli():
+    importers = [name for name, (project, _) in GRAPH.items() if "harness.cli" in {t[:11] for t in project}]
+    assert all(name.startswith("harness.cli") for name in importers), importers
+
+
+@pytest.mark.parametrize("module", REPORT_MODULES)
+def test_the_report_stage_never_imports_torch_or_the_runner(module):
+    reached = closure(module)
+    assert "harness.run.runner" not in reached
+    assert sorted(name for name in reached if "torch" in GRAPH[name][1]) == []
+
+
+def test_a_report_renders_without_torch_in_the_process():
+    """The same at run time, where third-party imports count too."""
+    code = ";".join([*(f"import {m}" for m in REPORT_MODULES), "import sys", "print('torch' in sys.modules)"])
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
