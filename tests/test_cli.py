@@ -130,3 +130,19 @@ def test_bench_engine_prints_its_tables(checkpoint, capsys):
     for header in ("roofline", "AR ms", "diffusion ms", "verify ms", "cycle / AR", "tokens/s", "identical"):
         assert header in out
     assert "yes" in out and "NO" not in out
+
+
+@pytest.mark.parametrize("command", ["generate", "run", "bench-engine", "bench-overhead"])
+def test_an_unknown_dtype_is_a_usage_error(capsys, command):
+    with pytest.raises(SystemExit) as exit_status:
+        main([command, "--dtype", "float64", *(["--prompt-ids", "1"] if command == "generate" else [])])
+    assert exit_status.value.code == 2
+    assert "unknown dtype 'float64'; choose one of float32, bfloat16, float16" in capsys.readouterr().err
+
+
+def test_every_subcommand_is_registered_once():
+    from harness.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    expected = {"generate", "run", "merge", "suites", "verify", "calibrate", "report", "compare", "dashboard"}
+    assert set(commands) == expected | {"bench-engine", "bench-overhead", "train-tiny"}

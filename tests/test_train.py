@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
-from orthrus_core.training import tiny as train
-from orthrus_core.training import tiny_corpus
+from orthrus_core.training import tiny, tiny_corpus
 from orthrus_core.training.tiny_tokenizer import train_tokenizer
 
-MICRO = train.Recipe(
+MICRO = tiny.Recipe(
     vocab_size=400,
     generated_conversations=400,
     hidden_size=48,
@@ -40,7 +39,7 @@ def micro(tmp_path_factory):
     tokenizer = train_tokenizer(
         tiny_corpus.tokenizer_training_text(None, count=400), MICRO.vocab_size, tmp_path_factory.mktemp("tok")
     )
-    stream = train.token_stream(tokenizer, train.training_conversations(MICRO, None), MICRO.seed)
+    stream = tiny.token_stream(tokenizer, tiny.training_conversations(MICRO, None), MICRO.seed)
     return tokenizer, stream
 
 
@@ -50,13 +49,13 @@ def mean(xs):
 
 def test_stages_lower_their_losses_and_the_diffusion_stage_trains_only_the_diffusion_view(micro, tmp_path):
     tokenizer, stream = micro
-    model = train.build_model(MICRO, tokenizer)
-    base_log = train.train_base(model, stream, MICRO, tmp_path, progress=False)
+    model = tiny.build_model(MICRO, tokenizer)
+    base_log = tiny.train_base(model, stream, MICRO, tmp_path, progress=False)
     assert mean(base_log["losses"][-5:]) < 0.7 * mean(base_log["losses"][:5])
 
     copy_ar_to_diffusion(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    diff_log = train.train_diffusion(model, stream, MICRO, tmp_path, progress=False)
+    diff_log = tiny.train_diffusion(model, stream, MICRO, tmp_path, progress=False)
     assert mean(diff_log["losses"][-10:]) < 0.85 * mean(diff_log["losses"][:10])
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {n for n in before if "_diff" in n}
@@ -83,10 +82,10 @@ def test_training_blocks_see_exactly_what_inference_blocks_see():
         return out
 
     model.run = spy
-    loss = train.diffusion_loss(model, x, anchors, K)
+    loss = tiny.diffusion_loss(model, x, anchors, K)
     del model.run
     block_logits = captured["logits"].view(2, 3, K, -1)
-    teacher, _, _ = train.ar_teacher(model, x)
+    teacher, _, _ = tiny.ar_teacher(model, x)
     kls = []
     for b in range(2):
         for j in range(3):
@@ -107,15 +106,15 @@ def test_an_interrupted_stage_resumes_to_the_same_run(micro, tmp_path):
     recipe = dataclasses.replace(MICRO, base_steps=12)
 
     def stage(work_dir, fail_at=None):
-        model = train.build_model(recipe, tokenizer)
+        model = tiny.build_model(recipe, tokenizer)
 
         def loss_fn(step, generator):
             if step == fail_at:
                 raise KeyboardInterrupt
-            return train.next_token_loss(model, train.sample_windows(stream, 64, 4, generator))
+            return tiny.next_token_loss(model, tiny.sample_windows(stream, 64, 4, generator))
 
         params = [(n, p) for n, p in model.named_parameters() if "_diff" not in n]
-        log = train.run_stage(
+        log = tiny.run_stage(
             "base",
             model,
             params,
@@ -143,4 +142,4 @@ def test_a_work_dir_from_another_recipe_is_refused(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "recipe.json").write_text('{"seed": 1}')
     with pytest.raises(ValueError, match="different recipe"):
-        train.train_tiny(tmp_path / "out", None, recipe=MICRO, work_dir=tmp_path / "work", progress=False)
+        tiny.train_tiny(tmp_path / "out", None, recipe=MICRO, work_dir=tmp_path / "work", progress=False)

@@ -24,7 +24,11 @@ GROUPS = (generate, run, verify, report, bench, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orthrus-bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="orthrus-bench",
+        description="Benchmark lossless parallel decoders (Orthrus and its baselines): run suites, verify that "
+        "outputs are the AR model's, report.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub)
