@@ -1,4 +1,4 @@
-"""The methods registry: every decoder behind one interface (`base.Decoder`), built from a spec string.
+"""Stage 2, methods: every decoder behind one interface (`base.Decoder`), built from a spec string.
 
     target = load_target("chiennv/Orthrus-Qwen3-8B", "bfloat16", "cuda")
     decoder = make_decoder("eagle3:tree=chain:depth=5", target)

@@ -1,4 +1,5 @@
-"""`orthrus-bench train-tiny`: train the tiny Orthrus family, measure it, and ship it with a model card.
+"""The family stage of `orthrus-bench train-tiny`: train the tiny Orthrus model, measure it, and ship it with a
+model card.
 
 The checkpoint is written in the official Orthrus format (bf16 safetensors, config with
 `architectures: ["OrthrusLM"]`, block_size, mask_token_id) with its tokenizer, then measured as users load it
