@@ -2,8 +2,12 @@
 
 Format: `config.json` (`model_type: qwen3`; `architectures: ["OrthrusLM"]` plus `block_size` and
 `mask_token_id` for Orthrus, `["Qwen3ForCausalLM"]` for a plain Qwen3, which loads AR-only; Qwen2 weights, such
-as Fast-dLLM v2's, load AR-only too; an `auto_map` entry is ignored) and safetensors weights, one file or shards listed in `model.safetensors.index.json`, with
-the tensor names of `OrthrusForCausalLM.state_dict()` (`lm_head.weight` absent when embeddings are tied).
+as Fast-dLLM v2's, load AR-only too; an `auto_map` entry is ignored: no remote code is ever run) and
+safetensors weights, one file or shards listed in `model.safetensors.index.json`, with the tensor names of
+`OrthrusForCausalLM.state_dict()`. With tied embeddings `lm_head.weight` is usually absent; where it is stored
+anyway (Qwen/Qwen3-1.7B's index maps it to a shard) it is ignored, as transformers ties it. The stop tokens are
+generation_config.json's `eos_token_id` when there is one (what transformers' generate stops on: Qwen3 and
+SDAR list both <|im_end|> and <|endoftext|> there), else config.json's.
 
 Everything is validated before any weight is read: architecture, Orthrus fields, every tensor name and shape.
 """
@@ -30,6 +34,7 @@ AR_ARCHITECTURES = {"Qwen3ForCausalLM", "SDARForCausalLM"}
 QWEN2_ARCHITECTURES = {"Qwen2ForCausalLM", "Fast_dLLM_QwenForCausalLM"}
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+GENERATION_CONFIG = "generation_config.json"
 # What a decoder needs from a hub repository; everything else (remote code, READMEs, other formats) stays.
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*")
 
@@ -73,7 +78,9 @@ def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config | Qwen2Config
     archs = set(raw.get("architectures") or [])
     if archs & QWEN2_ARCHITECTURES:
         # model_type names the attention flavour the model builds (Fast-dLLM v2 calls it "Fast_dLLM_Qwen").
-        return Qwen2Config.from_dict({**raw, "model_type": "qwen2"}), False
+        config = Qwen2Config.from_dict({**raw, "model_type": "qwen2"})
+        config.eos_token_id = eos_token_id(directory, raw)
+        return config, False
     if archs & ORTHRUS_ARCHITECTURES:
         orthrus = True
     elif archs & AR_ARCHITECTURES:
@@ -85,6 +92,7 @@ def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config | Qwen2Config
             f"{sorted(AR_ARCHITECTURES | QWEN2_ARCHITECTURES)} (load AR-only)"
         )
     config = Qwen3Config.from_dict(raw)
+    config.eos_token_id = eos_token_id(directory, raw)
     if orthrus:
         for key in ("block_size", "mask_token_id"):
             value = getattr(config, key, None)
@@ -97,6 +105,14 @@ def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config | Qwen2Config
                 f"{path}: mask_token_id {config.mask_token_id} is outside the vocabulary [0, {config.vocab_size})"
             )
     return config, orthrus
+
+
+def eos_token_id(directory: str | os.PathLike, config: dict) -> int | list[int] | None:
+    """What generation stops on: generation_config.json's eos_token_id (an id or a list) when it has one,
+    else config.json's."""
+    path = Path(directory) / GENERATION_CONFIG
+    generation = json.loads(path.read_text()) if path.is_file() else {}
+    return generation.get("eos_token_id", config.get("eos_token_id"))
 
 
 def weight_files(directory: Path) -> dict[str, Path]:
@@ -124,13 +140,29 @@ def expected_shapes(config: Qwen3Config, orthrus: bool) -> dict[str, tuple[int, 
     return shapes
 
 
-def _check_tensors(directory: Path, files: dict[str, Path], expected: dict[str, tuple[int, ...]]) -> None:
-    actual: dict[str, tuple[int, ...]] = {}
+def tensor_headers(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, dtype) of every tensor, from the safetensors headers alone (no weight is read)."""
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
     for file in set(files.values()):
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
                 if files.get(name) == file:
-                    actual[name] = tuple(f.get_slice(name).get_shape())
+                    tensor = f.get_slice(name)
+                    out[name] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    return out
+
+
+def tied_lm_head_stored(config, files: dict[str, Path]) -> bool:
+    """A tied checkpoint that stores lm_head.weight anyway (Qwen/Qwen3-1.7B): the stored copy is ignored."""
+    return bool(config.tie_word_embeddings) and "lm_head.weight" in files
+
+
+def check_tensors(directory: Path, config, orthrus: bool, files: dict[str, Path]) -> None:
+    """Every tensor the config implies is there with its shape, and nothing else."""
+    actual = {name: shape for name, (shape, _) in tensor_headers(files).items()}
+    expected = expected_shapes(config, orthrus)
+    if tied_lm_head_stored(config, files):
+        expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
     check_shapes(f"the weights in {directory} do not match its config.json", actual, expected)
 
 
@@ -175,8 +207,9 @@ def load_model(
     directory = resolve(path_or_id, revision)
     config, orthrus = load_config(directory)
     files = weight_files(directory)
-    expected = expected_shapes(config, orthrus)
-    _check_tensors(directory, files, expected)
+    check_tensors(directory, config, orthrus, files)
+    if tied_lm_head_stored(config, files):
+        del files["lm_head.weight"]
 
     device = torch.device(device)
     state = {}

@@ -196,6 +196,40 @@ def dflash_config(
     )
 
 
+def draft_config(raw: dict, num_target_layers: int) -> Qwen3Config:
+    """The drafter's config, with `dflash_config` filled in (DFlash's default layers where it has none)."""
+    raw = {k: v for k, v in raw.items() if k != "auto_map"}  # remote code is never run
+    config = Qwen3Config.from_dict(raw)
+    extra = raw.get("dflash_config") or {}
+    layer_ids = extra.get("target_layer_ids") or build_target_layer_ids(
+        raw.get("num_target_layers", num_target_layers), config.num_hidden_layers
+    )
+    config.dflash_config = {"mask_token_id": extra.get("mask_token_id"), "target_layer_ids": layer_ids}
+    return config
+
+
+def fit_problems(raw: dict, config: Qwen3Config, target_config) -> list[str]:
+    """What stops this drafter from drafting for a target with `target_config` (empty: it fits)."""
+    t, problems = target_config, []
+    if not isinstance(raw.get("block_size"), int) or raw["block_size"] < 2:
+        problems.append(f"block_size must be an integer >= 2, got {raw.get('block_size')!r}")
+    mask_id = config.dflash_config["mask_token_id"]
+    if not isinstance(mask_id, int) or not 0 <= mask_id < t.vocab_size:
+        problems.append(
+            f"dflash_config.mask_token_id {mask_id!r} is not a token of the target [0, {t.vocab_size})"
+        )
+    if config.vocab_size != t.vocab_size:
+        problems.append(f"vocabulary {config.vocab_size} != the target's {t.vocab_size}")
+    if config.hidden_size != t.hidden_size:
+        problems.append(f"hidden size {config.hidden_size} != the target's {t.hidden_size}")
+    layer_ids = config.dflash_config["target_layer_ids"]
+    if not all(0 <= i < t.num_hidden_layers for i in layer_ids):
+        problems.append(
+            f"target_layer_ids {layer_ids} are not layers of the target (0..{t.num_hidden_layers - 1})"
+        )
+    return problems
+
+
 def load_dflash(
     path_or_id: str | os.PathLike, target: OrthrusForCausalLM, *, revision: str | None = None
 ) -> DFlashDraftModel:
@@ -205,32 +239,12 @@ def load_dflash(
     if not config_path.is_file():
         raise CheckpointError(f"no config.json in {directory}")
     raw = json.loads(config_path.read_text())
-    raw.pop("auto_map", None)
     if ARCHITECTURE not in (raw.get("architectures") or []):
         raise CheckpointError(
             f"{config_path}: architectures {raw.get('architectures')} is not a DFlash drafter ({ARCHITECTURE})"
         )
-    config = Qwen3Config.from_dict(raw)
-    t = target.config
-    extra = raw.get("dflash_config") or {}
-    layer_ids = extra.get("target_layer_ids") or build_target_layer_ids(
-        raw.get("num_target_layers", t.num_hidden_layers), config.num_hidden_layers
-    )
-    config.dflash_config = {"mask_token_id": extra.get("mask_token_id"), "target_layer_ids": layer_ids}
-    problems = []
-    if not isinstance(raw.get("block_size"), int) or raw["block_size"] < 2:
-        problems.append(f"block_size must be an integer >= 2, got {raw.get('block_size')!r}")
-    mask_id = extra.get("mask_token_id")
-    if not isinstance(mask_id, int) or not 0 <= mask_id < t.vocab_size:
-        problems.append(
-            f"dflash_config.mask_token_id {mask_id!r} is not a token of the target [0, {t.vocab_size})"
-        )
-    if config.hidden_size != t.hidden_size:
-        problems.append(f"hidden size {config.hidden_size} != the target's {t.hidden_size}")
-    if not all(0 <= i < t.num_hidden_layers for i in layer_ids):
-        problems.append(
-            f"target_layer_ids {layer_ids} are not layers of the target (0..{t.num_hidden_layers - 1})"
-        )
+    config = draft_config(raw, target.config.num_hidden_layers)
+    problems = fit_problems(raw, config, target.config)
     if problems:
         raise CheckpointError(
             f"{directory}: this DFlash drafter does not fit the target: " + "; ".join(problems)
@@ -239,9 +253,9 @@ def load_dflash(
         raise CheckpointError(f"no {WEIGHTS} in {directory}")
     with safe_open(directory / WEIGHTS, framework="pt") as f:
         actual = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
-    with torch.device("meta"):
-        expected = {n: tuple(v.shape) for n, v in DFlashDraftModel(config).state_dict().items()}
-    check_shapes(f"the DFlash weights in {directory} do not match its config.json", actual, expected)
+    check_shapes(
+        f"the DFlash weights in {directory} do not match its config.json", actual, expected_shapes(config)
+    )
     p = target.lm_head.weight
     with safe_open(directory / WEIGHTS, framework="pt", device=str(p.device)) as f:
         state = {n: f.get_tensor(n).to(p.dtype) for n in f.keys()}
@@ -250,6 +264,11 @@ def load_dflash(
     draft.rotary_emb = Qwen3RotaryEmbedding(config).to(p.device)  # RoPE frequencies stay float32
     draft.name_or_path = str(path_or_id)
     return draft.eval()
+
+
+def expected_shapes(config: Qwen3Config) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {n: tuple(v.shape) for n, v in DFlashDraftModel(config).state_dict().items()}
 
 
 def save_dflash(

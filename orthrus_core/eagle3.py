@@ -1,6 +1,8 @@
 """EAGLE-3 (Li et al. 2025): a one-layer draft head over fused target features, chain or dynamic-tree drafting.
 
-Head (SafeAILab/EAGLE eagle/model/cnets.py; public format `LlamaForCausalLMEagle3`, e.g. AngelSlim/Qwen3-8B_eagle3):
+Head (SafeAILab/EAGLE eagle/model/cnets.py; public format `LlamaForCausalLMEagle3`, e.g. AngelSlim/Qwen3-8B_eagle3;
+a head is recognised by its tensors, `fc` and `midlayer.*`, not by the architecture's spelling, which varies
+between uploads: AngelSlim/Qwen3-1.7B_eagle3 says `LlamaForCausalLMEEagle3`):
 * `fc` (3 H_target -> H, no bias) over the target hidden states entering layers 2, L//2 and L-3 (transformers'
   `hidden_states` indices; `eagle_aux_hidden_state_layer_ids` in the config overrides them);
 * one Llama-style layer (`midlayer`: RoPE, GQA, no q/k norm) whose attention input is
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig
@@ -272,14 +275,96 @@ def expected_shapes(config: LlamaConfig, target_hidden_size: int, with_embed: bo
     return shapes
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def weights_file(directory: Path) -> Path:
     for name in WEIGHT_FILES:
-        path = directory / name
-        if path.is_file():
-            if name.endswith(".bin"):
-                return torch.load(path, map_location="cpu", weights_only=True)
-            return load_file(path)
+        if (directory / name).is_file():
+            return directory / name
     raise CheckpointError(f"no {' or '.join(WEIGHT_FILES)} in {directory}")
+
+
+def read_weights(path: Path, *, meta: bool = False) -> dict[str, torch.Tensor]:
+    """The head's tensors; with `meta`, their shapes and dtypes only (nothing is read but the headers)."""
+    if path.suffix == ".bin":
+        return torch.load(path, map_location="meta" if meta else "cpu", weights_only=True)
+    if meta:
+        with safe_open(path, framework="pt") as f:
+            return {n: _meta(f.get_slice(n)) for n in f.keys()}
+    return load_file(path)
+
+
+def _meta(tensor_slice) -> torch.Tensor:
+    dtype = getattr(torch, SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), "float32"))
+    return torch.empty(tensor_slice.get_shape(), dtype=dtype, device="meta")
+
+
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+                      "BOOL": "bool", "U8": "uint8"}  # fmt: skip
+# What makes a checkpoint an EAGLE-3 head, whatever its config calls it.
+HEAD_TENSORS = ("fc.weight", "midlayer.self_attn.q_proj.weight")
+
+
+def is_eagle3_head(names) -> bool:
+    return all(name in names for name in HEAD_TENSORS)
+
+
+def head_config(raw: dict, state: dict[str, torch.Tensor]) -> LlamaConfig:
+    raw = dict(raw)
+    # head_dim from the weights, not the config: SafeAILab's code uses H / heads, SpecForge config.head_dim.
+    raw["head_dim"] = state["midlayer.self_attn.q_proj.weight"].shape[0] // raw["num_attention_heads"]
+    raw["num_hidden_layers"] = 1
+    return LlamaConfig.from_dict(raw)
+
+
+def fit_problems(config: LlamaConfig, state: dict[str, torch.Tensor], target_config) -> list[str]:
+    """What stops this head from drafting for a target with `target_config` (empty: it fits). `state` may be
+    meta tensors, except `d2t`, whose values are checked when they are there."""
+    t, problems = target_config, []
+    if config.vocab_size != t.vocab_size:
+        problems.append(f"vocabulary {config.vocab_size} != the target's {t.vocab_size}")
+    if config.hidden_size != t.hidden_size:
+        problems.append(f"hidden size {config.hidden_size} != the target's {t.hidden_size}")
+    target_hidden = getattr(config, "target_hidden_size", None)
+    if target_hidden is not None and target_hidden != t.hidden_size:
+        problems.append(f"target_hidden_size {target_hidden} != the target's {t.hidden_size}")
+    layers = aux_layers(config, t.num_hidden_layers)
+    if not all(0 <= i <= t.num_hidden_layers for i in layers):
+        default = getattr(config, "eagle_config", None) is None
+        problems.append(
+            f"it reads the target's hidden states {layers}"
+            + (" (EAGLE-3's default, layers 2, L//2 and L-3)" if default else "")
+            + f", but a target with {t.num_hidden_layers} layers has states 0..{t.num_hidden_layers}: use a "
+            "head trained for this target, or name the layers in eagle_config.eagle_aux_hidden_state_layer_ids"
+        )
+    d2t = state.get("d2t")
+    if d2t is not None and d2t.device.type != "meta":
+        target_ids = d2t.long() + torch.arange(len(d2t))
+        if ((target_ids >= t.vocab_size) | (target_ids < 0)).any():
+            problems.append(f"d2t maps draft ids outside the target vocabulary [0, {t.vocab_size})")
+    return problems
+
+
+def complete_state(config: LlamaConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The head's tensors with the vocabulary maps that a checkpoint may leave out: `d2t` is the identity when
+    the draft vocabulary is the full one, `t2d` follows from `d2t` (shapes only for meta tensors)."""
+    state = dict(state)
+    draft_vocab = getattr(config, "draft_vocab_size", None) or config.vocab_size
+    if "d2t" not in state and draft_vocab == config.vocab_size:
+        state["d2t"] = torch.zeros(draft_vocab, dtype=torch.long)  # full vocabulary: the identity mapping
+    if "t2d" not in state:
+        meta = "d2t" in state and state["d2t"].device.type == "meta"
+        state["t2d"] = torch.zeros(config.vocab_size, dtype=torch.bool, device="meta" if meta else "cpu")
+        if "d2t" in state and not meta:
+            state["t2d"][torch.arange(len(state["d2t"])) + state["d2t"].long()] = True
+    return state
+
+
+def check_head_shapes(directory, config: LlamaConfig, state: dict, target_hidden_size: int) -> None:
+    check_shapes(
+        f"the EAGLE-3 weights in {directory} do not match its config and the target",
+        {n: tuple(v.shape) for n, v in state.items()},
+        expected_shapes(config, target_hidden_size, "embed_tokens.weight" in state),
+        hint="check hidden_size, num_attention_heads/num_key_value_heads, intermediate_size, draft_vocab_size",
+    )
 
 
 def load_eagle3(
@@ -291,48 +376,23 @@ def load_eagle3(
     if not config_path.is_file():
         raise CheckpointError(f"no config.json in {directory}")
     raw = json.loads(config_path.read_text())
-    if ARCHITECTURE not in (raw.get("architectures") or []):
+    state = read_weights(weights_file(directory))
+    if not is_eagle3_head(state):
         raise CheckpointError(
-            f"{config_path}: architectures {raw.get('architectures')} is not an EAGLE-3 head ({ARCHITECTURE})"
+            f"{directory} is not an EAGLE-3 head: it has no {' or '.join(HEAD_TENSORS)} "
+            f"(architectures {raw.get('architectures')})"
         )
-    state = _read_weights(directory)
-    if "midlayer.self_attn.q_proj.weight" not in state:
-        raise CheckpointError(f"{directory}: no midlayer.self_attn.q_proj.weight; not an EAGLE-3 head")
-    # head_dim from the checkpoint, not the config: SafeAILab's code uses H / heads, SpecForge config.head_dim.
-    raw["head_dim"] = state["midlayer.self_attn.q_proj.weight"].shape[0] // raw["num_attention_heads"]
-    raw["num_hidden_layers"] = 1
-    config = LlamaConfig.from_dict(raw)
+    config = head_config(raw, state)
     t = target.config
-    if config.vocab_size != t.vocab_size or config.hidden_size != t.hidden_size:
+    problems = fit_problems(config, state, t)
+    if problems:
         raise CheckpointError(
-            f"{directory}: this EAGLE-3 head was built for a target with vocabulary {config.vocab_size} and "
-            f"hidden size {config.hidden_size}, but the target has {t.vocab_size} and {t.hidden_size}"
+            f"{directory}: this EAGLE-3 head does not fit the target: " + "; ".join(problems)
         )
-    target_hidden = getattr(config, "target_hidden_size", None) or t.hidden_size
-    if target_hidden != t.hidden_size:
-        raise CheckpointError(
-            f"{directory}: target_hidden_size {target_hidden} != the target's {t.hidden_size}"
-        )
-    draft_vocab = getattr(config, "draft_vocab_size", None) or config.vocab_size
-    if "d2t" not in state and draft_vocab == config.vocab_size:
-        state["d2t"] = torch.zeros(draft_vocab, dtype=torch.long)  # full vocabulary: the identity mapping
-    if "t2d" not in state:
-        state["t2d"] = torch.zeros(config.vocab_size, dtype=torch.bool)
-        if "d2t" in state:
-            state["t2d"][torch.arange(len(state["d2t"])) + state["d2t"].long()] = True
+    state = complete_state(config, state)
     with_embed = "embed_tokens.weight" in state
-    check_shapes(
-        f"the EAGLE-3 weights in {directory} do not match its config and the target",
-        {n: tuple(v.shape) for n, v in state.items()},
-        expected_shapes(config, t.hidden_size, with_embed),
-        hint="check hidden_size, num_attention_heads/num_key_value_heads, intermediate_size, draft_vocab_size",
-    )
-    d2t = state["d2t"].long()
-    if ((d2t + torch.arange(len(d2t))) >= t.vocab_size).any() or ((d2t + torch.arange(len(d2t))) < 0).any():
-        raise CheckpointError(
-            f"{directory}: d2t maps draft ids outside the target vocabulary [0, {t.vocab_size})"
-        )
-    state["d2t"], state["t2d"] = d2t, state["t2d"].bool()
+    check_head_shapes(directory, config, state, t.hidden_size)
+    state["d2t"], state["t2d"] = state["d2t"].long(), state["t2d"].bool()
     p = target.lm_head.weight
     embed = nn.Embedding(config.vocab_size, config.hidden_size) if with_embed else target.model.embed_tokens
     head = Eagle3Head(config, t.hidden_size, embed).to(dtype=p.dtype, device=p.device)

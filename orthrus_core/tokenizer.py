@@ -1,4 +1,9 @@
-"""Tokenizer loading: the checkpoint's own Hugging Face tokenizer files, when it ships them."""
+"""Tokenizer loading: the checkpoint's own Hugging Face tokenizer files, when it ships them.
+
+Never with remote code: `trust_remote_code=False` makes transformers use its own class for the tokenizer a
+checkpoint names (SDAR's tokenizer_config.json maps AutoTokenizer to a copy of Qwen2Tokenizer in the repo;
+with the default, transformers asks "Do you wish to run the custom code? [y/N]" and waits for an answer).
+"""
 
 from __future__ import annotations
 
@@ -17,4 +22,4 @@ def load_tokenizer(path_or_id: str | os.PathLike):
     directory = resolve(path_or_id)
     if not any((Path(directory) / f).is_file() for f in TOKENIZER_FILES):
         return None
-    return AutoTokenizer.from_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)

@@ -140,9 +140,9 @@ def test_an_unknown_dtype_is_a_usage_error(capsys, command):
     assert "unknown dtype 'float64'; choose one of float32, bfloat16, float16" in capsys.readouterr().err
 
 
-def test_every_subcommand_is_registered_once():
+def test_every_subcommand_is_registered():
     from harness.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
     expected = {"generate", "run", "merge", "suites", "verify", "calibrate", "report", "compare", "dashboard"}
-    assert set(commands) == expected | {"bench-engine", "bench-overhead", "train-tiny"}
+    assert set(commands) == expected | {"bench-engine", "bench-overhead", "train-tiny", "inspect"}

@@ -8,7 +8,7 @@ import torch
 from conftest import VOCAB, random_model, random_prompts
 from safetensors import safe_open
 
-from orthrus_core.checkpoint import CheckpointError
+from orthrus_core.checkpoint import CheckpointError, save_model
 from orthrus_core.decoding import generate_ar
 from orthrus_core.dflash import DFlashDrafter, DFlashDraftModel, dflash_config, load_dflash, save_dflash
 from orthrus_core.eagle3 import Eagle3Drafter, Eagle3Head, eagle3_config, load_eagle3, save_eagle3
@@ -224,8 +224,13 @@ def test_eagle3_loader_errors(target, tmp_path):
     with pytest.raises(CheckpointError, match=f"vocabulary {VOCAB}"):
         load_eagle3(tmp_path / "ok", other_vocab)
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    save_model(target, tmp_path / "a-target")  # a checkpoint, but no head: its tensors say so
+    with pytest.raises(CheckpointError, match="not an EAGLE-3 head: it has no fc.weight"):
+        load_eagle3(tmp_path / "a-target", target)
+    shallow = random_model(seed=1, num_hidden_layers=2)
+    with pytest.raises(CheckpointError, match=r"reads the target's hidden states \[2, 1, -1\].*2 layers"):
+        load_eagle3(tmp_path / "ok", shallow)
     for bad, match in [
-        (dict(architectures=["LlamaForCausalLM"]), "not an EAGLE-3 head"),
         (dict(draft_vocab_size=DRAFT_VOCAB + 1), "lm_head.weight"),
         (dict(intermediate_size=64), "midlayer.mlp"),
     ]:
@@ -236,6 +241,18 @@ def test_eagle3_loader_errors(target, tmp_path):
         )
         with pytest.raises(CheckpointError, match=match):
             load_eagle3(tmp_path / "bad", target)
+
+
+@pytest.mark.parametrize(
+    "architecture", ["LlamaForCausalLMEagle3", "LlamaForCausalLMEEagle3", "Eagle3LlamaForCausalLM"]
+)
+def test_an_eagle3_head_is_recognised_by_its_tensors_not_its_spelling(target, tmp_path, architecture):
+    """AngelSlim/Qwen3-1.7B_eagle3's config is reported to say LlamaForCausalLMEEagle3 (sic); the training
+    configs say Eagle3LlamaForCausalLM. All are the same head."""
+    save_eagle3(random_head(target), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": [architecture]}))
+    assert load_eagle3(tmp_path, target).draft_vocab_size == DRAFT_VOCAB
 
 
 DFLASH_LAYER_TENSORS = [

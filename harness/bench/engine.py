@@ -25,22 +25,12 @@ from rich.table import Table
 from transformers import Qwen3Config
 
 from harness.console import console as make_console
+from harness.methods.checkpoints import QWEN3_SHAPES
 from harness.methods.target import check_device, load_target, torch_dtype
 from orthrus_core.decoding import generate_ar, generate_orthrus
 from orthrus_core.generation import default_stop_ids
 from orthrus_core.model import OrthrusForCausalLM, causal_mask
 
-# Qwen3 dense shapes (config.json of Qwen/Qwen3-*), with Orthrus' block size and mask id.
-_QWEN3 = dict(
-    vocab_size=151936,
-    max_position_embeddings=40960,
-    rope_theta=1e6,
-    head_dim=128,
-    num_key_value_heads=8,
-    block_size=32,
-    mask_token_id=151669,
-    eos_token_id=151645,
-)
 SHAPES = {
     "tiny": dict(
         vocab_size=4096,
@@ -56,30 +46,7 @@ SHAPES = {
         eos_token_id=0,
         tie_word_embeddings=True,
     ),
-    "qwen3-1.7b": dict(
-        _QWEN3,
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        tie_word_embeddings=True,
-    ),
-    "qwen3-4b": dict(
-        _QWEN3,
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        tie_word_embeddings=True,
-    ),
-    "qwen3-8b": dict(
-        _QWEN3,
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        tie_word_embeddings=False,
-    ),
+    **QWEN3_SHAPES,
 }
 
 

@@ -5,6 +5,7 @@
     verify.py    verify, calibrate              the equivalence verdicts and their error rates
     report.py    report, compare, dashboard     pages, the regression gate, trends
     bench.py     bench-engine, bench-overhead   benchmarks that print figures
+    checkpoints.py  inspect                     a checkpoint as the loaders see it, without its weights
     train.py     train-tiny                     the tiny family
     args.py      what several commands share
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, generate, report, run, train, verify
+from . import bench, checkpoints, generate, report, run, train, verify
 from .args import UsageError
 
-GROUPS = (generate, run, verify, report, bench, train)
+GROUPS = (generate, run, verify, report, bench, checkpoints, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Which draft checkpoint a method uses for a given target.
+"""The public checkpoints the registry knows: the Qwen3 bases' shapes, and which draft checkpoint a method uses
+for a given target.
 
 Public drafts are matched by the base model's size in the target's name or path (a hub cache directory keeps
 the repository name: models--chiennv--Orthrus-Qwen3-8B), so a stock Qwen3 and its Orthrus conversion share
@@ -23,6 +24,44 @@ PUBLIC_DRAFTS = {
         "qwen3-4b": "z-lab/Qwen3-4B-DFlash-b16",
         "qwen3-8b": "z-lab/Qwen3-8B-DFlash-b16",
     },
+}
+# Qwen3 dense shapes (config.json of Qwen/Qwen3-*), with Orthrus' block size and mask id
+# (chiennv/Orthrus-Qwen3-* add a diffusion view to exactly these).
+_QWEN3 = dict(
+    vocab_size=151936,
+    max_position_embeddings=40960,
+    rope_theta=1e6,
+    head_dim=128,
+    num_key_value_heads=8,
+    block_size=32,
+    mask_token_id=151669,
+    eos_token_id=151645,
+)
+QWEN3_SHAPES = {
+    "qwen3-1.7b": dict(
+        _QWEN3,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b": dict(
+        _QWEN3,
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-8b": dict(
+        _QWEN3,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        tie_word_embeddings=False,
+    ),
 }
 BASE_NAME = re.compile(r"qwen3-(1\.7b|4b|8b)(?![\w.])", re.IGNORECASE)
 

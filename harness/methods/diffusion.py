@@ -79,6 +79,11 @@ def build(target, label, options):
     )
     if mask_token_id is None or block_size is None:
         raise ValueError(f"diffusion: {target.path} gives no mask_token_id/block_size; pass them as options")
+    if not 0 <= mask_token_id < model.config.vocab_size:
+        raise ValueError(
+            f"diffusion: mask_token_id {mask_token_id} is outside the vocabulary [0, {model.config.vocab_size}) "
+            f"of {target.path}"
+        )
     lm = LAYOUTS[layout](model) if layout == "orthrus" else LAYOUTS[layout](model, mask_token_id)
     sub = options["sub_block_size"] or (min(FAST_DLLM_SUB_BLOCK, block_size) if fast else block_size)
     config = dict(
