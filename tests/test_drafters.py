@@ -224,6 +224,13 @@ def test_eagle3_loader_errors(target, tmp_path):
     with pytest.raises(CheckpointError, match=f"vocabulary {VOCAB}"):
         load_eagle3(tmp_path / "ok", other_vocab)
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    head = random_head(target)
+    head.d2t[-1] = VOCAB  # maps the last draft id past the target's vocabulary
+    save_eagle3(head, tmp_path / "bad-d2t")
+    with pytest.raises(
+        CheckpointError, match=rf"d2t maps draft ids outside the target vocabulary \[0, {VOCAB}\)"
+    ):
+        load_eagle3(tmp_path / "bad-d2t", target)
     save_model(target, tmp_path / "a-target")  # a checkpoint, but no head: its tensors say so
     with pytest.raises(CheckpointError, match="not an EAGLE-3 head: it has no fc.weight"):
         load_eagle3(tmp_path / "a-target", target)
@@ -300,6 +307,8 @@ def test_dflash_loader_errors(target, tmp_path):
     for bad, match in [
         (dict(architectures=["Qwen3ForCausalLM"]), "not a DFlash drafter"),
         (dict(dflash_config={"mask_token_id": VOCAB, "target_layer_ids": [1, 3]}), "mask_token_id"),
+        (dict(vocab_size=VOCAB + 8), f"vocabulary {VOCAB + 8} != the target's {VOCAB}"),
+        (dict(block_size=1), "block_size must be an integer >= 2"),
         (dict(intermediate_size=100), "layers.0.mlp"),
     ]:
         (tmp_path / "bad").mkdir(exist_ok=True)

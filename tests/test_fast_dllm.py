@@ -10,6 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from harness.methods import Target, make_decoder
 from orthrus_core.checkpoint import load_model
+from orthrus_core.formats import describe
 
 B, SUB, MASK = 8, 4, 63  # block, sub-block, mask token (the last of a 64-token vocabulary)
 
@@ -132,3 +133,11 @@ def test_mask_token_from_the_tokenizer_and_the_authors_defaults(fast_dllm):
     assert decoder.config["threshold"] == 0.9
     with pytest.raises(ValueError, match="mask_token_id"):
         make_decoder("diffusion", Target(load_model(directory), str(directory)))
+
+
+def test_inspect_recognises_fast_dllm_v2_from_its_converters_fields(fast_dllm):
+    """No published config was found (SOURCES.md); its converters write these fields, and `inspect` reads them."""
+    _, directory = fast_dllm
+    info = describe(directory)
+    assert info.format == "fast-dllm-v2" and info.block_size == B and info.problems == []
+    assert info.architectures == ["Fast_dLLM_QwenForCausalLM"] and info.model_type == "Fast_dLLM_Qwen"

@@ -49,6 +49,8 @@ def test_spec_errors_name_what_is_known(family):
         make_decoder("orthrus:block_size=1", family)
     with pytest.raises(ValueError, match="temperature"):
         make_decoder("diffusion", family).generate([1, 2], 4, temperature=1.0)
+    with pytest.raises(ValueError, match=r"mask_token_id 100000 is outside the vocabulary \[0, 320\)"):
+        make_decoder("diffusion:mask_token_id=100000", family)
 
 
 def test_missing_draft_names_model_method_and_option(tmp_path):

@@ -64,7 +64,10 @@ class HFDecoder(Decoder):
         clock = Clock(device)
         timer = _Timer(clock, on_tokens)
         t0 = clock()
-        out = self.hf_model.generate(prompt, generation_config=config, streamer=timer)[0, prompt.shape[1] :]
+        # An explicit mask: without one, generate() masks every prompt token equal to pad_token_id.
+        mask = torch.ones_like(prompt)
+        out = self.hf_model.generate(prompt, attention_mask=mask, generation_config=config, streamer=timer)
+        out = out[0, prompt.shape[1] :]
         end = clock()
         tokens = out.tolist()
         stop_reason = "stop" if tokens and tokens[-1] in stop else "length"
