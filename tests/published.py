@@ -46,7 +46,20 @@ def _random(shape, dtype, generator) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype)
     # 0.3 (not 0.02): spread-out logits, so greedy outputs vary and ties are rare at narrow widths.
     scale = 0.3 if shape[-1] <= NARROW["intermediate_size"] else 0.02
-    return torch.empty(shape, dtype=torch.float32).normal_(0, scale, generator=generator).to(dtype)
+    n = 1
+    for d in shape:
+        n *= d
+    if n <= CHUNK:
+        return torch.empty(shape, dtype=torch.float32).normal_(0, scale, generator=generator).to(dtype)
+    # Published widths: a random chunk repeated (the loaders and decoders care about names, shapes and dtype,
+    # not about every weight being drawn independently, and drawing billions of them takes minutes).
+    chunk = torch.empty(CHUNK + 7, dtype=torch.float32).normal_(0, scale, generator=generator).to(dtype)
+    return (
+        chunk.repeat(-(-n // chunk.numel()))[:n].view(shape).clone()
+    )  # its own storage: torch.save writes all
+
+
+CHUNK = 1 << 20
 
 
 def qwen3_shapes(raw: dict, *, orthrus: bool, stored_lm_head: bool) -> dict[str, tuple[int, ...]]:

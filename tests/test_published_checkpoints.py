@@ -101,17 +101,23 @@ def qwen3_8b(configs, qwen3_tokenizer_dir, tmp_path_factory):
     return target, head, dflash, as_published
 
 
+def qwen3_4b_raw(configs, layers: int, narrow: bool) -> dict:
+    """Qwen3-4B's config: no config of Qwen/Qwen3-4B was found, so SDAR-4B's (Qwen3-4B's architecture) as
+    Qwen3ForCausalLM, with tied embeddings and <|im_end|> as Qwen3's configs have."""
+    sdar_raw = published(configs, "JetLM/SDAR-4B-Chat")
+    raw = {k: v for k, v in sdar_raw.items() if k not in ("auto_map", "block_size", "mask_token_id")}
+    raw.update(
+        architectures=["Qwen3ForCausalLM"], model_type="qwen3", tie_word_embeddings=True, eos_token_id=IM_END
+    )
+    return cut(raw, layers, narrow)
+
+
 @pytest.fixture(scope="module")
 def qwen3_4b(configs, qwen3_tokenizer_dir, tmp_path_factory):
-    """A Qwen3-4B target (no config of Qwen/Qwen3-4B was found: SDAR-4B's, which is Qwen3-4B's architecture,
-    as Qwen3ForCausalLM with tied embeddings), AngelSlim/Qwen3-4B_eagle3 (its training config) and
+    """A Qwen3-4B target (qwen3_4b_raw), AngelSlim/Qwen3-4B_eagle3 (its training config) and
     z-lab/Qwen3-4B-DFlash-b16."""
     root = tmp_path_factory.mktemp("qwen3-4b")
-    sdar = published(configs, "JetLM/SDAR-4B-Chat")
-    raw = narrow_target(
-        {k: v for k, v in sdar.items() if k not in ("auto_map", "block_size", "mask_token_id")}
-    )
-    raw.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", tie_word_embeddings=True)
+    raw = {**qwen3_4b_raw(configs, 4, narrow=True), "torch_dtype": "float32", "dtype": "float32"}
     target = write_target(root / "qwen3", raw, tokenizer=qwen3_tokenizer_dir)
     training = published(
         configs, "AngelSlim/Qwen3-4B_eagle3", "angelslim-repo-configs-qwen3-eagle3-qwen3-4b-eagle3.json"
@@ -234,15 +240,14 @@ def test_qwen3_1_7b_stores_a_tied_lm_head_and_still_loads(configs, qwen3_tokeniz
 
 def test_no_checkpoint_prompts_for_remote_code(sdar_checkpoints):
     """SDAR's tokenizer_config maps AutoTokenizer to remote code: with stdin closed, a prompt would show."""
-    for directory in sdar_checkpoints.values():
-        command = [sys.executable, "-m", "harness.cli", "generate", "--model", str(directory), "--prompt", "hi",
-                   "--mode", "ar", "--max-new-tokens", "4", "--json"]  # fmt: skip
-        done = subprocess.run(
-            command, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr
-        assert "custom code" not in done.stdout + done.stderr
-        assert len(json.loads(done.stdout)["tokens"]) >= 1
+    command = [sys.executable, "-m", "harness.cli", "generate", "--model", str(sdar_checkpoints["8B"]),
+               "--prompt", "hi", "--mode", "ar", "--max-new-tokens", "4", "--json"]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "custom code" not in done.stdout + done.stderr
+    assert len(json.loads(done.stdout)["tokens"]) >= 1
 
 
 def test_run_verifies_every_lossless_method_on_the_published_orthrus_1_7b(orthrus_1_7b, tmp_path, capsys):
@@ -304,8 +309,9 @@ def test_inspect_reports_what_load_would_raise(orthrus_1_7b, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def wide(configs, qwen3_tokenizer_dir, tmp_path_factory):
     """Published widths, vocabulary and dtype, layers cut: Orthrus-1.7B (bf16, 3 layers: EAGLE-3 reads states
-    2, 1 and 0 of it) with AngelSlim's 1.7B head (fp16 pytorch_model.bin, 274 MB as published) and SDAR-4B
-    (bf16, 2 layers, untied, sharded as its index)."""
+    2, 1 and 0 of it) with AngelSlim's 1.7B head (fp16 pytorch_model.bin, 274 MB as published), SDAR-4B (bf16,
+    2 layers, untied, sharded as its index), and a Qwen3-4B target (3 layers) with z-lab's 4B DFlash drafter
+    (2 layers, its five target layers mapped onto the three)."""
     root = tmp_path_factory.mktemp("wide")
     raw = cut(published(configs, "chiennv/Orthrus-Qwen3-1.7B"), 3, narrow=False)
     orthrus = write_target(root / "orthrus", raw, orthrus=True, tokenizer=qwen3_tokenizer_dir)
@@ -314,25 +320,22 @@ def wide(configs, qwen3_tokenizer_dir, tmp_path_factory):
         "intermediate_size": 6144,
     }
     head = write_eagle3(root / "eagle3", head_raw, dtype="float16")
-    return (
-        orthrus,
-        head,
-        sdar(configs, qwen3_tokenizer_dir, root / "sdar-4b", "JetLM/SDAR-4B-Chat", narrow=False),
+    sdar_4b = sdar(configs, qwen3_tokenizer_dir, root / "sdar-4b", "JetLM/SDAR-4B-Chat", narrow=False)
+    qwen3 = write_target(root / "qwen3-4b", qwen3_4b_raw(configs, 3, narrow=False))
+    dflash = write_dflash(
+        root / "dflash", dflash_config(published(configs, "z-lab/Qwen3-4B-DFlash-b16"), 3, 2)
     )
+    return orthrus, head, sdar_4b, qwen3, dflash
 
 
 def test_published_widths_load_in_their_dtype_and_decode(wide):
-    orthrus, head, sdar_4b = wide
+    orthrus, head, sdar_4b, qwen3, dflash = wide
     assert (head / "pytorch_model.bin").stat().st_size == pytest.approx(274_132_734, rel=0.002)
     target = load_target(orthrus, "bfloat16")
     assert target.model.config.hidden_size == 2048 and target.model.lm_head.weight.dtype == torch.bfloat16
     for spec in ("ar", "orthrus", "eagle3"):
-        assert (
-            make_decoder(spec, target, **({"draft": str(head)} if spec == "eagle3" else {}))
-            .generate(PROMPTS[1], 3)
-            .new_tokens
-            == 3
-        )
+        decoder = make_decoder(spec, target, **({"draft": str(head)} if spec == "eagle3" else {}))
+        assert decoder.generate(PROMPTS[1], 3).new_tokens == 3
     info = describe(head, target=orthrus)
     assert info.format == "eagle3" and info.dtype == "float16" and info.problems == []
     assert info.parameters["total"] == 136_847_360 + 32000 + 151936  # the published tensors' elements
@@ -340,3 +343,6 @@ def test_published_widths_load_in_their_dtype_and_decode(wide):
     assert sdar_target.model.config.vocab_size == 151936 and not sdar_target.model.config.tie_word_embeddings
     assert make_decoder("ar", sdar_target).generate(PROMPTS[0], 2).new_tokens == 2
     assert describe(sdar_4b).problems == []
+    qwen3_target = load_target(qwen3, "bfloat16")
+    assert make_decoder("dflash", qwen3_target, draft=str(dflash)).generate(PROMPTS[1], 3).new_tokens == 3
+    assert describe(dflash, target=qwen3).problems == [] and describe(qwen3).format == "qwen3"
