@@ -115,9 +115,11 @@ class ErrorRecord(UnitFields):
 
 Record = GenerationRecord | ErrorRecord
 
+# Fields added after results were first committed: absent from older records, which still load.
+LATER_FIELDS = ("tags",)
 # The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none).
 REQUIRED_FIELDS = {
-    "ok": tuple(f.name for f in fields(GenerationRecord) if f.name != "telemetry"),
+    "ok": tuple(f.name for f in fields(GenerationRecord) if f.name not in ("telemetry", *LATER_FIELDS)),
     "error": tuple(f.name for f in fields(ErrorRecord)),
 }
 

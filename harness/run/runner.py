@@ -70,6 +70,8 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     if len(set(spec.methods)) != len(spec.methods):
         raise RunError(f"a method is listed twice in {spec.methods}")
     suites = [load_suite(name, spec.data_dir, limit=spec.limit, ids=spec.ids) for name in spec.suites]
+    for suite in suites:
+        suite.check_ready()
     target = load_target(spec.model, spec.dtype, spec.device)
     if target.tokenizer is None:
         raise RunError(f"{target.path} has no tokenizer files; suites need the model's chat template")
@@ -187,6 +189,7 @@ def unit_records(
                 prompt_ids=turn.prompt_ids,
                 context_tokens=item.context_tokens,
                 context_bucket=context_bucket(len(turn.prompt_ids), item.context_tokens),
+                tags=item.tags,
                 output_ids=r.tokens,
                 wall_s=wall,
                 ttft_s=r.prefill_s,

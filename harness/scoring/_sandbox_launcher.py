@@ -1,4 +1,4 @@
-"""Supervisor for one sandboxed Python program, started by ``harness.scoring.sandbox`` as ``python -I -S <file>``.
+"""Supervisor for one sandboxed program, started by ``harness.scoring.sandbox`` as ``python -I -S <file>``.
 
 It runs in its own interpreter (standard library only, no site packages) so that nothing set up here can
 disturb the harness, and it must not import anything from the project. It reads a JSON request on stdin,
@@ -8,7 +8,7 @@ Process layout::
 
     harness ── launcher (this file; child subreaper; enforces the wall clock)
                  └── reaper (PID 1 of a new PID namespace where one can be made; reaps orphans)
-                       └── program (rlimits, no capabilities, Landlock, seccomp; execs python)
+                       └── program (rlimits, no capabilities, Landlock, seccomp; execs argv)
 
 When the reaper exits every process left in its PID namespace is killed by the kernel. Where no PID
 namespace can be made, orphans re-parent to the launcher (a child subreaper) and the launcher kills every
@@ -268,7 +268,7 @@ def become_program(request: dict, report_fd: int, in_pid_namespace: bool, launch
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
-        stdin = os.open("/dev/null", os.O_RDONLY)
+        stdin = os.open(request.get("stdin_path") or "/dev/null", os.O_RDONLY)
         stdout = os.open(request["stdout_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         stderr = os.open(request["stderr_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         for source, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -276,6 +276,11 @@ def become_program(request: dict, report_fd: int, in_pid_namespace: bool, launch
             os.close(source)
         os.chdir(request["work_dir"])
         is_root = os.geteuid() == 0
+        if is_root:
+            # Tools that check access() against the real uid (UNPRIVILEGED_UID below) before writing a
+            # temporary file (gcc, ld) would otherwise fall back to /tmp, where Landlock refuses them.
+            os.chmod(os.path.dirname(request["work_dir"]), 0o711)
+            os.chmod(request["work_dir"], 0o777)
         set_resource_limits(request["limits"], UNPRIVILEGED_UID if is_root else os.getuid())
         layers = ["rlimits", "own-session", "scrubbed-env", "temp-cwd"]
         if is_root:
@@ -290,8 +295,7 @@ def become_program(request: dict, report_fd: int, in_pid_namespace: bool, launch
         if apply_seccomp(protected):
             layers.append("seccomp")
         os.write(report_fd, json.dumps({"layers": layers}).encode() + b"\n")
-        argv = [request["python"], "-I", "-B", request["program_path"]]
-        os.execve(request["python"], argv, request["env"])
+        os.execve(request["argv"][0], request["argv"], request["env"])
     except BaseException as exc:  # any failure is reported; nothing may unwind past the fork
         os.write(report_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
     os._exit(127)

@@ -18,6 +18,9 @@ class Scorer(Protocol):
 
     def score(self, reference: dict, outputs: list[str], tokenizer=None) -> Score: ...
 
+    # Optional: `check_ready()` raises a ScorerConfigError when something scoring needs is missing (a
+    # compiler); a run calls it before its first generation (listing or verifying suites does not).
+
 
 class ScorerConfigError(ValueError):
     """An unknown scorer name, or options the scorer does not accept."""

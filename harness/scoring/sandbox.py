@@ -1,4 +1,5 @@
-"""Run an untrusted Python program (a model's code plus its tests) in a contained child process.
+"""Run untrusted programs (a model's code plus its tests) in a contained child process: Python scripts
+(`run_python`), and C++ compiled with g++ in the same sandbox (`compile_cpp`) then run (`run_binary`).
 
 Every program gets a fresh throw-away working directory (also its HOME and TMPDIR), a scrubbed
 environment, its own session, resource limits (CPU time, address space, file size, open files, process
@@ -10,6 +11,10 @@ that were in force are listed in :attr:`SandboxResult.isolation`.
 
 The work is done by ``_sandbox_launcher.py`` in a separate interpreter; see its docstring for the process
 layout. Nothing a program does can raise here: every outcome is a :class:`SandboxResult`.
+
+A Python program passes only if it ran to its end: `run_python` appends a statement that prints a marker
+the program cannot know in advance, and an exit before it (`sys.exit(0)`, `os._exit(0)`, `exit()` in the
+model's code, before its tests ran) is a failure with that reason, whatever the exit status.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -35,6 +41,7 @@ OPTIONAL_LAYER_GAPS = {
 }
 _reported_gaps: set[str] = set()
 TAIL_CHARS = 2000
+MAX_STDOUT_BYTES = 1 << 20
 # Extra time the supervisor gets beyond the program's wall-clock limit to kill and report.
 SUPERVISOR_GRACE_S = 15.0
 
@@ -51,7 +58,9 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class SandboxResult:
-    status: str  # "pass" (exit 0), "fail" (an AssertionError), "timeout" (wall or CPU limit) or "error"
+    # "pass" (exit 0, and for Python the program's end reached), "fail" (an AssertionError, or an exit before
+    # the end), "timeout" (wall or CPU limit) or "error"
+    status: str
     reason: str
     returncode: int | None
     signal: str | None
@@ -60,6 +69,8 @@ class SandboxResult:
     stdout_tail: str
     stderr_tail: str
     isolation: tuple[str, ...]
+    stdout: str = ""  # all of it, up to MAX_STDOUT_BYTES (programs compared on their output)
+    produced: dict[str, bytes] = field(default_factory=dict)  # files the program wrote (a compiler's output)
 
     def as_detail(self) -> dict:
         """The JSON-serialisable summary a score records."""
@@ -75,18 +86,82 @@ class SandboxResult:
 
 
 def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run ``source`` as a Python script in the sandbox and classify the outcome."""
+    """Run ``source`` as a Python script in the sandbox and classify the outcome; see the module docstring
+    for what a pass means."""
+    marker = f"orthrus-sandbox-end-{secrets.token_hex(16)}"
+    program = f"{source}\n\nimport sys as _orthrus_sys\n_orthrus_sys.stdout.write('\\n{marker}\\n')\n"
+    result = run_program([sys.executable, "-I", "-B", "program.py"], {"program.py": program.encode()}, limits)
+    if marker in result.stdout_tail:
+        return replace(
+            result,
+            stdout=result.stdout.replace(f"\n{marker}\n", "", 1),
+            stdout_tail=result.stdout_tail.replace(f"\n{marker}\n", "", 1),
+        )
+    if result.status == "pass":
+        return replace(result, status="fail", reason="exited with status 0 before its tests finished")
+    return result
+
+
+# Compiling takes more memory and time than running: cc1plus with -O over the standard headers.
+COMPILE_LIMITS = SandboxLimits(wall_s=60.0, cpu_s=60, memory_bytes=4 << 30, processes=16)
+BINARY = "program"
+
+
+class CompilerMissingError(RuntimeError):
+    """The C++ compiler a scorer needs is not installed."""
+
+
+def cxx_compiler() -> str:
+    """The path of g++, or a CompilerMissingError that says how to get it."""
+    path = shutil.which("g++")
+    if path is None:
+        raise CompilerMissingError(
+            "g++ is not on PATH: this suite compiles the model's C++ answers (Debian: apt-get install g++)"
+        )
+    return path
+
+
+def compile_cpp(source: str, flags: tuple[str, ...] = ("-std=c++11", "-O"), limits=COMPILE_LIMITS):
+    """Compile ``source`` with g++ inside the sandbox; -> (the executable or None, the compiler's result)."""
+    argv = [cxx_compiler(), *flags, "-o", BINARY, "program.cpp"]
+    result = run_program(argv, {"program.cpp": source.encode()}, limits)
+    return result.produced.get(BINARY) if result.status == "pass" else None, result
+
+
+def run_binary(binary: bytes, stdin: str, limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run a compiled program (from `compile_cpp`) on ``stdin`` in a fresh sandbox."""
+    return run_program([BINARY], {BINARY: binary}, limits, stdin=stdin.encode(), executable=(BINARY,))
+
+
+def run_program(
+    argv: list[str],
+    files: dict[str, bytes],
+    limits: SandboxLimits | None = None,
+    *,
+    stdin: bytes | None = None,
+    executable: tuple[str, ...] = (),
+) -> SandboxResult:
+    """Run ``argv`` in a fresh sandbox directory holding ``files`` (name -> content; those named in
+    ``executable`` get the execute bit), with ``stdin`` as its standard input (else /dev/null). A relative
+    ``argv[0]`` is a file of the sandbox directory."""
     limits = limits or SandboxLimits()
     root = Path(tempfile.mkdtemp(prefix="orthrus-sandbox-"))
     try:
         work_dir = root / "work"
         work_dir.mkdir()
-        program_path = work_dir / "program.py"
-        program_path.write_text(source)
+        for name, content in files.items():
+            (work_dir / name).write_bytes(content)
+            if name in executable:
+                (work_dir / name).chmod(0o755)
+        stdin_path = None
+        if stdin is not None:
+            stdin_path = root / "stdin"
+            stdin_path.write_bytes(stdin)
+        program = argv[0] if os.path.isabs(argv[0]) else str(work_dir / argv[0])
         request = {
-            "python": sys.executable,
-            "program_path": str(program_path),
+            "argv": [program, *argv[1:]],
             "work_dir": str(work_dir),
+            "stdin_path": None if stdin_path is None else str(stdin_path),
             "stdout_path": str(root / "stdout"),
             "stderr_path": str(root / "stderr"),
             "env": _program_environment(work_dir),
@@ -101,13 +176,14 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResul
             },
         }
         report = _supervise(request, limits.wall_s + SUPERVISOR_GRACE_S)
-        stdout = _tail(root / "stdout")
+        stdout = _head(root / "stdout", MAX_STDOUT_BYTES)
         stderr = _tail(root / "stderr")
+        produced = {p.name: p.read_bytes() for p in work_dir.iterdir() if p.is_file() and p.name not in files}
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result = _classify(report, limits, stdout, stderr)
+    result = _classify(report, limits, stdout[-TAIL_CHARS:], stderr)
     _report_missing_layers(result)
-    return result
+    return replace(result, stdout=stdout, produced=produced)
 
 
 def _report_missing_layers(result: SandboxResult) -> None:
@@ -161,6 +237,14 @@ def _supervise(request: dict, supervisor_timeout_s: float) -> dict:
     except (IndexError, json.JSONDecodeError):
         detail = err.strip()[-TAIL_CHARS:] or f"exit status {launcher.returncode}"
         return {"supervisor_error": f"sandbox supervisor failed: {detail}"}
+
+
+def _head(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _tail(path: Path) -> str:

@@ -30,6 +30,8 @@ A suite file (its name is the file name without ``.toml``) has these tables::
     user = "{problem}\\nPlease ..."           # str.format template over the fields; a list for several
                                               # turns ("{turns[0]}", "{turns[1]}"); list values are
                                               # joined with newlines; "{{" and "}}" are literal braces
+    turns_from = "turns"                      # instead of user: a list field, each element one user turn,
+                                              # as is (items may have different numbers of turns)
     chat_template_kwargs = { enable_thinking = false }
 
     [generation]
@@ -200,8 +202,9 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class PromptSpec:
     system: str | None
-    user: tuple[str, ...]  # one template per turn
+    user: tuple[str, ...]  # one template per turn (empty with turns_from)
     chat_template_kwargs: dict
+    turns_from: str | None = None  # a list field whose elements are the user turns, as is
 
 
 @dataclass(frozen=True)
@@ -368,16 +371,21 @@ def _parse_builtin(table: _Table | None) -> BuiltinSource | None:
 
 def _parse_prompt(table: _Table) -> PromptSpec:
     system = table.string("system", None)
-    user = table.raw("user")
+    turns_from = table.string("turns_from", None)
+    user = table.raw("user", None if turns_from is None else [])
     if isinstance(user, str):
         user = [user]
-    if not isinstance(user, list) or not user or not all(isinstance(turn, str) for turn in user):
+    if turns_from is not None and user:
+        raise table.error("user", "give either user templates or turns_from, not both")
+    if turns_from is None and (
+        not isinstance(user, list) or not user or not all(isinstance(turn, str) for turn in user)
+    ):
         raise table.error("user", f"must be a template string or a non-empty list of them, not {user!r}")
     kwargs = table.raw("chat_template_kwargs", {})
     if not isinstance(kwargs, dict):
         raise table.error("chat_template_kwargs", f"must be a table, not {kwargs!r}")
     table.finish()
-    return PromptSpec(system, tuple(user), kwargs)
+    return PromptSpec(system, tuple(user), kwargs, turns_from)
 
 
 def _parse_generation(table: _Table) -> GenerationSettings:
@@ -453,6 +461,13 @@ def _check_cross_references(config: SuiteConfig, source: str) -> None:
             )
         # The text field only feeds the filler; templates place it with {context}.
         known = {CONTEXT_PLACEHOLDER}
+    if config.prompt.turns_from is not None and config.prompt.turns_from not in known:
+        raise SuiteError(
+            f"{source}: [prompt] turns_from {config.prompt.turns_from!r} is not a [dataset] field; "
+            f"defined: {', '.join(sorted(known))}"
+        )
+    if config.prompt.turns_from is not None and config.context_sweep is not None:
+        raise SuiteError(f"{source}: [context_sweep] needs a user template, not turns_from")
     for template in config.prompt.user:
         try:
             names = template_fields(template)

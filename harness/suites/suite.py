@@ -11,11 +11,11 @@ import json
 import logging
 import os
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.paths import SUITES_DIR
-from harness.scoring import Score, make_scorer
+from harness.scoring import Score, ScorerConfigError, make_scorer
 
 from .config import (
     CONTEXT_PLACEHOLDER,
@@ -52,6 +52,7 @@ class SuiteItem:
     turns: tuple[str, ...]  # user messages, already filled from the template
     reference: dict  # what the scorer needs, plus the suite's report fields; JSON-serialisable
     context_tokens: int | None = None  # the target prompt length of a context sweep, else None
+    tags: dict = field(default_factory=dict)  # the suite's report fields (category, subject...), for reports
 
 
 class _TemplateFormatter(string.Formatter):
@@ -74,7 +75,7 @@ class Suite:
         self.data_origin: str | None = None  # set once the records are loaded
         self._spec = config
         self._data_dir = data_dir
-        self._scorer = make_scorer(config.scoring.scorer, config.scoring.options)
+        self._scorer = make_scorer(config.scoring.scorer, config.scoring.options, data_dir=data_dir)
         self._records: LoadedRecords | None = None
 
     def __repr__(self) -> str:
@@ -110,6 +111,15 @@ class Suite:
         )
         return list(ids)
 
+    def check_ready(self) -> None:
+        """Raise a SuiteError when the scorer lacks something it needs to score (a compiler, say)."""
+        check = getattr(self._scorer, "check_ready", None)
+        if check is not None:
+            try:
+                check()
+            except ScorerConfigError as e:
+                raise SuiteError(f"suite {self.name!r}: {e}") from None
+
     def score(self, item: SuiteItem, outputs: list[str], tokenizer=None) -> Score:
         """Score one answer per turn. ``tokenizer`` is optional; the chat scorer uses it to count tokens."""
         if len(outputs) != len(item.turns):
@@ -128,14 +138,23 @@ class Suite:
         return self._records.records
 
     def _item(self, record: dict) -> SuiteItem:
+        prompt = self._spec.prompt
         try:
-            turns = tuple(_FORMATTER.format(template, **record) for template in self._spec.prompt.user)
+            if prompt.turns_from is not None:
+                turns = tuple(str(turn) for turn in record[prompt.turns_from])
+            else:
+                turns = tuple(_FORMATTER.format(template, **record) for template in prompt.user)
         except (IndexError, KeyError, TypeError) as exc:
             raise SuiteError(
                 f"suite {self.name!r}: the user template does not fit record {record['id']!r}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        return SuiteItem(id=f"{self.name}/{record['id']}", turns=turns, reference=self._reference(record))
+        if not turns:
+            raise SuiteError(f"suite {self.name!r}: record {record['id']!r} has no user turn")
+        tags = {name: record[name] for name in self._spec.dataset.report_fields}
+        return SuiteItem(
+            id=f"{self.name}/{record['id']}", turns=turns, reference=self._reference(record), tags=tags
+        )
 
     def _reference(self, record: dict) -> dict:
         names = [*self._scorer.reference_fields, *self._spec.dataset.report_fields]
