@@ -68,6 +68,7 @@ class GenerationRecord(UnitFields):
     prompt_ids: list[int]
     context_tokens: int | None  # a context sweep's target prompt length, else None
     context_bucket: int | None
+    tags: dict = field(default_factory=dict)  # the item's report fields (Spec-Bench's category...)
     new_tokens: int
     stop_reason: str  # "stop" or "length"
     output_ids: list[int]
