@@ -86,9 +86,11 @@ def make_run(
     commit: str = "0123456789abcdef",
     started: str = "2026-11-30T12:00:00+00:00",
     model: str | None = None,
+    categories: tuple[str, ...] = (),
 ) -> Path:
     """A complete run. `slowdown[method]` divides that method's speed; `changed_outputs[method]` alters the
-    output of that many items; `accepted_drop[method]` lowers that many cycles' accepted drafts by one.
+    output of that many items; `accepted_drop[method]` lowers that many cycles' accepted drafts by one;
+    `categories` are given to the items in turn, as their `category` tag (Spec-Bench's).
     Speeds carry multiplicative noise of relative size `noise`, drawn from `seed`. `telemetry=False` leaves out
     the fields that `run --no-telemetry` does not record."""
     rng = np.random.default_rng(seed)
@@ -148,7 +150,8 @@ def make_run(
                     method_name=name,
                     lossless=lossless,
                     temperature=temperature,
-                    context_bucket=SUITES[suite],
+                    context_bucket=SUITES.get(suite, 1024),
+                    tags={"category": categories[i % len(categories)]} if categories else {},
                     output_ids=output,
                     accepted=accepted,
                     ar_forwards=ar_forwards,

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SESSIONS = ["tests", "lint", "bench-tiny", "bench-1.7b", "bench-4b", "bench-8b", "report", "compare"]
+SESSIONS = [
+    "tests",
+    "lint",
+    "bench-tiny",
+    "bench-specbench",
+    "bench-1.7b",
+    "bench-4b",
+    "bench-8b",
+    "report",
+    "compare",
+]
 
 
 def nox(*args: str) -> subprocess.CompletedProcess:

@@ -18,9 +18,12 @@ from .tables import (
     figure4_tables,
     json_tables,
     provenance_table,
+    reproduction_tables,
     slices,
+    specbench_tables,
     summary_tables,
     table1,
+    unscored_notes,
     verification_tables,
 )
 
@@ -31,7 +34,10 @@ class Report:
     runs: list[Run]
     table1: list[Table]
     figure4: list[Table]
+    reproduction: list[Table]
+    specbench: list[Table]
     summary: list[Table]
+    unscored: list[str]
     errors: Table | str
     figures: list[Figure]
     verdicts: list[Table]
@@ -48,10 +54,12 @@ class Report:
                 + " (run `orthrus-bench verify` on the run directory)"
             )
         calibration = self.calibration or ["no calibration table (reports/calibration.json)"]
+        optional = [("Independent reproduction", self.reproduction), ("Spec-Bench", self.specbench)]
         return [
             ("Table 1", self.table1),
             ("Figure 4", self.figure4),
-            ("Summary", [*self.summary, self.errors]),
+            *[(heading, tables) for heading, tables in optional if tables],
+            ("Summary", [*self.summary, *self.unscored, self.errors]),
             ("Figures", self.figures),
             ("Equivalence verdicts", verification),
             ("Calibration", calibration),
@@ -113,6 +121,9 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         runs=runs,
         table1=table1(gens, by_slice),
         figure4=figure4_tables(u),
+        reproduction=reproduction_tables(u),
+        specbench=specbench_tables(u),
+        unscored=unscored_notes(gens),
         summary=summary_tables(by_slice),
         errors=errors_table(runs),
         figures=draw_figures(gens, u, out / "figures"),

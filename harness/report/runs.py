@@ -64,7 +64,10 @@ def generations(runs: list[Run]) -> pd.DataFrame:
     df = pd.DataFrame.from_records(rows)
     if df.empty:
         return df
-    return df.reindex(columns=list(dict.fromkeys([*df.columns, *TELEMETRY_COLUMNS])))
+    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *TELEMETRY_COLUMNS, "tags"])))
+    # Records before tags were recorded have none; a category (Spec-Bench's) is the one tag reports group by.
+    df["category"] = df.tags.map(lambda tags: tags.get("category") if isinstance(tags, dict) else None)
+    return df
 
 
 def units(df: pd.DataFrame) -> pd.DataFrame:
@@ -86,6 +89,7 @@ def units(df: pd.DataFrame) -> pd.DataFrame:
         accepted=("accepted_sum", "sum"),
         correct=("score_correct", "last"),
         context_bucket=("context_bucket", "first"),
+        category=("category", "first"),
     )
     out = out.reset_index()
     out["tokens_per_s"] = out.tokens / out.wall_s

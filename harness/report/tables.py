@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .published import TABLE1_SUITES, Published, published_figures
 from .runs import Run, read_json_if_present
 from .stats import bootstrap_ci, mean, pooled_tau, ratio_of_means, ratio_of_sums
 from .style import method_order, temperature_label
@@ -141,9 +142,30 @@ def orthrus_labels(gens: pd.DataFrame) -> list[str]:
     return sorted(set(gens[gens.method_name == "orthrus"].method))
 
 
+def suite_order(suites) -> list[str]:
+    """Table 1's tasks in the paper's order, then any other suite."""
+    suites = set(suites)
+    return [s for s in TABLE1_SUITES if s in suites] + sorted(suites - set(TABLE1_SUITES))
+
+
+def beside(published: Published | None, ci: tuple | None, spec: str = ".2f", suffix: str = "") -> str:
+    """A published value, flagged ⚑ where it lies outside the measured 95% CI."""
+    if published is None:
+        return "–"
+    outside = ci is not None and not ci[0] <= published.value <= ci[1]
+    return fmt(published.value, spec, suffix=suffix) + (" ⚑" if outside else "")
+
+
+def sources_note(used: set[str]) -> str:
+    if not used:
+        return "No published figure is known for these checkpoints."
+    return "Published: " + "; ".join(sorted(used)) + "."
+
+
 def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Table]:
-    """The paper's Table 1: per model and suite, Orthrus's TPF and speedup at T = 0 and T = 1 (and any other
-    temperature run), with an average row per model; then the same cells under the other averaging."""
+    """The paper's Table 1: per model and suite (the paper's eight tasks in its order first), Orthrus's TPF
+    and speedup at T = 0 and T = 1 (and any other temperature run) beside the published cell where the paper
+    reports the checkpoint, with an average row per model; then the same cells under the other averaging."""
     temps = sorted({0.0, 1.0} | set(gens.temperature.dropna()))
     cells: dict[tuple, Cell] = {}
     for (model, suite, temp), figures in by_slice.items():
@@ -155,49 +177,85 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Tabl
         return [Table("Table 1", ["model", "method", "suite"], [], "no Orthrus method in these runs")]
     baselines = sorted({c.baseline for c in cells.values() if c.baseline})
     denominators = " and ".join(f"`{b}`" for b in baselines) or "no AR baseline in the run"
+    paper = published_figures()
+    used: set[str] = set()
+    has_paper = any(
+        paper.table1_cell(model, suite, t, q) or paper.table1_average(model, t, q)
+        for model, _ in groups
+        for suite in TABLE1_SUITES
+        for t in temps
+        for q in ("tpf", "speedup")
+    )
 
-    def build(title: str, tpf_of, speedup_of, with_ci: bool, note: str) -> Table:
+    def build(title: str, tpf_of, speedup_of, with_ci: bool, with_paper: bool, note: str) -> Table:
         columns = ["model", "method", "suite"]
         for t in temps:
-            columns += [f"{temperature_label(t)} TPF", f"{temperature_label(t)} speedup"]
+            label = temperature_label(t)
+            columns += [f"{label} TPF", *([f"{label} TPF paper"] if with_paper else [])]
+            columns += [f"{label} speedup", *([f"{label} speedup paper"] if with_paper else [])]
         rows = []
         for model, label in groups:
-            suites = sorted({s for m, lab, s, _ in cells if (m, lab) == (model, label)})
+            suites = suite_order({s for m, lab, s, _ in cells if (m, lab) == (model, label)})
             for suite in suites:
                 row = [model, label, suite]
                 for t in temps:
                     c = cells.get((model, label, suite, t))
-                    row += [
-                        fmt(tpf_of(c), ci=c.tpf_ci if with_ci else None) if c else "–",
-                        fmt(speedup_of(c), ci=c.speedup_ci if with_ci else None, suffix="×") if c else "–",
-                    ]
+                    row.append(fmt(tpf_of(c), ci=c.tpf_ci if with_ci else None) if c else "–")
+                    if with_paper:
+                        p = paper.table1_cell(model, suite, t, "tpf")
+                        row.append(beside(p, c.tpf_ci if c else None))
+                        used.update([p.source] if p else [])
+                    row.append(
+                        fmt(speedup_of(c), ci=c.speedup_ci if with_ci else None, suffix="×") if c else "–"
+                    )
+                    if with_paper:
+                        p = paper.table1_cell(model, suite, t, "speedup")
+                        row.append(beside(p, c.speedup_ci if c else None, suffix="×"))
+                        used.update([p.source] if p else [])
                 rows.append(row)
             average = [model, label, "Average"]
             for t in temps:
                 per_suite = [cells.get((model, label, s, t)) for s in suites]
                 tpfs = [tpf_of(c) for c in per_suite if c and not is_missing(tpf_of(c))]
                 sps = [speedup_of(c) for c in per_suite if c and not is_missing(speedup_of(c))]
-                average += [
-                    fmt(float(np.mean(tpfs))) if len(tpfs) == len(suites) else "–",
-                    fmt(float(np.mean(sps)), suffix="×") if len(sps) == len(suites) else "–",
-                ]
+                average.append(fmt(float(np.mean(tpfs))) if len(tpfs) == len(suites) else "–")
+                if with_paper:
+                    p = paper.table1_average(model, t, "tpf")
+                    average.append(beside(p, None))
+                    used.update([p.source] if p else [])
+                average.append(fmt(float(np.mean(sps)), suffix="×") if len(sps) == len(suites) else "–")
+                if with_paper:
+                    p = paper.table1_average(model, t, "speedup")
+                    average.append(beside(p, None, suffix="×"))
+                    used.update([p.source] if p else [])
             rows.append(average)
         return Table(title, columns, rows, note)
 
     main = build(
-        "Table 1 — Orthrus TPF and wall-clock speedup over AR",
+        "Table 1 — Orthrus TPF and wall-clock speedup over AR"
+        + (", beside the paper's" if has_paper else ""),
         lambda c: c.tpf,
         lambda c: c.speedup,
         True,
+        has_paper,
+        "",
+    )
+    main.note = (
         "TPF is token-weighted: all new tokens / all forwards after prefill (an Orthrus cycle counts two). "
         "Speedup is per-question (Spec-Bench): mean per-item tokens/s of Orthrus / the same for "
         f"{denominators}. Parentheses: 95% bootstrap CI over items (paired with the baseline for speedup). "
-        "Average: arithmetic mean of the suite rows, as in the paper.",
+        "Average: arithmetic mean of the suite rows, as in the paper."
     )
+    if has_paper:
+        main.note += (
+            " Paper columns: the published cell where the paper reports this checkpoint, ⚑ where it lies "
+            "outside the measured CI (an average has no CI: its suites differ). " + sources_note(used)
+        )
     other = build(
         "Table 1, other averaging",
         lambda c: c.tpf_per_question,
         lambda c: c.speedup_token_weighted,
+        False,
         False,
         "TPF is the per-question mean of (item tokens / item forwards); speedup is token-weighted: "
         f"(Σ tokens / Σ wall time) of Orthrus over the same for {denominators}. The paper does not say which "
@@ -264,6 +322,16 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     return [Table("Per method, suite and temperature", columns, rows, note)]
 
 
+def unscored_notes(gens: pd.DataFrame) -> list[str]:
+    """Suites run for speed only because scoring was not possible, each with the scorer's reason."""
+    notes = []
+    for suite, g in gens.groupby("suite", sort=True):
+        reasons = [d.get("reason") for d in g.score_detail if isinstance(d, dict) and d.get("reason")]
+        if (g.score_status.dropna() == "unscored").all() and reasons:
+            notes.append(f"{suite}: unscored, run for speed only ({reasons[0]})")
+    return notes
+
+
 def errors_table(runs: list[Run]) -> Table | str:
     """Failed generations per run, method and suite, with the first error (they have no timing or score)."""
     failed: dict[tuple, list[str]] = {}
@@ -283,23 +351,128 @@ def errors_table(runs: list[Run]) -> Table | str:
 
 
 def figure4_tables(u: pd.DataFrame) -> list[Table]:
-    """The numbers behind the Figure 4 plot: τ per suite (rows) and drafting method (columns)."""
+    """The numbers behind the Figure 4 plot: τ per suite (rows) and drafting method (columns), each beside
+    the paper's where it reports the method on this checkpoint."""
     drafting = u[u.cycles.gt(0) & u.lossless.astype(bool)]  # verified drafts; lossy diffusion has none
+    paper = published_figures()
     tables = []
     for model, temp in sorted(set(zip(drafting.model, drafting.temperature, strict=True))):
         d = drafting[(drafting.model == model) & (drafting.temperature == temp)]
         methods = method_order(set(d.method))
+        names = {m: d[d.method == m].method_name.iloc[0] for m in methods}
+        with_paper = [
+            m for m in methods if any(paper.figure4(model, names[m], s, temp) for s in TABLE1_SUITES)
+        ]
+        used: set[str] = set()
         rows = []
-        for suite in sorted(set(d.suite)):
+        for suite in suite_order(set(d.suite)):
             row = [suite]
             for method in methods:
                 g = d[(d.suite == suite) & (d.method == method)]
                 tau = pooled_tau(g.accepted, g.cycles) if len(g) else None
-                row.append(fmt(tau, ci=bootstrap_ci(pooled_tau, g.accepted, g.cycles)) if len(g) else "–")
+                ci = bootstrap_ci(pooled_tau, g.accepted, g.cycles) if len(g) else None
+                row.append(fmt(tau, ci=ci) if len(g) else "–")
+                if method in with_paper:
+                    p = paper.figure4(model, names[method], suite, temp)
+                    as_tau = Published(p.value + 1, p.source) if p else None  # the paper plots τ − 1
+                    row.append(beside(as_tau, ci))
+                    used.update([p.source] if p else [])
             rows.append(row)
+        columns = ["suite"] + [c for m in methods for c in ([m, f"{m} paper"] if m in with_paper else [m])]
         title = f"Figure 4 — average acceptance length τ ({model}, {temperature_label(temp)})"
         note = "τ = accepted drafts + 1 per cycle, pooled over cycles; the paper's Figure 4 shows τ − 1."
-        tables.append(Table(title, ["suite", *methods], rows, note))
+        if with_paper:
+            note += " Paper columns: its values + 1, ⚑ where outside the measured 95% CI. " + sources_note(
+                used
+            )
+        tables.append(Table(title, columns, rows, note))
+    return tables
+
+
+def reproduction_tables(u: pd.DataFrame) -> list[Table]:
+    """The independent reproduction's GSM8K figures (published.toml) beside the same quantities measured."""
+    paper = published_figures()
+    rows, used = [], set()
+    for (model, temp, method), g in u.groupby(["model", "temperature", "method"], sort=True):
+        name = g.method_name.iloc[0]
+        for rep in paper.reproductions(model, temp):
+            if rep["method"] != name:
+                continue
+            s = g[g.suite == rep["suite"]]
+            if s.empty:
+                continue
+            with_forwards = s[s.forwards > 0]
+            measured = {
+                "tpf": (
+                    ratio_of_sums(s.tokens, s.forwards),
+                    bootstrap_ci(ratio_of_sums, s.tokens, s.forwards),
+                ),
+                "tpf_per_question": (float((with_forwards.tokens / with_forwards.forwards).mean()), None),
+                "tau": (pooled_tau(s.accepted, s.cycles), bootstrap_ci(pooled_tau, s.accepted, s.cycles))
+                if s.cycles.sum()
+                else (None, None),
+                "tokens_per_s": (mean(s.tokens_per_s), bootstrap_ci(mean, s.tokens_per_s)),
+            }
+            for quantity, (value, ci) in measured.items():
+                if quantity in rep:
+                    p = Published(float(rep[quantity]), rep["source"])
+                    rows.append([model, method, rep["suite"], temperature_label(temp), quantity,
+                                 fmt(value, ci=ci), beside(p, ci)])  # fmt: skip
+                    used.add(rep["source"])
+    if not rows:
+        return []
+    note = (
+        "tpf: token-weighted; tpf_per_question: mean of item TPF; tau: tokens per cycle; tokens_per_s: mean per "
+        "item (hardware-dependent: compare the counts, not the rates). ⚑: outside the measured 95% CI. "
+        + sources_note(used)
+    )
+    columns = ["model", "method", "suite", "T", "quantity", "measured", "reproduction"]
+    return [Table("Independent reproduction (GSM8K), beside this run", columns, rows, note)]
+
+
+# Spec-Bench's leaderboard groups MT-Bench's eight categories into one column.
+SPECBENCH_COLUMNS = {
+    "MT-Bench": ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"),
+    "Translation": ("translation",),
+    "Summarization": ("summarization",),
+    "QA": ("qa",),
+    "Math": ("math_reasoning",),
+    "RAG": ("rag",),
+}
+
+
+def specbench_tables(u: pd.DataFrame, suite: str = "specbench") -> list[Table]:
+    """Spec-Bench's leaderboard layout: per method, the speedup in each category group, the mean accepted
+    tokens (τ) and the overall speedup, against the run's AR baseline."""
+    tables = []
+    s = u[(u.suite == suite) & u.category.notna()]
+    for (model, temp), g in s.groupby(["model", "temperature"], sort=True):
+        baseline = baseline_label(set(g.method))
+        if baseline is None:
+            continue
+        rows = []
+        for method in method_order(set(g.method)):
+            row = [method]
+            for categories in SPECBENCH_COLUMNS.values():
+                pairs = paired_units(g[g.category.isin(categories)], method, baseline)
+                row.append(
+                    fmt(ratio_of_means(pairs.tokens_per_s, pairs.tokens_per_s_base), suffix="×")
+                    if len(pairs)
+                    else "–"
+                )
+            own = g[g.method == method]
+            row.append(fmt(pooled_tau(own.accepted, own.cycles)) if own.cycles.sum() else "–")
+            pairs = paired_units(g, method, baseline)
+            ci = bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base)
+            row.append(fmt(ratio_of_means(pairs.tokens_per_s, pairs.tokens_per_s_base), ci=ci, suffix="×"))
+            rows.append(row)
+        columns = ["method", *SPECBENCH_COLUMNS, "mean accepted tokens", "overall"]
+        note = (
+            f"Speedup: mean per-question tokens/s over `{baseline}`'s on the same questions, per category group "
+            "(MT-Bench: its 8 categories, two turns); mean accepted tokens: τ pooled over all cycles. "
+            "Parentheses: 95% bootstrap CI over questions."
+        )
+        tables.append(Table(f"Spec-Bench ({model}, {temperature_label(temp)})", columns, rows, note))
     return tables
 
 
