@@ -8,7 +8,19 @@ import pytest
 
 from harness.suites.suite import list_suites, load_suite
 
-EXPECTED_PROMPTS = {"math500": 500, "gsm8k": 1319, "humaneval": 164, "mbpp": 257, "mtbench": 80}
+EXPECTED_PROMPTS = {
+    "math500": 500,
+    "gsm8k": 1319,
+    "aime24": 30,
+    "aime25": 30,
+    "humaneval": 164,
+    "mbpp": 257,
+    "pseudo2code": 200,
+    "pseudo2code-0.5k": 199,
+    "livecodebench": 279,
+    "mtbench": 80,
+    "specbench": 480,
+}
 LONGCTX_LENGTHS = [1000, 2000, 4000, 8000, 16000, 32000, 40000]
 QWEN3_MAX_POSITIONS = 40960
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -169,3 +181,27 @@ def test_stop_entries_resolve_to_qwen3_end_tokens(data_dir, qwen3_tokenizer):
     generation = load_suite("math500", data_dir).generation
     assert generation.max_new_tokens == 2048 and generation.temperature == 0.0
     assert generation.stop_token_ids_and_strings(qwen3_tokenizer) == ([151645, 151643], [])
+
+
+def test_the_new_table1_suites_prompt_as_the_paper_and_their_sources(data_dir):
+    aime = load_suite("aime24", data_dir).items()[0]
+    assert aime.turns[0].endswith(MATH_SUFFIX) and aime.reference["answer"] == "204"
+    pseudo = load_suite("pseudo2code", data_dir).items()[0]
+    assert pseudo.turns[0].startswith("[TASK]:") and pseudo.turns[0].endswith("[CODE]:")
+    assert "#include <bitset>\nusing namespace std;" in pseudo.turns[0] and pseudo.tags == {
+        "problem_id": "815A"
+    }
+    assert len(pseudo.reference["testcases"]) == 94
+    lcb = load_suite("livecodebench", data_dir).items()[0]
+    assert lcb.id == "livecodebench/abc365_b" and lcb.reference["tests"]["fname"] == "559.json"
+
+
+def test_specbench_turns_and_categories(data_dir):
+    items = load_suite("specbench", data_dir).items()
+    by_turns = {n: sum(len(i.turns) == n for i in items) for n in (1, 2)}
+    assert by_turns == {1: 400, 2: 80}  # MT-Bench's two turns, one for the rest
+    categories = {i.tags["category"] for i in items}
+    assert (
+        len(categories) == 13
+        and {"translation", "summarization", "qa", "math_reasoning", "rag"} <= categories
+    )
