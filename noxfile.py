@@ -44,11 +44,17 @@ CONTEXT_SUITE = "longctx"
 GPU_SIZES = {"1.7b": "1.7B", "4b": "4B", "8b": "8B"}
 SDAR_METHOD = "diffusion:layout=sdar:block_size=16:mask_token_id=151669"
 ALL_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]  # harness.methods.METHODS
-GREEDY_ONLY = {"diffusion"}  # block diffusion decodes greedily only, so the T=1 runs leave it out
+# The engine's honest baselines (orthrus_core.engine): transformers' compiled StaticCache AR, the strongest
+# off-the-shelf AR, and Orthrus on a DynamicCache as the official code writes it.
+BASELINES = ["ar-hf:cache=static", "orthrus:cache=dynamic"]
+# Block diffusion and the DynamicCache Orthrus decode greedily only, so the T=1 runs leave them out.
+GREEDY_ONLY = {"diffusion", "orthrus:cache=dynamic"}
 
 
 def methods_list(methods: list[str], temperature: float) -> str:
-    return ",".join(m for m in methods if temperature == 0 or m.split(":")[0] not in GREEDY_ONLY)
+    return ",".join(
+        m for m in methods if temperature == 0 or not {m, m.split(":")[0]} & GREEDY_ONLY
+    )
 
 
 @nox.session
@@ -136,7 +142,7 @@ def gpu_bench(session: nox.Session, size: str) -> None:
             f"bench-{size} needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
         )
     session.log(f"benchmarking on {device}")
-    methods = list(ALL_METHODS)
+    methods = ALL_METHODS + BASELINES
     if size == "1.7b":
         methods.remove("dflash")  # no public DFlash drafter for Qwen3-1.7B
     gpu = ["--dtype", "bfloat16", "--device", "cuda"]

@@ -35,6 +35,9 @@ from transformers.models.qwen3.modeling_qwen3 import (
     apply_rotary_pos_emb,
 )
 
+# The longest pass an engine runs (a step, a draft block, a verify block or tree); longer ones are prefills.
+MAX_STEP_TOKENS = 256
+
 # kv_context(k, v) -> (keys, values): what a layer's new queries attend to, given the new tokens' k and v.
 KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -166,6 +169,7 @@ class OrthrusForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.engine = None  # eager; orthrus_core.engine.set_engine installs a compiled or CUDA-graph one
 
     @property
     def has_diffusion_view(self) -> bool:
@@ -180,6 +184,8 @@ class OrthrusForCausalLM(nn.Module):
         return self.config.mask_token_id
 
     def new_cache(self, capacity: int, batch_size: int = 1) -> KVCache:
+        if self.engine is not None and batch_size == 1:  # the engine's own buffers (static shapes)
+            return self.engine.new_cache(capacity)
         p = self.lm_head.weight
         return KVCache(self.config, capacity, batch_size=batch_size, dtype=p.dtype, device=p.device)
 
@@ -203,10 +209,15 @@ class OrthrusForCausalLM(nn.Module):
         view attends to. Does not move `cache.length`: committing is the decoder's decision. A tree verify
         pass passes its own RoPE `positions` [1, T] (start + node depth) and `mask` [T, start+T] (the prefix
         plus each node's ancestors). With `capture` it returns (logits, features); see `run`.
+
+        With an engine installed (orthrus_core.engine), the decode-time passes (after the prefill, at most
+        `MAX_STEP_TOKENS` tokens) run in it.
         """
         T = input_ids.shape[1]
         if start + T > cache.capacity:
             raise ValueError(f"cache capacity {cache.capacity} < {start + T} positions needed")
+        if self.engine is not None and start > 0 and T <= MAX_STEP_TOKENS:
+            return self.engine.forward(input_ids, start, cache, diffusion, positions, mask, capture)
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device)[None]
         # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block.

@@ -7,10 +7,11 @@ its weights), or a real checkpoint with --model.
 * Roofline: at batch size 1 a forward must read every weight once, so no AR step can be faster than
   weight bytes / device copy bandwidth; the bandwidth is measured in the same run (a device-to-device copy
   of a buffer far larger than the caches). On CPU the same figure is printed but means little.
-* The comparison point end to end is `generate_orthrus_dynamic_cache`: the same algorithm written the
-  obvious way on transformers' DynamicCache (K/V appended with torch.cat, the draft pass's entries cropped
-  off again, acceptance checked token by token on the host). Outputs must be identical; the speed ratio is
-  what the static cache and single-sync cycle buy.
+* Every figure per engine mode (orthrus_core.engine: eager, compile, and cudagraph on a GPU).
+* End to end, beside the project's `ar` and `orthrus` in each mode, the baselines in their own engines:
+  transformers' `generate` on its DynamicCache (`ar-hf`) and on its StaticCache compiled (`ar-hf:cache=static`,
+  the strongest off-the-shelf AR), and Orthrus on a DynamicCache as the official code writes it
+  (`orthrus:cache=dynamic`). Outputs must be identical; the ratios are what the engine buys.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from rich.table import Table
 from transformers import Qwen3Config
 
 from harness.console import console as make_console
+from harness.methods import Target, make_decoder
 from harness.methods.checkpoints import QWEN3_SHAPES
 from harness.methods.target import check_device, load_target, torch_dtype
-from orthrus_core.decoding import generate_ar, generate_orthrus
-from orthrus_core.generation import default_stop_ids
-from orthrus_core.model import OrthrusForCausalLM, causal_mask
+from orthrus_core.engine import ENGINES, check_engine, set_engine
+from orthrus_core.generation import Clock
+from orthrus_core.model import OrthrusForCausalLM
 
 SHAPES = {
     "tiny": dict(
@@ -109,46 +111,6 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 1
 
 
 @torch.inference_mode()
-def generate_orthrus_dynamic_cache(
-    model: OrthrusForCausalLM, prompt_ids, max_new_tokens: int, block_size: int
-):
-    """Greedy Orthrus decoding written straightforwardly on transformers' DynamicCache (the comparison
-    point, see the module docstring). Returns the new tokens."""
-    from transformers import DynamicCache
-
-    K, device = block_size, model.lm_head.weight.device
-    stop = set(default_stop_ids(model))
-    cache = DynamicCache()
-
-    def context(layer, k, v):
-        return cache.update(k, v, layer)
-
-    prompt = torch.tensor([list(prompt_ids)], device=device)
-    T = prompt.shape[1]
-    logits = model.run(
-        prompt, torch.arange(T, device=device)[None], causal_mask(0, T, device), False, context
-    )
-    tokens = [int(logits[0, -1].argmax())]
-    while len(tokens) < max_new_tokens and tokens[-1] not in stop:
-        start = cache.get_seq_length()
-        positions = torch.arange(start, start + K, device=device)[None]
-        block = torch.tensor([[tokens[-1]] + [model.mask_token_id] * (K - 1)], device=device)
-        drafts = model.run(block, positions, None, True, context)[0, :-1].argmax(-1)
-        cache.crop(-K)  # the draft pass's K/V are not part of the sequence
-        block = torch.cat([block[:, :1], drafts[None]], dim=1)
-        predicted = model.run(block, positions, causal_mask(start, K, device), False, context)[0].argmax(-1)
-        n = 0
-        while n < K - 1 and drafts[n].item() == predicted[n].item():
-            n += 1
-        cache.crop(-(K - 1 - n))  # keep the anchor and the n accepted drafts
-        for t in drafts[:n].tolist() + [predicted[n].item()]:
-            tokens.append(t)
-            if t in stop or len(tokens) == max_new_tokens:
-                break
-    return tokens
-
-
-@torch.inference_mode()
 def forward_costs(model, contexts, K, repeats, device):
     """Rows of (context, AR step s, diffusion pass s, verify pass s) at each context length."""
     rows = []
@@ -180,40 +142,64 @@ def suite_prompts(model_path, count: int) -> list[list[int]] | None:
     return [suite.render(tokenizer, item, []) for item in suite.items(tokenizer)]
 
 
-def end_to_end(model, prompts, new_tokens: int, K: int) -> dict:
-    """Greedy over the prompts (the model's own stop tokens), per decoder: tokens/s, whether every output
-    equals AR's, and tau. Decoders: `ar` and `orthrus` (this project's) and `orthrus-dynamic-cache`."""
+END_TO_END = ("ar", "orthrus")  # this project's decoders, timed in each engine mode
+BASELINES = ("ar-hf", "ar-hf:cache=static", "orthrus:cache=dynamic")  # their own engines, timed once
 
-    def ours(decode, **kwargs):
-        def run(prompt, max_new):
-            r = decode(model, prompt, max_new, **kwargs)
-            return r.tokens, r.total_s, r.accepted
 
-        return run
-
-    def dynamic(prompt, max_new):
-        t0 = time.perf_counter()
-        tokens = generate_orthrus_dynamic_cache(model, prompt, max_new, K)
-        return tokens, time.perf_counter() - t0, None
-
-    decoders = {
-        "ar": ours(generate_ar),
-        "orthrus": ours(generate_orthrus, block_size=K),
-        "orthrus-dynamic-cache": dynamic,
-    }
-    outputs = {}
-    for name, decode in decoders.items():
-        decode(prompts[0], 8)  # warm-up
-        outputs[name] = [decode(p, new_tokens) for p in prompts]
-    summary = {}
-    for name, out in outputs.items():
-        accepted = [n for _, _, a in out if a for n in a]
-        summary[name] = {
-            "tokens_per_s": sum(len(t) for t, _, _ in out) / sum(s for _, s, _ in out),
-            "identical": all(o[0] == a[0] for o, a in zip(out, outputs["ar"], strict=True)),
+def end_to_end(target: Target, prompts, new_tokens: int, specs) -> dict:
+    """Greedy over the prompts (the model's own stop tokens), per method spec: tokens/s, whether every output
+    equals AR's, and tau. Each prompt is generated once untimed first, so no compilation is timed."""
+    summary, reference = {}, None
+    for spec in specs:
+        decoder = make_decoder(spec, target)
+        for prompt in prompts:
+            decoder.generate(prompt, new_tokens)
+        results = [decoder.generate(prompt, new_tokens) for prompt in prompts]
+        tokens = [r.tokens for r in results]
+        reference = reference or tokens
+        accepted = [n for r in results for n in r.accepted]
+        summary[spec] = {
+            "tokens_per_s": sum(r.new_tokens for r in results) / sum(r.total_s for r in results),
+            "identical_to_first": tokens == reference,
             "tau": 1 + sum(accepted) / len(accepted) if accepted else None,
         }
     return summary
+
+
+def clock_overhead(device: torch.device, repeats: int = 200) -> float:
+    """Seconds one synchronised clock reading costs (the instrumentation every timed generation carries)."""
+    clock = Clock(device)
+    t0 = clock()
+    for _ in range(repeats):
+        clock()
+    return (clock() - t0) / repeats
+
+
+@torch.inference_mode()
+def events_vs_wall(model, context: int, steps: int, device: torch.device) -> float | None:
+    """CUDA-event time / synchronised wall-clock time of `steps` AR steps (None off a GPU)."""
+    if device.type != "cuda":
+        return None
+    cache = model.new_cache(context + 1)
+    ids = torch.zeros(1, context, dtype=torch.long, device=device)
+    model(ids, 0, cache)
+    one = ids[:, -1:]
+    for _ in range(3):
+        model(one, context, cache)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    start.record()
+    for _ in range(steps):
+        model(one, context, cache)
+    end.record()
+    end.synchronize()
+    wall = time.perf_counter() - t0
+    return start.elapsed_time(end) / 1e3 / wall
+
+
+def available_engines(device: torch.device) -> list[str]:
+    return [m for m in ENGINES if m != "cudagraph" or device.type == "cuda"]
 
 
 def bench_engine(
@@ -222,25 +208,35 @@ def bench_engine(
     model_path=None,
     dtype="float32",
     device="cpu",
+    engines=None,
     contexts=None,
     block_sizes=None,
     new_tokens=128,
     repeats=20,
     prompts=None,
-) -> None:
+    baselines=True,
+    print_tables=True,
+) -> dict:
+    """Per engine mode: forward costs per context and K, and end to end; the baselines once. Returns the
+    figures (what --json writes) after printing them."""
     dtype = torch_dtype(dtype)
     tokenizer = None
     if model_path:
         target = load_target(model_path, dtype, device)
-        model, tokenizer, label = target.model, target.tokenizer, str(model_path)
+        label = str(model_path)
     else:
-        model, label = random_model(shape, dtype, check_device(device)), f"{shape} shape, random weights"
-    device = torch.device(device)
+        model = random_model(shape, dtype, check_device(device))
+        target, label = Target(model, f"random {shape}"), f"{shape} shape, random weights"
+    model, tokenizer, device = target.model, target.tokenizer, torch.device(device)
+    engines = engines or available_engines(device)
+    for mode in engines:
+        check_engine(mode, device)
     block_sizes = block_sizes or ([16, 32] if device.type == "cuda" else [model.block_size])
     if contexts is None:
         contexts = [1024, 4096, 16384, 32768, 40000] if device.type == "cuda" else [64, 256, 1024]
     contexts = [c for c in contexts if c + max(block_sizes) <= model.config.max_position_embeddings]
     console = make_console()
+    console.quiet = not print_tables
     console.print(f"[bold]bench-engine[/]: {label}, {str(dtype).removeprefix('torch.')}, on {machine()}")
     bandwidth = copy_bandwidth(device)
     floor = weight_bytes(model) / bandwidth
@@ -248,52 +244,109 @@ def bench_engine(
         f"roofline: {weight_bytes(model) / 1e9:.3f} GB of AR-view weights / {bandwidth / 1e9:.0f} GB/s "
         f"measured copy bandwidth = {floor * 1e3:.3f} ms per AR step at batch size 1"
     )
-    for K in block_sizes:
-        table = Table(
-            "context",
-            "AR ms",
-            "roofline %",
-            "diffusion ms",
-            "verify ms",
-            "cycle / AR",
-            title=f"per-forward medians over {repeats} repeats, K = {K}",
-        )
-        for ctx, ar, diffusion, verify in forward_costs(model, contexts, K, repeats, device):
-            table.add_row(
-                str(ctx),
-                f"{ar * 1e3:.3f}",
-                f"{100 * floor / ar:.0f}%",
-                f"{diffusion * 1e3:.3f}",
-                f"{verify * 1e3:.3f}",
-                f"{(diffusion + verify) / ar:.2f}",
-            )
-        console.print(table)
-
+    figures = {
+        "model": label,
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": machine(),
+        "roofline_ms": floor * 1e3,
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "modes": {},
+    }
     if prompts is None and tokenizer is not None:
-        prompts = suite_prompts(tokenizer, 8)
+        prompts = suite_prompts(target.path, 8)
     if prompts is None:  # random weights or no tokenizer: random prompts (acceptance is then meaningless)
         g = torch.Generator().manual_seed(1)
         prompts = [
             torch.randint(0, model.config.vocab_size - 1, (32,), generator=g).tolist() for _ in range(4)
         ]
-    K = model.block_size
-    summary = end_to_end(model, prompts, new_tokens, K)
+    for mode in engines:
+        set_engine(model, mode)
+        rows = []
+        for K in block_sizes:
+            table = Table(
+                "context",
+                "AR ms",
+                "roofline %",
+                "diffusion ms",
+                "verify ms",
+                "cycle / AR",
+                title=f"engine {mode}: per-forward medians over {repeats} repeats, K = {K}",
+            )
+            for ctx, ar, diffusion, verify in forward_costs(model, contexts, K, repeats, device):
+                row = dict(
+                    context=ctx,
+                    K=K,
+                    ar_ms=ar * 1e3,
+                    roofline_pct=100 * floor / ar,
+                    diffusion_ms=diffusion * 1e3,
+                    verify_ms=verify * 1e3,
+                    cycle_over_ar=(diffusion + verify) / ar,
+                )
+                rows.append(row)
+                table.add_row(
+                    str(ctx),
+                    f"{row['ar_ms']:.3f}",
+                    f"{row['roofline_pct']:.0f}%",
+                    f"{row['diffusion_ms']:.3f}",
+                    f"{row['verify_ms']:.3f}",
+                    f"{row['cycle_over_ar']:.2f}",
+                )
+            console.print(table)
+        e2e = end_to_end(target, prompts, new_tokens, END_TO_END)
+        figures["modes"][mode] = {
+            "forwards": rows,
+            "end_to_end": e2e,
+            "events_over_wall": events_vs_wall(model, contexts[0], 50, device),
+        }
+    set_engine(model, "eager")
+    figures["baselines"] = end_to_end(target, prompts, new_tokens, BASELINES) if baselines else {}
+    overhead = clock_overhead(device)
+    eager_ar = figures["modes"].get("eager", next(iter(figures["modes"].values())))["forwards"][0]["ar_ms"]
+    figures["instrumentation"] = {
+        "clock_us": overhead * 1e6,
+        "per_generation_pct_of_ar_step": 100 * 2 * overhead / (eager_ar / 1e3),
+    }
+    print_end_to_end(console, figures, len(prompts), new_tokens)
+    return figures
+
+
+def print_end_to_end(console, figures: dict, n_prompts: int, new_tokens: int) -> None:
+    rows = {
+        f"{spec} · {mode}": row
+        for mode, f in figures["modes"].items()
+        for spec, row in f["end_to_end"].items()
+    }
+    rows.update(figures["baselines"])
+    ar_hf = figures["baselines"].get("ar-hf:cache=static")
+    reference = rows[next(iter(rows))]
     table = Table(
-        "decoder",
+        "decoder · engine",
         "tokens/s",
         "tau",
-        "speedup vs ar",
+        "vs the first",
+        "vs ar-hf:cache=static",
         "identical to ar",
-        title=f"end to end: {len(prompts)} prompts, up to {new_tokens} new tokens, greedy, K = {K}",
+        title=f"end to end: {n_prompts} prompts, up to {new_tokens} new tokens, greedy",
     )
-    for name, row in summary.items():
+    for name, row in rows.items():
         table.add_row(
             name,
             f"{row['tokens_per_s']:.1f}",
             "–" if row["tau"] is None else f"{row['tau']:.2f}",
-            f"{row['tokens_per_s'] / summary['ar']['tokens_per_s']:.2f}x",
-            "yes" if row["identical"] else "NO",
+            f"{row['tokens_per_s'] / reference['tokens_per_s']:.2f}x",
+            "–" if ar_hf is None else f"{row['tokens_per_s'] / ar_hf['tokens_per_s']:.2f}x",
+            "yes" if row["identical_to_first"] else "NO",
         )
     console.print(table)
-    ratio = summary["orthrus"]["tokens_per_s"] / summary["orthrus-dynamic-cache"]["tokens_per_s"]
-    console.print(f"orthrus vs orthrus-dynamic-cache: {ratio:.2f}x")
+    dynamic = figures["baselines"].get("orthrus:cache=dynamic")
+    for mode, f in figures["modes"].items():
+        if dynamic:
+            ratio = f["end_to_end"]["orthrus"]["tokens_per_s"] / dynamic["tokens_per_s"]
+            console.print(
+                f"orthrus · {mode} vs orthrus:cache=dynamic (the reference-style loop): {ratio:.2f}x"
+            )
+    i = figures["instrumentation"]
+    console.print(
+        f"instrumentation: a synchronised clock reading costs {i['clock_us']:.1f} us; a generation takes two "
+        f"({i['per_generation_pct_of_ar_step']:.2f}% of one eager AR step)"
+    )

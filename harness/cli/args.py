@@ -36,5 +36,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
 
 
+def add_engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["auto", "eager", "compile", "cudagraph"],
+        default="auto",
+        help="how decode steps run: eager PyTorch, torch.compile with static shapes, or replayed CUDA graphs "
+        "(auto: cudagraph on a GPU, eager on a CPU, where compiling costs more than a short run saves)",
+    )
+
+
 def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $ORTHRUS_DATA_DIR)")

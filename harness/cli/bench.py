@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .args import UsageError, add_data_dir_arg, add_model_args, parse_int_list
+from .args import UsageError, add_data_dir_arg, add_model_args, parse_int_list, parse_list
 
 
 def register(sub) -> None:
@@ -20,6 +20,13 @@ def register(sub) -> None:
     p.add_argument("--block-sizes", type=parse_int_list, default=None, help="e.g. 16,32")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens per end-to-end generation")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument(
+        "--engines",
+        type=parse_list,
+        default=None,
+        help="engine modes to time, e.g. eager,compile (default: every mode the device runs)",
+    )
+    p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_engine)
 
     p = sub.add_parser("bench-overhead", help="wall-clock cost of the runner's telemetry (on vs off)")
@@ -33,18 +40,28 @@ def register(sub) -> None:
 
 
 def cmd_bench_engine(args) -> int:
-    from harness.bench.engine import bench_engine
+    import json
 
-    bench_engine(
-        args.shape,
-        model_path=args.model,
-        dtype=args.dtype,
-        device=args.device,
-        contexts=args.contexts,
-        block_sizes=args.block_sizes,
-        new_tokens=args.new_tokens,
-        repeats=args.repeats,
-    )
+    from harness.bench.engine import bench_engine
+    from orthrus_core.engine import EngineError
+
+    try:
+        figures = bench_engine(
+            args.shape,
+            model_path=args.model,
+            dtype=args.dtype,
+            device=args.device,
+            engines=args.engines,
+            contexts=args.contexts,
+            block_sizes=args.block_sizes,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+        )
+    except EngineError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
     return 0
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
-from .args import UsageError, add_model_args, parse_int_list
+from .args import UsageError, add_engine_arg, add_model_args, parse_int_list
 
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate from one prompt with the AR or the Orthrus decoder")
     add_model_args(p)
+    add_engine_arg(p)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="user message, formatted with the model's chat template")
     prompt.add_argument("--prompt-ids", type=parse_int_list, help="raw prompt token ids, e.g. 1,2,3")
@@ -29,7 +30,7 @@ def cmd_generate(args) -> int:
     from harness.methods import load_target
     from orthrus_core import generate
 
-    target = load_target(args.model, args.dtype, args.device)
+    target = load_target(args.model, args.dtype, args.device, args.engine)
     model, tokenizer = target.model, target.tokenizer
     if args.prompt_ids is not None:
         prompt_ids = args.prompt_ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .args import add_data_dir_arg, add_model_args, parse_list
+from .args import add_data_dir_arg, add_engine_arg, add_model_args, parse_list
 
 
 def register(sub) -> None:
@@ -13,6 +13,7 @@ def register(sub) -> None:
         help="run suites x methods on a model into a results directory (no arguments: the embedded default)",
     )
     add_model_args(p)
+    add_engine_arg(p)
     p.add_argument("--suite", type=parse_list, help="comma-separated suite names or .toml paths")
     p.add_argument(
         "--methods", type=parse_list, help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain"
@@ -78,6 +79,7 @@ def cmd_run(args) -> int:
         warmup=args.warmup,
         telemetry=not args.no_telemetry,
         data_dir=args.data_dir,
+        engine=args.engine,
     )
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()

@@ -1,17 +1,28 @@
 """`ar-hf`: transformers' `generate` with its own Qwen3ForCausalLM on the same weights, a second AR reference
-(independent attention, cache and sampling code). It shares the target's tensors rather than copying them."""
+(independent attention, cache and sampling code). It shares the target's tensors rather than copying them.
+
+`ar-hf` uses transformers' default DynamicCache, eager. `ar-hf:cache=static` is the strongest off-the-shelf AR:
+its StaticCache with the forward compiled by `generate` itself (CompileConfig; CUDA graphs on a GPU through
+mode "reduce-overhead", inductor alone on a CPU, where transformers compiles only when told to)."""
 
 from __future__ import annotations
 
 import torch
-from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+from transformers import CompileConfig, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
 from orthrus_core.generation import Clock, GenerationResult, check_prompt, default_stop_ids
 
 from .base import Decoder
 
-OPTIONS: dict = {}
+OPTIONS = {"cache": (str, "dynamic")}
+CACHES = ("dynamic", "static")
+
+
+def compile_config(device: torch.device) -> CompileConfig:
+    config = CompileConfig(fullgraph=True, mode="reduce-overhead" if device.type == "cuda" else "default")
+    config._compile_all_devices = device.type != "cuda"  # transformers' switch to compile on a CPU too
+    return config
 
 
 class _Timer(BaseStreamer):
@@ -57,6 +68,11 @@ class HFDecoder(Decoder):
             use_cache=True,  # explicit: the Orthrus checkpoints' config says use_cache false
             eos_token_id=stop or None,
             pad_token_id=stop[0] if stop else 0,
+            **(
+                dict(cache_implementation="static", compile_config=compile_config(device))
+                if self.config["cache"] == "static"
+                else {}
+            ),
             **(sampling if not params.greedy else dict(do_sample=False)),
         )
         if generator is not None:
@@ -76,6 +92,8 @@ class HFDecoder(Decoder):
 
 
 def build(target, label, options):
+    if options["cache"] not in CACHES:
+        raise ValueError(f"ar-hf: cache must be one of {', '.join(CACHES)}, got {options['cache']!r}")
     model = target.model
     config = Qwen3Config.from_dict(model.config.to_dict())
     config.architectures = ["Qwen3ForCausalLM"]

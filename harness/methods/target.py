@@ -9,6 +9,7 @@ import torch
 
 from harness.paths import default_model
 from orthrus_core.checkpoint import load_model, resolve
+from orthrus_core.engine import check_engine, set_engine
 from orthrus_core.model import OrthrusForCausalLM
 from orthrus_core.tokenizer import load_tokenizer
 
@@ -40,12 +41,16 @@ def check_device(device: str) -> str:
 
 
 def load_target(
-    model: str | os.PathLike | None, dtype: str | torch.dtype = "float32", device: str = "cpu"
+    model: str | os.PathLike | None,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    engine: str = "eager",
 ) -> Target:
     """The checkpoint `model` (a directory or hub id; None: the embedded tiny family) in `dtype` on `device`,
-    with its tokenizer when it has one. Bad input fails here, before anything is loaded."""
+    its decode steps run by `engine` (orthrus_core.engine), with its tokenizer when it has one. Bad input
+    fails here, before anything is loaded."""
     dtype, device = torch_dtype(dtype), check_device(device)
+    engine = check_engine(engine, device)
     directory = resolve(model) if model else default_model()
-    return Target(
-        load_model(directory, dtype=dtype, device=device), str(directory), load_tokenizer(directory)
-    )
+    loaded = set_engine(load_model(directory, dtype=dtype, device=device), engine)
+    return Target(loaded, str(directory), load_tokenizer(directory))

@@ -38,10 +38,15 @@ class RunSpec:
     warmup: int = 2
     telemetry: bool = True
     data_dir: str | None = None
+    engine: str = "auto"  # orthrus_core.engine: auto | eager | compile | cudagraph
 
     def config(self) -> dict:
-        """What makes two runs comparable; hashed, and checked on --resume and merge."""
-        return {k: v for k, v in asdict(self).items() if k not in ("warmup", "telemetry", "data_dir")}
+        """What makes two runs' records comparable; hashed, and checked on --resume and merge. How the steps
+        ran (the engine, telemetry) is in the run's settings, not here: it changes times, not tokens."""
+        return {k: v for k, v in asdict(self).items() if k not in SETTINGS}
+
+
+SETTINGS = ("warmup", "telemetry", "data_dir", "engine")  # RunSpec fields outside its config
 
 
 def generation_settings(suite: GenerationSettings, config: Mapping) -> GenerationSettings:

@@ -1,0 +1,321 @@
+"""The one prepared GPU check: everything a session with a lent H100/H200 should measure, in one call.
+
+    python benchmarks/gpu_check.py --out $OUT            # on the GPU machine (about 8 minutes on an H200)
+    python benchmarks/gpu_check.py --out DIR --quick     # on a CPU, at the tiny shape (what the tests run)
+
+It writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (the summary to paste), and exits 0 unless a
+step failed to run (a missed target is a finding, reported as such, not a failure):
+
+1. engine: `bench-engine` per mode at the qwen3-1.7b and qwen3-8b shapes, bf16, random weights made on the
+   device; targets: AR step >= 80% of the roofline at 8B and 1K context, Orthrus cycle / AR step <= 2.1 up to
+   32K at K = 32, CUDA-event times within 2% of wall clock;
+2. identity: every lossless method on the tiny family in float32, token for token against `ar`;
+3. bf16: a run of the tiny family in bfloat16, verified: divergences classified near-tie or algorithmic;
+4. telemetry: the run's records cross-checked (CUDA events vs wall clock, NVML power and energy, allocator
+   peak vs NVML device memory);
+5. pipeline: `run` -> `verify` -> `report` on a random Orthrus checkpoint at the qwen3-8b shape, written locally
+   (tiny shape with --quick), a few prompts of a few tokens.
+
+The machine has no network: only the repository arrives, so it needs only what the project imports (carry
+missing pure-Python packages as wheels; the device tool's README says how).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from harness.bench.engine import available_engines, bench_engine, random_model  # noqa: E402
+from harness.methods import make_decoder  # noqa: E402
+from harness.methods.target import load_target  # noqa: E402
+from harness.paths import default_model  # noqa: E402
+from harness.run.runner import execute  # noqa: E402
+from harness.run.spec import RunSpec  # noqa: E402
+from harness.store import read_records  # noqa: E402
+from harness.suites.suite import load_suite  # noqa: E402
+from harness.verify.config import VerifyConfig  # noqa: E402
+from harness.verify.verdicts import verify_main  # noqa: E402
+from orthrus_core.checkpoint import save_model  # noqa: E402
+
+LOSSLESS = ["ar-hf", "ar-hf:cache=static", "orthrus", "orthrus:cache=dynamic", "eagle3", "dflash", "pld"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def engine_figures(quick: bool, device: str) -> dict:
+    if quick:  # the tiny shape, eager only: what the tests can afford on a CPU
+        runs = {
+            "tiny": dict(
+                engines=["eager"], contexts=[64], block_sizes=[16], new_tokens=16, repeats=3, baselines=False
+            )
+        }
+        dtype = "float32"
+    else:
+        dtype = "bfloat16"
+        runs = {
+            "qwen3-1.7b": dict(contexts=[1024, 8192, 32768], block_sizes=[32], new_tokens=64, repeats=10),
+            # compile would spend minutes on an 8B graph; the 8B targets are CUDA-graph targets
+            "qwen3-8b": dict(
+                engines=["eager", "cudagraph"],
+                contexts=[1024, 8192, 32768],
+                block_sizes=[32],
+                new_tokens=64,
+                repeats=10,
+                baselines=False,
+            ),
+        }
+    figures = {}
+    for shape, options in runs.items():
+        figures[shape] = bench_engine(shape, dtype=dtype, device=device, print_tables=False, **options)
+        torch.cuda.empty_cache() if device.startswith("cuda") else None
+    return figures
+
+
+def engine_targets(figures: dict) -> list[str]:
+    """The issue's GPU targets, each as a line: met or missed, with the figure."""
+    lines = []
+    big = figures.get("qwen3-8b")
+    if big:
+        for mode, f in big["modes"].items():
+            at_1k = [r for r in f["forwards"] if r["context"] == 1024]
+            if at_1k:
+                pct = at_1k[0]["roofline_pct"]
+                lines.append(
+                    f"8B AR step at 1K, {mode}: {pct:.0f}% of roofline ({'met' if pct >= 80 else 'MISSED'})"
+                )
+            worst = max(
+                (r["cycle_over_ar"] for r in f["forwards"] if r["context"] <= 32768 and r["K"] == 32),
+                default=None,
+            )
+            if worst is not None:
+                lines.append(
+                    f"8B cycle / AR up to 32K, {mode}: {worst:.2f} ({'met' if worst <= 2.1 else 'MISSED'})"
+                )
+            ratio = f["events_over_wall"]
+            if ratio is not None:
+                ok = abs(ratio - 1) <= 0.02
+                lines.append(
+                    f"8B CUDA events / wall clock, {mode}: {ratio:.3f} ({'met' if ok else 'MISSED'})"
+                )
+    return lines
+
+
+def identity(device: str, quick: bool) -> dict:
+    """Every lossless method against `ar` on the tiny family in float32, under the device's default engine."""
+    target = load_target(None, "float32", device, engine="auto")
+    suite = load_suite("tiny-math", limit=2 if quick else 8)
+    prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
+    new = 24 if quick else 128
+    ar = [make_decoder("ar", target).generate(p, new).tokens for p in prompts]
+    out = {}
+    for spec in LOSSLESS if not quick else ["orthrus", "orthrus:cache=dynamic", "pld"]:
+        decoder = make_decoder(spec, target)
+        same = sum(decoder.generate(p, new).tokens == a for p, a in zip(prompts, ar, strict=True))
+        out[spec] = {"identical": same, "prompts": len(prompts)}
+    return out
+
+
+def verified_run(
+    out: Path, model: str | None, dtype: str, device: str, methods: list[str], limit: int, new: int
+):
+    spec = RunSpec(
+        suites=["tiny-math"],
+        methods=methods,
+        model=model,
+        dtype=dtype,
+        device=device,
+        max_new_tokens=new,
+        limit=limit,
+        warmup=1,
+    )
+    directory = execute(spec, str(out))
+    status = verify_main(directory, VerifyConfig(device=device))
+    verdicts = json.loads((Path(directory) / "verdicts.json").read_text())
+    return Path(directory), status, verdicts
+
+
+def bf16_divergences(out: Path, device: str, quick: bool) -> dict:
+    methods = ["ar", "orthrus", "pld"] if quick else ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld"]
+    directory, status, verdicts = verified_run(
+        out / "bf16", None, "bfloat16", device, methods, 2 if quick else 8, 32 if quick else 128
+    )
+    rows = {}
+    for v in verdicts["verdicts"]:
+        g = v.get("greedy") or {}
+        rows[v["method"]] = {
+            "verdict": v["verdict"],
+            "identical": g.get("identical"),
+            "prompts": g.get("prompts"),
+            "near_tie_events": g.get("near_tie_events"),
+            "algorithmic_events": g.get("algorithmic_events"),
+        }
+    return {"run": str(directory), "verify_exit": status, "methods": rows, "records": read_records(directory)}
+
+
+def telemetry_checks(records: list[dict]) -> dict:
+    """Cross-checks on a run's records: what each telemetry path measured and whether the paths agree."""
+    gens = [r for r in records if r["status"] == "ok"]
+    timed = [r for r in gens if r.get("ar_forward_count") and r.get("ar_forward_ms_mean")]
+    # The AR forwards' own (event) time cannot exceed the generation's wall clock.
+    forward_s = [r["ar_forward_count"] * r["ar_forward_ms_mean"] / 1e3 for r in timed]
+    within_wall = sum(f <= r["wall_s"] * 1.02 for f, r in zip(forward_s, timed, strict=True))
+    mem = [r for r in gens if r.get("allocator_peak_bytes") and r.get("device_mem_peak_bytes")]
+    energy = [r for r in gens if r.get("energy_j") is not None and r.get("power_mean_w") is not None]
+    energy_ok = sum(
+        abs(r["energy_j"] - r["power_mean_w"] * r["wall_s"]) <= 0.25 * r["energy_j"]
+        for r in energy
+        if r.get("energy_reliable")
+    )
+    return {
+        "generations": len(gens),
+        "forward_times_within_wall": f"{within_wall}/{len(timed)}",
+        "allocator_peak_le_nvml_memory": f"{sum(r['allocator_peak_bytes'] <= r['device_mem_peak_bytes'] for r in mem)}/{len(mem)}",
+        "energy_matches_power_x_time": f"{energy_ok}/{sum(1 for r in energy if r.get('energy_reliable'))}",
+        "nvml_measured": bool(energy or mem),
+    }
+
+
+def pipeline(out: Path, device: str, quick: bool) -> dict:
+    """run -> verify -> report on a random Orthrus checkpoint written here, with the tiny family's tokenizer."""
+    from harness.report.page import write_report
+
+    shape, dtype = ("tiny", "float32") if quick else ("qwen3-8b", "bfloat16")
+    checkpoint = out / f"random-{shape}"
+    t0 = time.perf_counter()
+    model = random_model(shape, torch.float32 if quick else torch.bfloat16, device)
+    save_model(model, checkpoint)
+    del model
+    for name in TOKENIZER_FILES:
+        if (default_model() / name).exists():
+            shutil.copy(default_model() / name, checkpoint / name)
+    written = time.perf_counter() - t0
+    directory, status, verdicts = verified_run(
+        out / "pipeline-run", str(checkpoint), dtype, device, ["ar", "orthrus"], 2, 16
+    )
+    report = write_report([str(directory)], out / "pipeline-report")
+    shutil.rmtree(checkpoint)  # gigabytes at the 8B shape
+    return {
+        "shape": shape,
+        "checkpoint_write_s": written,
+        "verify_exit": status,
+        "verdicts": {v["method"]: v["verdict"] for v in verdicts["verdicts"]},
+        "report": str(report),
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# GPU check ({result['machine']})",
+        "",
+        f"{result['seconds']:.0f} s; steps failed: {result['failed'] or 'none'}",
+        "",
+    ]
+    for shape, f in result.get("engine", {}).items():
+        lines += [f"## Engine, {shape} ({f['dtype']}); roofline {f['roofline_ms']:.3f} ms", ""]
+        lines += [
+            "| mode | context | K | AR ms | roofline % | diffusion ms | verify ms | cycle / AR |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for mode, m in f["modes"].items():
+            for r in m["forwards"]:
+                lines.append(
+                    f"| {mode} | {r['context']} | {r['K']} | {r['ar_ms']:.3f} | {r['roofline_pct']:.0f}% | "
+                    f"{r['diffusion_ms']:.3f} | {r['verify_ms']:.3f} | {r['cycle_over_ar']:.2f} |"
+                )
+        lines += ["", "| decoder | tokens/s | tau | identical |", "|---|---:|---:|---|"]
+        e2e = {f"{s} · {mode}": row for mode, m in f["modes"].items() for s, row in m["end_to_end"].items()}
+        for name, row in {**e2e, **f["baselines"]}.items():
+            tau = "–" if row["tau"] is None else f"{row['tau']:.2f}"
+            lines.append(
+                f"| {name} | {row['tokens_per_s']:.1f} | {tau} | {'yes' if row['identical_to_first'] else 'NO'} |"
+            )
+        lines.append("")
+    if result.get("targets"):
+        lines += ["## Targets", ""] + [f"- {t}" for t in result["targets"]] + [""]
+    if "identity" in result:
+        lines += ["## float32 identity on the tiny family", ""]
+        lines += [
+            f"- {m}: {r['identical']}/{r['prompts']} identical to ar" for m, r in result["identity"].items()
+        ] + [""]
+    if "bf16" in result:
+        lines += [
+            "## bf16 divergences (tiny family)",
+            "",
+            "| method | verdict | identical | near-tie | algorithmic |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for m, r in result["bf16"]["methods"].items():
+            lines.append(
+                f"| {m} | {r['verdict']} | {r['identical']}/{r['prompts']} | {r['near_tie_events']} | {r['algorithmic_events']} |"
+            )
+        lines.append("")
+    if "telemetry" in result:
+        lines += (
+            ["## Telemetry cross-checks", ""] + [f"- {k}: {v}" for k, v in result["telemetry"].items()] + [""]
+        )
+    if "pipeline" in result:
+        p = result["pipeline"]
+        lines += [
+            f"## run -> verify -> report, random {p['shape']} checkpoint",
+            "",
+            f"- written in {p['checkpoint_write_s']:.0f} s; verify exit {p['verify_exit']}; verdicts {p['verdicts']}",
+            "",
+        ]
+    for step, error in result.get("errors", {}).items():
+        lines += [f"## {step} FAILED", "", "```", error[-2000:], "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out", required=True, help="directory for gpu_check.json, gpu_check.md and the runs"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="the tiny shape and a few prompts (CPU, tests)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    from harness.bench.engine import machine
+
+    result: dict = {
+        "machine": machine(),
+        "device": args.device,
+        "engines": available_engines(torch.device(args.device)),
+    }
+    result["errors"] = {}
+    steps = {
+        "engine": lambda: engine_figures(args.quick, args.device),
+        "identity": lambda: identity(args.device, args.quick),
+        "bf16": lambda: bf16_divergences(out, args.device, args.quick),
+        "pipeline": lambda: pipeline(out, args.device, args.quick),
+    }
+    for name, step in steps.items():
+        try:
+            result[name] = step()
+        except Exception:  # one failed step must not lose the others' figures
+            result["errors"][name] = traceback.format_exc()
+        print(f"gpu_check: {name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+    if "engine" in result:
+        result["targets"] = engine_targets(result["engine"])
+    if "bf16" in result:
+        result["telemetry"] = telemetry_checks(result["bf16"].pop("records"))
+    result["failed"] = sorted(result["errors"])
+    result["seconds"] = time.perf_counter() - t0
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "gpu_check.md").write_text(markdown(result))
+    print(markdown(result))
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The prepared GPU check runs end to end on a CPU at the tiny shape, so it cannot rot before a GPU is lent."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["failed"] == []
+    tiny = result["engine"]["tiny"]
+    assert tiny["modes"]["eager"]["forwards"][0]["ar_ms"] > 0
+    assert all(row["identical_to_first"] for row in tiny["modes"]["eager"]["end_to_end"].values())
+    assert all(r["identical"] == r["prompts"] > 0 for r in result["identity"].values())
+    assert {m: r["verdict"] for m, r in result["bf16"]["methods"].items()} == {
+        "orthrus": "PASS",
+        "pld": "PASS",
+    }
+    assert result["telemetry"]["generations"] > 0 and result["telemetry"]["nvml_measured"] is False
+    assert result["pipeline"]["verdicts"] == {"orthrus": "PASS"}
+    assert Path(result["pipeline"]["report"]).exists()
+    summary = (tmp_path / "gpu_check.md").read_text()
+    for heading in (
+        "## Engine, tiny",
+        "## float32 identity",
+        "## bf16 divergences",
+        "## run -> verify -> report",
+    ):
+        assert heading in summary
