@@ -52,9 +52,7 @@ GREEDY_ONLY = {"diffusion", "orthrus:cache=dynamic"}
 
 
 def methods_list(methods: list[str], temperature: float) -> str:
-    return ",".join(
-        m for m in methods if temperature == 0 or not {m, m.split(":")[0]} & GREEDY_ONLY
-    )
+    return ",".join(m for m in methods if temperature == 0 or not {m, m.split(":")[0]} & GREEDY_ONLY)
 
 
 @nox.session

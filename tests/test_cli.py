@@ -122,14 +122,23 @@ def test_bench_engine_prints_its_tables(checkpoint, capsys):
                 "6",
                 "--block-sizes",
                 "4",
+                "--engines",
+                "eager",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
+    assert "engine eager" in out and "orthrus:cache=dynamic" in out and "ar-hf:cache=static" in out
     for header in ("roofline", "AR ms", "diffusion ms", "verify ms", "cycle / AR", "tokens/s", "identical"):
         assert header in out
     assert "yes" in out and "NO" not in out
+
+
+def test_an_engine_the_device_cannot_run_is_a_usage_error(capsys):
+    assert main(["bench-engine", "--engines", "cudagraph"]) == 2
+    assert "cudagraph needs a CUDA device" in capsys.readouterr().err
+    assert main(["generate", "--prompt-ids", "1,2", "--engine", "cudagraph"]) == 2
 
 
 @pytest.mark.parametrize("command", ["generate", "run", "bench-engine", "bench-overhead"])
