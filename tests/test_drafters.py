@@ -325,7 +325,7 @@ def test_captured_features_use_transformers_hidden_state_indices(target):
     last after the final norm), the indices EAGLE-3 and DFlash configs are written in."""
     from harness.methods import Target, ar_hf
 
-    hf_model = ar_hf.build(Target(target, "x"), "ar_hf", {}).hf_model
+    hf_model = ar_hf.build(Target(target, "x"), "ar_hf", {"cache": "dynamic"}).hf_model
     ids = torch.tensor([[5, 9, 2, 33, 7]])
     with torch.inference_mode():
         hf_states = hf_model(ids, output_hidden_states=True).hidden_states

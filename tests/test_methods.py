@@ -114,7 +114,7 @@ def test_checkpoints_and_config_are_resolved(family):
         d.config == {"block_size": 6, "draft": f"{root}/dflash"}
         and d.checkpoints["draft"] == f"{root}/dflash"
     )
-    assert make_decoder("orthrus", family).config == {"block_size": 8}
+    assert make_decoder("orthrus", family).config == {"block_size": 8, "cache": "static"}
     assert make_decoder("ar", family).checkpoints == {"target": family.path}
 
 
