@@ -75,7 +75,8 @@ def engine_figures(quick: bool, device: str) -> dict:
     figures = {}
     for shape, options in runs.items():
         figures[shape] = bench_engine(shape, dtype=dtype, device=device, print_tables=False, **options)
-        torch.cuda.empty_cache() if device.startswith("cuda") else None
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return figures
 
 
@@ -235,7 +236,7 @@ def markdown(result: dict) -> str:
         for name, row in {**e2e, **f["baselines"]}.items():
             tau = "–" if row["tau"] is None else f"{row['tau']:.2f}"
             lines.append(
-                f"| {name} | {row['tokens_per_s']:.1f} | {tau} | {'yes' if row['identical_to_first'] else 'NO'} |"
+                f"| {name} | {row['tokens_per_s']:.1f} | {tau} | {'yes' if row['identical_to_ar'] else 'NO'} |"
             )
         lines.append("")
     if result.get("targets"):

@@ -67,7 +67,12 @@ def compile_options(device: torch.device, autotune: bool | None = None) -> dict:
     On a GPU the kernels are the library's either way; CUDA graphs remove the launches (`cudagraph`).
     `autotune` (default: on a CPU) costs minutes of compilation per shape; the tests turn it off."""
     cpu = device.type == "cpu"
-    return {"freezing": cpu, "max_autotune": cpu if autotune is None else autotune}
+    # autotune_num_choices_displayed 0: no table of timings on stderr per autotuned GEMM
+    return {
+        "freezing": cpu,
+        "max_autotune": cpu if autotune is None else autotune,
+        "autotune_num_choices_displayed": 0,
+    }
 
 
 def bucket(n: int) -> int:
@@ -89,13 +94,12 @@ def compilations() -> int:
 
 
 class Engine:
-    """The engine of one model; `set_engine` installs it, after which `model.new_cache` and every forward
-    with start > 0 go through it."""
+    """The engine of one model in a static mode (`compile` or `cudagraph`, checked by `set_engine`, which
+    installs it); then `model.new_cache` and the model's decode-time passes go through it."""
 
     def __init__(self, model: OrthrusForCausalLM, mode: str, autotune: bool | None = None):
         p = model.lm_head.weight
-        self.mode = check_engine(mode, p.device)
-        self.model, self.device, self.dtype = model, p.device, p.dtype
+        self.mode, self.model, self.device, self.dtype = mode, model, p.device, p.dtype
         self.caches: dict[int, KVCache] = {}
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = None
@@ -114,7 +118,8 @@ class Engine:
         if cache is None:
             cache = KVCache(self.model.config, size, dtype=self.dtype, device=self.device)
             # Zeros, not garbage: masked keys get zero weight, but a NaN left in a slot would still poison it.
-            cache.k.zero_(), cache.v.zero_()
+            cache.k.zero_()
+            cache.v.zero_()
             self.caches[size] = cache
         cache.length = 0
         return cache
@@ -129,10 +134,10 @@ class Engine:
         if mask is not None:  # a tree's [T, start+T] ancestor mask, padded to the bucket
             mask = torch.nn.functional.pad(mask, (0, C - mask.shape[1]), value=False)
         args = (input_ids, slots, positions, mask, cache.k, cache.v)
-        key = (T, C, diffusion, mask is not None, tuple(capture))
         if self.mode == "compile":
             with torch._inductor.config.patch(self.options):
                 return self.compiled(self.model, *args, diffusion, tuple(capture))
+        key = (T, C, diffusion, mask is not None, tuple(capture))
         graph = self.graphs.get(key)
         if graph is None:
             if self.pool is None:

@@ -36,7 +36,7 @@ from orthrus_core.engine import EngineError, compilations, engine_name
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
 from .seeds import RULE as SEED_RULE
 from .seeds import generation_seed
-from .spec import RunError, RunSpec, generation_settings
+from .spec import SETTINGS, RunError, RunSpec, generation_settings
 from .telemetry import Telemetry, load_nvml
 
 logger = logging.getLogger(__name__)
@@ -102,12 +102,7 @@ def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> dict:
         "config_hash": config_hash(spec.config()),
         "shard": list(shard),
         # How the steps ran; the engine as asked for ("auto") and as resolved on the device.
-        "settings": {
-            "warmup": spec.warmup,
-            "telemetry": spec.telemetry,
-            "data_dir": spec.data_dir,
-            "engine": spec.engine,
-        },
+        "settings": {k: getattr(spec, k) for k in SETTINGS},
         "engine": engine_name(p.target.model),
         "command": command_line(),
         "git": git_state(),
@@ -137,22 +132,24 @@ def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink
 
     A call that compiled or captured a graph (a pass shape the engine had not seen: a new cache bucket, a new
     tree size; or transformers' own compile for `ar-hf:cache=static`) is run again, the same seed giving the
-    same tokens, so that no record's time holds a compilation."""
+    same tokens and shapes, so that no record's time holds a compilation."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
+    def timed(prompt_ids, max_new_tokens, kwargs):
+        before = compilations()
+        telemetry.start()
+        sync()
+        t0 = time.perf_counter()
+        result = decoder.generate(prompt_ids, max_new_tokens, **kwargs)
+        sync()
+        wall = time.perf_counter() - t0
+        return result, (wall, telemetry.stop()), compilations() != before
+
     def generate(prompt_ids, max_new_tokens, **kwargs):
-        while True:
-            before = compilations()
-            telemetry.start()
-            sync()
-            t0 = time.perf_counter()
-            result = decoder.generate(prompt_ids, max_new_tokens, **kwargs)
-            sync()
-            wall = time.perf_counter() - t0
-            measured = telemetry.stop()
-            if compilations() == before:
-                break
-        sink.append((wall, measured))
+        result, measure, compiled = timed(prompt_ids, max_new_tokens, kwargs)
+        if compiled:  # the same call again meets only the shapes it just compiled
+            result, measure, _ = timed(prompt_ids, max_new_tokens, kwargs)
+        sink.append(measure)
         return result
 
     return generate

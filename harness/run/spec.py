@@ -14,6 +14,8 @@ DEFAULT_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusi
 DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a few minutes on 2 CPU cores
 # The suite settings a run may override for every suite it runs.
 OVERRIDES = ("temperature", "top_k", "top_p", "max_new_tokens")
+# RunSpec fields that say how a run ran rather than what it generated: outside its config.
+SETTINGS = ("warmup", "telemetry", "data_dir", "engine")
 
 
 class RunError(Exception):
@@ -44,9 +46,6 @@ class RunSpec:
         """What makes two runs' records comparable; hashed, and checked on --resume and merge. How the steps
         ran (the engine, telemetry) is in the run's settings, not here: it changes times, not tokens."""
         return {k: v for k, v in asdict(self).items() if k not in SETTINGS}
-
-
-SETTINGS = ("warmup", "telemetry", "data_dir", "engine")  # RunSpec fields outside its config
 
 
 def generation_settings(suite: GenerationSettings, config: Mapping) -> GenerationSettings:
