@@ -29,14 +29,13 @@ from .sandbox import SandboxLimits, run_program, run_python
 TESTS_DIR = "code/livecodebench/tests"
 # What LiveCodeBench's runner puts in front of every answer (its `import_string`), so that starter code's
 # type hints (List[int]) and the usual helpers resolve.
+_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+            "itertools", "functools", "operator", "io", "sys", "json")  # fmt: skip
 IMPORTS = "\n".join(
-    [f"from {m} import *" for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math",
-                                   "random", "statistics", "itertools", "functools", "operator", "io", "sys",
-                                   "json", "builtins", "typing")]
-    + [f"import {m}" for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math",
-                               "random", "statistics", "itertools", "functools", "operator", "io", "sys", "json")]
+    [f"from {m} import *" for m in (*_MODULES, "builtins", "typing")]
+    + [f"import {m}" for m in _MODULES]
     + ["sys.setrecursionlimit(50000)", ""]
-)  # fmt: skip
+)
 _PYTHON_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
