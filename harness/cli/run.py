@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
-from .args import add_data_dir_arg, add_engine_arg, add_model_args, parse_list
+from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, parse_list
 
 
 def register(sub) -> None:
@@ -37,7 +39,11 @@ def register(sub) -> None:
         help="with --resume: run again the units that ended in an error (their records kept in "
         "retried-errors.jsonl)",
     )
-    p.add_argument("--shard", help="i/n: run the items whose position is i modulo n")
+    p.add_argument(
+        "--shard",
+        help="i/n: run shard i of n (items balanced by expected cost); under torchrun, accelerate or srun "
+        "each process takes its own shard from the launcher, and rank 0 merges them into --out",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
     p.set_defaults(func=cmd_run)
 
@@ -53,6 +59,7 @@ def register(sub) -> None:
 
 def cmd_run(args) -> int:
     from harness.report.summary import print_summary, summarize
+    from harness.run.launch import launch_env
     from harness.run.runner import execute
     from harness.run.shards import parse_shard
     from harness.run.spec import DEFAULT_LIMIT, RunSpec
@@ -81,6 +88,9 @@ def cmd_run(args) -> int:
         data_dir=args.data_dir,
         engine=args.engine,
     )
+    launch = launch_env()
+    if launch.distributed:
+        return run_launched(spec, args, launch)
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
     directory = execute(
@@ -91,6 +101,66 @@ def cmd_run(args) -> int:
     if args.no_verify:
         return 0
     return verify_main(directory, VerifyConfig(device=args.device))
+
+
+def run_launched(spec, args, launch) -> int:
+    """One process of a launched run (harness.run.launch): its shard into OUT/shards/<i>-of-<n>, then at rank 0,
+    once every shard has finished, the merged run in OUT, its summary and verdicts."""
+    from harness.report.summary import print_summary, summarize
+    from harness.run.launch import connect, gather_finished, shard_dir
+    from harness.run.runner import execute
+    from harness.run.shards import merge
+    from harness.run.spec import RunError
+    from harness.store import RECORDS, RUN, read_records
+    from harness.verify.config import VerifyConfig
+    from harness.verify.verdicts import verify_main
+
+    if args.out is None:
+        raise UsageError("a launched run needs --out: every process must name the same results directory")
+    if args.shard is not None:
+        raise UsageError(
+            f"--shard is the launcher's to give ({launch.launcher}, {launch.world_size} processes)"
+        )
+    device = spec.device
+    if device == "cuda":  # each process on its own GPU; the spec (and so the config hash) keeps "cuda"
+        import torch
+
+        torch.cuda.set_device(launch.local_rank)
+        device = f"cuda:{launch.local_rank}"
+    connect(launch)
+    mine = shard_dir(args.out, launch.rank, launch.world_size)
+    finished = False
+    try:
+        execute(
+            spec,
+            mine,
+            resume=args.resume,
+            retry_failed=args.retry_failed,
+            shard=(launch.rank, launch.world_size),
+            progress=launch.local_rank == 0,
+            launch=launch.as_provenance(device),
+        )
+        finished = True
+    finally:  # a shard that failed still reports, so that the others are not left waiting
+        statuses = gather_finished(finished)
+    if launch.rank != 0:
+        return 0
+    if not all(statuses):
+        failed = [str(shard_dir(args.out, r, launch.world_size)) for r, ok in enumerate(statuses) if not ok]
+        raise RunError(f"shard(s) {', '.join(failed)} did not finish; run the same command with --resume")
+    out = Path(args.out)
+    if (out / RUN).exists():  # an earlier merge of these shards (say, before a --retry-failed), superseded
+        if "merged_from" not in json.loads((out / RUN).read_text()):
+            raise RunError(f"{out} holds a run that is not a merge of its shards; choose another --out")
+        (out / RECORDS).unlink(missing_ok=True)
+        (out / RUN).unlink()
+        (out / "verdicts.json").unlink(missing_ok=True)
+    shards = [shard_dir(out, r, launch.world_size) for r in range(launch.world_size)]
+    directory = merge(shards, out)
+    print_summary(summarize(read_records(directory)), f"{directory} (merged from {launch.world_size} shards)")
+    if args.no_verify:
+        return 0
+    return verify_main(directory, VerifyConfig(device=spec.device))
 
 
 def cmd_merge(args) -> int:

@@ -3,8 +3,8 @@
 Order of work: every check that can fail (suites, data, methods, checkpoints, tokenizer) happens before the
 first generation. Then, per method, warm-up generations (not recorded), then the work units: one unit is
 one item (all its turns) by one method for one sample. Items are the outer loop and methods the inner one,
-so a run stopped early still compares every method on the same prompts. `--shard i/n` keeps the items whose
-position is i modulo n (shards.py joins shard directories back into one run).
+so a run stopped early still compares every method on the same prompts. `--shard i/n` keeps shard i of n, the
+items balanced by expected cost (launch.py; shards.py joins shard directories back into one run).
 
 Timing follows docs/methodology.md: each generation is bracketed by device synchronisation and
 perf_counter; per-forward times come from CUDA events (perf_counter on CPU); telemetry is in telemetry.py.
@@ -33,6 +33,7 @@ from harness.suites.conversation import Turn, run_item
 from harness.suites.suite import Suite, SuiteItem, load_suite
 from orthrus_core.engine import EngineError, compilations, engine_name
 
+from .launch import balanced_shards, item_cost
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
 from .seeds import RULE as SEED_RULE
 from .seeds import generation_seed
@@ -81,12 +82,9 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
         raise RunError(f"{target.path} has no tokenizer files; suites need the model's chat template")
     decoders = {label: make_decoder(label, target) for label in spec.methods}
 
-    index, count = shard
     max_context = target.model.config.max_position_embeddings
-    items = {}
-    for suite in suites:
-        all_items = suite.items(target.tokenizer, max_context=max_context)
-        items[suite.name] = [it for position, it in enumerate(all_items) if position % count == index]
+    all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
+    items = shard_items(spec, suites, all_items, target.tokenizer, shard)
     nvml = load_nvml() if spec.device.startswith("cuda") else None
     model_records = [model_provenance("target", spec.model or "embedded tiny family", Path(target.path))]
     for label, decoder in decoders.items():
@@ -94,6 +92,24 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
             if Path(path) != Path(target.path):
                 model_records.append(model_provenance(f"{label}:{role}", label, Path(path)))
     return Prepared(spec, target, decoders, suites, items, nvml, model_records)
+
+
+def shard_items(spec, suites, all_items, tokenizer, shard: tuple[int, int]) -> dict[str, list[SuiteItem]]:
+    """The items of shard i/n: balanced by expected cost over every suite of the run (launch.balanced_shards),
+    in their suite order. Every process computes the same assignment."""
+    index, count = shard
+    if count == 1:
+        return all_items
+    pairs = [(suite, item) for suite in suites for item in all_items[suite.name]]
+    max_new = {s.name: generation_settings(s.generation, spec.config()).max_new_tokens for s in suites}
+    costs = [
+        item_cost(len(suite.render(tokenizer, item, [])), max_new[suite.name], len(item.turns))
+        for suite, item in pairs
+    ]
+    keep = {
+        (s.name, it.id) for (s, it), i in zip(pairs, balanced_shards(costs, count), strict=True) if i == index
+    }
+    return {name: [it for it in its if (name, it.id) in keep] for name, its in all_items.items()}
 
 
 def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> dict:
@@ -274,6 +290,7 @@ def execute(
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     prepared: Prepared | None = None,
+    launch: dict | None = None,
 ) -> Path:
     """Run everything `spec` names into `out`; returns the directory. See the module docstring. `prepared`
     (from `prepare`) reuses loaded models and suites; `spec` still decides what is generated and recorded."""
@@ -281,6 +298,8 @@ def execute(
 
     p = prepared or prepare(spec, shard)
     run = provenance(spec, p, shard)
+    if launch is not None:  # the launcher, the rank and its device, host and pid (launch.LaunchEnv)
+        run["launch"] = launch
     try:
         store = open_run(out, resume=resume, config_hash=run["config_hash"], retry_failed=retry_failed)
     except StoreError as exc:

@@ -1,5 +1,5 @@
-"""One run split across processes and joined again: `--shard i/n` keeps the items whose position is i modulo
-n; `merge` joins the shard directories of one run (same configuration, shards 0..n-1 once each)."""
+"""One run split across processes and joined again: `--shard i/n` keeps shard i of n (the items balanced by
+expected cost, launch.balanced_shards); `merge` joins the shard directories of one run (same configuration, shards 0..n-1 once each)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
         "shard": [0, 1],
         "merged_from": [{"dir": str(d), **r} for d, r in zip(shard_dirs, runs, strict=True)],
     }
+    if any("launch" in r for r in runs):  # launched processes: the launcher, and each rank's device and host
+        merged["launch"] = {
+            "launcher": runs[0].get("launch", {}).get("launcher"),
+            "world_size": len(runs),
+            "ranks": [r.get("launch") for r in runs],
+        }
     merged["started"] = min(r["started"] for r in runs)
     merged["finished"] = max(r["finished"] for r in runs)
     staged.replace(out / RECORDS)

@@ -1,0 +1,108 @@
+"""One run over many processes, started by the launchers users already have: `torchrun`, `accelerate launch`,
+`srun` under Slurm. No launcher of our own.
+
+Each process reads its rank from the launcher's environment (`launch_env`), takes its shard of the items
+(`balanced_shards`: deterministic, balanced by expected cost), runs on its own GPU (LOCAL_RANK), and writes its
+own shard directory `OUT/shards/<i>-of-<n>`. Then every rank meets the others in torch.distributed (gloo: a
+barrier needs no GPU collective) and rank 0, if every shard finished, merges them into OUT, verifies and
+prints the summary. A rank that dies leaves the records the others wrote; the same command with `--resume`
+continues every shard where it stopped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from .spec import RunError
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    launcher: str  # "torchrun", "accelerate", "slurm" or "none"
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def as_provenance(self, device: str) -> dict:
+        return {**asdict(self), "device": device, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def launch_env(env: Mapping[str, str] = os.environ) -> LaunchEnv:
+    """The process's place in the launch: torch.distributed's variables (RANK, WORLD_SIZE, LOCAL_RANK: set by
+    torchrun and accelerate) or else Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID)."""
+
+    def number(name: str) -> int:
+        try:
+            return int(env[name])
+        except ValueError:
+            raise RunError(f"the launcher set {name}={env[name]!r}, which is not an integer") from None
+
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launcher = (
+            "torchrun"
+            if "TORCHELASTIC_RUN_ID" in env
+            else "accelerate"
+            if any(k.startswith("ACCELERATE_") for k in env)
+            else "torch.distributed"
+        )
+        local = number("LOCAL_RANK") if "LOCAL_RANK" in env else number("RANK")
+        return LaunchEnv(launcher, number("RANK"), number("WORLD_SIZE"), local)
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and number("SLURM_NTASKS") > 1:
+        return LaunchEnv("slurm", number("SLURM_PROCID"), number("SLURM_NTASKS"), number("SLURM_LOCALID"))
+    return LaunchEnv("none", 0, 1, 0)
+
+
+def item_cost(prompt_tokens: int, max_new_tokens: int, turns: int = 1) -> float:
+    """Expected cost of one item: per new token every weight is read once and the context attended, so
+    new tokens x (1 + context / a weight-read's worth of keys) ~ max_new x (prompt + max_new), per turn."""
+    return turns * max_new_tokens * (prompt_tokens + max_new_tokens)
+
+
+def balanced_shards(costs: Sequence[float], n: int) -> list[int]:
+    """The shard (0..n-1) of each item: longest expected cost first onto the least-loaded shard (LPT; ties to the
+    lower shard, then the earlier item), so every process gets the same answer and loads differ by at most the
+    largest item."""
+    loads = [(0.0, shard) for shard in range(n)]
+    assignment = [0] * len(costs)
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, shard = heapq.heappop(loads)
+        assignment[index] = shard
+        heapq.heappush(loads, (load + costs[index], shard))
+    return assignment
+
+
+def shard_dir(out: str | Path, rank: int, world_size: int) -> Path:
+    return Path(out) / "shards" / f"{rank}-of-{world_size}"
+
+
+def connect(env: LaunchEnv, hours: float = 24) -> None:
+    """Join the launch's process group (gloo, at the launcher's MASTER_ADDR/MASTER_PORT) before any work, so a
+    misconfigured launch fails at once. The group then waits as long as the slowest shard runs (`hours`)."""
+    import torch.distributed as dist
+
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise RunError(
+            f"launched by {env.launcher} as {env.world_size} processes, but MASTER_ADDR and MASTER_PORT are not "
+            "set: export the first node's address and a free port (examples/slurm.sbatch does)"
+        )
+    dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timedelta(hours=hours))
+
+
+def gather_finished(finished: bool) -> list[bool]:
+    """Every rank's `finished`, in rank order, once all have arrived; then leave the group."""
+    import torch.distributed as dist
+
+    statuses: list = [None] * dist.get_world_size()
+    dist.all_gather_object(statuses, finished)
+    dist.destroy_process_group()
+    return statuses
