@@ -162,6 +162,11 @@ def trend_figure(history: pd.DataFrame, metric: TrendMetric, path: Path) -> None
     plt.close(fig)
 
 
+# github-action-benchmark's input files, by whether bigger is better (its tools customBiggerIsBetter and
+# customSmallerIsBetter); .github/workflows/gpu-bench.yml publishes both.
+BENCHMARK_FILES = {"benchmark-bigger.json": True, "benchmark-smaller.json": False}
+
+
 def write_dashboard(history_dir: str | Path, out: str | Path) -> Path:
     runs = find_runs(Path(history_dir))
     history = pd.concat([run_metrics(r) for r in runs], ignore_index=True)
@@ -176,7 +181,7 @@ def write_dashboard(history_dir: str | Path, out: str | Path) -> Path:
             trend_figure(history, metric, path)
             drawn.append((metric, path))
     newest = history[history.run == str(runs[-1].directory)]
-    for name, bigger in (("benchmark-bigger.json", True), ("benchmark-smaller.json", False)):
+    for name, bigger in BENCHMARK_FILES.items():
         (out / name).write_text(json.dumps(benchmark_entries(newest, bigger), indent=2) + "\n")
     run_list = ", ".join(f"{r.commit} ({r.info.get('started', '?')})" for r in runs)
     md = [f"# orthrus-bench dashboard: {len(runs)} runs", "", f"Runs, oldest first: {run_list}", ""]
