@@ -23,7 +23,7 @@ from harness.store import read_records
     "env, expected",
     [
         ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "TORCHELASTIC_RUN_ID": "x"}, ("torchrun", 3, 8, 3)),
-        ({"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "ACCELERATE_MIXED_PRECISION": "no"}, ("accelerate", 9, 16, 1)),
+        ({"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "y", "ACCELERATE_MIXED_PRECISION": "no"}, ("accelerate", 9, 16, 1)),
         ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5"}, ("slurm", 5, 16, 5)),
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}, ("none", 0, 1, 0)),  # one task: no launch
         ({}, ("none", 0, 1, 0)),
@@ -68,7 +68,7 @@ RUN = [
     "--suite",
     "tiny-math",
     "--limit",
-    "6",
+    "4",
     "--methods",
     "ar,orthrus",
     "--max-new-tokens",

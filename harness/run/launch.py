@@ -48,11 +48,12 @@ def launch_env(env: Mapping[str, str] = os.environ) -> LaunchEnv:
             raise RunError(f"the launcher set {name}={env[name]!r}, which is not an integer") from None
 
     if "RANK" in env and "WORLD_SIZE" in env:
+        # accelerate launches through torchrun's machinery, so its own variables decide first
         launcher = (
-            "torchrun"
-            if "TORCHELASTIC_RUN_ID" in env
-            else "accelerate"
+            "accelerate"
             if any(k.startswith("ACCELERATE_") for k in env)
+            else "torchrun"
+            if "TORCHELASTIC_RUN_ID" in env
             else "torch.distributed"
         )
         local = number("LOCAL_RANK") if "LOCAL_RANK" in env else number("RANK")
