@@ -24,8 +24,9 @@ from harness.store import read_records
     [
         ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "TORCHELASTIC_RUN_ID": "x"}, ("torchrun", 3, 8, 3)),
         ({"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "y", "ACCELERATE_MIXED_PRECISION": "no"}, ("accelerate", 9, 16, 1)),
-        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5"}, ("slurm", 5, 16, 5)),
-        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}, ("none", 0, 1, 0)),  # one task: no launch
+        ({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "5"}, ("slurm", 5, 16, 5)),
+        ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "SLURM_LOCALID": "0"}, ("none", 0, 1, 0)),  # one task
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_LOCALID": "0"}, ("none", 0, 1, 0)),  # the batch shell
         ({}, ("none", 0, 1, 0)),
     ],
 )  # fmt: skip

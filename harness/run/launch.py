@@ -39,7 +39,9 @@ class LaunchEnv:
 
 def launch_env(env: Mapping[str, str] = os.environ) -> LaunchEnv:
     """The process's place in the launch: torch.distributed's variables (RANK, WORLD_SIZE, LOCAL_RANK: set by
-    torchrun and accelerate) or else Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID)."""
+    torchrun and accelerate) or else those srun sets for each task of a job step (SLURM_PROCID,
+    SLURM_STEP_NUM_TASKS, SLURM_LOCALID). A batch script's own shell has SLURM_NTASKS but is one process: it
+    runs alone, as it would anywhere."""
 
     def number(name: str) -> int:
         try:
@@ -58,14 +60,15 @@ def launch_env(env: Mapping[str, str] = os.environ) -> LaunchEnv:
         )
         local = number("LOCAL_RANK") if "LOCAL_RANK" in env else number("RANK")
         return LaunchEnv(launcher, number("RANK"), number("WORLD_SIZE"), local)
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and number("SLURM_NTASKS") > 1:
-        return LaunchEnv("slurm", number("SLURM_PROCID"), number("SLURM_NTASKS"), number("SLURM_LOCALID"))
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env and number("SLURM_STEP_NUM_TASKS") > 1:
+        tasks = number("SLURM_STEP_NUM_TASKS")
+        return LaunchEnv("slurm", number("SLURM_PROCID"), tasks, number("SLURM_LOCALID"))
     return LaunchEnv("none", 0, 1, 0)
 
 
 def item_cost(prompt_tokens: int, max_new_tokens: int, turns: int = 1) -> float:
-    """Expected cost of one item: per new token every weight is read once and the context attended, so
-    new tokens x (1 + context / a weight-read's worth of keys) ~ max_new x (prompt + max_new), per turn."""
+    """Expected cost of one item, per turn: its new tokens, each attending over the prompt and the tokens before
+    it (prompt x new tokens, plus the decode's own growth)."""
     return turns * max_new_tokens * (prompt_tokens + max_new_tokens)
 
 
