@@ -129,3 +129,17 @@ def test_torchrun_killed_and_resumed_equals_one_process(tmp_path):
     assert run["launch"]["launcher"] == "torchrun" and run["launch"]["world_size"] == 2
     assert [r["rank"] for r in run["launch"]["ranks"]] == [0, 1]
     assert all(r["device"] == "cpu" for r in run["launch"]["ranks"])
+
+
+def test_a_launched_run_refuses_what_it_cannot_do_before_joining_the_others(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(RUN) == 2
+    assert "a launched run needs --out" in capsys.readouterr().err
+    assert main([*RUN, "--out", str(tmp_path / "x"), "--shard", "0/2"]) == 2
+    assert "--shard is the launcher's to give" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "run.json").write_text(json.dumps({"config_hash": "abc"}))
+    assert main([*RUN, "--out", str(tmp_path / "plain")]) == 2
+    assert "not a merge of its shards" in capsys.readouterr().err
+    assert json.loads((tmp_path / "plain" / "run.json").read_text()) == {"config_hash": "abc"}  # untouched

@@ -121,6 +121,10 @@ def run_launched(spec, args, launch) -> int:
         raise UsageError(
             f"--shard is the launcher's to give ({launch.launcher}, {launch.world_size} processes)"
         )
+    out = Path(args.out)  # on a filesystem every process sees: rank 0 reads every shard
+    # Checked by every rank before any joins the group, so that none is left waiting for one that refused.
+    if (out / RUN).exists() and "merged_from" not in json.loads((out / RUN).read_text()):
+        raise RunError(f"{out} holds a run that is not a merge of its shards; choose another --out")
     device = spec.device
     if device == "cuda":  # each process on its own GPU; the spec (and so the config hash) keeps "cuda"
         import torch
@@ -128,7 +132,7 @@ def run_launched(spec, args, launch) -> int:
         torch.cuda.set_device(launch.local_rank)
         device = f"cuda:{launch.local_rank}"
     connect(launch)
-    mine = shard_dir(args.out, launch.rank, launch.world_size)
+    mine = shard_dir(out, launch.rank, launch.world_size)
     finished = False
     try:
         execute(
@@ -146,12 +150,9 @@ def run_launched(spec, args, launch) -> int:
     if launch.rank != 0:
         return 0
     if not all(statuses):
-        failed = [str(shard_dir(args.out, r, launch.world_size)) for r, ok in enumerate(statuses) if not ok]
+        failed = [str(shard_dir(out, r, launch.world_size)) for r, ok in enumerate(statuses) if not ok]
         raise RunError(f"shard(s) {', '.join(failed)} did not finish; run the same command with --resume")
-    out = Path(args.out)
     if (out / RUN).exists():  # an earlier merge of these shards (say, before a --retry-failed), superseded
-        if "merged_from" not in json.loads((out / RUN).read_text()):
-            raise RunError(f"{out} holds a run that is not a merge of its shards; choose another --out")
         (out / RECORDS).unlink(missing_ok=True)
         (out / RUN).unlink()
         (out / "verdicts.json").unlink(missing_ok=True)
