@@ -45,8 +45,8 @@ KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Ten
 class KVCache:
     """Pre-allocated K/V for every layer, shared by both views; rollback is setting `length`.
 
-    Shapes: k, v = [layers, batch, kv_heads, capacity, head_dim]. `length` counts committed positions (all
-    rows of the batch share it for now; per-row lengths are what batch > 1 with ragged acceptance will need).
+    Shapes: k, v = [layers, batch, kv_heads, capacity, head_dim]. `length` counts committed positions, shared by
+    every row; batched decoding with ragged rows has its own cache with a length per row (batch.BatchKVCache).
     """
 
     def __init__(self, config: Qwen3Config, capacity: int, *, batch_size: int = 1, dtype=None, device=None):
@@ -61,6 +61,13 @@ class KVCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
+
+    @classmethod
+    def view(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """A cache over existing buffers (a row of a batch's cache), empty."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.length = k, v, 0
+        return cache
 
     @property
     def capacity(self) -> int:

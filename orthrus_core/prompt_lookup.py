@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .batch import BatchDrafter
 from .speculative import Drafter
 from .tree import DraftTree
 
@@ -42,3 +43,40 @@ class PromptLookupDrafter(Drafter):
 
     def accept(self, tokens, features):
         self.context = torch.cat([self.context, tokens])
+
+
+class PromptLookupBatchDrafter(BatchDrafter):
+    """Prompt lookup over a batch: each row looks up its own context; rows with shorter (or no) drafts are
+    padded, and only their real drafts are verified."""
+
+    def __init__(self, max_ngram: int = 3, num_draft_tokens: int = 10):
+        self.lookup = PromptLookupDrafter(max_ngram, num_draft_tokens).lookup  # validates the options
+        self.num_draft_tokens = num_draft_tokens
+
+    @property
+    def max_nodes(self) -> int:
+        return self.num_draft_tokens + 1
+
+    def bind(self, cache, rows):
+        super().bind(cache, rows)
+        self.contexts: list[torch.Tensor | None] = [None] * rows
+
+    def admit(self, b, prompt, features):
+        self.contexts[b] = prompt.clone()
+
+    def propose(self, roots, generators):
+        found = [
+            self.lookup(torch.cat([c, root[None]])) for c, root in zip(self.contexts, roots, strict=True)
+        ]
+        drafts = torch.zeros(len(found), max(map(len, found)), dtype=torch.long, device=roots.device)
+        for b, d in enumerate(found):
+            drafts[b, : len(d)] = d
+        return drafts, [len(d) for d in found], None, 0
+
+    def accept(self, counts, tokens, features):
+        self.contexts = [
+            torch.cat([c, tokens[b, :n]]) for b, (c, n) in enumerate(zip(self.contexts, counts, strict=True))
+        ]
+
+    def keep(self, rows):
+        self.contexts = [self.contexts[b] for b in rows]

@@ -64,11 +64,17 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
-def greedy_accept(drafts: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """drafts [n], target_logits [n+1, V] -> (accepted drafts, next token)."""
+def greedy_accept(
+    drafts: torch.Tensor, target_logits: torch.Tensor, lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """drafts [..., n], target_logits [..., n+1, V] -> (accepted drafts [...], next token [...]). `lengths` [...]
+    says how many drafts of each row are real (a batch of ragged chains); the rest are never accepted."""
     target = target_logits.argmax(-1)
-    n_accepted = torch.cumprod((drafts == target[:-1]).long(), 0).sum()
-    return n_accepted, target[n_accepted]
+    match = drafts == target[..., :-1]
+    if lengths is not None:
+        match &= torch.arange(drafts.shape[-1], device=drafts.device) < lengths[..., None]
+    n_accepted = torch.cumprod(match.long(), -1).sum(-1)
+    return n_accepted, target.gather(-1, n_accepted[..., None])[..., 0]
 
 
 def speculative_accept(

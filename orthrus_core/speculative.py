@@ -105,15 +105,10 @@ def generate_speculative(
         if params.greedy:
             path, token = accept_greedy(tree, logits[0])
         elif tree.q is not None:
-            drafts = tree.tokens[1:]
-            n, nxt = speculative_accept(drafts, tree.q, params.probs(logits[0]), generator)
-            rows = torch.arange(len(drafts), device=device)
-            q_emitted = tree.q[rows, torch.where(rows == n, nxt, drafts)]  # valid up to row n
-            n, token, *q_at = torch.cat(
-                [torch.stack([n, nxt]).double(), q_emitted.double()]
-            ).tolist()  # one sync
-            n, token = int(n), int(token)
-            trace += [[1, q] for q in q_at[:n]] + ([[0, q_at[n]]] if n < len(drafts) else [None])
+            n, token, entries = sampled_chain_accept(
+                tree.tokens[1:], tree.q, params.probs(logits[0]), generator
+            )
+            trace += entries
             path = torch.arange(n + 1, device=device)
         else:
             path, token = accept_sampled(tree, params.probs(logits[0]), generator)
@@ -136,6 +131,18 @@ def generate_speculative(
         clock() - t1,
         trace[: len(out.tokens)] if any(trace) else [],
     )
+
+
+def sampled_chain_accept(drafts, q, probs, generator) -> tuple[int, int, list]:
+    """Leviathan's rule on a chain of drafts [n] sampled from q [n, V] against the target's probs [n+1, V] ->
+    (accepted drafts, next token, the acceptance trace's entries: [accepted (1) or corrected (0), q(token)] per
+    draft position ruled on, then None for a bonus token). Read back in one transfer."""
+    n, nxt = speculative_accept(drafts, q, probs, generator)
+    rows = torch.arange(len(drafts), device=drafts.device)
+    q_emitted = q[rows, torch.where(rows == n, nxt, drafts)]  # valid up to row n
+    n, token, *q_at = torch.cat([torch.stack([n, nxt]).double(), q_emitted.double()]).tolist()
+    n, token = int(n), int(token)
+    return n, token, [[1, x] for x in q_at[:n]] + ([[0, q_at[n]]] if n < len(drafts) else [None])
 
 
 class OrthrusDrafter(Drafter):
