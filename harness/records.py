@@ -43,6 +43,28 @@ TELEMETRY_FIELDS = tuple(f.name for f in fields(TelemetryFields))
 
 
 @dataclass(kw_only=True)
+class BatchFields:
+    """How a generation shared its batch (`run --batch-size B`, orthrus_core.batch). Times are seconds since the
+    method's batched decoding of the suite began, so that the batch's throughput is the tokens of a (suite,
+    method) over the span from its first admission to its last finish."""
+
+    batch_size: int  # rows the batch holds
+    batch_continuous: bool  # a finished row's slot refilled with the next request at once
+    batch_rows_mean: (
+        float  # rows per batched pass it took part in (itself included), averaged over its passes
+    )
+    batch_forwards: int  # batched passes (target and drafter, prefill excluded) it took part in
+    batch_forward_share: float  # sum over those passes of 1 / rows in the pass: its share of the batch's work
+    batch_admitted_s: float  # when it entered the batch (its wait in the queue before is not counted)
+    batch_finished_s: float
+    kv_bytes_per_row: int  # KV cache bytes (the target's and the drafter's own) per row of the batch
+    kv_capacity: int  # positions per row those bytes hold
+
+
+BATCH_FIELDS = tuple(f.name for f in fields(BatchFields))
+
+
+@dataclass(kw_only=True)
 class UnitFields:
     """Which generation a record is: a turn of one item by one method for one sample."""
 
@@ -84,18 +106,19 @@ class GenerationRecord(UnitFields):
     decode_s: float
     tpot_s: float | None
     tokens_per_s: float | None
-    telemetry: TelemetryFields | None  # inlined on disk; None: `run --no-telemetry`
+    telemetry: TelemetryFields | None  # inlined on disk; None: `run --no-telemetry`, or a batched run
     score_correct: bool | None  # the score belongs to the item's last turn; None on earlier turns
     score_status: str | None
     score_detail: str | None
+    batch: BatchFields | None = None  # inlined on disk; None: decoded alone (no --batch-size)
 
     def to_json(self) -> dict:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "telemetry":
+            if f.name in ("telemetry", "batch"):
                 if value is not None:
-                    out.update({name: getattr(value, name) for name in TELEMETRY_FIELDS})
+                    out.update({name: getattr(value, name) for name in fields_of(value)})
             else:
                 out[f.name] = value
         return out
@@ -116,11 +139,19 @@ class ErrorRecord(UnitFields):
 
 Record = GenerationRecord | ErrorRecord
 
+
+def fields_of(inlined) -> tuple[str, ...]:
+    return TELEMETRY_FIELDS if isinstance(inlined, TelemetryFields) else BATCH_FIELDS
+
+
 # Fields added after results were first committed: absent from older records, which still load.
 LATER_FIELDS = ("tags",)
-# The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none).
+# The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none;
+# the batch's are all there in a batched run and none elsewhere).
 REQUIRED_FIELDS = {
-    "ok": tuple(f.name for f in fields(GenerationRecord) if f.name not in ("telemetry", *LATER_FIELDS)),
+    "ok": tuple(
+        f.name for f in fields(GenerationRecord) if f.name not in ("telemetry", "batch", *LATER_FIELDS)
+    ),
     "error": tuple(f.name for f in fields(ErrorRecord)),
 }
 

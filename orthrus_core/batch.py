@@ -144,6 +144,8 @@ class BatchResult:
     forwards: int  # batched passes (target and drafter, prefill excluded) the request took part in
     forward_share: float  # sum over those passes of 1 / rows in the pass: its share of the batch's compute
     mean_rows: float  # rows per pass, averaged over its passes (the co-scheduled rows, itself included)
+    kv_bytes_per_row: int  # the batch's KV caches (the target's and the drafter's) per row, when it finished
+    kv_capacity: int  # positions per row they hold
 
 
 class BatchDrafter(ABC):
@@ -229,14 +231,12 @@ def decode_batch(
     if drafter:
         drafter.bind(cache, batch_size)
     rows: list[_Row | None] = []
-    exhausted = False
 
     def admit(b: int) -> bool:
-        """Prefill the next request into row b; False when there is none."""
-        nonlocal exhausted
-        request = None if exhausted else next_request()
+        """Prefill the next request into row b; False when there is none (for now: a caller may queue more
+        as results come back, say a conversation's next turn)."""
+        request = next_request()
         if request is None:
-            exhausted = True
             return False
         admitted_at = clock()
         prompt = check_prompt(request.prompt_ids, request.max_new_tokens, device)
@@ -273,7 +273,18 @@ def decode_batch(
             row.trace[: len(row.out.tokens)] if any(row.trace) else [],
         )
         mean_rows = row.rows_sum / row.forwards if row.forwards else 1.0
-        return BatchResult(row.request, result, row.admitted_at, now, row.forwards, row.share, mean_rows)
+        kv_bytes = (cache.nbytes + (drafter.nbytes if drafter else 0)) // cache.rows
+        return BatchResult(
+            row.request,
+            result,
+            row.admitted_at,
+            now,
+            row.forwards,
+            row.share,
+            mean_rows,
+            kv_bytes,
+            cache.capacity,
+        )
 
     while True:
         if not rows:  # a new batch (static) or the first one

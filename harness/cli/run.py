@@ -44,6 +44,23 @@ def register(sub) -> None:
         help="i/n: run shard i of n (items balanced by expected cost); under torchrun, accelerate or srun "
         "each process takes its own shard from the launcher, and rank 0 merges them into --out",
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="decode B prompts together (ragged rows, per-row acceptance; methods ar, orthrus, pld, "
+        "eagle3:tree=chain, dflash); without it every prompt is decoded alone",
+    )
+    p.add_argument(
+        "--continuous",
+        action="store_true",
+        help="with --batch-size or --batch-sizes: refill a finished row with the next prompt at once",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=parse_list,
+        help="a concurrency sweep, e.g. 1,2,4,8,16,32,64: one run per batch size into OUT/batch-<B>, each "
+        "verified, then throughput, latency and speedup over ar against B",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
     p.set_defaults(func=cmd_run)
 
@@ -87,8 +104,12 @@ def cmd_run(args) -> int:
         telemetry=not args.no_telemetry,
         data_dir=args.data_dir,
         engine=args.engine,
+        batch_size=args.batch_size,
+        continuous=args.continuous,
     )
     launch = launch_env()
+    if args.batch_sizes is not None:
+        return run_sweep(spec, args, launch)
     if launch.distributed:
         return run_launched(spec, args, launch)
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
@@ -101,6 +122,55 @@ def cmd_run(args) -> int:
     if args.no_verify:
         return 0
     return verify_main(directory, VerifyConfig(device=args.device))
+
+
+def run_sweep(spec, args, launch) -> int:
+    """`--batch-sizes`: the same run at every batch size, into OUT/batch-<B>, each summarised and verified; then
+    the sweep's throughput, latency, τ and memory against B (harness.report.batch)."""
+    import dataclasses
+
+    from harness.report.batch import batch_figures, print_batch_figures
+    from harness.report.runs import generations, load_runs
+    from harness.report.summary import print_summary, summarize
+    from harness.run.runner import execute
+    from harness.run.shards import parse_shard
+    from harness.store import read_records
+    from harness.verify.config import VerifyConfig
+    from harness.verify.verdicts import verify_main
+
+    if args.batch_size is not None:
+        raise UsageError("give --batch-size (one run) or --batch-sizes (a sweep), not both")
+    if launch.distributed:
+        raise UsageError(
+            f"a sweep is not launched ({launch.launcher}): launch one run per --batch-size instead"
+        )
+    try:
+        sizes = sorted({int(b) for b in args.batch_sizes})
+    except ValueError:
+        raise UsageError(
+            f"--batch-sizes takes integers, e.g. 1,2,4,8; got {','.join(args.batch_sizes)}"
+        ) from None
+    if not sizes or sizes[0] < 1:
+        raise UsageError(f"--batch-sizes must be integers >= 1, got {','.join(args.batch_sizes)}")
+    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    codes, directories = [], []
+    for size in sizes:
+        t0 = time.perf_counter()
+        directory = execute(
+            dataclasses.replace(spec, batch_size=size),
+            out / f"batch-{size}",
+            resume=args.resume,
+            retry_failed=args.retry_failed,
+            shard=parse_shard(args.shard),
+        )
+        directories.append(directory)
+        print_summary(summarize(read_records(directory)), f"{directory} ({time.perf_counter() - t0:.0f} s)")
+        if not args.no_verify:
+            codes.append(verify_main(directory, VerifyConfig(device=args.device)))
+    figures = batch_figures(generations(load_runs(directories)))
+    mode = "continuous" if spec.continuous else "static"
+    print_batch_figures(figures, f"{out}: batch sweep ({mode} batching)")
+    return max(codes, default=0)
 
 
 def run_launched(spec, args, launch) -> int:

@@ -23,6 +23,9 @@ class ARDecoder(Decoder):
             on_tokens=on_tokens,
         )
 
+    def batch_drafter(self, params):
+        return None
+
 
 def build(target, label, options):
     return ARDecoder(target, label, options)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from orthrus_core.batch import BatchDrafter, BatchResult, Request, decode_batch
 from orthrus_core.generation import GenerationResult, StreamCallback
 from orthrus_core.sampling import SamplingParams
 from orthrus_core.speculative import Drafter, generate_speculative
 
 from .target import Target
+
+# The method specs that decode in batches (`Decoder.batch_drafter`), for error messages.
+BATCHED_METHODS = ("ar", "orthrus", "pld", "eagle3:tree=chain", "dflash")
+
+
+class BatchError(ValueError):
+    """A method, or one of its options, that has no batched form."""
 
 
 class Decoder(ABC):
@@ -53,12 +61,41 @@ class Decoder(ABC):
     ) -> GenerationResult:
         """The method itself, with the sampling settings validated and the seeded generator made."""
 
+    def batch_drafter(self, params: SamplingParams) -> BatchDrafter | None:
+        """The method over a batch (orthrus_core.batch): its batch drafter, None for plain AR. A method that has
+        no batched form raises BatchError, which names the ones that do."""
+        raise BatchError(
+            f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED_METHODS)}"
+        )
+
+    def generate_batch(
+        self,
+        next_request: Callable[[], Request | None],
+        batch_size: int,
+        params: SamplingParams,
+        *,
+        continuous: bool = False,
+        capacity: int = 0,
+    ) -> Iterator[BatchResult]:
+        """Requests pulled from `next_request`, `batch_size` rows at a time, each yielded as it finishes."""
+        drafter = self.batch_drafter(params)
+        yield from decode_batch(
+            self.target.model,
+            drafter,
+            next_request,
+            batch_size,
+            params,
+            continuous=continuous,
+            capacity=capacity,
+        )
+
+    def generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        return torch.Generator(self.target.model.lm_head.weight.device).manual_seed(seed)
+
     def sampling(self, temperature, top_k, top_p, seed) -> tuple[SamplingParams, torch.Generator | None]:
-        params = SamplingParams(temperature, top_k, top_p)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(self.target.model.lm_head.weight.device).manual_seed(seed)
-        return params, generator
+        return SamplingParams(temperature, top_k, top_p), self.generator(seed)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"

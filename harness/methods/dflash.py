@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orthrus_core.checkpoint import resolve
-from orthrus_core.dflash import DFlashDrafter, load_dflash
+from orthrus_core.dflash import DFlashBatchDrafter, DFlashDrafter, load_dflash
 
 from .base import SpeculativeDecoder
 from .checkpoints import draft_checkpoint
@@ -23,6 +23,9 @@ class DFlashDecoder(SpeculativeDecoder):
 
     def drafter(self, params, generator):
         return DFlashDrafter(self.draft, self.target.model, self.config["block_size"])
+
+    def batch_drafter(self, params):
+        return DFlashBatchDrafter(self.draft, self.target.model, self.config["block_size"])
 
 
 def build(target, label, options):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from orthrus_core.checkpoint import resolve
-from orthrus_core.eagle3 import HUB_PATTERNS, Eagle3Drafter, load_eagle3
+from orthrus_core.eagle3 import HUB_PATTERNS, Eagle3ChainBatchDrafter, Eagle3Drafter, load_eagle3
 from orthrus_core.sampling import SamplingParams
 
-from .base import SpeculativeDecoder
+from .base import BatchError, SpeculativeDecoder
 from .checkpoints import draft_checkpoint
 
 # EAGLE-3's published config (top-k 10, 7 draft levels, 60 tokens); `total_tokens=16` is the "tree 16" budget.
@@ -31,6 +31,13 @@ class Eagle3Decoder(SpeculativeDecoder):
         if c["tree"] == "chain":
             return Eagle3Drafter.chain(self.head, model, c["depth"])
         return Eagle3Drafter(self.head, model, c["top_k"], c["depth"], c["total_tokens"])
+
+    def batch_drafter(self, params):
+        if self.config["tree"] != "chain":
+            raise BatchError(
+                f"{self.label}: tree drafts decode one prompt at a time; eagle3:tree=chain decodes batches"
+            )
+        return Eagle3ChainBatchDrafter(self.head, self.target.model, self.config["depth"])
 
 
 def build(target, label, options):

@@ -6,10 +6,11 @@ against, greedy only."""
 
 from __future__ import annotations
 
+from orthrus_core.batch import OrthrusBatchDrafter
 from orthrus_core.reference import generate_orthrus_dynamic_cache
 from orthrus_core.speculative import OrthrusDrafter
 
-from .base import SpeculativeDecoder
+from .base import BatchError, SpeculativeDecoder
 
 OPTIONS = {"block_size": (int, None), "cache": (str, "static")}  # block_size None: the checkpoint's
 CACHES = ("static", "dynamic")
@@ -20,6 +21,13 @@ class OrthrusDecoder(SpeculativeDecoder):
 
     def drafter(self, params, generator):
         return OrthrusDrafter(self.target.model, self.config["block_size"], params, generator)
+
+    def batch_drafter(self, params):
+        if self.config["cache"] != "static":
+            raise BatchError(
+                f"{self.label} decodes one prompt at a time; orthrus (cache=static) decodes batches"
+            )
+        return OrthrusBatchDrafter(self.target.model, self.config["block_size"], params)
 
     def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
         if self.config["cache"] == "static":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orthrus_core.prompt_lookup import PromptLookupDrafter
+from orthrus_core.prompt_lookup import PromptLookupBatchDrafter, PromptLookupDrafter
 
 from .base import SpeculativeDecoder
 
@@ -14,6 +14,9 @@ class PromptLookupDecoder(SpeculativeDecoder):
 
     def drafter(self, params, generator):
         return PromptLookupDrafter(self.config["max_ngram"], self.config["num_draft_tokens"])
+
+    def batch_drafter(self, params):
+        return PromptLookupBatchDrafter(self.config["max_ngram"], self.config["num_draft_tokens"])
 
 
 def build(target, label, options):

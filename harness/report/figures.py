@@ -312,3 +312,42 @@ def draw_figures(gens: pd.DataFrame, u: pd.DataFrame, directory: Path) -> list[F
         plt.close(fig)
         out.append(Figure(figure.name, figure.title, figure.caption, path))
     return out
+
+
+BATCH_FIGURE = Figure(
+    "batch",
+    "Throughput and speedup against batch size",
+    "Left: tokens/s over the whole batch (Σ tokens / Σ spans from first admission to last finish). "
+    "Right: that throughput over ar's at the same batch size. One line per method and batching mode.",
+)
+
+
+def draw_batch_figure(figures: pd.DataFrame, directory: Path) -> Figure | None:
+    """The batch sweep (harness.report.batch.batch_figures) as a PNG; None without batched runs."""
+    if figures.empty:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    fig, axes = new_figure(2)
+    colors = method_colors(figures.method)
+    for (method, continuous), f in figures.groupby(["method", "batch_continuous"], sort=False):
+        f = f.sort_values("batch_size")
+        style = dict(color=colors[method], marker="o", linestyle="--" if continuous else "-")
+        label = f"{method}{' (continuous)' if continuous else ''}"
+        axes[0, 0].plot(f.batch_size, f.throughput, label=label, **style)
+        axes[0, 1].plot(f.batch_size, f.speedup_vs_ar.astype(float), label=label, **style)
+    sizes = sorted(figures.batch_size.unique())
+    for ax, ylabel in zip(axes[0], ["tokens/s (whole batch)", "× ar at the same batch size"], strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0, 1].axhline(1.0, color="grey", linewidth=0.8)
+    axes[0, 0].legend(fontsize="small")
+    fig.suptitle(BATCH_FIGURE.title)
+    fig.tight_layout()
+    path = directory / f"{BATCH_FIGURE.name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Figure(BATCH_FIGURE.name, BATCH_FIGURE.title, BATCH_FIGURE.caption, path)

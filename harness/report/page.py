@@ -9,11 +9,13 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from .figures import Figure, draw_figures
+from .batch import batch_figures, batched
+from .figures import Figure, draw_batch_figure, draw_figures
 from .runs import Run, generations, load_runs, read_json_if_present, units
 from .style import CSS
 from .tables import (
     Table,
+    batch_tables,
     errors_table,
     figure4_tables,
     json_tables,
@@ -36,6 +38,7 @@ class Report:
     figure4: list[Table]
     reproduction: list[Table]
     specbench: list[Table]
+    batching: list  # the batch sweep's tables and figure (batched runs only)
     summary: list[Table]
     unscored: list[str]
     errors: Table | str
@@ -54,7 +57,11 @@ class Report:
                 + " (run `orthrus-bench verify` on the run directory)"
             )
         calibration = self.calibration or ["no calibration table (reports/calibration.json)"]
-        optional = [("Independent reproduction", self.reproduction), ("Spec-Bench", self.specbench)]
+        optional = [
+            ("Independent reproduction", self.reproduction),
+            ("Spec-Bench", self.specbench),
+            ("Batching", self.batching),
+        ]
         return [
             ("Table 1", self.table1),
             ("Figure 4", self.figure4),
@@ -106,9 +113,10 @@ class Report:
 
 def build_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Report:
     runs = load_runs(run_dirs)
-    gens = generations(runs)
-    if gens.empty:
+    every = generations(runs)
+    if every.empty:
         raise ValueError(f"no successful generations in {', '.join(map(str, run_dirs))}")
+    gens, notes = one_at_a_time(every)
     u = units(gens)
     by_slice = slices(gens, u)
     out = Path(out)
@@ -116,6 +124,9 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     calibration_data = read_json_if_present(Path(calibration)) if calibration else None
     if isinstance(calibration_data, dict):  # the per-replicate values are data for analysis, not a table
         calibration_data = {k: v for k, v in calibration_data.items() if k != "replicate_t3_z"}
+    sweep = batch_figures(every)
+    batch_figure = draw_batch_figure(sweep, out / "figures")
+    batching = [*notes, *batch_tables(sweep), *([batch_figure] if batch_figure else [])]
     return Report(
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
@@ -123,6 +134,7 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         figure4=figure4_tables(u),
         reproduction=reproduction_tables(u),
         specbench=specbench_tables(u),
+        batching=batching,
         unscored=unscored_notes(gens),
         summary=summary_tables(by_slice),
         errors=errors_table(runs),
@@ -132,6 +144,21 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         calibration=json_tables("Calibration", calibration_data) if calibration_data is not None else [],
         provenance=provenance_table(runs),
     )
+
+
+def one_at_a_time(gens):
+    """The generations the per-prompt sections (Table 1 to Figures) read: those decoded alone; when every run
+    was batched, those at the smallest batch size, said so in a note (throughput across batch sizes is the
+    Batching section's)."""
+    rows = batched(gens)
+    if len(rows) < len(gens):
+        return gens.drop(index=rows.index), []
+    smallest = int(rows.batch_size.min())
+    note = (
+        f"every run here was batched: the sections before this one read the generations at batch size "
+        f"{smallest}, the smallest"
+    )
+    return rows[rows.batch_size == smallest], [note]
 
 
 def write_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Path:

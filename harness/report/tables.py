@@ -564,3 +564,58 @@ def provenance_table(runs: list[Run]) -> Table:
         "methods (config hash)",
     ]
     return Table("Provenance", columns, rows, "Full provenance: run.json in each run directory.")
+
+
+def batch_tables(figures: pd.DataFrame) -> list[Table]:
+    """The batch sweep (harness.report.batch.batch_figures), one table per figure, batch sizes as columns."""
+    if figures.empty:
+        return []
+    out = []
+    for (model, temperature, continuous), f in figures.groupby(
+        ["model", "temperature", "batch_continuous"], sort=False
+    ):
+        sizes = sorted(f.batch_size.unique())
+        where = (
+            f"{model}, {temperature_label(temperature)}, {'continuous' if continuous else 'static'} batching"
+        )
+
+        def table(title: str, cell, note: str = "", f=f, sizes=sizes, where=where) -> Table:
+            rows = []
+            for method in method_order(f.method.unique()):
+                by_size = {r.batch_size: r for r in f[f.method == method].itertuples()}
+                rows.append([method] + [cell(by_size[b]) if b in by_size else "–" for b in sizes])
+            return Table(f"{title} ({where})", ["method"] + [f"B={b}" for b in sizes], rows, note)
+
+        out += [
+            table(
+                "Throughput against batch size: tok/s over the batch (× ar at the same B)",
+                lambda r: (
+                    fmt(r.throughput, ".1f")
+                    + (f" ({fmt(r.speedup_vs_ar, '.2f')}×)" if not is_missing(r.speedup_vs_ar) else "")
+                ),
+                "Σ tokens / Σ spans, a span being one suite's first admission to its last finish.",
+            ),
+            table(
+                "Per-request latency: median TTFT / TPOT (ms)",
+                lambda r: f"{fmt(r.ttft_ms, '.1f')} / {fmt(r.tpot_ms, '.2f')}",
+                "TTFT counts from the request's admission to the batch (rows prefilled before it included).",
+            ),
+            table("τ / TPF against batch size", lambda r: f"{fmt(r.tau)} / {fmt(r.tpf)}"),
+            table(
+                "KV cache per row: MiB (× ar), positions per row",
+                lambda r: (
+                    f"{fmt(r.kv_mib_per_row, '.2f')}"
+                    + (f" ({fmt(r.kv_vs_ar, '.2f')}×)" if not is_missing(r.kv_vs_ar) else "")
+                    + f", {r.kv_capacity}"
+                ),
+                "The target's cache and the drafter's own; Orthrus adds only its block's scratch slots per row.",
+            ),
+        ]
+        if f.identical_to_smallest_b.notna().any():
+            out.append(
+                table(
+                    f"Greedy output identical to the same method at B={sizes[0]}",
+                    lambda r: fmt(r.identical_to_smallest_b, ".1%"),
+                )
+            )
+    return out

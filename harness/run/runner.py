@@ -25,13 +25,17 @@ from pathlib import Path
 import torch
 
 from harness.methods import Decoder, Target, load_target, make_decoder
+from harness.methods.base import BatchError
 from harness.methods.target import check_device, torch_dtype
-from harness.records import ErrorRecord, GenerationRecord, Record
+from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record
 from harness.store import StoreError, open_run
 from harness.suites.config import GenerationSettings
-from harness.suites.conversation import Turn, run_item
+from harness.suites.conversation import Conversation, Turn, run_batched, run_item
 from harness.suites.suite import Suite, SuiteItem, load_suite
+from orthrus_core.batch import Request
 from orthrus_core.engine import EngineError, compilations, engine_name
+from orthrus_core.generation import Clock
+from orthrus_core.sampling import SamplingParams
 
 from .launch import balanced_shards, item_cost
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
@@ -74,13 +78,30 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     suites = [load_suite(name, spec.data_dir, limit=spec.limit, ids=spec.ids) for name in spec.suites]
     for suite in suites:
         suite.check_ready()
+    engine = spec.engine
+    if spec.batch_size is not None:
+        if spec.batch_size < 1:
+            raise RunError(f"--batch-size must be >= 1, got {spec.batch_size}")
+        if engine not in ("auto", "eager"):  # batched passes are eager for every method alike
+            raise RunError(
+                f"batched decoding runs eager; --engine {engine} is batch-1 only: use --engine eager"
+            )
+        engine = "eager"
+    elif spec.continuous:
+        raise RunError("--continuous needs --batch-size")
     try:
-        target = load_target(spec.model, spec.dtype, spec.device, spec.engine)
+        target = load_target(spec.model, spec.dtype, spec.device, engine)
     except EngineError as exc:
         raise RunError(str(exc)) from None
     if target.tokenizer is None:
         raise RunError(f"{target.path} has no tokenizer files; suites need the model's chat template")
     decoders = {label: make_decoder(label, target) for label in spec.methods}
+    if spec.batch_size is not None:
+        for decoder in decoders.values():
+            try:
+                decoder.batch_drafter(SamplingParams())
+            except BatchError as exc:
+                raise RunError(f"--batch-size {spec.batch_size}: {exc}") from None
 
     max_context = target.model.config.max_position_embeddings
     all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
@@ -206,8 +227,10 @@ def unit_records(
     score,
     settings: GenerationSettings,
     seed: int,
+    batch: list[BatchFields] | None = None,
 ) -> list[GenerationRecord]:
-    """One record per turn of a unit (`unit_fields`): what was generated, how fast, with what score."""
+    """One record per turn of a unit (`unit_fields`): what was generated, how fast, with what score, and in a
+    batched run how each turn shared its batch."""
     out = []
     for t, (turn, (wall, telemetry)) in enumerate(zip(turns, measures, strict=True)):
         r, last = turn.result, t == len(turns) - 1
@@ -231,6 +254,7 @@ def unit_records(
                 score_correct=score.correct if last else None,
                 score_status=score.status if last else None,
                 score_detail=score.detail if last else None,
+                batch=batch[t] if batch else None,
                 **{name: getattr(r, name) for name in RESULT_FIELDS},
             )
         )
@@ -323,32 +347,38 @@ def execute(
         todo, desc="run", unit="gen", disable=not progress, initial=len(units) - len(todo), total=len(units)
     )
     try:
-        for suite, item, sample, label in bar:
-            decoder = p.decoders[label]
-            if label not in warmed:
-                warm_up(p, spec.warmup, label, decoder, settings)
-                warmed.add(label)
-            unit = unit_fields(suite, item, label, decoder, sample)
-            measures: list = []
-            try:
-                turns = run_item(
-                    suite,
-                    item,
-                    p.target.tokenizer,
-                    _measured(decoder, telemetry, device, measures),
-                    settings[suite.name],
-                    seed=partial(generation_seed, spec.seed, item.id, sample),
-                )
-                score = suite.score(item, [t.text for t in turns], tokenizer=p.target.tokenizer)
-                records = unit_records(unit, item, turns, measures, score, settings[suite.name], spec.seed)
-            except Exception as exc:  # an OOM or a bug in one generation must not end the run
-                if telemetry.timer is not None and "forward" in vars(p.target.model):
-                    telemetry.timer.detach()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                records = [error_record(unit, item, exc)]
-            store.write_unit(records)
-            bar.set_postfix_str(figures.add(label, records))
+        if spec.batch_size is not None:
+            execute_batched(p, spec, todo, settings, store, bar, figures)
+            bar.close()
+        else:
+            for suite, item, sample, label in bar:
+                decoder = p.decoders[label]
+                if label not in warmed:
+                    warm_up(p, spec.warmup, label, decoder, settings)
+                    warmed.add(label)
+                unit = unit_fields(suite, item, label, decoder, sample)
+                measures: list = []
+                try:
+                    turns = run_item(
+                        suite,
+                        item,
+                        p.target.tokenizer,
+                        _measured(decoder, telemetry, device, measures),
+                        settings[suite.name],
+                        seed=partial(generation_seed, spec.seed, item.id, sample),
+                    )
+                    score = suite.score(item, [t.text for t in turns], tokenizer=p.target.tokenizer)
+                    records = unit_records(
+                        unit, item, turns, measures, score, settings[suite.name], spec.seed
+                    )
+                except Exception as exc:  # an OOM or a bug in one generation must not end the run
+                    if telemetry.timer is not None and "forward" in vars(p.target.model):
+                        telemetry.timer.detach()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    records = [error_record(unit, item, exc)]
+                store.write_unit(records)
+                bar.set_postfix_str(figures.add(label, records))
         run["status"] = "complete"
     except KeyboardInterrupt:
         run["status"] = "interrupted"
@@ -358,6 +388,86 @@ def execute(
         store.write_run(run)
         store.close()
     return Path(out)
+
+
+def execute_batched(p: Prepared, spec: RunSpec, todo: list, settings, store, bar, figures: Progress) -> None:
+    """The work units of a batched run (`--batch-size`): per method, per suite, every unit through the method's
+    batched decoder (orthrus_core.batch), each turn a request, records written as each unit finishes. Methods
+    are the outer loop here: a batch holds one method's requests."""
+    device = p.target.model.lm_head.weight.device
+    clock = Clock(device)
+    for label, decoder in p.decoders.items():
+        warm_up_batched(p, spec, label, decoder, settings)
+        for suite in p.suites:
+            mine = [(item, sample) for s, item, sample, lbl in todo if s is suite and lbl == label]
+            if not mine:
+                continue
+            gen = settings[suite.name]
+            params = SamplingParams(gen.temperature, gen.top_k, gen.top_p)
+            conversations = [Conversation(item, sample) for item, sample in mine]
+            epoch = clock()
+
+            def decode(next_request, decoder=decoder, params=params):
+                return decoder.generate_batch(
+                    next_request, spec.batch_size, params, continuous=spec.continuous
+                )
+
+            def generator(c, turn, decoder=decoder):
+                return decoder.generator(generation_seed(spec.seed, c.item.id, c.sample, turn))
+
+            finished = set()
+            try:
+                for c in run_batched(suite, conversations, p.target.tokenizer, decode, gen, generator):
+                    unit = unit_fields(suite, c.item, label, decoder, c.sample)
+                    score = suite.score(c.item, [t.text for t in c.turns], tokenizer=p.target.tokenizer)
+                    measures = [(b.finished_at - b.admitted_at, None) for b in c.batch]
+                    batch = [batch_fields(spec, b, epoch) for b in c.batch]
+                    records = unit_records(unit, c.item, c.turns, measures, score, gen, spec.seed, batch)
+                    store.write_unit(records)
+                    finished.add(id(c))
+                    bar.update(1)
+                    bar.set_postfix_str(figures.add(label, records))
+            except (
+                Exception
+            ) as exc:  # an OOM or a bug ends this batch: its unfinished units get error records
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                for c in conversations:
+                    if id(c) not in finished:
+                        store.write_unit(
+                            [error_record(unit_fields(suite, c.item, label, decoder, c.sample), c.item, exc)]
+                        )
+                        bar.update(1)
+
+
+def batch_fields(spec: RunSpec, b, epoch: float) -> BatchFields:
+    return BatchFields(
+        batch_size=spec.batch_size,
+        batch_continuous=spec.continuous,
+        batch_rows_mean=b.mean_rows,
+        batch_forwards=b.forwards,
+        batch_forward_share=b.forward_share,
+        batch_admitted_s=b.admitted_at - epoch,
+        batch_finished_s=b.finished_at - epoch,
+        kv_bytes_per_row=b.kv_bytes_per_row,
+        kv_capacity=b.kv_capacity,
+    )
+
+
+def warm_up_batched(p: Prepared, spec: RunSpec, label: str, decoder: Decoder, settings) -> None:
+    """`warmup` short batches of the first item's prompt, `batch_size` rows each; nothing is recorded."""
+    suite = next((s for s in p.suites if p.items[s.name]), None)
+    if suite is None or spec.warmup <= 0:
+        return
+    prompt = suite.render(p.target.tokenizer, p.items[suite.name][0], [])
+    new = min(32, settings[suite.name].max_new_tokens)
+    try:
+        for _ in range(spec.warmup):
+            requests = partial(next, iter([Request(prompt, new, [])] * spec.batch_size), None)
+            for _ in decoder.generate_batch(requests, spec.batch_size, SamplingParams()):
+                pass
+    except Exception as exc:  # the recorded generations will fail too, each with its own error record
+        logger.warning("%s: warm-up failed (%s: %s)", label, type(exc).__name__, exc)
 
 
 def _now() -> str:

@@ -15,7 +15,7 @@ DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a fe
 # The suite settings a run may override for every suite it runs.
 OVERRIDES = ("temperature", "top_k", "top_p", "max_new_tokens")
 # RunSpec fields that say how a run ran rather than what it generated: outside its config.
-SETTINGS = ("warmup", "telemetry", "data_dir", "engine")
+SETTINGS = ("warmup", "telemetry", "data_dir", "engine", "batch_size", "continuous")
 
 
 class RunError(Exception):
@@ -41,6 +41,8 @@ class RunSpec:
     telemetry: bool = True
     data_dir: str | None = None
     engine: str = "auto"  # orthrus_core.engine: auto | eager | compile | cudagraph
+    batch_size: int | None = None  # B rows decoded together (orthrus_core.batch); None: one prompt at a time
+    continuous: bool = False  # with batch_size: refill a finished row's slot at once (continuous batching)
 
     def config(self) -> dict:
         """What makes two runs' records comparable; hashed, and checked on --resume and merge. How the steps

@@ -7,9 +7,11 @@ AR model's answers token for token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
+from orthrus_core.batch import BatchResult, Request
 from orthrus_core.generation import GenerateFn, GenerationResult
 
 from .config import GenerationSettings
@@ -54,3 +56,49 @@ def run_item(
         result = generate(prompt, settings.max_new_tokens, stop_token_ids=stop_ids, seed=seeded, **sampling)
         turns.append(Turn(prompt, result, answer_text(tokenizer, result.tokens, stop_strings)))
     return turns
+
+
+@dataclass
+class Conversation:
+    """One item's turns for one sample in a batched run: a batch request per turn, the next queued when the
+    last finishes (so a multi-turn item continues from its own answers, as `run_item` does)."""
+
+    item: SuiteItem
+    sample: int
+    turns: list[Turn] = field(default_factory=list)
+    batch: list[BatchResult] = field(default_factory=list)  # how each turn shared its batch
+
+
+def run_batched(
+    suite: Suite,
+    conversations: list[Conversation],
+    tokenizer,
+    decode: Callable[[Callable[[], Request | None]], Iterator[BatchResult]],
+    settings: GenerationSettings,
+    generator: Callable[[Conversation, int], object],
+) -> Iterator[Conversation]:
+    """Every turn of `conversations` through `decode` (a decoder's `generate_batch`, bound to its batch size),
+    yielding each conversation when its last turn finishes. generator(conversation, turn) is the seeded
+    generator of that turn's request (harness.run.seeds, as in `run_item`)."""
+    stop_ids, stop_strings = settings.stop_token_ids_and_strings(tokenizer)
+
+    def request(c: Conversation) -> Request:
+        prompt = suite.render(tokenizer, c.item, [turn.text for turn in c.turns])
+        return Request(prompt, settings.max_new_tokens, stop_ids, generator(c, len(c.turns)), key=c)
+
+    queue = deque(request(c) for c in conversations)
+    finished = 0
+    for done in decode(lambda: queue.popleft() if queue else None):
+        c = done.request.key
+        text = answer_text(tokenizer, done.result.tokens, stop_strings)
+        c.turns.append(Turn(list(done.request.prompt_ids), done.result, text))
+        c.batch.append(done)
+        if len(c.turns) < len(c.item.turns):
+            queue.append(request(c))
+        else:
+            finished += 1
+            yield c
+    if finished < len(conversations):
+        raise RuntimeError(
+            f"the batched decoder stopped with {len(conversations) - finished} conversation(s) unfinished"
+        )
