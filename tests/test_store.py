@@ -9,9 +9,11 @@ import pytest
 from synthetic_runs import generation_record
 
 from harness.records import (
+    BATCH_FIELDS,
     LATER_FIELDS,
     REQUIRED_FIELDS,
     TELEMETRY_FIELDS,
+    BatchFields,
     ErrorRecord,
     GenerationRecord,
     TelemetryFields,
@@ -74,6 +76,7 @@ def test_records_are_written_flat_and_read_back_as_written(tmp_path):
     records = [
         generation_record(item_id="a", telemetry=telemetry),
         generation_record(item_id="b"),  # --no-telemetry: no telemetry field at all
+        generation_record(item_id="d", batch=BatchFields(**dict.fromkeys(BATCH_FIELDS, 0))),  # a batched run
         ErrorRecord(
             suite="s", item_id="c", method="ar", method_name="ar", lossless=True, sample=0, turn=0, turns=1,
             error="RuntimeError: boom", traceback="...", context_tokens=None,
@@ -83,10 +86,13 @@ def test_records_are_written_flat_and_read_back_as_written(tmp_path):
     for record in records:
         store.write_unit([record])
     store.close()
-    a, b, c = read_records(tmp_path)
+    a, b, d, c = read_records(tmp_path)
     names = [f.name for f in dataclasses.fields(GenerationRecord)]
+    assert names[-1] == "batch"
+    names = names[:-1]
     at = names.index("telemetry")
     assert list(a) == [*names[:at], *TELEMETRY_FIELDS, *names[at + 1 :]]  # flat, in the schema's order
+    assert list(d) == [*names[:at], *names[at + 1 :], *BATCH_FIELDS]
     assert a["ar_forward_count"] == 2 and a["status"] == "ok" and a["error"] is None
     assert list(b) == [*names[:at], *names[at + 1 :]]
     assert list(c) == list(REQUIRED_FIELDS["error"]) and c["status"] == "error"
