@@ -124,11 +124,14 @@ def test_bench_engine_prints_its_tables(checkpoint, capsys):
                 "4",
                 "--engines",
                 "eager",
+                "--batch-sizes",
+                "1,3",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
+    assert "batched passes" in out and "ms / row" in out
     assert "engine eager" in out and "orthrus:cache=dynamic" in out and "ar-hf:cache=static" in out
     for header in ("roofline", "AR ms", "diffusion ms", "verify ms", "cycle / AR", "tokens/s", "identical"):
         assert header in out

@@ -130,6 +130,63 @@ def forward_costs(model, contexts, K, repeats, device):
     return rows
 
 
+@torch.inference_mode()
+def batched_forward_costs(model, contexts, K, batch_sizes, repeats, device):
+    """Rows of (B, context, AR step s, diffusion pass s, verify pass s) over B rows at each context length, as
+    orthrus_core.batch runs them (eager, every row at the same length: the cost of a cycle against B x K)."""
+    from orthrus_core.batch import BatchKVCache, target_pass
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    p = model.lm_head.weight
+    for B in batch_sizes:
+        for ctx in contexts:
+            cache = BatchKVCache(model.config, B, ctx + K, dtype=p.dtype, device=device)
+            ids = torch.randint(0, model.config.vocab_size - 1, (1, ctx), generator=g).to(device)
+            model(ids, 0, cache.row(0))  # one prefill, its K/V copied into every row
+            cache.k[:, 1:] = cache.k[:, :1]
+            cache.v[:, 1:] = cache.v[:, :1]
+            cache.lengths = [ctx] * B
+            one = ids[:, -1:].expand(B, 1)
+            block = (ids[:, -K:] if ctx >= K else ids.new_zeros(1, K)).expand(B, K)
+            step_slots = cache.starts()[:, None]
+            block_slots = step_slots + torch.arange(K, device=device)
+            passes = (
+                partial(target_pass, model, cache, one, step_slots),
+                partial(target_pass, model, cache, block, block_slots, diffusion=True),
+                partial(target_pass, model, cache, block, block_slots),
+            )
+            rows.append((B, ctx, *(median_time(f, device, repeats) for f in passes)))
+    return rows
+
+
+def print_batched(console, rows: list[dict], repeats: int) -> None:
+    table = Table(
+        "B",
+        "context",
+        "K",
+        "AR step ms",
+        "ms / row",
+        "diffusion ms",
+        "verify ms",
+        "cycle / AR",
+        title=f"batched passes (eager, orthrus_core.batch): medians over {repeats} repeats; an Orthrus cycle "
+        "beats AR per token where τ > cycle / AR",
+    )
+    for r in rows:
+        table.add_row(
+            str(r["batch_size"]),
+            str(r["context"]),
+            str(r["K"]),
+            f"{r['ar_ms']:.3f}",
+            f"{r['ar_ms'] / r['batch_size']:.3f}",
+            f"{r['diffusion_ms']:.3f}",
+            f"{r['verify_ms']:.3f}",
+            f"{r['cycle_over_ar']:.2f}",
+        )
+    console.print(table)
+
+
 def suite_prompts(model_path, count: int) -> list[list[int]] | None:
     """The first prompts of the tiny-math suite in the checkpoint's chat template, or None without a tokenizer."""
     from harness.suites.suite import load_suite
@@ -217,10 +274,12 @@ def bench_engine(
     repeats=20,
     prompts=None,
     baselines=True,
+    batch_sizes=None,
     print_tables=True,
 ) -> dict:
-    """Per engine mode: forward costs per context and K, and end to end; the baselines once. Returns the
-    figures (what --json writes) after printing them."""
+    """Per engine mode: forward costs per context and K, and end to end; the baselines once; with
+    `batch_sizes`, the batched passes' costs against B x K. Returns the figures (what --json writes) after
+    printing them."""
     dtype = torch_dtype(dtype)
     tokenizer = None
     if model_path:
@@ -304,6 +363,23 @@ def bench_engine(
             "events_over_wall": events_vs_wall(model, contexts[0], 50, device),
         }
     set_engine(model, "eager")
+    if batch_sizes:
+        figures["batched"] = [
+            dict(
+                batch_size=B,
+                context=ctx,
+                K=K,
+                ar_ms=ar * 1e3,
+                diffusion_ms=diffusion * 1e3,
+                verify_ms=verify * 1e3,
+                cycle_over_ar=(diffusion + verify) / ar,
+            )
+            for K in block_sizes
+            for B, ctx, ar, diffusion, verify in batched_forward_costs(
+                model, contexts, K, batch_sizes, repeats, device
+            )
+        ]
+        print_batched(console, figures["batched"], repeats)
     figures["baselines"] = (
         end_to_end(target, prompts, new_tokens, BASELINES, ar_tokens)[0] if baselines else {}
     )

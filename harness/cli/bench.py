@@ -26,6 +26,12 @@ def register(sub) -> None:
         default=None,
         help="engine modes to time, e.g. eager,compile (default: every mode the device runs)",
     )
+    p.add_argument(
+        "--batch-sizes",
+        type=parse_int_list,
+        default=None,
+        help="also time the batched passes (orthrus_core.batch) at these batch sizes, e.g. 1,4,16,64",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_engine)
 
@@ -56,6 +62,7 @@ def cmd_bench_engine(args) -> int:
             block_sizes=args.block_sizes,
             new_tokens=args.new_tokens,
             repeats=args.repeats,
+            batch_sizes=args.batch_sizes,
         )
     except EngineError as exc:
         raise UsageError(str(exc)) from None
