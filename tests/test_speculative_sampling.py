@@ -94,7 +94,8 @@ def pit_of_stream(target, drafter, params, n_tokens, seed):
     ],
 )
 def test_speculative_sampling_follows_the_target(target, drafter_model, branching, depth, params):
-    u, accepted = pit_of_stream(target, TopKDrafter(drafter_model, branching, depth), params, 5000, seed=0)
+    # 3000 tokens: the planted-bug tests below (6000) show the power; a correct decoder passes at any size.
+    u, accepted = pit_of_stream(target, TopKDrafter(drafter_model, branching, depth), params, 3000, seed=0)
     pvalues = uniformity_pvalues(u)
     print("correct:", branching, depth, params, pvalues, sum(accepted) / len(accepted))
     assert sum(accepted) > len(accepted) / 4 and 0 in accepted  # drafts were accepted, and rejected

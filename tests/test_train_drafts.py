@@ -45,7 +45,7 @@ def test_eagle3_trainer_learns(target, sequences):
     log = lambda line: losses.append(float(line.rsplit(" ", 1)[1]))  # noqa: E731
     head0 = train_eagle3(target, sequences, draft_vocab_size=200, steps=1, ttt_steps=3, log=lambda _: None)
     head = train_eagle3(
-        target, sequences, draft_vocab_size=200, steps=400, ttt_steps=3, batch_size=8, log=log
+        target, sequences, draft_vocab_size=200, steps=200, ttt_steps=3, batch_size=8, log=log
     )
     assert losses[-1] < 0.75 * losses[0]
     tau0 = taus(target, Eagle3Drafter(head0, target, 4, 4, 16), sequences)
@@ -62,7 +62,7 @@ def test_dflash_trainer_learns(target, sequences):
     log = lambda line: losses.append(float(line.rsplit(" ", 1)[1]))  # noqa: E731
     kw = dict(num_layers=1, block_size=6, mask_token_id=target.config.mask_token_id, anchors=8)
     draft0 = train_dflash(target, sequences, steps=1, log=lambda _: None, **kw)
-    draft = train_dflash(target, sequences, steps=400, log=log, **kw)
+    draft = train_dflash(target, sequences, steps=250, log=log, **kw)
     assert losses[-1] < 0.75 * losses[0]
     tau0 = taus(target, DFlashDrafter(draft0, target), sequences)
     tau = taus(target, DFlashDrafter(draft, target), sequences)
@@ -87,6 +87,8 @@ def test_train_tiny_drafts_stage_writes_both_drafts_beside_the_base(tmp_path, ca
         "6",
         "--draft-steps",
         "3",
+        "--draft-max-new-tokens",
+        "32",
     ]
     assert main([*argv, "--eval-limit", "1"]) == 0
     assert (tmp_path / "eagle3" / "config.json").is_file() and (tmp_path / "dflash" / "config.json").is_file()

@@ -37,6 +37,11 @@ def register(sub) -> None:
     p.add_argument(
         "--draft-prompts", type=int, help="override how many training answers the drafts learn from"
     )
+    p.add_argument(
+        "--draft-max-new-tokens",
+        type=int,
+        help="override the drafts' tokens per training answer and per evaluation generation",
+    )
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N prompts of each tiny suite")
     p.add_argument("--eval-only", action="store_true", help="only measure the checkpoints at --out")
     p.set_defaults(func=cmd_train_tiny)
@@ -76,7 +81,14 @@ def drafts(args, out: Path) -> None:
     from harness.tiny.drafts import DraftRecipe, drafts_stage
 
     recipe = dataclasses.replace(
-        DraftRecipe(), **overrides({"steps": args.draft_steps, "train_prompts": args.draft_prompts})
+        DraftRecipe(),
+        **overrides(
+            {
+                "steps": args.draft_steps,
+                "train_prompts": args.draft_prompts,
+                "max_new_tokens": args.draft_max_new_tokens,
+            }
+        ),
     )
     target = load_target(out)
     if target.tokenizer is None:
