@@ -10,6 +10,10 @@
     nox -s bench-specbench [-- RUN OPTIONS]
                                           Spec-Bench's 480 questions on chiennv/Orthrus-Qwen3-8B (pass
                                           --model to change it) with every lossless method, greedy
+    nox -s bench-batch-8b [-- RUN OPTIONS]
+                                          the concurrency sweep (B = 1 … 64, continuous batching) of the
+                                          batched methods on chiennv/Orthrus-Qwen3-8B, on a GPU: one verified
+                                          run per B, then the report's Batching section
     nox -s report -- RUN [RUN…] --out reports/NAME
     nox -s compare -- BASE NEW [--threshold 0.05]
 
@@ -49,6 +53,11 @@ ALL_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
 BASELINES = ["ar-hf:cache=static", "orthrus:cache=dynamic"]
 # Block diffusion and the DynamicCache Orthrus decode greedily only, so the T=1 runs leave them out.
 GREEDY_ONLY = {"diffusion", "orthrus:cache=dynamic"}
+
+
+# What decodes in batches (harness.methods.base.BATCHED_METHODS) and the sweep's batch sizes.
+BATCH_METHODS = "ar,orthrus,eagle3:tree=chain,dflash,pld"
+BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64]
 
 
 def methods_list(methods: list[str], temperature: float) -> str:
@@ -180,6 +189,24 @@ def bench_specbench(session: nox.Session) -> None:
     methods = methods_list([m for m in ALL_METHODS if m != "diffusion"], 0)
     model = ["--model", "chiennv/Orthrus-Qwen3-8B", "--dtype", "bfloat16", "--device", "cuda"]
     bench(session, "specbench-8b", {"": [*model, "--suite", "specbench", "--methods", methods]})
+
+
+@nox.session(name="bench-batch-8b", **PINNED)
+def bench_batch_8b(session: nox.Session) -> None:
+    device = cuda_device()
+    if device is None:
+        session.skip(
+            "bench-batch-8b needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
+        )
+    session.log(f"benchmarking on {device}")
+    install_project(session)
+    out, passthrough = split_out(session.posargs, "results/batch-8b")
+    model = ["--model", "chiennv/Orthrus-Qwen3-8B", "--dtype", "bfloat16", "--device", "cuda"]
+    sizes = ",".join(map(str, BATCH_SIZES))
+    sweep = ["--suite", "gsm8k,mtbench", "--methods", BATCH_METHODS, "--batch-sizes", sizes, "--continuous"]
+    session.run("orthrus-bench", "run", *model, *sweep, *passthrough, "--out", out)
+    runs = [f"{out}/batch-{b}" for b in BATCH_SIZES]
+    session.run("orthrus-bench", "report", *runs, "--out", f"reports/{os.path.basename(out)}")
 
 
 @nox.session(name="bench-1.7b", **PINNED)

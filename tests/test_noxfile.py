@@ -15,6 +15,7 @@ SESSIONS = [
     "lint",
     "bench-tiny",
     "bench-specbench",
+    "bench-batch-8b",
     "bench-1.7b",
     "bench-4b",
     "bench-8b",
@@ -63,3 +64,15 @@ def test_out_is_taken_from_the_passthrough_arguments():
     )
     assert noxfile.split_out(["--out=y"], "d") == ("y", [])
     assert noxfile.split_out([], "d") == ("d", [])
+
+
+def test_the_batch_sweep_runs_every_batched_method():
+    sys.path.insert(0, str(REPO))
+    try:
+        import noxfile
+    finally:
+        sys.path.remove(str(REPO))
+    from harness.methods.base import BATCHED_METHODS
+
+    assert sorted(noxfile.BATCH_METHODS.split(",")) == sorted(BATCHED_METHODS)
+    assert noxfile.BATCH_SIZES[0] == 1 and noxfile.BATCH_SIZES[-1] == 64
