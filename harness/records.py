@@ -57,8 +57,11 @@ class BatchFields:
     batch_forward_share: float  # sum over those passes of 1 / rows in the pass: its share of the batch's work
     batch_admitted_s: float  # when it entered the batch (its wait in the queue before is not counted)
     batch_finished_s: float
-    kv_bytes_per_row: int  # KV cache bytes (the target's and the drafter's own) per row of the batch
-    kv_capacity: int  # positions per row those bytes hold
+    kv_bytes_per_position: float  # KV cache bytes (the target's and the drafter's own) per row and position
+    kv_scratch_positions: (
+        int  # positions a row holds beyond its committed ones (the drafter's largest proposal)
+    )
+    kv_row_bytes: int  # the KV cache its row needs: bytes per position x (prompt + new tokens + scratch)
 
 
 BATCH_FIELDS = tuple(f.name for f in fields(BatchFields))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .engine import bucket
 from .generation import Clock, GenerationResult, Output, check_prompt
 from .model import KVCache, OrthrusForCausalLM, head_dim
 from .sampling import SamplingParams, greedy_accept, sample
@@ -88,16 +89,23 @@ class BatchKVCache:
 
         return kv
 
-    def keep(self, rows: Sequence[int]) -> None:  # noqa: B027 (a hook: drafters without row state skip it)
-        """Only these rows stay (rows that finished leave the batch): one copy of the kept rows."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.k.device)
-        self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
+    def keep(self, rows: Sequence[int]) -> None:
+        """Only these rows (ascending) stay, as rows 0..len(rows)-1: each kept row is moved down in place, one
+        row at a time (a source is never overwritten before it is read), and the buffers are narrowed to a
+        view, so leaving rows costs no second cache."""
+        for i, b in enumerate(rows):
+            if b != i:
+                self.k[:, i].copy_(self.k[:, b])
+                self.v[:, i].copy_(self.v[:, b])
+        self.k, self.v = self.k[:, : len(rows)], self.v[:, : len(rows)]
         self.lengths = [self.lengths[b] for b in rows]
 
     def ensure(self, capacity: int) -> None:
-        """Grow every row to `capacity` positions (a request longer than the batch was sized for)."""
+        """Room for `capacity` positions per row (a request longer than any before), grown to the next
+        capacity bucket (engine.bucket: at most half again), so that a run of longer requests reallocates
+        rarely."""
         if capacity > self.capacity:
-            pad = (0, 0, 0, capacity - self.capacity)
+            pad = (0, 0, 0, bucket(capacity) - self.capacity)
             self.k = torch.nn.functional.pad(self.k, pad)
             self.v = torch.nn.functional.pad(self.v, pad)
 
@@ -144,8 +152,11 @@ class BatchResult:
     forwards: int  # batched passes (target and drafter, prefill excluded) the request took part in
     forward_share: float  # sum over those passes of 1 / rows in the pass: its share of the batch's compute
     mean_rows: float  # rows per pass, averaged over its passes (the co-scheduled rows, itself included)
-    kv_bytes_per_row: int  # the batch's KV caches (the target's and the drafter's) per row, when it finished
-    kv_capacity: int  # positions per row they hold
+    kv_bytes_per_position: (
+        float  # the batch's KV caches (the target's and the drafter's own) per row, position
+    )
+    kv_scratch_positions: int  # positions a row holds beyond its committed ones (the largest proposal)
+    kv_row_bytes: int  # what its row needs: bytes per position x (prompt + new tokens + scratch positions)
 
 
 class BatchDrafter(ABC):
@@ -273,18 +284,12 @@ def decode_batch(
             row.trace[: len(row.out.tokens)] if any(row.trace) else [],
         )
         mean_rows = row.rows_sum / row.forwards if row.forwards else 1.0
-        kv_bytes = (cache.nbytes + (drafter.nbytes if drafter else 0)) // cache.rows
+        per_position = (cache.nbytes + (drafter.nbytes if drafter else 0)) / (cache.rows * cache.capacity)
+        positions = len(row.request.prompt_ids) + len(row.out.tokens) + nodes
         return BatchResult(
-            row.request,
-            result,
-            row.admitted_at,
-            now,
-            row.forwards,
-            row.share,
-            mean_rows,
-            kv_bytes,
-            cache.capacity,
-        )
+            row.request, result, row.admitted_at, now, row.forwards, row.share, mean_rows, per_position, nodes,
+            int(per_position * positions),
+        )  # fmt: skip
 
     while True:
         if not rows:  # a new batch (static) or the first one

@@ -114,10 +114,12 @@ def test_a_pass_over_ragged_rows_computes_what_each_row_computes_alone():
         torch.testing.assert_close(
             drafted[b], model(block[:1], len(p), alone, diffusion=True)[0], rtol=1e-5, atol=1e-5
         )
-    cache.keep([2, 0])
-    assert cache.lengths == [len(prompts[2]), len(prompts[0])] and cache.rows == 2
-    cache.ensure(100)
-    assert cache.capacity == 100
+    row2 = cache.k[:, 2].clone()
+    cache.keep([0, 2])  # row 1 leaves; row 2 moves down into its place
+    assert cache.lengths == [len(prompts[0]), len(prompts[2])] and cache.rows == 2
+    assert torch.equal(cache.k[:, 1], row2)
+    cache.ensure(300)  # grown to the next capacity bucket, the rows kept
+    assert cache.capacity == 384 and torch.equal(cache.k[:, 1, :, :, :64], row2)
 
 
 def test_the_batch_shrinks_as_rows_finish_and_continuous_refills_them():
@@ -170,7 +172,9 @@ def test_a_batched_run_records_the_batch_and_the_report_sweeps_it(tmp_path, caps
     }
     assert (figures.identical_to_smallest_b == 1.0).all()
     assert (figures[figures.method == "ar"].speedup_vs_ar == 1.0).all()
-    assert (figures[figures.method == "orthrus"].kv_vs_ar > 1.0).all()  # its block's scratch slots per row
+    orthrus = figures[figures.method == "orthrus"]
+    assert (orthrus.kv_per_position_vs_ar == 1.0).all()  # it shares the target's cache ...
+    assert (orthrus.kv_vs_ar > 1.0).all() and (orthrus.kv_scratch_positions == 16).all()  # ... plus its block
     report = build_report([str(out / "batch-1"), str(out / "batch-3")], tmp_path / "report")
     text = report.markdown()
     assert "## Batching" in text and "B=1 | B=3" in text and "figures/batch.png" in text

@@ -62,8 +62,9 @@ def batch_figures(gens: pd.DataFrame) -> pd.DataFrame:
                 "tau": 1 + sum(accepted) / len(accepted) if accepted and m.lossless.all() else None,
                 "tpf": m.new_tokens.sum() / forwards if forwards else None,
                 "rows_mean": m.batch_rows_mean.mean(),
-                "kv_mib_per_row": m.kv_bytes_per_row.median() / MIB,
-                "kv_capacity": int(m.kv_capacity.median()),
+                "kv_mib_per_row": m.kv_row_bytes.median() / MIB,
+                "kv_bytes_per_position": m.kv_bytes_per_position.median(),
+                "kv_scratch_positions": int(m.kv_scratch_positions.max()),
                 "identical_to_smallest_b": sum(same) / len(same)
                 if same and m.temperature.iloc[0] == 0
                 else None,
@@ -79,6 +80,7 @@ def batch_figures(gens: pd.DataFrame) -> pd.DataFrame:
 
     out["speedup_vs_ar"] = out.apply(lambda r: vs_ar(r, "throughput"), axis=1)
     out["kv_vs_ar"] = out.apply(lambda r: vs_ar(r, "kv_mib_per_row"), axis=1)
+    out["kv_per_position_vs_ar"] = out.apply(lambda r: vs_ar(r, "kv_bytes_per_position"), axis=1)
     return out.sort_values(
         ["model", "temperature", "batch_continuous", "method", "batch_size"], kind="stable"
     )

@@ -602,13 +602,22 @@ def batch_tables(figures: pd.DataFrame) -> list[Table]:
             ),
             table("τ / TPF against batch size", lambda r: f"{fmt(r.tau)} / {fmt(r.tpf)}"),
             table(
-                "KV cache per row: MiB (× ar), positions per row",
+                "KV cache per row: median MiB a row needs (× ar); bytes per position (× ar); scratch positions",
                 lambda r: (
-                    f"{fmt(r.kv_mib_per_row, '.2f')}"
-                    + (f" ({fmt(r.kv_vs_ar, '.2f')}×)" if not is_missing(r.kv_vs_ar) else "")
-                    + f", {r.kv_capacity}"
+                    f"{fmt(r.kv_mib_per_row, '.3f')}"
+                    + (f" ({fmt(r.kv_vs_ar, '.3f')}×)" if not is_missing(r.kv_vs_ar) else "")
+                    + f"; {r.kv_bytes_per_position:.0f}"
+                    + (
+                        f" ({fmt(r.kv_per_position_vs_ar, '.2f')}×)"
+                        if not is_missing(r.kv_per_position_vs_ar)
+                        else ""
+                    )
+                    + f"; {r.kv_scratch_positions}"
                 ),
-                "The target's cache and the drafter's own; Orthrus adds only its block's scratch slots per row.",
+                "A row needs its prompt, its new tokens and the method's scratch positions (its largest proposal), "
+                "at the bytes per position of the target's cache and the drafter's own. Orthrus shares the "
+                "target's cache: the same bytes per position as ar, and only its block's scratch positions more "
+                "per row (the O(1) overhead); a drafter with its own cache adds bytes to every position.",
             ),
         ]
         if f.identical_to_smallest_b.notna().any():

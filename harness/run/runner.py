@@ -449,8 +449,9 @@ def batch_fields(spec: RunSpec, b, epoch: float) -> BatchFields:
         batch_forward_share=b.forward_share,
         batch_admitted_s=b.admitted_at - epoch,
         batch_finished_s=b.finished_at - epoch,
-        kv_bytes_per_row=b.kv_bytes_per_row,
-        kv_capacity=b.kv_capacity,
+        kv_bytes_per_position=b.kv_bytes_per_position,
+        kv_scratch_positions=b.kv_scratch_positions,
+        kv_row_bytes=b.kv_row_bytes,
     )
 
 
