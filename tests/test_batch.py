@@ -119,7 +119,7 @@ def test_a_pass_over_ragged_rows_computes_what_each_row_computes_alone():
     assert cache.lengths == [len(prompts[0]), len(prompts[2])] and cache.rows == 2
     assert torch.equal(cache.k[:, 1], row2)
     cache.ensure(300)  # grown to the next capacity bucket, the rows kept
-    assert cache.capacity == 384 and torch.equal(cache.k[:, 1, :, :, :64], row2)
+    assert cache.capacity == 384 and torch.equal(cache.k[:, 1, :, :64], row2)
 
 
 def test_the_batch_shrinks_as_rows_finish_and_continuous_refills_them():
