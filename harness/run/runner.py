@@ -287,22 +287,30 @@ def warm_up(p: Prepared, warmup: int, label: str, decoder: Decoder, settings: di
 
 
 class Progress:
-    """The progress bar's running figures per method: tokens/s and τ so far."""
+    """The progress bar's running figures per method: tokens/s and τ so far (in a batched run, the batch's
+    tokens/s: tokens over each suite's span from first admission to last finish)."""
 
     def __init__(self):
         self.totals = defaultdict(lambda: [0, 0.0, 0, 0])  # label -> tokens, seconds, accepted, cycles
+        self.spans: dict[tuple, list[float]] = {}  # (label, suite) -> first admission, last finish
 
     def add(self, label: str, records: list[Record]) -> str:
         t = self.totals[label]
         for r in records:
             if isinstance(r, GenerationRecord):
                 t[0] += r.new_tokens
-                t[1] += r.wall_s
                 t[2] += sum(r.accepted)
                 t[3] += len(r.accepted)
-        if not t[1]:
+                if r.batch is None:
+                    t[1] += r.wall_s
+                else:
+                    span = self.spans.setdefault((label, r.suite), [r.batch.batch_admitted_s] * 2)
+                    span[0] = min(span[0], r.batch.batch_admitted_s)
+                    span[1] = max(span[1], r.batch.batch_finished_s)
+        seconds = t[1] + sum(end - start for (lbl, _), (start, end) in self.spans.items() if lbl == label)
+        if not seconds:
             return label
-        return f"{label}: {t[0] / t[1]:.1f} tok/s" + (f" τ {1 + t[2] / t[3]:.2f}" if t[3] else "")
+        return f"{label}: {t[0] / seconds:.1f} tok/s" + (f" τ {1 + t[2] / t[3]:.2f}" if t[3] else "")
 
 
 def execute(
