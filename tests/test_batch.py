@@ -43,8 +43,8 @@ def prompts(tiny):
     return rendered + [rendered[0][-1:]]
 
 
-# Rows stop at different times: by their own stop token, or at limits from 1 (done at the prefill) to 28.
-LIMITS = [28, 12, 1, 20, 7, 28, 16, 3]
+# Rows stop at different times: by their own stop token, or at limits from 1 (done at the prefill) to 20.
+LIMITS = [20, 12, 1, 16, 7, 20, 10, 3]
 
 
 def requests(prompts, generator_seed=None, device="cpu"):
@@ -70,7 +70,7 @@ def test_every_row_is_its_own_batch_1_output(tiny, prompts, spec):
         decoder.generate(p, n, stop_token_ids=[4092]).tokens for p, n in zip(prompts, LIMITS, strict=True)
     ]
     assert len({len(a) for a in alone}) > 3, "the rows should stop at different times"
-    for batch_size, continuous in [(1, False), (2, False), (4, False), (8, False), (2, True), (4, True)]:
+    for batch_size, continuous in [(1, False), (2, False), (4, False), (8, False), (4, True)]:
         done = run_batch(decoder, requests(prompts), batch_size, continuous=continuous)
         assert sorted(done) == list(range(len(prompts)))
         for i, d in done.items():
