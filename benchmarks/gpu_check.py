@@ -14,7 +14,11 @@ step failed to run (a missed target is a finding, reported as such, not a failur
 4. telemetry: the run's records cross-checked (CUDA events vs wall clock, NVML power and energy, allocator
    peak vs NVML device memory);
 5. pipeline: `run` -> `verify` -> `report` on a random Orthrus checkpoint at the qwen3-8b shape, written locally
-   (tiny shape with --quick), a few prompts of a few tokens.
+   (tiny shape with --quick), a few prompts of a few tokens;
+6. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape (bf16, random weights, K = 32)
+   at B = 1, 4, 16, 64 and contexts 1K and 4K, with cycle / AR (the τ an Orthrus cycle must beat at that B);
+   and every batched method on the tiny family in float32 at B = 4 (continuous), row for row against its own
+   batch-1 output.
 
 The machine has no network: only the repository arrives, so it needs only what the project imports (carry
 missing pure-Python packages as wheels; the device tool's README says how).
@@ -36,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness.bench.engine import available_engines, bench_engine, random_model  # noqa: E402
 from harness.methods import make_decoder  # noqa: E402
+from harness.methods.base import BATCHED_METHODS  # noqa: E402
 from harness.methods.target import load_target  # noqa: E402
 from harness.paths import default_model  # noqa: E402
 from harness.run.runner import execute  # noqa: E402
@@ -122,6 +127,50 @@ def identity(device: str, quick: bool) -> dict:
         same = sum(decoder.generate(p, new).tokens == a for p, a in zip(prompts, ar, strict=True))
         out[spec] = {"identical": same, "prompts": len(prompts)}
     return out
+
+
+def batch_step(device: str, quick: bool) -> dict:
+    """Batched pass costs against B x K at the 8B shape, and batched identity on the tiny family."""
+    from harness.bench.engine import batched_forward_costs
+    from orthrus_core.batch import Request
+    from orthrus_core.generation import default_stop_ids
+    from orthrus_core.sampling import SamplingParams
+
+    if quick:
+        shape, dtype, contexts, K, sizes, repeats = "tiny", torch.float32, [64], 16, [1, 2], 3
+    else:
+        shape, dtype, contexts, K, sizes, repeats = (
+            "qwen3-8b",
+            torch.bfloat16,
+            [1024, 4096],
+            32,
+            [1, 4, 16, 64],
+            10,
+        )
+    model = random_model(shape, dtype, device)
+    passes = [
+        dict(batch_size=B, context=ctx, K=K, ar_ms=ar * 1e3, diffusion_ms=d * 1e3, verify_ms=v * 1e3,
+             cycle_over_ar=(d + v) / ar)
+        for B, ctx, ar, d, v in batched_forward_costs(model, contexts, K, sizes, repeats, torch.device(device))
+    ]  # fmt: skip
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    target = load_target(None, "float32", device, engine="eager")
+    suite = load_suite("tiny-math", limit=3 if quick else 6)  # a minute on a GPU: the check's budget is ten
+    prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
+    new, stop = 16 if quick else 64, default_stop_ids(target.model)
+    identity = {}
+    for spec in BATCHED_METHODS:
+        decoder = make_decoder(spec, target)
+        alone = [decoder.generate(p, new).tokens for p in prompts]
+        queue = [Request(p, new, stop, key=i) for i, p in enumerate(prompts)][::-1]
+        done = decoder.generate_batch(
+            lambda q=queue: q.pop() if q else None, 4, SamplingParams(), continuous=True
+        )
+        same = sum(d.result.tokens == alone[d.request.key] for d in done)
+        identity[spec] = {"identical": same, "prompts": len(prompts)}
+    return {"shape": shape, "passes": passes, "identity": identity}
 
 
 def verified_run(
@@ -270,6 +319,28 @@ def markdown(result: dict) -> str:
             f"- written in {p['checkpoint_write_s']:.0f} s; verify exit {p['verify_exit']}; verdicts {p['verdicts']}",
             "",
         ]
+    if "batch" in result:
+        b = result["batch"]
+        lines += [
+            f"## Batched passes, {b['shape']} (eager; an Orthrus cycle beats AR per token where τ > cycle / AR)",
+            "",
+            "| B | context | K | AR step ms | ms / row | diffusion ms | verify ms | cycle / AR |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in b["passes"]:
+            lines.append(
+                f"| {r['batch_size']} | {r['context']} | {r['K']} | {r['ar_ms']:.3f} | "
+                f"{r['ar_ms'] / r['batch_size']:.3f} | {r['diffusion_ms']:.3f} | {r['verify_ms']:.3f} | "
+                f"{r['cycle_over_ar']:.2f} |"
+            )
+        lines += [
+            "",
+            "Batched identity (tiny family, float32, B = 4 continuous, against each method's batch-1):",
+            "",
+        ]
+        lines += [
+            f"- {m}: {r['identical']}/{r['prompts']} rows identical" for m, r in b["identity"].items()
+        ] + [""]
     for step, error in result.get("errors", {}).items():
         lines += [f"## {step} FAILED", "", "```", error[-2000:], "```", ""]
     return "\n".join(lines)
@@ -299,6 +370,7 @@ def main(argv=None) -> int:
         "identity": lambda: identity(args.device, args.quick),
         "bf16": lambda: bf16_divergences(out, args.device, args.quick),
         "pipeline": lambda: pipeline(out, args.device, args.quick),
+        "batch": lambda: batch_step(args.device, args.quick),
     }
     for name, step in steps.items():
         try:

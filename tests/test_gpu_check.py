@@ -27,11 +27,14 @@ def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
     assert result["telemetry"]["generations"] > 0 and result["telemetry"]["nvml_measured"] is False
     assert result["pipeline"]["verdicts"] == {"orthrus": "PASS"}
     assert Path(result["pipeline"]["report"]).exists()
+    assert [r["batch_size"] for r in result["batch"]["passes"]] == [1, 2]
+    assert all(r["identical"] == r["prompts"] > 0 for r in result["batch"]["identity"].values())
     summary = (tmp_path / "gpu_check.md").read_text()
     for heading in (
         "## Engine, tiny",
         "## float32 identity",
         "## bf16 divergences",
         "## run -> verify -> report",
+        "## Batched passes, tiny",
     ):
         assert heading in summary
