@@ -157,9 +157,9 @@ def batch_step(device: str, quick: bool) -> dict:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     target = load_target(None, "float32", device, engine="eager")
-    suite = load_suite("tiny-math", limit=3 if quick else 6)  # a minute on a GPU: the check's budget is ten
+    suite = load_suite("tiny-math", limit=2 if quick else 6)  # a minute on a GPU: the check's budget is ten
     prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
-    new, stop = 16 if quick else 64, default_stop_ids(target.model)
+    new, stop = 12 if quick else 64, default_stop_ids(target.model)
     identity = {}
     for spec in BATCHED_METHODS:
         decoder = make_decoder(spec, target)
