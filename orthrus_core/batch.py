@@ -33,7 +33,7 @@ import torch
 
 from .engine import bucket
 from .generation import Clock, GenerationResult, Output, check_prompt
-from .model import KVCache, OrthrusForCausalLM, head_dim
+from .model import KVCache, OrthrusForCausalLM, cache_shape
 from .sampling import SamplingParams, greedy_accept, sample
 from .speculative import sampled_chain_accept
 from .tree import DraftTree, accept_sampled
@@ -43,19 +43,10 @@ class BatchKVCache:
     """K/V for R rows of every layer: k, v [layers, R, kv_heads, capacity, head_dim]; `lengths` [R] (host ints)
     counts each row's committed positions. Row b's K/V are contiguous at slots 0..lengths[b]-1."""
 
-    def __init__(
-        self, config, rows: int, capacity: int, *, layers: int | None = None, dtype=None, device=None
-    ):
-        shape = (
-            layers or config.num_hidden_layers,
-            rows,
-            config.num_key_value_heads,
-            capacity,
-            head_dim(config),
-        )
+    def __init__(self, config, rows: int, capacity: int, *, dtype=None, device=None):
         # Zeros, not garbage: masked slots get zero weight, but a NaN left in one would still poison the sum.
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(cache_shape(config, rows, capacity), dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
         self.lengths = [0] * rows
 
     @property
@@ -76,6 +67,12 @@ class BatchKVCache:
 
     def starts(self) -> torch.Tensor:
         return torch.tensor(self.lengths, device=self.k.device)
+
+    def slots(self, T: int, offset: int = 0) -> tuple[torch.Tensor, int]:
+        """Slots [R, T] of T new tokens per row, `offset` after each row's committed positions, and the number
+        of slots a pass over them attends to (from the host lengths: no device round trip)."""
+        start = self.starts()[:, None] + offset
+        return start + torch.arange(T, device=self.k.device), max(self.lengths) + offset + T
 
     def kv_context(self, slots: torch.Tensor, end: int):
         """kv_context(layer, k, v) for a pass writing k, v [R, kv_heads, T, D] at `slots` [R, T] that attends to
@@ -116,10 +113,10 @@ def causal(slots: torch.Tensor, end: int) -> torch.Tensor:
     return (keys[None, None] <= slots[:, :, None])[:, None]
 
 
-def target_pass(model: OrthrusForCausalLM, cache: BatchKVCache, ids, slots, *, diffusion=False, capture=()):
-    """ids [R, T] at `slots` [R, T] (also their RoPE positions) -> logits [R, T, V] (and features with
+def target_pass(model: OrthrusForCausalLM, cache: BatchKVCache, ids, *, diffusion=False, capture=()):
+    """ids [R, T] at each row's next T slots (also their RoPE positions) -> logits [R, T, V] (and features with
     `capture`). AR view: causal per row; diffusion view: each row's prefix and its whole block."""
-    end = int(slots[:, -1].max()) + 1
+    slots, end = cache.slots(ids.shape[1])
     if diffusion:
         keys = torch.arange(end, device=slots.device)
         mask = (keys[None] <= slots[:, -1:])[:, None, None].expand(-1, 1, ids.shape[1], -1)
@@ -199,6 +196,34 @@ class BatchDrafter(ABC):
     def nbytes(self) -> int:
         """The drafter's own cache, beside the target's."""
         return 0
+
+
+class CachedBatchDrafter(BatchDrafter):
+    """A batch drafter with a KV cache of its own, `draft_cache` (rows as the target's, `extra` positions more
+    each), and per row what was committed since its last cycle and is not in that cache yet, `pending`.
+    A subclass sets `cache_config` (its model's config) and `extra` before the batch binds it."""
+
+    cache_config: object
+    extra: int
+
+    def bind(self, cache, rows):
+        super().bind(cache, rows)
+        k = cache.k
+        self.draft_cache = BatchKVCache(
+            self.cache_config, rows, cache.capacity + self.extra, dtype=k.dtype, device=k.device
+        )
+        self.pending: list = [None] * rows
+
+    def ensure(self, capacity):
+        self.draft_cache.ensure(capacity + self.extra)
+
+    def keep(self, rows):
+        self.draft_cache.keep(rows)
+        self.pending = [self.pending[b] for b in rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.draft_cache.nbytes
 
 
 @dataclass
@@ -315,11 +340,9 @@ def decode_batch(
                 drafts, real, q, passes = drafter.propose(roots, generators)
                 passes += 1
             tokens = torch.cat([roots[:, None], drafts], dim=1)  # [R, n + 1]
-            slots = cache.starts()[:, None] + torch.arange(tokens.shape[1], device=device)
-            result = target_pass(model, cache, tokens, slots, capture=capture)
+            result = target_pass(model, cache, tokens, capture=capture)
             logits, features = result if capture else (result, None)
-            counts, nxt, traces = accept_rows(tokens, real, q, logits, params, generators)
-            emitted = tokens[:, 1:].tolist() if tokens.shape[1] > 1 else [[] for _ in rows]
+            counts, nxt, emitted, traces = accept_rows(tokens, real, q, logits, params, generators)
             for b, row in enumerate(rows):
                 n = counts[b]
                 cache.lengths[b] += n + 1
@@ -331,6 +354,7 @@ def decode_batch(
                 row.root = nxt[b]
                 if drafter:
                     row.accepted.append(n)
+                if traces:
                     row.trace += traces[b]
                 row.out.emit(emitted[b][:n] + [nxt[b]])
             if drafter:
@@ -358,14 +382,14 @@ def decode_batch(
 
 
 def accept_rows(tokens, real: list[int], q, logits, params: SamplingParams, generators):
-    """Per row: drafts accepted, the next token, and the acceptance trace entries (sampling from a q only).
-    Greedy is vectorised over the rows; sampling runs row by row with each row's generator."""
+    """Per row: drafts accepted, the next token, the drafts (host lists), and the acceptance trace entries when
+    the drafts were sampled from a q (else None). Greedy is vectorised over the rows and read back in one
+    transfer; sampling runs row by row with each row's generator."""
     drafts = tokens[:, 1:]
     if params.greedy:
-        lengths = torch.tensor(real, device=tokens.device)
-        counts, nxt = greedy_accept(drafts, logits, lengths)
-        counts, nxt = torch.stack([counts, nxt]).tolist()
-        return counts, nxt, [[None] * (c + 1) for c in counts]
+        counts, nxt = greedy_accept(drafts, logits, torch.tensor(real, device=tokens.device))
+        rows = torch.cat([counts[:, None], nxt[:, None], drafts], dim=1).tolist()
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2:] for r in rows], None
     counts, nxt, traces = [], [], []
     probs = params.probs(logits)
     for b in range(tokens.shape[0]):
@@ -382,7 +406,7 @@ def accept_rows(tokens, real: list[int], q, logits, params: SamplingParams, gene
         counts.append(count)
         nxt.append(token)
         traces.append(trace)
-    return counts, nxt, traces
+    return counts, nxt, drafts.tolist(), traces
 
 
 class OrthrusBatchDrafter(BatchDrafter):
@@ -409,8 +433,7 @@ class OrthrusBatchDrafter(BatchDrafter):
         R, K = roots.shape[0], self.block_size
         block = torch.full((R, K), self.model.mask_token_id, dtype=torch.long, device=roots.device)
         block[:, 0] = roots
-        slots = self.cache.starts()[:, None] + torch.arange(K, device=roots.device)
-        logits = target_pass(self.model, self.cache, block, slots, diffusion=True)[:, :-1]
+        logits = target_pass(self.model, self.cache, block, diffusion=True)[:, :-1]
         if self.params.greedy:
             return logits.argmax(-1), [K - 1] * R, None, 1
         q = self.params.probs(logits)

@@ -32,7 +32,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .batch import BatchDrafter, BatchKVCache
+from .batch import CachedBatchDrafter
 from .checkpoint import CheckpointError, check_shapes, resolve
 from .model import KVCache, OrthrusForCausalLM, head_dim
 from .speculative import Drafter
@@ -161,76 +161,56 @@ class DFlashDrafter(Drafter):
         return DraftTree.chain(root, drafts), 1
 
 
-class DFlashBatchDrafter(BatchDrafter):
+class DFlashBatchDrafter(CachedBatchDrafter):
     """DFlash over a batch: `DFlashDrafter` row for row. A row's new context rows are padded to the batch's
     most; the block sits after the padding in the draft cache but at the row's own positions, and the mask
-    hides the padding from it."""
+    hides the padding from it. `pending` per row: target features of committed tokens not in the cache yet."""
 
     def __init__(self, draft: DFlashDraftModel, target: OrthrusForCausalLM, block_size: int | None = None):
         self.block_size = DFlashDrafter(draft, target, block_size).block_size  # validates block_size
         self.draft, self.target, self.capture = draft, target, draft.capture
+        self.cache_config, self.extra = draft.config, self.block_size
 
     @property
     def max_nodes(self) -> int:
         return self.block_size
-
-    def bind(self, cache, rows):
-        super().bind(cache, rows)
-        p = self.draft.fc.weight
-        self.context = BatchKVCache(
-            self.draft.config, rows, cache.capacity + self.block_size, dtype=p.dtype, device=p.device
-        )
-        self.pending: list = [
-            None
-        ] * rows  # per row: target features of committed tokens not in the cache yet
-
-    def ensure(self, capacity):
-        self.context.ensure(capacity + self.block_size)
-
-    @property
-    def nbytes(self) -> int:
-        return self.context.nbytes
 
     def admit(self, b, prompt, features):
         """The prompt's context rows go into row b's draft cache now, alone (the drafter's prefill: one pass
         with a block whose drafts are not used), so that a cycle pads every row's new rows to a few."""
         T, K = len(prompt), self.block_size
         block = torch.full((1, K), self.draft.mask_token_id, dtype=torch.long, device=prompt.device)
-        row = self.context.row(b)
+        row = self.draft_cache.row(b)
         kv = lambda i, k, v: row.extend(i, k, v, start=0)  # noqa: E731
         positions = torch.arange(T + K, device=prompt.device)[None]
         self.draft(self.target.model.embed_tokens(block), features[None], positions, None, kv)
-        self.context.lengths[b] = T
+        self.draft_cache.lengths[b] = T
         self.pending[b] = features[:0]
 
     def accept(self, counts, tokens, features):
         self.pending = [features[b, :n] for b, n in enumerate(counts)]
 
-    def keep(self, rows):
-        self.context.keep(rows)
-        self.pending = [self.pending[b] for b in rows]
-
     def propose(self, roots, generators):
-        R, K, device = roots.shape[0], self.block_size, roots.device
-        n = torch.tensor([len(f) for f in self.pending], device=device)
-        M = int(n.max())
+        R, K, device, cache = roots.shape[0], self.block_size, roots.device, self.draft_cache
+        n = [len(f) for f in self.pending]
+        M = max(n)
         features = self.pending[0].new_zeros(R, M, self.pending[0].shape[-1])
         for b, f in enumerate(self.pending):
-            features[b, : len(f)] = f
+            features[b, : n[b]] = f
         block = torch.full((R, K), self.draft.mask_token_id, dtype=torch.long, device=device)
         block[:, 0] = roots
-        c = self.context.starts()
-        context_slots = c[:, None] + torch.arange(M, device=device)
-        block_slots = c[:, None] + M + torch.arange(K, device=device)
-        slots = torch.cat([context_slots, block_slots], 1)
-        positions = torch.cat([context_slots, (c + n)[:, None] + torch.arange(K, device=device)], 1)
-        end = int(block_slots[:, -1].max()) + 1
+        committed = [c + k for c, k in zip(cache.lengths, n, strict=True)]  # and the new context rows
+        context_slots, _ = cache.slots(M)
+        block_slots, end = cache.slots(K, offset=M)
+        root_at = torch.tensor(committed, device=device)[:, None]
+        positions = torch.cat([context_slots, root_at + torch.arange(K, device=device)], 1)
         keys = torch.arange(end, device=device)[None]
-        visible = (keys < (c + n)[:, None]) | ((keys >= (c + M)[:, None]) & (keys <= block_slots[:, -1:]))
+        visible = (keys < root_at) | ((keys >= block_slots[:, :1]) & (keys <= block_slots[:, -1:]))
         mask = visible[:, None, None].expand(R, 1, K, end)
+        slots = torch.cat([context_slots, block_slots], 1)
         embeds = self.target.model.embed_tokens(block)
-        hidden = self.draft(embeds, features, positions, mask, self.context.kv_context(slots, end))
-        self.context.lengths = (c + n).tolist()  # keep the context rows, drop the padding and the block
+        hidden = self.draft(embeds, features, positions, mask, cache.kv_context(slots, end))
+        cache.lengths = committed  # keep the context rows, drop the padding and the block
         return self.target.lm_head(hidden[:, 1:]).argmax(-1), [K - 1] * R, None, 1
 
 

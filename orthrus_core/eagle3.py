@@ -39,7 +39,7 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
 )
 
-from .batch import BatchDrafter, BatchKVCache, causal
+from .batch import CachedBatchDrafter, causal
 from .checkpoint import CheckpointError, check_shapes, resolve
 from .model import KVCache, OrthrusForCausalLM, causal_mask, head_dim
 from .speculative import Drafter
@@ -264,58 +264,41 @@ class Eagle3Drafter(Drafter):
         return tree, self.depth
 
 
-class Eagle3ChainBatchDrafter(BatchDrafter):
+class Eagle3ChainBatchDrafter(CachedBatchDrafter):
     """EAGLE-3 chain drafting (top_k = 1, `depth` drafts) over a batch: `Eagle3Drafter.chain` row for row, the
-    head's cache holding every row's committed rows (ragged: a row's new rows are padded to the batch's most)."""
+    head's cache holding every row's committed rows (ragged: a row's new rows are padded to the batch's most).
+    `pending` per row: the target tokens committed since its last cycle (the root excluded), their features."""
 
     def __init__(self, head: Eagle3Head, target: OrthrusForCausalLM, depth: int):
         Eagle3Drafter.chain(head, target, depth)  # validates depth
         self.head, self.depth = head, depth
         self.capture = tuple(aux_layers(head.config, target.config.num_hidden_layers))
+        self.cache_config, self.extra = head.config, depth
 
     @property
     def max_nodes(self) -> int:
         return self.depth + 1
-
-    def bind(self, cache, rows):
-        super().bind(cache, rows)
-        p = self.head.fc.weight
-        self.draft = BatchKVCache(
-            self.head.config, rows, cache.capacity + self.depth, layers=1, dtype=p.dtype, device=p.device
-        )
-        # Per row: target tokens committed since its last cycle (the root excluded) and their features.
-        self.pending: list = [None] * rows
-
-    def ensure(self, capacity):
-        self.draft.ensure(capacity + self.depth)
-
-    @property
-    def nbytes(self) -> int:
-        return self.draft.nbytes
 
     def admit(self, b, prompt, features):
         """The prompt's rows go into row b's draft cache now, alone (the drafter's prefill), so that a cycle
         pads every row's new rows to a few, not to a prompt."""
         T = len(prompt)
         if T > 1:
-            row = self.draft.row(b)
+            row = self.draft_cache.row(b)
             kv = lambda k, v: row.extend(0, k, v, start=0)  # noqa: E731
             positions = torch.arange(T - 1, device=prompt.device)[None]
             mask = causal_mask(0, T - 1, prompt.device) if T > 2 else None
             self.head(prompt[None, 1:], features[None, :-1], positions, mask, kv)
-        self.draft.lengths[b] = T - 1
+        self.draft_cache.lengths[b] = T - 1
         self.pending[b] = (prompt[:0], features[-1:])
 
     def accept(self, counts, tokens, features):
         self.pending = [(tokens[b, 1:n], features[b, :n]) for b, n in enumerate(counts)]
 
-    def keep(self, rows):
-        self.draft.keep(rows)
-        self.pending = [self.pending[b] for b in rows]
-
-    def _run(self, tokens, hidden, slots):
-        end = int(slots[:, -1].max()) + 1
-        kv = self.draft.kv_context(slots, end)
+    def _run(self, tokens, hidden, offset: int = 0):
+        """The head over tokens [R, T] at each row's next slots (`offset` after its committed rows)."""
+        slots, end = self.draft_cache.slots(tokens.shape[1], offset)
+        kv = self.draft_cache.kv_context(slots, end)
         return self.head(tokens, hidden, slots, causal(slots, end), lambda k, v: kv(0, k, v))
 
     def propose(self, roots, generators):
@@ -329,16 +312,15 @@ class Eagle3ChainBatchDrafter(BatchDrafter):
         )
         for b, (t, (_, f)) in enumerate(zip(new, self.pending, strict=True)):
             tokens[b, : m[b]], hidden[b, : m[b]] = t, f
-        c = self.draft.starts()
-        out = self._run(tokens, hidden, c[:, None] + torch.arange(max(m), device=device))
-        self.draft.lengths = [int(x) + n for x, n in zip(c.tolist(), m, strict=True)]
+        out = self._run(tokens, hidden)
+        self.draft_cache.lengths = [c + n for c, n in zip(self.draft_cache.lengths, m, strict=True)]
         hidden = out[torch.arange(R, device=device), torch.tensor(m, device=device) - 1][:, None]  # root rows
         drafts = []
         for level in range(self.depth):
             ids = head.to_target(torch.log_softmax(head.logits(hidden[:, 0]), -1).topk(1).indices[:, 0])
             drafts.append(ids)
             if level + 1 < self.depth:  # the next level's row: at the slot after the last one, per row
-                hidden = self._run(ids[:, None], hidden, self.draft.starts()[:, None] + level)
+                hidden = self._run(ids[:, None], hidden, level)
         return torch.stack(drafts, 1), [self.depth] * R, None, self.depth
 
 

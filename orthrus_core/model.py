@@ -50,13 +50,7 @@ class KVCache:
     """
 
     def __init__(self, config: Qwen3Config, capacity: int, *, batch_size: int = 1, dtype=None, device=None):
-        shape = (
-            config.num_hidden_layers,
-            batch_size,
-            config.num_key_value_heads,
-            capacity,
-            head_dim(config),
-        )
+        shape = cache_shape(config, batch_size, capacity)
         # Uninitialised on purpose: a slot is always written before it is read.
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
@@ -89,6 +83,11 @@ class KVCache:
         self.k[:, :, :, start : start + n] = self.k[:, :, :, src]
         self.v[:, :, :, start : start + n] = self.v[:, :, :, src]
         self.length = start + n
+
+
+def cache_shape(config, rows: int, capacity: int) -> tuple[int, ...]:
+    """K (or V) of every layer: [layers, rows, kv_heads, capacity, head_dim]."""
+    return (config.num_hidden_layers, rows, config.num_key_value_heads, capacity, head_dim(config))
 
 
 def head_dim(config: Qwen3Config) -> int:

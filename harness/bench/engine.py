@@ -149,12 +149,10 @@ def batched_forward_costs(model, contexts, K, batch_sizes, repeats, device):
             cache.lengths = [ctx] * B
             one = ids[:, -1:].expand(B, 1)
             block = (ids[:, -K:] if ctx >= K else ids.new_zeros(1, K)).expand(B, K)
-            step_slots = cache.starts()[:, None]
-            block_slots = step_slots + torch.arange(K, device=device)
             passes = (
-                partial(target_pass, model, cache, one, step_slots),
-                partial(target_pass, model, cache, block, block_slots, diffusion=True),
-                partial(target_pass, model, cache, block, block_slots),
+                partial(target_pass, model, cache, one),
+                partial(target_pass, model, cache, block, diffusion=True),
+                partial(target_pass, model, cache, block),
             )
             rows.append((B, ctx, *(median_time(f, device, repeats) for f in passes)))
     return rows
