@@ -142,13 +142,16 @@ def cuda_device() -> str | None:
     return listing.stdout.splitlines()[0] if listing.returncode == 0 and listing.stdout.strip() else None
 
 
-def gpu_bench(session: nox.Session, size: str) -> None:
+def require_cuda(session: nox.Session, name: str) -> None:
+    """Skip the session, with a message, where no CUDA device is present; else say which one it runs on."""
     device = cuda_device()
     if device is None:
-        session.skip(
-            f"bench-{size} needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
-        )
+        session.skip(f"{name} needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)")
     session.log(f"benchmarking on {device}")
+
+
+def gpu_bench(session: nox.Session, size: str) -> None:
+    require_cuda(session, f"bench-{size}")
     methods = ALL_METHODS + BASELINES
     if size == "1.7b":
         methods.remove("dflash")  # no public DFlash drafter for Qwen3-1.7B
@@ -179,12 +182,7 @@ def gpu_bench(session: nox.Session, size: str) -> None:
 @nox.session(name="bench-specbench", **PINNED)
 def bench_specbench(session: nox.Session) -> None:
     # Spec-Bench's leaderboard table (the report's "Spec-Bench" section), the 8B model and its baselines.
-    device = cuda_device()
-    if device is None:
-        session.skip(
-            "bench-specbench needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
-        )
-    session.log(f"benchmarking on {device}")
+    require_cuda(session, "bench-specbench")
     install_project(session)
     methods = methods_list([m for m in ALL_METHODS if m != "diffusion"], 0)
     model = ["--model", "chiennv/Orthrus-Qwen3-8B", "--dtype", "bfloat16", "--device", "cuda"]
@@ -193,12 +191,7 @@ def bench_specbench(session: nox.Session) -> None:
 
 @nox.session(name="bench-batch-8b", **PINNED)
 def bench_batch_8b(session: nox.Session) -> None:
-    device = cuda_device()
-    if device is None:
-        session.skip(
-            "bench-batch-8b needs a CUDA device and this machine has none (nvidia-smi -L lists no GPU)"
-        )
-    session.log(f"benchmarking on {device}")
+    require_cuda(session, "bench-batch-8b")
     install_project(session)
     out, passthrough = split_out(session.posargs, "results/batch-8b")
     model = ["--model", "chiennv/Orthrus-Qwen3-8B", "--dtype", "bfloat16", "--device", "cuda"]

@@ -44,6 +44,19 @@ def model() -> OrthrusForCausalLM:
     return random_model()
 
 
+def heldout_prompts(tokenizer, n_math: int, n_code: int) -> list[list[int]]:
+    """The tiny family's held-out math and code prompts, in its chat template."""
+    from orthrus_core.training import tiny_corpus
+
+    def render(messages):
+        return tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=False
+        )
+
+    math = [render(tiny_corpus.math_messages(p)) for p in tiny_corpus.heldout_math(n_math)]
+    return math + [render(tiny_corpus.code_messages(p)) for p in tiny_corpus.heldout_code(n_code)]
+
+
 def random_prompts(n: int, seed: int = 0, min_len: int = 1, max_len: int = 24) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import random_model, random_prompts
+from conftest import heldout_prompts, random_model, random_prompts
 
 from harness.cli import main
 from harness.methods import load_target, make_decoder
@@ -19,7 +19,6 @@ from harness.run.runner import execute
 from harness.run.spec import RunError, RunSpec
 from orthrus_core.batch import BatchKVCache, Request, decode_batch, target_pass
 from orthrus_core.sampling import SamplingParams
-from orthrus_core.training import tiny_corpus
 
 BATCHED = ["ar", "orthrus", "pld", "eagle3:tree=chain", "dflash"]
 
@@ -32,14 +31,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def prompts(tiny):
     """Held-out tiny-family prompts of different lengths, a one-token prompt among them."""
-
-    def render(messages):
-        return tiny.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=False
-        )
-
-    rendered = [render(tiny_corpus.math_messages(p)) for p in tiny_corpus.heldout_math(5)]
-    rendered += [render(tiny_corpus.code_messages(p)) for p in tiny_corpus.heldout_code(2)]
+    rendered = heldout_prompts(tiny.tokenizer, 5, 2)
     return rendered + [rendered[0][-1:]]
 
 

@@ -5,10 +5,10 @@ All three checkpoints come from `orthrus-bench train-tiny` (the drafts from its 
 """
 
 import pytest
+from conftest import heldout_prompts
 
 from harness.methods import load_target, make_decoder
 from harness.paths import DEFAULT_MODEL
-from orthrus_core.training import tiny_corpus
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +18,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def prompts(tiny):
-    def render(messages):
-        return tiny.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=False
-        )
-
-    math = [render(tiny_corpus.math_messages(p)) for p in tiny_corpus.heldout_math(6)]
-    code = [render(tiny_corpus.code_messages(p)) for p in tiny_corpus.heldout_code(3)]
-    return math + code
+    return heldout_prompts(tiny.tokenizer, 6, 3)
 
 
 @pytest.fixture(scope="module")

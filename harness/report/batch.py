@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from rich.table import Table
 
-from harness.console import console
+from .summary import print_table
 
 MIB = 2**20
 GROUP = ["model", "temperature", "method", "batch_size", "batch_continuous"]
@@ -98,25 +97,19 @@ def smallest_batch_outputs(g: pd.DataFrame) -> dict[tuple, tuple]:
 
 def print_batch_figures(figures: pd.DataFrame, title: str) -> None:
     """The sweep as `orthrus-bench run --batch-sizes` prints it: one line per method and batch size."""
-    t = Table(title=title)
-    columns = [
-        ("method", "method", "{}"),
-        ("batch_size", "B", "{}"),
-        ("requests", "requests", "{}"),
-        ("throughput", "tok/s (batch)", "{:.1f}"),
-        ("speedup_vs_ar", "× ar", "{:.2f}"),
-        ("ttft_ms", "TTFT ms", "{:.1f}"),
-        ("tpot_ms", "TPOT ms", "{:.2f}"),
-        ("tau", "τ", "{:.2f}"),
-        ("kv_mib_per_row", "KV MiB/row", "{:.2f}"),
-        ("identical_to_smallest_b", "= smallest B", "{:.0%}"),
-    ]
-    for _, name, _ in columns:
-        t.add_column(name, justify="left" if name == "method" else "right")
-    for row in figures.sort_values(["method", "batch_size"], kind="stable").to_dict("records"):
-        cells = []
-        for key, _, fmt in columns:
-            v = row.get(key)
-            cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
-        t.add_row(*cells)
-    console().print(t)
+    print_table(
+        figures.sort_values(["method", "batch_size"], kind="stable").to_dict("records"),
+        [
+            ("method", "method", "{}"),
+            ("batch_size", "B", "{}"),
+            ("requests", "requests", "{}"),
+            ("throughput", "tok/s (batch)", "{:.1f}"),
+            ("speedup_vs_ar", "× ar", "{:.2f}"),
+            ("ttft_ms", "TTFT ms", "{:.1f}"),
+            ("tpot_ms", "TPOT ms", "{:.2f}"),
+            ("tau", "τ", "{:.2f}"),
+            ("kv_mib_per_row", "KV MiB/row", "{:.2f}"),
+            ("identical_to_smallest_b", "= smallest B", "{:.0%}"),
+        ],
+        title,
+    )

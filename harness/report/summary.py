@@ -64,23 +64,30 @@ def summarize(records: list[dict]) -> pd.DataFrame:
 
 
 def print_summary(table, title: str) -> None:
+    print_table(
+        table.to_dict("records"),
+        [
+            ("method", "method", "{}"),
+            ("generations", "gens", "{}"),
+            ("errors", "errors", "{}"),
+            ("tau", "τ", "{:.2f}"),
+            ("tpf", "TPF", "{:.2f}"),
+            ("tokens_per_s", "tok/s", "{:.1f}"),
+            ("speedup_vs_ar", "× ar", "{:.2f}"),
+            ("speedup_vs_ar_hf", "× ar-hf", "{:.2f}"),
+            ("accuracy", "accuracy", "{:.1%}"),
+            ("identical_to_ar", "identical to ar", "{:.1%}"),
+        ],
+        title,
+    )
 
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]], title: str) -> None:
+    """Rows as a rich table on the console; columns are (key, header, format), a missing value printed –."""
     t = Table(title=title)
-    columns = [
-        ("method", "method", "{}"),
-        ("generations", "gens", "{}"),
-        ("errors", "errors", "{}"),
-        ("tau", "τ", "{:.2f}"),
-        ("tpf", "TPF", "{:.2f}"),
-        ("tokens_per_s", "tok/s", "{:.1f}"),
-        ("speedup_vs_ar", "× ar", "{:.2f}"),
-        ("speedup_vs_ar_hf", "× ar-hf", "{:.2f}"),
-        ("accuracy", "accuracy", "{:.1%}"),
-        ("identical_to_ar", "identical to ar", "{:.1%}"),
-    ]
     for _, name, _ in columns:
         t.add_column(name, justify="left" if name == "method" else "right")
-    for row in table.to_dict("records"):
+    for row in rows:
         cells = []
         for key, _, fmt in columns:
             v = row.get(key)
