@@ -17,7 +17,6 @@ from .summary import print_table
 
 MIB = 2**20
 GROUP = ["model", "temperature", "method", "batch_size", "batch_continuous"]
-TURN = ["suite", "item_id", "sample", "turn"]
 
 
 def batched(gens: pd.DataFrame) -> pd.DataFrame:
@@ -43,11 +42,10 @@ def batch_figures(gens: pd.DataFrame) -> pd.DataFrame:
     for key, m in g.groupby(GROUP, sort=False):
         accepted = [n for a in m.accepted for n in a]
         forwards = (m.ar_forwards + m.draft_forwards).sum()
-        same = [
-            tuple(r.output_ids) == reference[(r.method, *k)]
-            for r in m.itertuples()
-            if (k := (r.suite, r.item_id, r.sample, r.turn)) and (r.method, *k) in reference
-        ]
+        outputs = {
+            (r.method, r.suite, r.item_id, r.sample, r.turn): tuple(r.output_ids) for r in m.itertuples()
+        }
+        same = [output == reference[k] for k, output in outputs.items() if k in reference]
         tokens, span = per.loc[key, "tokens"], per.loc[key, "span_s"]
         rows.append(
             {

@@ -435,9 +435,8 @@ def execute_batched(p: Prepared, spec: RunSpec, todo: list, settings, store, bar
                     finished.add(id(c))
                     bar.update(1)
                     bar.set_postfix_str(figures.add(label, records))
-            except (
-                Exception
-            ) as exc:  # an OOM or a bug ends this batch: its unfinished units get error records
+            # An OOM or a bug ends this batch; its unfinished units get error records and the run goes on.
+            except Exception as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 for c in conversations:
