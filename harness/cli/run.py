@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
-from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, parse_list
+from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, parse_int_list, parse_list
 
 
 def register(sub) -> None:
@@ -57,7 +58,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--batch-sizes",
-        type=parse_list,
+        type=parse_int_list,
         help="a concurrency sweep, e.g. 1,2,4,8,16,32,64: one run per batch size into OUT/batch-<B>, each "
         "verified, then throughput, latency and speedup over ar against B",
     )
@@ -75,14 +76,8 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from harness.report.summary import print_summary, summarize
     from harness.run.launch import launch_env
-    from harness.run.runner import execute
-    from harness.run.shards import parse_shard
     from harness.run.spec import DEFAULT_LIMIT, RunSpec
-    from harness.store import read_records
-    from harness.verify.config import VerifyConfig
-    from harness.verify.verdicts import verify_main
 
     defaults = RunSpec()
     embedded = args.suite is None and args.model is None
@@ -112,25 +107,12 @@ def cmd_run(args) -> int:
         return run_sweep(spec, args, launch)
     if launch.distributed:
         return run_launched(spec, args, launch)
-    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    t0 = time.perf_counter()
-    directory = execute(
-        spec, out, resume=args.resume, retry_failed=args.retry_failed, shard=parse_shard(args.shard)
-    )
-    wall = time.perf_counter() - t0
-    print_summary(summarize(read_records(directory)), f"{directory} ({wall:.0f} s)")
-    if args.no_verify:
-        return 0
-    return verify_main(directory, VerifyConfig(device=args.device))
+    return run_one(spec, args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}", args)[1]
 
 
-def run_sweep(spec, args, launch) -> int:
-    """`--batch-sizes`: the same run at every batch size, into OUT/batch-<B>, each summarised and verified; then
-    the sweep's throughput, latency, τ and memory against B (harness.report.batch)."""
-    import dataclasses
-
-    from harness.report.batch import batch_figures, print_batch_figures
-    from harness.report.runs import generations, load_runs
+def run_one(spec, out, args) -> tuple[Path, int]:
+    """One run into `out`: executed, its summary printed and, unless --no-verify, verified; -> its directory
+    and the exit status (verify's: 1 if a lossless method left AR)."""
     from harness.report.summary import print_summary, summarize
     from harness.run.runner import execute
     from harness.run.shards import parse_shard
@@ -138,39 +120,38 @@ def run_sweep(spec, args, launch) -> int:
     from harness.verify.config import VerifyConfig
     from harness.verify.verdicts import verify_main
 
+    t0 = time.perf_counter()
+    directory = execute(
+        spec, out, resume=args.resume, retry_failed=args.retry_failed, shard=parse_shard(args.shard)
+    )
+    print_summary(summarize(read_records(directory)), f"{directory} ({time.perf_counter() - t0:.0f} s)")
+    return directory, 0 if args.no_verify else verify_main(directory, VerifyConfig(device=args.device))
+
+
+def run_sweep(spec, args, launch) -> int:
+    """`--batch-sizes`: the same run at every batch size, into OUT/batch-<B>, each summarised and verified; then
+    the sweep's throughput, latency, τ and memory against B (harness.report.batch)."""
+    from harness.report.batch import batch_figures, print_batch_figures
+    from harness.report.runs import generations, load_runs
+
     if args.batch_size is not None:
         raise UsageError("give --batch-size (one run) or --batch-sizes (a sweep), not both")
     if launch.distributed:
         raise UsageError(
             f"a sweep is not launched ({launch.launcher}): launch one run per --batch-size instead"
         )
-    try:
-        sizes = sorted({int(b) for b in args.batch_sizes})
-    except ValueError:
-        raise UsageError(
-            f"--batch-sizes takes integers, e.g. 1,2,4,8; got {','.join(args.batch_sizes)}"
-        ) from None
+    sizes = sorted(set(args.batch_sizes))
     if not sizes or sizes[0] < 1:
-        raise UsageError(f"--batch-sizes must be integers >= 1, got {','.join(args.batch_sizes)}")
+        raise UsageError(f"--batch-sizes must be integers >= 1, got {','.join(map(str, args.batch_sizes))}")
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    codes, directories = [], []
-    for size in sizes:
-        t0 = time.perf_counter()
-        directory = execute(
-            dataclasses.replace(spec, batch_size=size),
-            out / f"batch-{size}",
-            resume=args.resume,
-            retry_failed=args.retry_failed,
-            shard=parse_shard(args.shard),
-        )
-        directories.append(directory)
-        print_summary(summarize(read_records(directory)), f"{directory} ({time.perf_counter() - t0:.0f} s)")
-        if not args.no_verify:
-            codes.append(verify_main(directory, VerifyConfig(device=args.device)))
+    runs = [
+        run_one(dataclasses.replace(spec, batch_size=size), out / f"batch-{size}", args) for size in sizes
+    ]
+    directories = [directory for directory, _ in runs]
     figures = batch_figures(generations(load_runs(directories)))
     mode = "continuous" if spec.continuous else "static"
     print_batch_figures(figures, f"{out}: batch sweep ({mode} batching)")
-    return max(codes, default=0)
+    return max(code for _, code in runs)
 
 
 def run_launched(spec, args, launch) -> int:
