@@ -251,11 +251,10 @@ def decode_batch(
     params: SamplingParams = SamplingParams(),
     *,
     continuous: bool = False,
-    capacity: int = 0,
 ) -> Iterator[BatchResult]:
     """Decode requests (pulled from `next_request` until it returns None) `batch_size` rows at a time, yielding
     each as it finishes: plain AR with `drafter` None, else exact speculative decoding with a batch drafter.
-    `capacity` sizes the rows up front (grown when a request needs more)."""
+    The rows are sized by the requests as they come (BatchKVCache.ensure)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     device = model.lm_head.weight.device
@@ -263,7 +262,7 @@ def decode_batch(
     nodes = drafter.max_nodes if drafter else 1
     capture = drafter.capture if drafter else ()
     p = model.lm_head.weight
-    cache = BatchKVCache(model.config, batch_size, max(capacity, 1), dtype=p.dtype, device=device)
+    cache = BatchKVCache(model.config, batch_size, 0, dtype=p.dtype, device=device)
     if drafter:
         drafter.bind(cache, batch_size)
     rows: list[_Row | None] = []

@@ -75,7 +75,6 @@ class Decoder(ABC):
         params: SamplingParams,
         *,
         continuous: bool = False,
-        capacity: int = 0,
     ) -> Iterator[BatchResult]:
         """Requests pulled from `next_request`, `batch_size` rows at a time, each yielded as it finishes."""
         drafter = self.batch_drafter(params)
@@ -86,7 +85,6 @@ class Decoder(ABC):
             batch_size,
             params,
             continuous=continuous,
-            capacity=capacity,
         )
 
     def generator(self, seed: int | None) -> torch.Generator | None:
