@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
 from .model import OrthrusForCausalLM
 
 
@@ -105,10 +105,8 @@ def generate_block_diffusion(
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     model = lm.model
     device = model.lm_head.weight.device
-    prompt = check_prompt(prompt_ids, max_new_tokens, device)
-    out = Output(
-        max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
-    )
+    prompt = check_prompt(prompt_ids, max_new_tokens, device)[None]
+    out = Output(max_new_tokens, stop_ids(model, stop_token_ids), on_tokens)
     n = prompt.shape[1]
     clock = Clock(device)
     t0 = clock()
@@ -117,7 +115,7 @@ def generate_block_diffusion(
     prefill_forwards = 0
     if prefill:
         logits = lm.prefill(prompt[:, :prefill], cache, B)
-        cache.length, prefill_forwards = prefill, 1
+        prefill_forwards = 1
     known = prompt[0, prefill:].tolist()  # tokens opening the first block (already in the prompt or output)
     t1 = None
     if lm.shift and not known:  # the prefill gives the first token, which opens the first block
@@ -127,8 +125,8 @@ def generate_block_diffusion(
     accepted: list[int] = []
     draft_forwards = ar_forwards = 0
     done = out.stop_reason is not None
+    start = prefill  # the committed positions
     while not done:
-        start = cache.length
         block = torch.full((1, B), lm.mask_token_id, dtype=torch.long, device=device)
         block[0, : len(known)] = torch.tensor(known, dtype=torch.long, device=device)
         masked = torch.arange(B, device=device) >= len(known)
@@ -154,7 +152,7 @@ def generate_block_diffusion(
             break
         last = lm.commit(block, start, cache)
         ar_forwards += 1
-        cache.length = start + B
+        start += B
         new = block[0, len(known) :].tolist()
         known = [int(last.argmax())] if lm.shift else []
         accepted.append(len(new) + len(known) - 1)

@@ -32,11 +32,9 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .batch import CachedBatchDrafter
 from .checkpoint import CheckpointError, check_shapes, resolve
-from .model import KVCache, OrthrusForCausalLM, head_dim
-from .speculative import Drafter
-from .tree import DraftTree
+from .loop import CachedDrafter, Proposal
+from .model import OrthrusForCausalLM, head_dim
 
 ARCHITECTURE = "DFlashDraftModel"
 WEIGHTS = "model.safetensors"
@@ -123,52 +121,18 @@ class DFlashDraftModel(nn.Module):
             x = layer(x, context, cos, sin, mask, lambda k, v, i=i: kv_context(i, k, v))
         return self.norm(x)
 
-    def new_cache(self, capacity: int) -> KVCache:
-        p = self.fc.weight
-        return KVCache(self.config, capacity, dtype=p.dtype, device=p.device)
 
+class DFlashDrafter(CachedDrafter):
+    """DFlash for every active row at once. A row's new context rows are padded to the batch's most; the block
+    sits after the padding in the draft cache but at the row's own positions, and the mask hides the padding from
+    it. `pending` per row: target features of committed tokens not in the draft cache yet."""
 
-class DFlashDrafter(Drafter):
     def __init__(self, draft: DFlashDraftModel, target: OrthrusForCausalLM, block_size: int | None = None):
         self.draft, self.target = draft, target
         self.block_size = block_size or draft.block_size
         if self.block_size < 2:
             raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         self.capture = draft.capture
-
-    @property
-    def max_nodes(self) -> int:
-        return self.block_size
-
-    def start(self, prompt, features, cache):
-        self.cache = self.draft.new_cache(cache.capacity + self.block_size)
-        self.cache.length = 0
-        self.pending = features  # target features of committed tokens not in the draft cache yet
-
-    def accept(self, tokens, features):
-        self.pending = features
-
-    def propose(self, root):
-        B, c, n = self.block_size, self.cache.length, len(self.pending)
-        start = c + n  # the root's position
-        block = torch.full((1, B), self.draft.mask_token_id, dtype=torch.long, device=self.pending.device)
-        block[0, 0] = root
-        positions = torch.arange(c, start + B, device=block.device)[None]
-        kv = lambda i, k, v: self.cache.extend(i, k, v, start=c)  # noqa: E731
-        hidden = self.draft(self.target.model.embed_tokens(block), self.pending[None], positions, None, kv)
-        self.cache.length = start  # keep the context rows, drop the block's
-        drafts = self.target.lm_head(hidden[0, 1:]).argmax(-1)
-        return DraftTree.chain(root, drafts), 1
-
-
-class DFlashBatchDrafter(CachedBatchDrafter):
-    """DFlash over a batch: `DFlashDrafter` row for row. A row's new context rows are padded to the batch's
-    most; the block sits after the padding in the draft cache but at the row's own positions, and the mask
-    hides the padding from it. `pending` per row: target features of committed tokens not in the cache yet."""
-
-    def __init__(self, draft: DFlashDraftModel, target: OrthrusForCausalLM, block_size: int | None = None):
-        self.block_size = DFlashDrafter(draft, target, block_size).block_size  # validates block_size
-        self.draft, self.target, self.capture = draft, target, draft.capture
         self.cache_config, self.extra = draft.config, self.block_size
 
     @property
@@ -184,13 +148,13 @@ class DFlashBatchDrafter(CachedBatchDrafter):
         kv = lambda i, k, v: row.extend(i, k, v, start=0)  # noqa: E731
         positions = torch.arange(T + K, device=prompt.device)[None]
         self.draft(self.target.model.embed_tokens(block), features[None], positions, None, kv)
-        self.draft_cache.lengths[b] = T
-        self.pending[b] = features[:0]
+        self.draft_cache.lengths.append(T)
+        self.pending.append(features[:0])
 
     def accept(self, counts, tokens, features):
         self.pending = [features[b, :n] for b, n in enumerate(counts)]
 
-    def propose(self, roots, generators):
+    def propose(self, roots, params, generators):
         R, K, device, cache = roots.shape[0], self.block_size, roots.device, self.draft_cache
         n = [len(f) for f in self.pending]
         M = max(n)
@@ -200,18 +164,20 @@ class DFlashBatchDrafter(CachedBatchDrafter):
         block = torch.full((R, K), self.draft.mask_token_id, dtype=torch.long, device=device)
         block[:, 0] = roots
         committed = [c + k for c, k in zip(cache.lengths, n, strict=True)]  # and the new context rows
-        context_slots, _ = cache.slots(M)
-        block_slots, end = cache.slots(K, offset=M)
+        offsets = torch.arange(M + K, device=device)
+        slots = torch.tensor(cache.lengths, device=device)[:, None] + offsets
+        end = max(cache.lengths) + M + K
+        block_slots = slots[:, M:]
         root_at = torch.tensor(committed, device=device)[:, None]
-        positions = torch.cat([context_slots, root_at + torch.arange(K, device=device)], 1)
+        positions = torch.cat([slots[:, :M], root_at + offsets[:K]], 1)
         keys = torch.arange(end, device=device)[None]
         visible = (keys < root_at) | ((keys >= block_slots[:, :1]) & (keys <= block_slots[:, -1:]))
         mask = visible[:, None, None].expand(R, 1, K, end)
-        slots = torch.cat([context_slots, block_slots], 1)
         embeds = self.target.model.embed_tokens(block)
-        hidden = self.draft(embeds, features, positions, mask, cache.kv_context(slots, end))
+        hidden = self.draft(embeds, features, positions, mask, cache.scatter(slots, end))
         cache.lengths = committed  # keep the context rows, drop the padding and the block
-        return self.target.lm_head(hidden[:, 1:]).argmax(-1), [K - 1] * R, None, 1
+        drafts = self.target.lm_head(hidden[:, 1:]).argmax(-1)
+        return Proposal(torch.cat([roots[:, None], drafts], 1), [K - 1] * R, 1)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

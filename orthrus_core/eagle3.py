@@ -39,11 +39,10 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
 )
 
-from .batch import CachedBatchDrafter, causal
 from .checkpoint import CheckpointError, check_shapes, resolve
-from .model import KVCache, OrthrusForCausalLM, causal_mask, head_dim
-from .speculative import Drafter
-from .tree import DraftTree
+from .engine import pass_mask
+from .loop import CachedDrafter, Proposal
+from .model import OrthrusForCausalLM, causal_mask, head_dim
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # either; EAGLE's loader tries the .bin first
@@ -159,25 +158,30 @@ class Eagle3Head(nn.Module):
     def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids + self.d2t[draft_ids]
 
-    def new_cache(self, capacity: int) -> KVCache:
-        p = self.fc.weight
-        return KVCache(self.config, capacity, dtype=p.dtype, device=p.device)
 
+class Eagle3Drafter(CachedDrafter):
+    """Dynamic-tree (or, with top_k = 1, chain) drafting with an EAGLE-3 head for every active row at once;
+    `depth` head forwards per cycle, so a path holds at most `depth` drafts, and at most total_tokens - 1 drafts
+    in all. The head's cache holds every row's committed rows; a cycle's new rows (ragged: the target tokens
+    committed since the row's last cycle, then its root) are padded to the batch's most, and each expansion
+    level's rows go to scratch slots after them. Every row draws the same tree shape (top_k per level), so the
+    expansion is one head forward over [R, width] per level, each node seeing its row's committed rows, its
+    ancestors and itself. `pending` per row: the tokens committed since its last cycle (the root excluded) and
+    their target features."""
 
-class Eagle3Drafter(Drafter):
-    """Dynamic-tree (or, with top_k = 1, chain) drafting with an EAGLE-3 head; `depth` draft forwards per cycle,
-    so a path holds at most `depth` drafts, and at most total_tokens - 1 drafts in all."""
+    def __init__(self, head: Eagle3Head, target: OrthrusForCausalLM, top_k: int, depth: int, total_tokens: int):
+        self.check(top_k, depth, total_tokens)
+        self.head, self.top_k, self.depth = head, top_k, depth
+        self.n_drafts = min(total_tokens - 1, top_k + (depth - 1) * top_k * top_k)
+        self.capture = tuple(aux_layers(head.config, target.config.num_hidden_layers))
+        self.cache_config, self.extra = head.config, depth * top_k
 
-    def __init__(
-        self, head: Eagle3Head, target: OrthrusForCausalLM, top_k: int, depth: int, total_tokens: int
-    ):
+    @staticmethod
+    def check(top_k: int, depth: int, total_tokens: int) -> None:
         if top_k < 1 or depth < 1 or total_tokens < 2:
             raise ValueError(
                 f"need top_k >= 1, depth >= 1, total_tokens >= 2; got {top_k}, {depth}, {total_tokens}"
             )
-        self.head, self.top_k, self.depth = head, top_k, depth
-        self.n_drafts = min(total_tokens - 1, top_k + (depth - 1) * top_k * top_k)
-        self.capture = tuple(aux_layers(head.config, target.config.num_hidden_layers))
 
     @classmethod
     def chain(cls, head, target, depth: int) -> Eagle3Drafter:
@@ -186,98 +190,6 @@ class Eagle3Drafter(Drafter):
     @property
     def max_nodes(self) -> int:
         return self.n_drafts + 1
-
-    def start(self, prompt, features, cache):
-        self.cache = self.head.new_cache(cache.capacity + self.depth * self.top_k)
-        self.committed = 0  # draft rows in the cache: one per committed target token but the newest
-        self.pending_tokens, self.pending_features = prompt[1:], features
-
-    def accept(self, tokens, features):
-        self.pending_tokens, self.pending_features = tokens[1:], features
-
-    def _run(self, tokens, hidden, positions, mask, slot):
-        kv = lambda k, v: self.cache.extend(0, k, v, start=slot)  # noqa: E731
-        return self.head(tokens[None], hidden, positions[None], mask, kv)
-
-    def propose(self, root):
-        head, k, device = self.head, self.top_k, self.pending_features.device
-        # Rows not in the draft cache yet: (feature of token t-1, token t) for every newly committed t, root last.
-        tokens = torch.cat([self.pending_tokens, self.pending_tokens.new_tensor([root])])
-        m, c = len(tokens), self.committed
-        mask = causal_mask(c, m, device) if m > 1 else None
-        out = self._run(tokens, self.pending_features[None], torch.arange(c, c + m, device=device), mask, c)
-        self.committed = c = c + m
-        hidden = out[:, -1:]  # [1, 1, H]: the root row's output
-
-        scores, ids = torch.log_softmax(head.logits(hidden[0, 0]), -1).topk(k)
-        cand_ids, cand_scores, cand_parents = [ids], [scores], [torch.full((k,), -1, device=device)]
-        frontier, frontier_hidden, frontier_scores = (
-            torch.arange(k, device=device),
-            hidden.expand(1, k, -1),
-            scores,
-        )
-        row_ancestors = torch.zeros(
-            k, 0, dtype=torch.bool, device=device
-        )  # scratch rows each frontier row sees
-        n_rows = 0
-        for level in range(1, self.depth):
-            # The frontier's rows go to scratch slots after the committed rows, at position c - 1 + level.
-            slot = c + n_rows
-            width = len(frontier)
-            mask = torch.cat(
-                [
-                    torch.ones(width, c, dtype=torch.bool, device=device),
-                    row_ancestors,
-                    torch.eye(width, dtype=torch.bool, device=device),
-                ],
-                dim=1,
-            )
-            positions = torch.full((width,), c - 1 + level, device=device)
-            out = self._run(
-                head.to_target(torch.cat(cand_ids)[frontier]), frontier_hidden, positions, mask, slot
-            )
-            logp, child_ids = torch.log_softmax(head.logits(out[0]), -1).topk(k)  # [width, k]
-            child_scores = (frontier_scores[:, None] + logp).flatten()
-            first = sum(len(s) for s in cand_ids)
-            cand_ids.append(child_ids.flatten())
-            cand_scores.append(child_scores)
-            cand_parents.append(frontier.repeat_interleave(k))
-            best = child_scores.topk(k).indices
-            frontier, frontier_scores = first + best, child_scores[best]
-            frontier_hidden = out[:, best // k]
-            row_ancestors = torch.cat(
-                [row_ancestors, torch.eye(width, dtype=torch.bool, device=device)], dim=1
-            )[best // k]
-            n_rows += width
-
-        # Rerank: the best-scored candidates; a stable sort keeps a parent ahead of an equal-scored child.
-        all_scores = torch.cat(cand_scores)
-        keep = torch.sort(all_scores, descending=True, stable=True).indices[: self.n_drafts].sort().values
-        node_of = torch.zeros(len(all_scores), dtype=torch.long, device=device)
-        node_of[keep] = torch.arange(1, len(keep) + 1, device=device)
-        parent_cands = torch.cat(cand_parents)[keep]
-        parents = torch.where(parent_cands >= 0, node_of[parent_cands.clamp_min(0)], 0)
-        tree = DraftTree(
-            torch.cat([tokens.new_tensor([root]), head.to_target(torch.cat(cand_ids)[keep])]),
-            torch.cat([parents.new_tensor([-1]), parents]),
-        )
-        return tree, self.depth
-
-
-class Eagle3ChainBatchDrafter(CachedBatchDrafter):
-    """EAGLE-3 chain drafting (top_k = 1, `depth` drafts) over a batch: `Eagle3Drafter.chain` row for row, the
-    head's cache holding every row's committed rows (ragged: a row's new rows are padded to the batch's most).
-    `pending` per row: the target tokens committed since its last cycle (the root excluded), their features."""
-
-    def __init__(self, head: Eagle3Head, target: OrthrusForCausalLM, depth: int):
-        Eagle3Drafter.chain(head, target, depth)  # validates depth
-        self.head, self.depth = head, depth
-        self.capture = tuple(aux_layers(head.config, target.config.num_hidden_layers))
-        self.cache_config, self.extra = head.config, depth
-
-    @property
-    def max_nodes(self) -> int:
-        return self.depth + 1
 
     def admit(self, b, prompt, features):
         """The prompt's rows go into row b's draft cache now, alone (the drafter's prefill), so that a cycle
@@ -289,39 +201,79 @@ class Eagle3ChainBatchDrafter(CachedBatchDrafter):
             positions = torch.arange(T - 1, device=prompt.device)[None]
             mask = causal_mask(0, T - 1, prompt.device) if T > 2 else None
             self.head(prompt[None, 1:], features[None, :-1], positions, mask, kv)
-        self.draft_cache.lengths[b] = T - 1
-        self.pending[b] = (prompt[:0], features[-1:])
+        self.draft_cache.lengths.append(T - 1)
+        self.pending.append((prompt[:0], features[-1:]))
 
     def accept(self, counts, tokens, features):
         self.pending = [(tokens[b, 1:n], features[b, :n]) for b, n in enumerate(counts)]
 
-    def _run(self, tokens, hidden, offset: int = 0):
-        """The head over tokens [R, T] at each row's next slots (`offset` after its committed rows)."""
-        slots, end = self.draft_cache.slots(tokens.shape[1], offset)
-        kv = self.draft_cache.kv_context(slots, end)
-        return self.head(tokens, hidden, slots, causal(slots, end), lambda k, v: kv(0, k, v))
+    def _run(self, tokens, hidden, slots, positions, mask, end):
+        kv = self.draft_cache.scatter(slots, end)
+        return self.head(tokens, hidden, positions, mask, lambda k, v: kv(0, k, v))
 
-    def propose(self, roots, generators):
-        head, device, R = self.head, roots.device, roots.shape[0]
-        # Rows not in the draft cache yet, as in Eagle3Drafter.propose: (feature of token t-1, token t), root last.
+    def propose(self, roots, params, generators):
+        head, k, device, R = self.head, self.top_k, roots.device, roots.shape[0]
+        cache = self.draft_cache
+        # Rows not in the draft cache yet: (feature of token t-1, token t) for every newly committed t, root last.
         new = [torch.cat([tokens, root[None]]) for (tokens, _), root in zip(self.pending, roots, strict=True)]
         m = [len(t) for t in new]
+        feature = self.pending[0][1]
         tokens = torch.zeros(R, max(m), dtype=torch.long, device=device)
-        hidden = torch.zeros(
-            R, max(m), self.pending[0][1].shape[-1], dtype=self.pending[0][1].dtype, device=device
-        )
+        hidden = feature.new_zeros(R, max(m), feature.shape[-1])
         for b, (t, (_, f)) in enumerate(zip(new, self.pending, strict=True)):
             tokens[b, : m[b]], hidden[b, : m[b]] = t, f
-        out = self._run(tokens, hidden)
-        self.draft_cache.lengths = [c + n for c, n in zip(self.draft_cache.lengths, m, strict=True)]
+        slots = torch.tensor(cache.lengths, device=device)[:, None] + torch.arange(max(m), device=device)
+        end = max(cache.lengths) + max(m)
+        out = self._run(tokens, hidden, slots, slots, pass_mask(slots, end, False, None), end)
+        cache.lengths = [c + n for c, n in zip(cache.lengths, m, strict=True)]
+        committed = torch.tensor(cache.lengths, device=device)  # [R]: each row's committed draft rows
         hidden = out[torch.arange(R, device=device), torch.tensor(m, device=device) - 1][:, None]  # root rows
-        drafts = []
-        for level in range(self.depth):
-            ids = head.to_target(torch.log_softmax(head.logits(hidden[:, 0]), -1).topk(1).indices[:, 0])
-            drafts.append(ids)
-            if level + 1 < self.depth:  # the next level's row: at the slot after the last one, per row
-                hidden = self._run(ids[:, None], hidden, level)
-        return torch.stack(drafts, 1), [self.depth] * R, None, self.depth
+
+        scores, ids = torch.log_softmax(head.logits(hidden[:, 0]), -1).topk(k)  # [R, k]
+        cand_ids, cand_scores, cand_parents = [ids], [scores], [torch.full((R, k), -1, device=device)]
+        frontier = torch.arange(k, device=device).expand(R, k)  # candidate indices of the newest level
+        frontier_hidden, frontier_scores = hidden.expand(R, k, -1), scores
+        seen = torch.zeros(R, k, 0, dtype=torch.bool, device=device)  # scratch rows each frontier row sees
+        scratch = 0  # scratch rows written this cycle
+        for level in range(1, self.depth):
+            # The frontier's rows go to scratch slots after the committed rows, at position committed - 1 + level.
+            width = frontier.shape[1]
+            offsets = torch.arange(width, device=device)
+            slots = committed[:, None] + scratch + offsets
+            end = int(committed.max()) + scratch + width
+            sees = torch.cat([seen, torch.eye(width, dtype=torch.bool, device=device).expand(R, -1, -1)], 2)
+            rel = torch.arange(end, device=device)[None, None] - committed[:, None, None]  # [R, 1, end]
+            inside = (rel >= 0) & (rel < scratch + width)
+            mask = (rel < 0) | inside & sees.gather(2, rel.clamp(0, scratch + width - 1).expand(R, width, end))
+            positions = (committed - 1 + level)[:, None].expand(R, width)
+            node_ids = head.to_target(torch.cat(cand_ids, 1).gather(1, frontier))
+            out = self._run(node_ids, frontier_hidden, slots, positions, mask[:, None], end)
+            logp, child_ids = torch.log_softmax(head.logits(out), -1).topk(k)  # [R, width, k]
+            child_scores = (frontier_scores[:, :, None] + logp).flatten(1)
+            first = sum(c.shape[1] for c in cand_ids)
+            cand_ids.append(child_ids.flatten(1))
+            cand_scores.append(child_scores)
+            cand_parents.append(frontier.repeat_interleave(k, dim=1))
+            best = child_scores.topk(k).indices  # [R, k]
+            parent_row = best // k
+            frontier, frontier_scores = first + best, child_scores.gather(1, best)
+            frontier_hidden = out.gather(1, parent_row[..., None].expand(-1, -1, out.shape[-1]))
+            seen = sees.gather(1, parent_row[..., None].expand(-1, -1, sees.shape[-1]))
+            scratch += width
+
+        # Rerank: each row's best-scored candidates; a stable sort keeps a parent ahead of an equal-scored child.
+        all_scores = torch.cat(cand_scores, 1)
+        keep = torch.sort(all_scores, dim=1, descending=True, stable=True).indices[:, : self.n_drafts].sort(1).values
+        node_of = torch.zeros_like(all_scores, dtype=torch.long)
+        node_of.scatter_(1, keep, torch.arange(1, keep.shape[1] + 1, device=device).expand_as(keep))
+        parent_cands = torch.cat(cand_parents, 1).gather(1, keep)
+        parents = torch.where(parent_cands >= 0, node_of.gather(1, parent_cands.clamp_min(0)), 0)
+        drafts = head.to_target(torch.cat(cand_ids, 1).gather(1, keep))
+        tokens = torch.cat([roots[:, None], drafts], 1)
+        if k == 1:  # top-1 at every level: a chain
+            return Proposal(tokens, [keep.shape[1]] * R, self.depth)
+        parents = torch.cat([parents.new_full((R, 1), -1), parents], 1)
+        return Proposal(tokens, [keep.shape[1]] * R, self.depth, parents=parents)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -1,23 +1,31 @@
-"""How a model's decode-time forwards run: eager, compiled (torch.compile) or replayed CUDA graphs.
+"""How the decode loop's passes run: eager, compiled (torch.compile) or replayed CUDA graphs, over R rows.
 
-    set_engine(model, "compile")      # every decoder on `model` now runs its steps compiled
+    engine = Engine(model, "compile")   # settled once, when the target is loaded; never changed on a model
 
-Eager PyTorch at batch 1 spends most of a decode step launching kernels and running Python (about 0.47 ms
-per layer on a GPU, ../shared/research/paper.md §8), which flatters a full-depth drafter against a shallow one.
-The static modes remove that overhead the way gpt-fast does, with every shape fixed:
+Eager PyTorch at small batch spends most of a decode step launching kernels and running Python (about 0.47 ms
+per layer on a GPU, ../shared/research/paper.md §8), which flatters a full-depth drafter against a shallow one
+and turns a concurrency sweep into a measurement of launch overhead. The static modes remove that overhead the
+way gpt-fast does, with every shape fixed:
 
-* the KV cache is the engine's own, pre-allocated per capacity bucket (`bucket`) and reused by every
-  generation, so its buffers never move (CUDA graphs read them at captured addresses);
-* a pass writes its K/V with `index_copy_` at slot tensors and attends over the whole bucket under a mask
-  built from those slots inside the pass, so one graph serves every step of one kind: the AR step (T = 1),
-  the Orthrus diffusion pass and the verify pass (T = K), a tree verify pass (T = nodes, its mask given).
-* the prefill (start = 0, or longer than model.MAX_STEP_TOKENS: a chunk of one) runs eager into the same
-  cache: one pass per prompt, of the prompt's length, compute-bound where it is long.
+* the KV cache is the engine's own, pre-allocated per capacity bucket (`bucket`) with the most rows any batch
+  asked for, and reused by every decode, so its buffers never move (CUDA graphs read them at captured
+  addresses);
+* a pass over R active rows runs over `row_bucket(R)` rows (1, 2, 4, ... up to the cache's rows; the padding
+  rows write scratch slots of unused rows), writes K/V at per-row slot tensors and attends over the whole
+  capacity under a mask built from those slots inside the pass, so one graph serves every step of one kind at
+  one row bucket: the AR step (T = 1), the Orthrus diffusion pass and the verify pass (T = K), a tree verify
+  pass (its ancestors given), whatever each row's length;
+* prefills run eager into the same cache: one pass per prompt, of the prompt's length, compute-bound where it
+  is long.
 
-Exactness: the static pass computes what the eager pass computes (masked keys get exactly zero weight), so
-greedy tokens match eager's up to float rounding of a longer reduction; tests/test_engine.py holds compile to
-token identity with eager on the tiny family, and sampling draws from the returned logits with the decoder's
-own generator, so seeded draws match too. A mode is refused where it cannot run (`check_engine`).
+Eager passes over rows of one length (always at batch size 1) are the model's plain forward: slice writes, no
+mask for a single token or a diffusion block. Rows of different lengths write at slot tensors under a per-row
+mask over the first `end` slots (the furthest any row reaches).
+
+Exactness: a masked key gets exactly zero weight, so a row computes what it computes alone up to float
+rounding of a longer reduction; tests/test_engine.py and tests/test_loop.py hold compile to token identity with
+eager at R = 1, 2 and 4 for every batched method, greedy and sampled (sampling draws from the returned logits
+with each row's own generator). A mode is refused where it cannot run (`check_engine`).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import shutil
 
 import torch
 
-from .model import KVCache, OrthrusForCausalLM
+from .model import KVCache, OrthrusForCausalLM, causal_mask
 
 ENGINES = ("eager", "compile", "cudagraph")
 
@@ -61,8 +69,8 @@ def check_engine(mode: str, device: torch.device | str) -> str:
 
 
 def compile_options(device: torch.device, autotune: bool | None = None) -> dict:
-    """Inductor options. On a CPU a batch-1 step is bound by GEMV kernels that repack their weights on every
-    call; freezing the weights (they are constants while decoding) lets inductor pack them once, and its
+    """Inductor options. On a CPU a small-batch step is bound by GEMV kernels that repack their weights on
+    every call; freezing the weights (they are constants while decoding) lets inductor pack them once, and its
     autotuned GEMM templates beat the library's at these shapes (measured: 4.6 vs 9.0 ms per tiny AR step).
     On a GPU the kernels are the library's either way; CUDA graphs remove the launches (`cudagraph`).
     `autotune` (default: on a CPU) costs minutes of compilation per shape; the tests turn it off."""
@@ -84,6 +92,11 @@ def bucket(n: int) -> int:
     return size
 
 
+def row_bucket(active: int, rows: int) -> int:
+    """The rows a static pass over `active` rows runs: the next power of two, at most the cache's `rows`."""
+    return min(1 << max(active - 1, 0).bit_length(), rows)
+
+
 _captures = 0  # CUDA graphs captured in this process
 
 
@@ -93,93 +106,177 @@ def compilations() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"] + _captures
 
 
-class Engine:
-    """The engine of one model in a static mode (`compile` or `cudagraph`, checked by `set_engine`, which
-    installs it); then `model.new_cache` and the model's decode-time passes go through it."""
+def pass_mask(slots: torch.Tensor, end: int, diffusion: bool, ancestors: torch.Tensor | None) -> torch.Tensor:
+    """[R, 1, T or 1, end]: which of the first `end` slots of its row each query of a pass at `slots` [R, T]
+    sees. AR view: keys up to its own slot; diffusion view: the row's prefix and its whole block; a tree verify
+    pass (`ancestors` [R, T, T]): the row's prefix, the node's ancestors and itself."""
+    keys = torch.arange(end, device=slots.device)[None, None]
+    if ancestors is not None:
+        prefix = keys < slots[:, :1, None]
+        own = (keys == slots[:, :, None]).float()  # [R, T, end]: node j sits at key slots[j]
+        return (prefix | (torch.bmm(ancestors.float(), own) > 0))[:, None]
+    if diffusion:
+        return (keys <= slots[:, -1:, None])[:, None]
+    return (keys <= slots[:, :, None])[:, None]
 
-    def __init__(self, model: OrthrusForCausalLM, mode: str, autotune: bool | None = None):
+
+class Engine:
+    """The passes of one model in one mode (eager, compile or cudagraph), checked where it is made."""
+
+    def __init__(self, model: OrthrusForCausalLM, mode: str = "eager", autotune: bool | None = None):
         p = model.lm_head.weight
-        self.mode, self.model, self.device, self.dtype = mode, model, p.device, p.dtype
-        self.caches: dict[int, KVCache] = {}
+        self.mode = check_engine(mode, p.device)
+        self.model, self.device, self.dtype = model, p.device, p.dtype
+        self.caches: dict[int, KVCache] = {}  # capacity bucket -> the engine's cache
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = None
         if self.mode == "compile":
-            # One graph per pass kind and bucket; dynamo's default limit of 8 would fall back to eager silently.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            # One graph per pass kind, row bucket and capacity; dynamo's default limit of 8 would fall back to
+            # eager silently.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+            torch._dynamo.config.accumulated_cache_size_limit = max(
+                torch._dynamo.config.accumulated_cache_size_limit, 1024
+            )
             self.compiled = torch.compile(static_pass, dynamic=False, fullgraph=True)
             # Inductor reads these when it compiles, inside the first call of each shape (torch.compile's
             # `options` does not reach freezing), so every call runs under them.
             self.options = compile_options(self.device, autotune)
 
-    def new_cache(self, capacity: int) -> KVCache:
-        """The engine's cache for `capacity` positions (its bucket's buffers, emptied: length 0)."""
+    @property
+    def static(self) -> bool:
+        """Whether passes run at fixed shapes (compile, cudagraph)."""
+        return self.mode != "eager"
+
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        """An empty cache of at least `rows` rows holding `capacity` positions each (the capacity's bucket). A
+        static engine hands out its own buffers for the bucket, the same ones every time, with as many rows as
+        the largest batch has asked for: a smaller batch's passes then meet the shapes and addresses a larger
+        one compiled and captured."""
         size = bucket(capacity)
+        if not self.static:
+            return KVCache(self.model.config, rows, size, dtype=self.dtype, device=self.device)
         cache = self.caches.get(size)
-        if cache is None:
-            cache = KVCache(self.model.config, size, dtype=self.dtype, device=self.device)
-            # Zeros, not garbage: masked keys get zero weight, but a NaN left in a slot would still poison it.
-            cache.k.zero_()
-            cache.v.zero_()
-            self.caches[size] = cache
-        cache.length = 0
+        if cache is None or cache.rows < rows:
+            if cache is not None:  # its graphs read buffers that are going away
+                self.graphs = {key: g for key, g in self.graphs.items() if key[0] != id(cache)}
+            cache = self.caches[size] = KVCache(self.model.config, rows, size, dtype=self.dtype, device=self.device)
+        cache.lengths = []
         return cache
 
-    def forward(self, input_ids, start: int, cache: KVCache, diffusion: bool, positions, mask, capture):
-        T, C = input_ids.shape[1], cache.capacity
-        if self.caches.get(C) is not cache:
-            raise EngineError("a static engine runs on its own cache: make it with model.new_cache")
-        slots = torch.arange(start, start + T, device=self.device)
-        if positions is None:
-            positions = slots[None]
-        if mask is not None:  # a tree's [T, start+T] ancestor mask, padded to the bucket
-            mask = torch.nn.functional.pad(mask, (0, C - mask.shape[1]), value=False)
-        args = (input_ids, slots, positions, mask, cache.k, cache.v)
+    def grow(self, cache: KVCache, capacity: int) -> KVCache:
+        """`cache`, or, when it holds fewer than `capacity` positions per row, a larger one holding its rows."""
+        if capacity <= cache.capacity:
+            return cache
+        grown = self.new_cache(cache.rows, capacity)
+        grown.copy_rows_from(cache)
+        return grown
+
+    def prefill(self, cache: KVCache, b: int, ids: torch.Tensor, capture=()):
+        """A prompt ids [T] into row b of `cache` (eager, alone) -> logits [T, V] (and features [T, F] with
+        `capture`). The row's length is the caller's to set."""
+        result = self.model(ids[None], 0, cache.row(b), capture=capture)
+        return (result[0][0], result[1][0]) if capture else result[0]
+
+    def step(
+        self,
+        cache: KVCache,
+        ids: torch.Tensor,
+        *,
+        diffusion: bool = False,
+        depth: torch.Tensor | None = None,
+        ancestors: torch.Tensor | None = None,
+        capture=(),
+    ):
+        """ids [R, T] of the R active rows at each row's next T slots -> float32 logits [R, T, V] (and features
+        with `capture`). A tree verify pass gives each node's `depth` [R, T] (its RoPE position is the row's
+        length + depth) and `ancestors` [R, T, T]; without them the pass is causal (AR view) or sees each row's
+        prefix and whole block (diffusion view). The rows' lengths do not move."""
+        R, T = ids.shape
+        lengths = cache.lengths
+        if len(lengths) != R:
+            raise ValueError(f"{R} rows of ids for a cache with {len(lengths)} active rows")
+        if max(lengths) + T > cache.capacity:
+            raise ValueError(f"cache capacity {cache.capacity} < {max(lengths) + T} positions needed")
+        if self.static:
+            return self._static_step(cache, ids, diffusion, depth, ancestors, tuple(capture))
+        if ancestors is None and min(lengths) == max(lengths):  # one length: the model's plain pass
+            start = lengths[0]
+            mask = causal_mask(start, T, ids.device) if not diffusion and T > 1 else None
+            return self.model(ids, start, cache, diffusion, mask=mask, capture=capture)
+        slots = torch.tensor(lengths, device=ids.device)[:, None] + torch.arange(T, device=ids.device)
+        end = max(lengths) + T
+        positions = slots if depth is None else slots[:, :1] + depth
+        mask = pass_mask(slots, end, diffusion, ancestors)
+        return self.model.run(ids, positions, mask, diffusion, cache.scatter(slots, end), capture=capture)
+
+    def _static_step(self, cache, ids, diffusion, depth, ancestors, capture):
+        if self.caches.get(cache.capacity) is not cache:
+            raise EngineError("a static engine runs on its own cache: make it with engine.new_cache")
+        R, T = ids.shape
+        rows = row_bucket(R, cache.rows)
+        pad = rows - R
+        offsets = torch.arange(T, device=ids.device)
+        slots = torch.tensor(cache.lengths + [0] * pad, device=ids.device)[:, None] + offsets
+        positions = slots if depth is None else slots[:, :1] + _pad_rows(depth, pad, 0)
+        if pad:
+            ids = _pad_rows(ids, pad, 0)
+        if ancestors is not None:  # a padding row sees itself only
+            ancestors = torch.cat([ancestors, torch.eye(T, dtype=torch.bool, device=ids.device).expand(pad, T, T)])
+        args = (ids, slots, positions, ancestors, cache.k[:, :rows], cache.v[:, :rows])
         if self.mode == "compile":
             with torch._inductor.config.patch(self.options):
-                return self.compiled(self.model, *args, diffusion, tuple(capture))
-        key = (T, C, diffusion, mask is not None, tuple(capture))
-        graph = self.graphs.get(key)
-        if graph is None:
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            graph = self.graphs[key] = _Graph(self.model, args, diffusion, tuple(capture), self.pool)
-        return graph.replay(args)
+                out = self.compiled(self.model, *args, diffusion, capture)
+        else:
+            key = (id(cache), rows, T, diffusion, ancestors is not None, capture)
+            graph = self.graphs.get(key)
+            if graph is None:
+                if self.pool is None:
+                    self.pool = torch.cuda.graph_pool_handle()
+                graph = self.graphs[key] = _Graph(self.model, args, diffusion, capture, self.pool, self.device)
+            out = graph.replay(args)
+        if not pad:
+            return out
+        return (out[0][:R], out[1][:R]) if capture else out[:R]
 
 
-def static_pass(model, input_ids, slots, positions, mask, k_cache, v_cache, diffusion: bool, capture):
-    """One pass with every shape fixed: write K/V at `slots` [T], attend over the whole cache under the view's
-    mask (AR: keys up to the query's slot; diffusion: the prefix and the whole block; or the given tree mask)."""
-    keys = torch.arange(k_cache.shape[3], device=slots.device)
-    if mask is None:
-        mask = keys[None, :] < slots[-1] + 1 if diffusion else keys[None, :] <= slots[:, None]
+def _pad_rows(x: torch.Tensor, pad: int, value) -> torch.Tensor:
+    return torch.cat([x, x.new_full((pad, *x.shape[1:]), value)]) if pad else x
+
+
+def static_pass(model, ids, slots, positions, ancestors, k_cache, v_cache, diffusion: bool, capture):
+    """One pass with every shape fixed: write each row's K/V at its `slots` [R, T] and attend over the whole
+    capacity under the view's mask (`pass_mask`)."""
+    mask = pass_mask(slots, k_cache.shape[3], diffusion, ancestors)
+    index = slots[:, None, :, None]
 
     def kv_context(layer, k, v):
-        k_cache[layer].index_copy_(2, slots, k)
-        v_cache[layer].index_copy_(2, slots, v)
+        k_cache[layer].scatter_(2, index.expand_as(k), k)
+        v_cache[layer].scatter_(2, index.expand_as(v), v)
         return k_cache[layer], v_cache[layer]
 
-    return model.run(input_ids, positions, mask, diffusion, kv_context, capture=capture)
+    return model.run(ids, positions, mask, diffusion, kv_context, capture=capture)
 
 
 class _Graph:
     """One captured pass: static input buffers, the graph, and its outputs (cloned on return, because the
     next replay overwrites them while a decoder may still hold the last ones)."""
 
-    def __init__(self, model, args, diffusion, capture, pool):
+    def __init__(self, model, args, diffusion, capture, pool, device):
         self.inputs = [a.clone() if a is not None else None for a in args[:4]]
         k_cache, v_cache = args[4], args[5]
         run = lambda: static_pass(model, *self.inputs, k_cache, v_cache, diffusion, capture)  # noqa: E731
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside capture (cuBLAS handles, lazy init)
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        global _captures
-        _captures += 1
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.outputs = run()
+        with torch.cuda.device(device):  # the streams and the capture belong to the model's device
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside capture (cuBLAS handles, lazy init)
+                for _ in range(2):
+                    run()
+            torch.cuda.current_stream().wait_stream(side)
+            global _captures
+            _captures += 1
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.outputs = run()
 
     def replay(self, args):
         for buffer, value in zip(self.inputs, args[:4], strict=True):
@@ -189,14 +286,3 @@ class _Graph:
         if isinstance(self.outputs, tuple):
             return tuple(o.clone() for o in self.outputs)
         return self.outputs.clone()
-
-
-def set_engine(model: OrthrusForCausalLM, mode: str, autotune: bool | None = None) -> OrthrusForCausalLM:
-    """Run `model`'s decode-time forwards in `mode` (auto, eager, compile, cudagraph); returns the model."""
-    mode = check_engine(mode, model.lm_head.weight.device)
-    model.engine = None if mode == "eager" else Engine(model, mode, autotune)
-    return model
-
-
-def engine_name(model: OrthrusForCausalLM) -> str:
-    return "eager" if model.engine is None else model.engine.mode

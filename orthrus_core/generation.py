@@ -1,8 +1,6 @@
 """What every decoder returns and shares: `GenerationResult`, the output bookkeeping that enforces stop tokens
 and the length limit (`Output`), a device-synchronised clock, prompt checks and the checkpoint's stop tokens.
-
-Metrics (see docs/methodology.md): tau = accepted drafts + 1 per cycle, averaged over cycles; TPF = new tokens
-/ (AR + draft forwards after prefill), counting both forwards of an Orthrus cycle as the paper does.
+τ and TPF are defined in metrics.py.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from . import metrics
 from .model import OrthrusForCausalLM
 
 StreamCallback = Callable[[list[int]], None]
@@ -46,13 +45,12 @@ class GenerationResult:
     @property
     def tau(self) -> float | None:
         """Mean tokens per verification cycle (accepted drafts + 1); None for plain AR decoding."""
-        return 1 + sum(self.accepted) / len(self.accepted) if self.accepted else None
+        return metrics.tau(sum(self.accepted), len(self.accepted))
 
     @property
     def tpf(self) -> float | None:
         """New tokens per forward after prefill (the first token comes from the prefill and counts)."""
-        forwards = self.ar_forwards + self.draft_forwards
-        return self.new_tokens / forwards if forwards else None
+        return metrics.tpf(self.new_tokens, self.ar_forwards + self.draft_forwards)
 
     @property
     def total_s(self) -> float:
@@ -118,19 +116,18 @@ class Output:
 
 
 def check_prompt(prompt_ids, max_new_tokens: int, device) -> torch.Tensor:
+    """The prompt as ids [T] on `device`, checked."""
     ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)
     if ids.ndim != 1 or ids.numel() == 0:
         raise ValueError("the prompt must be a non-empty sequence of token ids")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    return ids[None]
+    return ids
 
 
-def default_stop_ids(model: OrthrusForCausalLM) -> list[int]:
+def stop_ids(model: OrthrusForCausalLM, stop_token_ids: Iterable[int] | None = None) -> list[int]:
+    """The stop tokens of a generation: the ones given, else the checkpoint's eos_token_id (one or a list)."""
+    if stop_token_ids is not None:
+        return list(stop_token_ids)
     eos = model.config.eos_token_id
     return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-
-
-# A decoder bound to its model, as harness.methods' `Decoder.generate` is (and the functions that stand in for
-# one): generate(prompt_ids, max_new_tokens, *, temperature, top_k, top_p, seed, stop_token_ids) -> result.
-GenerateFn = Callable[..., GenerationResult]

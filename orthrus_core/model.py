@@ -35,54 +35,93 @@ from transformers.models.qwen3.modeling_qwen3 import (
     apply_rotary_pos_emb,
 )
 
-# The longest pass an engine runs (a step, a draft block, a verify block or tree); longer ones are prefills.
-MAX_STEP_TOKENS = 256
-
 # kv_context(k, v) -> (keys, values): what a layer's new queries attend to, given the new tokens' k and v.
 KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class KVCache:
-    """Pre-allocated K/V for every layer, shared by both views; rollback is setting `length`.
+    """K/V of every layer for a batch of rows, shared by both views: k, v [layers, rows, kv_heads, capacity,
+    head_dim]; `lengths` [R] (host ints) counts the committed positions of the R active rows, which are rows
+    0..R-1 of the buffers. Row b's K/V are contiguous at slots 0..lengths[b]-1, so a token's slot is its RoPE
+    position; rollback is setting a length. Batch size 1 is a cache of one row.
 
-    Shapes: k, v = [layers, batch, kv_heads, capacity, head_dim]. `length` counts committed positions, shared by
-    every row; batched decoding with ragged rows has its own cache with a length per row (batch.BatchKVCache).
-    """
+    Zeros, not garbage: a pass over rows of different lengths attends to slots a shorter row has not written,
+    under a mask that gives them exactly zero weight, but a NaN left in one would still poison the sum."""
 
-    def __init__(self, config: Qwen3Config, capacity: int, *, batch_size: int = 1, dtype=None, device=None):
-        shape = cache_shape(config, batch_size, capacity)
-        # Uninitialised on purpose: a slot is always written before it is read.
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.length = 0
+    def __init__(self, config: Qwen3Config, rows: int, capacity: int, *, dtype=None, device=None):
+        self.k = torch.zeros(cache_shape(config, rows, capacity), dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.lengths: list[int] = []
 
     @classmethod
     def view(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:
         """A cache over existing buffers (a row of a batch's cache), empty."""
         cache = cls.__new__(cls)
-        cache.k, cache.v, cache.length = k, v, 0
+        cache.k, cache.v, cache.lengths = k, v, []
         return cache
+
+    @property
+    def rows(self) -> int:
+        """Rows the buffers hold (the most a batch over this cache can have)."""
+        return self.k.shape[1]
 
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, start: int):
-        """Write k, v [B, kv_heads, T, D] at positions start..start+T-1 of `layer`; return keys and values
-        [B, kv_heads, start+T, D] for the new queries to attend to (views, no copy)."""
-        end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
 
-    def compact(self, start: int, keep: torch.Tensor) -> None:
-        """Keep the rows at positions start + keep (sorted offsets, e.g. an accepted tree path) as the
-        positions start..start+len(keep)-1 and commit through them: the rollback of a tree verify pass."""
-        n = keep.shape[0]
-        src = start + keep
-        self.k[:, :, :, start : start + n] = self.k[:, :, :, src]
-        self.v[:, :, :, start : start + n] = self.v[:, :, :, src]
-        self.length = start + n
+    def row(self, b: int) -> KVCache:
+        """Row b as a one-row cache (views: what a pass writes there lands in this cache)."""
+        return KVCache.view(self.k[:, b : b + 1], self.v[:, b : b + 1])
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, start: int):
+        """Write k, v [B, kv_heads, T, D] at slots start..start+T-1 of rows 0..B-1 of `layer`; return keys and
+        values [B, kv_heads, start+T, D] for the new queries to attend to (views, no copy)."""
+        B, end = k.shape[0], start + k.shape[2]
+        self.k[layer, :B, :, start:end] = k
+        self.v[layer, :B, :, start:end] = v
+        return self.k[layer, :B, :, :end], self.v[layer, :B, :, :end]
+
+    def scatter(self, slots: torch.Tensor, end: int) -> KVContext:
+        """kv_context(layer, k, v) for a pass writing k, v [R, kv_heads, T, D] of rows 0..R-1 at `slots` [R, T]
+        (each row its own) that attends to each row's first `end` slots."""
+        R = slots.shape[0]
+
+        def kv(layer, k, v):
+            index = slots[:, None, :, None].expand_as(k)
+            self.k[layer, :R].scatter_(2, index, k)
+            self.v[layer, :R].scatter_(2, index, v)
+            return self.k[layer, :R, :, :end], self.v[layer, :R, :, :end]
+
+        return kv
+
+    def compact(self, b: int, start: int, keep: list[int]) -> None:
+        """Row b keeps its nodes at slots start + keep (sorted offsets, an accepted tree path) as the slots
+        start..start+len(keep)-1: the rollback of a tree verify pass (the length is the caller's)."""
+        n = len(keep)
+        src = torch.tensor(keep, device=self.k.device) + start
+        self.k[:, b, :, start : start + n] = self.k[:, b, :, src]
+        self.v[:, b, :, start : start + n] = self.v[:, b, :, src]
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these active rows (ascending) stay, as rows 0..len(rows)-1: each kept row is moved down in
+        place, one at a time (a source is never overwritten before it is read); the buffers stay where they are
+        (an engine's captured passes read them at fixed addresses)."""
+        for i, b in enumerate(rows):
+            if b != i:
+                self.k[:, i].copy_(self.k[:, b])
+                self.v[:, i].copy_(self.v[:, b])
+        self.lengths = [self.lengths[b] for b in rows]
+
+    def copy_rows_from(self, other: KVCache) -> None:
+        """The other cache's active rows and lengths (a cache grown for a longer request)."""
+        R, C = len(other.lengths), min(self.capacity, other.capacity)
+        self.k[:, :R, :, :C] = other.k[:, :R, :, :C]
+        self.v[:, :R, :, :C] = other.v[:, :R, :, :C]
+        self.lengths = list(other.lengths)
 
 
 def cache_shape(config, rows: int, capacity: int) -> tuple[int, ...]:
@@ -175,7 +214,6 @@ class OrthrusForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.engine = None  # eager; orthrus_core.engine.set_engine installs a compiled or CUDA-graph one
 
     @property
     def has_diffusion_view(self) -> bool:
@@ -189,11 +227,10 @@ class OrthrusForCausalLM(nn.Module):
     def mask_token_id(self) -> int:
         return self.config.mask_token_id
 
-    def new_cache(self, capacity: int, batch_size: int = 1) -> KVCache:
-        if self.engine is not None and batch_size == 1:  # the engine's own buffers (static shapes)
-            return self.engine.new_cache(capacity)
+    def new_cache(self, capacity: int, rows: int = 1) -> KVCache:
+        """A cache of `rows` rows on the model's device and dtype (decoders take theirs from an engine)."""
         p = self.lm_head.weight
-        return KVCache(self.config, capacity, batch_size=batch_size, dtype=p.dtype, device=p.device)
+        return KVCache(self.config, rows, capacity, dtype=p.dtype, device=p.device)
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor):
         return self.model.rotary_emb(x, positions)
@@ -209,21 +246,18 @@ class OrthrusForCausalLM(nn.Module):
         mask: torch.Tensor | None = None,
         capture: Sequence[int] = (),
     ):
-        """input_ids [B, T] written at cache slots start..start+T-1 -> float32 logits [B, T, V].
+        """input_ids [B, T] written at slots start..start+T-1 of rows 0..B-1 of `cache` -> float32 logits
+        [B, T, V]: every row at the same position (a prefill, a uniform batch; the decode loop's passes over rows
+        of different lengths are orthrus_core.engine's).
 
         Reads cache positions [0, start) and writes [start, start+T); see the module docstring for what each
-        view attends to. Does not move `cache.length`: committing is the decoder's decision. A tree verify
+        view attends to. Does not move the cache's lengths: committing is the decoder's decision. A tree verify
         pass passes its own RoPE `positions` [1, T] (start + node depth) and `mask` [T, start+T] (the prefix
         plus each node's ancestors). With `capture` it returns (logits, features); see `run`.
-
-        With an engine installed (orthrus_core.engine), the decode-time passes (after the prefill, at most
-        `MAX_STEP_TOKENS` tokens) run in it.
         """
         T = input_ids.shape[1]
         if start + T > cache.capacity:
             raise ValueError(f"cache capacity {cache.capacity} < {start + T} positions needed")
-        if self.engine is not None and start > 0 and T <= MAX_STEP_TOKENS:
-            return self.engine.forward(input_ids, start, cache, diffusion, positions, mask, capture)
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device)[None]
         # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block.

@@ -1,67 +1,65 @@
-"""Token distributions and the exact consensus rules shared by every speculative method.
+"""Token distributions and the exact consensus rules of every speculative method.
 
-`SamplingParams.probs` turns logits into the distribution a decoder samples from (temperature, then top-k,
+`probs(params, logits)` turns logits into the distribution a decoder samples from (temperature, then top-k,
 then top-p, the order of transformers' logits warpers). A speculative decoder applies the same transform to
 its draft distribution q and to the target p, so its output follows the *transformed* target distribution.
 
-Acceptance rules (vectorised, no per-token Python loop, no host synchronisation: they return 0-dim tensors so
-that the decoder reads the accepted count, the next token and the drafts back in one transfer):
-* `greedy_accept`: the longest prefix of drafts equal to the target argmax, then the target token at the
-  first mismatch (or the bonus token after the last draft).
-* `speculative_accept`: Leviathan et al. / Chen et al. speculative sampling — accept draft x_i with
-  probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection resample from normalize(max(p_i - q_i, 0));
-  if every draft is accepted, sample the bonus token from p_n.
+Acceptance (no per-token Python loop for chains; they return tensors so that the loop reads the accepted
+counts, the next tokens and the drafts back in one transfer):
+* `greedy_accept`: per row, the longest prefix of drafts equal to the target argmax, then the target token at
+  the first mismatch (or the bonus token after the last draft).
+* `AcceptanceRule.chain`: Leviathan et al. / Chen et al. speculative sampling for drafts drawn from q: accept
+  draft x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection resample from
+  normalize(max(p_i - q_i, 0)); if every draft is accepted, sample the bonus token from p_n.
+* `AcceptanceRule.tree`: deterministic drafts in a tree (q one-hot on each drafted token): accept child x with
+  probability p(x); after a rejection the residual max(p - q, 0) is p with x removed and the next sibling is
+  tried against it (SpecInfer's multi-draft rule, as EAGLE does); when every child is rejected, or at a leaf,
+  the next token is drawn from what is left. Exact for any tree.
+
+The rule is an argument of the decode loop: its fields are the exact rule by default, and the calibration
+(harness.verify.calibrate) plants its bugs by passing other values, never by patching this module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from .params import SamplingParams
 
 # Below this residual mass p and q agree to rounding: rejection there is a rounding artefact and p is exact.
 RESIDUAL_EPS = 1e-5
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0  # 0 means greedy (argmax; the first maximum on ties)
-    top_k: int = 0  # 0 disables
-    top_p: float = 1.0  # 1 disables
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """float32 logits [..., V] -> the sampling distribution [..., V] (rows sum to 1)."""
-        logits = logits.float() / self.temperature
-        if self.top_k and self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if self.top_p < 1:
-            sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-            # Keep a token while the mass strictly before it is below top_p: the smallest nucleus >= top_p.
-            drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
-            drop = drop_sorted.scatter(-1, order, drop_sorted)
-            probs = probs.masked_fill(drop, 0.0)
-            probs = probs / probs.sum(-1, keepdim=True)
-        return probs
+def probs(params: SamplingParams, logits: torch.Tensor) -> torch.Tensor:
+    """float32 logits [..., V] -> the sampling distribution [..., V] (rows sum to 1)."""
+    logits = logits.float() / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    p = torch.softmax(logits, dim=-1)
+    if params.top_p < 1:
+        sorted_p, order = torch.sort(p, dim=-1, descending=True, stable=True)
+        # Keep a token while the mass strictly before it is below top_p: the smallest nucleus >= top_p.
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        p = p.masked_fill(drop, 0.0)
+        p = p / p.sum(-1, keepdim=True)
+    return p
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of probs [..., V] -> [...]."""
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+def sample(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of p [..., V] -> [...]."""
+    flat = p.reshape(-1, p.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(p.shape[:-1])
+
+
+def next_token(params: SamplingParams, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The token after logits [..., V]: the argmax when greedy, else a draw from `probs`."""
+    return logits.argmax(-1) if params.greedy else sample(probs(params, logits), generator)
 
 
 def greedy_accept(
@@ -77,24 +75,71 @@ def greedy_accept(
     return n_accepted, target.gather(-1, n_accepted[..., None])[..., 0]
 
 
-def speculative_accept(
-    drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """drafts [n] sampled from q [n, V]; target p [n+1, V] -> (accepted drafts, next token)."""
-    n = drafts.shape[0]
-    rows = torch.arange(n, device=drafts.device)
-    u = torch.rand(n, generator=generator, device=drafts.device)
-    # u < p/q without the division (q(x) > 0 since x was drawn from q).
-    accepted = u * q[rows, drafts] < p[rows, drafts]
-    n_accepted = torch.cumprod(accepted.long(), 0).sum()
-    # A zero row after q makes the "all accepted" case the same formula: max(p_n - 0, 0) = p_n (the bonus).
-    q_at = torch.cat([q, q.new_zeros(1, q.shape[1])])[n_accepted]
-    p_at = p[n_accepted]
-    residual = residual_distribution(p_at, q_at)
-    residual = torch.where(residual.sum() > RESIDUAL_EPS, residual, p_at)
-    return n_accepted, sample(residual, generator)
-
-
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Unnormalised max(p - q, 0): what to resample from after a rejection."""
     return (p - q).clamp_min(0.0)
+
+
+@dataclass(frozen=True)
+class AcceptanceRule:
+    """Lossless speculative sampling. The defaults are the exact rule; `ratio_scale` (accept with probability
+    min(1, ratio_scale * p / q)), `position_shift` (read p one position off) and `residual` exist so that the
+    calibration can measure the verdicts' power against planted bugs by passing them in."""
+
+    ratio_scale: float = 1.0
+    position_shift: int = 0
+    residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = residual_distribution
+
+    def chain(
+        self, drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """drafts [n] sampled from q [n, V]; target p [n+1, V] -> (accepted drafts, next token), 0-dim."""
+        n = drafts.shape[0]
+        rows = torch.arange(n, device=drafts.device)
+        u = torch.rand(n, generator=generator, device=drafts.device)
+        # u < p/q without the division (q(x) > 0 since x was drawn from q).
+        accepted = u * q[rows, drafts] < self.ratio_scale * p[rows + self.position_shift, drafts]
+        n_accepted = torch.cumprod(accepted.long(), 0).sum()
+        # A zero row after q makes the "all accepted" case the same formula: max(p_n - 0, 0) = p_n (the bonus).
+        q_at = torch.cat([q, q.new_zeros(1, q.shape[1])])[n_accepted]
+        p_at = p[n_accepted]
+        residual = self.residual(p_at, q_at)
+        residual = torch.where(residual.sum() > RESIDUAL_EPS, residual, p_at)
+        return n_accepted, sample(residual, generator)
+
+    def chain_with_trace(self, drafts, q, p, generator) -> tuple[int, int, list]:
+        """`chain`, read back in one transfer -> (accepted drafts, next token, the acceptance trace's entries:
+        [accepted (1) or corrected (0), q(token)] per draft position ruled on, then None for a bonus token)."""
+        n, nxt = self.chain(drafts, q, p, generator)
+        rows = torch.arange(len(drafts), device=drafts.device)
+        q_emitted = q[rows, torch.where(rows == n, nxt, drafts)]  # valid up to row n
+        n, token, *q_at = torch.cat([torch.stack([n, nxt]).double(), q_emitted.double()]).tolist()
+        n, token = int(n), int(token)
+        return n, token, [[1, x] for x in q_at[:n]] + ([[0, q_at[n]]] if n < len(drafts) else [None])
+
+    def tree(
+        self, tokens: list[int], parents: list[int], p: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[list[int], int]:
+        """Deterministic drafts in a tree (node 0 the root, parents[i] < i), p [N, V] the target's distribution
+        after each node -> (accepted path of node indices from the root, next token)."""
+        children: list[list[int]] = [[] for _ in tokens]
+        for i, parent in enumerate(parents[1:], start=1):
+            children[parent].append(i)
+        node, path = 0, [0]
+        while True:
+            dist = p[node]
+            for child in children[node]:
+                x = tokens[child]
+                u = torch.rand((), generator=generator, device=dist.device)
+                # dist is unnormalised after rejections: accept with probability dist(x) / sum dist
+                if u * dist.sum() < self.ratio_scale * dist[x]:
+                    node = child
+                    path.append(child)
+                    break
+                dist = self.residual(dist, F.one_hot(torch.tensor(x, device=dist.device), dist.shape[-1]).to(dist.dtype))
+            else:
+                residual = dist if dist.sum() > RESIDUAL_EPS else p[node]
+                return path, int(sample(residual, generator))
+
+
+EXACT = AcceptanceRule()

@@ -1,33 +1,57 @@
-"""Stage 2, methods: every decoder behind one interface (`base.Decoder`), built from a spec string.
+"""Stage 2, methods: every decoder behind one interface (`base.Decoder`), built from a spec string, and the
+registry of methods every list of them is derived from (the run's default methods, the batched ones, the nox
+sessions, the tests).
 
-    target = load_target("chiennv/Orthrus-Qwen3-8B", "bfloat16", "cuda")
+    target = load_target("chiennv/Orthrus-Qwen3-8B", "bfloat16", "cuda")   # its engine settled here
     decoder = make_decoder("eagle3:tree=chain:depth=5", target)
     result = decoder.generate(prompt_ids, 256)
+    for done in decoder.decode(requests.pop, rows=16, continuous=True): ...
 
 A spec is `name` or `name:key=value:key=value`; each method module declares its OPTIONS as
 {key: (type, default)}. `overrides` passed to make_decoder win over the spec's values.
+
+This module is torch-free (the noxfile reads the registry); what needs torch is imported when it is used.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib import import_module
 
-from .base import Decoder
-from .target import DTYPES, Target, load_target
 
-METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its module is harness.methods.<name with - as _>, whose OPTIONS and build() make
+    its decoders. `batched`: it decodes R > 1 rows in the decode loop (orthrus_core.loop), except with the
+    option values in `one_at_a_time`; `greedy_only`: it decodes at temperature 0 only, with those values
+    or always."""
 
-__all__ = ["DTYPES", "METHODS", "Decoder", "Target", "available", "load_target", "make_decoder", "parse_spec"]
+    name: str
+    lossless: bool
+    batched: bool
+    greedy_only: bool = False
+    one_at_a_time: dict[str, str] = field(default_factory=dict)  # option values that leave the loop
+    summary: str = ""
 
 
-def available() -> list[str]:
-    return list(METHODS)
+REGISTRY = [
+    Method("ar", True, True, summary="plain autoregressive decoding: the reference every method is held to"),
+    Method("ar-hf", True, False, summary="transformers' generate on the same weights (cache=dynamic|static)"),
+    Method("orthrus", True, True, one_at_a_time={"cache": "dynamic"},
+           summary="the diffusion view drafts a block, the AR view verifies it (cache=dynamic: the official loop)"),
+    Method("eagle3", True, True, summary="an EAGLE-3 head: dynamic-tree (default) or chain drafts"),
+    Method("dflash", True, True, summary="a DFlash block-diffusion drafter on target features"),
+    Method("pld", True, True, summary="prompt lookup: n-gram drafts from the context"),
+    Method("diffusion", False, False, greedy_only=True, summary="lossy block-diffusion decoding, unverified"),
+]  # fmt: skip
+METHODS = {m.name: m for m in REGISTRY}
+BATCHED = [m.name for m in REGISTRY if m.batched]
 
 
-def _module(name: str):
+def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
-    return import_module(f"{__name__}.{name.replace('-', '_')}")  # ar-hf lives in ar_hf.py
+    return METHODS[name]
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -44,7 +68,22 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name, options
 
 
-def _coerce(method: str, key: str, kind: type, value):
+def _leaves_the_loop(spec: str) -> bool:
+    name, options = parse_spec(spec)
+    return any(options.get(k) == v for k, v in method(name).one_at_a_time.items())
+
+
+def is_batched(spec: str) -> bool:
+    """Whether the method spec decodes batches of rows (`decoder.decode(..., rows > 1)`)."""
+    return method(parse_spec(spec)[0]).batched and not _leaves_the_loop(spec)
+
+
+def is_greedy_only(spec: str) -> bool:
+    """Whether the method spec decodes at temperature 0 only."""
+    return method(parse_spec(spec)[0]).greedy_only or _leaves_the_loop(spec)
+
+
+def _coerce(name: str, key: str, kind: type, value):
     if value is None or isinstance(value, kind) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -52,20 +91,27 @@ def _coerce(method: str, key: str, kind: type, value):
             return kind(value)
         except ValueError:
             pass
-    raise ValueError(f"{method}: option {key} must be {kind.__name__}, got {value!r}")
+    raise ValueError(f"{name}: option {key} must be {kind.__name__}, got {value!r}")
 
 
-def make_decoder(spec: str, target: Target, **overrides) -> Decoder:
-    """The decoder for `spec` on `target`, its options resolved and its checkpoints loaded."""
+def make_decoder(spec: str, target, **overrides):
+    """The decoder (a harness.methods.base.Decoder) for `spec` on `target` (a harness.methods.target.Target),
+    its options resolved and checked and its checkpoints loaded."""
     name, given = parse_spec(spec)
-    module = _module(name)
+    method(name)
+    module = import_module(f"{__name__}.{name.replace('-', '_')}")  # ar-hf lives in ar_hf.py
     given.update(overrides)
     unknown = sorted(set(given) - set(module.OPTIONS))
     if unknown:
         known = ", ".join(f"{k} (default {d!r})" for k, (_, d) in module.OPTIONS.items()) or "none"
         raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; known options: {known}")
-    options = {
-        k: _coerce(name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()
-    }
+    options = {k: _coerce(name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()}
     label = ":".join([name] + [f"{k}={v}" for k, v in given.items()])
     return module.build(target, label, options)
+
+
+def load_target(*args, **kwargs):
+    """harness.methods.target.load_target (imported here on use: it needs torch)."""
+    from .target import load_target
+
+    return load_target(*args, **kwargs)

@@ -11,7 +11,8 @@ import torch
 from transformers import CompileConfig, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
-from orthrus_core.generation import Clock, GenerationResult, check_prompt, default_stop_ids
+from orthrus_core.generation import Clock, GenerationResult, check_prompt, stop_ids
+from orthrus_core.params import GREEDY
 
 from .base import Decoder
 
@@ -47,18 +48,17 @@ class _Timer(BaseStreamer):
 
 
 class HFDecoder(Decoder):
-    name = "ar-hf"
-
     def __init__(self, target, label, config, hf_model):
         super().__init__(target, label, config)
         self.hf_model = hf_model
 
     @torch.inference_mode()
-    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
+    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
+                 on_tokens=None, rule=None):  # fmt: skip
         model = self.target.model
         device = model.lm_head.weight.device
-        prompt = check_prompt(prompt_ids, max_new_tokens, device)
-        stop = list(default_stop_ids(model) if stop_token_ids is None else stop_token_ids)
+        prompt = check_prompt(prompt_ids, max_new_tokens, device)[None]
+        stop = stop_ids(model, stop_token_ids)
         sampling = dict(
             do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p
         )
@@ -75,8 +75,8 @@ class HFDecoder(Decoder):
             ),
             **(sampling if not params.greedy else dict(do_sample=False)),
         )
-        if generator is not None:
-            torch.manual_seed(generator.initial_seed())  # transformers samples from the global generator
+        if seed is not None:
+            torch.manual_seed(seed)  # transformers samples from the global generator
         clock = Clock(device)
         timer = _Timer(clock, on_tokens)
         t0 = clock()

@@ -1,120 +1,108 @@
-"""The one decoder interface every method implements."""
+"""The one decoder interface every method implements. A method that drafts for the decode loop
+(orthrus_core.loop) is a `LoopDecoder` around its drafter, made once with its options checked; the others
+(transformers' generate, the official Orthrus loop, lossy block diffusion) decode one prompt at a time."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from orthrus_core.batch import BatchDrafter, BatchResult, Request, decode_batch
+from orthrus_core import loop
 from orthrus_core.generation import GenerationResult, StreamCallback
-from orthrus_core.sampling import SamplingParams
-from orthrus_core.speculative import Drafter, generate_speculative
+from orthrus_core.loop import Drafter, Finished, Request
+from orthrus_core.params import GREEDY, SamplingParams
+from orthrus_core.sampling import EXACT, AcceptanceRule
 
+from . import BATCHED, METHODS, is_batched, is_greedy_only, parse_spec
 from .target import Target
 
-# The method specs that decode in batches (`Decoder.batch_drafter`), for error messages.
-BATCHED_METHODS = ("ar", "orthrus", "pld", "eagle3:tree=chain", "dflash")
+# What every caller holds of a decoder: its `generate`, or a stand-in with the same signature
+# generate(prompt_ids, max_new_tokens, params, *, seed, stop_token_ids, on_tokens) -> GenerationResult.
+GenerateFn = Callable[..., GenerationResult]
 
 
 class BatchError(ValueError):
     """A method, or one of its options, that has no batched form."""
 
 
-class Decoder(ABC):
+class Decoder:
     """One configured method. `config` holds every resolved option (JSON-serialisable, for provenance) and
     `checkpoints` the local directory of every checkpoint used, by role ("target", "draft")."""
-
-    name: str  # the method, e.g. "eagle3"
-    lossless: bool = True  # greedy output equals AR's and sampled output follows the target's distribution
 
     def __init__(self, target: Target, label: str, config: dict, checkpoints: dict[str, str] | None = None):
         self.target, self.label, self.config = target, label, config
         self.checkpoints = {"target": target.path, **(checkpoints or {})}
+        self.name = parse_spec(label)[0]  # the method, e.g. "eagle3"
+
+    @property
+    def lossless(self) -> bool:
+        """Greedy output equals AR's and sampled output follows the target's distribution."""
+        return METHODS[self.name].lossless
+
+    @property
+    def batched(self) -> bool:
+        return is_batched(self.label)
+
+    @property
+    def greedy_only(self) -> bool:
+        return is_greedy_only(self.label)
+
+    def generator(self, seed: int | None) -> torch.Generator | None:
+        """The generator a seeded generation draws from (None: unseeded)."""
+        return None if seed is None else torch.Generator(self.target.engine.device).manual_seed(seed)
+
+    def check_params(self, params: SamplingParams) -> None:
+        if self.greedy_only and not params.greedy:
+            raise ValueError(f"{self.label} decodes greedily only (temperature 0), not at {params.temperature}")
 
     def generate(
         self,
         prompt_ids: Iterable[int],
         max_new_tokens: int,
+        params: SamplingParams = GREEDY,
         *,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
         seed: int | None = None,
         stop_token_ids: Iterable[int] | None = None,
         on_tokens: StreamCallback | None = None,
+        rule: AcceptanceRule = EXACT,
     ) -> GenerationResult:
-        """Generate after prompt_ids; stop tokens default to the target's eos_token_id."""
-        params, generator = self.sampling(temperature, top_k, top_p, seed)
-        return self.decode(prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens)
+        """One generation after prompt_ids; stop tokens default to the target's eos_token_id."""
+        raise NotImplementedError
 
-    @abstractmethod
     def decode(
         self,
-        prompt_ids: Iterable[int],
-        max_new_tokens: int,
-        params: SamplingParams,
-        generator: torch.Generator | None,
-        stop_token_ids: Iterable[int] | None,
-        on_tokens: StreamCallback | None,
-    ) -> GenerationResult:
-        """The method itself, with the sampling settings validated and the seeded generator made."""
-
-    def batch_drafter(self, params: SamplingParams) -> BatchDrafter | None:
-        """The method over a batch (orthrus_core.batch): its batch drafter, None for plain AR. A method that has
-        no batched form raises BatchError, which names the ones that do."""
-        raise BatchError(
-            f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED_METHODS)}"
-        )
-
-    def generate_batch(
-        self,
         next_request: Callable[[], Request | None],
-        batch_size: int,
-        params: SamplingParams,
+        params: SamplingParams = GREEDY,
         *,
+        rows: int = 1,
         continuous: bool = False,
-    ) -> Iterator[BatchResult]:
-        """Requests pulled from `next_request`, `batch_size` rows at a time, each yielded as it finishes."""
-        drafter = self.batch_drafter(params)
-        yield from decode_batch(
-            self.target.model,
-            drafter,
-            next_request,
-            batch_size,
-            params,
-            continuous=continuous,
-        )
-
-    def generator(self, seed: int | None) -> torch.Generator | None:
-        if seed is None:
-            return None
-        return torch.Generator(self.target.model.lm_head.weight.device).manual_seed(seed)
-
-    def sampling(self, temperature, top_k, top_p, seed) -> tuple[SamplingParams, torch.Generator | None]:
-        return SamplingParams(temperature, top_k, top_p), self.generator(seed)
+        rule: AcceptanceRule = EXACT,
+    ) -> Iterator[Finished]:
+        """The requests `next_request` returns, `rows` at a time, each yielded as it finishes."""
+        raise BatchError(f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED)}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
 
 
-class SpeculativeDecoder(Decoder):
-    """A method that is a drafter in the draft-verify loop every lossless speculative method shares
-    (orthrus_core.speculative): the method is its `drafter`."""
+class LoopDecoder(Decoder):
+    """A method that is a drafter in the decode loop (None: plain AR)."""
 
-    @abstractmethod
-    def drafter(self, params: SamplingParams, generator: torch.Generator | None) -> Drafter:
-        """A fresh drafter for one generation (sampled drafts draw from `generator`)."""
+    def __init__(self, target, label, config, drafter: Drafter | None, checkpoints=None):
+        super().__init__(target, label, config, checkpoints)
+        self.drafter = drafter
 
-    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
-        return generate_speculative(
-            self.target.model,
-            self.drafter(params, generator),
-            prompt_ids,
-            max_new_tokens,
-            params,
-            stop_token_ids=stop_token_ids,
-            generator=generator,
-            on_tokens=on_tokens,
+    def decode(self, next_request, params=GREEDY, *, rows=1, continuous=False, rule=EXACT):
+        self.check_params(params)
+        return loop.decode(
+            self.target.engine, self.drafter, next_request, rows, params, continuous=continuous, rule=rule
         )
+
+    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
+                 on_tokens=None, rule=EXACT):  # fmt: skip
+        self.check_params(params)
+        return loop.generate(
+            self.target.engine, self.drafter, prompt_ids, max_new_tokens, params,
+            stop_token_ids=stop_token_ids, generator=self.generator(seed), on_tokens=on_tokens, rule=rule,
+        )  # fmt: skip

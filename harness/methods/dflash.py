@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from orthrus_core.checkpoint import resolve
-from orthrus_core.dflash import DFlashBatchDrafter, DFlashDrafter, load_dflash
+from orthrus_core.dflash import DFlashDrafter, load_dflash
 
-from .base import SpeculativeDecoder
+from .base import LoopDecoder
 from .checkpoints import draft_checkpoint
 
 OPTIONS = {
@@ -14,27 +14,8 @@ OPTIONS = {
 }
 
 
-class DFlashDecoder(SpeculativeDecoder):
-    name = "dflash"
-
-    def __init__(self, target, label, config, checkpoints, draft):
-        super().__init__(target, label, config, checkpoints)
-        self.draft = draft
-
-    def drafter(self, params, generator):
-        return DFlashDrafter(self.draft, self.target.model, self.config["block_size"])
-
-    def batch_drafter(self, params):
-        return DFlashBatchDrafter(self.draft, self.target.model, self.config["block_size"])
-
-
 def build(target, label, options):
     directory = resolve(draft_checkpoint("dflash", target, options["draft"]))
-    draft = load_dflash(directory, target.model)
-    config = dict(
-        options,
-        draft=options["draft"] or str(directory),
-        block_size=options["block_size"] or draft.block_size,
-    )
-    DFlashDrafter(draft, target.model, config["block_size"])  # validates block_size
-    return DFlashDecoder(target, label, config, {"draft": str(directory)}, draft)
+    drafter = DFlashDrafter(load_dflash(directory, target.model), target.model, options["block_size"])
+    config = dict(options, draft=options["draft"] or str(directory), block_size=drafter.block_size)
+    return LoopDecoder(target, label, config, drafter, {"draft": str(directory)})

@@ -11,6 +11,7 @@ defaults to the checkpoint's own. Greedy only.
 from __future__ import annotations
 
 from orthrus_core.block_diffusion import BlockDiffusionLM, generate_block_diffusion
+from orthrus_core.params import GREEDY
 
 from .base import Decoder
 
@@ -32,16 +33,13 @@ OPTIONS = {
 
 
 class BlockDiffusionDecoder(Decoder):
-    name = "diffusion"
-    lossless = False
-
     def __init__(self, target, label, config, lm):
         super().__init__(target, label, config)
         self.lm = lm
 
-    def decode(self, prompt_ids, max_new_tokens, params, generator, stop_token_ids, on_tokens):
-        if not params.greedy:
-            raise ValueError("the diffusion method decodes greedily only (temperature 0)")
+    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
+                 on_tokens=None, rule=None):  # fmt: skip
+        self.check_params(params)
         c = self.config
         return generate_block_diffusion(
             self.lm,

@@ -1,4 +1,6 @@
-"""The target model every method decodes for, loaded once: `load_target(model, dtype, device)`."""
+"""The target model every method decodes for, loaded once with the engine its passes run in:
+`load_target(model, dtype, device, engine)`. The engine is settled here and nowhere else; a run records it and
+verify rebuilds its decoders on a target loaded with the same one."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 
 from harness.paths import default_model
 from orthrus_core.checkpoint import load_model, resolve
-from orthrus_core.engine import check_engine, set_engine
+from orthrus_core.engine import Engine, check_engine
 from orthrus_core.model import OrthrusForCausalLM
 from orthrus_core.tokenizer import load_tokenizer
 
@@ -18,11 +20,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class Target:
-    """A loaded target model, the local checkpoint directory it came from, and its tokenizer (or None)."""
+    """A loaded target model, the local checkpoint directory it came from, its tokenizer (or None) and the
+    engine its passes run in."""
 
     model: OrthrusForCausalLM
     path: str
-    tokenizer: object | None = None
+    tokenizer: object | None
+    engine: Engine
+
+    @classmethod
+    def of(cls, model: OrthrusForCausalLM, path: str, tokenizer=None, engine: str = "auto", **options) -> Target:
+        """A target around a model already loaded (random weights, a micro model), in `engine`."""
+        return cls(model, path, tokenizer, Engine(model, check_engine(engine, model.lm_head.weight.device), **options))
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -44,13 +53,13 @@ def load_target(
     model: str | os.PathLike | None,
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
-    engine: str = "eager",
+    engine: str = "auto",
 ) -> Target:
     """The checkpoint `model` (a directory or hub id; None: the embedded tiny family) in `dtype` on `device`,
-    its decode steps run by `engine` (orthrus_core.engine), with its tokenizer when it has one. Bad input
-    fails here, before anything is loaded."""
+    its passes run by `engine` (orthrus_core.engine; auto: the fastest exact one the device runs), with its
+    tokenizer when it has one. Bad input fails here, before anything is loaded."""
     dtype, device = torch_dtype(dtype), check_device(device)
     engine = check_engine(engine, device)
     directory = resolve(model) if model else default_model()
-    loaded = set_engine(load_model(directory, dtype=dtype, device=device), engine)
-    return Target(loaded, str(directory), load_tokenizer(directory))
+    loaded = load_model(directory, dtype=dtype, device=device)
+    return Target(loaded, str(directory), load_tokenizer(directory), Engine(loaded, engine))

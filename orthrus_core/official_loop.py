@@ -1,7 +1,7 @@
 """Orthrus written the way the official `OrthrusLM.generate` writes it (chiennv2000/orthrus@65f665f, paper.md
 §1.5): transformers' DynamicCache, K/V appended with torch.cat, the draft pass's entries cropped off again,
-the accepted prefix cropped to after verification. The comparison point for the static-cache engine
-(`orthrus:cache=dynamic`, `bench-engine`); greedy only. Its tokens equal `generate_ar`'s.
+the accepted prefix cropped to after verification. The comparison point for this project's decode loop and
+engine (`orthrus:cache=dynamic`, `bench-engine`); greedy, one prompt at a time. Its tokens equal plain AR's.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, default_stop_ids
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
 from .model import OrthrusForCausalLM, causal_mask
 
 
@@ -27,10 +27,8 @@ def generate_orthrus_dynamic_cache(
     from transformers import DynamicCache
 
     K, device = block_size or model.block_size, model.lm_head.weight.device
-    prompt = check_prompt(prompt_ids, max_new_tokens, device)
-    out = Output(
-        max_new_tokens, default_stop_ids(model) if stop_token_ids is None else stop_token_ids, on_tokens
-    )
+    prompt = check_prompt(prompt_ids, max_new_tokens, device)[None]
+    out = Output(max_new_tokens, stop_ids(model, stop_token_ids), on_tokens)
     cache = DynamicCache()
 
     def context(layer, k, v):

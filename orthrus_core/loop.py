@@ -1,0 +1,388 @@
+"""The decode loop: every exact method (plain AR, Orthrus, EAGLE-3 chain and tree, DFlash, prompt lookup)
+decodes R >= 1 ragged rows through it, and batch size 1 is a batch of one row.
+
+    for done in decode(engine, drafter, requests.pop, rows=8, continuous=True):
+        done.request.key, done.result.tokens
+    result = generate(engine, drafter, prompt_ids, 256)          # one request: decode with rows=1
+
+Layout: the R active rows are rows 0..R-1 of the engine's `KVCache`, row b's committed positions contiguous
+from slot 0, so a token's slot is its RoPE position. A pass feeds every row the same number of tokens, each row
+at its own next slots (engine.Engine.step).
+
+Per cycle, for the R active rows:
+1. the drafter proposes, per row, a chain or a tree rooted at the row's last emitted token (the root, not in
+   the target's cache yet): `Proposal` (ragged: a row's padding drafts sit after its real ones). Without a
+   drafter the proposal is the root alone: an AR step;
+2. one target pass verifies every row (causal for chains; tree positions and ancestor masks for trees),
+   returning the hidden states the drafter reads (`Drafter.capture`);
+3. acceptance is per row: greedy is vectorised over chains and read back in one host transfer; sampling runs
+   row by row with each row's own generator, in the order a row alone draws (so a seeded row samples the same
+   tokens at every R), by the `AcceptanceRule` passed in (the exact one unless a calibration plants a bug):
+   Leviathan's rule for a chain drawn from a draft distribution q, which also records per emitted draft
+   position accepted or corrected and q there (`GenerationResult.acceptance_trace`, which verify audits), and
+   the multi-draft rule for deterministic drafts;
+4. the cache keeps each row's root and accepted nodes (a chain moves the row's length; a tree's accepted nodes
+   are compacted to contiguous slots), the drafter is told what was committed, with its target features, and
+   the extra token (the correction, or the bonus after a leaf) becomes the row's next root.
+
+A new request is prefilled alone into the row after the active ones, and joins the next cycle. A row that
+finishes leaves (the rows after it move down). With `continuous`, requests are admitted as soon as rows free up
+(continuous batching); otherwise only into an empty batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .engine import Engine
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
+from .model import KVCache
+from .params import GREEDY, SamplingParams
+from .sampling import EXACT, AcceptanceRule, greedy_accept, next_token, probs
+from .tree import accept_greedy, ancestors, chain_parents
+
+
+@dataclass
+class Request:
+    """One generation. `key` is the caller's, handed back with the result; stop tokens default to the model's
+    eos_token_id; `generator` seeds this request's draws (each row samples from its own)."""
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    stop_token_ids: Iterable[int] | None = None
+    generator: torch.Generator | None = None
+    key: object = None
+    on_tokens: StreamCallback | None = None
+
+
+@dataclass
+class Proposal:
+    """Drafts for every active row: tokens [R, N] (each row's root, then its drafts; padding after a row's
+    `drafts[b]` real ones), the drafter forwards it took, q [R, N-1, V] when the drafts were sampled from q, and
+    parents [R, N] for trees (None: chains, verified by the plain causal pass)."""
+
+    tokens: torch.Tensor
+    drafts: list[int]
+    passes: int
+    q: torch.Tensor | None = None
+    parents: torch.Tensor | None = None
+
+
+class Drafter(ABC):
+    """A method's drafts for a batch of rows. Made once per decoder with its options checked; `bind` starts
+    a decode (per-decode state), `admit` fills a row, `propose` drafts for every active row and `accept` says
+    what each row committed. Rows leave by `keep`, in step with the target cache."""
+
+    capture: tuple[int, ...] = ()  # target hidden states the drafter reads, as `output_hidden_states` indices
+
+    @property
+    @abstractmethod
+    def max_nodes(self) -> int:
+        """The most nodes (root included) a row's proposal has: its room beyond its committed positions."""
+
+    def bind(self, engine: Engine, cache: KVCache) -> None:
+        """A new decode over the target's `cache` (whose rows bound the batch), run by `engine`."""
+        self.engine, self.cache = engine, cache
+
+    @abstractmethod
+    def admit(self, b: int, prompt: torch.Tensor, features: torch.Tensor | None) -> None:
+        """Row b holds a new request: prompt [T] and its target features [T, F] (None without `capture`)."""
+
+    @abstractmethod
+    def propose(self, roots: torch.Tensor, params: SamplingParams, generators: list) -> Proposal:
+        """Drafts after each active row's root [R]; sampled drafts draw from the row's generator."""
+
+    def accept(self, counts: list[int], tokens: torch.Tensor, features: torch.Tensor | None) -> None:  # noqa: B027
+        """Row b committed tokens[b, :counts[b]] (its root, then its accepted drafts), whose target features
+        are features[b, :counts[b]]. A hook: drafters that keep no context skip it."""
+
+    def keep(self, rows: list[int]) -> None:  # noqa: B027 (a hook: drafters without row state skip it)
+        """Only these active rows stay, renumbered 0..len(rows)-1 (after the target cache's own `keep`)."""
+
+    def grow(self, cache: KVCache) -> None:
+        """The target cache grew for a longer request (`cache` may be a new object holding the same rows)."""
+        self.cache = cache
+
+    @property
+    def nbytes(self) -> int:
+        """The drafter's own cache, beside the target's."""
+        return 0
+
+
+class CachedDrafter(Drafter):
+    """A drafter with a KV cache of its own, `draft_cache` (as many rows as the target's, `extra` positions more
+    each), and per active row what was committed since its last cycle and is not in that cache yet, `pending`.
+    A subclass sets `cache_config` (its model's config) and `extra`."""
+
+    cache_config: object
+    extra: int
+
+    def bind(self, engine, cache):
+        super().bind(engine, cache)
+        self.draft_cache = KVCache(
+            self.cache_config, cache.rows, cache.capacity + self.extra, dtype=cache.k.dtype, device=cache.k.device
+        )
+        self.pending: list = []
+
+    def grow(self, cache):
+        super().grow(cache)
+        if cache.capacity + self.extra > self.draft_cache.capacity:
+            k = cache.k
+            grown = KVCache(self.cache_config, cache.rows, cache.capacity + self.extra, dtype=k.dtype, device=k.device)
+            grown.copy_rows_from(self.draft_cache)
+            self.draft_cache = grown
+
+    def keep(self, rows):
+        self.draft_cache.keep(rows)
+        self.pending = [self.pending[b] for b in rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.draft_cache.nbytes
+
+
+@dataclass
+class Finished:
+    """A finished request: its result and how it shared the batch. Times are Clock() readings (seconds): when
+    the request was admitted, its first token came, and it finished; `result.prefill_s` is first - admitted
+    (time to first token, the wait for rows prefilled before it included) and `result.decode_s` the rest."""
+
+    request: Request
+    result: GenerationResult
+    admitted_at: float
+    finished_at: float
+    forwards: int  # passes (target and drafter, prefill excluded) the request took part in
+    forward_share: float  # sum over those passes of 1 / rows in the pass: its share of the batch's compute
+    mean_rows: float  # rows per pass, averaged over its passes (the co-scheduled rows, itself included)
+    kv_bytes_per_position: float  # the KV caches (the target's and the drafter's own) per row and position
+    kv_scratch_positions: int  # positions a row holds beyond its committed ones (the largest proposal)
+    kv_row_bytes: int  # what its row needs: bytes per position x (prompt + new tokens + scratch positions)
+
+
+@dataclass
+class _Row:
+    request: Request
+    out: Output
+    root: int
+    admitted_at: float
+    first_at: float
+    accepted: list[int] = field(default_factory=list)
+    trace: list = field(default_factory=lambda: [None])  # the first token comes from the prefill
+    verify_forwards: int = 0
+    draft_forwards: int = 0
+    forwards: int = 0
+    share: float = 0.0
+    rows_sum: int = 0
+
+
+@torch.inference_mode()
+def decode(
+    engine: Engine,
+    drafter: Drafter | None,
+    next_request: Callable[[], Request | None],
+    rows: int = 1,
+    params: SamplingParams = GREEDY,
+    *,
+    continuous: bool = False,
+    rule: AcceptanceRule = EXACT,
+) -> Iterator[Finished]:
+    """Decode the requests `next_request` returns (until None), `rows` at a time, yielding each as it finishes:
+    plain AR with `drafter` None, else exact speculative decoding (greedy output equals plain AR's; sampled
+    output follows the target's transformed distribution). Rows are sized by the requests as they come."""
+    if rows < 1:
+        raise ValueError(f"the batch must have at least one row, got {rows}")
+    model, device = engine.model, engine.device
+    clock = Clock(device)
+    nodes = drafter.max_nodes if drafter else 1
+    capture = drafter.capture if drafter else ()
+    cache: KVCache | None = None
+    active: list[_Row] = []
+
+    def admit() -> bool:
+        """Prefill the next request into the row after the active ones; False when there is none (for now: a
+        caller may queue more as results come back, say a conversation's next turn)."""
+        nonlocal cache
+        request = next_request()
+        if request is None:
+            return False
+        admitted_at = clock()
+        prompt = check_prompt(request.prompt_ids, request.max_new_tokens, device)
+        need = len(prompt) + request.max_new_tokens + nodes
+        if cache is None:
+            cache = engine.new_cache(rows, need)
+            if drafter:
+                drafter.bind(engine, cache)
+        elif need > cache.capacity:
+            cache = engine.grow(cache, need)
+            if drafter:
+                drafter.grow(cache)
+        b = len(cache.lengths)
+        result = engine.prefill(cache, b, prompt, capture)
+        logits, features = result if capture else (result, None)
+        cache.lengths.append(len(prompt))
+        token = int(next_token(params, logits[-1], request.generator))
+        out = Output(request.max_new_tokens, stop_ids(model, request.stop_token_ids), request.on_tokens)
+        out.emit([token])
+        if drafter:
+            drafter.admit(b, prompt, features)
+        active.append(_Row(request, out, token, admitted_at, clock()))
+        return True
+
+    def finish(row: _Row) -> Finished:
+        now = clock()
+        result = GenerationResult(
+            row.out.tokens,
+            row.out.stop_reason,
+            row.accepted,
+            1,
+            row.verify_forwards,
+            row.draft_forwards,
+            row.first_at - row.admitted_at,
+            now - row.first_at,
+            row.trace[: len(row.out.tokens)] if any(row.trace) else [],
+        )
+        mean_rows = row.rows_sum / row.forwards if row.forwards else 1.0
+        per_position = (cache.nbytes + (drafter.nbytes if drafter else 0)) / (cache.rows * cache.capacity)
+        positions = len(row.request.prompt_ids) + len(row.out.tokens) + nodes
+        return Finished(
+            row.request, result, row.admitted_at, now, row.forwards, row.share, mean_rows, per_position, nodes,
+            int(per_position * positions),
+        )  # fmt: skip
+
+    while True:
+        if not active:  # a new batch (static), or the first one
+            while len(active) < rows and admit():
+                pass
+            if not active:
+                return
+        # Rows whose first token already ended them (a stop token, max_new_tokens 1) never enter a cycle.
+        if not any(row.out.stop_reason for row in active):
+            _cycle(engine, drafter, cache, active, params, rule, capture)
+        finished = [i for i, row in enumerate(active) if row.out.stop_reason is not None]
+        if not finished:
+            continue
+        for i in finished:
+            yield finish(active[i])
+        kept = [i for i in range(len(active)) if active[i].out.stop_reason is None]
+        active = [active[i] for i in kept]
+        cache.keep(kept)
+        if drafter:
+            drafter.keep(kept)
+        if continuous:
+            while len(active) < rows and admit():
+                pass
+
+
+def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) -> None:
+    """One draft-verify cycle over the active rows (the module docstring's steps 1-4)."""
+    R, device = len(active), engine.device
+    roots = torch.tensor([row.root for row in active], device=device)
+    generators = [row.request.generator for row in active]
+    if drafter is None:
+        proposal = Proposal(roots[:, None], [0] * R, 0)
+    else:
+        proposal = drafter.propose(roots, params, generators)
+    tokens, parents = proposal.tokens, proposal.parents
+    if parents is None and engine.static and drafter is not None:
+        tokens = _fixed_width(tokens, proposal.drafts, drafter.max_nodes)
+    starts = list(cache.lengths)
+    if parents is None:
+        anc = None
+        result = engine.step(cache, tokens, capture=capture)
+    else:
+        anc = ancestors(parents)
+        result = engine.step(cache, tokens, depth=anc.sum(-1) - 1, ancestors=anc, capture=capture)
+    logits, features = result if capture else (result, None)
+
+    if params.greedy and tokens.shape[1] == 1:  # AR steps
+        accepted, paths, traces = [[0, t, []] for t in logits[:, 0].argmax(-1).tolist()], None, None
+    elif params.greedy and parents is None:  # vectorised over the rows, one host transfer
+        real = torch.tensor(proposal.drafts, device=device)
+        counts, nxt = greedy_accept(tokens[:, 1:], logits, real)
+        host = torch.cat([counts[:, None], nxt[:, None], tokens[:, 1:]], dim=1).tolist()
+        paths = None
+        accepted = [[h[0], h[1], h[2 : 2 + h[0]]] for h in host]
+        traces = None
+    else:
+        host_tokens = tokens.tolist()
+        dist = None if params.greedy else probs(params, logits)
+        accepted, paths, traces = [], [], []
+        for b in range(R):
+            m = proposal.drafts[b]
+            if parents is None and proposal.q is not None:  # drafts drawn from q: Leviathan's rule
+                n, token, trace = rule.chain_with_trace(tokens[b, 1 : 1 + m], proposal.q[b, :m], dist[b, : m + 1],
+                                                        generators[b])  # fmt: skip
+                path = list(range(n + 1))
+            else:
+                row_parents = chain_parents(1, m + 1)[0] if parents is None else parents[b]
+                n_nodes = len(row_parents)
+                if params.greedy:
+                    path, token = accept_greedy(tokens[b, :n_nodes], row_parents, anc[b], logits[b])
+                else:
+                    path, token = rule.tree(host_tokens[b][:n_nodes], row_parents.tolist(), dist[b], generators[b])
+                trace = [None] * len(path)  # deterministic drafts: no draft distribution to audit against
+            accepted.append([len(path) - 1, token, [host_tokens[b][i] for i in path[1:]]])
+            paths.append(path)
+            traces.append(trace)
+
+    passes = proposal.passes + 1
+    for b, row in enumerate(active):
+        n, token, drafts = accepted[b]
+        if paths is not None and parents is not None and paths[b] != list(range(len(paths[b]))):
+            cache.compact(b, starts[b], paths[b])
+        cache.lengths[b] = starts[b] + n + 1
+        row.verify_forwards += 1
+        row.draft_forwards += proposal.passes
+        row.forwards += passes
+        row.share += passes / R
+        row.rows_sum += passes * R
+        row.root = token
+        if drafter:
+            row.accepted.append(n)
+        if traces is not None:
+            row.trace += traces[b]
+        row.out.emit(drafts + [token])
+    if drafter:
+        counts = [a[0] + 1 for a in accepted]
+        if parents is None:
+            drafter.accept(counts, tokens, features)
+        else:  # the accepted paths, gathered to the front of each row
+            index = torch.zeros(R, max(counts), dtype=torch.long, device=device)
+            for b, path in enumerate(paths):
+                index[b, : len(path)] = torch.tensor(path, device=device)
+            gathered = None if features is None else features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
+            drafter.accept(counts, tokens.gather(1, index), gathered)
+
+
+def _fixed_width(tokens: torch.Tensor, drafts: list[int], width: int) -> torch.Tensor:
+    """A chain proposal at one of two widths, so a static engine meets few pass shapes: the root alone when no
+    row has a draft (an AR step), else `width` (padding after each row's real drafts, which the causal verify
+    pass hides from them)."""
+    T = 1 if max(drafts) == 0 else width
+    if tokens.shape[1] == T:
+        return tokens
+    if tokens.shape[1] > T:
+        return tokens[:, :T]
+    return torch.cat([tokens, tokens.new_zeros(tokens.shape[0], T - tokens.shape[1])], dim=1)
+
+
+def generate(
+    engine: Engine,
+    drafter: Drafter | None,
+    prompt_ids: Iterable[int],
+    max_new_tokens: int,
+    params: SamplingParams = GREEDY,
+    *,
+    stop_token_ids: Iterable[int] | None = None,
+    generator: torch.Generator | None = None,
+    on_tokens: StreamCallback | None = None,
+    rule: AcceptanceRule = EXACT,
+) -> GenerationResult:
+    """One request through `decode` (a batch of one row)."""
+    requests = iter([Request(list(prompt_ids), max_new_tokens, stop_token_ids, generator, on_tokens=on_tokens)])
+    (done,) = decode(engine, drafter, lambda: next(requests, None), 1, params, rule=rule)
+    return done.result

@@ -1,0 +1,25 @@
+"""How the counting figures are defined, once, for a generation, a record, a run or a group of them (numbers
+or arrays alike; torch-free, so the report stage reads them too). See docs/methodology.md.
+
+* tau (τ, acceptance length): tokens per verification cycle, accepted drafts + 1, pooled over cycles:
+  1 + Σ accepted / Σ cycles. Plain AR decoding has no cycles and no τ. (The paper's Figure 4 plots τ − 1.)
+* TPF (tokens per forward): new tokens / forwards after the prefill (target and drafter forwards, so both
+  passes of an Orthrus cycle count, as the paper counts them). The first token comes from the prefill and
+  counts among the tokens.
+"""
+
+from __future__ import annotations
+
+
+def tau(accepted, cycles):
+    """1 + accepted drafts / cycles (sums; arrays elementwise); None where there are no cycles (scalars)."""
+    if isinstance(cycles, (int, float)) and not cycles:
+        return None
+    return 1 + accepted / cycles
+
+
+def tpf(tokens, forwards):
+    """New tokens / forwards after the prefill; None where there are none (scalars)."""
+    if isinstance(forwards, (int, float)) and not forwards:
+        return None
+    return tokens / forwards
