@@ -30,8 +30,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import nox
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness.methods import BATCHED, METHODS, is_greedy_only  # noqa: E402 (torch-free: the registry alone)
 
 nox.needs_version = ">=2025.10.14"  # download_python=
 nox.options.sessions = ["lint", "tests"]
@@ -47,21 +51,18 @@ GPU_SUITES = "gsm8k,math500,aime24,aime25,humaneval,mbpp,pseudo2code,livecodeben
 CONTEXT_SUITE = "longctx"
 GPU_SIZES = {"1.7b": "1.7B", "4b": "4B", "8b": "8B"}
 SDAR_METHOD = "diffusion:layout=sdar:block_size=16:mask_token_id=151669"
-ALL_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]  # harness.methods.METHODS
+ALL_METHODS = list(METHODS)  # every registered method
 # The engine's honest baselines (orthrus_core.engine): transformers' compiled StaticCache AR, the strongest
 # off-the-shelf AR, and Orthrus on a DynamicCache as the official code writes it.
 BASELINES = ["ar-hf:cache=static", "orthrus:cache=dynamic"]
-# Block diffusion and the DynamicCache Orthrus decode greedily only, so the T=1 runs leave them out.
-GREEDY_ONLY = {"diffusion", "orthrus:cache=dynamic"}
-
-
-# What decodes in batches (harness.methods.base.BATCHED_METHODS) and the sweep's batch sizes.
-BATCH_METHODS = "ar,orthrus,eagle3:tree=chain,dflash,pld"
+# What decodes in batches (the registry's batched methods) and the sweep's batch sizes.
+BATCH_METHODS = ",".join(BATCHED)
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64]
 
 
 def methods_list(methods: list[str], temperature: float) -> str:
-    return ",".join(m for m in methods if temperature == 0 or not {m, m.split(":")[0]} & GREEDY_ONLY)
+    """The methods a run at `temperature` can take: the T=1 runs leave out the greedy-only ones."""
+    return ",".join(m for m in methods if temperature == 0 or not is_greedy_only(m))
 
 
 @nox.session

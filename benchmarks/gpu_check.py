@@ -39,8 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.bench.engine import available_engines, bench_engine, random_model  # noqa: E402
-from harness.methods import make_decoder  # noqa: E402
-from harness.methods.base import BATCHED_METHODS  # noqa: E402
+from harness.methods import BATCHED, make_decoder  # noqa: E402
 from harness.methods.target import load_target  # noqa: E402
 from harness.paths import default_model  # noqa: E402
 from harness.run.runner import execute  # noqa: E402
@@ -131,10 +130,10 @@ def identity(device: str, quick: bool) -> dict:
 
 def batch_step(device: str, quick: bool) -> dict:
     """Batched pass costs against B x K at the 8B shape, and batched identity on the tiny family."""
-    from harness.bench.engine import batched_forward_costs
-    from orthrus_core.batch import Request
-    from orthrus_core.generation import default_stop_ids
-    from orthrus_core.sampling import SamplingParams
+    from harness.bench.engine import forward_costs
+    from orthrus_core.engine import Engine, default_engine
+    from orthrus_core.generation import stop_ids
+    from orthrus_core.loop import Request
 
     if quick:
         shape, dtype, contexts, K, sizes, repeats = "tiny", torch.float32, [64], 16, [1, 2], 3
@@ -151,23 +150,22 @@ def batch_step(device: str, quick: bool) -> dict:
     passes = [
         dict(batch_size=B, context=ctx, K=K, ar_ms=ar * 1e3, diffusion_ms=d * 1e3, verify_ms=v * 1e3,
              cycle_over_ar=(d + v) / ar)
-        for B, ctx, ar, d, v in batched_forward_costs(model, contexts, K, sizes, repeats, torch.device(device))
+        for B, ctx, ar, d, v in forward_costs(Engine(model, default_engine(device)), contexts, K, repeats,
+                                              torch.device(device), sizes)
     ]  # fmt: skip
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    target = load_target(None, "float32", device, engine="eager")
+    target = load_target(None, "float32", device)  # the default engine: CUDA graphs on a GPU
     suite = load_suite("tiny-math", limit=2 if quick else 6)  # a minute on a GPU: the check's budget is ten
     prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
-    new, stop = 12 if quick else 64, default_stop_ids(target.model)
+    new, stop = 12 if quick else 64, stop_ids(target.model)
     identity = {}
-    for spec in BATCHED_METHODS:
+    for spec in BATCHED:
         decoder = make_decoder(spec, target)
         alone = [decoder.generate(p, new).tokens for p in prompts]
         queue = [Request(p, new, stop, key=i) for i, p in enumerate(prompts)][::-1]
-        done = decoder.generate_batch(
-            lambda q=queue: q.pop() if q else None, 4, SamplingParams(), continuous=True
-        )
+        done = decoder.decode(lambda q=queue: q.pop() if q else None, rows=4, continuous=True)
         same = sum(d.result.tokens == alone[d.request.key] for d in done)
         identity[spec] = {"identical": same, "prompts": len(prompts)}
     return {"shape": shape, "passes": passes, "identity": identity}

@@ -1,4 +1,5 @@
-"""The results store: one directory per run, `run.json` (provenance and configuration) and `records.jsonl`.
+"""The results store: one directory per run, `run.json` (`RunInfo`: provenance and configuration) and
+`records.jsonl`.
 
 Records (harness.records: the schema) are appended one generation per line; all lines of one work unit (the turns of one item by one
 method) go out in a single write followed by flush and fsync, so after any stop (Ctrl-C, kill -9, power
@@ -13,6 +14,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from harness.records import Record, missing_fields, unit_key
@@ -24,6 +26,52 @@ RETRIED = "retried-errors.jsonl"  # the error records of units that --retry-fail
 
 class StoreError(Exception):
     """A results directory that cannot be used as asked (exists without --resume, config mismatch...)."""
+
+
+@dataclass(kw_only=True)
+class RunInfo:
+    """A run's run.json: what was asked for (`config`, hashed; `settings`, how it ran), how it ran (the engine
+    as resolved on the device, versions, hardware, the launcher), what it used (suites, methods, checkpoints,
+    seeds) and how far it got. Written by the runner, merged by `harness.run.shards`, read by verify and the
+    report; `load_run` and `save_run` are its only reader and writer."""
+
+    config: dict  # harness.run.spec.RunSpec.config(): what makes two runs' records comparable
+    config_hash: str
+    shard: list[int] = field(default_factory=lambda: [0, 1])
+    settings: dict = field(default_factory=dict)  # the RunSpec fields outside its config (SETTINGS)
+    engine: str = "eager"  # as resolved on the device; runs from before the engine existed ran eager
+    command: list[str] = field(default_factory=list)
+    git: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    hardware: dict = field(default_factory=dict)
+    suites: dict = field(default_factory=dict)  # name -> {config, hash, data_origin}
+    methods: dict = field(default_factory=dict)  # label -> {name, lossless, config, hash, checkpoints}
+    models: list[dict] = field(default_factory=list)  # every checkpoint, by role ("target", "<label>:draft")
+    seeds: dict = field(default_factory=dict)
+    status: str = "running"  # running | complete | interrupted
+    started: str | None = None
+    finished: str | None = None
+    resumed_from: int | None = None  # units already done when a --resume began
+    launch: dict | None = None  # a launched run's launcher, rank, device, host and pid (run.launch)
+    merged_from: list[dict] | None = None  # a merge of shard runs: each shard's directory and run.json
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "run.json") -> RunInfo:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown or "config" not in data:
+            problem = f"unknown keys {', '.join(unknown)}" if unknown else "no config"
+            raise StoreError(
+                f"{source} is not an orthrus-bench run.json ({problem}; the schema is harness.store.RunInfo)"
+            )
+        return cls(**{"config_hash": "", **data})
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("launch", "merged_from")}
+
+    @property
+    def target_path(self) -> str | None:
+        """The local directory of the run's target checkpoint."""
+        return next((m["path"] for m in self.models if m.get("role") == "target"), None)
 
 
 def _complete_prefix(path: Path) -> tuple[int, list[dict]]:
@@ -73,8 +121,8 @@ class RunStore:
         self.done.add(unit_key(lines[0]))
         self.records += lines
 
-    def write_run(self, run: dict) -> None:
-        write_json(self.directory / RUN, run)
+    def write_run(self, run: RunInfo) -> None:
+        save_run(self.directory, run)
 
     def close(self) -> None:
         self._file.close()
@@ -115,11 +163,11 @@ def open_run(
             raise StoreError(
                 f"{directory} already holds a run: pass --resume to continue it, or choose another --out"
             )
-        previous = json.loads((directory / RUN).read_text()) if (directory / RUN).exists() else {}
-        if previous.get("config_hash") not in (None, config_hash):
+        previous = load_run(directory).config_hash if (directory / RUN).exists() else None
+        if previous not in (None, config_hash):
             raise StoreError(
                 f"{directory} holds a run with a different configuration (config hash "
-                f"{previous.get('config_hash')} vs {config_hash}); resume it with the same suites, methods, "
+                f"{previous} vs {config_hash}); resume it with the same suites, methods, "
                 f"model and settings, or choose another --out"
             )
         records: list[dict] = []
@@ -171,5 +219,18 @@ def load(directory: str | os.PathLike):
     return pd.DataFrame.from_records(read_records(directory))
 
 
-def load_run(directory: str | os.PathLike) -> dict:
-    return json.loads((Path(directory) / RUN).read_text())
+def load_run(directory: str | os.PathLike) -> RunInfo:
+    path = Path(directory) / RUN
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StoreError(
+            f"{path} is not valid JSON ({exc}); it is the run's provenance, rewritten on --resume"
+        ) from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} is not an orthrus-bench run.json (not a JSON object)")
+    return RunInfo.from_dict(data, str(path))
+
+
+def save_run(directory: str | os.PathLike, run: RunInfo) -> None:
+    write_json(Path(directory) / RUN, run.to_dict())

@@ -169,7 +169,9 @@ class Eagle3Drafter(CachedDrafter):
     ancestors and itself. `pending` per row: the tokens committed since its last cycle (the root excluded) and
     their target features."""
 
-    def __init__(self, head: Eagle3Head, target: OrthrusForCausalLM, top_k: int, depth: int, total_tokens: int):
+    def __init__(
+        self, head: Eagle3Head, target: OrthrusForCausalLM, top_k: int, depth: int, total_tokens: int
+    ):
         self.check(top_k, depth, total_tokens)
         self.head, self.top_k, self.depth = head, top_k, depth
         self.n_drafts = min(total_tokens - 1, top_k + (depth - 1) * top_k * top_k)
@@ -244,7 +246,9 @@ class Eagle3Drafter(CachedDrafter):
             sees = torch.cat([seen, torch.eye(width, dtype=torch.bool, device=device).expand(R, -1, -1)], 2)
             rel = torch.arange(end, device=device)[None, None] - committed[:, None, None]  # [R, 1, end]
             inside = (rel >= 0) & (rel < scratch + width)
-            mask = (rel < 0) | inside & sees.gather(2, rel.clamp(0, scratch + width - 1).expand(R, width, end))
+            mask = (rel < 0) | inside & sees.gather(
+                2, rel.clamp(0, scratch + width - 1).expand(R, width, end)
+            )
             positions = (committed - 1 + level)[:, None].expand(R, width)
             node_ids = head.to_target(torch.cat(cand_ids, 1).gather(1, frontier))
             out = self._run(node_ids, frontier_hidden, slots, positions, mask[:, None], end)
@@ -263,7 +267,12 @@ class Eagle3Drafter(CachedDrafter):
 
         # Rerank: each row's best-scored candidates; a stable sort keeps a parent ahead of an equal-scored child.
         all_scores = torch.cat(cand_scores, 1)
-        keep = torch.sort(all_scores, dim=1, descending=True, stable=True).indices[:, : self.n_drafts].sort(1).values
+        keep = (
+            torch.sort(all_scores, dim=1, descending=True, stable=True)
+            .indices[:, : self.n_drafts]
+            .sort(1)
+            .values
+        )
         node_of = torch.zeros_like(all_scores, dtype=torch.long)
         node_of.scatter_(1, keep, torch.arange(1, keep.shape[1] + 1, device=device).expand_as(keep))
         parent_cands = torch.cat(cand_parents, 1).gather(1, keep)

@@ -159,7 +159,9 @@ class Engine:
         if cache is None or cache.rows < rows:
             if cache is not None:  # its graphs read buffers that are going away
                 self.graphs = {key: g for key, g in self.graphs.items() if key[0] != id(cache)}
-            cache = self.caches[size] = KVCache(self.model.config, rows, size, dtype=self.dtype, device=self.device)
+            cache = self.caches[size] = KVCache(
+                self.model.config, rows, size, dtype=self.dtype, device=self.device
+            )
         cache.lengths = []
         return cache
 
@@ -221,7 +223,9 @@ class Engine:
         if pad:
             ids = _pad_rows(ids, pad, 0)
         if ancestors is not None:  # a padding row sees itself only
-            ancestors = torch.cat([ancestors, torch.eye(T, dtype=torch.bool, device=ids.device).expand(pad, T, T)])
+            ancestors = torch.cat(
+                [ancestors, torch.eye(T, dtype=torch.bool, device=ids.device).expand(pad, T, T)]
+            )
         args = (ids, slots, positions, ancestors, cache.k[:, :rows], cache.v[:, :rows])
         if self.mode == "compile":
             with torch._inductor.config.patch(self.options):
@@ -232,7 +236,9 @@ class Engine:
             if graph is None:
                 if self.pool is None:
                     self.pool = torch.cuda.graph_pool_handle()
-                graph = self.graphs[key] = _Graph(self.model, args, diffusion, capture, self.pool, self.device)
+                graph = self.graphs[key] = _Graph(
+                    self.model, args, diffusion, capture, self.pool, self.device
+                )
             out = graph.replay(args)
         if not pad:
             return out

@@ -124,7 +124,11 @@ class CachedDrafter(Drafter):
     def bind(self, engine, cache):
         super().bind(engine, cache)
         self.draft_cache = KVCache(
-            self.cache_config, cache.rows, cache.capacity + self.extra, dtype=cache.k.dtype, device=cache.k.device
+            self.cache_config,
+            cache.rows,
+            cache.capacity + self.extra,
+            dtype=cache.k.dtype,
+            device=cache.k.device,
         )
         self.pending: list = []
 
@@ -132,7 +136,9 @@ class CachedDrafter(Drafter):
         super().grow(cache)
         if cache.capacity + self.extra > self.draft_cache.capacity:
             k = cache.k
-            grown = KVCache(self.cache_config, cache.rows, cache.capacity + self.extra, dtype=k.dtype, device=k.device)
+            grown = KVCache(
+                self.cache_config, cache.rows, cache.capacity + self.extra, dtype=k.dtype, device=k.device
+            )
             grown.copy_rows_from(self.draft_cache)
             self.draft_cache = grown
 
@@ -323,7 +329,9 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
                 if params.greedy:
                     path, token = accept_greedy(tokens[b, :n_nodes], row_parents, anc[b], logits[b])
                 else:
-                    path, token = rule.tree(host_tokens[b][:n_nodes], row_parents.tolist(), dist[b], generators[b])
+                    path, token = rule.tree(
+                        host_tokens[b][:n_nodes], row_parents.tolist(), dist[b], generators[b]
+                    )
                 trace = [None] * len(path)  # deterministic drafts: no draft distribution to audit against
             accepted.append([len(path) - 1, token, [host_tokens[b][i] for i in path[1:]]])
             paths.append(path)
@@ -354,7 +362,11 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
             index = torch.zeros(R, max(counts), dtype=torch.long, device=device)
             for b, path in enumerate(paths):
                 index[b, : len(path)] = torch.tensor(path, device=device)
-            gathered = None if features is None else features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
+            gathered = (
+                None
+                if features is None
+                else features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
+            )
             drafter.accept(counts, tokens.gather(1, index), gathered)
 
 
@@ -383,6 +395,8 @@ def generate(
     rule: AcceptanceRule = EXACT,
 ) -> GenerationResult:
     """One request through `decode` (a batch of one row)."""
-    requests = iter([Request(list(prompt_ids), max_new_tokens, stop_token_ids, generator, on_tokens=on_tokens)])
+    requests = iter(
+        [Request(list(prompt_ids), max_new_tokens, stop_token_ids, generator, on_tokens=on_tokens)]
+    )
     (done,) = decode(engine, drafter, lambda: next(requests, None), 1, params, rule=rule)
     return done.result

@@ -19,7 +19,9 @@ from .sampling import probs, sample
 class OrthrusDrafter(Drafter):
     def __init__(self, model: OrthrusForCausalLM, block_size: int | None = None):
         if not model.has_diffusion_view:
-            raise ValueError("Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)")
+            raise ValueError(
+                "Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)"
+            )
         self.block_size = block_size or model.block_size  # None: the checkpoint's
         if self.block_size < 2:
             raise ValueError(f"block size must be >= 2, got {self.block_size}")

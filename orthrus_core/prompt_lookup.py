@@ -41,7 +41,9 @@ class PromptLookupDrafter(Drafter):
         return seq[:0]
 
     def propose(self, roots, params, generators):
-        found = [self.lookup(torch.cat([c, root[None]])) for c, root in zip(self.contexts, roots, strict=True)]
+        found = [
+            self.lookup(torch.cat([c, root[None]])) for c, root in zip(self.contexts, roots, strict=True)
+        ]
         tokens = torch.zeros(len(found), 1 + max(map(len, found)), dtype=torch.long, device=roots.device)
         tokens[:, 0] = roots
         for b, d in enumerate(found):
@@ -49,7 +51,9 @@ class PromptLookupDrafter(Drafter):
         return Proposal(tokens, [len(d) for d in found], 0)
 
     def accept(self, counts, tokens, features):
-        self.contexts = [torch.cat([c, tokens[b, :n]]) for b, (c, n) in enumerate(zip(self.contexts, counts, strict=True))]
+        self.contexts = [
+            torch.cat([c, tokens[b, :n]]) for b, (c, n) in enumerate(zip(self.contexts, counts, strict=True))
+        ]
 
     def keep(self, rows):
         self.contexts = [self.contexts[b] for b in rows]

@@ -57,7 +57,9 @@ def sample(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.multinomial(flat, 1, generator=generator).view(p.shape[:-1])
 
 
-def next_token(params: SamplingParams, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def next_token(
+    params: SamplingParams, logits: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """The token after logits [..., V]: the argmax when greedy, else a draw from `probs`."""
     return logits.argmax(-1) if params.greedy else sample(probs(params, logits), generator)
 
@@ -136,7 +138,9 @@ class AcceptanceRule:
                     node = child
                     path.append(child)
                     break
-                dist = self.residual(dist, F.one_hot(torch.tensor(x, device=dist.device), dist.shape[-1]).to(dist.dtype))
+                dist = self.residual(
+                    dist, F.one_hot(torch.tensor(x, device=dist.device), dist.shape[-1]).to(dist.dtype)
+                )
             else:
                 residual = dist if dist.sum() > RESIDUAL_EPS else p[node]
                 return path, int(sample(residual, generator))

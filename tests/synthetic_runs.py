@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.records import GenerationRecord, TelemetryFields
-from harness.store import open_run
+from harness.store import RunInfo, open_run
 
 # method label -> (method name, lossless, tokens/s relative to ar, mean accepted drafts per cycle)
 METHODS = {
@@ -164,8 +164,8 @@ def make_run(
                 )
                 store.write_unit([record])
     store.write_run(
-        {
-            "config": {
+        RunInfo(
+            config={
                 "suites": list(suites),
                 "methods": list(methods),
                 "model": model,
@@ -173,17 +173,15 @@ def make_run(
                 "device": "cuda" if gpu else "cpu",
                 "temperature": temperature,
             },
-            "config_hash": "synthetic",
-            "git": {"commit": commit, "dirty": False},
-            "versions": {"torch": "2.13.0", "transformers": "5.24.0"},
-            "hardware": {"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
-            "methods": {
-                m: {"name": METHODS[m][0], "lossless": METHODS[m][1], "hash": "abcdef12"} for m in methods
-            },
-            "started": started,
-            "finished": started,
-            "status": "complete",
-        }
+            config_hash="synthetic",
+            git={"commit": commit, "dirty": False},
+            versions={"torch": "2.13.0", "transformers": "5.24.0"},
+            hardware={"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
+            methods={m: {"name": METHODS[m][0], "lossless": METHODS[m][1], "hash": "abcdef12"} for m in methods},
+            started=started,
+            finished=started,
+            status="complete",
+        )
     )
     store.close()
     return directory

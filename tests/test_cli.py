@@ -30,9 +30,12 @@ def test_generate_json_orthrus_equals_ar(checkpoint, capsys):
         "25",
         "--json",
     ]
-    orthrus = run_json(capsys, *common, "--mode", "orthrus", "--block-size", "4")
-    ar = run_json(capsys, *common, "--mode", "ar")
+    orthrus = run_json(capsys, *common, "--method", "orthrus:block_size=4")
+    ar = run_json(capsys, *common, "--method", "ar")
     assert orthrus["tokens"] == ar["tokens"] and len(ar["tokens"]) >= 1
+    assert (orthrus["method"], ar["method"]) == ("orthrus:block_size=4", "ar")
+    for spec in ("pld:num_draft_tokens=3", "ar-hf", "orthrus:cache=dynamic"):  # any registered method
+        assert run_json(capsys, *common, "--method", spec)["tokens"] == ar["tokens"], spec
     for key in (
         "tokens",
         "text",
@@ -90,6 +93,9 @@ def test_generate_prints_tokens_and_summary(checkpoint, capsys):
         (["--prompt", "hello"], "has no tokenizer files"),
         (["--prompt-ids", "1", "--device", "cuda"], "no CUDA device"),
         (["--prompt-ids", "1", "--temperature", "-1"], "temperature must be >= 0"),
+        (["--prompt-ids", "1", "--method", "medusa"], "unknown method 'medusa'"),
+        (["--prompt-ids", "1", "--method", "orthrus:block=4"], "unknown option(s) block"),
+        (["--prompt-ids", "1", "--method", "diffusion", "--temperature", "1"], "decodes greedily only"),
     ],
 )
 def test_generate_bad_input_exits_2_with_a_clear_message(checkpoint, capsys, argv, message):
@@ -131,7 +137,7 @@ def test_bench_engine_prints_its_tables(checkpoint, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "batched passes" in out and "ms / row" in out
+    assert "batched passes (engine eager)" in out and "ms / row" in out
     assert "engine eager" in out and "orthrus:cache=dynamic" in out and "ar-hf:cache=static" in out
     for header in ("roofline", "AR ms", "diffusion ms", "verify ms", "cycle / AR", "tokens/s", "identical"):
         assert header in out
@@ -156,5 +162,15 @@ def test_every_subcommand_is_registered():
     from harness.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    expected = {"generate", "run", "merge", "suites", "verify", "calibrate", "report", "compare", "dashboard"}
+    expected = {"generate", "run", "merge", "suites", "methods", "verify", "calibrate", "report", "compare"}
+    expected |= {"dashboard"}
     assert set(commands) == expected | {"bench-engine", "bench-overhead", "train-tiny", "inspect"}
+
+
+def test_methods_lists_the_registry_with_options(capsys):
+    from harness.methods import METHODS
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in METHODS)
+    assert "eagle3:total_tokens=<int>  default 60" in out and "[lossy, one prompt at a time, greedy only]" in out

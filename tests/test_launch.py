@@ -139,7 +139,8 @@ def test_a_launched_run_refuses_what_it_cannot_do_before_joining_the_others(monk
     assert main([*RUN, "--out", str(tmp_path / "x"), "--shard", "0/2"]) == 2
     assert "--shard is the launcher's to give" in capsys.readouterr().err
     (tmp_path / "plain").mkdir()
-    (tmp_path / "plain" / "run.json").write_text(json.dumps({"config_hash": "abc"}))
+    plain = {"config": {"suites": ["tiny-math"]}, "config_hash": "abc"}
+    (tmp_path / "plain" / "run.json").write_text(json.dumps(plain))
     assert main([*RUN, "--out", str(tmp_path / "plain")]) == 2
     assert "not a merge of its shards" in capsys.readouterr().err
-    assert json.loads((tmp_path / "plain" / "run.json").read_text()) == {"config_hash": "abc"}  # untouched
+    assert json.loads((tmp_path / "plain" / "run.json").read_text()) == plain  # untouched

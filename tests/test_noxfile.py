@@ -66,13 +66,30 @@ def test_out_is_taken_from_the_passthrough_arguments():
     assert noxfile.split_out([], "d") == ("d", [])
 
 
-def test_the_batch_sweep_runs_every_batched_method():
+def test_the_batch_sweep_runs_every_method_that_decodes_batches():
+    """The sweep's methods come from the registry, and the registry's batched flag is what each method's
+    decoder does: a batched one decodes two rows at once, the others refuse (naming the batched ones)."""
     sys.path.insert(0, str(REPO))
     try:
         import noxfile
     finally:
         sys.path.remove(str(REPO))
-    from harness.methods.base import BATCHED_METHODS
+    from harness.methods import METHODS, load_target, make_decoder
+    from harness.methods.base import BatchError
+    from orthrus_core.loop import Request
 
-    assert sorted(noxfile.BATCH_METHODS.split(",")) == sorted(BATCHED_METHODS)
+    target = load_target(None)
+    decodes_batches = []
+    for name in METHODS:
+        decoder = make_decoder(name, target)
+        queue = [Request([5, 6, 7], 3), Request([8, 9], 4)]
+        try:
+            done = list(decoder.decode(lambda q=queue: q.pop() if q else None, rows=2))
+        except BatchError as exc:
+            assert "the batched methods are" in str(exc)
+            continue
+        assert sorted(len(d.result.tokens) for d in done) == [3, 4] and max(d.mean_rows for d in done) == 2
+        decodes_batches.append(name)
+    assert noxfile.BATCH_METHODS.split(",") == decodes_batches
+    assert {"ar", "orthrus", "eagle3", "dflash", "pld"} <= set(decodes_batches)
     assert noxfile.BATCH_SIZES[0] == 1 and noxfile.BATCH_SIZES[-1] == 64

@@ -13,6 +13,7 @@ from harness.run.runner import execute, prepare
 from harness.run.shards import merge
 from harness.run.spec import RunError, RunSpec
 from harness.store import RECORDS, RETRIED, load, load_run, read_records
+from orthrus_core.params import SamplingParams
 
 SPEC = dict(
     suites=["tiny-math", "tiny-chat"], methods=["ar", "orthrus"], limit=2, max_new_tokens=24, warmup=1
@@ -43,12 +44,12 @@ def test_a_run_records_every_generation_with_provenance(prepared, tmp_path):
     assert all(r["draft_forwards"] == len(r["accepted"]) > 0 for r in orthrus)
 
     run = load_run(out)
-    assert run["status"] == "complete" and run["finished"] >= run["started"]
+    assert run.status == "complete" and run.finished >= run.started and run.engine == "eager"
     for key in ("git", "versions", "hardware", "suites", "methods", "models", "seeds", "command"):
-        assert run[key], key
-    assert run["models"][0]["weights"]["model.safetensors"]
-    assert run["suites"]["tiny-math"]["data_origin"].startswith("builtin")
-    assert run["methods"]["orthrus"]["lossless"] is True
+        assert getattr(run, key), key
+    assert run.models[0]["weights"]["model.safetensors"]
+    assert run.suites["tiny-math"]["data_origin"].startswith("builtin")
+    assert run.methods["orthrus"]["lossless"] is True
 
     table = summarize(records).set_index("method")
     assert table.loc["orthrus", "identical_to_ar"] == 1.0
@@ -69,7 +70,7 @@ def test_sampled_generations_have_their_own_seeds_and_replay_from_them(prepared,
     assert ar == orthrus and len(set(ar.values())) == len(ar) == (2 + 4) * 2
     first = next(r for r in records if r["method"] == "orthrus" and r["turn"] == 0)
     replay = prepared.decoders["orthrus"].generate(
-        first["prompt_ids"], 24, temperature=1.0, seed=first["seed"], stop_token_ids=None
+        first["prompt_ids"], 24, SamplingParams(temperature=1.0), seed=first["seed"], stop_token_ids=None
     )
     assert replay.tokens[: len(first["output_ids"])] == first["output_ids"]  # the suite's stops may cut it
 
@@ -94,7 +95,7 @@ def test_resume_after_a_crash_loses_and_repeats_nothing(prepared, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         execute(RunSpec(**SPEC), out, prepared=prepared, progress=False)
     monkeypatch.setattr(decoder, "generate", generate)
-    assert load_run(out)["status"] == "interrupted"
+    assert load_run(out).status == "interrupted"
     with open(out / RECORDS, "a") as f:
         f.write('{"suite": "tiny-math", "item_id": "tiny-math/math-1", "met')  # a torn last line
     done_before = len(read_records(out))
@@ -105,7 +106,7 @@ def test_resume_after_a_crash_loses_and_repeats_nothing(prepared, tmp_path, monk
     execute(RunSpec(**SPEC), out, prepared=prepared, resume=True, progress=False)
     assert keys(read_records(out)) == full
     assert all(json.loads(line) for line in (out / RECORDS).read_text().splitlines())
-    assert load_run(out)["status"] == "complete"
+    assert load_run(out).status == "complete"
 
 
 def test_a_failing_generation_is_recorded_and_the_run_goes_on(prepared, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from harness.records import (
     GenerationRecord,
     TelemetryFields,
 )
-from harness.store import RECORDS, StoreError, load, open_run, read_records
+from harness.store import RECORDS, RunInfo, StoreError, load, open_run, read_records
 
 
 def unit(item: str, turns: int = 1, method: str = "ar"):
@@ -29,7 +29,7 @@ def test_units_round_trip_into_a_dataframe(tmp_path):
     store = open_run(tmp_path, resume=False, config_hash="h")
     store.write_unit(unit("a"))
     store.write_unit(unit("b", turns=2))
-    store.write_run({"config_hash": "h"})
+    store.write_run(RunInfo(config={}, config_hash="h"))
     store.close()
     df = load(tmp_path)
     assert list(df.item_id) == ["a", "b", "b"] and list(df.turn) == [0, 0, 1]
@@ -37,7 +37,7 @@ def test_units_round_trip_into_a_dataframe(tmp_path):
 
 def test_an_existing_run_needs_resume_and_the_same_configuration(tmp_path):
     store = open_run(tmp_path, resume=False, config_hash="h")
-    store.write_run({"config_hash": "h"})
+    store.write_run(RunInfo(config={}, config_hash="h"))
     store.close()
     with pytest.raises(StoreError, match="--resume"):
         open_run(tmp_path, resume=False, config_hash="h")
@@ -57,7 +57,7 @@ def test_resume_drops_a_partial_unit_and_keeps_every_complete_one(tmp_path, tail
     store = open_run(tmp_path, resume=False, config_hash="h")
     store.write_unit(unit("a"))
     store.write_unit(unit("b", turns=2))
-    store.write_run({"config_hash": "h"})
+    store.write_run(RunInfo(config={}, config_hash="h"))
     store.close()
     with open(tmp_path / RECORDS, "ab") as f:
         f.write(tail)

@@ -26,10 +26,11 @@ from rich.table import Table
 from transformers import Qwen3Config
 
 from harness.console import console as make_console
-from harness.methods import Target, make_decoder
+from harness.methods import make_decoder
 from harness.methods.checkpoints import QWEN3_SHAPES
-from harness.methods.target import check_device, load_target, torch_dtype
-from orthrus_core.engine import ENGINES, check_engine, set_engine
+from harness.methods.target import Target, check_device, load_target, torch_dtype
+from orthrus_core import metrics
+from orthrus_core.engine import ENGINES, Engine, check_engine
 from orthrus_core.generation import Clock
 from orthrus_core.model import OrthrusForCausalLM
 
@@ -111,54 +112,33 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 1
 
 
 @torch.inference_mode()
-def forward_costs(model, contexts, K, repeats, device):
-    """Rows of (context, AR step s, diffusion pass s, verify pass s) at each context length."""
-    rows = []
-    g = torch.Generator().manual_seed(0)
-    for ctx in contexts:
-        cache = model.new_cache(ctx + K)
-        ids = torch.randint(0, model.config.vocab_size - 1, (1, ctx), generator=g).to(device)
-        for s in range(0, ctx, 2048):  # chunked prefill keeps activation memory bounded at long contexts
-            model(ids[:, s : s + 2048], s, cache)
-        cache.length = ctx
-        one = ids[:, -1:]
-        block = ids[:, -K:] if ctx >= K else ids.new_zeros(1, K)
-        ar_step = partial(model, one, ctx, cache)
-        diffusion_pass = partial(model, block, ctx, cache, diffusion=True)
-        verify_pass = partial(model, block, ctx, cache)
-        rows.append((ctx, *(median_time(f, device, repeats) for f in (ar_step, diffusion_pass, verify_pass))))
-    return rows
-
-
-@torch.inference_mode()
-def batched_forward_costs(model, contexts, K, batch_sizes, repeats, device):
+def forward_costs(engine: Engine, contexts, K, repeats, device, batch_sizes=(1,)):
     """Rows of (B, context, AR step s, diffusion pass s, verify pass s) over B rows at each context length, as
-    orthrus_core.batch runs them (eager, every row at the same length: the cost of a cycle against B x K)."""
-    from orthrus_core.batch import BatchKVCache, target_pass
-
+    the decode loop runs them in `engine` (every row at the same length: the cost of a cycle against B x K)."""
     rows = []
     g = torch.Generator().manual_seed(0)
-    p = model.lm_head.weight
+    model = engine.model
     for B in batch_sizes:
         for ctx in contexts:
-            cache = BatchKVCache(model.config, B, ctx + K, dtype=p.dtype, device=device)
+            cache = engine.new_cache(B, ctx + K)
             ids = torch.randint(0, model.config.vocab_size - 1, (1, ctx), generator=g).to(device)
-            model(ids, 0, cache.row(0))  # one prefill, its K/V copied into every row
-            cache.k[:, 1:] = cache.k[:, :1]
-            cache.v[:, 1:] = cache.v[:, :1]
+            for s in range(0, ctx, 2048):  # chunked prefill keeps activation memory bounded at long contexts
+                model(ids[:, s : s + 2048], s, cache.row(0))
+            cache.k[:, 1:B] = cache.k[:, :1]  # one prefill, its K/V copied into every row
+            cache.v[:, 1:B] = cache.v[:, :1]
             cache.lengths = [ctx] * B
             one = ids[:, -1:].expand(B, 1)
             block = (ids[:, -K:] if ctx >= K else ids.new_zeros(1, K)).expand(B, K)
             passes = (
-                partial(target_pass, model, cache, one),
-                partial(target_pass, model, cache, block, diffusion=True),
-                partial(target_pass, model, cache, block),
+                partial(engine.step, cache, one),
+                partial(engine.step, cache, block, diffusion=True),
+                partial(engine.step, cache, block),
             )
             rows.append((B, ctx, *(median_time(f, device, repeats) for f in passes)))
     return rows
 
 
-def print_batched(console, rows: list[dict], repeats: int) -> None:
+def print_batched(console, rows: list[dict], repeats: int, mode: str) -> None:
     table = Table(
         "B",
         "context",
@@ -168,8 +148,8 @@ def print_batched(console, rows: list[dict], repeats: int) -> None:
         "diffusion ms",
         "verify ms",
         "cycle / AR",
-        title=f"batched passes (eager, orthrus_core.batch): medians over {repeats} repeats; an Orthrus cycle "
-        "beats AR per token where τ > cycle / AR",
+        title=f"batched passes (engine {mode}): medians over {repeats} repeats; an Orthrus cycle beats AR per "
+        "token where τ > cycle / AR",
     )
     for r in rows:
         table.add_row(
@@ -215,7 +195,7 @@ def end_to_end(target: Target, prompts, new_tokens: int, specs, ar_tokens=None) 
         accepted = [n for r in results for n in r.accepted]
         summary[spec] = {
             "tokens_per_s": sum(r.new_tokens for r in results) / sum(r.total_s for r in results),
-            "tau": 1 + sum(accepted) / len(accepted) if accepted else None,
+            "tau": metrics.tau(sum(accepted), len(accepted)),
         }
     ar_tokens = ar_tokens or outputs["ar"]
     for spec, tokens in outputs.items():
@@ -233,22 +213,23 @@ def clock_overhead(device: torch.device, repeats: int = 200) -> float:
 
 
 @torch.inference_mode()
-def events_vs_wall(model, context: int, steps: int, device: torch.device) -> float | None:
+def events_vs_wall(engine: Engine, context: int, steps: int, device: torch.device) -> float | None:
     """CUDA-event time / synchronised wall-clock time of `steps` AR steps (None off a GPU)."""
     if device.type != "cuda":
         return None
-    cache = model.new_cache(context + 1)
+    cache = engine.new_cache(1, context + 1)
     ids = torch.zeros(1, context, dtype=torch.long, device=device)
-    model(ids, 0, cache)
+    engine.model(ids, 0, cache)
+    cache.lengths = [context]
     one = ids[:, -1:]
     for _ in range(3):
-        model(one, context, cache)
+        engine.step(cache, one)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     start.record()
     for _ in range(steps):
-        model(one, context, cache)
+        engine.step(cache, one)
     end.record()
     end.synchronize()
     wall = time.perf_counter() - t0
@@ -276,16 +257,17 @@ def bench_engine(
     print_tables=True,
 ) -> dict:
     """Per engine mode: forward costs per context and K, and end to end; the baselines once; with
-    `batch_sizes`, the batched passes' costs against B x K. Returns the figures (what --json writes) after
-    printing them."""
+    `batch_sizes`, the batched passes' costs against B x K, per mode. Each mode is a target of its own around
+    the same weights (an engine is settled when its target is made, never switched). Returns the figures
+    (what --json writes) after printing them."""
     dtype = torch_dtype(dtype)
     tokenizer = None
     if model_path:
-        target = load_target(model_path, dtype, device)
+        target = load_target(model_path, dtype, device, "eager")
         label = str(model_path)
     else:
         model = random_model(shape, dtype, check_device(device))
-        target, label = Target(model, f"random {shape}"), f"{shape} shape, random weights"
+        target, label = Target.of(model, f"random {shape}", engine="eager"), f"{shape} shape, random weights"
     model, tokenizer, device = target.model, target.tokenizer, torch.device(device)
     engines = engines or available_engines(device)
     for mode in engines:
@@ -319,8 +301,9 @@ def bench_engine(
             torch.randint(0, model.config.vocab_size - 1, (32,), generator=g).tolist() for _ in range(4)
         ]
     ar_tokens = None  # every decoder in every mode is held to the first mode's AR
+    batched = []
     for mode in engines:
-        set_engine(model, mode)
+        in_mode = Target(model, target.path, tokenizer, Engine(model, mode))
         if mode != "eager":  # the first pass of each shape compiles or captures; the timings come after
             console.print(f"engine {mode}: compiling each pass shape on first use (minutes on a CPU) ...")
         rows = []
@@ -334,7 +317,7 @@ def bench_engine(
                 "cycle / AR",
                 title=f"engine {mode}: per-forward medians over {repeats} repeats, K = {K}",
             )
-            for ctx, ar, diffusion, verify in forward_costs(model, contexts, K, repeats, device):
+            for _, ctx, ar, diffusion, verify in forward_costs(in_mode.engine, contexts, K, repeats, device):
                 row = dict(
                     context=ctx,
                     K=K,
@@ -354,30 +337,33 @@ def bench_engine(
                     f"{row['cycle_over_ar']:.2f}",
                 )
             console.print(table)
-        e2e, ar_tokens = end_to_end(target, prompts, new_tokens, END_TO_END, ar_tokens)
+        e2e, ar_tokens = end_to_end(in_mode, prompts, new_tokens, END_TO_END, ar_tokens)
         figures["modes"][mode] = {
             "forwards": rows,
             "end_to_end": e2e,
-            "events_over_wall": events_vs_wall(model, contexts[0], 50, device),
+            "events_over_wall": events_vs_wall(in_mode.engine, contexts[0], 50, device),
         }
-    set_engine(model, "eager")
+        if batch_sizes:
+            rows = [
+                dict(
+                    engine=mode,
+                    batch_size=B,
+                    context=ctx,
+                    K=K,
+                    ar_ms=ar * 1e3,
+                    diffusion_ms=diffusion * 1e3,
+                    verify_ms=verify * 1e3,
+                    cycle_over_ar=(diffusion + verify) / ar,
+                )
+                for K in block_sizes
+                for B, ctx, ar, diffusion, verify in forward_costs(
+                    in_mode.engine, contexts, K, repeats, device, batch_sizes
+                )
+            ]
+            print_batched(console, rows, repeats, mode)
+            batched += rows
     if batch_sizes:
-        figures["batched"] = [
-            dict(
-                batch_size=B,
-                context=ctx,
-                K=K,
-                ar_ms=ar * 1e3,
-                diffusion_ms=diffusion * 1e3,
-                verify_ms=verify * 1e3,
-                cycle_over_ar=(diffusion + verify) / ar,
-            )
-            for K in block_sizes
-            for B, ctx, ar, diffusion, verify in batched_forward_costs(
-                model, contexts, K, batch_sizes, repeats, device
-            )
-        ]
-        print_batched(console, figures["batched"], repeats)
+        figures["batched"] = batched
     figures["baselines"] = (
         end_to_end(target, prompts, new_tokens, BASELINES, ar_tokens)[0] if baselines else {}
     )

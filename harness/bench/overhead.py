@@ -13,13 +13,15 @@ import time
 
 import torch
 
+from harness.methods import make_decoder
 from harness.run.telemetry import Telemetry, load_nvml
-from orthrus_core import generate
 
 
 def bench_overhead(
-    model, prompts: list[list[int]], *, mode: str, max_new_tokens: int, repeats: int, seed: int = 0
+    target, prompts: list[list[int]], *, method: str, max_new_tokens: int, repeats: int, seed: int = 0
 ) -> dict:
+    """`method` (a spec of the registry) on `target` over the prompts, telemetry off and on, interleaved."""
+    model, decoder = target.model, make_decoder(method, target)
     device = model.lm_head.weight.device
     on = Telemetry(model, device, nvml=load_nvml() if device.type == "cuda" else None)
     off = Telemetry(model, device, enabled=False)
@@ -29,7 +31,7 @@ def bench_overhead(
         telemetry.start()
         sync()
         t0 = time.perf_counter()
-        generate(model, prompt, max_new_tokens, mode=mode)
+        decoder.generate(prompt, max_new_tokens)
         sync()
         wall = time.perf_counter() - t0
         telemetry.stop()
@@ -51,7 +53,7 @@ def bench_overhead(
 
     boot = sorted(overhead([rng.randrange(n) for _ in range(n)]) for _ in range(2000))
     return {
-        "mode": mode,
+        "method": method,
         "prompts": n,
         "repeats": repeats,
         "off_s": sum(walls["off"]),
@@ -72,7 +74,7 @@ def print_overhead(results: list[dict]) -> None:
     for r in results:
         lo, hi = r["ci95"]
         t.add_row(
-            r["mode"],
+            r["method"],
             f"{r['prompts']} × {r['repeats']}",
             f"{r['off_s']:.2f}",
             f"{r['on_s']:.2f}",

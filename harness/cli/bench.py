@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .args import UsageError, add_data_dir_arg, add_model_args, parse_int_list, parse_list
+from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, parse_int_list, parse_list
 
 
 def register(sub) -> None:
@@ -37,6 +37,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("bench-overhead", help="wall-clock cost of the runner's telemetry (on vs off)")
     add_model_args(p)
+    add_engine_arg(p)
+    p.add_argument(
+        "--methods", type=parse_list, default=["ar", "orthrus"], help="method specs, e.g. ar,orthrus"
+    )
     p.add_argument("--suite", default="tiny-math", help="suite whose first prompts are generated")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--repeats", type=int, default=4, help="passes over the prompts per side")
@@ -77,16 +81,16 @@ def cmd_bench_overhead(args) -> int:
     from harness.methods import load_target
     from harness.suites import load_suite
 
-    target = load_target(args.model, args.dtype, args.device)
+    target = load_target(args.model, args.dtype, args.device, args.engine)
     if target.tokenizer is None:
         raise UsageError(f"{args.model} has no tokenizer files; the benchmark renders suite prompts")
     suite = load_suite(args.suite, args.data_dir, limit=args.prompts)
     prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
     results = [
         bench_overhead(
-            target.model, prompts, mode=mode, max_new_tokens=args.max_new_tokens, repeats=args.repeats
+            target, prompts, method=method, max_new_tokens=args.max_new_tokens, repeats=args.repeats
         )
-        for mode in ("ar", "orthrus")
+        for method in args.methods
     ]
     print_overhead(results)
     return 0

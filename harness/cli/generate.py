@@ -1,4 +1,4 @@
-"""`orthrus-bench generate`: one prompt through the AR or the Orthrus decoder."""
+"""`orthrus-bench generate`: one prompt through any registered method."""
 
 from __future__ import annotations
 
@@ -9,29 +9,35 @@ from .args import UsageError, add_engine_arg, add_model_args, parse_int_list
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate from one prompt with the AR or the Orthrus decoder")
+    p = sub.add_parser("generate", help="generate from one prompt with any method (default: orthrus)")
     add_model_args(p)
     add_engine_arg(p)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="user message, formatted with the model's chat template")
     prompt.add_argument("--prompt-ids", type=parse_int_list, help="raw prompt token ids, e.g. 1,2,3")
-    p.add_argument("--mode", choices=["ar", "orthrus"], default="orthrus")
+    p.add_argument(
+        "--method",
+        default="orthrus",
+        help="a method spec of the registry, e.g. ar, orthrus:block_size=16, eagle3:tree=chain, pld (see "
+        "`orthrus-bench methods`)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--block-size", type=int, help="Orthrus block size K (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args) -> int:
-    from harness.methods import load_target
-    from orthrus_core import generate
+    from harness.methods import load_target, make_decoder
+    from orthrus_core.params import SamplingParams
 
+    params = SamplingParams(args.temperature, args.top_k, args.top_p)  # checked before anything is loaded
     target = load_target(args.model, args.dtype, args.device, args.engine)
     model, tokenizer = target.model, target.tokenizer
+    decoder = make_decoder(args.method, target)
     if args.prompt_ids is not None:
         prompt_ids = args.prompt_ids
     else:
@@ -51,21 +57,10 @@ def cmd_generate(args) -> int:
         def stream(new_tokens):
             print(tokenizer.decode(new_tokens, skip_special_tokens=False), end="", flush=True)
 
-    result = generate(
-        model,
-        prompt_ids,
-        args.max_new_tokens,
-        args.mode,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        block_size=args.block_size,
-        on_tokens=stream,
-    )
+    result = decoder.generate(prompt_ids, args.max_new_tokens, params, seed=args.seed, on_tokens=stream)
     text = tokenizer.decode(result.tokens, skip_special_tokens=False) if tokenizer is not None else None
     if args.json:
-        print(json.dumps({**result.to_dict(), "text": text}))
+        print(json.dumps({"method": decoder.label, **result.to_dict(), "text": text}))
         return 0
     if tokenizer is None:
         print(" ".join(map(str, result.tokens)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -73,6 +72,9 @@ def register(sub) -> None:
     p = sub.add_parser("suites", help="list the suite files")
     add_data_dir_arg(p)
     p.set_defaults(func=cmd_suites)
+
+    p = sub.add_parser("methods", help="list the registered methods and their options")
+    p.set_defaults(func=cmd_methods)
 
 
 def cmd_run(args) -> int:
@@ -162,7 +164,7 @@ def run_launched(spec, args, launch) -> int:
     from harness.run.runner import execute
     from harness.run.shards import merge
     from harness.run.spec import RunError
-    from harness.store import RECORDS, RUN, read_records
+    from harness.store import RECORDS, RUN, load_run, read_records
     from harness.verify.config import VerifyConfig
     from harness.verify.verdicts import verify_main
 
@@ -174,7 +176,7 @@ def run_launched(spec, args, launch) -> int:
         )
     out = Path(args.out)  # on a filesystem every process sees: rank 0 reads every shard
     # Checked by every rank before any joins the group, so that none is left waiting for one that refused.
-    if (out / RUN).exists() and "merged_from" not in json.loads((out / RUN).read_text()):
+    if (out / RUN).exists() and load_run(out).merged_from is None:
         raise RunError(f"{out} holds a run that is not a merge of its shards; choose another --out")
     device = spec.device
     if device == "cuda":  # each process on its own GPU; the spec (and so the config hash) keeps "cuda"
@@ -231,4 +233,22 @@ def cmd_suites(args) -> int:
     for name in list_suites():
         suite = load_suite(name, args.data_dir)
         print(f"{name:12s} {suite.config.get('description', '')}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from importlib import import_module
+
+    from harness.methods import REGISTRY
+
+    for m in REGISTRY:
+        options = import_module(f"harness.methods.{m.name.replace('-', '_')}").OPTIONS
+        kinds = [
+            "lossless" if m.lossless else "lossy",
+            "batched" if m.batched else "one prompt at a time",
+            *(["greedy only"] if m.greedy_only else []),
+        ]
+        print(f"{m.name:10s} {m.summary} [{', '.join(kinds)}]")
+        for key, (kind, default) in options.items():
+            print(f"{'':12s}{m.name}:{key}=<{kind.__name__}>  default {default!r}")
     return 0

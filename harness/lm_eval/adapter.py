@@ -36,6 +36,7 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from harness.run.seeds import generation_seed
+from orthrus_core.params import SamplingParams
 
 logger = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).with_name("tasks")
@@ -93,13 +94,13 @@ class OrthrusLM(LM):
             options = normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.max_gen_toks)
             max_new = options["max_gen_toks"]
             prompt = self.tok_encode(context)[-(self.max_length - max_new) :]  # keep the end, as HFLM does
+            params = SamplingParams(
+                float(options["temperature"]),
+                int(options.get("top_k") or 0),
+                float(options.get("top_p") or 1.0),
+            )
             result = self.decoder.generate(
-                prompt,
-                max_new,
-                temperature=float(options["temperature"]),
-                top_k=int(options.get("top_k") or 0),
-                top_p=float(options.get("top_p") or 1.0),
-                seed=generation_seed(self.seed, item, sample, 0),
+                prompt, max_new, params, seed=generation_seed(self.seed, item, sample, 0)
             )
             self.generations.append(result)
             text = self.tokenizer.decode(result.tokens, skip_special_tokens=True)

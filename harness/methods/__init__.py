@@ -105,7 +105,9 @@ def make_decoder(spec: str, target, **overrides):
     if unknown:
         known = ", ".join(f"{k} (default {d!r})" for k, (_, d) in module.OPTIONS.items()) or "none"
         raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; known options: {known}")
-    options = {k: _coerce(name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()}
+    options = {
+        k: _coerce(name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()
+    }
     label = ":".join([name] + [f"{k}={v}" for k, v in given.items()])
     return module.build(target, label, options)
 

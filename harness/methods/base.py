@@ -54,7 +54,9 @@ class Decoder:
 
     def check_params(self, params: SamplingParams) -> None:
         if self.greedy_only and not params.greedy:
-            raise ValueError(f"{self.label} decodes greedily only (temperature 0), not at {params.temperature}")
+            raise ValueError(
+                f"{self.label} decodes greedily only (temperature 0), not at {params.temperature}"
+            )
 
     def generate(
         self,
@@ -80,7 +82,9 @@ class Decoder:
         rule: AcceptanceRule = EXACT,
     ) -> Iterator[Finished]:
         """The requests `next_request` returns, `rows` at a time, each yielded as it finishes."""
-        raise BatchError(f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED)}")
+        raise BatchError(
+            f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED)}"
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"

@@ -34,7 +34,9 @@ class OfficialLoopDecoder(Decoder):
 def build(target, label, options):
     model = target.model
     if not model.has_diffusion_view:
-        raise ValueError(f"orthrus needs a checkpoint with a diffusion view (OrthrusLM); {target.path} has none")
+        raise ValueError(
+            f"orthrus needs a checkpoint with a diffusion view (OrthrusLM); {target.path} has none"
+        )
     if options["cache"] not in CACHES:
         raise ValueError(f"orthrus: cache must be one of {', '.join(CACHES)}, got {options['cache']!r}")
     drafter = OrthrusDrafter(model, options["block_size"])  # checks the block size

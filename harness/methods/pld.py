@@ -10,4 +10,6 @@ OPTIONS = {"max_ngram": (int, 3), "num_draft_tokens": (int, 10)}
 
 
 def build(target, label, options):
-    return LoopDecoder(target, label, options, PromptLookupDrafter(options["max_ngram"], options["num_draft_tokens"]))
+    return LoopDecoder(
+        target, label, options, PromptLookupDrafter(options["max_ngram"], options["num_draft_tokens"])
+    )

@@ -29,9 +29,16 @@ class Target:
     engine: Engine
 
     @classmethod
-    def of(cls, model: OrthrusForCausalLM, path: str, tokenizer=None, engine: str = "auto", **options) -> Target:
+    def of(
+        cls, model: OrthrusForCausalLM, path: str, tokenizer=None, engine: str = "auto", **options
+    ) -> Target:
         """A target around a model already loaded (random weights, a micro model), in `engine`."""
-        return cls(model, path, tokenizer, Engine(model, check_engine(engine, model.lm_head.weight.device), **options))
+        return cls(
+            model,
+            path,
+            tokenizer,
+            Engine(model, check_engine(engine, model.lm_head.weight.device), **options),
+        )
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:

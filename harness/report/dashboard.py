@@ -57,7 +57,7 @@ def find_runs(history: Path) -> list[Run]:
     if not directories:
         raise FileNotFoundError(f"no run directories (with {RECORDS}) under {history}")
     runs = load_runs(directories)
-    return sorted(runs, key=lambda r: (str(r.info.get("started", "")), str(r.directory)))
+    return sorted(runs, key=lambda r: (r.started, str(r.directory)))
 
 
 def run_metrics(run: Run) -> pd.DataFrame:
@@ -95,7 +95,7 @@ def run_metrics(run: Run) -> pd.DataFrame:
                 rows.append(
                     {
                         "run": str(run.directory),
-                        "started": run.info.get("started", ""),
+                        "started": run.started,
                         "commit": run.commit,
                         "model": model,
                         "suite": suite,
@@ -183,7 +183,7 @@ def write_dashboard(history_dir: str | Path, out: str | Path) -> Path:
     newest = history[history.run == str(runs[-1].directory)]
     for name, bigger in BENCHMARK_FILES.items():
         (out / name).write_text(json.dumps(benchmark_entries(newest, bigger), indent=2) + "\n")
-    run_list = ", ".join(f"{r.commit} ({r.info.get('started', '?')})" for r in runs)
+    run_list = ", ".join(f"{r.commit} ({r.started or '?'})" for r in runs)
     md = [f"# orthrus-bench dashboard: {len(runs)} runs", "", f"Runs, oldest first: {run_list}", ""]
     md += [f"![{m.label}](figures/{p.name})" for m, p in drawn]
     (out / "dashboard.md").write_text("\n\n".join(md) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.store import load_run, read_records
+from harness.store import RUN, RunInfo, load_run, read_records
 
 EMBEDDED_MODEL = "embedded tiny family"
 UNIT = ["suite", "item_id", "sample"]
@@ -30,25 +30,29 @@ TELEMETRY_COLUMNS = [
 @dataclass
 class Run:
     directory: Path
-    info: dict  # run.json
+    info: RunInfo | None  # run.json (None: a directory of records alone)
     records: list[dict]  # every complete record, errors included
 
     @property
     def model(self) -> str:
-        return self.info.get("config", {}).get("model") or EMBEDDED_MODEL
+        return (self.info and self.info.config.get("model")) or EMBEDDED_MODEL
 
     @property
     def commit(self) -> str:
-        git = self.info.get("git") or {}
+        git = self.info.git if self.info else {}
         commit = git.get("commit") or "unknown"
         return commit[:10] + ("+dirty" if git.get("dirty") else "")
+
+    @property
+    def started(self) -> str:
+        return (self.info and self.info.started) or ""
 
 
 def load_runs(directories: list[str | os.PathLike]) -> list[Run]:
     runs = []
     for directory in directories:
         directory = Path(directory)
-        info = load_run(directory) if (directory / "run.json").exists() else {}
+        info = load_run(directory) if (directory / RUN).exists() else None
         runs.append(Run(directory, info, read_records(directory)))
     return runs
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.store import RunInfo
+
 from .published import TABLE1_SUITES, Published, published_figures
 from .runs import Run, read_json_if_present
 from .stats import bootstrap_ci, mean, pooled_tau, ratio_of_means, ratio_of_sums
@@ -525,10 +527,9 @@ def verification_tables(runs: list[Run]) -> tuple[list[Table], list[str]]:
 def provenance_table(runs: list[Run]) -> Table:
     rows = []
     for run in runs:
-        info, config = run.info, run.info.get("config", {})
-        hardware = info.get("hardware") or {}
+        info = run.info or RunInfo(config={}, config_hash="–", status="–")
+        config, hardware, versions = info.config, info.hardware, info.versions
         gpus = hardware.get("gpus") or []
-        versions = info.get("versions") or {}
         rows.append(
             [
                 str(run.directory),
@@ -536,18 +537,16 @@ def provenance_table(runs: list[Run]) -> Table:
                 str(config.get("dtype", "–")),
                 str(config.get("device", "–")),
                 run.commit,
-                str(info.get("config_hash", "–"))[:12],
+                info.config_hash[:12],
                 ", ".join(g.get("name", "?") for g in gpus if isinstance(g, dict))
                 or str(hardware.get("cpu", "–")),
                 ", ".join(
                     [f"{k} {v}" for k, v in versions.items() if k in ("python", "torch", "transformers")]
                     + [f"{k} {hardware[k]}" for k in ("cuda", "driver") if hardware.get(k)]
                 ),
-                f"{info.get('started', '–')} → {info.get('finished', '–')}",
-                str(info.get("status", "–")),
-                ", ".join(
-                    f"{label} ({m.get('hash', '')[:8]})" for label, m in (info.get("methods") or {}).items()
-                ),
+                f"{info.started or '–'} → {info.finished or '–'}",
+                info.status,
+                ", ".join(f"{label} ({m.get('hash', '')[:8]})" for label, m in info.methods.items()),
             ]
         )
     columns = [

@@ -24,24 +24,24 @@ from pathlib import Path
 
 import torch
 
-from harness.methods import Decoder, Target, load_target, make_decoder
-from harness.methods.base import BatchError
-from harness.methods.target import check_device, torch_dtype
+from harness.methods import BATCHED, make_decoder
+from harness.methods.base import Decoder
+from harness.methods.target import Target, check_device, load_target, torch_dtype
 from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record
-from harness.store import StoreError, open_run
+from harness.store import RunInfo, StoreError, open_run
 from harness.suites.config import GenerationSettings
 from harness.suites.conversation import Conversation, Turn, run_batched, run_item
 from harness.suites.suite import Suite, SuiteItem, load_suite
-from orthrus_core.batch import Request
-from orthrus_core.engine import EngineError, compilations, engine_name
+from orthrus_core import metrics
+from orthrus_core.engine import EngineError, compilations
 from orthrus_core.generation import Clock
-from orthrus_core.sampling import SamplingParams
+from orthrus_core.loop import Request
 
 from .launch import balanced_shards, item_cost
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
 from .seeds import RULE as SEED_RULE
 from .seeds import generation_seed
-from .spec import SETTINGS, RunError, RunSpec, generation_settings
+from .spec import SETTINGS, RunError, RunSpec
 from .telemetry import Telemetry, load_nvml
 
 logger = logging.getLogger(__name__)
@@ -78,30 +78,24 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     suites = [load_suite(name, spec.data_dir, limit=spec.limit, ids=spec.ids) for name in spec.suites]
     for suite in suites:
         suite.check_ready()
-    engine = spec.engine
-    if spec.batch_size is not None:
-        if spec.batch_size < 1:
-            raise RunError(f"--batch-size must be >= 1, got {spec.batch_size}")
-        if engine not in ("auto", "eager"):  # batched passes are eager for every method alike
-            raise RunError(
-                f"batched decoding runs eager; --engine {engine} is batch-1 only: use --engine eager"
-            )
-        engine = "eager"
-    elif spec.continuous:
+    if spec.batch_size is not None and spec.batch_size < 1:
+        raise RunError(f"--batch-size must be >= 1, got {spec.batch_size}")
+    if spec.batch_size is None and spec.continuous:
         raise RunError("--continuous needs --batch-size")
     try:
-        target = load_target(spec.model, spec.dtype, spec.device, engine)
+        target = load_target(spec.model, spec.dtype, spec.device, spec.engine)
     except EngineError as exc:
         raise RunError(str(exc)) from None
     if target.tokenizer is None:
         raise RunError(f"{target.path} has no tokenizer files; suites need the model's chat template")
     decoders = {label: make_decoder(label, target) for label in spec.methods}
     if spec.batch_size is not None:
-        for decoder in decoders.values():
-            try:
-                decoder.batch_drafter(SamplingParams())
-            except BatchError as exc:
-                raise RunError(f"--batch-size {spec.batch_size}: {exc}") from None
+        for label, decoder in decoders.items():
+            if not decoder.batched:
+                raise RunError(
+                    f"--batch-size {spec.batch_size}: {label} decodes one prompt at a time; the batched "
+                    f"methods are {', '.join(BATCHED)}"
+                )
 
     max_context = target.model.config.max_position_embeddings
     all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
@@ -122,7 +116,7 @@ def shard_items(spec, suites, all_items, tokenizer, shard: tuple[int, int]) -> d
     if count == 1:
         return all_items
     pairs = [(suite, item) for suite in suites for item in all_items[suite.name]]
-    max_new = {s.name: generation_settings(s.generation, spec.config()).max_new_tokens for s in suites}
+    max_new = {s.name: spec.generation(s.generation).max_new_tokens for s in suites}
     costs = [
         item_cost(len(suite.render(tokenizer, item, [])), max_new[suite.name], len(item.turns))
         for suite, item in pairs
@@ -133,23 +127,23 @@ def shard_items(spec, suites, all_items, tokenizer, shard: tuple[int, int]) -> d
     return {name: [it for it in its if (name, it.id) in keep] for name, its in all_items.items()}
 
 
-def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> dict:
-    return {
-        "config": spec.config(),
-        "config_hash": config_hash(spec.config()),
-        "shard": list(shard),
-        # How the steps ran; the engine as asked for ("auto") and as resolved on the device.
-        "settings": {k: getattr(spec, k) for k in SETTINGS},
-        "engine": engine_name(p.target.model),
-        "command": command_line(),
-        "git": git_state(),
-        "versions": versions(),
-        "hardware": hardware(p.nvml),
-        "suites": {
+def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> RunInfo:
+    return RunInfo(
+        config=spec.config(),
+        config_hash=config_hash(spec.config()),
+        shard=list(shard),
+        # How the steps ran; the engine as asked for ("auto") in the settings and as resolved on the device.
+        settings={k: getattr(spec, k) for k in SETTINGS},
+        engine=p.target.engine.mode,
+        command=command_line(),
+        git=git_state(),
+        versions=versions(),
+        hardware=hardware(p.nvml),
+        suites={
             s.name: {"config": s.config, "hash": config_hash(s.config), "data_origin": s.data_origin}
             for s in p.suites
         },
-        "methods": {
+        methods={
             label: {
                 "name": d.name,
                 "lossless": d.lossless,
@@ -159,9 +153,9 @@ def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> dict:
             }
             for label, d in p.decoders.items()
         },
-        "models": p.model_records,
-        "seeds": {"base": spec.seed, "rule": SEED_RULE},
-    }
+        models=p.model_records,
+        seeds={"base": spec.seed, "rule": SEED_RULE},
+    )
 
 
 def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink: list):
@@ -172,20 +166,20 @@ def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink
     same tokens and shapes, so that no record's time holds a compilation."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
-    def timed(prompt_ids, max_new_tokens, kwargs):
+    def timed(args, kwargs):
         before = compilations()
         telemetry.start()
         sync()
         t0 = time.perf_counter()
-        result = decoder.generate(prompt_ids, max_new_tokens, **kwargs)
+        result = decoder.generate(*args, **kwargs)
         sync()
         wall = time.perf_counter() - t0
         return result, (wall, telemetry.stop()), compilations() != before
 
-    def generate(prompt_ids, max_new_tokens, **kwargs):
-        result, measure, compiled = timed(prompt_ids, max_new_tokens, kwargs)
+    def generate(*args, **kwargs):
+        result, measure, compiled = timed(args, kwargs)
         if compiled:  # the same call again meets only the shapes it just compiled
-            result, measure, _ = timed(prompt_ids, max_new_tokens, kwargs)
+            result, measure, _ = timed(args, kwargs)
         sink.append(measure)
         return result
 
@@ -281,7 +275,9 @@ def warm_up(p: Prepared, warmup: int, label: str, decoder: Decoder, settings: di
     prompt = suite.render(p.target.tokenizer, item, [])
     try:
         for _ in range(warmup):
-            decoder.generate(prompt, min(32, settings[suite.name].max_new_tokens))
+            decoder.generate(
+                prompt, min(32, settings[suite.name].max_new_tokens), settings[suite.name].sampling
+            )
     except Exception as exc:  # the recorded generations will fail too, each with its own error record
         logger.warning("%s: warm-up failed (%s: %s)", label, type(exc).__name__, exc)
 
@@ -310,7 +306,7 @@ class Progress:
         seconds = t[1] + sum(end - start for (lbl, _), (start, end) in self.spans.items() if lbl == label)
         if not seconds:
             return label
-        return f"{label}: {t[0] / seconds:.1f} tok/s" + (f" τ {1 + t[2] / t[3]:.2f}" if t[3] else "")
+        return f"{label}: {t[0] / seconds:.1f} tok/s" + (f" τ {metrics.tau(t[2], t[3]):.2f}" if t[3] else "")
 
 
 def execute(
@@ -330,15 +326,14 @@ def execute(
 
     p = prepared or prepare(spec, shard)
     run = provenance(spec, p, shard)
-    if launch is not None:  # the launcher, the rank and its device, host and pid (launch.LaunchEnv)
-        run["launch"] = launch
+    run.launch = launch  # the launcher, the rank and its device, host and pid (launch.LaunchEnv), if launched
     try:
-        store = open_run(out, resume=resume, config_hash=run["config_hash"], retry_failed=retry_failed)
+        store = open_run(out, resume=resume, config_hash=run.config_hash, retry_failed=retry_failed)
     except StoreError as exc:
         raise RunError(str(exc)) from None
-    run.update(status="running", started=_now(), finished=None, resumed_from=len(store.done) or None)
+    run.status, run.started, run.resumed_from = "running", _now(), len(store.done) or None
     store.write_run(run)
-    settings = {s.name: generation_settings(s.generation, spec.config()) for s in p.suites}
+    settings = {s.name: spec.generation(s.generation) for s in p.suites}
     device = p.target.model.lm_head.weight.device
     telemetry = Telemetry(p.target.model, device, enabled=spec.telemetry, nvml=p.nvml)
     units = [
@@ -387,12 +382,12 @@ def execute(
                     records = [error_record(unit, item, exc)]
                 store.write_unit(records)
                 bar.set_postfix_str(figures.add(label, records))
-        run["status"] = "complete"
+        run.status = "complete"
     except KeyboardInterrupt:
-        run["status"] = "interrupted"
+        run.status = "interrupted"
         raise
     finally:
-        run["finished"] = _now()
+        run.finished = _now()
         store.write_run(run)
         store.close()
     return Path(out)
@@ -400,8 +395,8 @@ def execute(
 
 def execute_batched(p: Prepared, spec: RunSpec, todo: list, settings, store, bar, figures: Progress) -> None:
     """The work units of a batched run (`--batch-size`): per method, per suite, every unit through the method's
-    batched decoder (orthrus_core.batch), each turn a request, records written as each unit finishes. Methods
-    are the outer loop here: a batch holds one method's requests."""
+    decode loop at `batch_size` rows (orthrus_core.loop), each turn a request, records written as each unit
+    finishes. Methods are the outer loop here: a batch holds one method's requests."""
     device = p.target.model.lm_head.weight.device
     clock = Clock(device)
     for label, decoder in p.decoders.items():
@@ -411,13 +406,12 @@ def execute_batched(p: Prepared, spec: RunSpec, todo: list, settings, store, bar
             if not mine:
                 continue
             gen = settings[suite.name]
-            params = SamplingParams(gen.temperature, gen.top_k, gen.top_p)
             conversations = [Conversation(item, sample) for item, sample in mine]
             epoch = clock()
 
-            def decode(next_request, decoder=decoder, params=params):
-                return decoder.generate_batch(
-                    next_request, spec.batch_size, params, continuous=spec.continuous
+            def decode(next_request, decoder=decoder, gen=gen):
+                return decoder.decode(
+                    next_request, gen.sampling, rows=spec.batch_size, continuous=spec.continuous
                 )
 
             def generator(c, turn, decoder=decoder):
@@ -468,11 +462,12 @@ def warm_up_batched(p: Prepared, spec: RunSpec, label: str, decoder: Decoder, se
     if suite is None or spec.warmup <= 0:
         return
     prompt = suite.render(p.target.tokenizer, p.items[suite.name][0], [])
-    new = min(32, settings[suite.name].max_new_tokens)
+    gen = settings[suite.name]
+    new = min(32, gen.max_new_tokens)
     try:
         for _ in range(spec.warmup):
             requests = partial(next, iter([Request(prompt, new, [])] * spec.batch_size), None)
-            for _ in decoder.generate_batch(requests, spec.batch_size, SamplingParams()):
+            for _ in decoder.decode(requests, gen.sampling, rows=spec.batch_size, continuous=spec.continuous):
                 pass
     except Exception as exc:  # the recorded generations will fail too, each with its own error record
         logger.warning("%s: warm-up failed (%s: %s)", label, type(exc).__name__, exc)

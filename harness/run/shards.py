@@ -3,10 +3,11 @@ expected cost, launch.balanced_shards); `merge` joins the shard directories of o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from harness.store import RECORDS, load_run, read_records, write_json
+from harness.store import RECORDS, load_run, read_records, save_run
 
 from .spec import RunError
 
@@ -28,14 +29,14 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
     if not shard_dirs:
         raise RunError("merge needs at least one shard directory")
     runs = [load_run(d) for d in shard_dirs]
-    hashes = {r["config_hash"] for r in runs}
+    hashes = {r.config_hash for r in runs}
     if len(hashes) != 1:
         raise RunError(f"the shards come from different configurations (config hashes {sorted(hashes)})")
-    counts = {r["shard"][1] for r in runs}
-    indices = sorted(r["shard"][0] for r in runs)
+    counts = {r.shard[1] for r in runs}
+    indices = sorted(r.shard[0] for r in runs)
     if len(counts) != 1 or indices != list(range(counts.pop())):
-        raise RunError(f"shards {[r['shard'] for r in runs]} do not cover i/n for i = 0..n-1 exactly once")
-    incomplete = [str(d) for d, r in zip(shard_dirs, runs, strict=True) if r.get("status") != "complete"]
+        raise RunError(f"shards {[r.shard for r in runs]} do not cover i/n for i = 0..n-1 exactly once")
+    incomplete = [str(d) for d, r in zip(shard_dirs, runs, strict=True) if r.status != "complete"]
     if incomplete:
         raise RunError(f"shard(s) not finished: {', '.join(incomplete)}; resume them first")
     out = Path(out)
@@ -47,19 +48,19 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
         for d in shard_dirs:
             for record in read_records(d):
                 f.write(json.dumps(record, allow_nan=True) + "\n")
-    merged = {
-        **runs[0],
-        "shard": [0, 1],
-        "merged_from": [{"dir": str(d), **r} for d, r in zip(shard_dirs, runs, strict=True)],
-    }
-    if any("launch" in r for r in runs):  # launched processes: the launcher, and each rank's device and host
-        merged["launch"] = {
-            "launcher": runs[0].get("launch", {}).get("launcher"),
+    merged = dataclasses.replace(
+        runs[0],
+        shard=[0, 1],
+        merged_from=[{"dir": str(d), **r.to_dict()} for d, r in zip(shard_dirs, runs, strict=True)],
+        started=min(r.started for r in runs),
+        finished=max(r.finished for r in runs),
+    )
+    if any(r.launch for r in runs):  # launched processes: the launcher, and each rank's device and host
+        merged.launch = {
+            "launcher": (runs[0].launch or {}).get("launcher"),
             "world_size": len(runs),
-            "ranks": [r.get("launch") for r in runs],
+            "ranks": [r.launch for r in runs],
         }
-    merged["started"] = min(r["started"] for r in runs)
-    merged["finished"] = max(r["finished"] for r in runs)
     staged.replace(out / RECORDS)
-    write_json(out / "run.json", merged)
+    save_run(out, merged)
     return out

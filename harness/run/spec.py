@@ -1,16 +1,16 @@
 """What a run is: `RunSpec` (suites, methods, model, settings), its defaults, and the generation settings it
-uses for each suite."""
+uses for each suite: one typed value from the command line (or run.json, for verify) to the decoder."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from harness.methods import METHODS
 from harness.suites.config import GenerationSettings
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
-DEFAULT_METHODS = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+DEFAULT_METHODS = list(METHODS)  # every registered method
 DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a few minutes on 2 CPU cores
 # The suite settings a run may override for every suite it runs.
 OVERRIDES = ("temperature", "top_k", "top_p", "max_new_tokens")
@@ -49,8 +49,16 @@ class RunSpec:
         ran (the engine, telemetry) is in the run's settings, not here: it changes times, not tokens."""
         return {k: v for k, v in asdict(self).items() if k not in SETTINGS}
 
+    @classmethod
+    def recorded(cls, config: dict, settings: dict | None = None) -> RunSpec:
+        """The spec a run.json records (harness.store.RunInfo's config and settings)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in {**(settings or {}), **config}.items() if k in names})
 
-def generation_settings(suite: GenerationSettings, config: Mapping) -> GenerationSettings:
-    """The settings a run uses for a suite: the suite file's [generation] with the run's non-null overrides
-    in their place. `config` is `RunSpec.config()`, or the "config" of a finished run's run.json (verify)."""
-    return dataclasses.replace(suite, **{k: config[k] for k in OVERRIDES if config.get(k) is not None})
+    def generation(self, suite: GenerationSettings) -> GenerationSettings:
+        """The settings this run uses for a suite: the suite file's [generation] with the run's overrides
+        (those not None) in their place. What the decoder gets is its `.sampling` (SamplingParams), the
+        `max_new_tokens` and the stop tokens: in a batch-1 run, a batched run and verify alike."""
+        return dataclasses.replace(
+            suite, **{k: getattr(self, k) for k in OVERRIDES if getattr(self, k) is not None}
+        )

@@ -67,6 +67,7 @@ else:
     import tomli as tomllib
 
 from harness.scoring import ScorerConfigError, make_scorer
+from orthrus_core.params import SamplingParams
 
 
 class SuiteError(ValueError):
@@ -215,13 +216,31 @@ class GenerationSettings:
     top_p: float = 1.0
     stop: tuple[str | int, ...] = ()
 
+    def __post_init__(self):
+        if (
+            isinstance(self.max_new_tokens, bool)
+            or not isinstance(self.max_new_tokens, int)
+            or self.max_new_tokens < 1
+        ):
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        self.sampling  # noqa: B018 (checks temperature, top_k and top_p)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """What the decoder samples with."""
+        return SamplingParams(self.temperature, self.top_k, self.top_p)
+
     def stop_token_ids_and_strings(self, tokenizer) -> tuple[list[int], list[str]]:
         """Split ``stop`` into token ids (ints, and strings that are a single token of ``tokenizer``, such
-        as ``<|im_end|>``) and strings that must be matched in the decoded text."""
+        as ``<|im_end|>``) and strings that must be matched in the decoded text (all of them without a
+        tokenizer). The stop tokens of every generation of a suite, in a run and in verify."""
         token_ids, strings = [], []
         for entry in self.stop:
             if isinstance(entry, int):
                 token_ids.append(entry)
+                continue
+            if tokenizer is None:
+                strings.append(entry)
                 continue
             token_id = tokenizer.convert_tokens_to_ids(entry)
             is_single_token = (
@@ -389,22 +408,22 @@ def _parse_prompt(table: _Table) -> PromptSpec:
 
 
 def _parse_generation(table: _Table) -> GenerationSettings:
-    settings = GenerationSettings(
+    values = dict(
         max_new_tokens=table.integer("max_new_tokens", minimum=1),
         temperature=table.number("temperature", 0.0),
         top_k=table.integer("top_k", 0, minimum=0),
         top_p=table.number("top_p", 1.0),
         stop=tuple(table.raw("stop", [])),
     )
-    if settings.temperature < 0:
-        raise table.error("temperature", f"must be 0 (greedy) or positive, not {settings.temperature}")
-    if not 0 < settings.top_p <= 1:
-        raise table.error("top_p", f"must be in (0, 1], not {settings.top_p}")
-    for entry in settings.stop:
+    if values["temperature"] < 0:
+        raise table.error("temperature", f"must be 0 (greedy) or positive, not {values['temperature']}")
+    if not 0 < values["top_p"] <= 1:
+        raise table.error("top_p", f"must be in (0, 1], not {values['top_p']}")
+    for entry in values["stop"]:
         if isinstance(entry, bool) or not isinstance(entry, (str, int)) or entry == "":
             raise table.error("stop", f"entries must be non-empty strings or token ids, not {entry!r}")
     table.finish()
-    return settings
+    return GenerationSettings(**values)
 
 
 def _parse_scoring(table: _Table) -> ScoringSpec:

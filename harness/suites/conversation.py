@@ -11,8 +11,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from orthrus_core.batch import BatchResult, Request
-from orthrus_core.generation import GenerateFn, GenerationResult
+from orthrus_core.generation import GenerationResult
+from orthrus_core.loop import Finished, Request
 
 from .config import GenerationSettings
 from .suite import Suite, SuiteItem
@@ -38,22 +38,23 @@ def run_item(
     suite: Suite,
     item: SuiteItem,
     tokenizer,
-    generate: GenerateFn,
+    generate,
     settings: GenerationSettings | None = None,
     *,
     seed: Callable[[int], int] | None = None,
 ) -> list[Turn]:
     """Generate every turn of `item` with `settings` (default: the suite's own; a run passes
-    harness.run.spec.generation_settings). Turn t is seeded with seed(t) (harness.run.seeds) so that
-    sampling is reproducible."""
+    RunSpec.generation's) through `generate` (a decoder's, harness.methods.base.GenerateFn). Turn t is seeded
+    with seed(t) (harness.run.seeds) so that sampling is reproducible."""
     settings = settings or suite.generation
     stop_ids, stop_strings = settings.stop_token_ids_and_strings(tokenizer)
-    sampling = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     turns: list[Turn] = []
     for t in range(len(item.turns)):
         prompt = suite.render(tokenizer, item, [turn.text for turn in turns])
         seeded = None if seed is None else seed(t)
-        result = generate(prompt, settings.max_new_tokens, stop_token_ids=stop_ids, seed=seeded, **sampling)
+        result = generate(
+            prompt, settings.max_new_tokens, settings.sampling, seed=seeded, stop_token_ids=stop_ids
+        )
         turns.append(Turn(prompt, result, answer_text(tokenizer, result.tokens, stop_strings)))
     return turns
 
@@ -66,18 +67,18 @@ class Conversation:
     item: SuiteItem
     sample: int
     turns: list[Turn] = field(default_factory=list)
-    batch: list[BatchResult] = field(default_factory=list)  # how each turn shared its batch
+    batch: list[Finished] = field(default_factory=list)  # how each turn shared its batch
 
 
 def run_batched(
     suite: Suite,
     conversations: list[Conversation],
     tokenizer,
-    decode: Callable[[Callable[[], Request | None]], Iterator[BatchResult]],
+    decode: Callable[[Callable[[], Request | None]], Iterator[Finished]],
     settings: GenerationSettings,
     generator: Callable[[Conversation, int], object],
 ) -> Iterator[Conversation]:
-    """Every turn of `conversations` through `decode` (a decoder's `generate_batch`, bound to its batch size),
+    """Every turn of `conversations` through `decode` (a decoder's `decode`, bound to its settings and rows),
     yielding each conversation when its last turn finishes. generator(conversation, turn) is the seeded
     generator of that turn's request (harness.run.seeds, as in `run_item`)."""
     stop_ids, stop_strings = settings.stop_token_ids_and_strings(tokenizer)

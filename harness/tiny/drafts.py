@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from harness.methods import Target, make_decoder
+from harness.methods import make_decoder
+from harness.methods.target import Target
 from harness.scoring.math_answers import last_boxed
-from orthrus_core.decoding import generate_orthrus
+from orthrus_core import metrics
 from orthrus_core.dflash import save_dflash
 from orthrus_core.eagle3 import save_eagle3
 from orthrus_core.training import tiny_corpus
@@ -55,13 +56,14 @@ def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
     )
 
 
-def training_sequences(model, tokenizer, count: int, max_new_tokens: int) -> list[tuple[list[int], int]]:
+def training_sequences(target: Target, count: int, max_new_tokens: int) -> list[tuple[list[int], int]]:
     """(prompt + the base's greedy answer, prompt length) for the first user turn of `count` conversations."""
     out = []
+    orthrus = make_decoder("orthrus", target)  # greedy: AR's tokens, faster
     for messages in tiny_corpus.conversations(tiny_corpus.TRAIN_SEED, count):
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        prompt = chat_prompt(tokenizer, messages[: first_user + 1])
-        answer = generate_orthrus(model, prompt, max_new_tokens).tokens  # greedy: AR's tokens, faster
+        prompt = chat_prompt(target.tokenizer, messages[: first_user + 1])
+        answer = orthrus.generate(prompt, max_new_tokens).tokens
         out.append((prompt + answer, len(prompt)))
     return out
 
@@ -108,8 +110,8 @@ def evaluate(target: Target, problems, max_new_tokens: int) -> dict[str, dict]:
         math = [(r, answer) for r, (_, answer) in zip(results, problems, strict=True) if answer is not None]
         correct = sum(last_boxed(target.tokenizer.decode(r.tokens)) == answer for r, answer in math)
         row = {
-            "tau": 1 + sum(accepted) / len(accepted) if accepted else None,
-            "tpf": tokens / forwards,
+            "tau": metrics.tau(sum(accepted), len(accepted)),
+            "tpf": metrics.tpf(tokens, forwards),
             "tokens_per_s": tokens / sum(r.total_s for r in results),
             "differs_from_ar": sum(r.tokens != ref for r, ref in zip(results, reference, strict=True)),
             "math_accuracy": correct / len(math) if math else None,
@@ -129,7 +131,7 @@ def train_drafts(target: Target, recipe: DraftRecipe) -> None:
     """Train both drafters on the base's answers and write them beside it."""
     model, out = target.model, draft_dirs(target.path)
     t0 = time.perf_counter()
-    sequences = training_sequences(model, target.tokenizer, recipe.train_prompts, recipe.max_new_tokens)
+    sequences = training_sequences(target, recipe.train_prompts, recipe.max_new_tokens)
     n_tokens = sum(len(s) - start for s, start in sequences)
     print(
         f"{len(sequences)} training answers, {n_tokens} tokens, in {time.perf_counter() - t0:.0f} s",

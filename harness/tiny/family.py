@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from harness.methods import load_target
+from harness.methods import load_target, make_decoder
 from harness.suites.conversation import run_item
 from harness.suites.suite import load_suite
-from orthrus_core import generate
+from orthrus_core import metrics
 from orthrus_core.checkpoint import save_model
 
 TINY_SUITES = ("tiny-math", "tiny-code", "tiny-chat")
@@ -52,7 +52,9 @@ def evaluate(
     from tqdm import tqdm
 
     target = load_target(model_dir)
-    model, tokenizer = target.model, target.tokenizer
+    tokenizer = target.tokenizer
+    ar = make_decoder("ar", target)
+    orthrus = {K: make_decoder("orthrus", target, block_size=K) for K in block_sizes}
     figures = []
     for name in suites:
         suite = load_suite(name, data_dir, limit=limit)
@@ -62,7 +64,7 @@ def evaluate(
         accepted: dict[int, list[int]] = {k: [] for k in block_sizes}
         identical = dict.fromkeys(block_sizes, 0)
         for item in tqdm(items, desc=f"evaluate {name}", disable=not progress):
-            ar_turns = run_item(suite, item, tokenizer, lambda *a, **kw: generate(model, *a, mode="ar", **kw))
+            ar_turns = run_item(suite, item, tokenizer, ar.generate)
             score = suite.score(item, [t.text for t in ar_turns], tokenizer=tokenizer)
             if score.correct is not None:
                 scored += 1
@@ -70,18 +72,13 @@ def evaluate(
             new_tokens += sum(t.result.new_tokens for t in ar_turns)
             fig.turns += len(ar_turns)
             for K in block_sizes:
-                turns = run_item(
-                    suite,
-                    item,
-                    tokenizer,
-                    lambda *a, K=K, **kw: generate(model, *a, mode="orthrus", block_size=K, **kw),
-                )
+                turns = run_item(suite, item, tokenizer, orthrus[K].generate)
                 for ar, orthrus in zip(ar_turns, turns, strict=True):
                     accepted[K] += orthrus.result.accepted
                     identical[K] += orthrus.result.tokens == ar.result.tokens
         fig.ar_accuracy = correct / scored if scored else None
         fig.ar_new_tokens = new_tokens / max(1, fig.turns)
-        fig.tau = {K: 1 + sum(a) / len(a) for K, a in accepted.items() if a}
+        fig.tau = {K: metrics.tau(sum(a), len(a)) for K, a in accepted.items() if a}
         fig.identical = identical
         figures.append(fig)
     return figures

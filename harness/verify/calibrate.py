@@ -13,8 +13,8 @@ Every arm also records the T3 surprisal z of each replicate. Its mean is the dri
 size; since z grows as the square root of the tokens, it gives the tokens T3 alone would need for power 0.8
 (`Arm.tokens_for_power`), which says how far out of reach a missed mutant is.
 
-Bugs are planted without touching orthrus_core: a wrong setting passed to the decoder, or an acceptance rule
-patched in for the duration of one generation (as tests/test_sampling.py does for the residual bug).
+Bugs are planted through the decoder's arguments, never by patching orthrus_core: a wrong sampling setting
+passed to it, or another acceptance rule (orthrus_core.sampling.AcceptanceRule) passed to the decode loop.
 """
 
 from __future__ import annotations
@@ -27,20 +27,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 from scipy import stats
 
-import orthrus_core.decoding as decoding
-import orthrus_core.sampling as sampling
-import orthrus_core.speculative as speculative
+from harness.methods import make_decoder
+from harness.methods.base import GenerateFn
+from harness.methods.target import Target
 from harness.run.seeds import generation_seed
 from harness.store import json_safe, write_json
-from orthrus_core.generation import GenerateFn
 from orthrus_core.micro import micro_model
-from orthrus_core.sampling import SamplingParams
+from orthrus_core.params import SamplingParams
+from orthrus_core.sampling import EXACT, AcceptanceRule, probs, sample
 
 from .config import CalibrationConfig
 from .equivalence import surprisal_terms
@@ -55,55 +54,27 @@ PARAMS = SamplingParams(1.0)
 # ------------------------------------------------------------------------------------------------ decoders
 
 
-def decoder(model, mode: str, block_size: int | None, *, temperature_scale=1.0, forced_top_k=0) -> GenerateFn:
-    """orthrus_core's own decoder as a GenerateFn; `temperature_scale` and `forced_top_k` plant the
-    setting bugs (the decoder samples at a different temperature, or truncates when it should not)."""
+def decoder(
+    target: Target,
+    block_size: int | None,
+    *,
+    temperature_scale=1.0,
+    forced_top_k=0,
+    rule: AcceptanceRule = EXACT,
+) -> GenerateFn:
+    """The registry's Orthrus decoder on `target` as a GenerateFn, with a bug planted through its arguments:
+    `temperature_scale` and `forced_top_k` make it sample with other settings than it is asked for (at a
+    different temperature, or truncated when it should not be), `rule` accept by another acceptance rule."""
+    orthrus = make_decoder("orthrus", target, block_size=block_size)
 
-    def generate(prompt_ids, max_new_tokens, *, temperature, top_k, top_p, seed, stop_token_ids):
-        return decoding.generate(
-            model,
-            prompt_ids,
-            max_new_tokens,
-            mode,
-            temperature=temperature * temperature_scale,
-            top_k=forced_top_k or top_k,
-            top_p=top_p,
-            seed=seed,
-            block_size=block_size if mode == "orthrus" else None,
-            stop_token_ids=stop_token_ids,
-        )
+    def generate(prompt_ids, max_new_tokens, params, *, seed=None, stop_token_ids=None, on_tokens=None):
+        planted = setting_params(params, temperature_scale, forced_top_k)
+        return orthrus.generate(
+            prompt_ids, max_new_tokens, planted, seed=seed, stop_token_ids=stop_token_ids, on_tokens=on_tokens,
+            rule=rule,
+        )  # fmt: skip
 
     return generate
-
-
-def with_patch(generate: GenerateFn, target, attribute: str, replacement) -> GenerateFn:
-    """`generate` with target.attribute replaced while it runs."""
-
-    def patched(*args, **kwargs):
-        with mock.patch.object(target, attribute, replacement):
-            return generate(*args, **kwargs)
-
-    return patched
-
-
-def speculative_accept_variant(ratio_scale: float = 1.0, position_shift: int = 0):
-    """sampling.speculative_accept with draft i accepted with probability
-    min(1, ratio_scale * p_{i + position_shift}(x_i) / q_i(x_i)); everything else as the real rule.
-    (1.0, 0) is the real rule, which tests check draw for draw."""
-
-    def accept(drafts, q, p, generator):
-        n = drafts.shape[0]
-        rows = torch.arange(n, device=drafts.device)
-        u = torch.rand(n, generator=generator, device=drafts.device)
-        accepted = u * q[rows, drafts] < ratio_scale * p[rows + position_shift, drafts]
-        n_accepted = torch.cumprod(accepted.long(), 0).sum()
-        q_at = torch.cat([q, q.new_zeros(1, q.shape[1])])[n_accepted]
-        p_at = p[n_accepted]
-        residual = sampling.residual_distribution(p_at, q_at)
-        residual = torch.where(residual.sum() > sampling.RESIDUAL_EPS, residual, p_at)
-        return n_accepted, sampling.sample(residual, generator)
-
-    return accept
 
 
 # The bugs that are a wrong sampling setting: the decoder then samples exactly from another distribution,
@@ -113,27 +84,24 @@ SETTING_MUTANTS = {
     # transformers' generate samples with top_k=50 unless told otherwise: a classic silent truncation.
     "top-k truncation (k=50 applied when off)": {"forced_top_k": 50},
 }
+# The bugs in the acceptance rule, passed to the decode loop in place of the exact one.
+RULE_MUTANTS = {
+    "residual drawn from p, not max(p - q, 0)": AcceptanceRule(residual=lambda p, q: p),
+    "acceptance off by one position (p_{i+1})": AcceptanceRule(position_shift=1),
+    "acceptance min(1, 1.1 p/q)": AcceptanceRule(ratio_scale=1.1),
+}
 
 
-def setting_params(temperature_scale=1.0, forced_top_k=0) -> SamplingParams:
-    """What a setting mutant samples from where PARAMS was asked for."""
-    return SamplingParams(PARAMS.temperature * temperature_scale, forced_top_k or PARAMS.top_k, PARAMS.top_p)
+def setting_params(asked: SamplingParams, temperature_scale=1.0, forced_top_k=0) -> SamplingParams:
+    """What a setting mutant samples from where `asked` was asked for."""
+    return SamplingParams(asked.temperature * temperature_scale, forced_top_k or asked.top_k, asked.top_p)
 
 
-def mutants(model, block_size: int | None) -> dict[str, GenerateFn]:
+def mutants(target: Target, block_size: int | None) -> dict[str, GenerateFn]:
     """The five planted bugs of issue 7, each in the Orthrus sampling decoder."""
-    orthrus = decoder(model, "orthrus", block_size)
     return {
-        **{name: decoder(model, "orthrus", block_size, **bug) for name, bug in SETTING_MUTANTS.items()},
-        "residual drawn from p, not max(p - q, 0)": with_patch(
-            orthrus, sampling, "residual_distribution", lambda p, q: p
-        ),
-        "acceptance off by one position (p_{i+1})": with_patch(
-            orthrus, speculative, "speculative_accept", speculative_accept_variant(position_shift=1)
-        ),
-        "acceptance min(1, 1.1 p/q)": with_patch(
-            orthrus, speculative, "speculative_accept", speculative_accept_variant(ratio_scale=1.1)
-        ),
+        **{name: decoder(target, block_size, **bug) for name, bug in SETTING_MUTANTS.items()},
+        **{name: decoder(target, block_size, rule=rule) for name, rule in RULE_MUTANTS.items()},
     }
 
 
@@ -149,7 +117,7 @@ def ar_samples(
     greedy), each row ending with its first stop token. The same draws as generate_ar's, without its
     per-token overhead, which is what makes hundreds of A/A replicates affordable on a CPU. Finished rows
     leave the batch (and the cache), since a few long samples would otherwise keep every row running."""
-    cache = model.new_cache(len(prompt) + max_new_tokens, batch_size=1)
+    cache = model.new_cache(len(prompt) + max_new_tokens)
     logits = model(torch.tensor([prompt]), 0, cache)[:, -1].expand(rows, -1)
     cache.k, cache.v = (
         cache.k.expand(-1, rows, -1, -1, -1).clone(),
@@ -159,7 +127,7 @@ def ar_samples(
     samples: list[list[int]] = [[] for _ in range(rows)]
     running = torch.arange(rows)
     for t in range(max_new_tokens):
-        token = logits.argmax(-1) if params.greedy else sampling.sample(params.probs(logits), generator)
+        token = logits.argmax(-1) if params.greedy else sample(probs(params, logits), generator)
         for row, x in zip(running.tolist(), token.tolist(), strict=True):
             samples[row].append(x)
         going = ~torch.isin(token, stop)
@@ -182,9 +150,7 @@ def sample_records(
         r = generate(
             prompt,
             config.max_new_tokens,
-            temperature=PARAMS.temperature,
-            top_k=PARAMS.top_k,
-            top_p=PARAMS.top_p,
+            PARAMS,
             seed=generation_seed(config.seed, f"calibration/{i}", replicate, 0),
             stop_token_ids=stop_ids,
         )
@@ -291,15 +257,15 @@ def sampling_profile(model, prompts, config: CalibrationConfig, stop_ids) -> dic
     from the output tokens: `output_test_tokens` is that lower bound on the tokens per replicate. (T5 reads
     the acceptance trace as well, so it is not bound by it.)"""
     reference, generator = Reference(model), torch.Generator().manual_seed(config.seed + 1)
-    bugs = {name: setting_params(**bug) for name, bug in SETTING_MUTANTS.items()}
+    bugs = {name: setting_params(PARAMS, **bug) for name, bug in SETTING_MUTANTS.items()}
     entropy, kl = [], {name: [] for name in bugs}
     for prompt in prompts:
         tokens = ar_samples(model, prompt, 1, config.max_new_tokens, PARAMS, stop_ids, generator)[0]
         logits = reference.logits(prompt, tokens)
-        p = PARAMS.probs(logits).double()
+        p = probs(PARAMS, logits).double()
         entropy += surprisal_terms(p, torch.tensor(tokens)).entropy.tolist()
         for name, params in bugs.items():
-            p_bug = params.probs(logits).double()
+            p_bug = probs(params, logits).double()
             kl[name] += torch.where(p_bug > 0, p_bug * (p_bug / p).log(), 0.0).sum(-1).tolist()
     entropy = np.asarray(entropy)
     needed = POWER_TARGET * math.log(POWER_TARGET / config.alpha) + (1 - POWER_TARGET) * math.log(
@@ -333,7 +299,7 @@ def calibration_prompts(model, tokenizer, n: int, seed: int) -> list[list[int]]:
 
 
 def calibrate(
-    model,
+    target: Target,
     prompts: list[list[int]],
     config: CalibrationConfig,
     *,
@@ -348,6 +314,7 @@ def calibrate(
     After each replicate the arms and the generator's state go to `checkpoint`; `resume` (such a
     checkpoint) continues from there with the same outcomes as an uninterrupted calibration."""
     t_start = time.perf_counter()
+    model = target.model
     reference = Reference(model)
     # (arm, decoder or None for A/A, replicates); seeds and AR rows do not depend on which arms run, so an arm
     # run alone gives the replicates it gives in a full calibration.
@@ -355,11 +322,11 @@ def calibrate(
         (Arm("A/A: AR vs AR (different seeds)", "<= alpha"), None, config.replicates),
         (
             Arm("lossless: Orthrus vs AR", "<= alpha"),
-            decoder(model, "orthrus", config.block_size),
+            decoder(target, config.block_size),
             config.lossless_replicates,
         ),
     ]
-    for name, mutant in mutants(model, config.block_size).items():
+    for name, mutant in mutants(target, config.block_size).items():
         every.append((Arm(f"mutant: {name}", f">= {POWER_TARGET}"), mutant, config.power_replicates))
     kinds = ["aa", "lossless"] + ["mutants"] * (len(every) - 2)
     total = max(n for _, _, n in every)
@@ -515,9 +482,9 @@ def calibrate_main(
     """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met.
     Progress is checkpointed to OUT.partial.json after each replicate (removed at the end); `resume`
     continues from it. Without `resume` an existing checkpoint is an error, so that no work is lost."""
-    from harness.methods import load_target
+    from harness.methods.target import load_target
     from harness.paths import DEFAULT_MODEL
-    from orthrus_core.generation import default_stop_ids
+    from orthrus_core.generation import stop_ids as eos_ids
 
     config = config or CalibrationConfig()
     out_path = Path(out)
@@ -530,25 +497,23 @@ def calibrate_main(
     torch.manual_seed(config.seed)
     if not micro and (model or (DEFAULT_MODEL / "config.json").is_file()):
         target = load_target(model)
-        net, tokenizer, name = target.model, target.tokenizer, target.path
     else:
-        net, tokenizer, name = (
-            micro_model(config.seed),
-            None,
-            "random micro model (1 layer, vocab 320, near-AR draft view)",
+        target = Target.of(
+            micro_model(config.seed), "random micro model (1 layer, vocab 320, near-AR draft view)"
         )
+    net, tokenizer, name = target.model, target.tokenizer, target.path
     if config.block_size is None:
         config.block_size = net.block_size
     if config.prompts is None:
         config.prompts = 32 if tokenizer is None else 200
     prompts = calibration_prompts(net, tokenizer, config.prompts, config.seed)
-    stop_ids = default_stop_ids(net)
+    stop_ids = eos_ids(net)
     state = load_checkpoint(checkpoint, config) if checkpoint.exists() else None
     t0 = time.perf_counter()
     say = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     arms = calibrate(
-        net, prompts, config, stop_ids=stop_ids, progress=say, checkpoint=checkpoint, resume=state
+        target, prompts, config, stop_ids=stop_ids, progress=say, checkpoint=checkpoint, resume=state
     )
     meta = {
         "model": name,

@@ -10,7 +10,8 @@ from dataclasses import asdict
 
 from scipy import stats
 
-from orthrus_core.generation import GenerateFn
+from harness.methods.base import GenerateFn
+from orthrus_core.params import GREEDY
 
 from .forensics import ALGORITHMIC, NEAR_TIE, BenignStudy, compare_pair
 from .reference import Reference
@@ -25,8 +26,7 @@ def greedy_continuation(generate: GenerateFn, stop_token_ids: list[int]):
     """The method's greedy output after a prefix: what re-synchronisation after a divergence runs (forensics)."""
 
     def continue_from(prompt: list[int], max_new_tokens: int) -> tuple[list[int], str, list[int]]:
-        r = generate(prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=None,
-                     stop_token_ids=stop_token_ids)  # fmt: skip
+        r = generate(prompt, max_new_tokens, GREEDY, stop_token_ids=stop_token_ids)
         return list(r.tokens), r.stop_reason, list(r.accepted)
 
     return continue_from

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from orthrus_core.sampling import SamplingParams
+from orthrus_core.params import SamplingParams
+from orthrus_core.sampling import probs
 
 from .forensics import teacher_forced_logits
 
@@ -19,7 +20,7 @@ class Reference:
 
     def probs(self, prompt_ids: list[int], tokens: list[int], params: SamplingParams) -> torch.Tensor:
         """[len(tokens), V]: the distribution each token was drawn from under H0."""
-        return params.probs(self.logits(prompt_ids, tokens)).double()
+        return probs(params, self.logits(prompt_ids, tokens)).double()
 
     def prefix_probs(self, prompt_ids: list[int], prefixes: list[tuple[int, ...]], params: SamplingParams):
         """prefix -> the distribution of the next token after prompt + prefix, one forward per longest
@@ -29,7 +30,7 @@ class Reference:
             if prefix in table:
                 continue
             # logits(prompt, prefix + [any]) has a row for every prefix of `prefix`, itself included.
-            rows = params.probs(self.logits(prompt_ids, [*prefix, 0])).double().numpy()
+            rows = probs(params, self.logits(prompt_ids, [*prefix, 0])).double().numpy()
             for i in range(len(prefix) + 1):
                 table.setdefault(prefix[:i], rows[i])
         return table

@@ -17,9 +17,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from harness.methods.base import GenerateFn
 from harness.run.seeds import generation_seed
-from orthrus_core.generation import GenerateFn
-from orthrus_core.sampling import SamplingParams
+from orthrus_core.params import SamplingParams
 
 from .equivalence import (
     MIN_EXPECTED,
@@ -56,13 +56,7 @@ def draw_fixed_context(
     sequences = []
     for i in range(samples):
         result = generate(
-            prompt_ids,
-            depth,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            seed=generation_seed(seed, "t2", i, 0),
-            stop_token_ids=stop_token_ids,
+            prompt_ids, depth, params, seed=generation_seed(seed, "t2", i, 0), stop_token_ids=stop_token_ids
         )
         sequences.append(tuple(result.tokens))
     return sequences

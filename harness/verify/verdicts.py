@@ -13,6 +13,7 @@ registry rebuilds it on the run's target; a `decoder_factory` (label -> generate
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,14 +23,14 @@ from pathlib import Path
 from rich.table import Table
 
 from harness.console import console as make_console
-from harness.methods import Target, load_target, make_decoder
+from harness.methods import make_decoder
+from harness.methods.base import GenerateFn
+from harness.methods.target import load_target
 from harness.paths import default_model
-from harness.run.spec import generation_settings
-from harness.store import json_safe, load_run, read_records, write_json
+from harness.run.spec import RunSpec
+from harness.store import RunInfo, json_safe, load_run, read_records, write_json
 from harness.suites.config import GenerationSettings, parse_suite
 from harness.suites.suite import load_suite
-from orthrus_core.generation import GenerateFn, default_stop_ids
-from orthrus_core.sampling import SamplingParams
 
 from .config import VERDICTS, VerifyConfig
 from .equivalence import compare_accuracy
@@ -41,30 +42,12 @@ from .sampling import draw_fixed_context, fixed_context_tests, t2_context, verif
 DecoderFactory = Callable[[str], GenerateFn]
 
 
-def target_path(run: dict) -> str:
-    for m in run.get("models", []):
-        if m.get("role") == "target":
-            return m["path"]
-    return str(default_model())
-
-
-def suite_settings(run: dict, suite: str) -> GenerationSettings:
+def suite_settings(run: RunInfo, suite: str) -> GenerationSettings:
     """The generation settings the run used for `suite`: its suite file as run.json recorded it (else the
-    suite file of this checkout), with the run's overrides (harness.run.spec.generation_settings)."""
-    raw = run.get("suites", {}).get(suite, {}).get("config")
+    suite file of this checkout), with the run's overrides (RunSpec.generation, as the run applied them)."""
+    raw = run.suites.get(suite, {}).get("config")
     settings = parse_suite(raw, suite, "run.json").generation if raw else load_suite(suite).generation
-    return generation_settings(settings, run.get("config", {}))
-
-
-def stop_token_ids(settings: GenerationSettings, target: Target) -> list[int]:
-    """A suite's stop entries as token ids, with the target's tokenizer; a checkpoint without a tokenizer keeps
-    the integer entries and the model's EOS."""
-    ids = [s for s in settings.stop if isinstance(s, int)]
-    if len(ids) == len(settings.stop):
-        return ids
-    if target.tokenizer is None:
-        return sorted(set(ids) | set(default_stop_ids(target.model)))
-    return settings.stop_token_ids_and_strings(target.tokenizer)[0]
+    return RunSpec.recorded(run.config, run.settings).generation(settings)
 
 
 def correctness(records: list[dict]) -> dict[str, list[bool]]:
@@ -84,10 +67,15 @@ class RunVerification:
         self.run_dir, self.config = run_dir, config
         self.run = load_run(run_dir)
         self.records = [r for r in read_records(run_dir) if r["status"] == "ok"]
-        self.dtype = str(self.run.get("config", {}).get("dtype", "float32")).removeprefix("torch.")
-        self.path = target_path(self.run)
-        self.target = load_target(self.path, self.dtype, config.device)  # what the run decoded with
-        float32 = self.target if self.dtype == "float32" else load_target(self.path, "float32", config.device)
+        self.dtype = str(self.run.config.get("dtype", "float32")).removeprefix("torch.")
+        self.path = self.run.target_path or str(default_model())
+        # What the run decoded with, in the engine it decoded in; the exact distributions in float32.
+        self.target = load_target(self.path, self.dtype, config.device, self.run.engine)
+        float32 = (
+            load_target(self.path, "float32", config.device, "eager")
+            if self.dtype != "float32"
+            else self.target
+        )
         self.reference = Reference(float32.model)
         if decoder_factory is None and config.decoders:
             decoder_factory = self.registry_decoder
@@ -109,6 +97,10 @@ class RunVerification:
                 self.decoders[method] = None
                 self.decoder_errors[method] = f"{type(exc).__name__}: {exc}"
         return self.decoders.get(method)
+
+    def stop_ids(self, settings: GenerationSettings) -> list[int]:
+        """The stop tokens the run's generations of a suite used."""
+        return settings.stop_token_ids_and_strings(self.target.tokenizer)[0]
 
     def groups(self) -> dict[tuple, list[dict]]:
         groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -138,9 +130,9 @@ class RunVerification:
 
     def verdict(self, method: str, suite: str, temperature: float, records: list, reference_records: list):
         config = self.config
-        settings = suite_settings(self.run, suite)
-        params = SamplingParams(temperature, settings.top_k, settings.top_p)
-        info = self.run.get("methods", {}).get(method, {})
+        settings = dataclasses.replace(suite_settings(self.run, suite), temperature=temperature)
+        params = settings.sampling
+        info = self.run.methods.get(method, {})
         lossless = bool(records[0].get("lossless", info.get("lossless", True)))
         entry = {
             "method": method,
@@ -190,9 +182,7 @@ class RunVerification:
             self.benign[suite],
             dtype=self.dtype,
             alpha=self.config.alpha,
-            continue_fn=None
-            if generate is None
-            else greedy_continuation(generate, stop_token_ids(settings, self.target)),
+            continue_fn=None if generate is None else greedy_continuation(generate, self.stop_ids(settings)),
             max_new_tokens=settings.max_new_tokens,
         )
 
@@ -207,7 +197,7 @@ class RunVerification:
                 params,
                 samples=config.t2_samples,
                 depth=config.t2_depth,
-                stop_token_ids=stop_token_ids(settings, self.target),
+                stop_token_ids=self.stop_ids(settings),
                 seed=config.seed + 10_000,
             )
             t2 = fixed_context_tests(
