@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.bench.engine import available_engines, bench_engine, random_model  # noqa: E402
+from harness.bench.engine_bench import available_engines, bench_engine, random_model  # noqa: E402
 from harness.methods import BATCHED, make_decoder  # noqa: E402
 from harness.methods.target import load_target  # noqa: E402
 from harness.paths import default_model  # noqa: E402
@@ -130,7 +130,7 @@ def identity(device: str, quick: bool) -> dict:
 
 def batch_step(device: str, quick: bool) -> dict:
     """Batched pass costs against B x K at the 8B shape, and batched identity on the tiny family."""
-    from harness.bench.engine import forward_costs
+    from harness.bench.engine_bench import forward_costs
     from orthrus_core.engine import Engine, default_engine
     from orthrus_core.generation import stop_ids
     from orthrus_core.loop import Request
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    from harness.bench.engine import machine
+    from harness.bench.engine_bench import machine
 
     result: dict = {
         "machine": machine(),

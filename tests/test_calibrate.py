@@ -3,41 +3,51 @@ calibration (the CI version of `orthrus-bench calibrate`) meets its requirements
 
 import json
 import math
+from dataclasses import fields
 from unittest import mock
 
 import pytest
 import torch
 
 import harness.verify.calibrate as calibrate_module
-import orthrus_core.sampling as sampling
+from harness.methods import make_decoder
+from harness.methods.target import Target
 from harness.verify.calibrate import (
     PARAMS,
+    RULE_MUTANTS,
     Arm,
     ar_samples,
     calibrate_main,
     calibration_prompts,
+    decoder,
     sampling_profile,
-    speculative_accept_variant,
 )
 from harness.verify.config import CalibrationConfig
-from harness.verify.reference import Reference
-from orthrus_core.decoding import generate_ar
+from harness.verify.fp32_reference import Reference
+from orthrus_core.engine import Engine
+from orthrus_core.loop import generate
 from orthrus_core.micro import micro_model
-from orthrus_core.sampling import SamplingParams
+from orthrus_core.params import SamplingParams
+from orthrus_core.sampling import EXACT, AcceptanceRule, probs
 
 
-def test_the_unmutated_variant_is_the_real_acceptance_rule():
-    """The mutants share their code with the real rule: with no mutation, the same draws, call for call."""
-    g = torch.Generator().manual_seed(0)
-    variant = speculative_accept_variant()
-    for _ in range(50):
-        q = torch.softmax(torch.randn(3, 12, generator=g) * 2, -1)
-        p = torch.softmax(torch.randn(4, 12, generator=g) * 2, -1)
-        drafts = torch.multinomial(q, 1, generator=g)[:, 0]
-        seed = int(torch.randint(0, 2**31, (1,), generator=g))
-        real = sampling.speculative_accept(drafts, q, p, torch.Generator().manual_seed(seed))
-        mine = variant(drafts, q, p, torch.Generator().manual_seed(seed))
-        assert [int(x) for x in real] == [int(x) for x in mine]
+def test_the_planted_bugs_are_arguments_of_the_exact_rule():
+    """A rule mutant is the exact rule with one argument changed (nothing copied, nothing patched), and the
+    decoder it goes into is the registry's Orthrus in the decode loop."""
+    exact = {f.name: getattr(EXACT, f.name) for f in fields(AcceptanceRule)}
+    for name, rule in RULE_MUTANTS.items():
+        changed = [k for k, v in exact.items() if getattr(rule, k) != v]
+        assert len(changed) == 1, name
+    target = Target.of(micro_model(), "micro")
+    prompt, seed, params = [5, 9, 13, 2], 3, SamplingParams(1.0)
+    orthrus = make_decoder("orthrus", target, block_size=4)
+    exact_run = decoder(target, 4)(prompt, 48, params, seed=seed, stop_token_ids=[])
+    assert exact_run.tokens == orthrus.generate(prompt, 48, params, seed=seed, stop_token_ids=[]).tokens
+    planted = [
+        decoder(target, 4, rule=rule)(prompt, 48, params, seed=seed, stop_token_ids=[])
+        for rule in RULE_MUTANTS.values()
+    ]
+    assert all(p.tokens != exact_run.tokens for p in planted)
 
 
 def test_mutations_change_the_acceptance():
@@ -46,24 +56,32 @@ def test_mutations_change_the_acceptance():
     drafts = torch.tensor([0])
     # p/q = 0.92: the real rule rejects 8% of the time; 1.1 p/q >= 1 always accepts.
     rejected = sum(
-        int(sampling.speculative_accept(drafts, q, p, torch.Generator().manual_seed(s))[0]) == 0
-        for s in range(500)
+        int(EXACT.chain(drafts, q, p, torch.Generator().manual_seed(s))[0]) == 0 for s in range(500)
     )
-    inflated = speculative_accept_variant(ratio_scale=1.1)
+    inflated = RULE_MUTANTS["acceptance min(1, 1.1 p/q)"]
     assert 15 < rejected < 70
-    assert all(int(inflated(drafts, q, p, torch.Generator().manual_seed(s))[0]) == 1 for s in range(200))
+    assert all(
+        int(inflated.chain(drafts, q, p, torch.Generator().manual_seed(s))[0]) == 1 for s in range(200)
+    )
     # Off by one: judged against p_1 (0.9 / 0.5 >= 1), so always accepted too.
-    shifted = speculative_accept_variant(position_shift=1)
-    assert all(int(shifted(drafts, q, p, torch.Generator().manual_seed(s))[0]) == 1 for s in range(200))
+    shifted = RULE_MUTANTS["acceptance off by one position (p_{i+1})"]
+    assert all(int(shifted.chain(drafts, q, p, torch.Generator().manual_seed(s))[0]) == 1 for s in range(200))
+    # Residual from p: after a rejection of token 0 the correction may be token 0 again, which max(p - q, 0)
+    # (zero at token 0 here) never gives.
+    from_p = RULE_MUTANTS["residual drawn from p, not max(p - q, 0)"]
+    corrections = [from_p.chain(drafts, q, p, torch.Generator().manual_seed(s)) for s in range(500)]
+    assert any(int(n) == 0 and int(t) == 0 for n, t in corrections)
+    exact = [EXACT.chain(drafts, q, p, torch.Generator().manual_seed(s)) for s in range(500)]
+    assert not any(int(n) == 0 and int(t) == 0 for n, t in exact)
 
 
 def test_batched_ar_samples_are_the_ar_decoder():
     model = micro_model()
     prompt = [5, 9, 13, 2, 44]
-    greedy = generate_ar(model, prompt, 20, stop_token_ids=[]).tokens
+    greedy = generate(Engine(model), None, prompt, 20, stop_token_ids=[]).tokens
     rows = ar_samples(model, prompt, 3, 20, SamplingParams(0.0), [], torch.Generator())
     assert rows == [greedy] * 3
-    # Rows end after their first stop token, as generate_ar's outputs do.
+    # Rows end after their first stop token, as the AR decoder's outputs do.
     stop = greedy[7]
     cut = ar_samples(model, prompt, 2, 20, SamplingParams(0.0), [stop], torch.Generator())
     assert cut == [greedy[: greedy.index(stop) + 1]] * 2
@@ -157,7 +175,7 @@ def test_the_sampling_profile_bounds_what_any_output_test_can_see():
     generator, reference, kl = torch.Generator().manual_seed(config.seed + 1), Reference(model), []
     for prompt in prompts:
         tokens = ar_samples(model, prompt, 1, 40, PARAMS, [], generator)[0]
-        p = PARAMS.probs(reference.logits(prompt, tokens)).double()
+        p = probs(PARAMS, reference.logits(prompt, tokens)).double()
         kl += (-p.topk(50, -1).values.sum(-1).log()).tolist()
     name = "top-k truncation (k=50 applied when off)"
     assert profile["kl_per_token"][name] == pytest.approx(sum(kl) / len(kl), rel=1e-6)

@@ -21,6 +21,7 @@ from harness.lm_eval.tasks.utils import minerva_process_results
 from harness.paths import DEFAULT_MODEL
 from harness.run.seeds import generation_seed
 from orthrus_core.checkpoint import save_model
+from orthrus_core.params import SamplingParams
 from orthrus_core.training.tiny_tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +158,6 @@ def test_sampled_generations_are_seeded_per_document_and_repeat(micro_model):
     prompt = lm.tok_encode("Question: 1 + 1?")
     for repeat in (0, 1):
         expected = lm.decoder.generate(
-            prompt, 12, temperature=1.0, seed=generation_seed(7, "gsm8k/0", repeat, 0)
+            prompt, 12, SamplingParams(1.0), seed=generation_seed(7, "gsm8k/0", repeat, 0)
         )
         assert lm.tokenizer.decode(expected.tokens, skip_special_tokens=True) == answers[repeat]

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import torch
 from conftest import random_prompts
 
+from harness.methods import make_decoder
+from harness.methods.target import Target
 from harness.run.provenance import config_hash, git_state, hardware, model_provenance, versions
 from harness.run.telemetry import NVML_FIELDS, NvmlSampler, Telemetry
-from orthrus_core import generate
 
 
 class FakeNvml:
@@ -66,21 +67,27 @@ def test_nvml_sampler_summarises_a_background_series():
 
 
 def test_telemetry_counts_forwards_by_kind_and_restores_the_model(model):
-    telemetry = Telemetry(model, torch.device("cpu"), nvml=FakeNvml())
-    telemetry.start()
-    result = generate(model, random_prompts(1)[0], 12, mode="orthrus")
-    out = telemetry.stop()
-    assert "forward" not in vars(model)
-    assert out.ar_forward_count == result.ar_forwards and out.diffusion_forward_count == result.draft_forwards
-    assert out.prefill_forward_ms > 0 and out.ar_forward_ms_mean > 0
-    assert out.nvml_samples >= 2 and out.allocator_peak_bytes is None  # CPU: no allocator peak
-    assert Telemetry(model, torch.device("cpu"), enabled=False).stop() is None  # --no-telemetry
+    target = Target.of(model, "micro")
+    telemetry = Telemetry(target.engine, torch.device("cpu"), nvml=FakeNvml())
+    for spec in ("orthrus", "diffusion"):  # passes of the decode loop's engine; the model's own forwards
+        telemetry.start()
+        result = make_decoder(spec, target).generate(random_prompts(1)[0], 12, stop_token_ids=[])
+        out = telemetry.stop()
+        assert not {"forward", "step", "prefill"} & (set(vars(model)) | set(vars(target.engine)))
+        assert (
+            out.ar_forward_count == result.ar_forwards
+            and out.diffusion_forward_count == result.draft_forwards
+        )
+        assert out.prefill_forward_ms > 0 and out.ar_forward_ms_mean > 0 and out.diffusion_forward_count > 0
+        assert out.nvml_samples >= 2 and out.allocator_peak_bytes is None  # CPU: no allocator peak
+    assert Telemetry(target.engine, torch.device("cpu"), enabled=False).stop() is None  # --no-telemetry
 
 
 def test_without_nvml_every_nvml_field_is_none(model):
-    telemetry = Telemetry(model, torch.device("cpu"))
+    target = Target.of(model, "micro")
+    telemetry = Telemetry(target.engine, torch.device("cpu"))
     telemetry.start()
-    generate(model, random_prompts(1)[0], 4, mode="ar")
+    make_decoder("ar", target).generate(random_prompts(1)[0], 4)
     out = telemetry.stop()
     assert all(getattr(out, k) is None for k in NVML_FIELDS)
 

@@ -16,7 +16,8 @@ from harness.verify.forensics import (
     token_location,
 )
 from harness.verify.greedy import verify_greedy
-from orthrus_core.decoding import generate_ar
+from orthrus_core.engine import Engine
+from orthrus_core.loop import generate
 
 V = 16
 PROMPT = [1, 2]
@@ -197,7 +198,7 @@ def test_benign_study_on_a_model():
     model = random_model()
     paths = []
     for prompt in random_prompts(2, seed=3):
-        paths.append((prompt, generate_ar(model, prompt, 12, stop_token_ids=[]).tokens))
+        paths.append((prompt, generate(Engine(model), None, prompt, 12, stop_token_ids=[]).tokens))
     study = benign_study(model, teacher_forced_logits(model), paths, verify_width=4, batch=3)
     assert study.positions == 3 * 24
     assert study.flips == len(study.flip_margins) <= 2  # float32 flips need a near-exact tie

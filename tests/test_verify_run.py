@@ -8,6 +8,8 @@ import torch
 from synthetic_runs import generation_record
 
 from harness.cli import main
+from harness.methods import make_decoder
+from harness.methods.target import Target
 from harness.store import write_json
 from harness.suites.config import read_suite_file
 from harness.suites.suite import suite_files_dir
@@ -16,6 +18,7 @@ from harness.verify.config import VERDICTS, VerifyConfig
 from harness.verify.verdicts import verify_main
 from orthrus_core.checkpoint import save_model
 from orthrus_core.micro import micro_model
+from orthrus_core.params import SamplingParams
 
 SUITE = "tiny-math"
 MAX_NEW = 24
@@ -38,15 +41,7 @@ def records_of(label, generate, temperature, samples, correct, *, lossless=True)
     out = []
     for k, prompt in enumerate(prompts()):
         for s in range(samples):
-            r = generate(
-                prompt,
-                MAX_NEW,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
-                seed=1000 * s + k,
-                stop_token_ids=[3],
-            )
+            r = generate(prompt, MAX_NEW, SamplingParams(temperature), seed=1000 * s + k, stop_token_ids=[3])
             out.append(
                 generation_record(
                     suite=SUITE,
@@ -70,8 +65,8 @@ def records_of(label, generate, temperature, samples, correct, *, lossless=True)
 def corrupt(generate):
     """A lossy decoder: AR's output with every fifth token replaced by a token the model finds unlikely."""
 
-    def lossy(prompt, max_new, **kw):
-        r = generate(prompt, max_new, **kw)
+    def lossy(prompt, max_new, *args, **kw):
+        r = generate(prompt, max_new, *args, **kw)
         r.tokens = [(t + 7) % 300 + 4 if i % 5 == 4 else t for i, t in enumerate(r.tokens)]
         return r
 
@@ -104,8 +99,8 @@ def write_run(directory, model_dir, records):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, model_dir):
-    model = micro_model()
-    ar, orthrus = decoder(model, "ar", None), decoder(model, "orthrus", 4)
+    target = Target.of(micro_model(), "micro")
+    ar, orthrus = make_decoder("ar", target).generate, decoder(target, 4)
     ar_correct = lambda k, s: k < 4  # noqa: E731
     records = []
     for temperature, samples in ((0.0, 1), (1.0, 8)):
@@ -150,7 +145,7 @@ def test_verify_writes_verdicts_and_explains_the_lossy_failure(run_dir, capsys):
 
 
 def test_a_failing_lossless_method_sets_the_exit_status(tmp_path, model_dir):
-    ar = decoder(micro_model(), "ar", None)
+    ar = make_decoder("ar", Target.of(micro_model(), "micro")).generate
     records = records_of("ar", ar, 0.0, 1, lambda k, s: True)
     records += records_of("broken", corrupt(ar), 0.0, 1, lambda k, s: True)
     run = write_run(tmp_path / "run", model_dir, records)
@@ -159,8 +154,8 @@ def test_a_failing_lossless_method_sets_the_exit_status(tmp_path, model_dir):
 
 def test_decoders_resynchronise_and_run_t2(run_dir, model_dir, tmp_path):
     """With decoders, greedy divergences are counted after re-syncs and T2 joins the sampling family."""
-    model = micro_model()
-    factory = {"orthrus": decoder(model, "orthrus", 4), "diffusion": corrupt(decoder(model, "ar", None))}.get
+    target = Target.of(micro_model(), "micro")
+    factory = {"orthrus": decoder(target, 4), "diffusion": corrupt(make_decoder("ar", target).generate)}.get
     out = tmp_path / "verdicts.json"
     verify_main(run_dir, VerifyConfig(t2_samples=150, t2_depth=2, tie_paths=1), out, decoder_factory=factory)
     verdicts = by_key(json.loads(out.read_text()))

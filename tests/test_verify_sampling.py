@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
+from harness.methods.target import Target
 from harness.verify.calibrate import decoder
 from harness.verify.equivalence import (
     GTest,
@@ -22,10 +23,10 @@ from harness.verify.equivalence import (
     surprisal_test,
     two_sample_tests,
 )
-from harness.verify.reference import Reference
-from harness.verify.sampling import draw_fixed_context, fixed_context_tests
+from harness.verify.fp32_reference import Reference
+from harness.verify.sampling_verdict import draw_fixed_context, fixed_context_tests
 from orthrus_core.micro import micro_model
-from orthrus_core.sampling import SamplingParams
+from orthrus_core.params import SamplingParams
 
 ALPHA = 0.01
 
@@ -132,10 +133,11 @@ def test_t2_on_a_decoder():
         )
         return fixed_context_tests(sequences, reference, prompt, params, depth=2, alpha=ALPHA)
 
-    exact = t2(decoder(model, "orthrus", 4))
+    target = Target.of(model, "micro")
+    exact = t2(decoder(target, 4))
     assert [t.name for t in exact] == ["T2 G-test position 0", "T2 G-test position 1"]
     assert all(t.pvalue > ALPHA and t.n > 0 for t in exact)
-    hot = t2(decoder(model, "orthrus", 4, temperature_scale=1.5))
+    hot = t2(decoder(target, 4, temperature_scale=1.5))
     assert hot[0].pvalue < 1e-6
 
 

@@ -23,8 +23,8 @@ def bench_overhead(
     """`method` (a spec of the registry) on `target` over the prompts, telemetry off and on, interleaved."""
     model, decoder = target.model, make_decoder(method, target)
     device = model.lm_head.weight.device
-    on = Telemetry(model, device, nvml=load_nvml() if device.type == "cuda" else None)
-    off = Telemetry(model, device, enabled=False)
+    on = Telemetry(target.engine, device, nvml=load_nvml() if device.type == "cuda" else None)
+    off = Telemetry(target.engine, device, enabled=False)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def timed(telemetry, prompt) -> float:

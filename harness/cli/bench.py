@@ -52,7 +52,7 @@ def register(sub) -> None:
 def cmd_bench_engine(args) -> int:
     import json
 
-    from harness.bench.engine import bench_engine
+    from harness.bench.engine_bench import bench_engine
     from orthrus_core.engine import EngineError
 
     try:

@@ -335,7 +335,7 @@ def execute(
     store.write_run(run)
     settings = {s.name: spec.generation(s.generation) for s in p.suites}
     device = p.target.model.lm_head.weight.device
-    telemetry = Telemetry(p.target.model, device, enabled=spec.telemetry, nvml=p.nvml)
+    telemetry = Telemetry(p.target.engine, device, enabled=spec.telemetry, nvml=p.nvml)
     units = [
         (suite, item, sample, label)
         for suite in p.suites
@@ -375,7 +375,7 @@ def execute(
                         unit, item, turns, measures, score, settings[suite.name], spec.seed
                     )
                 except Exception as exc:  # an OOM or a bug in one generation must not end the run
-                    if telemetry.timer is not None and "forward" in vars(p.target.model):
+                    if telemetry.timer is not None and telemetry.timer.attached:
                         telemetry.timer.detach()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()

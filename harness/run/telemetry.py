@@ -111,41 +111,65 @@ FORWARD_KINDS = ("ar", "diffusion")
 
 
 class ForwardTimer:
-    """Times every forward of a model between attach() and detach(), by kind ("ar" or "diffusion").
+    """Times every pass of a target between attach() and detach(), by kind ("ar" or "diffusion"): the engine's
+    prefills and steps (orthrus_core.engine, what the decode loop runs, compiled or captured included) and the
+    model's own forwards outside them (the lossy block-diffusion decoder). A pass inside another one is not
+    counted twice.
 
-    On a GPU each forward is bracketed by CUDA events (read once, after the generation, so timing adds no
-    host sync); on a CPU by perf_counter. Wraps the instance's `forward`, so the decoder is unchanged."""
+    On a GPU each pass is bracketed by CUDA events (read once, after the generation, so timing adds no host
+    sync); on a CPU by perf_counter. Wraps the instances' methods, so the decoder is unchanged."""
 
-    def __init__(self, model, device: torch.device):
-        self.model = model
+    def __init__(self, engine, device: torch.device):
+        self.engine, self.model = engine, engine.model
         self.cuda = device.type == "cuda"
         self.events: dict[str, list] = {kind: [] for kind in FORWARD_KINDS}
+        self.depth = 0
 
-    def attach(self) -> None:
-        forward = type(self.model).forward.__get__(self.model)
+    def _wrap(self, owner, name: str, kind_of) -> None:
+        method = getattr(type(owner), name).__get__(owner)
         events = self.events
 
         def timed(*args, **kwargs):
-            # forward(input_ids, start, cache, diffusion=False, ...): the view decides the kind
-            diffusion = kwargs["diffusion"] if "diffusion" in kwargs else len(args) > 3 and args[3]
-            kind = "diffusion" if diffusion else "ar"
-            if self.cuda:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                out = forward(*args, **kwargs)
-                end.record()
-                events[kind].append((begin, end))
-            else:
-                t0 = time.perf_counter()
-                out = forward(*args, **kwargs)
-                events[kind].append(time.perf_counter() - t0)
+            if self.depth:  # inside a pass already timed
+                return method(*args, **kwargs)
+            kind = kind_of(args, kwargs)
+            self.depth += 1
+            try:
+                if self.cuda:
+                    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    begin.record()
+                    out = method(*args, **kwargs)
+                    end.record()
+                    events[kind].append((begin, end))
+                else:
+                    t0 = time.perf_counter()
+                    out = method(*args, **kwargs)
+                    events[kind].append(time.perf_counter() - t0)
+            finally:
+                self.depth -= 1
             return out
 
-        self.model.forward = timed
+        setattr(owner, name, timed)
+
+    def attach(self) -> None:
+        # forward(input_ids, start, cache, diffusion=False, ...) and step(cache, ids, diffusion=False, ...): the
+        # view decides the kind; a prefill is an AR pass
+        self._wrap(self.engine, "prefill", lambda args, kwargs: "ar")
+        self._wrap(self.engine, "step", lambda args, kwargs: "diffusion" if kwargs.get("diffusion") else "ar")
+        self._wrap(
+            self.model,
+            "forward",
+            lambda args, kwargs: "diffusion" if kwargs.get("diffusion", len(args) > 3 and args[3]) else "ar",
+        )
+
+    @property
+    def attached(self) -> bool:
+        return "step" in vars(self.engine)
 
     def detach(self) -> dict:
         """Summary per kind: count, mean and median milliseconds. The first AR forward is the prefill."""
-        del self.model.forward
+        for owner, name in ((self.engine, "prefill"), (self.engine, "step"), (self.model, "forward")):
+            vars(owner).pop(name, None)
         out = {}
         for kind, items in self.events.items():
             ms = [b.elapsed_time(e) for b, e in items] if self.cuda else [s * 1e3 for s in items]
@@ -162,11 +186,12 @@ class ForwardTimer:
 class Telemetry:
     """Everything measured around one generation; `enabled=False` measures nothing (overhead baseline)."""
 
-    def __init__(self, model, device: torch.device, *, enabled: bool = True, nvml=None, nvml_index: int = 0):
+    def __init__(self, engine, device: torch.device, *, enabled: bool = True, nvml=None, nvml_index: int = 0):
+        """`engine`: the target's (orthrus_core.engine.Engine), whose passes are timed."""
         self.device = device
         self.enabled = enabled
         self.cuda = device.type == "cuda"
-        self.timer = ForwardTimer(model, device) if enabled else None
+        self.timer = ForwardTimer(engine, device) if enabled else None
         self.sampler = NvmlSampler(nvml, nvml_index) if enabled and nvml is not None else None
 
     def start(self) -> None:

@@ -43,8 +43,8 @@ from orthrus_core.sampling import EXACT, AcceptanceRule, probs, sample
 
 from .config import CalibrationConfig
 from .equivalence import surprisal_terms
-from .reference import Reference
-from .sampling import draw_fixed_context, fixed_context_tests, sampling_family, t2_context
+from .fp32_reference import Reference
+from .sampling_verdict import draw_fixed_context, fixed_context_tests, sampling_family, t2_context
 
 POWER_TARGET = 0.8
 # The sampling setting every replicate uses: plain temperature-1 sampling, no truncation.

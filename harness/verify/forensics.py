@@ -202,7 +202,7 @@ class BenignStudy:
 def _argmax_cached(model, prompt: torch.Tensor, path: torch.Tensor, batch: int = 1) -> torch.Tensor:
     """Argmax at every path position from the AR decoder's own numerics: prefill, then one token per step
     (`batch` identical rows, to change the GEMM shapes)."""
-    cache = model.new_cache(prompt.shape[0] + path.shape[0], batch_size=batch)
+    cache = model.new_cache(prompt.shape[0] + path.shape[0], rows=batch)
     rows = [model(prompt[None].expand(batch, -1), 0, cache)[0, -1].argmax()]
     for i in range(path.shape[0] - 1):
         step = path[i : i + 1][None].expand(batch, -1)

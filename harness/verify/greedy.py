@@ -14,7 +14,7 @@ from harness.methods.base import GenerateFn
 from orthrus_core.params import GREEDY
 
 from .forensics import ALGORITHMIC, NEAR_TIE, BenignStudy, compare_pair
-from .reference import Reference
+from .fp32_reference import Reference
 
 
 def record_key(record: dict) -> tuple:

@@ -1,12 +1,12 @@
 """`orthrus-bench verify RUN`: lossless-equivalence verdicts for every method of a run, against its AR run.
 
 Per (method, suite, temperature), on the records of the same prompts (see docs/verification.md): at T = 0 the
-greedy verdict (greedy.py: token identity, forensics), at T > 0 the sampling verdict (sampling.py: T1-T5,
+greedy verdict (greedy.py: token identity, forensics), at T > 0 the sampling verdict (sampling_verdict.py: T1-T5,
 Holm-corrected), and in both the accuracy comparison (exact McNemar under greedy decoding, paired bootstrap
 with TOST under sampling, non-inferiority for lossy methods).
 
 The run and its target are loaded once. The target's exact distributions come from teacher-forcing the run's
-target checkpoint in float32 (reference.py); nothing else is needed for the greedy verdicts and T1/T3/T4/T5.
+target checkpoint in float32 (fp32_reference.py); nothing else is needed for the greedy verdicts and T1/T3/T4/T5.
 Re-synchronising after greedy divergences and T2 re-run the method: with `VerifyConfig.decoders` the method
 registry rebuilds it on the run's target; a `decoder_factory` (label -> generate function) replaces that.
 """
@@ -35,9 +35,9 @@ from harness.suites.suite import load_suite
 from .config import VERDICTS, VerifyConfig
 from .equivalence import compare_accuracy
 from .forensics import BenignStudy, benign_study
+from .fp32_reference import Reference
 from .greedy import greedy_continuation, record_key, verify_greedy
-from .reference import Reference
-from .sampling import draw_fixed_context, fixed_context_tests, t2_context, verify_sampling
+from .sampling_verdict import draw_fixed_context, fixed_context_tests, t2_context, verify_sampling
 
 DecoderFactory = Callable[[str], GenerateFn]
 

@@ -36,7 +36,7 @@ from .equivalence import (
     surprisal_test,
     two_sample_tests,
 )
-from .reference import Reference
+from .fp32_reference import Reference
 
 # ------------------------------------------------------------------------------------------ T2 at fixed context
 
