@@ -1,7 +1,7 @@
 """The one prepared GPU check: everything a session with a lent H100/H200 should measure, in one call.
 
     python benchmarks/gpu_check.py --out $OUT            # on the GPU machine (about 8 minutes on an H200)
-    python benchmarks/gpu_check.py --out DIR --quick     # on a CPU, at the tiny shape (what the tests run)
+    python benchmarks/gpu_check.py --out DIR --quick     # on a CPU, at the small shape (what the tests run)
 
 It writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (the summary to paste), and exits 0 unless a
 step failed to run (a missed target is a finding, reported as such, not a failure):
@@ -14,7 +14,7 @@ step failed to run (a missed target is a finding, reported as such, not a failur
 4. telemetry: the run's records cross-checked (CUDA events vs wall clock, NVML power and energy, allocator
    peak vs NVML device memory);
 5. pipeline: `run` -> `verify` -> `report` on a random Orthrus checkpoint at the qwen3-8b shape, written locally
-   (tiny shape with --quick), a few prompts of a few tokens;
+   (small shape with --quick), a few prompts of a few tokens;
 6. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape (bf16, random weights, K = 32)
    at B = 1, 4, 16, 64 and contexts 1K and 4K, with cycle / AR (the τ an Orthrus cycle must beat at that B);
    and every batched method on the tiny family in float32 at B = 4 (continuous), row for row against its own
@@ -55,9 +55,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 
 def engine_figures(quick: bool, device: str) -> dict:
-    if quick:  # the tiny shape, eager only: what the tests can afford on a CPU
+    if quick:  # the small shape, eager only: what the tests can afford on a CPU
         runs = {
-            "tiny": dict(
+            "small": dict(
                 engines=["eager"], contexts=[64], block_sizes=[16], new_tokens=16, repeats=3, baselines=False
             )
         }
@@ -136,7 +136,7 @@ def batch_step(device: str, quick: bool) -> dict:
     from orthrus_core.loop import Request
 
     if quick:
-        shape, dtype, contexts, K, sizes, repeats = "tiny", torch.float32, [64], 16, [1, 2], 3
+        shape, dtype, contexts, K, sizes, repeats = "small", torch.float32, [64], 16, [1, 2], 3
     else:
         shape, dtype, contexts, K, sizes, repeats = (
             "qwen3-8b",
@@ -235,7 +235,7 @@ def pipeline(out: Path, device: str, quick: bool) -> dict:
     """run -> verify -> report on a random Orthrus checkpoint written here, with the tiny family's tokenizer."""
     from harness.report.page import write_report
 
-    shape, dtype = ("tiny", "float32") if quick else ("qwen3-8b", "bfloat16")
+    shape, dtype = ("small", "float32") if quick else ("qwen3-8b", "bfloat16")
     checkpoint = out / f"random-{shape}"
     t0 = time.perf_counter()
     model = random_model(shape, torch.float32 if quick else torch.bfloat16, device)
@@ -350,7 +350,7 @@ def main(argv=None) -> int:
         "--out", required=True, help="directory for gpu_check.json, gpu_check.md and the runs"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="the tiny shape and a few prompts (CPU, tests)")
+    parser.add_argument("--quick", action="store_true", help="the small shape and a few prompts (CPU, tests)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The prepared GPU check runs end to end on a CPU at the tiny shape, so it cannot rot before a GPU is lent."""
+"""The prepared GPU check runs end to end on a CPU at the small shape, so it cannot rot before a GPU is lent."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
     assert gpu_check.main(["--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["failed"] == []
-    tiny = result["engine"]["tiny"]
-    assert tiny["modes"]["eager"]["forwards"][0]["ar_ms"] > 0
-    assert all(row["identical_to_ar"] for row in tiny["modes"]["eager"]["end_to_end"].values())
+    small = result["engine"]["small"]
+    assert small["modes"]["eager"]["forwards"][0]["ar_ms"] > 0
+    assert all(row["identical_to_ar"] for row in small["modes"]["eager"]["end_to_end"].values())
     assert all(r["identical"] == r["prompts"] > 0 for r in result["identity"].values())
     assert {m: r["verdict"] for m, r in result["bf16"]["methods"].items()} == {
         "orthrus": "PASS",
@@ -31,10 +31,10 @@ def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
     assert all(r["identical"] == r["prompts"] > 0 for r in result["batch"]["identity"].values())
     summary = (tmp_path / "gpu_check.md").read_text()
     for heading in (
-        "## Engine, tiny",
+        "## Engine, small",
         "## float32 identity",
         "## bf16 divergences",
         "## run -> verify -> report",
-        "## Batched passes, tiny",
+        "## Batched passes, small",
     ):
         assert heading in summary

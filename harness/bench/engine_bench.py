@@ -34,8 +34,10 @@ from orthrus_core.engine import ENGINES, Engine, check_engine
 from orthrus_core.generation import Clock
 from orthrus_core.model import OrthrusForCausalLM
 
+# "small": a 4-layer random model at the tiny family's width and vocabulary (not the family itself, which has
+# 6 layers and trained weights: pass --model for it); the Qwen3 shapes of the public checkpoints.
 SHAPES = {
-    "tiny": dict(
+    "small": dict(
         vocab_size=4096,
         hidden_size=256,
         intermediate_size=768,
@@ -241,7 +243,7 @@ def available_engines(device: torch.device) -> list[str]:
 
 
 def bench_engine(
-    shape="tiny",
+    shape="small",
     *,
     model_path=None,
     dtype="float32",

@@ -13,8 +13,8 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument(
         "--shape",
-        default="tiny",
-        help="tiny | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights; ignored with --model)",
+        default="small",
+        help="small | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights; ignored with --model)",
     )
     p.add_argument("--contexts", type=parse_int_list, default=None, help="context lengths, e.g. 128,1024")
     p.add_argument("--block-sizes", type=parse_int_list, default=None, help="e.g. 16,32")
