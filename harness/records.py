@@ -167,6 +167,18 @@ def missing_fields(record: dict) -> list[str]:
     return [name for name in required if name not in record]
 
 
-def unit_key(record: dict) -> tuple:
-    """The work unit a record belongs to: what resume and merge count."""
-    return (record["suite"], record["item_id"], record["method"], record["sample"])
+# The keys a record is counted and paired by, as column tuples (a DataFrame's groupby, merge and index take
+# them as they are) and as functions of one record (a dict, or a DataFrame row). The only definitions.
+UNIT = ("suite", "item_id", "method", "sample")  # a work unit: one item's turns by one method for one sample
+PROMPT = ("suite", "item_id", "sample", "turn")  # a generation's prompt: the same prompt across methods
+
+
+def unit_key(record) -> tuple:
+    """The work unit a record belongs to: what resume and merge count, and what the report's units are."""
+    return tuple(record[column] for column in UNIT)
+
+
+def prompt_key(record) -> tuple:
+    """The prompt a record answered: the same key in every method's record of that prompt (what the greedy
+    verdict and the report pair methods' generations by)."""
+    return tuple(record[column] for column in PROMPT)

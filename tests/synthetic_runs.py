@@ -9,6 +9,7 @@ import numpy as np
 
 from harness.records import GenerationRecord, TelemetryFields
 from harness.store import RunInfo, open_run
+from orthrus_core import metrics
 
 # method label -> (method name, lossless, tokens/s relative to ar, mean accepted drafts per cycle)
 METHODS = {
@@ -51,8 +52,8 @@ def generation_record(
         stop_reason="stop",
         acceptance_trace=[],
         prefill_forwards=1,
-        tau=1 + sum(accepted) / cycles if cycles else None,
-        tpf=new_tokens / forwards if forwards else None,
+        tau=metrics.tau(sum(accepted), cycles),
+        tpf=metrics.tpf(new_tokens, forwards),
         decode_s=wall_s - ttft_s,
         tpot_s=(wall_s - ttft_s) / (new_tokens - 1) if new_tokens > 1 else None,
         tokens_per_s=new_tokens / wall_s,
@@ -177,7 +178,9 @@ def make_run(
             git={"commit": commit, "dirty": False},
             versions={"torch": "2.13.0", "transformers": "5.24.0"},
             hardware={"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
-            methods={m: {"name": METHODS[m][0], "lossless": METHODS[m][1], "hash": "abcdef12"} for m in methods},
+            methods={
+                m: {"name": METHODS[m][0], "lossless": METHODS[m][1], "hash": "abcdef12"} for m in methods
+            },
             started=started,
             finished=started,
             status="complete",

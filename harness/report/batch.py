@@ -13,6 +13,9 @@ import math
 
 import pandas as pd
 
+from harness.records import prompt_key
+from orthrus_core import metrics
+
 from .summary import print_table
 
 MIB = 2**20
@@ -41,10 +44,8 @@ def batch_figures(gens: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, m in g.groupby(GROUP, sort=False):
         accepted = [n for a in m.accepted for n in a]
-        forwards = (m.ar_forwards + m.draft_forwards).sum()
-        outputs = {
-            (r.method, r.suite, r.item_id, r.sample, r.turn): tuple(r.output_ids) for r in m.itertuples()
-        }
+        forwards = int((m.ar_forwards + m.draft_forwards).sum())
+        outputs = {output_key(r): tuple(r["output_ids"]) for r in m.to_dict("records")}
         same = [output == reference[k] for k, output in outputs.items() if k in reference]
         tokens, span = per.loc[key, "tokens"], per.loc[key, "span_s"]
         rows.append(
@@ -56,8 +57,8 @@ def batch_figures(gens: pd.DataFrame) -> pd.DataFrame:
                 "throughput": tokens / span if span > 0 else math.nan,
                 "ttft_ms": 1e3 * m.ttft_s.median(),
                 "tpot_ms": 1e3 * m.tpot_s.median(),
-                "tau": 1 + sum(accepted) / len(accepted) if accepted and m.lossless.all() else None,
-                "tpf": m.new_tokens.sum() / forwards if forwards else None,
+                "tau": metrics.tau(sum(accepted), len(accepted)) if m.lossless.all() else None,
+                "tpf": metrics.tpf(int(m.new_tokens.sum()), forwards),
                 "rows_mean": m.batch_rows_mean.mean(),
                 "kv_mib_per_row": m.kv_row_bytes.median() / MIB,
                 "kv_bytes_per_position": m.kv_bytes_per_position.median(),
@@ -83,13 +84,18 @@ def batch_figures(gens: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def output_key(record) -> tuple:
+    """A generation of one method: (method, the prompt's key), the same at every batch size."""
+    return record["method"], prompt_key(record)
+
+
 def smallest_batch_outputs(g: pd.DataFrame) -> dict[tuple, tuple]:
-    """(method, suite, item, sample, turn) -> output ids at the smallest batch size the method ran at."""
+    """output_key -> output ids at the smallest batch size the method ran at."""
     out = {}
-    for method, m in g.groupby("method", sort=False):
+    for _, m in g.groupby("method", sort=False):
         smallest = m[m.batch_size == m.batch_size.min()]
-        for r in smallest.itertuples():
-            out[(method, r.suite, r.item_id, r.sample, r.turn)] = tuple(r.output_ids)
+        for r in smallest.to_dict("records"):
+            out[output_key(r)] = tuple(r["output_ids"])
     return out
 
 

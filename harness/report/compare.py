@@ -23,10 +23,13 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from harness.records import PROMPT, UNIT
+from orthrus_core import metrics
+
 from .runs import Run, generations
 from .stats import bootstrap_ci, ratio_of_means
 
-PAIR = ["method", "suite", "item_id", "sample", "turn"]
+PAIR = ["method", *PROMPT]  # one method's generation of one prompt, in BASE and in NEW
 REGRESSION, IMPROVEMENT, OK, UNDECIDABLE, INFO = "REGRESSION", "improvement", "ok", "undecidable", "info"
 
 
@@ -115,19 +118,26 @@ def greedy_rows(method: str, pairs: pd.DataFrame) -> list[Row]:
             why="zero tolerance" if any(differ) else "",
         )
     )
-    cycles_base, cycles_new = pairs.accepted_base.map(len).sum(), pairs.accepted.map(len).sum()
+    cycles_base, cycles_new = int(pairs.accepted_base.map(len).sum()), int(pairs.accepted.map(len).sum())
     if cycles_base or cycles_new:
-        tau_base = 1 + pairs.accepted_base.map(sum).sum() / cycles_base if cycles_base else math.nan
-        tau_new = 1 + pairs.accepted.map(sum).sum() / cycles_new if cycles_new else math.nan
+        tau_base = pooled(metrics.tau, pairs.accepted_base.map(sum).sum(), cycles_base)
+        tau_new = pooled(metrics.tau, pairs.accepted.map(sum).sum(), cycles_new)
         changed = int((pairs.accepted.map(tuple) != pairs.accepted_base.map(tuple)).sum())
         rows.append(deterministic_row(method, "τ (greedy)", tau_base, tau_new, changed, n))
     forwards_base = pairs.ar_forwards_base + pairs.draft_forwards_base
     forwards_new = pairs.ar_forwards + pairs.draft_forwards
-    tpf_base = pairs.new_tokens_base.sum() / forwards_base.sum()
-    tpf_new = pairs.new_tokens.sum() / forwards_new.sum()
-    changed = int((forwards_new != forwards_base).sum())
-    rows.append(deterministic_row(method, "TPF (greedy)", tpf_base, tpf_new, changed, n))
+    if forwards_base.sum() or forwards_new.sum():
+        tpf_base = pooled(metrics.tpf, pairs.new_tokens_base.sum(), forwards_base.sum())
+        tpf_new = pooled(metrics.tpf, pairs.new_tokens.sum(), forwards_new.sum())
+        changed = int((forwards_new != forwards_base).sum())
+        rows.append(deterministic_row(method, "TPF (greedy)", tpf_base, tpf_new, changed, n))
     return rows
+
+
+def pooled(metric, count, over) -> float:
+    """metrics.tau or metrics.tpf of two sums; NaN where it has none (no cycles or forwards on that side)."""
+    value = metric(int(count), int(over))
+    return math.nan if value is None else value
 
 
 def deterministic_row(method: str, metric: str, base: float, new: float, changed: int, n: int) -> Row:
@@ -236,7 +246,7 @@ def compare_runs(
 
 def unit_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     """tokens/s per work unit (an item's turns), as the report and Spec-Bench compute it."""
-    grouped = pairs.groupby(["suite", "item_id", "sample"]).agg(
+    grouped = pairs.groupby(list(UNIT)).agg(
         tokens=("new_tokens", "sum"),
         wall=("wall_s", "sum"),
         tokens_base=("new_tokens_base", "sum"),

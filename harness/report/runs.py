@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.records import UNIT
 from harness.store import RUN, RunInfo, load_run, read_records
 
 EMBEDDED_MODEL = "embedded tiny family"
-UNIT = ["suite", "item_id", "sample"]
 # Telemetry fields that a run made with --no-telemetry lacks altogether; there they read as not measured.
 TELEMETRY_COLUMNS = [
     "allocator_peak_bytes",
@@ -84,7 +84,9 @@ def units(df: pd.DataFrame) -> pd.DataFrame:
         cycles=df.accepted.map(len),
         accepted_sum=df.accepted.map(sum),
     )
-    keys = ["model", "temperature", "method", "method_name", "lossless", *UNIT]
+    # A unit of one run's model and temperature (the report reads several runs); a method's name and
+    # losslessness come along with it.
+    keys = ["model", "temperature", *UNIT, "method_name", "lossless"]
     out = df.groupby(keys, dropna=False, sort=False).agg(
         tokens=("new_tokens", "sum"),
         wall_s=("wall_s", "sum"),

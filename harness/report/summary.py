@@ -10,6 +10,8 @@ import pandas as pd
 from rich.table import Table
 
 from harness.console import console
+from harness.records import UNIT, prompt_key
+from orthrus_core import metrics
 
 
 def summarize(records: list[dict]) -> pd.DataFrame:
@@ -27,23 +29,20 @@ def summarize(records: list[dict]) -> pd.DataFrame:
     ]
     if df.empty:
         return pd.DataFrame(failed_only)
-    unit = ["suite", "item_id", "sample"]
-    per_item = df.groupby(["method", *unit]).agg(tokens=("new_tokens", "sum"), wall=("wall_s", "sum"))
+    per_item = df.groupby(list(UNIT)).agg(tokens=("new_tokens", "sum"), wall=("wall_s", "sum"))
     per_item["tps"] = per_item.tokens / per_item.wall
     tps = per_item.groupby("method").tps.mean()
     ar_ids = {}
     if "ar" in set(df.method):
         ar = df[df.method == "ar"]
-        ar_ids = {(r.suite, r.item_id, r.sample, r.turn): r.output_ids for r in ar.itertuples()}
+        ar_ids = {prompt_key(r): r["output_ids"] for r in ar.to_dict("records")}
     rows = []
     for method, g in df.groupby("method", sort=False):
         accepted = [n for a in g.accepted for n in a]
-        forwards = (g.ar_forwards + g.draft_forwards).sum()
+        forwards = int((g.ar_forwards + g.draft_forwards).sum())
         scored = g.score_correct.dropna()
         identical = [
-            r.output_ids == ar_ids[(r.suite, r.item_id, r.sample, r.turn)]
-            for r in g.itertuples()
-            if (r.suite, r.item_id, r.sample, r.turn) in ar_ids
+            r["output_ids"] == ar_ids[prompt_key(r)] for r in g.to_dict("records") if prompt_key(r) in ar_ids
         ]
         rows.append(
             {
@@ -51,8 +50,8 @@ def summarize(records: list[dict]) -> pd.DataFrame:
                 "generations": len(g),
                 "errors": errors.get(method, 0),
                 # tau counts drafts a verifier accepted; a lossy decoder commits its drafts unverified
-                "tau": 1 + sum(accepted) / len(accepted) if accepted and g.lossless.all() else None,
-                "tpf": g.new_tokens.sum() / forwards if forwards else None,
+                "tau": metrics.tau(sum(accepted), len(accepted)) if g.lossless.all() else None,
+                "tpf": metrics.tpf(int(g.new_tokens.sum()), forwards),
                 "tokens_per_s": tps[method],
                 "speedup_vs_ar": tps[method] / tps["ar"] if "ar" in tps else None,
                 "speedup_vs_ar_hf": tps[method] / tps["ar-hf"] if "ar-hf" in tps else None,

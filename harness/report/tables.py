@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.records import UNIT
 from harness.store import RunInfo
+from orthrus_core import metrics
 
 from .published import TABLE1_SUITES, Published, published_figures
 from .runs import Run, read_json_if_present
-from .stats import bootstrap_ci, mean, pooled_tau, ratio_of_means, ratio_of_sums
+from .stats import bootstrap_ci, mean, pooled_tau, pooled_tpf, ratio_of_means
 from .style import method_order, temperature_label
 from .summary import summarize
 
@@ -103,7 +105,8 @@ def slice_figures(gens: pd.DataFrame, unit_table: pd.DataFrame) -> SliceFigures:
 
 
 def paired_units(unit_table: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
-    keys = ["suite", "item_id", "sample"]
+    """The method's work units beside the baseline's of the same item and sample (suffix _base)."""
+    keys = [c for c in UNIT if c != "method"]
     a = unit_table[unit_table.method == method].set_index(keys)
     b = unit_table[unit_table.method == baseline].set_index(keys)
     return a.merge(b, left_index=True, right_index=True, suffixes=("", "_base"))
@@ -114,10 +117,10 @@ def table1_cell(figures: SliceFigures, method: str) -> Cell:
     own = figures.units[figures.units.method == method]
     cell = Cell(baseline=figures.baseline)
     cell.tpf = row.tpf
-    cell.tpf_ci = bootstrap_ci(ratio_of_sums, own.tokens, own.forwards)
+    cell.tpf_ci = bootstrap_ci(pooled_tpf, own.tokens, own.forwards)
     with_forwards = own[own.forwards > 0]  # a one-token answer has no forward after the prefill
     cell.tpf_per_question = (
-        float((with_forwards.tokens / with_forwards.forwards).mean()) if len(own) else None
+        float(metrics.tpf(with_forwards.tokens, with_forwards.forwards).mean()) if len(own) else None
     )
     if figures.baseline is not None:
         cell.speedup = row[f"speedup_vs_{figures.baseline.replace('-', '_')}"]
@@ -289,7 +292,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
                         s.tau,
                         ci=bootstrap_ci(pooled_tau, own.accepted, own.cycles) if own.cycles.sum() else None,
                     ),
-                    fmt(s.tpf, ci=bootstrap_ci(ratio_of_sums, own.tokens, own.forwards)),
+                    fmt(s.tpf, ci=bootstrap_ci(pooled_tpf, own.tokens, own.forwards)),
                     fmt(s.tokens_per_s, ".1f", bootstrap_ci(mean, own.tokens_per_s)),
                     fmt(
                         s.speedup_vs_ar,
@@ -405,11 +408,11 @@ def reproduction_tables(u: pd.DataFrame) -> list[Table]:
                 continue
             with_forwards = s[s.forwards > 0]
             measured = {
-                "tpf": (
-                    ratio_of_sums(s.tokens, s.forwards),
-                    bootstrap_ci(ratio_of_sums, s.tokens, s.forwards),
+                "tpf": (pooled_tpf(s.tokens, s.forwards), bootstrap_ci(pooled_tpf, s.tokens, s.forwards)),
+                "tpf_per_question": (
+                    float(metrics.tpf(with_forwards.tokens, with_forwards.forwards).mean()),
+                    None,
                 ),
-                "tpf_per_question": (float((with_forwards.tokens / with_forwards.forwards).mean()), None),
                 "tau": (pooled_tau(s.accepted, s.cycles), bootstrap_ci(pooled_tau, s.accepted, s.cycles))
                 if s.cycles.sum()
                 else (None, None),
@@ -463,7 +466,7 @@ def specbench_tables(u: pd.DataFrame, suite: str = "specbench") -> list[Table]:
                     else "–"
                 )
             own = g[g.method == method]
-            row.append(fmt(pooled_tau(own.accepted, own.cycles)) if own.cycles.sum() else "–")
+            row.append(fmt(metrics.tau(int(own.accepted.sum()), int(own.cycles.sum()))))
             pairs = paired_units(g, method, baseline)
             ci = bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base)
             row.append(fmt(ratio_of_means(pairs.tokens_per_s, pairs.tokens_per_s_base), ci=ci, suffix="×"))

@@ -27,7 +27,7 @@ import torch
 from harness.methods import BATCHED, make_decoder
 from harness.methods.base import Decoder
 from harness.methods.target import Target, check_device, load_target, torch_dtype
-from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record
+from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, unit_key
 from harness.store import RunInfo, StoreError, open_run
 from harness.suites.config import GenerationSettings
 from harness.suites.conversation import Conversation, Turn, run_batched, run_item
@@ -343,7 +343,12 @@ def execute(
         for sample in range(spec.samples)
         for label in p.decoders
     ]
-    todo = [u for u in units if (u[0].name, u[1].id, u[3], u[2]) not in store.done]
+    todo = [
+        u
+        for u in units
+        if unit_key({"suite": u[0].name, "item_id": u[1].id, "method": u[3], "sample": u[2]})
+        not in store.done
+    ]
     warmed: set[str] = set()
     figures = Progress()
     bar = tqdm(

@@ -11,15 +11,11 @@ from dataclasses import asdict
 from scipy import stats
 
 from harness.methods.base import GenerateFn
+from harness.records import prompt_key
 from orthrus_core.params import GREEDY
 
 from .forensics import ALGORITHMIC, NEAR_TIE, BenignStudy, compare_pair
 from .fp32_reference import Reference
-
-
-def record_key(record: dict) -> tuple:
-    """The prompt a record answered: the same key in the method's and the reference method's records."""
-    return (record["suite"], record["item_id"], record["sample"], record["turn"])
 
 
 def greedy_continuation(generate: GenerateFn, stop_token_ids: list[int]):
@@ -34,7 +30,7 @@ def greedy_continuation(generate: GenerateFn, stop_token_ids: list[int]):
 
 def verify_greedy(
     records: list[dict],
-    reference_by_key: dict[tuple, dict],
+    reference_by_key: dict[tuple, dict],  # records.prompt_key -> the reference method's record
     reference: Reference,
     benign: BenignStudy,
     *,
@@ -47,8 +43,8 @@ def verify_greedy(
     prompts = identical = not_comparable = positions = 0
     first_divergences, events = [], []
     algorithmic_prompts = 0
-    for r in sorted(records, key=record_key):
-        ar = reference_by_key.get(record_key(r))
+    for r in sorted(records, key=prompt_key):
+        ar = reference_by_key.get(prompt_key(r))
         if ar is None:
             continue
         if ar["prompt_ids"] != r["prompt_ids"]:

@@ -27,6 +27,7 @@ from harness.methods import make_decoder
 from harness.methods.base import GenerateFn
 from harness.methods.target import load_target
 from harness.paths import default_model
+from harness.records import prompt_key
 from harness.run.spec import RunSpec
 from harness.store import RunInfo, json_safe, load_run, read_records, write_json
 from harness.suites.config import GenerationSettings, parse_suite
@@ -36,7 +37,7 @@ from .config import VERDICTS, VerifyConfig
 from .equivalence import compare_accuracy
 from .forensics import BenignStudy, benign_study
 from .fp32_reference import Reference
-from .greedy import greedy_continuation, record_key, verify_greedy
+from .greedy import greedy_continuation, verify_greedy
 from .sampling_verdict import draw_fixed_context, fixed_context_tests, t2_context, verify_sampling
 
 DecoderFactory = Callable[[str], GenerateFn]
@@ -172,12 +173,12 @@ class RunVerification:
         if suite not in self.benign:
             paths = [
                 (r["prompt_ids"], r["output_ids"])
-                for r in sorted(reference_records, key=record_key)[: self.config.tie_paths]
+                for r in sorted(reference_records, key=prompt_key)[: self.config.tie_paths]
             ]
             self.benign[suite] = benign_study(self.target.model, self.reference.logits, paths)
         return verify_greedy(
             records,
-            {record_key(r): r for r in reference_records},
+            {prompt_key(r): r for r in reference_records},
             self.reference,
             self.benign[suite],
             dtype=self.dtype,
@@ -190,7 +191,7 @@ class RunVerification:
         config = self.config
         t2 = None
         if generate is not None and config.t2_samples > 0:
-            prompt = t2_context(self.reference, sorted(reference_records, key=record_key), params)
+            prompt = t2_context(self.reference, sorted(reference_records, key=prompt_key), params)
             draws = draw_fixed_context(
                 generate,
                 prompt,
