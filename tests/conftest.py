@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny Qwen3-shaped Orthrus models with random weights, draft-view test doubles, the
+"""Shared fixtures: tiny Qwen3-shaped Orthrus models with random weights, an oracle drafter for the decode loop, the
 project's data folder (``../shared/data`` beside the checkout, or ``$ORTHRUS_DATA_DIR``) and the Qwen3
 tokenizer stored in it. With ``ORTHRUS_REQUIRE_ALL_TESTS=1`` (CI sets it) a skipped test is a failure."""
 
@@ -11,8 +11,11 @@ import pytest
 import torch
 from transformers import Qwen3Config
 
+from orthrus_core.loop import Proposal
 from orthrus_core.micro import micro_config
 from orthrus_core.model import OrthrusForCausalLM, init_weights
+from orthrus_core.orthrus import OrthrusDrafter
+from orthrus_core.params import GREEDY
 
 VOCAB = micro_config().vocab_size
 MASK_ID = micro_config().mask_token_id
@@ -63,38 +66,48 @@ def random_prompts(n: int, seed: int = 0, min_len: int = 1, max_len: int = 24) -
     return [torch.randint(4, MASK_ID, (k,), generator=g).tolist() for k in lengths]
 
 
-class OracleDraftView:
-    """The model with its diffusion view replaced by an oracle over a known continuation.
+class OracleDrafter(OrthrusDrafter):
+    """Orthrus' drafter with its diffusion view replaced by an oracle over known continuations.
 
-    `sequence` is prompt + the continuation the AR decoder produces; the draft at block position i (which
-    predicts absolute position start+i+1) is that sequence's token, replaced by a wrong token with probability
-    `error_rate` (deterministic per position). error_rate 0 is a perfect draft view, 1 one that is always wrong.
+    `sequences` holds one sequence per request, in the order the loop admits them (a single sequence: every
+    request's): prompt + the continuation the AR decoder produces. The draft at block position i (which predicts
+    absolute position start+i+1, start being the root's position) is that sequence's token, replaced by a wrong
+    token with probability `error_rate` (deterministic per position). error_rate 0 is a perfect draft view, 1 one
+    that is always wrong. The real diffusion pass still runs first (its scratch K/V land in the target cache
+    where the verify pass overwrites them), so one drafter forward per cycle, as Orthrus takes; only its drafts
+    are replaced.
     """
 
-    def __init__(
-        self, model: OrthrusForCausalLM, sequence: list[int], error_rate: float = 0.0, seed: int = 0
-    ):
-        self.model, self.config = model, model.config
-        self.sequence = sequence
+    def __init__(self, model, sequences, block_size=None, error_rate: float = 0.0, seed: int = 0):
+        super().__init__(model, block_size)
+        self.sequences = [sequences] if isinstance(sequences[0], int) else sequences
+        self.vocab = model.config.vocab_size
         g = torch.Generator().manual_seed(seed)
-        self.wrong = (torch.rand(len(sequence) + 64, generator=g) < error_rate).tolist()
-        self.lm_head, self.has_diffusion_view = model.lm_head, True
-        self.block_size, self.mask_token_id = model.block_size, model.mask_token_id
+        self.wrong = [(torch.rand(len(s) + 64, generator=g) < error_rate).tolist() for s in self.sequences]
 
-    def new_cache(self, capacity):
-        return self.model.new_cache(capacity)
+    def bind(self, engine, cache):
+        super().bind(engine, cache)
+        self.admitted, self.rows = 0, []  # the sequence each active row decodes
 
-    def __call__(self, ids, start, cache, diffusion=False, **verify_options):
-        if not diffusion:
-            return self.model(ids, start, cache, **verify_options)
-        logits = torch.zeros(1, ids.shape[1], self.config.vocab_size)
-        for i in range(ids.shape[1]):
-            pos = start + i + 1
-            token = self.sequence[pos] if pos < len(self.sequence) else 0
-            if self.wrong[pos]:
-                token = (token + 1) % (self.config.vocab_size - 1)
-            logits[0, i, token] = 1.0
-        return logits
+    def admit(self, b, prompt, features):
+        self.rows.append(self.admitted % len(self.sequences))
+        self.admitted += 1
+
+    def keep(self, rows):
+        self.rows = [self.rows[b] for b in rows]
+
+    def propose(self, roots, params, generators):
+        proposal = super().propose(roots, GREEDY, generators)  # the diffusion pass; its drafts are replaced
+        tokens = proposal.tokens.clone()
+        for b, s in enumerate(self.rows):
+            start, sequence, wrong = self.cache.lengths[b], self.sequences[s], self.wrong[s]
+            for i in range(self.block_size - 1):
+                pos = start + i + 1
+                token = sequence[pos] if pos < len(sequence) else 0
+                if wrong[pos]:
+                    token = (token + 1) % (self.vocab - 1)
+                tokens[b, i + 1] = token
+        return Proposal(tokens, proposal.drafts, proposal.passes)
 
 
 @pytest.fixture(scope="session")
