@@ -1,5 +1,5 @@
-"""Batched runs through the runner and the CLI: the records carry the batch context, the report sweeps it, and
-what cannot batch is refused (moved from test_batch.py unchanged)."""
+"""Batched runs through the runner and the CLI: the records carry the batch context, the report sweeps it, every
+method of the decode loop batches in any engine, and what cannot batch is refused."""
 
 import json
 
@@ -9,7 +9,7 @@ from harness.cli import main
 from harness.report.batch import batch_figures
 from harness.report.page import build_report
 from harness.report.runs import generations, load_runs
-from harness.run.runner import execute
+from harness.run.runner import execute, prepare
 from harness.run.spec import RunError, RunSpec
 
 
@@ -56,15 +56,29 @@ def test_a_batched_run_records_the_batch_and_the_report_sweeps_it(tmp_path, caps
 
 def test_batched_runs_refuse_what_cannot_batch(tmp_path):
     spec = dict(suites=["tiny-math"], limit=1, warmup=0)
-    with pytest.raises(RunError, match="eagle3: tree drafts decode one prompt at a time"):
-        execute(RunSpec(methods=["eagle3"], batch_size=2, **spec), tmp_path / "a", progress=False)
-    with pytest.raises(RunError, match="batched decoding runs eager"):
-        execute(
-            RunSpec(methods=["ar"], batch_size=2, engine="compile", **spec), tmp_path / "b", progress=False
-        )
+    for i, method in enumerate(["ar-hf", "orthrus:cache=dynamic", "diffusion"]):
+        with pytest.raises(
+            RunError, match=f"{method} decodes one prompt at a time; the batched methods are ar"
+        ):
+            execute(RunSpec(methods=["ar", method], batch_size=2, **spec), tmp_path / f"a{i}", progress=False)
     with pytest.raises(RunError, match="--continuous needs --batch-size"):
         execute(RunSpec(methods=["ar"], continuous=True, **spec), tmp_path / "c", progress=False)
-    with pytest.raises(RunError, match="does not decode in batches"):
-        execute(RunSpec(methods=["ar-hf"], batch_size=2, **spec), tmp_path / "d", progress=False)
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    with pytest.raises(RunError, match="--batch-size must be >= 1"):
+        execute(RunSpec(methods=["ar"], batch_size=0, **spec), tmp_path / "d", progress=False)
+    assert not any(path.exists() for path in tmp_path.iterdir())
     assert main(["run", "--batch-sizes", "0,2", "--out", str(tmp_path / "e")]) == 2
+
+
+def test_batched_runs_take_every_method_of_the_loop_in_any_engine(tmp_path):
+    """EAGLE-3 trees batch (per-row tree masks) and verify like batch 1; a static engine serves batched passes
+    too (its target is made with it: nothing is compiled before the first pass)."""
+    spec = dict(suites=["tiny-math"], limit=2, warmup=0, max_new_tokens=12)
+    out = execute(RunSpec(methods=["ar", "eagle3"], batch_size=2, **spec), tmp_path / "tree", progress=False)
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"ar", "eagle3"} and all(r["status"] == "ok" for r in records)
+    by_item = {(r["method"], r["item_id"]): r["output_ids"] for r in records}
+    assert all(by_item["eagle3", item] == by_item["ar", item] for _, item in by_item)
+    prepared = prepare(
+        RunSpec(methods=["ar", "eagle3", "dflash", "pld"], batch_size=4, engine="compile", **spec)
+    )
+    assert prepared.target.engine.mode == "compile" and all(d.batched for d in prepared.decoders.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from orthrus_core.official_loop import generate_orthrus_dynamic_cache
 from orthrus_core.orthrus import OrthrusDrafter
+from orthrus_core.params import GREEDY
 
 from .base import Decoder, LoopDecoder
 
@@ -17,10 +18,9 @@ CACHES = ("static", "dynamic")
 
 
 class OfficialLoopDecoder(Decoder):
-    def generate(self, prompt_ids, max_new_tokens, params=None, *, seed=None, stop_token_ids=None,
+    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
                  on_tokens=None, rule=None):  # fmt: skip
-        if params is not None:
-            self.check_params(params)
+        self.check_params(params)
         return generate_orthrus_dynamic_cache(
             self.target.model,
             prompt_ids,
