@@ -3,23 +3,25 @@ its power against planted rule bugs, its rounding tolerance, the decoder's accep
 with the tokens and equal to a recomputation of the diffusion view's q), and its place in the verdict."""
 
 import itertools
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-import orthrus_core.sampling as sampling
+from harness.methods import make_decoder
+from harness.methods.target import Target
 from harness.verify.calibrate import decoder, mutants
 from harness.verify.equivalence import AUDIT_TOLERANCE, acceptance_audit, poisson_binomial_pmf
-from harness.verify.reference import Reference
-from harness.verify.sampling import sampling_family
-from orthrus_core.decoding import generate_ar, generate_orthrus
+from harness.verify.fp32_reference import Reference
+from harness.verify.sampling_verdict import sampling_family
+from orthrus_core.engine import Engine
+from orthrus_core.loop import generate
 from orthrus_core.micro import micro_model
+from orthrus_core.orthrus import OrthrusDrafter
+from orthrus_core.params import SamplingParams
 from orthrus_core.prompt_lookup import PromptLookupDrafter
-from orthrus_core.sampling import SamplingParams
-from orthrus_core.speculative import generate_speculative
+from orthrus_core.sampling import EXACT, AcceptanceRule, probs, sample
 
 ALPHA = 0.01
 
@@ -37,17 +39,17 @@ def test_poisson_binomial_pmf_is_the_law_of_the_sum():
     assert poisson_binomial_pmf(np.array([])).tolist() == [1.0]
 
 
-def single_draft_events(positions: int, seed: int, *, vocab: int = 6, sharpen: float = 1.0):
-    """(accepted, q(x), p(x)) of one-draft speculative steps with `sampling.speculative_accept` (as patched by
-    the caller) on random p and q over a small vocabulary; `sharpen` > 1 makes q overconfident."""
+def single_draft_events(positions: int, seed: int, *, vocab: int = 6, sharpen: float = 1.0, rule=EXACT):
+    """(accepted, q(x), p(x)) of one-draft speculative steps by `rule` (the exact one unless a bug is planted)
+    on random p and q over a small vocabulary; `sharpen` > 1 makes q overconfident."""
     g = torch.Generator().manual_seed(seed)
     events = []
     for _ in range(positions):
         logits = torch.randn(vocab, generator=g) * 1.5
         p = torch.softmax(logits, -1)
         q = torch.softmax(sharpen * (logits + torch.randn(vocab, generator=g) * 0.7), -1)
-        draft = sampling.sample(q, g)
-        n, token = sampling.speculative_accept(draft[None], q[None], torch.stack([p, p]), g)
+        draft = sample(q, g)
+        n, token = rule.chain(draft[None], q[None], torch.stack([p, p]), g)
         x = int(draft) if int(n) else int(token)
         events.append((int(n), float(q[x]), float(p[x])))
     return np.array(events)
@@ -65,24 +67,14 @@ def test_the_real_rule_passes_the_audit_at_its_level():
 
 
 def test_a_residual_drawn_from_p_is_impossible_events():
-    with mock.patch.object(sampling, "residual_distribution", lambda p, q: p):
-        result = audit(single_draft_events(300, seed=1))
+    result = audit(single_draft_events(300, seed=1, rule=AcceptanceRule(residual=lambda p, q: p)))
     assert result.pvalue == 0.0 and "impossible events" in result.detail
 
 
 def test_an_inflated_acceptance_ratio_accepts_too_often():
-    real = sampling.speculative_accept
-
-    def inflated(drafts, q, p, generator):  # min(1, 1.1 p/q): the first draw of the real rule, scaled
-        u = torch.rand(1, generator=generator)
-        if u * q[0, drafts[0]] < 1.1 * p[0, drafts[0]]:
-            return torch.tensor(1), sampling.sample(p[1], generator)
-        residual = sampling.residual_distribution(p[0], q[0])
-        return torch.tensor(0), sampling.sample(residual / residual.sum(), generator)
-
-    with mock.patch.object(sampling, "speculative_accept", inflated):
-        mutated = audit(single_draft_events(4000, seed=2, sharpen=2.0))
-    assert sampling.speculative_accept is real
+    inflated = AcceptanceRule(ratio_scale=1.1)  # min(1, 1.1 p/q)
+    mutated = audit(single_draft_events(4000, seed=2, sharpen=2.0, rule=inflated))
+    assert EXACT == AcceptanceRule() and EXACT.ratio_scale == 1.0  # the exact rule is untouched
     assert mutated.statistic > 0 and mutated.pvalue < ALPHA
     assert audit(single_draft_events(4000, seed=2, sharpen=2.0)).pvalue > ALPHA
 
@@ -108,10 +100,16 @@ def model():
 
 
 def test_the_trace_is_aligned_with_the_tokens_and_holds_the_drafters_q(model):
-    params = SamplingParams(1.0)
+    params, engine = SamplingParams(1.0), Engine(model)
     prompt = [5, 17, 33, 2, 90]
-    r = generate_orthrus(
-        model, prompt, 120, params, stop_token_ids=[], generator=torch.Generator().manual_seed(4)
+    r = generate(
+        engine,
+        OrthrusDrafter(model),
+        prompt,
+        120,
+        params,
+        stop_token_ids=[],
+        generator=torch.Generator().manual_seed(4),
     )
     K = model.block_size
     assert len(r.acceptance_trace) == len(r.tokens) == 120 and r.acceptance_trace[0] is None
@@ -123,7 +121,7 @@ def test_the_trace_is_aligned_with_the_tokens_and_holds_the_drafters_q(model):
         with torch.inference_mode():
             model(torch.tensor([committed]), 0, cache)
             block = torch.tensor([[r.tokens[offset - 1]] + [model.mask_token_id] * (K - 1)])
-            q = params.probs(model(block, len(committed), cache, diffusion=True)[0, :-1])
+            q = probs(params, model(block, len(committed), cache, diffusion=True)[0, :-1])
         for i in range(min(n + 1, K - 1)):
             if offset + i >= len(r.tokens):
                 break
@@ -135,37 +133,35 @@ def test_the_trace_is_aligned_with_the_tokens_and_holds_the_drafters_q(model):
             assert r.acceptance_trace[offset + n] is None  # the bonus token was not a draft position
         offset += n + 1
     assert checked >= len(r.tokens) - len(r.accepted)
-    assert generate_orthrus(model, prompt, 20, SamplingParams(0.0)).acceptance_trace == []
+    assert generate(engine, OrthrusDrafter(model), prompt, 20, SamplingParams(0.0)).acceptance_trace == []
     # Deterministic drafts (prompt lookup) have no q: no trace, even when sampling.
     repetitive = [5, 6, 7, 8] * 6
-    lookup = generate_speculative(
-        model, PromptLookupDrafter(), repetitive, 40, params, generator=torch.Generator().manual_seed(0)
+    lookup = generate(
+        engine, PromptLookupDrafter(), repetitive, 40, params, generator=torch.Generator().manual_seed(0)
     )
     assert lookup.cycles > 0 and lookup.acceptance_trace == []
-    assert (
-        generate_ar(model, prompt, 20, params, generator=torch.Generator().manual_seed(0)).acceptance_trace
-        == []
-    )
+    ar = generate(engine, None, prompt, 20, params, generator=torch.Generator().manual_seed(0))
+    assert ar.acceptance_trace == []
 
 
 def test_the_verdict_runs_the_audit_and_it_catches_the_residual_bug(model):
-    reference = Reference(model)
+    reference, target = Reference(model), Target.of(model, "micro")
     params = SamplingParams(1.0)
     prompts = [[3 + i, 40 + i, 7] for i in range(6)]
 
     def records(generate, offset):
         out = []
         for i, prompt in enumerate(prompts):
-            r = generate(prompt, 64, temperature=1.0, top_k=0, top_p=1.0, seed=offset + i, stop_token_ids=[])
+            r = generate(prompt, 64, params, seed=offset + i, stop_token_ids=[])
             out.append({"prompt_ids": prompt, "output_ids": r.tokens, "acceptance_trace": r.acceptance_trace})
         return out
 
-    ar = records(decoder(model, "ar", None), 100)
-    family, rejected = sampling_family(reference, records(decoder(model, "orthrus", None), 0), ar, params,
+    ar = records(make_decoder("ar", target).generate, 100)
+    family, rejected = sampling_family(reference, records(decoder(target, None), 0), ar, params,
                                        alpha=ALPHA, seed=0)  # fmt: skip
     t5 = next(t for t in family if t.name == "T5 acceptance audit")
     assert not rejected and t5.n > 200 and not t5.reject
-    buggy = mutants(model, None)["residual drawn from p, not max(p - q, 0)"]
+    buggy = mutants(target, None)["residual drawn from p, not max(p - q, 0)"]
     family, rejected = sampling_family(reference, records(buggy, 0), ar, params, alpha=ALPHA, seed=0)
     t5 = next(t for t in family if t.name == "T5 acceptance audit")
     assert rejected and t5.reject and t5.pvalue == 0.0

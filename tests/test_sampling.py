@@ -4,25 +4,28 @@ import pytest
 import torch
 from conftest import random_model, random_prompts
 
-import orthrus_core.sampling as sampling
 from harness.verify.equivalence import randomized_pit, uniformity_pvalues
-from orthrus_core.decoding import generate_ar, generate_orthrus
+from orthrus_core.engine import Engine
+from orthrus_core.loop import generate
 from orthrus_core.model import copy_ar_to_diffusion
-from orthrus_core.sampling import SamplingParams, greedy_accept, speculative_accept
+from orthrus_core.orthrus import OrthrusDrafter
+from orthrus_core.params import SamplingParams
+from orthrus_core.sampling import EXACT, AcceptanceRule, greedy_accept, probs
 
 ALPHA = 0.01
 
 
 def test_top_k_and_top_p_keep_the_right_tokens():
     logits = torch.log(torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15]))
-    assert SamplingParams(1.0, top_k=2).probs(logits).nonzero().flatten().tolist() == [1, 3]
+    assert probs(SamplingParams(1.0, top_k=2), logits).nonzero().flatten().tolist() == [1, 3]
     # Nucleus 0.75: 0.4 + 0.3 = 0.7 < 0.75, so the 0.15 token is needed too.
-    kept = SamplingParams(1.0, top_p=0.75).probs(logits)
+    kept = probs(SamplingParams(1.0, top_p=0.75), logits)
     assert kept.nonzero().flatten().tolist() == [1, 3, 4]
     assert kept.sum().item() == pytest.approx(1.0)
     assert kept[1].item() == pytest.approx(0.4 / 0.85)
     # Temperature sharpens before truncation.
-    assert SamplingParams(0.5).probs(logits)[1] > SamplingParams(1.0).probs(logits)[1]
+    assert probs(SamplingParams(0.5), logits)[1] > probs(SamplingParams(1.0), logits)[1]
+    assert SamplingParams(0.0).greedy and not SamplingParams(0.5).greedy
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5)])
@@ -36,6 +39,10 @@ def test_greedy_accept_prefix_and_correction():
     assert [int(x) for x in greedy_accept(torch.tensor([4, 5, 9]), target_logits)] == [2, 6]
     assert [int(x) for x in greedy_accept(torch.tensor([4, 5, 6]), target_logits)] == [3, 7]  # bonus
     assert [int(x) for x in greedy_accept(torch.tensor([0, 5, 6]), target_logits)] == [0, 4]
+    # Ragged rows: only a row's first `lengths` drafts are real; a padded draft is never accepted.
+    rows = torch.tensor([[4, 5, 6], [4, 5, 6], [4, 9, 9]])
+    n, nxt = greedy_accept(rows, target_logits.expand(3, -1, -1), torch.tensor([3, 1, 3]))
+    assert n.tolist() == [3, 1, 1] and nxt.tolist() == [7, 5, 5]
 
 
 def test_speculative_accept_is_exact_on_a_single_step():
@@ -49,26 +56,25 @@ def test_speculative_accept_is_exact_on_a_single_step():
     n = 20000
     for _ in range(n):
         draft = torch.multinomial(q, 1, generator=g)[:, 0]
-        k, token = speculative_accept(draft, q, p, g)
+        k, token = EXACT.chain(draft, q, p, g)
         counts[int(draft[0]) if int(k) == 1 else int(token)] += 1
     assert counts[3] == 0
     assert stats.chisquare(counts[:3].numpy(), (p[0, :3] * n).numpy()).pvalue > ALPHA
 
 
-def pit_of_stream(model, params, n_tokens, seed, block_size=4):
+def pit_of_stream(model, params, n_tokens, seed, block_size=4, rule=EXACT):
     """Orthrus samples until n_tokens, then the randomized PIT of every token under the AR model's exact
     (transformed) next-token distribution at its realised prefix, by teacher forcing."""
     gen, gen_u = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    engine, drafter = Engine(model), OrthrusDrafter(model, block_size)
     us, total, accepted = [], 0, []
     for prompt in random_prompts(10_000, seed=seed):
-        r = generate_orthrus(
-            model, prompt, 100, params, block_size=block_size, generator=gen, stop_token_ids=[]
-        )
+        r = generate(engine, drafter, prompt, 100, params, generator=gen, stop_token_ids=[], rule=rule)
         accepted += r.accepted
         ids = torch.tensor(prompt + r.tokens)[None]
         with torch.inference_mode():
             logits = model(ids, 0, model.new_cache(ids.shape[1]))[0, len(prompt) - 1 : -1]
-        us.append(randomized_pit(params.probs(logits), torch.tensor(r.tokens), gen_u))
+        us.append(randomized_pit(probs(params, logits), torch.tensor(r.tokens), gen_u))
         total += len(r.tokens)
         if total >= n_tokens:
             return torch.cat(us), accepted
@@ -99,18 +105,20 @@ def test_orthrus_samples_follow_the_ar_distribution(near_ar_model, params):
     assert min(pvalues.values()) > ALPHA
 
 
-def test_pit_rejects_residual_drawn_from_p(near_ar_model, monkeypatch):
+def test_pit_rejects_residual_drawn_from_p(near_ar_model):
     """Planted bug: resample from p instead of max(p - q, 0) after a rejection."""
-    monkeypatch.setattr(sampling, "residual_distribution", lambda p, q: p)
-    u, _ = pit_of_stream(near_ar_model, SamplingParams(1.0), 5000, seed=0)  # p ~ 1e-10 at 10_000 tokens
+    bug = AcceptanceRule(residual=lambda p, q: p)
+    u, _ = pit_of_stream(
+        near_ar_model, SamplingParams(1.0), 5000, seed=0, rule=bug
+    )  # p ~ 1e-10 at 10_000 tokens
     pvalues = uniformity_pvalues(u)
     print("planted residual bug:", pvalues)
     assert max(pvalues.values()) < ALPHA
 
 
 def test_ar_sampling_is_seeded(model):
-    params = SamplingParams(0.8, top_k=50)
-    a = generate_ar(model, [1, 2], 30, params, generator=torch.Generator().manual_seed(7))
-    b = generate_ar(model, [1, 2], 30, params, generator=torch.Generator().manual_seed(7))
-    c = generate_ar(model, [1, 2], 30, params, generator=torch.Generator().manual_seed(8))
+    params, engine = SamplingParams(0.8, top_k=50), Engine(model)
+    a = generate(engine, None, [1, 2], 30, params, generator=torch.Generator().manual_seed(7))
+    b = generate(engine, None, [1, 2], 30, params, generator=torch.Generator().manual_seed(7))
+    c = generate(engine, None, [1, 2], 30, params, generator=torch.Generator().manual_seed(8))
     assert a.tokens == b.tokens != c.tokens
