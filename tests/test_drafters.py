@@ -1,5 +1,6 @@
 """EAGLE-3 and DFlash drafters: greedy identity with AR (chain and tree), the incremental draft cache against a
-from-scratch recomputation, and the public checkpoint formats (names, shapes, loader errors)."""
+from-scratch recomputation (rows of a batch each against their own), EAGLE-3 trees at R > 1 giving each row its
+batch-1 output, and the public checkpoint formats (names, shapes, loader errors)."""
 
 import json
 
@@ -8,12 +9,16 @@ import torch
 from conftest import VOCAB, random_model, random_prompts
 from safetensors import safe_open
 
+from harness.methods import ar_hf
+from harness.methods.target import Target
 from orthrus_core.checkpoint import CheckpointError, save_model
-from orthrus_core.decoding import generate_ar
 from orthrus_core.dflash import DFlashDrafter, DFlashDraftModel, dflash_config, load_dflash, save_dflash
 from orthrus_core.eagle3 import Eagle3Drafter, Eagle3Head, eagle3_config, load_eagle3, save_eagle3
+from orthrus_core.engine import Engine
+from orthrus_core.loop import Request, decode, generate
 from orthrus_core.model import causal_mask
-from orthrus_core.speculative import generate_speculative
+from orthrus_core.params import GREEDY, SamplingParams
+from orthrus_core.tree import ancestors
 
 DRAFT_VOCAB = 150
 
@@ -36,8 +41,9 @@ def random_head(target, seed=0, draft_vocab=DRAFT_VOCAB, aux=None) -> Eagle3Head
     return head.eval()
 
 
-def random_dflash(target, seed=0, layers=2, block_size=6) -> DFlashDraftModel:
-    draft = DFlashDraftModel(dflash_config(target.config, layers, block_size, target.config.mask_token_id))
+def random_dflash(target, seed=0, layers=2, block_size=6, target_layer_ids=None) -> DFlashDraftModel:
+    config = dflash_config(target.config, layers, block_size, target.config.mask_token_id, target_layer_ids)
+    draft = DFlashDraftModel(config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in draft.named_parameters():
@@ -51,37 +57,62 @@ def target():
 
 
 @pytest.fixture(scope="module")
-def references(target):
-    return [(p, generate_ar(target, p, 25, stop_token_ids=[]).tokens) for p in random_prompts(8, seed=5)]
+def engine(target):
+    return Engine(target)
+
+
+@pytest.fixture(scope="module")
+def references(engine):
+    return [(p, generate(engine, None, p, 25, stop_token_ids=[]).tokens) for p in random_prompts(8, seed=5)]
+
+
+def bind(drafter, engine, prompts):
+    """The drafter bound to a new decode with `prompts` admitted as rows 0.. (prefilled as the loop does)."""
+    cache = engine.new_cache(len(prompts), 64)
+    drafter.bind(engine, cache)
+    for b, prompt in enumerate(prompts):
+        prompt = torch.tensor(prompt)
+        result = engine.prefill(cache, b, prompt, drafter.capture)
+        cache.lengths.append(len(prompt))
+        drafter.admit(b, prompt, result[1] if drafter.capture else None)
+    return cache
 
 
 @pytest.mark.parametrize(
     "top_k,depth,total", [(1, 1, 2), (1, 5, 6), (2, 3, 8), (3, 4, 16), (10, 7, 60), (4, 2, 100)]
 )
-def test_eagle3_greedy_identical_to_ar(target, references, top_k, depth, total):
+def test_eagle3_greedy_identical_to_ar(target, engine, references, top_k, depth, total):
     head = random_head(target)
     for prompt, ar in references:
         drafter = Eagle3Drafter(head, target, top_k, depth, total)
-        r = generate_speculative(target, drafter, prompt, 25, stop_token_ids=[])
+        r = generate(engine, drafter, prompt, 25, stop_token_ids=[])
         assert r.tokens == ar
         assert r.draft_forwards == depth * r.cycles
     assert drafter.max_nodes == min(total, 1 + top_k + (depth - 1) * top_k**2)
 
 
-def test_eagle3_tree_shape(target):
+def test_eagle3_tree_shape(target, engine):
     head = random_head(target)
     drafter = Eagle3Drafter(head, target, top_k=3, depth=4, total_tokens=20)
-    prompt = torch.tensor([5, 6, 7, 8])
-    _, features = target(prompt[None], 0, target.new_cache(10), capture=drafter.capture)
-    drafter.start(prompt, features[0], target.new_cache(64))
-    tree, forwards = drafter.propose(9)
-    assert forwards == 4 and len(tree) == 20 and tree.tokens[0] == 9
-    assert int(tree.depth.max()) == 4
-    assert bool((tree.parents[1:] < torch.arange(1, 20)).all())
-    assert bool(head.t2d[tree.tokens[1:]].all())  # drafts are mapped into the target vocabulary
-    # Siblings are distinct, so greedy acceptance has at most one matching child.
-    pairs = {(int(p), int(t)) for p, t in zip(tree.parents[1:], tree.tokens[1:], strict=True)}
-    assert len(pairs) == 19
+    prompts = [[5, 6, 7, 8], [9, 3, 30, 41, 2, 7, 11]]
+    bind(drafter, engine, prompts)
+    proposal = drafter.propose(torch.tensor([9, 12]), GREEDY, [None, None])
+    tokens, parents = proposal.tokens, proposal.parents
+    assert proposal.passes == 4 and tokens.shape == (2, 20) and tokens[:, 0].tolist() == [9, 12]
+    assert proposal.drafts == [19, 19] and proposal.q is None
+    depth = ancestors(parents).sum(-1) - 1
+    assert int(depth[0].max()) == 4 and int(depth.max()) == 4  # at most `depth` levels
+    assert (parents[:, 0] == -1).all() and bool((parents[:, 1:] < torch.arange(1, 20)).all())
+    assert bool(head.t2d[tokens[:, 1:]].all())  # drafts are mapped into the target vocabulary
+    for b in range(2):
+        # Siblings are distinct, so greedy acceptance has at most one matching child.
+        pairs = {(int(p), int(t)) for p, t in zip(parents[b, 1:], tokens[b, 1:], strict=True)}
+        assert len(pairs) == 19
+        # A row's tree is the one it gets alone.
+        alone = Eagle3Drafter(head, target, top_k=3, depth=4, total_tokens=20)
+        bind(alone, engine, prompts[b : b + 1])
+        own = alone.propose(tokens[b : b + 1, 0], GREEDY, [None])
+        assert torch.equal(own.tokens[0], tokens[b]) and torch.equal(own.parents[0], parents[b])
 
 
 def naive_eagle3_chain(head, target, sequence, depth):
@@ -107,21 +138,44 @@ def head_capture(head, target):
     return Eagle3Drafter(head, target, 1, 1, 2).capture
 
 
-def test_eagle3_incremental_drafts_match_a_recomputation(target):
+def committed(seqs, starts, steps, feats):
+    """A cycle's commits for the rows as the loop hands them to `accept`: counts, tokens [R, n] (the root, then
+    the accepted drafts; padded) and their target features [R, n, F]."""
+    n = max(steps)
+    tokens = torch.zeros(len(seqs), n, dtype=torch.long)
+    features = torch.zeros(len(seqs), n, feats[0].shape[-1])
+    for b, (seq, start, step) in enumerate(zip(seqs, starts, steps, strict=True)):
+        tokens[b, :step] = torch.tensor(seq[start : start + step])
+        features[b, :step] = feats[b][0, start : start + step]
+    return steps, tokens, features
+
+
+# Two rows committing in uneven cycles, as verification would: each row's drafts are checked against its own
+# from-scratch recomputation.
+PROMPTS = [[4, 9, 13, 2, 7], [6, 20, 31]]
+STEPS = [[1, 3, 1, 4, 2], [2, 1, 4, 1, 3]]
+
+
+def test_eagle3_incremental_drafts_match_a_recomputation(target, engine):
     head = random_head(target, seed=1)
-    prompt, free = [4, 9, 13, 2, 7], generate_ar(target, [4, 9, 13, 2, 7], 30, stop_token_ids=[]).tokens
     drafter = Eagle3Drafter.chain(head, target, depth=4)
-    seq = prompt + free
+    seqs = [p + generate(engine, None, p, 30, stop_token_ids=[]).tokens for p in PROMPTS]
     with torch.inference_mode():
-        _, feats = target(torch.tensor(seq)[None], 0, target.new_cache(len(seq)), capture=drafter.capture)
-        n = len(prompt)
-        drafter.start(torch.tensor(prompt), feats[0, :n], target.new_cache(64))
-        # Commit the continuation in uneven cycles, as verification would, checking each proposal.
-        for step in [1, 3, 1, 4, 2]:
-            tree, _ = drafter.propose(seq[n])
-            assert tree.tokens[1:].tolist() == naive_eagle3_chain(head, target, seq[: n + 1], 4)
-            drafter.accept(torch.tensor(seq[n : n + step]), feats[0, n : n + step])
-            n += step
+        feats = [
+            target(torch.tensor(s)[None], 0, target.new_cache(len(s)), capture=drafter.capture)[1]
+            for s in seqs
+        ]
+        n = [len(p) for p in PROMPTS]
+        bind(drafter, engine, PROMPTS)
+        for cycle in range(len(STEPS[0])):
+            proposal = drafter.propose(
+                torch.tensor([s[i] for s, i in zip(seqs, n, strict=True)]), GREEDY, [None] * 2
+            )
+            for b, seq in enumerate(seqs):
+                assert proposal.tokens[b, 1:].tolist() == naive_eagle3_chain(head, target, seq[: n[b] + 1], 4)
+            steps = [s[cycle] for s in STEPS]
+            drafter.accept(*committed(seqs, n, steps, feats))
+            n = [i + s for i, s in zip(n, steps, strict=True)]
 
 
 def test_eagle3_default_aux_layers_and_override(target):
@@ -130,36 +184,84 @@ def test_eagle3_default_aux_layers_and_override(target):
     assert Eagle3Drafter(custom, target, 1, 1, 2).capture == (1, 3, 5)
 
 
+# Rows stop at different times; a one-token prompt among them.
+LIMITS = [25, 9, 1, 17, 25, 4, 13, 25]
+
+
+@pytest.mark.parametrize("top_k,depth,total", [(2, 3, 8), (3, 4, 16), (10, 7, 60)])
+@pytest.mark.parametrize("params", [GREEDY, SamplingParams(1.0, top_p=0.9)], ids=["greedy", "sampled"])
+def test_eagle3_trees_give_every_row_its_batch_1_output(
+    target, engine, references, top_k, depth, total, params
+):
+    """Dynamic trees for R rows at once (one head forward per level over every row's frontier; one tree verify
+    pass): each row emits, and accepts, what it does alone, greedy and seeded-sampled, static and continuous."""
+    drafter = Eagle3Drafter(random_head(target, seed=2), target, top_k, depth, total)
+    prompts = [p for p, _ in references[:-1]] + [references[0][0][-1:]]
+
+    def seeded(i):
+        return None if params.greedy else torch.Generator().manual_seed(50 + i)
+
+    alone = [generate(engine, drafter, p, n, params, stop_token_ids=[], generator=seeded(i))
+             for i, (p, n) in enumerate(zip(prompts, LIMITS, strict=True))]  # fmt: skip
+    if params.greedy:  # lossless
+        ar = [
+            generate(engine, None, p, n, stop_token_ids=[]).tokens
+            for p, n in zip(prompts, LIMITS, strict=True)
+        ]
+        assert [a.tokens for a in alone] == ar
+    for rows, continuous in [(4, False), (3, True), (8, False)]:
+        queue = [
+            Request(p, n, [], seeded(i), key=i) for i, (p, n) in enumerate(zip(prompts, LIMITS, strict=True))
+        ]
+        queue.reverse()
+        done = {
+            d.request.key: d.result
+            for d in decode(
+                engine, drafter, lambda q=queue: q.pop() if q else None, rows, params, continuous=continuous
+            )
+        }
+        for i, a in enumerate(alone):
+            assert (done[i].tokens, done[i].accepted) == (a.tokens, a.accepted), f"R={rows}: row {i}"
+
+
 @pytest.mark.parametrize("block_size", [2, 4, 6])
-def test_dflash_greedy_identical_to_ar(target, references, block_size):
+def test_dflash_greedy_identical_to_ar(target, engine, references, block_size):
     draft = random_dflash(target)
     for prompt, ar in references:
-        r = generate_speculative(
-            target, DFlashDrafter(draft, target, block_size), prompt, 25, stop_token_ids=[]
-        )
+        r = generate(engine, DFlashDrafter(draft, target, block_size), prompt, 25, stop_token_ids=[])
         assert r.tokens == ar
         assert r.draft_forwards == r.ar_forwards == r.cycles
 
 
-def test_dflash_incremental_drafts_match_a_recomputation(target):
+def test_dflash_incremental_drafts_match_a_recomputation(target, engine):
     draft = random_dflash(target, seed=2, block_size=5)
-    prompt = [4, 9, 13, 2, 7]
-    seq = prompt + generate_ar(target, prompt, 30, stop_token_ids=[]).tokens
+    seqs = [p + generate(engine, None, p, 30, stop_token_ids=[]).tokens for p in PROMPTS]
     drafter = DFlashDrafter(draft, target)
     keep = lambda i, k, v: (k, v)  # noqa: E731
     with torch.inference_mode():
-        _, feats = target(torch.tensor(seq)[None], 0, target.new_cache(len(seq)), capture=drafter.capture)
-        n = len(prompt)
-        drafter.start(torch.tensor(prompt), feats[0, :n], target.new_cache(64))
-        for step in [2, 1, 5, 3]:
-            tree, _ = drafter.propose(seq[n])
-            block = torch.tensor([[seq[n]] + [draft.mask_token_id] * 4])
-            hidden = draft(
-                target.model.embed_tokens(block), feats[:, :n], torch.arange(n + 5)[None], None, keep
+        feats = [
+            target(torch.tensor(s)[None], 0, target.new_cache(len(s)), capture=drafter.capture)[1]
+            for s in seqs
+        ]
+        n = [len(p) for p in PROMPTS]
+        bind(drafter, engine, PROMPTS)
+        for cycle in range(4):
+            proposal = drafter.propose(
+                torch.tensor([s[i] for s, i in zip(seqs, n, strict=True)]), GREEDY, [None] * 2
             )
-            assert tree.tokens[1:].tolist() == target.lm_head(hidden[0, 1:]).argmax(-1).tolist()
-            drafter.accept(torch.tensor(seq[n : n + step]), feats[0, n : n + step])
-            n += step
+            for b, seq in enumerate(seqs):
+                block = torch.tensor([[seq[n[b]]] + [draft.mask_token_id] * 4])
+                hidden = draft(
+                    target.model.embed_tokens(block),
+                    feats[b][:, : n[b]],
+                    torch.arange(n[b] + 5)[None],
+                    None,
+                    keep,
+                )
+                assert proposal.tokens[b, 1:].tolist() == target.lm_head(hidden[0, 1:]).argmax(-1).tolist()
+            steps = [s[cycle] for s in [[2, 1, 5, 3], [1, 4, 2, 5]]]
+            drafter.accept(*committed(seqs, n, steps, feats))
+            n = [i + s for i, s in zip(n, steps, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -199,9 +301,9 @@ def test_eagle3_round_trip_in_the_public_format(target, tmp_path, fmt):
     assert loaded.embed_tokens is target.model.embed_tokens
     for name, value in head.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
-    prompt = [3, 1, 4, 1, 5]
-    a = generate_speculative(target, Eagle3Drafter(head, target, 3, 3, 10), prompt, 20, stop_token_ids=[])
-    b = generate_speculative(target, Eagle3Drafter(loaded, target, 3, 3, 10), prompt, 20, stop_token_ids=[])
+    prompt, engine = [3, 1, 4, 1, 5], Engine(target)
+    a = generate(engine, Eagle3Drafter(head, target, 3, 3, 10), prompt, 20, stop_token_ids=[])
+    b = generate(engine, Eagle3Drafter(loaded, target, 3, 3, 10), prompt, 20, stop_token_ids=[])
     assert (a.tokens, a.accepted) == (b.tokens, b.accepted)
 
 
@@ -323,9 +425,7 @@ def test_dflash_loader_errors(target, tmp_path):
 def test_captured_features_use_transformers_hidden_state_indices(target):
     """capture=(i, ...) returns transformers' output_hidden_states[i] (0 embeddings, l+1 after layer l, the
     last after the final norm), the indices EAGLE-3 and DFlash configs are written in."""
-    from harness.methods import Target, ar_hf
-
-    hf_model = ar_hf.build(Target(target, "x"), "ar_hf", {"cache": "dynamic"}).hf_model
+    hf_model = ar_hf.build(Target.of(target, "x"), "ar_hf", {"cache": "dynamic"}).hf_model
     ids = torch.tensor([[5, 9, 2, 33, 7]])
     with torch.inference_mode():
         hf_states = hf_model(ids, output_hidden_states=True).hidden_states
