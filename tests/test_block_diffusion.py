@@ -5,7 +5,8 @@ import pytest
 from conftest import random_model
 
 from orthrus_core.block_diffusion import BlockDiffusionLM, generate_block_diffusion
-from orthrus_core.decoding import generate_ar
+from orthrus_core.engine import Engine
+from orthrus_core.loop import generate
 
 
 @pytest.mark.parametrize("max_new", [1, 5, 8, 17, 40])
@@ -28,7 +29,8 @@ def test_low_threshold_unmasks_in_parallel_and_changes_the_output(model):
         for t in (1.0, 0.0)
     ]
     assert outs[1].draft_forwards == 2 * 4 < outs[0].draft_forwards  # one pass per sub-block at threshold 0
-    assert outs[0].tokens != generate_ar(model, [5, 6, 7], 33, stop_token_ids=[]).tokens  # lossy: not AR
+    ar = generate(Engine(model), None, [5, 6, 7], 33, stop_token_ids=[])
+    assert outs[0].tokens != ar.tokens  # lossy: not AR
 
 
 def test_sdar_layout_aligned_blocks_in_place(model):

@@ -8,7 +8,9 @@ from conftest import random_model, random_prompts
 from safetensors.torch import save_file
 
 from orthrus_core.checkpoint import CheckpointError, load_model, save_model
-from orthrus_core.decoding import generate_ar, generate_orthrus
+from orthrus_core.engine import Engine
+from orthrus_core.loop import generate
+from orthrus_core.orthrus import OrthrusDrafter
 
 
 def official_config(**overrides) -> dict:
@@ -117,8 +119,9 @@ def test_loads_official_format(tmp_path, shards, tied):
     for name, tensor in tensors.items():
         assert torch.equal(state[name], tensor.float()), name
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
-    prompt = [5, 6, 7]
-    assert generate_orthrus(model, prompt, 20, block_size=4).tokens == generate_ar(model, prompt, 20).tokens
+    prompt, engine = [5, 6, 7], Engine(model)
+    orthrus = generate(engine, OrthrusDrafter(model, 4), prompt, 20)
+    assert orthrus.tokens == generate(engine, None, prompt, 20).tokens
 
 
 def test_plain_qwen3_loads_ar_only(tmp_path):
@@ -126,9 +129,9 @@ def test_plain_qwen3_loads_ar_only(tmp_path):
     del config["block_size"], config["mask_token_id"], config["auto_map"]
     model = load_model(write_official(tmp_path / "q", config, official_tensors(config, orthrus=False)))
     assert not model.has_diffusion_view
-    assert len(generate_ar(model, [1, 2], 5).tokens) >= 1
+    assert len(generate(Engine(model), None, [1, 2], 5).tokens) >= 1
     with pytest.raises(ValueError, match="diffusion view"):
-        generate_orthrus(model, [1, 2], 5)
+        OrthrusDrafter(model)
 
 
 @pytest.mark.parametrize("shard_bytes", [None, 20_000])
@@ -143,7 +146,8 @@ def test_save_load_round_trip(tmp_path, shard_bytes):
     for (n1, t1), (n2, t2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert n1 == n2 and torch.equal(t1, t2)
     for prompt in random_prompts(5):
-        assert generate_orthrus(loaded, prompt, 20).tokens == generate_orthrus(model, prompt, 20).tokens
+        a = generate(Engine(loaded), OrthrusDrafter(loaded), prompt, 20)
+        assert a.tokens == generate(Engine(model), OrthrusDrafter(model), prompt, 20).tokens
 
 
 def test_save_in_bf16_and_load_in_float32(tmp_path):

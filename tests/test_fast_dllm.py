@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from harness.methods import Target, make_decoder
+from harness.methods import make_decoder
+from harness.methods.target import Target
 from orthrus_core.checkpoint import load_model
 from orthrus_core.formats import describe
 
@@ -103,7 +104,7 @@ def reference_generate(hf, prompt, max_new_tokens, threshold, stop=None) -> list
 @pytest.mark.parametrize("threshold", [1.0, 0.3])
 def test_decoding_is_fast_dllm_v2s_algorithm(fast_dllm, prompt_length, threshold):
     hf, directory = fast_dllm
-    target = Target(load_model(directory), str(directory))
+    target = Target.of(load_model(directory), str(directory))
     decoder = make_decoder(
         f"diffusion:mask_token_id={MASK}:sub_block_size={SUB}:threshold={threshold}", target
     )
@@ -127,12 +128,12 @@ def test_mask_token_from_the_tokenizer_and_the_authors_defaults(fast_dllm):
             return {"|<MASK>|": MASK}.get(token)
 
     _, directory = fast_dllm
-    decoder = make_decoder("diffusion", Target(load_model(directory), str(directory), Tokenizer()))
+    decoder = make_decoder("diffusion", Target.of(load_model(directory), str(directory), Tokenizer()))
     assert decoder.config["mask_token_id"] == MASK
     assert (decoder.config["block_size"], decoder.config["sub_block_size"]) == (B, min(8, B))
     assert decoder.config["threshold"] == 0.9
     with pytest.raises(ValueError, match="mask_token_id"):
-        make_decoder("diffusion", Target(load_model(directory), str(directory)))
+        make_decoder("diffusion", Target.of(load_model(directory), str(directory)))
 
 
 def test_inspect_recognises_fast_dllm_v2_from_its_converters_fields(fast_dllm):

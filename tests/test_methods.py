@@ -7,11 +7,14 @@ import pytest
 from conftest import random_model, random_prompts
 from test_drafters import random_dflash, random_head
 
-from harness.methods import Target, available, make_decoder, parse_spec
+from harness.methods import BATCHED, METHODS, is_batched, is_greedy_only, make_decoder, parse_spec
+from harness.methods.base import BatchError
 from harness.methods.checkpoints import draft_checkpoint
+from harness.methods.target import Target
 from orthrus_core.checkpoint import save_model
 from orthrus_core.dflash import save_dflash
 from orthrus_core.eagle3 import save_eagle3
+from orthrus_core.params import SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +25,36 @@ def family(tmp_path_factory):
     save_model(model, root / "orthrus")
     save_eagle3(random_head(model), root / "eagle3")
     save_dflash(random_dflash(model), root / "dflash")
-    return Target(model, str(root / "orthrus"))
+    return Target.of(model, str(root / "orthrus"))
 
 
 def test_available_and_spec_parsing():
-    assert available() == ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+    assert list(METHODS) == ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
     assert parse_spec("eagle3:tree=chain:depth=5") == ("eagle3", {"tree": "chain", "depth": "5"})
     assert parse_spec("ar") == ("ar", {})
     for bad in ["eagle3:depth", "eagle3:=3", "pld:max_ngram=2:max_ngram=3"]:
         with pytest.raises(ValueError, match="bad method spec"):
             parse_spec(bad)
+
+
+def test_the_registry_says_which_methods_batch_and_which_decode_greedily_only(family):
+    assert BATCHED == [name for name, m in METHODS.items() if m.batched]
+    assert set(BATCHED) == {"ar", "orthrus", "eagle3", "dflash", "pld"}
+    for spec in ["ar", "orthrus", "orthrus:block_size=3", "eagle3", "eagle3:tree=chain", "dflash", "pld"]:
+        assert is_batched(spec) and not is_greedy_only(spec), spec
+    for spec in ["ar-hf", "ar-hf:cache=static", "diffusion", "orthrus:cache=dynamic"]:
+        assert not is_batched(spec), spec
+    assert (
+        is_greedy_only("diffusion")
+        and is_greedy_only("orthrus:cache=dynamic")
+        and not is_greedy_only("ar-hf")
+    )
+    for spec in ["ar", "ar-hf", "orthrus:cache=dynamic", "eagle3", "diffusion"]:
+        d = make_decoder(spec, family)
+        assert (d.batched, d.greedy_only) == (is_batched(spec), is_greedy_only(spec)), spec
+        if not d.batched:
+            with pytest.raises(BatchError, match="does not decode in batches"):
+                d.decode(lambda: None, rows=2)
 
 
 def test_spec_errors_name_what_is_known(family):
@@ -48,30 +71,35 @@ def test_spec_errors_name_what_is_known(family):
     with pytest.raises(ValueError, match="block size must be >= 2|block_size must be >= 2"):
         make_decoder("orthrus:block_size=1", family)
     with pytest.raises(ValueError, match="temperature"):
-        make_decoder("diffusion", family).generate([1, 2], 4, temperature=1.0)
+        make_decoder("diffusion", family).generate([1, 2], 4, SamplingParams(temperature=1.0))
     with pytest.raises(ValueError, match=r"mask_token_id 100000 is outside the vocabulary \[0, 320\)"):
         make_decoder("diffusion:mask_token_id=100000", family)
 
 
 def test_missing_draft_names_model_method_and_option(tmp_path):
-    target = Target(random_model(seed=0), str(tmp_path / "somewhere" / "my-model"))
+    target = Target.of(random_model(seed=0), str(tmp_path / "somewhere" / "my-model"))
     with pytest.raises(
         ValueError, match=r"no eagle3 draft checkpoint is known for the model .*my-model.*eagle3:draft="
     ):
         make_decoder("eagle3", target)
     with pytest.raises(ValueError, match=r"no dflash draft .*Qwen3-1.7B.*dflash:draft="):
-        draft_checkpoint("dflash", Target(None, "/cache/models--Qwen--Qwen3-1.7B/snapshots/x"))
+        draft_checkpoint("dflash", Target(None, "/cache/models--Qwen--Qwen3-1.7B/snapshots/x", None, None))
 
 
 def test_public_draft_table():
-    hub = Target(None, "/hf/hub/models--chiennv--Orthrus-Qwen3-8B/snapshots/0123")
+    hub = Target(None, "/hf/hub/models--chiennv--Orthrus-Qwen3-8B/snapshots/0123", None, None)
     assert draft_checkpoint("eagle3", hub) == "AngelSlim/Qwen3-8B_eagle3"
     assert draft_checkpoint("dflash", hub) == "z-lab/Qwen3-8B-DFlash-b16"
-    assert draft_checkpoint("eagle3", Target(None, "Qwen/Qwen3-1.7B")) == "AngelSlim/Qwen3-1.7B_eagle3"
-    assert draft_checkpoint("dflash", Target(None, "Qwen/Qwen3-4B")) == "z-lab/Qwen3-4B-DFlash-b16"
+    assert (
+        draft_checkpoint("eagle3", Target(None, "Qwen/Qwen3-1.7B", None, None))
+        == "AngelSlim/Qwen3-1.7B_eagle3"
+    )
+    assert (
+        draft_checkpoint("dflash", Target(None, "Qwen/Qwen3-4B", None, None)) == "z-lab/Qwen3-4B-DFlash-b16"
+    )
     assert draft_checkpoint("eagle3", hub, "me/my-head") == "me/my-head"
     with pytest.raises(ValueError):
-        draft_checkpoint("eagle3", Target(None, "Qwen/Qwen3-14B"))
+        draft_checkpoint("eagle3", Target(None, "Qwen/Qwen3-14B", None, None))
 
 
 LOSSLESS_SPECS = [
@@ -128,8 +156,9 @@ def test_diffusion_is_marked_lossy_and_counts(family):
 def test_sampling_is_seeded_for_every_method(family):
     for spec in ["ar", "ar-hf", "eagle3", "dflash", "pld", "orthrus"]:
         d = make_decoder(spec, family)
-        a = d.generate([1, 2, 3], 20, temperature=1.0, top_k=50, seed=3, stop_token_ids=[])
-        b = d.generate([1, 2, 3], 20, temperature=1.0, top_k=50, seed=3, stop_token_ids=[])
+        params = SamplingParams(temperature=1.0, top_k=50)
+        a = d.generate([1, 2, 3], 20, params, seed=3, stop_token_ids=[])
+        b = d.generate([1, 2, 3], 20, params, seed=3, stop_token_ids=[])
         assert a.tokens == b.tokens and len(a.tokens) == 20, spec
 
 
