@@ -19,7 +19,7 @@ from harness.cli import main
 from harness.methods import load_target, make_decoder
 from orthrus_core.checkpoint import CheckpointError
 from orthrus_core.formats import describe
-from orthrus_core.generation import default_stop_ids
+from orthrus_core.generation import stop_ids
 
 REPO = Path(__file__).resolve().parents[1]
 IM_END, ENDOFTEXT, MASK = 151645, 151643, 151669
@@ -168,7 +168,7 @@ def test_orthrus_1_7b_loads_as_published_and_every_lossless_method_is_ar(orthrus
     target = load_target(directory)
     model = target.model
     assert model.has_diffusion_view and model.block_size == 32 and model.mask_token_id == MASK
-    assert default_stop_ids(model) == [IM_END]
+    assert stop_ids(model) == [IM_END]
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied: no lm_head.weight is stored
     ar = outputs(target, "ar")
     for spec in ("ar-hf", "orthrus", "orthrus:block_size=8", "pld", "eagle3", "eagle3:tree=chain"):
@@ -181,7 +181,7 @@ def test_the_registry_finds_the_head_beside_the_target(orthrus_1_7b):
     directory, head = orthrus_1_7b
     decoder = make_decoder("eagle3", load_target(directory))  # no draft= : the sibling eagle3/ directory
     assert decoder.checkpoints["draft"] == str(head)
-    assert decoder.head.draft_vocab_size == 32000 and decoder.head.config.architectures == [
+    assert decoder.drafter.head.draft_vocab_size == 32000 and decoder.drafter.head.config.architectures == [
         "LlamaForCausalLMEEagle3"
     ]
 
@@ -189,7 +189,7 @@ def test_the_registry_finds_the_head_beside_the_target(orthrus_1_7b):
 def test_qwen3_8b_with_its_eagle3_head_and_dflash_drafter(qwen3_8b):
     directory, head, dflash, as_published = qwen3_8b
     target = load_target(directory)
-    assert not target.model.has_diffusion_view and default_stop_ids(target.model) == [IM_END]
+    assert not target.model.has_diffusion_view and stop_ids(target.model) == [IM_END]
     ar = outputs(target, "ar")
     assert outputs(target, "eagle3", draft=str(head)) == ar
     assert outputs(target, "dflash", draft=str(dflash)) == ar
@@ -204,7 +204,7 @@ def test_qwen3_4b_drafts_load_whatever_their_config_says_of_head_dim_and_archite
     decoder = make_decoder("eagle3", target, draft=str(head))
     assert json.loads((head / "config.json").read_text())["architectures"] == ["Eagle3LLamaforCausalLM"]
     assert (
-        decoder.head.config.head_dim == target.model.config.head_dim
+        decoder.drafter.head.config.head_dim == target.model.config.head_dim
     )  # from the weights, not the config's 80
     assert outputs(target, "eagle3", draft=str(head)) == ar
     assert outputs(target, "dflash", draft=str(dflash)) == ar
@@ -213,7 +213,7 @@ def test_qwen3_4b_drafts_load_whatever_their_config_says_of_head_dim_and_archite
 def test_sdar_stops_where_its_generation_config_says_and_decodes_as_its_layout(sdar_checkpoints):
     for directory in sdar_checkpoints.values():
         target = load_target(directory)
-        assert default_stop_ids(target.model) == [IM_END, ENDOFTEXT]  # config.json alone says 151643
+        assert stop_ids(target.model) == [IM_END, ENDOFTEXT]  # config.json alone says 151643
         assert type(target.tokenizer).__name__ == "Qwen2Tokenizer"  # transformers' own, not the repo's copy
         decoder = make_decoder("diffusion", target)
         assert decoder.config["layout"] == "sdar" and decoder.config["block_size"] == 4
@@ -241,7 +241,7 @@ def test_qwen3_1_7b_stores_a_tied_lm_head_and_still_loads(configs, qwen3_tokeniz
 def test_no_checkpoint_prompts_for_remote_code(sdar_checkpoints):
     """SDAR's tokenizer_config maps AutoTokenizer to remote code: with stdin closed, a prompt would show."""
     command = [sys.executable, "-m", "harness.cli", "generate", "--model", str(sdar_checkpoints["8B"]),
-               "--prompt", "hi", "--mode", "ar", "--max-new-tokens", "4", "--json"]  # fmt: skip
+               "--prompt", "hi", "--method", "ar", "--max-new-tokens", "4", "--json"]  # fmt: skip
     done = subprocess.run(
         command, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
     )

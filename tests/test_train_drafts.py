@@ -7,10 +7,10 @@ from conftest import VOCAB, random_model, random_prompts
 
 from harness.cli import main
 from orthrus_core.checkpoint import save_model
-from orthrus_core.decoding import generate_ar
 from orthrus_core.dflash import DFlashDrafter
 from orthrus_core.eagle3 import Eagle3Drafter
-from orthrus_core.speculative import generate_speculative
+from orthrus_core.engine import Engine
+from orthrus_core.loop import generate
 from orthrus_core.training import tiny_corpus
 from orthrus_core.training.dflash import train_dflash
 from orthrus_core.training.eagle3 import train_eagle3
@@ -25,16 +25,16 @@ def target():
 @pytest.fixture(scope="module")
 def sequences(target):
     """The target's greedy continuations of random prompts."""
-    out = []
+    out, engine = [], Engine(target)
     for prompt in random_prompts(40, seed=11, min_len=4, max_len=12):
-        out.append((prompt + generate_ar(target, prompt, 48, stop_token_ids=[]).tokens, len(prompt)))
+        out.append((prompt + generate(engine, None, prompt, 48, stop_token_ids=[]).tokens, len(prompt)))
     return out
 
 
 def taus(target, drafter, sequences):
-    accepted = []
+    accepted, engine = [], Engine(target)
     for ids, start in sequences[:6]:
-        r = generate_speculative(target, drafter, ids[:start], 40, stop_token_ids=[])
+        r = generate(engine, drafter, ids[:start], 40, stop_token_ids=[])
         assert r.tokens == ids[start : start + 40]  # still the target's output
         accepted += r.accepted
     return 1 + sum(accepted) / len(accepted)
