@@ -7,11 +7,15 @@ the same cycle; sampled rows follow their own seeded streams."""
 import pytest
 import torch
 from conftest import heldout_prompts, random_model, random_prompts
+from test_drafters import random_dflash, random_head
 
 from harness.methods import BATCHED, load_target, make_decoder, parse_spec
 from harness.paths import DEFAULT_MODEL
-from orthrus_core.engine import Engine, pass_mask
+from orthrus_core.dflash import DFlashDrafter
+from orthrus_core.eagle3 import Eagle3Drafter
+from orthrus_core.engine import Engine, pass_mask, static_pass
 from orthrus_core.loop import Drafter, Proposal, Request, decode, generate
+from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import GREEDY, SamplingParams
 from orthrus_core.prompt_lookup import PromptLookupDrafter
 from orthrus_core.tree import accept_greedy, ancestors, chain_parents
@@ -224,6 +228,43 @@ def test_the_batch_shrinks_as_rows_finish_and_continuous_refills_them():
         assert (rows[1] == 3.0) == expect_full
     with pytest.raises(ValueError, match="at least one row"):
         list(decode(engine, None, lambda: None, 0))
+
+
+def test_a_longer_request_grows_the_cache_under_the_rows_decoding():
+    """A request longer than the cache holds joins rows already decoding: the cache (and a drafter's own) grows
+    to the next bucket with their rows in it, eager and in a static engine's own buffers (its passes run
+    uncompiled here), for every drafter, greedy and seeded-sampled; every row is still its batch-1 output."""
+    target = random_model(seed=0, num_hidden_layers=3)
+    head = random_head(target, aux=[1, 2, 3])
+    drafters = [None, OrthrusDrafter(target), PromptLookupDrafter(), Eagle3Drafter(head, target, 3, 3, 10),
+                Eagle3Drafter.chain(head, target, 4), DFlashDrafter(random_dflash(target, layers=1), target)]  # fmt: skip
+    short = random_prompts(3, seed=1, min_len=5, max_len=10)
+    prompts = [short[0], short[1], random_prompts(1, seed=2, min_len=300, max_len=300)[0], short[2]]
+    limits = [30, 12, 20, 25]
+    eager, static = Engine(target), Engine(target, "compile", autotune=False)
+    static.compiled = static_pass  # the static engine's own cache, padding and growth; no compilation
+    grown = []
+    for engine in (eager, static):
+        grow = engine.grow
+        engine.grow = lambda cache, n, grow=grow: grown.append(len(cache.lengths)) or grow(cache, n)
+    for drafter in drafters:
+        for params in (GREEDY, SamplingParams(1.0)):
+
+            def reqs(params=params):
+                seeds = [None if params.greedy else torch.Generator().manual_seed(i) for i in range(4)]
+                return [
+                    Request(p, n, [], seeds[i], key=i)
+                    for i, (p, n) in enumerate(zip(prompts, limits, strict=True))
+                ]
+
+            alone = [generate(eager, drafter, r.prompt_ids, r.max_new_tokens, params, stop_token_ids=[],
+                              generator=r.generator).tokens for r in reqs()]  # fmt: skip
+            for engine in (eager, static):
+                grown.clear()
+                done = run_rows(engine, drafter, reqs(), 2, params, continuous=True)
+                assert [done[i].result.tokens for i in range(4)] == alone, (drafter, params, engine.mode)
+                assert grown and grown[0] == 1  # it grew with a row decoding
+    assert sorted(static.caches) == [256, 384] and static.caches[384].rows == 2
 
 
 # ------------------------------------------------------------------------------- batches on the tiny family
