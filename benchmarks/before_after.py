@@ -4,7 +4,7 @@
 
 The earlier commit's tree is extracted (git archive) to a temporary directory. Each (tree, engine mode) runs in
 its own process, on the tiny family's first held-out math prompts (greedy, float32, CPU unless --device):
-`ar` and `orthrus` through the method registry, each prompt generated once untimed first (so no compilation is
+`ar` and `orthrus` (or `--methods`) through the method registry, each prompt generated once untimed first (so no compilation is
 timed), then `--repeats` timed passes. The processes run in the order before, after, then after, before
 (drift falls on both sides alike); the table gives tokens/s per tree, mode and method (Σ tokens / Σ seconds
 over both rounds), the ratio after / before, τ, and whether every output equals the before tree's `ar`.
@@ -30,12 +30,13 @@ from harness.methods import load_target, make_decoder
 from orthrus_core.training import tiny_corpus
 
 mode, n_prompts, new_tokens, repeats, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+specs = sys.argv[6].split(",")
 target = load_target(None, "float32", device, mode)
 render = lambda m: target.tokenizer.apply_chat_template(m, add_generation_prompt=True, enable_thinking=False,
                                                         tokenize=True, return_dict=False)
 prompts = [render(tiny_corpus.math_messages(p)) for p in tiny_corpus.heldout_math(n_prompts)]
 out = {}
-for spec in ("ar", "orthrus"):
+for spec in specs:
     decoder = make_decoder(spec, target)
     for p in prompts:
         decoder.generate(p, new_tokens)
@@ -79,6 +80,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", default="ar,orthrus", help="method specs both trees know; ar first")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
@@ -115,7 +117,7 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|---|")
     for mode in args.modes.split(","):
-        for spec in ("ar", "orthrus"):
+        for spec in args.methods.split(","):
             b, a = figures[(mode, spec, "before")], figures[(mode, spec, "after")]
             rate = lambda f: f["new_tokens"] / f["seconds"]  # noqa: E731
             tau = lambda f: f"{1 + f['accepted'] / f['cycles']:.2f}" if f["cycles"] else "–"  # noqa: E731
