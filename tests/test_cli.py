@@ -173,4 +173,6 @@ def test_methods_lists_the_registry_with_options(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in METHODS)
-    assert "eagle3:total_tokens=<int>  default 60" in out and "[lossy, one prompt at a time, greedy only]" in out
+    assert (
+        "eagle3:total_tokens=<int>  default 60" in out and "[lossy, one prompt at a time, greedy only]" in out
+    )

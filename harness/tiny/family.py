@@ -73,9 +73,9 @@ def evaluate(
             fig.turns += len(ar_turns)
             for K in block_sizes:
                 turns = run_item(suite, item, tokenizer, orthrus[K].generate)
-                for ar, orthrus in zip(ar_turns, turns, strict=True):
-                    accepted[K] += orthrus.result.accepted
-                    identical[K] += orthrus.result.tokens == ar.result.tokens
+                for ar_turn, turn in zip(ar_turns, turns, strict=True):
+                    accepted[K] += turn.result.accepted
+                    identical[K] += turn.result.tokens == ar_turn.result.tokens
         fig.ar_accuracy = correct / scored if scored else None
         fig.ar_new_tokens = new_tokens / max(1, fig.turns)
         fig.tau = {K: metrics.tau(sum(a), len(a)) for K, a in accepted.items() if a}
