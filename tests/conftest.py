@@ -32,14 +32,14 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but ORTHRUS_REQUIRE_ALL_TESTS is set: {reason}"
 
 
-def tiny_config(**overrides) -> Qwen3Config:
+def two_layer_micro_config(**overrides) -> Qwen3Config:
     """The calibration's micro shape with two layers."""
     return micro_config(**{"num_hidden_layers": 2, **overrides})
 
 
 def random_model(seed: int = 0, **overrides) -> OrthrusForCausalLM:
     # std 0.25 (not Qwen3's 0.02) so that logits are spread out: greedy outputs vary and ties are rare.
-    return init_weights(OrthrusForCausalLM(tiny_config(**overrides)), std=0.25, seed=seed).eval()
+    return init_weights(OrthrusForCausalLM(two_layer_micro_config(**overrides)), std=0.25, seed=seed).eval()
 
 
 @pytest.fixture(scope="session")
