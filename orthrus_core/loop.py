@@ -35,6 +35,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -167,6 +168,12 @@ class Finished:
     kv_bytes_per_position: float  # the KV caches (the target's and the drafter's own) per row and position
     kv_scratch_positions: int  # positions a row holds beyond its committed ones (the largest proposal)
     kv_row_bytes: int  # what its row needs: bytes per position x (prompt + new tokens + scratch positions)
+
+
+class _Accepted(NamedTuple):
+    count: int  # drafts accepted
+    token: int  # the next token: the correction, or the bonus after the last accepted draft
+    drafts: list[int]  # the accepted drafts
 
 
 @dataclass
@@ -304,15 +311,15 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
         result = engine.step(cache, tokens, depth=anc.sum(-1) - 1, ancestors=anc, capture=capture)
     logits, features = result if capture else (result, None)
 
+    # Per row: (drafts accepted, the next token, the accepted drafts); paths for trees, traces for sampling.
     if params.greedy and tokens.shape[1] == 1:  # AR steps
-        accepted, paths, traces = [[0, t, []] for t in logits[:, 0].argmax(-1).tolist()], None, None
+        accepted, paths, traces = [_Accepted(0, t, []) for t in logits[:, 0].argmax(-1).tolist()], None, None
     elif params.greedy and parents is None:  # vectorised over the rows, one host transfer
         real = torch.tensor(proposal.drafts, device=device)
         counts, nxt = greedy_accept(tokens[:, 1:], logits, real)
         host = torch.cat([counts[:, None], nxt[:, None], tokens[:, 1:]], dim=1).tolist()
-        paths = None
-        accepted = [[h[0], h[1], h[2 : 2 + h[0]]] for h in host]
-        traces = None
+        paths, traces = None, None
+        accepted = [_Accepted(h[0], h[1], h[2 : 2 + h[0]]) for h in host]
     else:
         host_tokens = tokens.tolist()
         dist = None if params.greedy else probs(params, logits)
@@ -333,14 +340,14 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
                         host_tokens[b][:n_nodes], row_parents.tolist(), dist[b], generators[b]
                     )
                 trace = [None] * len(path)  # deterministic drafts: no draft distribution to audit against
-            accepted.append([len(path) - 1, token, [host_tokens[b][i] for i in path[1:]]])
+            accepted.append(_Accepted(len(path) - 1, token, [host_tokens[b][i] for i in path[1:]]))
             paths.append(path)
             traces.append(trace)
 
     passes = proposal.passes + 1
     for b, row in enumerate(active):
         n, token, drafts = accepted[b]
-        if paths is not None and parents is not None and paths[b] != list(range(len(paths[b]))):
+        if parents is not None and paths[b] != list(range(len(paths[b]))):
             cache.compact(b, starts[b], paths[b])
         cache.lengths[b] = starts[b] + n + 1
         row.verify_forwards += 1
@@ -355,7 +362,7 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
             row.trace += traces[b]
         row.out.emit(drafts + [token])
     if drafter:
-        counts = [a[0] + 1 for a in accepted]
+        counts = [a.count + 1 for a in accepted]
         if parents is None:
             drafter.accept(counts, tokens, features)
         else:  # the accepted paths, gathered to the front of each row
