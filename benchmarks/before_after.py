@@ -63,6 +63,7 @@ def run(tree: Path, mode: str, args) -> dict:
         str(args.new_tokens),
         str(args.repeats),
         args.device,
+        args.methods,
     ]
     done = subprocess.run(
         cmd, cwd=tree, capture_output=True, text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}
