@@ -28,7 +28,8 @@ from transformers import Qwen3Config
 from harness.console import console as make_console
 from harness.methods import make_decoder
 from harness.methods.checkpoints import QWEN3_SHAPES
-from harness.methods.target import Target, check_device, load_target, torch_dtype
+from harness.methods.target import Target, load_target, torch_dtype
+from harness.options import check_device
 from orthrus_core import metrics
 from orthrus_core.engine import ENGINES, Engine, check_engine
 from orthrus_core.generation import Clock

@@ -9,8 +9,9 @@
     train.py     train-tiny                     the tiny family
     args.py      what several commands share
 
-Bad input exits 2 with a message naming it (no traceback); a lossless method that fails verification exits
-1; Ctrl-C exits 130.
+Bad input exits 2 with a message naming it (no traceback); a run that fails (a full disk, an I/O error) exits 1
+with a message, as does a lossless method that fails verification; Ctrl-C exits 130. An interrupted or failed
+`run` says how to continue it: its finished units are kept, and `--resume` runs the rest.
 """
 
 from __future__ import annotations
@@ -46,15 +47,26 @@ def usage_errors() -> tuple[type[Exception], ...]:
     return (UsageError, RunError, StoreError, DatasetUnavailableError, FileNotFoundError, ValueError)
 
 
+def resume_hint(args) -> str:
+    """How to continue an interrupted or failed `run` (empty for the other commands)."""
+    if args.command != "run" or getattr(args, "out", None) is None:
+        return ""
+    again = "the same command" if args.resume else f"the same command with --resume --out {args.out}"
+    return f"; the finished units are kept in {args.out}: {again} runs the rest"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"orthrus-bench {args.command}: interrupted", file=sys.stderr)
+        print(f"orthrus-bench {args.command}: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as e:
-        if not isinstance(e, usage_errors()):
-            raise
-        print(f"orthrus-bench {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        if isinstance(e, usage_errors()):
+            print(f"orthrus-bench {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # the machine's, not the input's: a full disk, a lost mount, an I/O error
+            print(f"orthrus-bench {args.command}: failed: {e}{resume_hint(args)}", file=sys.stderr)
+            return 1
+        raise

@@ -32,9 +32,11 @@ def register(sub) -> None:
 
 def cmd_generate(args) -> int:
     from harness.methods import load_target, make_decoder
-    from orthrus_core.params import SamplingParams
+    from harness.options import check_length, check_positive, check_sampling
 
-    params = SamplingParams(args.temperature, args.top_k, args.top_p)  # checked before anything is loaded
+    # checked before anything is loaded, as `run` checks them (harness.options)
+    params = check_sampling(args.temperature, args.top_k, args.top_p, flags=True)
+    check_positive("--max-new-tokens", args.max_new_tokens)
     target = load_target(args.model, args.dtype, args.device, args.engine)
     model, tokenizer = target.model, target.tokenizer
     decoder = make_decoder(args.method, target)
@@ -50,6 +52,7 @@ def cmd_generate(args) -> int:
     bad = [t for t in prompt_ids if not 0 <= t < model.config.vocab_size]
     if bad:
         raise UsageError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {model.config.vocab_size})")
+    check_length(len(prompt_ids), args.max_new_tokens, model.config.max_position_embeddings)
 
     stream = None
     if not args.json and tokenizer is not None:

@@ -1,4 +1,4 @@
-"""`orthrus-bench run`, `merge` and `suites`: suites x methods into a results directory."""
+"""`orthrus-bench run`, `merge`, `repair`, `suites` and `methods`: suites x methods into a results directory."""
 
 from __future__ import annotations
 
@@ -69,6 +69,13 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="merged results directory")
     p.set_defaults(func=cmd_merge)
 
+    p = sub.add_parser(
+        "repair",
+        help="move the bad lines of a run's records.jsonl to records.rejected.jsonl, keeping every good record",
+    )
+    p.add_argument("run", help="results directory")
+    p.set_defaults(func=cmd_repair)
+
     p = sub.add_parser("suites", help="list the suite files")
     add_data_dir_arg(p)
     p.set_defaults(func=cmd_suites)
@@ -105,11 +112,15 @@ def cmd_run(args) -> int:
         continuous=args.continuous,
     )
     launch = launch_env()
+    if (
+        args.out is None and not launch.distributed
+    ):  # named now, so that an interrupted run can say where it is
+        args.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     if args.batch_sizes is not None:
         return run_sweep(spec, args, launch)
     if launch.distributed:
         return run_launched(spec, args, launch)
-    return run_one(spec, args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}", args)[1]
+    return run_one(spec, args.out, args)[1]
 
 
 def run_one(spec, out, args) -> tuple[Path, int]:
@@ -145,7 +156,7 @@ def run_sweep(spec, args, launch) -> int:
     sizes = sorted(set(args.batch_sizes))
     if not sizes or sizes[0] < 1:
         raise UsageError(f"--batch-sizes must be integers >= 1, got {','.join(map(str, args.batch_sizes))}")
-    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out)
     runs = [
         run_one(dataclasses.replace(spec, batch_size=size), out / f"batch-{size}", args) for size in sizes
     ]
@@ -224,6 +235,23 @@ def cmd_merge(args) -> int:
 
     directory = merge(args.shards, args.out)
     print_summary(summarize(read_records(directory)), f"{directory} (merged from {len(args.shards)} shards)")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from harness.store import REJECTED, repair
+
+    done = repair(args.run)
+    if not done.moved:
+        print(f"{args.run}: nothing to repair ({done.kept} good records)")
+        return 0
+    lines = ", ".join(str(line.number) for line in done.moved[:20]) + (" ..." if len(done.moved) > 20 else "")
+    print(
+        f"{args.run}: moved {len(done.moved)} line(s) ({lines}) to {Path(args.run) / REJECTED}; kept "
+        f"{done.kept} good records. `orthrus-bench run ... --resume` runs the units they belonged to again."
+    )
+    for line in done.moved[:20]:
+        print(f"  line {line.number}: {line.problem}")
     return 0
 
 

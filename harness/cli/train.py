@@ -52,7 +52,7 @@ def overrides(pairs: dict) -> dict:
 
 
 def family(args, out: Path) -> None:
-    from harness.methods.target import check_device
+    from harness.options import check_device
     from harness.suites.data import resolve_data_dir
     from harness.tiny.family import evaluate, figures_table, save_family
     from orthrus_core.training.tiny import Recipe, train_tiny

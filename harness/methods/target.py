@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.options import check_device
 from harness.paths import default_model
 from orthrus_core.checkpoint import load_model, resolve
 from orthrus_core.engine import Engine, check_engine
@@ -48,12 +49,6 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-
-
-def check_device(device: str) -> str:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but no CUDA device is available; use --device cpu")
-    return device
 
 
 def load_target(

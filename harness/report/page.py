@@ -9,6 +9,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.store import replace_file
+
 from .batch import batch_figures, batched
 from .figures import Figure, draw_batch_figure, draw_figures
 from .runs import Run, generations, load_runs, read_json_if_present, units
@@ -163,7 +165,10 @@ def one_at_a_time(gens):
 
 def write_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Path:
     out = Path(out)
-    report = build_report(run_dirs, out, title, calibration)
-    (out / "report.md").write_text(report.markdown())
-    (out / "report.html").write_text(report.html())
+    report = build_report(
+        run_dirs, out, title, calibration
+    )  # every run read whole before anything is written
+    # Each file whole or not at all: a failed write (a full disk) leaves the previous report's file.
+    replace_file(out / "report.md", report.markdown().encode())
+    replace_file(out / "report.html", report.html().encode())
     return out

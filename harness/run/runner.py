@@ -26,7 +26,8 @@ import torch
 
 from harness.methods import BATCHED, make_decoder
 from harness.methods.base import Decoder
-from harness.methods.target import Target, check_device, load_target, torch_dtype
+from harness.methods.target import Target, load_target, torch_dtype
+from harness.options import check_device, check_kv_memory, check_length
 from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, unit_key
 from harness.store import RunInfo, StoreError, open_run
 from harness.suites.config import GenerationSettings
@@ -69,6 +70,7 @@ class Prepared:
 
 def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     """Load and check everything before any generation: a bad input fails here, with nothing written."""
+    spec.check()
     torch_dtype(spec.dtype)
     check_device(spec.device)
     if not spec.methods or not spec.suites:
@@ -78,10 +80,10 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     suites = [load_suite(name, spec.data_dir, limit=spec.limit, ids=spec.ids) for name in spec.suites]
     for suite in suites:
         suite.check_ready()
-    if spec.batch_size is not None and spec.batch_size < 1:
-        raise RunError(f"--batch-size must be >= 1, got {spec.batch_size}")
-    if spec.batch_size is None and spec.continuous:
-        raise RunError("--continuous needs --batch-size")
+        try:
+            spec.generation(suite.generation)
+        except ValueError as exc:
+            raise RunError(f"suite {suite.name} with this run's settings: {exc}") from None
     try:
         target = load_target(spec.model, spec.dtype, spec.device, spec.engine)
     except EngineError as exc:
@@ -100,6 +102,7 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     max_context = target.model.config.max_position_embeddings
     all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
     items = shard_items(spec, suites, all_items, target.tokenizer, shard)
+    check_fits(spec, target, suites, items)
     nvml = load_nvml() if spec.device.startswith("cuda") else None
     model_records = [model_provenance("target", spec.model or "embedded tiny family", Path(target.path))]
     for label, decoder in decoders.items():
@@ -107,6 +110,24 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
             if Path(path) != Path(target.path):
                 model_records.append(model_provenance(f"{label}:{role}", label, Path(path)))
     return Prepared(spec, target, decoders, suites, items, nvml, model_records)
+
+
+def check_fits(spec: RunSpec, target: Target, suites: list[Suite], items: dict[str, list[SuiteItem]]) -> None:
+    """Every first-turn prompt with its max_new_tokens within the model's positions, and the KV cache of the
+    longest of them, at the run's rows, within the device's free memory (harness.options). Later turns, whose
+    prompts hold the model's own answers, are checked as they come (an error record)."""
+    config = target.model.config
+    longest = 0
+    for suite in suites:
+        max_new = spec.generation(suite.generation).max_new_tokens
+        check_length(0, max_new, config.max_position_embeddings, f"suite {suite.name}: even an empty prompt")
+        for item in items[suite.name]:
+            prompt = len(suite.render(target.tokenizer, item, []))
+            check_length(prompt, max_new, config.max_position_embeddings, f"{suite.name}/{item.id}'s prompt")
+            longest = max(longest, prompt + max_new)
+    if longest:
+        rows = spec.batch_size or 1
+        check_kv_memory(config, torch_dtype(spec.dtype).itemsize, rows, longest, spec.device)
 
 
 def shard_items(spec, suites, all_items, tokenizer, shard: tuple[int, int]) -> dict[str, list[SuiteItem]]:
@@ -332,7 +353,11 @@ def execute(
     except StoreError as exc:
         raise RunError(str(exc)) from None
     run.status, run.started, run.resumed_from = "running", _now(), len(store.done) or None
-    store.write_run(run)
+    try:
+        store.write_run(run)
+    except BaseException:
+        store.close()
+        raise
     settings = {s.name: spec.generation(s.generation) for s in p.suites}
     device = p.target.model.lm_head.weight.device
     telemetry = Telemetry(p.target.engine, device, enabled=spec.telemetry, nvml=p.nvml)
@@ -393,8 +418,10 @@ def execute(
         raise
     finally:
         run.finished = _now()
-        store.write_run(run)
-        store.close()
+        try:
+            store.write_run(run)
+        finally:  # the writer lock goes with the store, even when the disk refused run.json
+            store.close()
     return Path(out)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from harness.store import RECORDS, load_run, read_records, save_run
+from harness.store import RECORDS, RunInfo, WriterLock, load_run, read_records, replace_file, save_run
 
 from .spec import RunError
 
@@ -40,14 +40,19 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
     if incomplete:
         raise RunError(f"shard(s) not finished: {', '.join(incomplete)}; resume them first")
     out = Path(out)
-    if (out / RECORDS).exists():
-        raise RunError(f"{out} already holds a run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    staged = out / f".{RECORDS}.partial"
-    with open(staged, "w") as f:
-        for d in shard_dirs:
-            for record in read_records(d):
-                f.write(json.dumps(record, allow_nan=True) + "\n")
+    with WriterLock(out, "orthrus-bench merge"):
+        if (out / RECORDS).exists():
+            raise RunError(f"{out} already holds a run; choose another --out")
+        records = [record for d in shard_dirs for record in read_records(d)]
+        merged = _merged_run(shard_dirs, runs)
+        # records first, run.json last: a directory with a run.json holds its whole merge
+        replace_file(out / RECORDS, b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in records))
+        save_run(out, merged)
+    return out
+
+
+def _merged_run(shard_dirs: list[str | Path], runs: list) -> RunInfo:
     merged = dataclasses.replace(
         runs[0],
         shard=[0, 1],
@@ -61,6 +66,4 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
             "world_size": len(runs),
             "ranks": [r.launch for r in runs],
         }
-    staged.replace(out / RECORDS)
-    save_run(out, merged)
-    return out
+    return merged

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from harness.methods import METHODS
+from harness.options import OptionError, check_device_name, check_engine_name, check_positive, check_sampling
 from harness.suites.config import GenerationSettings
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
@@ -43,6 +44,32 @@ class RunSpec:
     engine: str = "auto"  # orthrus_core.engine: auto | eager | compile | cudagraph
     batch_size: int | None = None  # B rows decoded together (orthrus_core.batch); None: one prompt at a time
     continuous: bool = False  # with batch_size: refill a finished row's slot at once (continuous batching)
+
+    def check(self) -> None:
+        """Every option that can be checked before anything is loaded (harness.options); the lengths against the
+        model's positions and memory are checked once it is loaded (runner.prepare)."""
+        check_device_name(self.device)
+        check_engine_name(self.engine)
+        check_positive("--samples", self.samples)
+        check_positive("--seed", self.seed, minimum=0)
+        check_positive("--warmup", self.warmup, minimum=0)
+        for flag, value in (
+            ("--limit", self.limit),
+            ("--max-new-tokens", self.max_new_tokens),
+            ("--batch-size", self.batch_size),
+        ):
+            if value is not None:
+                check_positive(flag, value)
+        if self.continuous and self.batch_size is None:
+            raise OptionError("--continuous needs --batch-size (or --batch-sizes)")
+        overrides = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        check_sampling(
+            **{
+                **{"temperature": 0.0, "top_k": 0, "top_p": 1.0},
+                **{k: v for k, v in overrides.items() if v is not None},
+            },
+            flags=True,
+        )
 
     def config(self) -> dict:
         """What makes two runs' records comparable; hashed, and checked on --resume and merge. How the steps

@@ -66,6 +66,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from harness.options import OptionError, check_positive, check_sampling
 from harness.scoring import ScorerConfigError, make_scorer
 from orthrus_core.params import SamplingParams
 
@@ -216,14 +217,9 @@ class GenerationSettings:
     top_p: float = 1.0
     stop: tuple[str | int, ...] = ()
 
-    def __post_init__(self):
-        if (
-            isinstance(self.max_new_tokens, bool)
-            or not isinstance(self.max_new_tokens, int)
-            or self.max_new_tokens < 1
-        ):
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        self.sampling  # noqa: B018 (checks temperature, top_k and top_p)
+    def __post_init__(self):  # the checks every run option gets (harness.options)
+        check_positive("max_new_tokens", self.max_new_tokens)
+        check_sampling(self.temperature, self.top_k, self.top_p)
 
     @property
     def sampling(self) -> SamplingParams:
@@ -415,15 +411,14 @@ def _parse_generation(table: _Table) -> GenerationSettings:
         top_p=table.number("top_p", 1.0),
         stop=tuple(table.raw("stop", [])),
     )
-    if values["temperature"] < 0:
-        raise table.error("temperature", f"must be 0 (greedy) or positive, not {values['temperature']}")
-    if not 0 < values["top_p"] <= 1:
-        raise table.error("top_p", f"must be in (0, 1], not {values['top_p']}")
     for entry in values["stop"]:
         if isinstance(entry, bool) or not isinstance(entry, (str, int)) or entry == "":
             raise table.error("stop", f"entries must be non-empty strings or token ids, not {entry!r}")
     table.finish()
-    return GenerationSettings(**values)
+    try:
+        return GenerationSettings(**values)
+    except OptionError as exc:  # temperature, top_k, top_p: the checks every run option gets
+        raise SuiteError(f"{table.source}: [generation] {exc}") from None
 
 
 def _parse_scoring(table: _Table) -> ScoringSpec:

@@ -14,6 +14,7 @@ registry rebuilds it on the run's target; a `decoder_factory` (label -> generate
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from harness.methods.target import load_target
 from harness.paths import default_model
 from harness.records import prompt_key
 from harness.run.spec import RunSpec
-from harness.store import RunInfo, json_safe, load_run, read_records, write_json
+from harness.store import RunInfo, StoreError, WriterLock, json_safe, load_run, read_records, write_json
 from harness.suites.config import GenerationSettings, parse_suite
 from harness.suites.suite import load_suite
 
@@ -67,7 +68,9 @@ class RunVerification:
     def __init__(self, run_dir: str | Path, config: VerifyConfig, decoder_factory: DecoderFactory | None):
         self.run_dir, self.config = run_dir, config
         self.run = load_run(run_dir)
-        self.records = [r for r in read_records(run_dir) if r["status"] == "ok"]
+        every = read_records(run_dir)
+        self.record_count = len(every)
+        self.records = [r for r in every if r["status"] == "ok"]
         self.dtype = str(self.run.config.get("dtype", "float32")).removeprefix("torch.")
         self.path = self.run.target_path or str(default_model())
         # What the run decoded with, in the engine it decoded in; the exact distributions in float32.
@@ -120,6 +123,7 @@ class RunVerification:
         ]
         return {
             "run": str(self.run_dir),
+            "records": self.record_count,  # what they were computed from: never replaced by fewer (verify_main)
             "alpha": self.config.alpha,
             "accuracy_margin": self.config.margin,
             "dtype": self.dtype,
@@ -287,6 +291,15 @@ def print_verdicts(result: dict, console=None) -> None:
             console.print(v["summary"], highlight=False)
 
 
+def _records_counted(path: Path) -> int:
+    """How many records an existing verdicts file was computed from (0: none, unreadable, or from before it
+    said)."""
+    try:
+        return int(json.loads(path.read_text()).get("records") or 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def verify_main(
     run_dir: str | Path,
     config: VerifyConfig | None = None,
@@ -294,10 +307,27 @@ def verify_main(
     decoder_factory: DecoderFactory | None = None,
 ) -> int:
     """Verify, print the table, write verdicts.json (default RUN/verdicts.json); exit status 1 when a lossless
-    method fails, else 0."""
-    result = verify_run(run_dir, config, decoder_factory)
+    method fails, else 0. Writing into the run directory takes its writer lock (no run may be adding records
+    meanwhile), and a verdicts file computed from more records than the run now holds is not replaced."""
     path = Path(out) if out else Path(run_dir) / VERDICTS
-    write_json(path, json_safe(result))
+    lock = (
+        WriterLock(run_dir, "orthrus-bench verify")
+        if path.parent.resolve() == Path(run_dir).resolve()
+        else None
+    )
+    try:
+        result = verify_run(run_dir, config, decoder_factory)
+        before = _records_counted(path)
+        if before > result["records"]:
+            raise StoreError(
+                f"{path} was computed from {before} records and {run_dir} now holds "
+                f"{result['records']}: not replaced. Restore the missing records, or pass --out to write the "
+                "new verdicts elsewhere"
+            )
+        write_json(path, json_safe(result))
+    finally:
+        if lock is not None:
+            lock.release()
     print_verdicts(result)
     print(f"wrote {path}", file=sys.stderr)
     return 1 if any(v["lossless"] and v["verdict"] == "FAIL" for v in result["verdicts"]) else 0
