@@ -1,9 +1,10 @@
 """Offline data and scoring for the local lm-eval task configs in this folder.
 
 The datasets come from the project's data folder ($ORTHRUS_DATA_DIR, laid out like shared/data; see its
-MANIFEST.md), so no task touches the Hugging Face Hub. MATH-500 answers are checked with math-verify in the
-harness's own worker process (harness.scoring.math_answers), because lm-eval's stock minerva_math utilities
-insist on antlr4 4.11 while math-verify here runs on 4.13.
+MANIFEST.md), or for tiny_math from the tiny family's generator, so no task touches the Hugging Face Hub.
+MATH-500 answers are checked with math-verify in the harness's own worker process
+(harness.scoring.math_answers), because lm-eval's stock minerva_math utilities insist on antlr4 4.11 while
+math-verify here runs on 4.13.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def gsm8k_dataset(**_metadata) -> datasets.DatasetDict:
 
 def math500_dataset(**_metadata) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": _jsonl("math/math500_test.jsonl")})
+
+
+def tiny_math_dataset(**_metadata) -> datasets.DatasetDict:
+    """The tiny-math suite's 200 held-out problems (generated, so no data folder is needed)."""
+    from orthrus_core.training.tiny_corpus import heldout_math
+
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(heldout_math(200))})
 
 
 def minerva_doc_to_text(doc: dict) -> str:
