@@ -327,6 +327,8 @@ def open_run(
     directory = Path(directory)
     records_path = directory / RECORDS
     existed = directory.exists()
+    if existed and not directory.is_dir():
+        raise StoreError(f"--out {directory} is a file, not a directory: choose another --out")
     directory.mkdir(parents=True, exist_ok=True)
     lock = WriterLock(directory, "orthrus-bench " + " ".join(sys.argv[1:]))
     try:

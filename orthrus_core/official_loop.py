@@ -26,7 +26,7 @@ def generate_orthrus_dynamic_cache(
 ) -> GenerationResult:
     from transformers import DynamicCache
 
-    K, device = block_size or model.block_size, model.lm_head.weight.device
+    K, device = model.block_size if block_size is None else block_size, model.lm_head.weight.device
     prompt = check_prompt(prompt_ids, max_new_tokens, device)[None]
     out = Output(max_new_tokens, stop_ids(model, stop_token_ids), on_tokens)
     cache = DynamicCache()

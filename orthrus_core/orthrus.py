@@ -22,7 +22,7 @@ class OrthrusDrafter(Drafter):
             raise ValueError(
                 "Orthrus decoding needs a checkpoint with a diffusion view (architectures OrthrusLM)"
             )
-        self.block_size = block_size or model.block_size  # None: the checkpoint's
+        self.block_size = model.block_size if block_size is None else block_size  # None: the checkpoint's
         if self.block_size < 2:
             raise ValueError(f"block size must be >= 2, got {self.block_size}")
         self.mask_token_id = model.mask_token_id

@@ -321,3 +321,50 @@ def test_a_run_still_writing_is_read_without_its_unfinished_unit(run_copy):
         with open(run_copy / RECORDS, "ab") as f:
             f.write(lines(run_copy)[0][:30])
         assert len(read_records(run_copy)) == 4
+
+
+# -------------------------------------------------------------------- what else a new user tries
+
+
+def other_cases(run: Path, tmp: Path) -> list[tuple[list, str]]:
+    """(argv, what the message must say) for faults the issue did not list; each exits 2."""
+    a_file = tmp / "a-file"
+    a_file.write_text("not a directory\n")
+    return [
+        (["run", *RUN_ARGS, "--out", run], "already holds a run: pass --resume"),
+        (["run", *RUN_ARGS, "--limit", "1", "--out", run, "--resume"], "different configuration"),
+        (["run", *RUN_ARGS, "--out", tmp / "x", "--retry-failed"], "pass --resume too"),
+        (["run", *RUN_ARGS, "--out", a_file], "is a file, not a directory"),
+        (["run", *RUN_ARGS, "--suite", "nope", "--out", tmp / "x"], "nope"),
+        (["run", *RUN_ARGS, "--methods", "nope", "--out", tmp / "x"], "nope"),
+        (["run", *RUN_ARGS, "--methods", "orthrus:block_size=0", "--out", tmp / "x"], "block size must be >= 2"),
+        (["run", *RUN_ARGS, "--shard", "3/2", "--out", tmp / "x"], "--shard 3/2"),
+        (["verify", tmp / "missing"], "missing"),
+        (["report", tmp / "missing", "--out", tmp / "r"], "missing"),
+        (["merge", run, run, "--out", tmp / "m"], "do not cover"),
+    ]
+
+
+def test_what_else_a_new_user_tries_gets_a_message_and_changes_nothing(run_copy, capsys, tmp_path):
+    before = (run_copy / RECORDS).read_bytes()
+    for argv, message in other_cases(run_copy, tmp_path):
+        code, printed = cli(capsys, *argv)
+        assert code == 2 and message in printed and "Traceback" not in printed, (argv, printed)
+        assert (run_copy / RECORDS).read_bytes() == before
+    assert not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda run: (run / RUN).write_text("{ not json"), f"{RUN} is not valid JSON"),
+        (lambda run: (run / RUN).write_text('{"confg": {}}'), "is not an orthrus-bench run.json"),
+        (lambda run: (run / RECORDS).unlink(), f"has no {RECORDS}"),
+        (lambda run: (run / RECORDS).write_text('["a list"]\n'), "line 1: not an orthrus-bench record"),
+    ],
+)
+def test_a_damaged_run_directory_is_named_by_every_reader(run_copy, capsys, tmp_path, damage, message):
+    damage(run_copy)
+    for argv in (["verify", run_copy, "--no-decoders"], ["report", run_copy, "--out", tmp_path / "r"]):
+        code, printed = cli(capsys, *argv)
+        assert code == 2 and message in printed and "Traceback" not in printed, (argv, printed)
