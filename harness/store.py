@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from harness.records import UNIT, Record, missing_fields, unit_key
+from harness.records import Record, missing_fields, unit_key
 
 RECORDS = "records.jsonl"
 RUN = "run.json"
@@ -121,12 +121,13 @@ class Scan:
             return
         first, more = self.bad[0], self.bad[1:]
         after = sum(1 for n in self.record_lines if n > first.number)
+        after = f" ({after} of them after that line)" if after else ""
         numbers = ", ".join(str(b.number) for b in more[:8]) + (" ..." if len(more) > 8 else "")
         others = f"; {len(more)} more bad line(s): {numbers}" if more else ""
         directory = self.path.parent
         raise CorruptStoreError(
-            f"{self.path}, line {first.number}: {first.problem}{others}. The {len(self.records)} good records "
-            f"({after} of them after that line) are intact; nothing was changed. `orthrus-bench repair "
+            f"{self.path}, line {first.number}: {first.problem}{others}. The {len(self.records)} good records"
+            f"{after} are intact; nothing was changed. `orthrus-bench repair "
             f"{directory}` moves the bad lines to {directory / REJECTED} and keeps every good record (or "
             "restore the file from a copy)"
         )
@@ -208,7 +209,7 @@ def scan(path: Path) -> Scan:
 
 
 def _unit_name(record: dict) -> str:
-    return "unit " + "/".join(str(record[column]) for column in UNIT)
+    return f"the unit of item {record['item_id']} by {record['method']} (sample {record['sample']})"
 
 
 class WriterLock:

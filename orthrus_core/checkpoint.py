@@ -9,17 +9,21 @@ anyway (Qwen/Qwen3-1.7B's index maps it to a shard) it is ignored, as transforme
 generation_config.json's `eos_token_id` when there is one (what transformers' generate stops on: Qwen3 and
 SDAR list both <|im_end|> and <|endoftext|> there), else config.json's.
 
-Everything is validated before any weight is read: architecture, Orthrus fields, every tensor name and shape.
+Everything is validated before any weight is read: architecture, Orthrus fields, every tensor name and shape;
+every JSON file parses and every safetensors file is as long as its header says (a truncated download is
+reported before loading, naming the file and how to fetch it again: `CorruptFileError`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen3Config
 
@@ -41,6 +45,123 @@ HUB_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the problem and what to do."""
+
+
+class CorruptFileError(CheckpointError):
+    """A checkpoint file that cannot be read at all: truncated or damaged weights, a JSON file that does not
+    parse, an index naming shards that are not there. Raised even where load problems are collected
+    (formats.describe), as nothing else about the checkpoint can be trusted."""
+
+
+def refetch_hint(path: str | os.PathLike, names: list[str] | None = None) -> str:
+    """What to do about a damaged checkpoint file (or the files `names` next to it): fetch it again (from its
+    repository when it sits in the hub cache), or write it again."""
+    path = Path(path)
+    parts, it = path.parts, "them" if names and len(names) > 1 else "it"
+    for i, part in enumerate(parts[:-3]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            repo = part.removeprefix("models--").replace("--", "/")
+            folder = "/".join(parts[i + 3 : -1])
+            files = " ".join(f"{folder}/{n}" if folder else n for n in names or [path.name])
+            return (
+                f"re-download {it}: `hf download {repo} {files} --force-download` (or delete {it} from the "
+                f"Hugging Face hub cache, the snapshot link and its blob, and run again to fetch {it})"
+            )
+    files = " ".join(names or [path.name])
+    return (
+        f"re-download {it} (for a hub checkpoint: `hf download <owner/name> {files} --local-dir "
+        f"{path.parent}`) or save the checkpoint again"
+    )
+
+
+def read_json(path: str | os.PathLike, hint: str | None = None) -> dict:
+    """A checkpoint's JSON file (config.json, an index, ...), which must hold an object; a file that does not
+    parse is a CorruptFileError naming it, where it breaks and `hint` (default: fix it or fetch it again)."""
+    path = Path(path)
+    hint = hint or f"the file is damaged or was edited by hand: fix it, or {refetch_hint(path)}"
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path}: not valid JSON (not UTF-8 text: byte {e.start}); {hint}") from None
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(
+            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); {hint}"
+        ) from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path}: expected a JSON object, found a {type(value).__name__}; {hint}")
+    return value
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """A safetensors file's header parses and its tensor data is exactly as long as the header says: the
+    format is an 8-byte little-endian header length, the JSON header (`data_offsets` per tensor, relative to
+    the end of the header), then the data. safetensors may only notice a short file when a tensor is read."""
+    path = Path(path)
+
+    def corrupt(problem: str) -> CorruptFileError:
+        return CorruptFileError(
+            f"{path}: {problem}; the file is incomplete or damaged (an interrupted download or copy?): "
+            f"{refetch_hint(path)}"
+        )
+
+    try:
+        size = path.stat().st_size
+        if size < 8:
+            raise corrupt(f"truncated: {size} bytes, too short for a safetensors header")
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if length > size - 8:
+                raise corrupt(
+                    f"truncated or corrupt safetensors header: its length field says {length} bytes, but only "
+                    f"{size - 8} follow"
+                )
+            raw = f.read(length)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise corrupt(f"corrupt safetensors header (not valid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise corrupt("corrupt safetensors header (not a JSON object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
+            raise corrupt(f"corrupt safetensors header (tensor {name!r} has no valid data_offsets)")
+        end = max(end, offsets[1])
+    expected = 8 + length + end
+    if size < expected:
+        raise corrupt(
+            f"truncated: the tensor data is {expected - size} bytes shorter than its header says (the file is "
+            f"{size} bytes, the header needs {expected})"
+        )
+    if size > expected:
+        raise corrupt(
+            f"corrupt: {size - expected} bytes follow the last tensor its header lists (the file is {size} "
+            f"bytes, the header accounts for {expected})"
+        )
+
+
+@contextmanager
+def open_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> Iterator:
+    """`safe_open` after `check_safetensors`; whatever safetensors still rejects, opening the file or reading a
+    tensor, is a CorruptFileError naming the file."""
+    check_safetensors(path)
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            yield f
+    except SafetensorError as e:
+        raise CorruptFileError(
+            f"{path}: not a readable safetensors file ({e}): the file is damaged; {refetch_hint(path)}"
+        ) from None
 
 
 def resolve(
@@ -73,7 +194,7 @@ def load_config(directory: str | os.PathLike) -> tuple[Qwen3Config | Qwen2Config
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"no config.json in {directory}")
-    raw = json.loads(path.read_text())
+    raw = read_json(path)
     raw.pop("auto_map", None)  # points at remote code we deliberately do not run
     archs = set(raw.get("architectures") or [])
     if archs & QWEN2_ARCHITECTURES:
@@ -111,7 +232,7 @@ def eos_token_id(directory: str | os.PathLike, config: dict) -> int | list[int] 
     """What generation stops on: generation_config.json's eos_token_id (an id or a list) when it has one,
     else config.json's."""
     path = Path(directory) / GENERATION_CONFIG
-    generation = json.loads(path.read_text()) if path.is_file() else {}
+    generation = read_json(path) if path.is_file() else {}
     return generation.get("eos_token_id", config.get("eos_token_id"))
 
 
@@ -119,15 +240,26 @@ def weight_files(directory: Path) -> dict[str, Path]:
     """tensor name -> the safetensors file holding it."""
     index = directory / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index).get("weight_map")
+        if not (
+            isinstance(weight_map, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
+        ):
+            raise CorruptFileError(
+                f"{index}: no valid weight_map (an object mapping tensor names to shard files); the file is "
+                f"damaged: {refetch_hint(index)}"
+            )
         missing = sorted({f for f in weight_map.values() if not (directory / f).is_file()})
         if missing:
-            raise CheckpointError(f"{index} lists shard files that are not there: {missing}")
+            raise CorruptFileError(
+                f"{index} lists shard files that are not there: {missing}; the download is incomplete: "
+                + refetch_hint(index, missing)
+            )
         return {name: directory / f for name, f in weight_map.items()}
     single = directory / SINGLE_FILE
     if not single.is_file():
         raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
-    with safe_open(single, framework="pt") as f:
+    with open_safetensors(single) as f:
         return dict.fromkeys(f.keys(), single)
 
 
@@ -144,7 +276,7 @@ def tensor_headers(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], s
     """name -> (shape, dtype) of every tensor, from the safetensors headers alone (no weight is read)."""
     out: dict[str, tuple[tuple[int, ...], str]] = {}
     for file in set(files.values()):
-        with safe_open(file, framework="pt") as f:
+        with open_safetensors(file) as f:
             for name in f.keys():
                 if files.get(name) == file:
                     tensor = f.get_slice(name)
@@ -214,7 +346,7 @@ def load_model(
     device = torch.device(device)
     state = {}
     for file in sorted(set(files.values())):
-        with safe_open(file, framework="pt", device=str(device)) as f:
+        with open_safetensors(file, device) as f:
             for name in f.keys():
                 if files.get(name) == file:
                     state[name] = f.get_tensor(name).to(dtype)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import Qwen3Config
@@ -32,7 +31,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .checkpoint import CheckpointError, check_shapes, resolve
+from .checkpoint import CheckpointError, check_shapes, open_safetensors, read_json, resolve
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
 
@@ -129,7 +128,7 @@ class DFlashDrafter(CachedDrafter):
 
     def __init__(self, draft: DFlashDraftModel, target: OrthrusForCausalLM, block_size: int | None = None):
         self.draft, self.target = draft, target
-        self.block_size = block_size or draft.block_size
+        self.block_size = draft.block_size if block_size is None else block_size
         if self.block_size < 2:
             raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         self.capture = draft.capture
@@ -258,7 +257,7 @@ def load_dflash(
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"no config.json in {directory}")
-    raw = json.loads(config_path.read_text())
+    raw = read_json(config_path)
     if ARCHITECTURE not in (raw.get("architectures") or []):
         raise CheckpointError(
             f"{config_path}: architectures {raw.get('architectures')} is not a DFlash drafter ({ARCHITECTURE})"
@@ -271,13 +270,13 @@ def load_dflash(
         )
     if not (directory / WEIGHTS).is_file():
         raise CheckpointError(f"no {WEIGHTS} in {directory}")
-    with safe_open(directory / WEIGHTS, framework="pt") as f:
+    with open_safetensors(directory / WEIGHTS) as f:
         actual = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
     check_shapes(
         f"the DFlash weights in {directory} do not match its config.json", actual, expected_shapes(config)
     )
     p = target.lm_head.weight
-    with safe_open(directory / WEIGHTS, framework="pt", device=str(p.device)) as f:
+    with open_safetensors(directory / WEIGHTS, p.device) as f:
         state = {n: f.get_tensor(n).to(p.dtype) for n in f.keys()}
     draft = DFlashDraftModel(config).to(dtype=p.dtype, device=p.device)
     draft.load_state_dict(state, strict=True)

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import (
@@ -39,7 +40,15 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
 )
 
-from .checkpoint import CheckpointError, check_shapes, resolve
+from .checkpoint import (
+    CheckpointError,
+    CorruptFileError,
+    check_shapes,
+    open_safetensors,
+    read_json,
+    refetch_hint,
+    resolve,
+)
 from .engine import pass_mask
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, causal_mask, head_dim
@@ -305,13 +314,22 @@ def weights_file(directory: Path) -> Path:
 
 
 def read_weights(path: Path, *, meta: bool = False) -> dict[str, torch.Tensor]:
-    """The head's tensors; with `meta`, their shapes and dtypes only (nothing is read but the headers)."""
+    """The head's tensors; with `meta`, their shapes and dtypes only (nothing is read but the headers). A
+    truncated or damaged file is a CorruptFileError naming it."""
     if path.suffix == ".bin":
-        return torch.load(path, map_location="meta" if meta else "cpu", weights_only=True)
-    if meta:
-        with safe_open(path, framework="pt") as f:
+        try:
+            return torch.load(path, map_location="meta" if meta else "cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+            reason = (
+                str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
+            )
+            raise CorruptFileError(
+                f"{path}: truncated or damaged, torch.load cannot read it ({reason}); {refetch_hint(path)}"
+            ) from None
+    with open_safetensors(path) as f:
+        if meta:
             return {n: _meta(f.get_slice(n)) for n in f.keys()}
-    return load_file(path)
+        return {n: f.get_tensor(n) for n in f.keys()}
 
 
 def _meta(tensor_slice) -> torch.Tensor:
@@ -397,7 +415,7 @@ def load_eagle3(
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"no config.json in {directory}")
-    raw = json.loads(config_path.read_text())
+    raw = read_json(config_path)
     state = read_weights(weights_file(directory))
     if not is_eagle3_head(state):
         raise CheckpointError(

@@ -11,21 +11,21 @@ code.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from safetensors import safe_open
-
 from . import dflash, eagle3
 from .checkpoint import (
     CheckpointError,
+    CorruptFileError,
     check_shapes,
     check_tensors,
     eos_token_id,
     load_config,
+    open_safetensors,
+    read_json,
     resolve,
     tensor_headers,
     weight_files,
@@ -109,7 +109,7 @@ def describe(path_or_id: str | os.PathLike, target: str | os.PathLike | None = N
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"no config.json in {directory}: not a Hugging Face checkpoint directory")
-    raw = json.loads(config_path.read_text())
+    raw = read_json(config_path)
     info = CheckpointInfo(
         path=str(directory),
         format=None,
@@ -148,6 +148,8 @@ def _describe_target(info: CheckpointInfo, raw: dict, directory: Path) -> None:
             info.parameters["ar_view"] = info.parameters["total"] - diffusion_only
             info.parameters["diffusion_view_only"] = diffusion_only
         check_tensors(directory, config, orthrus, files)
+    except CorruptFileError:  # a file that cannot be read: nothing to describe
+        raise
     except CheckpointError as e:
         info.problems.append(str(e))
 
@@ -205,5 +207,5 @@ def _describe_dflash(info: CheckpointInfo, raw: dict, directory: Path, target) -
 
 
 def _safetensors_names(path: Path) -> list[str]:
-    with safe_open(path, framework="pt") as f:
+    with open_safetensors(path) as f:
         return list(f.keys())

@@ -162,7 +162,18 @@ def test_every_subcommand_is_registered():
     from harness.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    expected = {"generate", "run", "merge", "suites", "methods", "verify", "calibrate", "report", "compare"}
+    expected = {
+        "generate",
+        "run",
+        "merge",
+        "repair",
+        "suites",
+        "methods",
+        "verify",
+        "calibrate",
+        "report",
+        "compare",
+    }
     expected |= {"dashboard"}
     assert set(commands) == expected | {"bench-engine", "bench-overhead", "train-tiny", "inspect"}
 

@@ -118,7 +118,11 @@ def test_a_unit_written_twice_is_refused_then_repaired_to_its_first_copy(run_cop
     with open(run_copy / RECORDS, "ab") as f:  # what two --resume runs of older versions left
         f.write(good[0] + b"\n")
     code, message = cli(capsys, "run", *RUN_ARGS, "--out", run_copy, "--resume", "--no-verify")
-    assert code == 2 and "line 5: unit tiny-math/" in message and "written again" in message
+    assert (
+        code == 2
+        and "line 5: the unit of item tiny-math/" in message
+        and "by ar (sample 0) written again" in message
+    )
     assert "first copy starts at line 1" in message
     code, message = cli(capsys, "repair", run_copy)
     assert code == 0 and lines(run_copy) == good and (run_copy / REJECTED).read_bytes() == good[0] + b"\n"
@@ -337,7 +341,10 @@ def other_cases(run: Path, tmp: Path) -> list[tuple[list, str]]:
         (["run", *RUN_ARGS, "--out", a_file], "is a file, not a directory"),
         (["run", *RUN_ARGS, "--suite", "nope", "--out", tmp / "x"], "nope"),
         (["run", *RUN_ARGS, "--methods", "nope", "--out", tmp / "x"], "nope"),
-        (["run", *RUN_ARGS, "--methods", "orthrus:block_size=0", "--out", tmp / "x"], "block size must be >= 2"),
+        (
+            ["run", *RUN_ARGS, "--methods", "orthrus:block_size=0", "--out", tmp / "x"],
+            "orthrus:block_size=0: block size must be >= 2",
+        ),
         (["run", *RUN_ARGS, "--shard", "3/2", "--out", tmp / "x"], "--shard 3/2"),
         (["verify", tmp / "missing"], "missing"),
         (["report", tmp / "missing", "--out", tmp / "r"], "missing"),

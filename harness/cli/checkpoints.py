@@ -1,6 +1,7 @@
 """`orthrus-bench inspect PATH_OR_ID`: what the harness sees in a checkpoint, from its config files and tensor
 headers alone (orthrus_core.formats), so that it can be checked before a long GPU run. Exit 1 when loading it
-would fail."""
+would fail; exit 2, with the file named, when a file cannot be read at all (truncated weights, JSON that does not
+parse, missing shards or tokenizer.json)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ def fits(info) -> list[str]:
     from orthrus_core import dflash, eagle3, formats
 
     if info.format == "eagle3":
-        config = eagle3.head_config(json.loads(_config(info)), _head_state(info))
+        config = eagle3.head_config(_config(info), _head_state(info))
         check = lambda base: eagle3.fit_problems(config, {}, base)  # noqa: E731
     elif info.format == "dflash":
-        raw = json.loads(_config(info))
+        raw = _config(info)
         check = lambda base: dflash.fit_problems(  # noqa: E731
             raw, dflash.draft_config(raw, base.num_hidden_layers), base
         )
@@ -45,10 +46,12 @@ def fits(info) -> list[str]:
     return [name for name, shape in QWEN3_SHAPES.items() if not check(Qwen3Config(**shape))]
 
 
-def _config(info) -> str:
+def _config(info) -> dict:
     from pathlib import Path
 
-    return (Path(info.path) / "config.json").read_text()
+    from orthrus_core.checkpoint import read_json
+
+    return read_json(Path(info.path) / "config.json")
 
 
 def _head_state(info):
@@ -112,9 +115,10 @@ def cmd_inspect(args) -> int:
 
     info = describe(args.checkpoint, target=args.target)
     fitting = fits(info)
+    # Loaded in either mode: tokenizer files that cannot make a tokenizer are an error (exit 2), as in a run.
+    tokenizer = load_tokenizer(info.path) if info.tokenizer else None
     if args.json:
         print(json.dumps({**info.to_dict(), "fits" if info.is_draft else "drafts": fitting}))
     else:
-        tokenizer = load_tokenizer(info.path) if info.tokenizer else None
         print("\n".join(lines(info, fitting, tokenizer)))
     return 1 if info.problems else 0

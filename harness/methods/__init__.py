@@ -109,7 +109,12 @@ def make_decoder(spec: str, target, **overrides):
         k: _coerce(name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()
     }
     label = ":".join([name] + [f"{k}={v}" for k, v in given.items()])
-    return module.build(target, label, options)
+    try:
+        return module.build(target, label, options)
+    except ValueError as exc:  # the core's checks do not know the spec the user wrote: name it
+        if not str(exc).startswith(name):
+            exc.args = (f"{label}: {exc}", *exc.args[1:])
+        raise
 
 
 def load_target(*args, **kwargs):
