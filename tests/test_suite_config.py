@@ -130,8 +130,14 @@ def test_builtin_generator_that_cannot_be_imported_is_named(tmp_path):
         (('user = "{problem}"', 'user = "{}"'), r"positional fields"),
         (("max_new_tokens = 16", 'max_new_tokens = "16"'), r"max_new_tokens: must be an integer"),
         (("max_new_tokens = 16", "max_new_tokens = 0"), r"max_new_tokens: must be at least 1"),
-        (("max_new_tokens = 16", "max_new_tokens = 16\ntop_p = 0"), r"\[generation\] top_p must be in \(0, 1\]"),
-        (("max_new_tokens = 16", "max_new_tokens = 16\ntemperature = -1"), r"\[generation\] temperature must be >= 0"),
+        (
+            ("max_new_tokens = 16", "max_new_tokens = 16\ntop_p = 0"),
+            r"\[generation\] top_p must be in \(0, 1\]",
+        ),
+        (
+            ("max_new_tokens = 16", "max_new_tokens = 16\ntemperature = -1"),
+            r"\[generation\] temperature must be >= 0",
+        ),
         (("max_new_tokens = 16", "max_new_tokens = 16\nstop = [1.5]"), r"stop: entries must be"),
         (
             ('files = ["math/math500_test.jsonl"]', 'files = ["../secret.jsonl"]'),
