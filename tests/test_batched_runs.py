@@ -6,6 +6,7 @@ import json
 import pytest
 
 from harness.cli import main
+from harness.options import OptionError
 from harness.report.batch import batch_figures
 from harness.report.page import build_report
 from harness.report.runs import generations, load_runs
@@ -61,9 +62,9 @@ def test_batched_runs_refuse_what_cannot_batch(tmp_path):
             RunError, match=f"{method} decodes one prompt at a time; the batched methods are ar"
         ):
             execute(RunSpec(methods=["ar", method], batch_size=2, **spec), tmp_path / f"a{i}", progress=False)
-    with pytest.raises(RunError, match="--continuous needs --batch-size"):
+    with pytest.raises(OptionError, match="--continuous needs --batch-size"):
         execute(RunSpec(methods=["ar"], continuous=True, **spec), tmp_path / "c", progress=False)
-    with pytest.raises(RunError, match="--batch-size must be >= 1"):
+    with pytest.raises(OptionError, match="--batch-size must be an integer >= 1, got 0"):
         execute(RunSpec(methods=["ar"], batch_size=0, **spec), tmp_path / "d", progress=False)
     assert not any(path.exists() for path in tmp_path.iterdir())
     assert main(["run", "--batch-sizes", "0,2", "--out", str(tmp_path / "e")]) == 2
