@@ -38,7 +38,10 @@ def prompts():
 
 
 def records_of(label, generate, temperature, samples, correct, *, lossless=True):
+    """One unit per item and sample; a run's samples at T=1 are numbered after its greedy sample 0, as the store
+    counts a unit (suite, item, method, sample) once."""
     out = []
+    first = 0 if temperature == 0 else 1
     for k, prompt in enumerate(prompts()):
         for s in range(samples):
             r = generate(prompt, MAX_NEW, SamplingParams(temperature), seed=1000 * s + k, stop_token_ids=[3])
@@ -49,7 +52,7 @@ def records_of(label, generate, temperature, samples, correct, *, lossless=True)
                     method=label,
                     method_name=label.split(":")[0],
                     lossless=lossless,
-                    sample=s,
+                    sample=first + s,
                     temperature=temperature,
                     prompt_ids=prompt,
                     output_ids=r.tokens,
