@@ -174,9 +174,10 @@ class Engine:
         return grown
 
     def prefill(self, cache: KVCache, b: int, ids: torch.Tensor, capture=()):
-        """A prompt ids [T] into row b of `cache` (eager, alone) -> logits [T, V] (and features [T, F] with
-        `capture`). The row's length is the caller's to set."""
-        result = self.model(ids[None], 0, cache.row(b), capture=capture)
+        """A prompt ids [T] into row b of `cache` (eager, alone) -> the last position's logits [1, V] (and every
+        position's features [T, F] with `capture`: drafters read them all). The row's length is the caller's to
+        set."""
+        result = self.model(ids[None], 0, cache.row(b), capture=capture, logits_to_keep=1)
         return (result[0][0], result[1][0]) if capture else result[0]
 
     def step(

@@ -166,8 +166,12 @@ class Attention(nn.Module):
         return q, k, v
 
     def attend(self, q, k, v, mask: torch.Tensor | None, diffusion: bool) -> torch.Tensor:
-        """Scaled dot-product attention (GQA) and the output projection of the chosen view."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=True)
+        """Scaled dot-product attention (GQA) and the output projection of the chosen view. `mask` CAUSAL (a
+        pass from position 0: queries and keys are the same positions) asks for is_causal, no mask tensor."""
+        if mask is CAUSAL:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=True)
         B, _, T, _ = q.shape
         o_proj = self.o_proj_diff if diffusion else self.o_proj
         return o_proj(out.transpose(1, 2).reshape(B, T, -1))
@@ -245,10 +249,12 @@ class OrthrusForCausalLM(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         capture: Sequence[int] = (),
+        logits_to_keep: int = 0,
     ):
         """input_ids [B, T] written at slots start..start+T-1 of rows 0..B-1 of `cache` -> float32 logits
-        [B, T, V]: every row at the same position (a prefill, a uniform batch; the decode loop's passes over rows
-        of different lengths are orthrus_core.engine's).
+        [B, T, V] (of the last `logits_to_keep` positions only, if > 0): every row at the same position (a
+        prefill, a uniform batch; the decode loop's passes over rows of different lengths are
+        orthrus_core.engine's).
 
         Reads cache positions [0, start) and writes [start, start+T); see the module docstring for what each
         view attends to. Does not move the cache's lengths: committing is the decoder's decision. A tree verify
@@ -260,9 +266,10 @@ class OrthrusForCausalLM(nn.Module):
             raise ValueError(f"cache capacity {cache.capacity} < {start + T} positions needed")
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device)[None]
-        # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block.
+        # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block. From
+        # position 0 (a prefill) that is SDPA's own is_causal: no [T, T] mask, a kernel that never builds it.
         if mask is None and not diffusion and T > 1:
-            mask = causal_mask(start, T, input_ids.device)
+            mask = CAUSAL if start == 0 else causal_mask(start, T, input_ids.device)
         return self.run(
             input_ids,
             positions,
@@ -270,6 +277,7 @@ class OrthrusForCausalLM(nn.Module):
             diffusion,
             lambda i, k, v: cache.extend(i, k, v, start=start),
             capture=capture,
+            logits_to_keep=logits_to_keep,
         )
 
     def run(
@@ -281,8 +289,12 @@ class OrthrusForCausalLM(nn.Module):
         kv_context: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         *,
         capture: Sequence[int] = (),
+        logits_to_keep: int = 0,
     ):
-        """The pass every use shares: input_ids [B, T] at `positions` [B or 1, T] -> float32 logits [B, T, V].
+        """The pass every use shares: input_ids [B, T] at `positions` [B or 1, T] -> float32 logits [B, T, V],
+        or [B, logits_to_keep, V] for its last positions when logits_to_keep > 0 (transformers' name): a prefill
+        needs the last position's, and the full-vocabulary logits of every prompt position would be the largest
+        transient of a long prompt (T x V floats: 24 GB at 40K tokens with Qwen3's 151,936-token vocabulary).
 
         kv_context(layer, k, v) returns the keys and values the layer's queries attend to, given the new
         tokens' own (a cache write for decoding, the tokens themselves for a causal training pass, or the AR
@@ -305,11 +317,16 @@ class OrthrusForCausalLM(nn.Module):
             if i + 1 in capture and i + 1 < n_layers:
                 states[i + 1] = x
         x = self.model.norm(x)
-        logits = self.lm_head(x).float()
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x).float()
         if not capture:
             return logits
         states[n_layers] = x
         return logits, torch.cat([states[i] for i in capture], dim=-1)
+
+
+# The mask of a causal pass from position 0, where queries and keys are the same T positions: passed to SDPA as
+# is_causal=True, so no [T, T] tensor is built and the kernel is free to be a fused (flash) one.
+CAUSAL = "causal"
 
 
 def causal_mask(start: int, T: int, device) -> torch.Tensor:
