@@ -8,6 +8,7 @@ the report stay torch-free.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -87,9 +88,11 @@ def check_length(
 
 
 def kv_bytes_per_position(config, dtype_bytes: int) -> int:
-    """Bytes of K and V per row and position over every layer (the target's cache; a drafter's own is smaller)."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype_bytes
+    """Bytes of K and V per row and position over every layer: the target's cache (orthrus_core.model's own
+    layout; a drafter's cache is smaller)."""
+    from orthrus_core.model import cache_shape
+
+    return 2 * dtype_bytes * math.prod(cache_shape(config, rows=1, capacity=1))
 
 
 def free_memory(device: str) -> int:

@@ -99,6 +99,8 @@ class Line:
     raw: bytes  # without its newline
     end: int  # byte offset just after it (and its newline)
     problem: str | None = None  # why it is not part of a good record; None for one that is
+    unreadable: bool = False  # not JSON, or never finished (no newline): what a writer stopped inside leaves
+    record: dict | None = None  # the record it holds, once read and checked against the schema
 
 
 @dataclass
@@ -158,13 +160,13 @@ def scan(path: Path) -> Scan:
     for index, line in enumerate(lines):
         if line is unfinished:
             cut_short("its unit unfinished")
-            line.problem = "an unfinished line (no newline after it)"
+            line.problem, line.unreadable = "an unfinished line (no newline after it)", True
             continue
         try:
             record = json.loads(line.raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             cut_short("the rest of its unit unreadable")
-            line.problem = f"not valid JSON ({exc})"
+            line.problem, line.unreadable = f"not valid JSON ({exc})", True
             continue
         missing = missing_fields(record) if isinstance(record, dict) else ["(not a JSON object)"]
         if missing:
@@ -174,6 +176,7 @@ def scan(path: Path) -> Scan:
                 f"{' ...' if len(missing) > 6 else ''}; the schema is harness/records.py)"
             )
             continue
+        line.record = record
         if pending and (unit_key(pending[0][1]) != unit_key(record) or record["turn"] != len(pending)):
             cut_short("the rest of its unit missing")
         if record["turn"] != len(pending):
@@ -194,14 +197,15 @@ def scan(path: Path) -> Scan:
             record_lines += [copy.number for copy, _ in pending]
         pending.clear()
         good_end, settled = line.end, index + 1
-    cut_short("its unit unfinished")
     bad = [line for line in lines[:settled] if line.problem is not None]
     tail = lines[settled:]
-    # What a stopped writer leaves: whole lines of one unfinished unit, then at most one unreadable line.
+    cut_short("its unit unfinished")
+    # What a stopped writer leaves: turns 0, 1, ... of the unit it was writing, then at most one unreadable line;
+    # anything else after the last complete unit is damage.
+    written = [line.record for line in tail[: len(tail) - (bool(tail) and tail[-1].unreadable)]]
     stopped = all(
-        line.problem.endswith("its unit unfinished")
-        or (line is tail[-1] and not line.problem.startswith(("turn", "not an")))
-        for line in tail
+        r is not None and r["turn"] == turn and unit_key(r) == unit_key(written[0])
+        for turn, r in enumerate(written)
     )
     if not stopped:
         bad, tail = bad + tail, []

@@ -62,12 +62,10 @@ class RunSpec:
                 check_positive(flag, value)
         if self.continuous and self.batch_size is None:
             raise OptionError("--continuous needs --batch-size (or --batch-sizes)")
-        overrides = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
         check_sampling(
-            **{
-                **{"temperature": 0.0, "top_k": 0, "top_p": 1.0},
-                **{k: v for k, v in overrides.items() if v is not None},
-            },
+            0.0 if self.temperature is None else self.temperature,
+            0 if self.top_k is None else self.top_k,
+            1.0 if self.top_p is None else self.top_p,
             flags=True,
         )
 
