@@ -194,6 +194,9 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_host(run_copy, caps
 
 
 def test_two_resumes_started_together_write_each_unit_once(finished_run, tmp_path):
+    """Which one gets the directory first is the scheduler's: the other is refused while it runs (exit 2, the
+    holder named) or, if it comes after, finds nothing left to do (exit 0). Never both writing: each unit once.
+    The refusal itself is test_a_second_writer_is_refused_with_the_holders_pid_and_host's, deterministically."""
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     kept = lines(out)[:1]  # three units to go
@@ -212,10 +215,9 @@ def test_two_resumes_started_together_write_each_unit_once(finished_run, tmp_pat
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     first, second = (subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2))
     results = [(p.wait(timeout=300), p.stderr.read()) for p in (first, second)]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 2], results
-    refused = next(err for code, err in results if code == 2)
-    assert "is being written by pid" in refused
+    assert 0 in [code for code, _ in results], results
+    for code, err in results:
+        assert code == 0 or (code == 2 and "is being written by pid" in err), results
     records = read_records(out)
     assert len(records) == 4 and len({unit_key(r) for r in records}) == 4
 

@@ -80,10 +80,6 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     suites = [load_suite(name, spec.data_dir, limit=spec.limit, ids=spec.ids) for name in spec.suites]
     for suite in suites:
         suite.check_ready()
-        try:
-            spec.generation(suite.generation)
-        except ValueError as exc:
-            raise RunError(f"suite {suite.name} with this run's settings: {exc}") from None
     try:
         target = load_target(spec.model, spec.dtype, spec.device, spec.engine)
     except EngineError as exc:
@@ -353,11 +349,6 @@ def execute(
     except StoreError as exc:
         raise RunError(str(exc)) from None
     run.status, run.started, run.resumed_from = "running", _now(), len(store.done) or None
-    try:
-        store.write_run(run)
-    except BaseException:
-        store.close()
-        raise
     settings = {s.name: spec.generation(s.generation) for s in p.suites}
     device = p.target.model.lm_head.weight.device
     telemetry = Telemetry(p.target.engine, device, enabled=spec.telemetry, nvml=p.nvml)
@@ -379,7 +370,8 @@ def execute(
     bar = tqdm(
         todo, desc="run", unit="gen", disable=not progress, initial=len(units) - len(todo), total=len(units)
     )
-    try:
+    try:  # from here on the store (and its writer lock) is closed however the run ends
+        store.write_run(run)
         if spec.batch_size is not None:
             execute_batched(p, spec, todo, settings, store, bar, figures)
             bar.close()

@@ -18,6 +18,7 @@ import json
 import sys
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -310,12 +311,8 @@ def verify_main(
     method fails, else 0. Writing into the run directory takes its writer lock (no run may be adding records
     meanwhile), and a verdicts file computed from more records than the run now holds is not replaced."""
     path = Path(out) if out else Path(run_dir) / VERDICTS
-    lock = (
-        WriterLock(run_dir, "orthrus-bench verify")
-        if path.parent.resolve() == Path(run_dir).resolve()
-        else None
-    )
-    try:
+    writes_into_run = path.parent.resolve() == Path(run_dir).resolve()
+    with WriterLock(run_dir, "orthrus-bench verify") if writes_into_run else nullcontext():
         result = verify_run(run_dir, config, decoder_factory)
         before = _records_counted(path)
         if before > result["records"]:
@@ -325,9 +322,6 @@ def verify_main(
                 "new verdicts elsewhere"
             )
         write_json(path, json_safe(result))
-    finally:
-        if lock is not None:
-            lock.release()
     print_verdicts(result)
     print(f"wrote {path}", file=sys.stderr)
     return 1 if any(v["lossless"] and v["verdict"] == "FAIL" for v in result["verdicts"]) else 0
