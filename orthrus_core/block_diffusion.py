@@ -29,8 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import Visibility
 from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
 from .model import OrthrusForCausalLM
+
+PREFILL_CHUNK = 2048  # tokens of a block-causal prefill per pass (whole blocks)
 
 
 @dataclass
@@ -67,9 +70,17 @@ class BlockDiffusionLM:
         block-diffusion LM sees committed blocks as it was trained to, block-causally (each block
         bidirectionally, earlier blocks fully), as Fast-dLLM v2's prefill does."""
         if self.diffusion_view:
-            return self.model(ids, 0, cache)[0, -1]
-        blocks = torch.arange(ids.shape[1], device=ids.device) // block_size
-        return self.model(ids, 0, cache, mask=blocks[:, None] >= blocks[None, :])[0, -1]
+            return self.model(ids, 0, cache, logits_to_keep=1)[0, -1]
+        # A chunk of whole blocks per pass, each seeing the chunks before it and itself block-causally: the same
+        # attention as one pass, with no pattern larger than a chunk's [C, C].
+        chunk = block_size * max(1, PREFILL_CHUNK // block_size)
+        for start in range(0, ids.shape[1], chunk):
+            piece = ids[:, start : start + chunk]
+            blocks = torch.arange(piece.shape[1], device=ids.device) // block_size
+            window = (blocks[:, None] >= blocks[None, :])[None]
+            visible = Visibility.after([start], piece.shape[1], "pattern", ids.device, window=window)
+            logits = self.model(piece, start, cache, visible=visible, logits_to_keep=1)
+        return logits[0, -1]
 
     def commit(self, block: torch.Tensor, start: int, cache) -> torch.Tensor:
         """Write the finished block's K/V; -> the last position's logits (the next token, with shift)."""
@@ -81,8 +92,8 @@ class BlockDiffusionLM:
         if diffusion:
             return self.model(block, start, cache, diffusion=True)
         # Block-causal: every row sees the prefix and the whole block.
-        mask = torch.ones(block.shape[1], start + block.shape[1], dtype=torch.bool, device=block.device)
-        return self.model(block, start, cache, mask=mask)
+        visible = Visibility.after([start], block.shape[1], "whole", block.device)
+        return self.model(block, start, cache, visible=visible)
 
 
 @torch.inference_mode()

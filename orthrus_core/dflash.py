@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from transformers import Qwen3Config
@@ -31,6 +30,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
+from .attention import Visibility, attend
 from .checkpoint import CheckpointError, check_shapes, open_safetensors, read_json, resolve
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
@@ -64,8 +64,9 @@ class DFlashAttention(nn.Module):
         self.q_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = Qwen3RMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
-    def forward(self, x, context, cos, sin, mask, kv_context):
-        """x [B, Q, H] block rows, context [B, C, H] new context rows; cos/sin for the C + Q positions."""
+    def forward(self, x, context, cos, sin, visible, kv_context):
+        """x [B, Q, H] block rows, context [B, C, H] new context rows; cos/sin for the C + Q positions; what the
+        block rows see of the keys kv_context returns: `visible` (orthrus_core.attention)."""
         B, Q, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, Q, -1, self.head_dim)).transpose(1, 2)
         rows = torch.cat([context, x], dim=1)
@@ -74,7 +75,7 @@ class DFlashAttention(nn.Module):
         # Keys sit at every new position (context rows, then the block); queries only at the block's.
         q, k = rope(q, cos[:, -Q:], sin[:, -Q:]), rope(k, cos, sin)
         keys, values = kv_context(k, v)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        out = attend(q, keys, values, visible)
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
 
 
@@ -86,8 +87,8 @@ class DFlashLayer(nn.Module):
         self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, context, cos, sin, mask, kv_context):
-        x = x + self.self_attn(self.input_layernorm(x), context, cos, sin, mask, kv_context)
+    def forward(self, x, context, cos, sin, visible, kv_context):
+        x = x + self.self_attn(self.input_layernorm(x), context, cos, sin, visible, kv_context)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -110,21 +111,23 @@ class DFlashDraftModel(nn.Module):
         """The target features, as `output_hidden_states` indices (the output of layer l is index l + 1)."""
         return tuple(i + 1 for i in self.target_layer_ids)
 
-    def forward(self, block_embeds, features, positions, mask, kv_context):
+    def forward(self, block_embeds, features, positions, visible, kv_context):
         """block_embeds [B, Q, H], features [B, C, n H] of the new context rows, positions [B or 1, C + Q]
         (context rows first), kv_context(layer, k, v) -> keys/values; -> normed hidden states [B, Q, H]."""
         context = self.hidden_norm(self.fc(features))
         cos, sin = self.rotary_emb(block_embeds, positions)
         x = block_embeds
         for i, layer in enumerate(self.layers):
-            x = layer(x, context, cos, sin, mask, lambda k, v, i=i: kv_context(i, k, v))
+            x = layer(x, context, cos, sin, visible, lambda k, v, i=i: kv_context(i, k, v))
         return self.norm(x)
 
 
 class DFlashDrafter(CachedDrafter):
     """DFlash for every active row at once. A row's new context rows are padded to the batch's most; the block
-    sits after the padding in the draft cache but at the row's own positions, and the mask hides the padding from
-    it. `pending` per row: target features of committed tokens not in the draft cache yet."""
+    sits after the padding in the draft cache but at the row's own positions, and its visibility hides the
+    padding from it. `pending` per row: target features of committed tokens not in the draft cache yet."""
+
+    outside_engine = "the DFlash drafter's pass (one per cycle)"
 
     def __init__(self, draft: DFlashDraftModel, target: OrthrusForCausalLM, block_size: int | None = None):
         self.draft, self.target = draft, target
@@ -146,9 +149,11 @@ class DFlashDrafter(CachedDrafter):
         row = self.draft_cache.row(b)
         kv = lambda i, k, v: row.extend(i, k, v, start=0)  # noqa: E731
         positions = torch.arange(T + K, device=prompt.device)[None]
-        self.draft(self.target.model.embed_tokens(block), features[None], positions, None, kv)
+        every = torch.ones(1, K, T + K, dtype=torch.bool, device=prompt.device)  # the context and the block
+        visible = Visibility.after([0], K, "whole", prompt.device, window=every)
+        self.draft(self.target.model.embed_tokens(block), features[None], positions, visible, kv)
         self.draft_cache.lengths.append(T)
-        self.pending.append(features[:0])
+        self.pending.append(features.new_empty(0, features.shape[1]))  # not a view: the prompt's go now
 
     def accept(self, counts, tokens, features):
         self.pending = [features[b, :n] for b, n in enumerate(counts)]
@@ -165,15 +170,15 @@ class DFlashDrafter(CachedDrafter):
         committed = [c + k for c, k in zip(cache.lengths, n, strict=True)]  # and the new context rows
         offsets = torch.arange(M + K, device=device)
         slots = torch.tensor(cache.lengths, device=device)[:, None] + offsets
-        end = max(cache.lengths) + M + K
-        block_slots = slots[:, M:]
         root_at = torch.tensor(committed, device=device)[:, None]
         positions = torch.cat([slots[:, :M], root_at + offsets[:K]], 1)
-        keys = torch.arange(end, device=device)[None]
-        visible = (keys < root_at) | ((keys >= block_slots[:, :1]) & (keys <= block_slots[:, -1:]))
-        mask = visible[:, None, None].expand(R, 1, K, end)
+        # The block sees its row's committed and new context rows and itself, not the padding between them.
+        pad = torch.tensor([M - k for k in n], device=device)[:, None, None]
+        columns = torch.arange(max(M - k for k in n) + K, device=device)
+        window = ((columns >= pad) & (columns < pad + K)).expand(R, K, -1)
+        visible = Visibility.after(committed, K, "whole" if M == min(n) else "pattern", device, window=window)
         embeds = self.target.model.embed_tokens(block)
-        hidden = self.draft(embeds, features, positions, mask, cache.scatter(slots, end))
+        hidden = self.draft(embeds, features, positions, visible, cache.scatter(slots))
         cache.lengths = committed  # keep the context rows, drop the padding and the block
         drafts = self.target.lm_head(hidden[:, 1:]).argmax(-1)
         return Proposal(torch.cat([roots[:, None], drafts], 1), [K - 1] * R, 1)

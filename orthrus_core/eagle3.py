@@ -29,7 +29,6 @@ import zipfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from transformers import LlamaConfig
@@ -40,6 +39,7 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
 )
 
+from .attention import CAUSAL, Visibility, attend
 from .checkpoint import (
     CheckpointError,
     CorruptFileError,
@@ -49,9 +49,9 @@ from .checkpoint import (
     refetch_hint,
     resolve,
 )
-from .engine import pass_mask
+from .engine import pass_visibility
 from .loop import CachedDrafter, Proposal
-from .model import OrthrusForCausalLM, causal_mask, head_dim
+from .model import OrthrusForCausalLM, head_dim
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # either; EAGLE's loader tries the .bin first
@@ -107,14 +107,14 @@ class Eagle3Attention(nn.Module):
         self.v_proj = nn.Linear(2 * H, n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(n * self.head_dim, H, bias=False)
 
-    def forward(self, x, cos, sin, mask, kv_context):
+    def forward(self, x, cos, sin, visible, kv_context):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = kv_context(k, v)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        out = attend(q, keys, values, visible)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -128,9 +128,9 @@ class Eagle3Layer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(H, eps=eps)
         self.post_attention_layernorm = LlamaRMSNorm(H, eps=eps)
 
-    def forward(self, embeds, hidden, cos, sin, mask, kv_context):
+    def forward(self, embeds, hidden, cos, sin, visible, kv_context):
         x = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
-        hidden = hidden + self.self_attn(x, cos, sin, mask, kv_context)
+        hidden = hidden + self.self_attn(x, cos, sin, visible, kv_context)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -151,14 +151,15 @@ class Eagle3Head(nn.Module):
         self.register_buffer("d2t", torch.zeros(self.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.ones(config.vocab_size, dtype=torch.bool))
 
-    def forward(self, input_ids, hidden, positions, mask, kv_context):
+    def forward(self, input_ids, hidden, positions, visible, kv_context):
         """input_ids [B, T] (target ids) with hidden [B, T, 3 H_target] (target features, one position
-        behind) or [B, T, H] (the head's own output, at deeper steps) -> output hidden states [B, T, H]."""
+        behind) or [B, T, H] (the head's own output, at deeper steps) -> output hidden states [B, T, H]; what
+        each row sees of the keys kv_context returns: `visible` (orthrus_core.attention)."""
         if hidden.shape[-1] != self.config.hidden_size:
             hidden = self.fc(hidden)
         embeds = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(embeds, positions)
-        return self.midlayer(embeds, hidden, cos, sin, mask, kv_context)
+        return self.midlayer(embeds, hidden, cos, sin, visible, kv_context)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """-> float32 logits over the draft vocabulary."""
@@ -177,6 +178,8 @@ class Eagle3Drafter(CachedDrafter):
     expansion is one head forward over [R, width] per level, each node seeing its row's committed rows, its
     ancestors and itself. `pending` per row: the tokens committed since its last cycle (the root excluded) and
     their target features."""
+
+    outside_engine = "the EAGLE-3 head's passes (depth per cycle)"
 
     def __init__(
         self, head: Eagle3Head, target: OrthrusForCausalLM, top_k: int, depth: int, total_tokens: int
@@ -210,17 +213,17 @@ class Eagle3Drafter(CachedDrafter):
             row = self.draft_cache.row(b)
             kv = lambda k, v: row.extend(0, k, v, start=0)  # noqa: E731
             positions = torch.arange(T - 1, device=prompt.device)[None]
-            mask = causal_mask(0, T - 1, prompt.device) if T > 2 else None
-            self.head(prompt[None, 1:], features[None, :-1], positions, mask, kv)
+            self.head(prompt[None, 1:], features[None, :-1], positions, CAUSAL, kv)
         self.draft_cache.lengths.append(T - 1)
-        self.pending.append((prompt[:0], features[-1:]))
+        # a copy: a view would keep the whole prompt's features alive until the row's first cycle
+        self.pending.append((prompt[:0], features[-1:].clone()))
 
     def accept(self, counts, tokens, features):
         self.pending = [(tokens[b, 1:n], features[b, :n]) for b, n in enumerate(counts)]
 
-    def _run(self, tokens, hidden, slots, positions, mask, end):
-        kv = self.draft_cache.scatter(slots, end)
-        return self.head(tokens, hidden, positions, mask, lambda k, v: kv(0, k, v))
+    def _run(self, tokens, hidden, slots, positions, visible):
+        kv = self.draft_cache.scatter(slots)
+        return self.head(tokens, hidden, positions, visible, lambda k, v: kv(0, k, v))
 
     def propose(self, roots, params, generators):
         head, k, device, R = self.head, self.top_k, roots.device, roots.shape[0]
@@ -233,9 +236,9 @@ class Eagle3Drafter(CachedDrafter):
         hidden = feature.new_zeros(R, max(m), feature.shape[-1])
         for b, (t, (_, f)) in enumerate(zip(new, self.pending, strict=True)):
             tokens[b, : m[b]], hidden[b, : m[b]] = t, f
-        slots = torch.tensor(cache.lengths, device=device)[:, None] + torch.arange(max(m), device=device)
-        end = max(cache.lengths) + max(m)
-        out = self._run(tokens, hidden, slots, slots, pass_mask(slots, end, False, None), end)
+        visible = pass_visibility(cache.lengths, max(m), False, None, device)
+        slots = visible.prefix[:, None] + torch.arange(max(m), device=device)
+        out = self._run(tokens, hidden, slots, slots, visible)
         cache.lengths = [c + n for c, n in zip(cache.lengths, m, strict=True)]
         committed = torch.tensor(cache.lengths, device=device)  # [R]: each row's committed draft rows
         hidden = out[torch.arange(R, device=device), torch.tensor(m, device=device) - 1][:, None]  # root rows
@@ -251,16 +254,12 @@ class Eagle3Drafter(CachedDrafter):
             width = frontier.shape[1]
             offsets = torch.arange(width, device=device)
             slots = committed[:, None] + scratch + offsets
-            end = int(committed.max()) + scratch + width
             sees = torch.cat([seen, torch.eye(width, dtype=torch.bool, device=device).expand(R, -1, -1)], 2)
-            rel = torch.arange(end, device=device)[None, None] - committed[:, None, None]  # [R, 1, end]
-            inside = (rel >= 0) & (rel < scratch + width)
-            mask = (rel < 0) | inside & sees.gather(
-                2, rel.clamp(0, scratch + width - 1).expand(R, width, end)
-            )
+            # Each node sees its row's committed rows, its ancestors among the scratch rows and itself.
+            visible = Visibility.after(cache.lengths, width, "pattern", device, window=sees)
             positions = (committed - 1 + level)[:, None].expand(R, width)
             node_ids = head.to_target(torch.cat(cand_ids, 1).gather(1, frontier))
-            out = self._run(node_ids, frontier_hidden, slots, positions, mask[:, None], end)
+            out = self._run(node_ids, frontier_hidden, slots, positions, visible)
             logp, child_ids = torch.log_softmax(head.logits(out), -1).topk(k)  # [R, width, k]
             child_scores = (frontier_scores[:, :, None] + logp).flatten(1)
             first = sum(c.shape[1] for c in cand_ids)

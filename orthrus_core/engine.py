@@ -11,16 +11,17 @@ way gpt-fast does, with every shape fixed:
   asked for, and reused by every decode, so its buffers never move (CUDA graphs read them at captured
   addresses);
 * a pass over R active rows runs over `row_bucket(R)` rows (1, 2, 4, ... up to the cache's rows; the padding
-  rows write scratch slots of unused rows), writes K/V at per-row slot tensors and attends over the whole
-  capacity under a mask built from those slots inside the pass, so one graph serves every step of one kind at
-  one row bucket: the AR step (T = 1), the Orthrus diffusion pass and the verify pass (T = K), a tree verify
-  pass (its ancestors given), whatever each row's length;
+  rows write scratch slots of unused rows), writes K/V at per-row slot tensors and attends to the cache under a
+  visibility made from those slots inside the pass (orthrus_core.attention: on CUDA a FlexAttention block mask
+  that visits only the tiles up to each row's length, not the bucket's zeroed tail), so one graph serves every
+  step of one kind at one row bucket: the AR step (T = 1), the Orthrus diffusion pass and the verify pass
+  (T = K), a tree verify pass (its ancestors given), whatever each row's length;
 * prefills run eager into the same cache: one pass per prompt, of the prompt's length, compute-bound where it
   is long.
 
-Eager passes over rows of one length (always at batch size 1) are the model's plain forward: slice writes, no
-mask for a single token or a diffusion block. Rows of different lengths write at slot tensors under a per-row
-mask over the first `end` slots (the furthest any row reaches).
+Eager passes over rows of one length (always at batch size 1) are the model's plain forward: slice writes, and
+no mask tensor for a single token, a diffusion block or (on CUDA) a verify pass. Rows of different lengths
+write at slot tensors, each row seeing its own prefix.
 
 Exactness: a masked key gets exactly zero weight, so a row computes what it computes alone up to float
 rounding of a longer reduction; tests/test_engine.py and tests/test_loop.py hold compile to token identity with
@@ -34,7 +35,8 @@ import shutil
 
 import torch
 
-from .model import KVCache, OrthrusForCausalLM, causal_mask
+from .attention import Visibility
+from .model import KVCache, OrthrusForCausalLM
 
 ENGINES = ("eager", "compile", "cudagraph")
 
@@ -106,18 +108,15 @@ def compilations() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"] + _captures
 
 
-def pass_mask(slots: torch.Tensor, end: int, diffusion: bool, ancestors: torch.Tensor | None) -> torch.Tensor:
-    """[R, 1, T or 1, end]: which of the first `end` slots of its row each query of a pass at `slots` [R, T]
-    sees. AR view: keys up to its own slot; diffusion view: the row's prefix and its whole block; a tree verify
-    pass (`ancestors` [R, T, T]): the row's prefix, the node's ancestors and itself."""
-    keys = torch.arange(end, device=slots.device)[None, None]
+def pass_visibility(
+    lengths, T: int, diffusion: bool, ancestors: torch.Tensor | None, device=None
+) -> Visibility:
+    """What each query of a pass of T tokens at each row's next slots sees: the row's prefix and, AR view, the
+    pass's tokens up to its own; diffusion view, the whole block; a tree verify pass (`ancestors` [R, T, T],
+    each node's ancestors and itself), its ancestors. `lengths`: host ints (eager) or a tensor [R] (static)."""
     if ancestors is not None:
-        prefix = keys < slots[:, :1, None]
-        own = (keys == slots[:, :, None]).float()  # [R, T, end]: node j sits at key slots[j]
-        return (prefix | (torch.bmm(ancestors.float(), own) > 0))[:, None]
-    if diffusion:
-        return (keys <= slots[:, -1:, None])[:, None]
-    return (keys <= slots[:, :, None])[:, None]
+        return Visibility.after(lengths, T, "pattern", device, window=ancestors)
+    return Visibility.after(lengths, T, "whole" if diffusion else "causal", device)
 
 
 class Engine:
@@ -128,8 +127,10 @@ class Engine:
         self.mode = check_engine(mode, p.device)
         self.model, self.device, self.dtype = model, p.device, p.dtype
         self.caches: dict[int, KVCache] = {}  # capacity bucket -> the engine's cache
+        self.used: set[int] = set()  # capacity buckets handed out since `mark`
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = None
+        self.pool_bytes = 0  # memory the captured graphs' pool reserved (their intermediates)
         if self.mode == "compile":
             # One graph per pass kind, row bucket and capacity; dynamo's default limit of 8 would fall back to
             # eager silently.
@@ -153,6 +154,7 @@ class Engine:
         the largest batch has asked for: a smaller batch's passes then meet the shapes and addresses a larger
         one compiled and captured."""
         size = bucket(capacity)
+        self.used.add(size)
         if not self.static:
             return KVCache(self.model.config, rows, size, dtype=self.dtype, device=self.device)
         cache = self.caches.get(size)
@@ -164,6 +166,19 @@ class Engine:
             )
         cache.lengths = []
         return cache
+
+    def mark(self) -> None:
+        """Start counting the buckets handed out (a generation begins): see `held_bytes`."""
+        self.used = set()
+
+    def held_bytes(self) -> int:
+        """Bytes of the caches this engine keeps for buckets not handed out since `mark`: another generation's
+        (a long item's cache outlives it, so that its graphs stay valid), not the current one's."""
+        return sum(c.nbytes for size, c in self.caches.items() if size not in self.used)
+
+    def capacity_used(self) -> int | None:
+        """The largest capacity bucket handed out since `mark` (positions per row)."""
+        return max(self.used, default=None)
 
     def grow(self, cache: KVCache, capacity: int) -> KVCache:
         """`cache`, or, when it holds fewer than `capacity` positions per row, a larger one holding its rows."""
@@ -203,14 +218,11 @@ class Engine:
         if self.static:
             return self._static_step(cache, ids, diffusion, depth, ancestors, tuple(capture))
         if ancestors is None and min(lengths) == max(lengths):  # one length: the model's plain pass
-            start = lengths[0]
-            mask = causal_mask(start, T, ids.device) if not diffusion and T > 1 else None
-            return self.model(ids, start, cache, diffusion, mask=mask, capture=capture)
-        slots = torch.tensor(lengths, device=ids.device)[:, None] + torch.arange(T, device=ids.device)
-        end = max(lengths) + T
+            return self.model(ids, lengths[0], cache, diffusion, capture=capture)
+        visible = pass_visibility(lengths, T, diffusion, ancestors, ids.device)
+        slots = visible.prefix[:, None] + torch.arange(T, device=ids.device)
         positions = slots if depth is None else slots[:, :1] + depth
-        mask = pass_mask(slots, end, diffusion, ancestors)
-        return self.model.run(ids, positions, mask, diffusion, cache.scatter(slots, end), capture=capture)
+        return self.model.run(ids, positions, visible, diffusion, cache.scatter(slots), capture=capture)
 
     def _static_step(self, cache, ids, diffusion, depth, ancestors, capture):
         if self.caches.get(cache.capacity) is not cache:
@@ -240,6 +252,7 @@ class Engine:
                 graph = self.graphs[key] = _Graph(
                     self.model, args, diffusion, capture, self.pool, self.device
                 )
+                self.pool_bytes += graph.pool_bytes
             out = graph.replay(args)
         if not pad:
             return out
@@ -251,9 +264,9 @@ def _pad_rows(x: torch.Tensor, pad: int, value) -> torch.Tensor:
 
 
 def static_pass(model, ids, slots, positions, ancestors, k_cache, v_cache, diffusion: bool, capture):
-    """One pass with every shape fixed: write each row's K/V at its `slots` [R, T] and attend over the whole
-    capacity under the view's mask (`pass_mask`)."""
-    mask = pass_mask(slots, k_cache.shape[3], diffusion, ancestors)
+    """One pass with every shape fixed: write each row's K/V at its `slots` [R, T] and attend to the cache under
+    the pass's visibility (`pass_visibility`)."""
+    visible = pass_visibility(slots[:, 0], slots.shape[1], diffusion, ancestors)
     index = slots[:, None, :, None]
 
     def kv_context(layer, k, v):
@@ -261,7 +274,7 @@ def static_pass(model, ids, slots, positions, ancestors, k_cache, v_cache, diffu
         v_cache[layer].scatter_(2, index.expand_as(v), v)
         return k_cache[layer], v_cache[layer]
 
-    return model.run(ids, positions, mask, diffusion, kv_context, capture=capture)
+    return model.run(ids, positions, visible, diffusion, kv_context, capture=capture)
 
 
 class _Graph:
@@ -282,8 +295,12 @@ class _Graph:
             global _captures
             _captures += 1
             self.graph = torch.cuda.CUDAGraph()
+            reserved = torch.cuda.memory_reserved(device)
             with torch.cuda.graph(self.graph, pool=pool):
                 self.outputs = run()
+            # What the capture added to the shared pool: the graph's intermediates live there between replays,
+            # allocated to no tensor, so the allocator's peak never shows them.
+            self.pool_bytes = torch.cuda.memory_reserved(device) - reserved
 
     def replay(self, args):
         for buffer, value in zip(self.inputs, args[:4], strict=True):

@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import (
@@ -34,6 +33,8 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RotaryEmbedding,
     apply_rotary_pos_emb,
 )
+
+from .attention import CAUSAL, Visibility, attend
 
 # kv_context(k, v) -> (keys, values): what a layer's new queries attend to, given the new tokens' k and v.
 KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -78,23 +79,24 @@ class KVCache:
         return KVCache.view(self.k[:, b : b + 1], self.v[:, b : b + 1])
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, start: int):
-        """Write k, v [B, kv_heads, T, D] at slots start..start+T-1 of rows 0..B-1 of `layer`; return keys and
-        values [B, kv_heads, start+T, D] for the new queries to attend to (views, no copy)."""
+        """Write k, v [B, kv_heads, T, D] at slots start..start+T-1 of rows 0..B-1 of `layer`; return the rows'
+        whole buffers [B, kv_heads, capacity, D] (views, no copy): the pass's visibility says how many of their
+        slots its queries see (orthrus_core.attention)."""
         B, end = k.shape[0], start + k.shape[2]
         self.k[layer, :B, :, start:end] = k
         self.v[layer, :B, :, start:end] = v
-        return self.k[layer, :B, :, :end], self.v[layer, :B, :, :end]
+        return self.k[layer, :B], self.v[layer, :B]
 
-    def scatter(self, slots: torch.Tensor, end: int) -> KVContext:
+    def scatter(self, slots: torch.Tensor) -> KVContext:
         """kv_context(layer, k, v) for a pass writing k, v [R, kv_heads, T, D] of rows 0..R-1 at `slots` [R, T]
-        (each row its own) that attends to each row's first `end` slots."""
+        (each row its own); it returns the rows' whole buffers, as `extend` does."""
         R = slots.shape[0]
 
         def kv(layer, k, v):
             index = slots[:, None, :, None].expand_as(k)
             self.k[layer, :R].scatter_(2, index, k)
             self.v[layer, :R].scatter_(2, index, v)
-            return self.k[layer, :R, :, :end], self.v[layer, :R, :, :end]
+            return self.k[layer, :R], self.v[layer, :R]
 
         return kv
 
@@ -165,21 +167,17 @@ class Attention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return q, k, v
 
-    def attend(self, q, k, v, mask: torch.Tensor | None, diffusion: bool) -> torch.Tensor:
-        """Scaled dot-product attention (GQA) and the output projection of the chosen view. `mask` CAUSAL (a
-        pass from position 0: queries and keys are the same positions) asks for is_causal, no mask tensor."""
-        if mask is CAUSAL:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=True)
+    def attend(self, q, k, v, visible, diffusion: bool) -> torch.Tensor:
+        """Attention under `visible` (orthrus_core.attention) and the output projection of the chosen view."""
+        out = attend(q, k, v, visible, self.scaling)
         B, _, T, _ = q.shape
         o_proj = self.o_proj_diff if diffusion else self.o_proj
         return o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
-    def forward(self, x, cos, sin, mask, diffusion: bool, kv_context: KVContext):
+    def forward(self, x, cos, sin, visible, diffusion: bool, kv_context: KVContext):
         q, k, v = self.project(x, cos, sin, diffusion)
         keys, values = kv_context(k, v)
-        return self.attend(q, keys, values, mask, diffusion)
+        return self.attend(q, keys, values, visible, diffusion)
 
 
 class DecoderLayer(nn.Module):
@@ -190,8 +188,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, diffusion, kv_context: KVContext):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, diffusion, kv_context)
+    def forward(self, x, cos, sin, visible, diffusion, kv_context: KVContext):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, visible, diffusion, kv_context)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -247,7 +245,7 @@ class OrthrusForCausalLM(nn.Module):
         diffusion: bool = False,
         *,
         positions: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        visible=None,
         capture: Sequence[int] = (),
         logits_to_keep: int = 0,
     ):
@@ -257,23 +255,27 @@ class OrthrusForCausalLM(nn.Module):
         orthrus_core.engine's).
 
         Reads cache positions [0, start) and writes [start, start+T); see the module docstring for what each
-        view attends to. Does not move the cache's lengths: committing is the decoder's decision. A tree verify
-        pass passes its own RoPE `positions` [1, T] (start + node depth) and `mask` [T, start+T] (the prefix
-        plus each node's ancestors). With `capture` it returns (logits, features); see `run`.
+        view attends to. Does not move the cache's lengths: committing is the decoder's decision. A pass may give
+        its own RoPE `positions` and `visible` (orthrus_core.attention: e.g. a block-causal prefill). With
+        `capture` it returns (logits, features); see `run`.
         """
-        T = input_ids.shape[1]
+        B, T = input_ids.shape
         if start + T > cache.capacity:
             raise ValueError(f"cache capacity {cache.capacity} < {start + T} positions needed")
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device)[None]
         # AR queries see keys up to their own position; diffusion queries see the prefix and the whole block. From
         # position 0 (a prefill) that is SDPA's own is_causal: no [T, T] mask, a kernel that never builds it.
-        if mask is None and not diffusion and T > 1:
-            mask = CAUSAL if start == 0 else causal_mask(start, T, input_ids.device)
+        if visible is None:
+            if start == 0 and not diffusion:
+                visible = CAUSAL
+            else:
+                shape = "whole" if diffusion else "causal"
+                visible = Visibility.after([start] * B, T, shape, input_ids.device)
         return self.run(
             input_ids,
             positions,
-            mask,
+            visible,
             diffusion,
             lambda i, k, v: cache.extend(i, k, v, start=start),
             capture=capture,
@@ -284,7 +286,7 @@ class OrthrusForCausalLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        mask: torch.Tensor | None,
+        visible,
         diffusion: bool,
         kv_context: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         *,
@@ -298,8 +300,8 @@ class OrthrusForCausalLM(nn.Module):
 
         kv_context(layer, k, v) returns the keys and values the layer's queries attend to, given the new
         tokens' own (a cache write for decoding, the tokens themselves for a causal training pass, or the AR
-        context concatenated with a block for diffusion training); `mask` is a boolean [T, keys] or
-        [B, 1, T, keys] attention mask (True = may attend), or None for all.
+        context concatenated with a block for diffusion training); `visible` says which of those keys each query
+        sees (orthrus_core.attention: CAUSAL, ALL, a Visibility, or a trainer's boolean mask).
 
         `capture` lists hidden states by their index in transformers' `output_hidden_states` (0 = the
         embeddings, l + 1 = the output of layer l, the last one after the final norm), which is how drafters
@@ -313,7 +315,7 @@ class OrthrusForCausalLM(nn.Module):
         n_layers = len(self.model.layers)
         states = {0: x} if 0 in capture else {}
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, diffusion, partial(kv_context, i))
+            x = layer(x, cos, sin, visible, diffusion, partial(kv_context, i))
             if i + 1 in capture and i + 1 < n_layers:
                 states[i + 1] = x
         x = self.model.norm(x)
@@ -324,27 +326,19 @@ class OrthrusForCausalLM(nn.Module):
         return logits, torch.cat([states[i] for i in capture], dim=-1)
 
 
-# The mask of a causal pass from position 0, where queries and keys are the same T positions: passed to SDPA as
-# is_causal=True, so no [T, T] tensor is built and the kernel is free to be a fused (flash) one.
-CAUSAL = "causal"
-
-
-def causal_mask(start: int, T: int, device) -> torch.Tensor:
-    """Boolean [T, start+T] mask: query i (position start+i) may attend to keys 0..start+i."""
-    return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(start)
-
-
 @torch.no_grad()
 def init_weights(model: OrthrusForCausalLM, std: float = 0.02, seed: int = 0) -> OrthrusForCausalLM:
-    """Normal(0, std) for every projection and embedding, ones for norms: Qwen3's init, seeded."""
-    g = torch.Generator().manual_seed(seed)
+    """Normal(0, std) for every projection and embedding, ones for norms: Qwen3's init, seeded. Drawn on the
+    parameters' device (an 8B model drawn on a CPU and copied takes minutes)."""
+    device = model.lm_head.weight.device
+    g = torch.Generator(device).manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith("norm.weight") or "norm_diff" in name:
             p.fill_(1.0)
         elif name.endswith(".bias"):
             p.zero_()
         else:
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+            p.copy_(torch.randn(p.shape, generator=g, device=device) * std)
     return model
 
 

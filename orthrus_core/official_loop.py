@@ -10,8 +10,9 @@ from collections.abc import Iterable
 
 import torch
 
+from .attention import ALL, CAUSAL, Visibility
 from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
-from .model import OrthrusForCausalLM, causal_mask
+from .model import OrthrusForCausalLM
 
 
 @torch.inference_mode()
@@ -37,9 +38,7 @@ def generate_orthrus_dynamic_cache(
     clock = Clock(device)
     t0 = clock()
     T = prompt.shape[1]
-    logits = model.run(
-        prompt, torch.arange(T, device=device)[None], causal_mask(0, T, device), False, context
-    )
+    logits = model.run(prompt, torch.arange(T, device=device)[None], CAUSAL, False, context, logits_to_keep=1)
     token = int(logits[0, -1].argmax())
     done = out.emit([token])
     t1 = clock()
@@ -48,10 +47,11 @@ def generate_orthrus_dynamic_cache(
         start = cache.get_seq_length()
         positions = torch.arange(start, start + K, device=device)[None]
         block = torch.tensor([[token] + [model.mask_token_id] * (K - 1)], device=device)
-        drafts = model.run(block, positions, None, True, context)[0, :-1].argmax(-1)
+        drafts = model.run(block, positions, ALL, True, context)[0, :-1].argmax(-1)
         cache.crop(-K)  # the draft pass's K/V are not part of the sequence
         block = torch.cat([block[:, :1], drafts[None]], dim=1)
-        predicted = model.run(block, positions, causal_mask(start, K, device), False, context)[0].argmax(-1)
+        verify = Visibility.after([start], K, "causal", device)
+        predicted = model.run(block, positions, verify, False, context)[0].argmax(-1)
         n = int((drafts == predicted[:-1]).int().cumprod(0).sum())  # the longest agreeing prefix
         cache.crop(-(K - 1 - n))  # keep the anchor and the n accepted drafts
         token = int(predicted[n])

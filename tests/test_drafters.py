@@ -11,12 +11,12 @@ from safetensors import safe_open
 
 from harness.methods import ar_hf
 from harness.methods.target import Target
+from orthrus_core.attention import ALL, CAUSAL
 from orthrus_core.checkpoint import CheckpointError, save_model
 from orthrus_core.dflash import DFlashDrafter, DFlashDraftModel, dflash_config, load_dflash, save_dflash
 from orthrus_core.eagle3 import Eagle3Drafter, Eagle3Head, eagle3_config, load_eagle3, save_eagle3
 from orthrus_core.engine import Engine
 from orthrus_core.loop import Request, decode, generate
-from orthrus_core.model import causal_mask
 from orthrus_core.params import GREEDY, SamplingParams
 from orthrus_core.tree import ancestors
 
@@ -126,7 +126,7 @@ def naive_eagle3_chain(head, target, sequence, depth):
     rows_h = head.fc(hidden)
     for _ in range(depth):
         T = len(tokens)
-        out = head(tokens[None], rows_h[None], torch.arange(T)[None], causal_mask(0, T, "cpu"), keep)
+        out = head(tokens[None], rows_h[None], torch.arange(T)[None], CAUSAL, keep)
         nxt = head.to_target(head.logits(out[0, -1]).argmax())
         drafts.append(int(nxt))
         # The drafted row takes the head's own output at the last row, and the drafted token.
@@ -255,7 +255,7 @@ def test_dflash_incremental_drafts_match_a_recomputation(target, engine):
                     target.model.embed_tokens(block),
                     feats[b][:, : n[b]],
                     torch.arange(n[b] + 5)[None],
-                    None,
+                    ALL,  # the block sees every context row and itself
                     keep,
                 )
                 assert proposal.tokens[b, 1:].tolist() == target.lm_head(hidden[0, 1:]).argmax(-1).tolist()

@@ -12,6 +12,7 @@ from test_drafters import random_dflash, random_head
 
 from harness.methods import make_decoder
 from harness.methods.target import Target, load_target
+from orthrus_core.attention import Visibility
 from orthrus_core.dflash import DFlashDrafter
 from orthrus_core.eagle3 import Eagle3Drafter
 from orthrus_core.engine import (
@@ -122,8 +123,8 @@ def alone(model, prompt, block, **options) -> torch.Tensor:
 def tree_options(prompt, parents) -> dict:
     """A row's tree pass alone: positions after the prompt by depth; the prefix plus each node's ancestors."""
     anc = ancestors(parents)
-    mask = torch.cat([torch.ones(len(parents), len(prompt), dtype=torch.bool), anc], 1)
-    return dict(positions=(len(prompt) + anc.sum(-1) - 1)[None], mask=mask)
+    visible = Visibility.after([len(prompt)], len(parents), "pattern", window=anc[None])
+    return dict(positions=(len(prompt) + anc.sum(-1) - 1)[None], visible=visible)
 
 
 # Three rows of different lengths; each row its own block, and its own tree over that block.
@@ -231,7 +232,7 @@ def test_the_static_pass_computes_the_eager_pass(diffusion):
     torch.testing.assert_close(static.k[:, :, :, : start + 5], eager.k[:, :, :, : start + 5])
     parents = torch.tensor([-1, 0, 1, 0, 3])  # node 3 is not a descendant of node 1
     options = tree_options(prompt[0].tolist(), parents)
-    assert not options["mask"][3, start + 1]
+    assert not options["visible"].dense(64)[0, 0, 3, start + 1]
     expected = model(block, start, eager, **options)
     got = static_pass(
         model, block, slots, options["positions"], ancestors(parents)[None], static.k, static.v, False, ()
@@ -314,13 +315,48 @@ def test_load_target_installs_the_engine_it_is_asked_for():
         load_target(None, engine="cudagraph")
 
 
-def test_weight_bytes_counts_the_ar_view_once():
+@pytest.mark.parametrize("tied", [True, False])
+def test_weight_bytes_counts_what_an_ar_step_streams(tied):
     from harness.bench.engine_bench import weight_bytes
 
-    model = random_model()
-    ar_params = sum(p.numel() for n, p in model.named_parameters() if "_diff" not in n)
-    assert weight_bytes(model) == 4 * ar_params
-    assert weight_bytes(model.to(torch.bfloat16)) == 2 * ar_params
+    model = random_model(tie_word_embeddings=tied)
+    embed = model.model.embed_tokens.weight
+    assert (model.lm_head.weight is embed) == tied
+    # Streamed: every AR-view tensor but the input embedding, whose rows are only gathered; lm_head reads all of
+    # its weight, which under tied embeddings is the embedding (listed under both names, counted once).
+    streamed = {
+        name: p
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if "_diff" not in name and name != "model.embed_tokens.weight"
+    }
+    assert "lm_head.weight" in streamed and not any("_diff" in name for name in streamed)
+    naive = sum(p.numel() for name, p in model.named_parameters() if "_diff" not in name)  # tied once
+    for dtype, size in ((torch.float32, 4), (torch.bfloat16, 2)):
+        model = model.to(dtype)
+        assert weight_bytes(model) == size * sum(p.numel() for p in streamed.values())
+        assert size * naive - weight_bytes(model) == (0 if tied else size * embed.numel())
+
+
+def test_the_bench_random_model_has_clear_greedy_decisions():
+    """Unit norms (init_weights), not N(0, 0.02) ones: logits spread over nats, a clear argmax, varied output."""
+    from harness.bench.engine_bench import random_model as bench_model
+
+    model = bench_model("small", torch.float32, "cpu")
+    assert all(
+        (p == 1).all()
+        for name, p in model.named_parameters()
+        if name.endswith("norm.weight") or "norm_diff" in name
+    )
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, model.config.vocab_size - 1, (64,), generator=g)
+    with torch.inference_mode():
+        logits = model(ids[None], 0, KVCache(model.config, 1, 64, dtype=torch.float32, device="cpu"))[0]
+    at = logits[[7, 15, 31, 63]]
+    top2 = at.topk(2, dim=-1).values
+    assert (at.std(dim=-1) > 0.5).all(), at.std(dim=-1)  # nats: N(0, 0.02) norms give 0.006
+    assert (top2[:, 0] - top2[:, 1] > 0.05).all(), top2  # far above float32 (and bf16) rounding of the logits
+    tokens = make_decoder("ar", Target.of(model, "random small")).generate(ids[:32].tolist(), 32).tokens
+    assert len(tokens) == 32 and len(set(tokens)) >= 16, tokens  # N(0, 0.02) norms: two tokens, repeated
 
 
 def test_a_generation_that_compiled_is_run_again_before_it_is_recorded(monkeypatch):

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import random_model
 
-import orthrus_core.model as model_module
 from orthrus_core.engine import Engine
 from orthrus_core.loop import generate
-from orthrus_core.model import causal_mask
+from orthrus_core.model import KVCache
 
 
 def recorded_attention(monkeypatch) -> list[dict]:
@@ -23,7 +22,7 @@ def recorded_attention(monkeypatch) -> list[dict]:
         calls.append({"queries": q.shape[2], "keys": k.shape[2], "mask": attn_mask, "is_causal": is_causal})
         return real(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
 
-    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
     return calls
 
 
@@ -44,8 +43,8 @@ def test_a_prefill_asks_for_is_causal_and_no_mask_and_keeps_the_last_logits(monk
 def test_is_causal_prefill_equals_the_dense_mask_it_replaces():
     model = random_model()
     prompt = torch.arange(5, 69)[None]
-    dense, causal = model.new_cache(80), model.new_cache(80)
-    expected = model(prompt, 0, dense, mask=causal_mask(0, 64, prompt.device))
+    dense, causal = model.new_cache(64), model.new_cache(64)  # an explicit mask covers exactly the keys given
+    expected = model(prompt, 0, dense, visible=torch.ones(64, 64, dtype=torch.bool).tril())
     got = model(prompt, 0, causal, logits_to_keep=1)
     torch.testing.assert_close(got, expected[:, -1:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(causal.k, dense.k, rtol=1e-5, atol=1e-5)
@@ -58,7 +57,10 @@ def test_decoding_after_an_is_causal_prefill_is_unchanged(monkeypatch):
     tokens = generate(engine, None, prompt, 16).tokens
     # The same greedy tokens from a reference loop that prefills with the dense mask and full logits.
     cache = model.new_cache(64)
-    logits = model(torch.tensor([prompt]), 0, cache, mask=causal_mask(0, len(prompt), "cpu"))
+    dense = KVCache.view(cache.k[:, :, :, : len(prompt)], cache.v[:, :, :, : len(prompt)])
+    logits = model(
+        torch.tensor([prompt]), 0, dense, visible=torch.ones(len(prompt), len(prompt)).tril().bool()
+    )
     expected = [int(logits[0, -1].argmax())]
     for i in range(15):
         step = model(torch.tensor([[expected[-1]]]), len(prompt) + i, cache)

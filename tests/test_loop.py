@@ -13,7 +13,7 @@ from harness.methods import BATCHED, load_target, make_decoder, parse_spec
 from harness.paths import DEFAULT_MODEL
 from orthrus_core.dflash import DFlashDrafter
 from orthrus_core.eagle3 import Eagle3Drafter
-from orthrus_core.engine import Engine, pass_mask, static_pass
+from orthrus_core.engine import Engine, pass_visibility, static_pass
 from orthrus_core.loop import Drafter, Proposal, Request, decode, generate
 from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import GREEDY, SamplingParams
@@ -190,7 +190,7 @@ def test_tree_ancestors_depth_and_greedy_walk():
     # Batched: one [R, N, N] per row; a chain's ancestors are the causal mask.
     both = ancestors(torch.stack([parents, chain[0]]))
     assert torch.equal(both[0], anc) and torch.equal(both[1], torch.ones(7, 7, dtype=torch.bool).tril())
-    mask = pass_mask(2 + torch.arange(7)[None], 9, False, anc[None])[0, 0]  # the verify pass at slot 2
+    mask = pass_visibility([2], 7, False, anc[None]).dense(9)[0, 0]  # the verify pass at slot 2
     assert mask.shape == (7, 9) and mask[:, :2].all() and not mask[3, 2 + 2]
     assert torch.equal(mask[:, 2:], anc)
     argmax = {0: 11, 2: 14, 5: 15, 6: 99}  # the target follows 0 -> 2 -> 5 -> 6, then says 99

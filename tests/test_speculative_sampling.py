@@ -9,10 +9,10 @@ from conftest import random_model, random_prompts
 from harness.methods import make_decoder
 from harness.methods.target import Target
 from harness.verify.equivalence import randomized_pit, uniformity_pvalues
+from orthrus_core.attention import CAUSAL
 from orthrus_core.engine import Engine
 from orthrus_core.loop import Drafter, Proposal, Request, decode, generate
 from orthrus_core.micro import micro_model
-from orthrus_core.model import causal_mask
 from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import SamplingParams
 from orthrus_core.sampling import EXACT, RESIDUAL_EPS, AcceptanceRule, probs
@@ -51,9 +51,7 @@ class TopKDrafter(Drafter):
         for _ in range(self.depth):
             seqs = torch.tensor([context + paths[n] for n in frontier])
             T = seqs.shape[1]
-            logits = self.model.run(
-                seqs, torch.arange(T)[None], causal_mask(0, T, "cpu"), False, lambda i, k, v: (k, v)
-            )
+            logits = self.model.run(seqs, torch.arange(T)[None], CAUSAL, False, lambda i, k, v: (k, v))
             children = logits[:, -1].topk(self.branching).indices.tolist()
             nxt = []
             for node, kids in zip(frontier, children, strict=True):

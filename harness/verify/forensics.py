@@ -43,8 +43,9 @@ def teacher_forced_logits(model) -> ReferenceLogits:
         device = model.lm_head.weight.device
         ids = torch.tensor([list(prompt_ids) + list(tokens[:-1])], device=device)
         with torch.inference_mode():
-            out = model(ids, 0, model.new_cache(ids.shape[1]))[0]
-        return out[len(prompt_ids) - 1 :].float().cpu()
+            # the logits of the generated positions only: a long prompt's [T, V] would be the largest transient
+            out = model(ids, 0, model.new_cache(ids.shape[1]), logits_to_keep=len(tokens))[0]
+        return out.float().cpu()
 
     return logits
 

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from orthrus_core.attention import CAUSAL
 from orthrus_core.dflash import DFlashDraftModel, dflash_config
-from orthrus_core.model import OrthrusForCausalLM, causal_mask
+from orthrus_core.model import OrthrusForCausalLM
 
 from .batches import Batch, make_batches
 from .schedule import lr_at
@@ -29,9 +30,7 @@ def dflash_loss(
     B, T = ids.shape
     keep = lambda i, k, v: (k, v)  # noqa: E731
     with torch.no_grad():
-        _, features = target.run(
-            ids, torch.arange(T)[None], causal_mask(0, T, ids.device), False, keep, capture=draft.capture
-        )
+        _, features = target.run(ids, torch.arange(T)[None], CAUSAL, False, keep, capture=draft.capture)
     # Anchors in [response_start, length - 2]: the anchor token is known, at least one token follows it.
     low, high = batch.response_start, batch.lengths - 1
     a = low[:, None] + (torch.rand(B, anchors, generator=g) * (high - low)[:, None]).long()  # [B, m]

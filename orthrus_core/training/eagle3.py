@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from orthrus_core.attention import CAUSAL
 from orthrus_core.eagle3 import Eagle3Head, aux_layers, eagle3_config
-from orthrus_core.model import OrthrusForCausalLM, causal_mask
+from orthrus_core.model import OrthrusForCausalLM
 
 from .batches import Batch, make_batches
 from .schedule import lr_at
@@ -42,7 +43,7 @@ def ttt_loss(head: Eagle3Head, target: OrthrusForCausalLM, batch: Batch, used: t
         logits, features = target.run(
             ids,
             torch.arange(T)[None],
-            causal_mask(0, T, ids.device),
+            CAUSAL,
             False,
             keep,
             capture=aux_layers(head.config, target.config.num_hidden_layers),
@@ -63,7 +64,7 @@ def ttt_loss(head: Eagle3Head, target: OrthrusForCausalLM, batch: Batch, used: t
         values.append(v)
         return torch.cat(keys, dim=2), torch.cat(values, dim=2)
 
-    causal = causal_mask(0, R, ids.device)
+    causal = torch.ones(R, R, dtype=torch.bool, device=ids.device).tril()
     diagonal = torch.eye(R, dtype=torch.bool, device=ids.device)
     total = 0.0
     for s in range(ttt_steps):

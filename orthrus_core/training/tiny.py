@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen3Config
 
-from orthrus_core.model import OrthrusForCausalLM, causal_mask, copy_ar_to_diffusion, init_weights
+from orthrus_core.attention import CAUSAL
+from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
 
 from . import tiny_corpus
 from .schedule import lr_at
@@ -152,7 +153,7 @@ def next_token_loss(model: OrthrusForCausalLM, window: torch.Tensor) -> torch.Te
     x, y = window[:, :-1], window[:, 1:]
     S = x.shape[1]
     positions = torch.arange(S, device=x.device)[None]
-    logits = model.run(x, positions, causal_mask(0, S, x.device), False, lambda i, k, v: (k, v))
+    logits = model.run(x, positions, CAUSAL, False, lambda i, k, v: (k, v))
     return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
@@ -169,7 +170,7 @@ def ar_teacher(model: OrthrusForCausalLM, x: torch.Tensor):
         return k, v
 
     positions = torch.arange(S, device=x.device)[None]
-    logits = model.run(x, positions, causal_mask(0, S, x.device), False, keep)
+    logits = model.run(x, positions, CAUSAL, False, keep)
     return logits.log_softmax(-1), keys, values
 
 

@@ -1,0 +1,218 @@
+"""Which keys each query of a pass sees, said by structure, and the fused kernel that computes it.
+
+Every attention call in the project goes through `attend(q, k, v, visible, scale)`; `visible` is one of:
+
+* `CAUSAL`: a pass from position 0 whose keys are its own queries (a prefill, a teacher-forced reference, a
+  training pass). SDPA's `is_causal`: no mask tensor, so CUDA takes FlashAttention (which runs grouped-query
+  attention natively) and the CPU its fused flash kernel; nothing of size T x T is built.
+* `ALL`: every key given (a context a caller assembled exactly, such as the official loop's draft pass).
+* `Visibility(prefix, window, end, uniform)`: a decode-time pass over a row cache. Row r's queries see every
+  slot before `prefix[r]` (the row's committed tokens) and, of the slots `prefix[r] + j` after it, those
+  `window[r, i, j]` marks: a causal block (AR steps, verify passes), a whole block (the diffusion view), a tree's
+  ancestors, a drafter's scratch rows. Slots past the window (another row's longer prefix, a bucket's zeroed
+  tail, padding) are never seen.
+* a boolean tensor: an explicit mask, for the trainers' multi-block patterns over short sequences only.
+
+What runs, by structure and device (`kernel`):
+
+| pass | CUDA | CPU |
+|---|---|---|
+| CAUSAL, ALL | SDPA, no mask (flash) | SDPA, no mask (fused flash) |
+| every row at one prefix, whole window (a diffusion block, a T = 1 step) | SDPA, no mask, keys [0, end) | same |
+| every row at one prefix, causal window (a verify pass) | SDPA with `causal_lower_right` (flash's own bottom-right causal) | SDPA with a boolean [R, 1, T, end] mask |
+| anything else (ragged rows, trees, drafter scratch, static passes over a cache bucket) | FlexAttention, compiled, with a block mask made from `prefix` and the window: tiles wholly in a prefix are full, the window's are partial, the rest are never read | SDPA with a boolean [R, 1, T, end] mask: the CPU's fused kernel takes masks and GQA |
+
+In float32 on CUDA (verify's reference and fp32 runs) flash is unavailable, so the SDPA rows expand K/V to the
+query heads (a transient per layer) for the memory-efficient kernel, which takes float32 but not GQA.
+
+On CUDA a dense mask never meets SDPA together with GQA: flash refuses masks, the memory-efficient kernel refuses
+GQA, and their combination falls to the math kernel (fp32 scores, K/V repeated per head; at 32K context and the
+8B shape about 150 GB moved per step). `planned_on` lets a test ask what a CUDA run would ask of the kernels
+without a GPU; tests/test_attention.py records every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+CAUSAL = "causal"
+ALL = "all"
+
+# FlexAttention's block size: a block mask lists which 128 x 128 tiles of the score matrix a kernel visits.
+FLEX_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What the T queries of a pass over R rows see; see the module docstring.
+
+    prefix  [R] long: row r's queries see its slots [0, prefix[r]).
+    window  [R, T, W] bool: and slot prefix[r] + j where window[r, i, j].
+    end     the most slots any query can see (max(prefix) + W) where the host knows it; None in a static pass,
+            whose keys are the whole cache.
+    shape   "whole" (every window slot), "causal" (W == T, lower triangle) or "pattern": lets a pass whose
+            rows all share one prefix (`uniform`) run without a mask tensor.
+    """
+
+    prefix: torch.Tensor
+    window: torch.Tensor
+    end: int | None = None
+    uniform: bool = False
+    shape: str = "pattern"
+
+    @classmethod
+    def after(
+        cls, lengths, T: int, shape: str, device=None, window: torch.Tensor | None = None
+    ) -> Visibility:
+        """T new tokens at each row's next slots: `lengths` a host list (eager: the bounds are known) or a
+        tensor [R] (a static pass). shape "causal" (AR view), "whole" (diffusion view) or "pattern" with
+        `window` [R, T, W] given (a tree's ancestors, a drafter's scratch; "whole" with a window of all True
+        where a pass's keys run past its queries, as a drafter's context rows do)."""
+        if isinstance(lengths, torch.Tensor):
+            prefix, end, uniform = lengths, None, False
+        else:
+            prefix = torch.tensor(lengths, device=device)
+            uniform = min(lengths) == max(lengths)
+            end = max(lengths) + (T if window is None else window.shape[2])
+        R = prefix.shape[0]
+        if window is None:
+            full = torch.ones(T, T, dtype=torch.bool, device=prefix.device)
+            window = (full.tril() if shape == "causal" else full).expand(R, T, T)
+        elif shape == "causal":
+            raise ValueError("a causal window is made here, not given: pass shape 'pattern' with a window")
+        if T == 1 and shape == "causal":
+            shape = "whole"
+        return cls(prefix, window, end, uniform, shape)
+
+    def dense(self, keys: int) -> torch.Tensor:
+        """Boolean [R, 1, T, keys]: the mask this visibility is (True = may attend)."""
+        W = self.window.shape[2]
+        rel = torch.arange(keys, device=self.prefix.device)[None, None] - self.prefix[:, None, None]
+        R, T = self.window.shape[:2]
+        inside = self.window.gather(2, rel.clamp(0, W - 1).expand(R, T, keys))
+        return ((rel < 0) | ((rel < W) & inside))[:, None]
+
+    def block_mask(self, keys: int) -> BlockMask:
+        """FlexAttention's block mask over `keys` slots, from the structure alone (no [T, keys] tensor): for
+        row r the tiles wholly before prefix[r] are full (no mask evaluated), those that touch the window are
+        partial (the mask below is evaluated there), and no tile after the window is listed."""
+        prefix, window = self.prefix, self.window
+        R, T, W = window.shape
+        n_kv, n_q = math.ceil(keys / FLEX_BLOCK), math.ceil(T / FLEX_BLOCK)
+        blocks = torch.arange(n_kv, device=prefix.device, dtype=torch.int32)
+        full = (prefix // FLEX_BLOCK).to(torch.int32)  # tiles wholly inside the prefix
+        touched = ((prefix + W + FLEX_BLOCK - 1) // FLEX_BLOCK).clamp(max=n_kv).to(torch.int32)
+
+        def per_tile(x):  # [R] or [R, n_kv] -> [R, 1, n_q, ...]
+            return x[:, None, None].expand(R, 1, n_q, *x.shape[1:]).contiguous()
+
+        partial_indices = (full[:, None] + blocks).clamp(max=n_kv - 1)
+
+        def mask_mod(b, h, q, kv):
+            rel = kv - prefix[b]
+            return (rel < 0) | ((rel < W) & window[b, q, rel.clamp(0, W - 1)])
+
+        return BlockMask.from_kv_blocks(
+            per_tile(touched - full),
+            per_tile(partial_indices),
+            per_tile(full),
+            per_tile(blocks.expand(R, n_kv)),
+            BLOCK_SIZE=FLEX_BLOCK,
+            mask_mod=mask_mod,
+            seq_lengths=(T, keys),
+            compute_q_blocks=False,
+        )
+
+
+_planned: str | None = None  # a device type to plan for in place of the tensors' own (tests, benchmarks)
+
+
+@contextlib.contextmanager
+def planned_on(device_type: str):
+    """Within the block, choose kernels as on `device_type` ("cuda") whatever the tensors' device: what a GPU
+    run asks of the kernels, asked on a CPU (a CUDA-only path, FlexAttention, then runs eagerly)."""
+    global _planned
+    before, _planned = _planned, device_type
+    try:
+        yield
+    finally:
+        _planned = before
+
+
+def kernel(visible, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """The kernel a pass with this visibility asks for on `device` at `dtype`: "sdpa" (no mask), "sdpa-causal"
+    (is_causal), "sdpa-lower-right" (a bottom-right causal bias), "flex" (a block mask) or "sdpa-mask" (a boolean
+    mask); "+kv" where K/V are expanded to the query heads first. On CUDA, flash takes GQA but only half
+    precision, and the memory-efficient kernel takes float32 but not GQA: a float32 pass (verify's reference)
+    expands K/V for it (transient, per layer) rather than fall to the math kernel."""
+    on = _planned or device.type
+    if isinstance(visible, torch.Tensor):
+        return "sdpa-mask"
+    if (
+        not isinstance(visible, (str, Visibility))
+        or isinstance(visible, str)
+        and visible not in (CAUSAL, ALL)
+    ):
+        raise TypeError(
+            f"a pass's visibility is CAUSAL, ALL, a Visibility or a boolean mask, not {visible!r}"
+        )
+    if isinstance(visible, str):
+        choice = "sdpa-causal" if visible == CAUSAL else "sdpa"
+    elif visible.uniform and visible.end is not None and visible.shape == "whole":
+        choice = "sdpa"
+    elif visible.uniform and visible.end is not None and visible.shape == "causal" and on == "cuda":
+        choice = "sdpa-lower-right"
+    else:
+        return "flex" if on == "cuda" else "sdpa-mask"
+    return choice + "+kv" if on == "cuda" and dtype not in (torch.float16, torch.bfloat16) else choice
+
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, **kwargs):
+    """FlexAttention, compiled once per process where it runs on a GPU (uncompiled it materialises the scores:
+    the reference implementation a CPU test uses)."""
+    global _compiled_flex
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, **kwargs)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False, fullgraph=True)
+    return _compiled_flex(q, k, v, **kwargs)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible, scale: float | None = None):
+    """q [R, heads, T, D] against k, v [R, kv_heads, S, D] (S: the keys given, which for a cache pass are its
+    whole buffers) under `visible` -> [R, heads, T, D]."""
+    T = q.shape[2]
+    choice = kernel(visible, q.device, q.dtype)
+    if choice == "flex":
+        gqa = q.shape[1] != k.shape[1]
+        return _flex(q, k, v, block_mask=visible.block_mask(k.shape[2]), scale=scale, enable_gqa=gqa)
+    if isinstance(visible, torch.Tensor):
+        mask, end = visible, k.shape[2]
+    elif visible is CAUSAL:
+        mask, end = None, T
+    elif visible is ALL:
+        mask, end = None, k.shape[2]
+    else:
+        end = k.shape[2] if visible.end is None else visible.end
+        mask = visible.dense(end) if choice == "sdpa-mask" else None
+    k, v = k[:, :, :end], v[:, :, :end]
+    if choice.endswith("+kv"):  # K/V expanded to the query heads: a kernel without GQA can take the pass
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    if choice.startswith("sdpa-lower-right"):
+        mask = causal_lower_right(T, end)
+    gqa = q.shape[1] != k.shape[1]
+    causal = choice.startswith("sdpa-causal")
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa
+    )
