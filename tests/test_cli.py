@@ -139,7 +139,16 @@ def test_bench_engine_prints_its_tables(checkpoint, capsys):
     out = capsys.readouterr().out
     assert "batched passes (engine eager)" in out and "ms / row" in out
     assert "engine eager" in out and "orthrus:cache=dynamic" in out and "ar-hf:cache=static" in out
-    for header in ("roofline", "AR ms", "diffusion ms", "verify ms", "cycle / AR", "tokens/s", "identical"):
+    for header in (
+        "roofline",
+        "prefill s",
+        "AR ms",
+        "diffusion ms",
+        "verify ms",
+        "cycle / AR",
+        "tokens/s",
+        "identical",
+    ):
         assert header in out
     assert "yes" in out and "NO" not in out
 

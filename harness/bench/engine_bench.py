@@ -1,17 +1,30 @@
-"""`orthrus-bench bench-engine`: what one AR step, one diffusion pass and one verify pass cost, against the
-memory-bandwidth roofline, and end to end against a straightforward implementation.
+"""`orthrus-bench bench-engine`: what a prefill, one AR step, one diffusion pass and one verify pass cost,
+against the memory-bandwidth roofline, and end to end against a straightforward implementation.
 
 Prints figures; asserts nothing. Random weights at a named shape (the real model's cost does not depend on
-its weights), or a real checkpoint with --model.
+its weights), or a real checkpoint with --model. The random weights are `orthrus_core.model.init_weights`'s
+(ones for every norm, the diffusion view's q/k norms included, zeros for biases, N(0, RANDOM_STD) for the rest),
+spread wider than Qwen3's 0.02 so that, at every shape, next-token logits have a clear argmax and greedy
+outputs vary: the identity column then compares real decisions, not near-ties.
 
-* Roofline: at batch size 1 a forward must read every weight once, so no AR step can be faster than
-  weight bytes / device copy bandwidth; the bandwidth is measured in the same run (a device-to-device copy
-  of a buffer far larger than the caches). On CPU the same figure is printed but means little.
-* Every figure per engine mode (orthrus_core.engine: eager, compile, and cudagraph on a GPU).
+* Prefill as the decoders do it: every context is written by one `Engine.prefill` of the whole context (eager,
+  one pass, last-position logits only), exactly as the decode loop admits a prompt, never in chunks; its
+  median time is printed per context (the prefill column), so what a long context costs before the first
+  token is in the table, and a context one prefill cannot hold fails here as it would in a run.
+* Roofline: at batch size 1 an AR step must stream every weight it multiplies by once, so no AR step can be
+  faster than streamed bytes / device copy bandwidth. The streamed bytes (`weight_bytes`) are the AR view's
+  parameters that a forward reads in full; the input embedding, of which a forward gathers only its tokens'
+  rows, is left out unless it is also the (tied) lm_head. The bandwidth is measured in the same run (a
+  device-to-device copy of a buffer far larger than the caches). On CPU the same figure is printed but means
+  little.
+* Every per-pass figure per engine mode (orthrus_core.engine: eager, compile, and cudagraph on a GPU); the
+  prefill runs eager in every mode, as the loop's does.
 * End to end, beside the project's `ar` and `orthrus` in each mode, the baselines in their own engines:
   transformers' `generate` on its DynamicCache (`ar-hf`) and on its StaticCache compiled (`ar-hf:cache=static`,
   the strongest off-the-shelf AR), and Orthrus on a DynamicCache as the official code writes it
-  (`orthrus:cache=dynamic`). Outputs must be identical; the ratios are what the engine buys.
+  (`orthrus:cache=dynamic`). Outputs must be identical; the ratios are what the engine buys. With random
+  weights the prompts are random and the diffusion view is unrelated to the AR view, so tau is near 1 and says
+  nothing about a trained model.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from harness.options import check_device
 from orthrus_core import metrics
 from orthrus_core.engine import ENGINES, Engine, check_engine
 from orthrus_core.generation import Clock
-from orthrus_core.model import OrthrusForCausalLM
+from orthrus_core.model import OrthrusForCausalLM, init_weights
 
 # "small": a 4-layer random model at the tiny family's width and vocabulary (not the family itself, which has
 # 6 layers and trained weights: pass --model for it); the Qwen3 shapes of the public checkpoints.
@@ -54,6 +67,12 @@ SHAPES = {
     ),
     **QWEN3_SHAPES,
 }
+# The random weights' std (the norms are ones). At Qwen3's 0.02 the 256-wide small shape's logits spread over
+# 0.3 nats and its greedy output is one or two tokens repeated; at 0.1 they spread over 1.6 nats (4.5 for six
+# layers 2048 wide) and greedy outputs vary (tests/test_engine.py holds the small shape to a clear argmax).
+RANDOM_STD = 0.1
+# Timed prefills per context (after one untimed): one takes seconds at 32K+ tokens, and a few make a median.
+PREFILL_REPEATS = 3
 
 
 def random_model(shape: str, dtype: torch.dtype, device: str) -> OrthrusForCausalLM:
@@ -62,10 +81,7 @@ def random_model(shape: str, dtype: torch.dtype, device: str) -> OrthrusForCausa
     config = Qwen3Config(architectures=["OrthrusLM"], **SHAPES[shape])
     with torch.device(device):
         model = OrthrusForCausalLM(config).to(dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    return model.eval()
+    return init_weights(model, std=RANDOM_STD, seed=0).eval()
 
 
 def median_time(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
@@ -95,8 +111,12 @@ def machine() -> str:
 
 
 def weight_bytes(model: OrthrusForCausalLM) -> int:
-    """Bytes one AR-view forward must read: every parameter except the diffusion view's (tied counted once)."""
-    seen, total = set(), 0
+    """Bytes one AR-view forward streams: every AR-view parameter it reads in full, each storage once. The
+    diffusion view's (`*_diff`) are not read; the input embedding is left out, since a forward gathers only its
+    tokens' rows of it, unless it is the same storage as lm_head (tied embeddings), which reads all of it."""
+    embed, lm_head = model.model.embed_tokens.weight, model.lm_head.weight
+    gathered = set() if embed.data_ptr() == lm_head.data_ptr() else {embed.data_ptr()}
+    seen, total = set(gathered), 0
     for name, p in model.named_parameters():
         if "_diff" not in name and p.data_ptr() not in seen:
             seen.add(p.data_ptr())
@@ -115,9 +135,12 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 1
 
 
 @torch.inference_mode()
-def forward_costs(engine: Engine, contexts, K, repeats, device, batch_sizes=(1,)):
-    """Rows of (B, context, AR step s, diffusion pass s, verify pass s) over B rows at each context length, as
-    the decode loop runs them in `engine` (every row at the same length: the cost of a cycle against B x K)."""
+def forward_costs(engine: Engine, contexts, K, repeats, device, batch_sizes=(1,), time_prefill=True):
+    """Rows of (B, context, prefill s, AR step s, diffusion pass s, verify pass s) over B rows at each context
+    length, as the decode loop runs them in `engine` (every row at the same length: the cost of a cycle against
+    B x K). The context is written as the loop writes a prompt: one `engine.prefill` of all of it into row 0
+    (whose K/V are then copied into the other rows); its median over PREFILL_REPEATS, or None without
+    `time_prefill`."""
     rows = []
     g = torch.Generator().manual_seed(0)
     model = engine.model
@@ -125,8 +148,13 @@ def forward_costs(engine: Engine, contexts, K, repeats, device, batch_sizes=(1,)
         for ctx in contexts:
             cache = engine.new_cache(B, ctx + K)
             ids = torch.randint(0, model.config.vocab_size - 1, (1, ctx), generator=g).to(device)
-            for s in range(0, ctx, 2048):  # chunked prefill keeps activation memory bounded at long contexts
-                model(ids[:, s : s + 2048], s, cache.row(0))
+            prefill = partial(engine.prefill, cache, 0, ids[0])
+            prefill_s = None
+            # Every prefill writes the same K/V: the warm-up writes them, each timed one writes them again.
+            if time_prefill:
+                prefill_s = median_time(prefill, device, min(repeats, PREFILL_REPEATS), warmup=1)
+            else:
+                prefill()
             cache.k[:, 1:B] = cache.k[:, :1]  # one prefill, its K/V copied into every row
             cache.v[:, 1:B] = cache.v[:, :1]
             cache.lengths = [ctx] * B
@@ -137,7 +165,7 @@ def forward_costs(engine: Engine, contexts, K, repeats, device, batch_sizes=(1,)
                 partial(engine.step, cache, block, diffusion=True),
                 partial(engine.step, cache, block),
             )
-            rows.append((B, ctx, *(median_time(f, device, repeats) for f in passes)))
+            rows.append((B, ctx, prefill_s, *(median_time(f, device, repeats) for f in passes)))
     return rows
 
 
@@ -222,7 +250,7 @@ def events_vs_wall(engine: Engine, context: int, steps: int, device: torch.devic
         return None
     cache = engine.new_cache(1, context + 1)
     ids = torch.zeros(1, context, dtype=torch.long, device=device)
-    engine.model(ids, 0, cache)
+    engine.prefill(cache, 0, ids[0])
     cache.lengths = [context]
     one = ids[:, -1:]
     for _ in range(3):
@@ -285,7 +313,8 @@ def bench_engine(
     bandwidth = copy_bandwidth(device)
     floor = weight_bytes(model) / bandwidth
     console.print(
-        f"roofline: {weight_bytes(model) / 1e9:.3f} GB of AR-view weights / {bandwidth / 1e9:.0f} GB/s "
+        f"roofline: {weight_bytes(model) / 1e9:.3f} GB of AR-view weights streamed per step (the input "
+        f"embedding only gathered) / {bandwidth / 1e9:.0f} GB/s "
         f"measured copy bandwidth = {floor * 1e3:.3f} ms per AR step at batch size 1"
     )
     figures = {
@@ -313,17 +342,22 @@ def bench_engine(
         for K in block_sizes:
             table = Table(
                 "context",
+                "prefill s",
                 "AR ms",
                 "roofline %",
                 "diffusion ms",
                 "verify ms",
                 "cycle / AR",
-                title=f"engine {mode}: per-forward medians over {repeats} repeats, K = {K}",
+                title=f"engine {mode}: per-forward medians over {repeats} repeats, K = {K}; prefill: one eager "
+                f"pass of the whole context, median over {min(repeats, PREFILL_REPEATS)}",
             )
-            for _, ctx, ar, diffusion, verify in forward_costs(in_mode.engine, contexts, K, repeats, device):
+            for _, ctx, prefill, ar, diffusion, verify in forward_costs(
+                in_mode.engine, contexts, K, repeats, device
+            ):
                 row = dict(
                     context=ctx,
                     K=K,
+                    prefill_s=prefill,
                     ar_ms=ar * 1e3,
                     roofline_pct=100 * floor / ar,
                     diffusion_ms=diffusion * 1e3,
@@ -333,6 +367,7 @@ def bench_engine(
                 rows.append(row)
                 table.add_row(
                     str(ctx),
+                    f"{prefill:.3f}",
                     f"{row['ar_ms']:.3f}",
                     f"{row['roofline_pct']:.0f}%",
                     f"{row['diffusion_ms']:.3f}",
@@ -359,8 +394,8 @@ def bench_engine(
                     cycle_over_ar=(diffusion + verify) / ar,
                 )
                 for K in block_sizes
-                for B, ctx, ar, diffusion, verify in forward_costs(
-                    in_mode.engine, contexts, K, repeats, device, batch_sizes
+                for B, ctx, _, ar, diffusion, verify in forward_costs(
+                    in_mode.engine, contexts, K, repeats, device, batch_sizes, time_prefill=False
                 )
             ]
             print_batched(console, rows, repeats, mode)

@@ -8,7 +8,7 @@ from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, 
 def register(sub) -> None:
     p = sub.add_parser(
         "bench-engine",
-        help="time an AR step, a diffusion pass and a verify pass against the roofline, and end to end",
+        help="time a prefill, an AR step (against the roofline), a diffusion pass and a verify pass, and end to end",
     )
     add_model_args(p)
     p.add_argument(
