@@ -15,7 +15,11 @@ step failed to run (a missed target is a finding, reported as such, not a failur
    peak vs NVML device memory);
 5. pipeline: `run` -> `verify` -> `report` on a random Orthrus checkpoint at the qwen3-8b shape, written locally
    (small shape with --quick), a few prompts of a few tokens;
-6. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape (bf16, random weights, K = 32)
+6. long context: at the qwen3-8b shape in bf16, a prefill and decode at 8K, 32K and 40K for AR and Orthrus in
+   the device's default engine: the attention kernel every pass took (and the SDPA backend torch selected for
+   it), the generation's own allocator peak against `orthrus_core.memory`'s plan, prefill, AR step and Orthrus
+   cycle times;
+7. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape (bf16, random weights, K = 32)
    at B = 1, 4, 16, 64 and contexts 1K and 4K, with cycle / AR (the τ an Orthrus cycle must beat at that B);
    and every batched method on the tiny family in float32 at B = 4 (continuous), row for row against its own
    batch-1 output.
@@ -32,6 +36,7 @@ import shutil
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -169,6 +174,106 @@ def batch_step(device: str, quick: bool) -> dict:
         same = sum(d.result.tokens == alone[d.request.key] for d in done)
         identity[spec] = {"identical": same, "prompts": len(prompts)}
     return {"shape": shape, "passes": passes, "identity": identity}
+
+
+@contextmanager
+def kernels_seen():
+    """Every attention call inside the block, by (queries, kernel, backend) -> [calls, fewest keys, most keys]:
+    SDPA's backend as
+    torch selects it for those inputs (`torch._fused_sdp_choice`; "lower-right" is flash's own bottom-right
+    causal, which the bias dispatches to directly), or FlexAttention (compiled on CUDA)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
+
+    from orthrus_core import attention
+
+    seen: dict = {}
+
+    def count(q, k, kind, backend):
+        calls, low, high = seen.get((q.shape[2], kind, backend), (0, k.shape[2], k.shape[2]))
+        seen[(q.shape[2], kind, backend)] = (calls + 1, min(low, k.shape[2]), max(high, k.shape[2]))
+
+    real_sdpa, real_flex = F.scaled_dot_product_attention, attention._flex
+
+    def sdpa(q, k, v, attn_mask=None, is_causal=False, **kwargs):
+        if attn_mask is None or isinstance(attn_mask, torch.Tensor):
+            choice = torch._fused_sdp_choice(
+                q, k, v, attn_mask, 0.0, is_causal, enable_gqa=kwargs.get("enable_gqa", False)
+            )
+            backend = SDPBackend(choice).name.lower()
+            kind = "sdpa, mask" if attn_mask is not None else "sdpa, is_causal" if is_causal else "sdpa"
+        else:
+            kind, backend = "sdpa, lower-right causal", "flash (bottom-right)"
+        count(q, k, kind, backend)
+        return real_sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    def flex(q, k, v, **kwargs):
+        compiled = "compiled" if q.device.type == "cuda" else "eager (CPU reference)"
+        count(q, k, "flex", compiled)
+        return real_flex(q, k, v, **kwargs)
+
+    F.scaled_dot_product_attention, attention._flex = sdpa, flex
+    try:
+        yield seen
+    finally:
+        F.scaled_dot_product_attention, attention._flex = real_sdpa, real_flex
+
+
+def long_context(device: str, quick: bool) -> dict:
+    """AR and Orthrus at long contexts on one device: kernels, peak memory against the plan, times."""
+    from orthrus_core import memory
+    from orthrus_core.engine import Engine, default_engine
+    from orthrus_core.loop import generate
+    from orthrus_core.orthrus import OrthrusDrafter
+
+    if quick:
+        shape, dtype, contexts, K, new = "small", torch.float32, [256, 1024], 16, 8
+    else:
+        shape, dtype, contexts, K, new = "qwen3-8b", torch.bfloat16, [8192, 32768, 40960], 32, 64
+    model = random_model(shape, dtype, device)
+    engine = Engine(model, default_engine(device))
+    cuda = device.startswith("cuda")
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for ctx in contexts:
+        prompt = torch.randint(0, model.config.vocab_size - 1, (ctx - new,), generator=g).tolist()
+        for method, drafter in (("ar", None), ("orthrus", OrthrusDrafter(model, K))):
+            decoding = memory.Decoding(method, drafter=drafter)
+            plan = memory.plan(model, decoding, context=ctx, device=device, engine=engine.mode)
+            generate(engine, drafter, prompt, new, stop_token_ids=[])  # captures and compiles, untimed
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            engine.mark()
+            with kernels_seen() as seen:
+                result = generate(engine, drafter, prompt, new, stop_token_ids=[])
+            peak = None
+            if cuda:
+                torch.cuda.synchronize(device)
+                peak = torch.cuda.max_memory_allocated(device) - engine.held_bytes() + engine.pool_bytes
+            steps = result.cycles if drafter else result.new_tokens - 1
+            rows.append(
+                {
+                    "context": ctx,
+                    "method": method,
+                    "K": K if drafter else 1,
+                    "engine": engine.mode,
+                    "prefill_s": result.prefill_s,
+                    "step_ms": 1e3 * result.decode_s / max(steps, 1),  # an AR step, or an Orthrus cycle
+                    "tau": result.tau,
+                    "peak_bytes": peak,
+                    "plan_bytes": plan.total,
+                    "plan": plan.items(),
+                    "kernels": [
+                        {"queries": q, "keys": [low, high], "kernel": kind, "backend": backend, "calls": n}
+                        for (q, kind, backend), (n, low, high) in sorted(seen.items())
+                    ],
+                }
+            )
+            print(f"gpu_check: long context {ctx} {method}: {rows[-1]['step_ms']:.2f} ms/step", flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+    return {"shape": shape, "dtype": str(dtype).removeprefix("torch."), "rows": rows}
 
 
 def verified_run(
@@ -317,6 +422,25 @@ def markdown(result: dict) -> str:
             f"- written in {p['checkpoint_write_s']:.0f} s; verify exit {p['verify_exit']}; verdicts {p['verdicts']}",
             "",
         ]
+    if "long_context" in result:
+        lc = result["long_context"]
+        lines += [
+            f"## Long context, {lc['shape']} ({lc['dtype']}): the generation's own peak against the plan",
+            "",
+            "| context | method | engine | prefill s | ms / step or cycle | peak GiB | plan GiB | kernels (queries x keys: kernel, backend) |",
+            "|---:|---|---|---:|---:|---:|---:|---|",
+        ]
+        for r in lc["rows"]:
+            kernels = "; ".join(
+                f"{k['queries']} x {k['keys'][0]}–{k['keys'][1]}: {k['kernel']}, {k['backend']} ({k['calls']})"
+                for k in r["kernels"]
+            )
+            peak = "–" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
+            lines.append(
+                f"| {r['context']} | {r['method']} | {r['engine']} | {r['prefill_s']:.3f} | {r['step_ms']:.2f} | "
+                f"{peak} | {r['plan_bytes'] / 2**30:.2f} | {kernels} |"
+            )
+        lines.append("")
     if "batch" in result:
         b = result["batch"]
         lines += [
@@ -351,6 +475,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="the small shape and a few prompts (CPU, tests)")
+    parser.add_argument(
+        "--steps", type=lambda s: s.split(","), help="only these steps, comma-separated (e.g. long_context)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,8 +495,14 @@ def main(argv=None) -> int:
         "identity": lambda: identity(args.device, args.quick),
         "bf16": lambda: bf16_divergences(out, args.device, args.quick),
         "pipeline": lambda: pipeline(out, args.device, args.quick),
+        "long_context": lambda: long_context(args.device, args.quick),
         "batch": lambda: batch_step(args.device, args.quick),
     }
+    if args.steps:
+        unknown = set(args.steps) - set(steps)
+        if unknown:
+            parser.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(steps)}")
+        steps = {name: step for name, step in steps.items() if name in args.steps}
     for name, step in steps.items():
         try:
             result[name] = step()

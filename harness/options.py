@@ -8,7 +8,6 @@ the report stay torch-free.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 
@@ -16,9 +15,6 @@ from orthrus_core.params import SamplingParams
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 ENGINE_MODES = ("auto", "eager", "compile", "cudagraph")
-# What the KV cache may take of the memory free on its device; the rest is the weights' (already loaded), the
-# activations', the logits' and the allocator's.
-KV_SHARE = 0.9
 
 
 class OptionError(ValueError):
@@ -87,14 +83,6 @@ def check_length(
         )
 
 
-def kv_bytes_per_position(config, dtype_bytes: int) -> int:
-    """Bytes of K and V per row and position over every layer: the target's cache (orthrus_core.model's own
-    layout; a drafter's cache is smaller)."""
-    from orthrus_core.model import cache_shape
-
-    return 2 * dtype_bytes * math.prod(cache_shape(config, rows=1, capacity=1))
-
-
 def free_memory(device: str) -> int:
     """Bytes free for new allocations on `device`: the GPU's free memory, or the host's available memory."""
     import torch
@@ -109,16 +97,25 @@ def free_memory(device: str) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_kv_memory(
-    config, dtype_bytes: int, rows: int, positions: int, device: str, free: int | None = None
+def check_memory(
+    plans, device: str, free: int | None = None, *, loaded: bool = True, fix: str | None = None
 ) -> None:
-    """The KV cache of `rows` rows of `positions` positions fits in KV_SHARE of the memory free on `device`."""
-    need = rows * positions * kv_bytes_per_position(config, dtype_bytes)
+    """Each method's memory plan (orthrus_core.memory.MethodPlan, made by harness.methods.plan) fits in the
+    memory free on `device`: what it still has to allocate (with its weights `loaded`: the KV cache, the
+    drafter's state, the largest pass's workspace and logits) within memory.USABLE of it. The error gives the
+    arithmetic: what takes how much, what is free, and what to lower (`fix`)."""
+    from orthrus_core.memory import USABLE, size
+
     free = free_memory(device) if free is None else free
-    if need > KV_SHARE * free:
-        gib = 2**30
+    for plan in plans:
+        if plan.fits(free, loaded):
+            continue
+        beyond = " beyond its weights, which are loaded" if loaded else ""
         raise OptionError(
-            f"the KV cache for {rows} row(s) x {positions} positions needs {need / gib:.1f} GiB, more than the "
-            f"{KV_SHARE * free / gib:.1f} GiB it may take of the {free / gib:.1f} GiB free on {device}: lower "
-            "--max-new-tokens or --batch-size, or use shorter prompts"
-        )
+            f"{plan.label} does not fit on {device}: {plan.rows} row(s) of up to {plan.context} positions "
+            f"(a {plan.prompt_tokens}-token prompt and its new tokens) need {size(plan.need(loaded))}{beyond}, "
+            f"more than the {size(USABLE * free)} a run may take ({USABLE:.0%} of the {size(free)} free): "
+            f"{plan.items()}. "
+            + (fix or "Lower --batch-size or --max-new-tokens, use shorter prompts, a smaller --dtype, or a "
+               "device with more memory")
+        )  # fmt: skip

@@ -27,7 +27,9 @@ class TelemetryFields:
     diffusion_forward_count: int
     diffusion_forward_ms_mean: float | None
     diffusion_forward_ms_median: float | None
-    allocator_peak_bytes: int | None  # torch.cuda.max_memory_allocated, weights included
+    # The generation's own peak: torch.cuda.max_memory_allocated (weights included) less the KV caches the engine
+    # keeps for other buckets (other_caches_bytes), plus what captured graphs reserved (graph_pool_bytes)
+    allocator_peak_bytes: int | None
     nvml_samples: int | None
     device_mem_peak_bytes: int | None
     process_mem_peak_bytes: int | None
@@ -37,6 +39,11 @@ class TelemetryFields:
     throttle_reasons: int | None  # NVML clock-event reasons OR-ed over the generation
     energy_j: float | None
     energy_reliable: bool | None  # False below a second: the energy counter updates every few tens of ms
+    # Added with issue 26 (absent from older records): the KV bucket the generation ran in (positions per row:
+    # its prompt and new tokens rounded up by orthrus_core.engine.bucket), and the two corrections above.
+    kv_capacity: int | None = None
+    other_caches_bytes: int | None = None
+    graph_pool_bytes: int | None = None
 
 
 TELEMETRY_FIELDS = tuple(f.name for f in fields(TelemetryFields))

@@ -79,6 +79,9 @@ class Drafter(ABC):
     what each row committed. Rows leave by `keep`, in step with the target cache."""
 
     capture: tuple[int, ...] = ()  # target hidden states the drafter reads, as `output_hidden_states` indices
+    # The passes this drafter runs itself, outside the engine (so eager in every engine mode), named for run.json
+    # and the report; None: its passes are the engine's (Orthrus' draft pass) or it runs none (prompt lookup).
+    outside_engine: str | None = None
 
     @property
     @abstractmethod
@@ -108,6 +111,11 @@ class Drafter(ABC):
         """The target cache grew for a longer request (`cache` may be a new object holding the same rows)."""
         self.cache = cache
 
+    def release(self) -> None:
+        """The decode is over: drop what `bind` holds, so that a drafter kept between decodes does not keep a
+        finished decode's caches alive beside the next one's (orthrus_core.memory plans one of each)."""
+        self.cache = None
+
     @property
     def nbytes(self) -> int:
         """The drafter's own cache, beside the target's."""
@@ -124,6 +132,7 @@ class CachedDrafter(Drafter):
 
     def bind(self, engine, cache):
         super().bind(engine, cache)
+        self.draft_cache = None  # the last decode's, freed before the new one is allocated
         self.draft_cache = KVCache(
             self.cache_config,
             cache.rows,
@@ -146,6 +155,10 @@ class CachedDrafter(Drafter):
     def keep(self, rows):
         self.draft_cache.keep(rows)
         self.pending = [self.pending[b] for b in rows]
+
+    def release(self) -> None:
+        super().release()
+        self.draft_cache, self.pending = None, []
 
     @property
     def nbytes(self) -> int:
@@ -266,28 +279,32 @@ def decode(
             int(per_position * positions),
         )  # fmt: skip
 
-    while True:
-        if not active:  # a new batch (static), or the first one
-            while len(active) < rows and admit():
-                pass
-            if not active:
-                return
-        # Rows whose first token already ended them (a stop token, max_new_tokens 1) never enter a cycle.
-        if not any(row.out.stop_reason for row in active):
-            _cycle(engine, drafter, cache, active, params, rule, capture)
-        finished = [i for i, row in enumerate(active) if row.out.stop_reason is not None]
-        if not finished:
-            continue
-        for i in finished:
-            yield finish(active[i])
-        kept = [i for i in range(len(active)) if active[i].out.stop_reason is None]
-        active = [active[i] for i in kept]
-        cache.keep(kept)
+    try:
+        while True:
+            if not active:  # a new batch (static), or the first one
+                while len(active) < rows and admit():
+                    pass
+                if not active:
+                    return
+            # Rows whose first token already ended them (a stop token, max_new_tokens 1) never enter a cycle.
+            if not any(row.out.stop_reason for row in active):
+                _cycle(engine, drafter, cache, active, params, rule, capture)
+            finished = [i for i, row in enumerate(active) if row.out.stop_reason is not None]
+            if not finished:
+                continue
+            for i in finished:
+                yield finish(active[i])
+            kept = [i for i in range(len(active)) if active[i].out.stop_reason is None]
+            active = [active[i] for i in kept]
+            cache.keep(kept)
+            if drafter:
+                drafter.keep(kept)
+            if continuous:
+                while len(active) < rows and admit():
+                    pass
+    finally:  # the caches go with the decode: the next one's are not allocated beside them
         if drafter:
-            drafter.keep(kept)
-        if continuous:
-            while len(active) < rows and admit():
-                pass
+            drafter.release()
 
 
 def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) -> None:

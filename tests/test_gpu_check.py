@@ -29,6 +29,21 @@ def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
     assert Path(result["pipeline"]["report"]).exists()
     assert [r["batch_size"] for r in result["batch"]["passes"]] == [1, 2]
     assert all(r["identical"] == r["prompts"] > 0 for r in result["batch"]["identity"].values())
+    long = result["long_context"]["rows"]
+    assert [(r["context"], r["method"]) for r in long] == [
+        (256, "ar"),
+        (256, "orthrus"),
+        (1024, "ar"),
+        (1024, "orthrus"),
+    ]
+    for r in long:
+        prompt = r["context"] - 8
+        kernels = r["kernels"]
+        # the prefill: is_causal over the prompt, no mask; masks (the CPU's verify passes) only over a block
+        prefill = {"queries": prompt, "keys": [prompt, prompt], "kernel": "sdpa, is_causal"}
+        assert prefill | {"backend": "flash_attention", "calls": 4} in kernels  # 4 layers, one call each
+        assert all(c["queries"] <= r["K"] for c in kernels if c["kernel"] == "sdpa, mask")
+        assert r["plan_bytes"] > 0 and r["step_ms"] > 0 and r["peak_bytes"] is None  # CPU: no allocator peak
     summary = (tmp_path / "gpu_check.md").read_text()
     for heading in (
         "## Engine, small",
@@ -36,5 +51,6 @@ def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
         "## bf16 divergences",
         "## run -> verify -> report",
         "## Batched passes, small",
+        "## Long context, small",
     ):
         assert heading in summary

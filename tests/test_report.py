@@ -156,3 +156,21 @@ def test_html_loads_in_chromium_without_errors(report):
     assert page.figure_ids == [f"fig-{f.name}" for f in FIGURES]
     assert [image["loaded"] for image in page.images] == [True] * len(FIGURES)
     assert min(image["width"] for image in page.images) > 100
+
+
+def test_the_provenance_says_which_methods_ran_outside_a_static_engine():
+    from harness.report.tables import engine_cell
+    from harness.store import RunInfo
+
+    methods = {
+        "orthrus": {"outside_engine": None},
+        "eagle3": {"outside_engine": "the EAGLE-3 head's passes (depth per cycle)"},
+        "ar": {},  # a run.json from before the field
+    }
+    static = RunInfo(config={}, config_hash="x", engine="cudagraph", methods=methods)
+    assert engine_cell(static) == "cudagraph (eager: eagle3: the EAGLE-3 head's passes (depth per cycle))"
+    assert engine_cell(RunInfo(config={}, config_hash="x", engine="eager", methods=methods)) == "eager"
+    inside = RunInfo(
+        config={}, config_hash="x", engine="compile", methods={"orthrus": {"outside_engine": None}}
+    )
+    assert engine_cell(inside) == "compile"

@@ -13,6 +13,7 @@ from harness.run.runner import execute, prepare
 from harness.run.shards import merge
 from harness.run.spec import RunError, RunSpec
 from harness.store import RECORDS, RETRIED, load, load_run, read_records
+from orthrus_core.engine import bucket
 from orthrus_core.params import SamplingParams
 
 SPEC = dict(
@@ -50,6 +51,9 @@ def test_a_run_records_every_generation_with_provenance(prepared, tmp_path):
     assert run.models[0]["weights"]["model.safetensors"]
     assert run.suites["tiny-math"]["data_origin"].startswith("builtin")
     assert run.methods["orthrus"]["lossless"] is True
+    assert run.methods["orthrus"]["outside_engine"] is None  # its draft pass is the engine's
+    for r in records:  # the cache bucket each generation ran in: its positions, rounded up
+        assert r["prompt_tokens"] + r["new_tokens"] <= r["kv_capacity"] == bucket(r["kv_capacity"])
 
     table = summarize(records).set_index("method")
     assert table.loc["orthrus", "identical_to_ar"] == 1.0

@@ -102,3 +102,28 @@ def test_provenance_fields(tmp_path):
     assert versions()["torch"] == torch.__version__
     assert hardware(FakeNvml())["driver"] == "560.35.03"
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1}) != config_hash({"a": 2, "b": 2})
+
+
+def test_a_generations_peak_is_its_own_bucket_and_the_graph_pool(model, monkeypatch):
+    """A static engine keeps each bucket's cache for the process's life (its graphs read them); a short item
+    after a long one must not report the long one's cache as its own, and what captured graphs reserve (never
+    allocated to a tensor, so invisible to max_memory_allocated) counts. CUDA's allocator is faked."""
+    target = Target.of(model, "micro")
+    engine = target.engine
+    engine.mode = "compile"  # static caches, no compilation before a pass
+    long = engine.new_cache(1, 1000)  # a long item's 1,024-slot bucket, kept
+    engine.pool_bytes = 7_000  # as if captures had reserved this much
+    fake = SimpleNamespace(
+        synchronize=lambda device=None: None,
+        reset_peak_memory_stats=lambda device=None: None,
+        max_memory_allocated=lambda device=None: 10_000_000,
+    )
+    monkeypatch.setattr(torch, "cuda", fake)
+    telemetry = Telemetry(engine, torch.device("cuda"))
+    telemetry.start()
+    short = engine.new_cache(1, 100)  # this generation's 256-slot bucket
+    out = telemetry.stop()
+    assert short.capacity == 256 and out.kv_capacity == 256
+    assert out.other_caches_bytes == long.nbytes > 0
+    assert out.graph_pool_bytes == 7_000
+    assert out.allocator_peak_bytes == 10_000_000 - long.nbytes + 7_000

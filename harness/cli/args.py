@@ -9,9 +9,13 @@ class UsageError(Exception):
     """Bad input from the user: printed without a traceback, exit status 2."""
 
 
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "fp32": "float32", "f32": "float32"}
+
+
 def parse_dtype(name: str) -> str:
     from harness.methods.target import DTYPES  # imports torch: only commands that load a model take --dtype
 
+    name = DTYPE_ALIASES.get(name, name)
     if name not in DTYPES:
         raise argparse.ArgumentTypeError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return name

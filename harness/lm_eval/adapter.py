@@ -59,7 +59,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 
-from harness.options import OptionError, check_device, check_kv_memory, check_positive, check_sampling
+from harness.options import OptionError, check_device, check_memory, check_positive, check_sampling
 from harness.run.seeds import generation_seed
 from orthrus_core.loop import Request
 from orthrus_core.params import SamplingParams
@@ -174,11 +174,22 @@ class OrthrusLM(LM):
 
         repeats: Counter[str] = Counter()  # lm-eval repeats a request by listing it again
         jobs = [self._job(position, request, repeats) for position, request in enumerate(requests)]
-        if jobs:  # the KV cache of the longest request, in every row, fits (as `orthrus-bench run` checks)
-            longest = max(len(job.prompt) + job.max_new for job in jobs)
-            rows = min(self.batch_size, len(jobs))
-            check_kv_memory(
-                self.model.config, self.model.lm_head.weight.element_size(), rows, longest, str(self._device)
+        if jobs:  # the method's memory plan for the longest request, in every row, fits (as `run` checks)
+            from harness.methods.plan import plan_loaded
+            from orthrus_core.memory import sampling_copies
+
+            plans = plan_loaded(
+                self.decoder.target,
+                [self.decoder],
+                context=max(len(job.prompt) + job.max_new for job in jobs),
+                rows=min(self.batch_size, len(jobs)),
+                prompt_tokens=max(len(job.prompt) for job in jobs),
+                sampling=max((job.params for job in jobs), key=sampling_copies),
+            )
+            check_memory(
+                plans,
+                str(self._device),
+                fix="lower max_gen_toks or batch_size, use a smaller dtype, or a device with more memory",
             )
         results: list = [None] * len(jobs)
         bar = tqdm(total=len(jobs), disable=disable_tqdm, desc=f"generate ({self.method})")

@@ -94,9 +94,9 @@ def _coerce(name: str, key: str, kind: type, value):
     raise ValueError(f"{name}: option {key} must be {kind.__name__}, got {value!r}")
 
 
-def make_decoder(spec: str, target, **overrides):
-    """The decoder (a harness.methods.base.Decoder) for `spec` on `target` (a harness.methods.target.Target),
-    its options resolved and checked and its checkpoints loaded."""
+def resolve_options(spec: str, **overrides):
+    """-> (name, its module, every option resolved and coerced, label) for `spec`: what make_decoder builds
+    from, and what the memory planner reads without building (harness.methods.plan)."""
     name, given = parse_spec(spec)
     method(name)
     module = import_module(f"{__name__}.{name.replace('-', '_')}")  # ar-hf lives in ar_hf.py
@@ -109,6 +109,13 @@ def make_decoder(spec: str, target, **overrides):
         k: _coerce(name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()
     }
     label = ":".join([name] + [f"{k}={v}" for k, v in given.items()])
+    return name, module, options, label
+
+
+def make_decoder(spec: str, target, **overrides):
+    """The decoder (a harness.methods.base.Decoder) for `spec` on `target` (a harness.methods.target.Target),
+    its options resolved and checked and its checkpoints loaded."""
+    name, module, options, label = resolve_options(spec, **overrides)
     try:
         return module.build(target, label, options)
     except ValueError as exc:  # the core's checks do not know the spec the user wrote: name it

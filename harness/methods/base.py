@@ -45,6 +45,12 @@ class Decoder:
         return is_batched(self.label)
 
     @property
+    def outside_engine(self) -> str | None:
+        """The passes this method runs outside the target's engine (eager whatever its mode), for run.json and
+        the report: a comparison under compile or cudagraph is even only where this is None."""
+        return "every pass"
+
+    @property
     def greedy_only(self) -> bool:
         return is_greedy_only(self.label)
 
@@ -96,6 +102,10 @@ class LoopDecoder(Decoder):
     def __init__(self, target, label, config, drafter: Drafter | None, checkpoints=None):
         super().__init__(target, label, config, checkpoints)
         self.drafter = drafter
+
+    @property
+    def outside_engine(self) -> str | None:
+        return None if self.drafter is None else self.drafter.outside_engine
 
     def decode(self, next_request, params=GREEDY, *, rows=1, continuous=False, rule=EXACT):
         self.check_params(params)

@@ -66,16 +66,34 @@ QWEN3_SHAPES = {
 BASE_NAME = re.compile(r"qwen3-(1\.7b|4b|8b)(?![\w.])", re.IGNORECASE)
 
 
-def draft_checkpoint(method: str, target, override: str | None = None) -> str:
-    """The hub id or directory of `method`'s draft for `target` (a harness.methods.base.Target)."""
+# The public drafts' shapes beside their base's (../shared/checkpoint-configs, SOURCES.md), for planning memory
+# without the checkpoint (harness.methods.plan): AngelSlim's EAGLE-3 heads have the base's dimensions, a
+# 32,000-token draft vocabulary and no embedding of their own (they read the target's); z-lab's DFlash drafters
+# have the base's dimensions, 5 layers and block size 16 (reading target layers 1, 9, 17, 25, 33 of 36,
+# DFlash's default spacing), and read the target's embedding and lm_head.
+PUBLIC_DRAFT_SHAPES = {"eagle3": {"draft_vocab_size": 32000}, "dflash": {"num_layers": 5, "block_size": 16}}
+
+
+def find_draft(method: str, target_path: str, override: str | None = None) -> str | None:
+    """The hub id or directory of `method`'s draft for the target at `target_path` (`override`, a sibling
+    directory named after the method, or the public draft of the base named in the path), or None."""
     if override:
         return override
-    sibling = Path(target.path).parent / method
-    if Path(target.path).is_dir() and (sibling / "config.json").is_file():
+    sibling = Path(target_path).parent / method
+    if Path(target_path).is_dir() and (sibling / "config.json").is_file():
         return str(sibling)
-    match = BASE_NAME.search(str(target.path))
+    match = BASE_NAME.search(str(target_path))
     if match and match.group(0).lower() in PUBLIC_DRAFTS[method]:
         return PUBLIC_DRAFTS[method][match.group(0).lower()]
+    return None
+
+
+def draft_checkpoint(method: str, target, override: str | None = None) -> str:
+    """The hub id or directory of `method`'s draft for `target` (a harness.methods.base.Target)."""
+    found = find_draft(method, target.path, override)
+    if found is not None:
+        return found
+    sibling = Path(target.path).parent / method
     known = ", ".join(f"{base} -> {repo}" for base, repo in PUBLIC_DRAFTS[method].items())
     raise ValueError(
         f"no {method} draft checkpoint is known for the model {target.path} (known: {known}; or a sibling "

@@ -18,14 +18,20 @@ OPTIONS = {
 }
 
 
-def build(target, label, options):
+def drafting(options) -> tuple[dict, tuple[int, int, int]]:
+    """The resolved options and the drafter's (top_k, depth, total_tokens), checked (a chain is top-1 drafts)."""
     if options["tree"] not in ("dynamic", "chain"):
         raise ValueError(f"eagle3: tree must be 'dynamic' or 'chain', got {options['tree']!r}")
     config = dict(options)
     if options["tree"] == "chain":  # top_k and total_tokens do not apply
         config.update(top_k=1, total_tokens=options["depth"] + 1)
     drafter_options = (config["top_k"], config["depth"], config["total_tokens"])
-    Eagle3Drafter.check(*drafter_options)  # before a checkpoint is fetched
+    Eagle3Drafter.check(*drafter_options)
+    return config, drafter_options
+
+
+def build(target, label, options):
+    config, drafter_options = drafting(options)  # checked before a checkpoint is fetched
     directory = resolve(draft_checkpoint("eagle3", target, options["draft"]), patterns=HUB_PATTERNS)
     drafter = Eagle3Drafter(load_eagle3(directory, target.model), target.model, *drafter_options)
     config["draft"] = options["draft"] or str(directory)

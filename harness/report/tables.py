@@ -527,6 +527,17 @@ def verification_tables(runs: list[Run]) -> tuple[list[Table], list[str]]:
     return tables, unverified
 
 
+def engine_cell(info: RunInfo) -> str:
+    """The engine the run's passes ran in and, where it is a static one (compile, cudagraph), the methods whose
+    passes ran outside it, eager: their comparison with methods inside it is not even."""
+    if info.engine == "eager":
+        return "eager"
+    outside = [
+        f"{label}: {m['outside_engine']}" for label, m in info.methods.items() if m.get("outside_engine")
+    ]
+    return info.engine + (f" (eager: {'; '.join(outside)})" if outside else "")
+
+
 def provenance_table(runs: list[Run]) -> Table:
     rows = []
     for run in runs:
@@ -547,6 +558,7 @@ def provenance_table(runs: list[Run]) -> Table:
                     [f"{k} {v}" for k, v in versions.items() if k in ("python", "torch", "transformers")]
                     + [f"{k} {hardware[k]}" for k in ("cuda", "driver") if hardware.get(k)]
                 ),
+                engine_cell(info),
                 f"{info.started or '–'} → {info.finished or '–'}",
                 info.status,
                 ", ".join(f"{label} ({m.get('hash', '')[:8]})" for label, m in info.methods.items()),
@@ -561,6 +573,7 @@ def provenance_table(runs: list[Run]) -> Table:
         "config",
         "hardware",
         "versions",
+        "engine",
         "started → finished",
         "status",
         "methods (config hash)",

@@ -27,7 +27,7 @@ import torch
 from harness.methods import BATCHED, make_decoder
 from harness.methods.base import Decoder
 from harness.methods.target import Target, load_target, torch_dtype
-from harness.options import check_device, check_kv_memory, check_length
+from harness.options import check_device, check_length, check_memory
 from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, unit_key
 from harness.store import RunInfo, StoreError, open_run
 from harness.suites.config import GenerationSettings
@@ -37,6 +37,7 @@ from orthrus_core import metrics
 from orthrus_core.engine import EngineError, compilations
 from orthrus_core.generation import Clock
 from orthrus_core.loop import Request
+from orthrus_core.memory import sampling_copies
 
 from .launch import balanced_shards, item_cost
 from .provenance import command_line, config_hash, git_state, hardware, model_provenance, versions
@@ -98,7 +99,7 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     max_context = target.model.config.max_position_embeddings
     all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
     items = shard_items(spec, suites, all_items, target.tokenizer, shard)
-    check_fits(spec, target, suites, items)
+    check_fits(spec, target, suites, items, decoders)
     nvml = load_nvml() if spec.device.startswith("cuda") else None
     model_records = [model_provenance("target", spec.model or "embedded tiny family", Path(target.path))]
     for label, decoder in decoders.items():
@@ -108,22 +109,45 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     return Prepared(spec, target, decoders, suites, items, nvml, model_records)
 
 
-def check_fits(spec: RunSpec, target: Target, suites: list[Suite], items: dict[str, list[SuiteItem]]) -> None:
-    """Every first-turn prompt with its max_new_tokens within the model's positions, and the KV cache of the
-    longest of them, at the run's rows, within the device's free memory (harness.options). Later turns, whose
-    prompts hold the model's own answers, are checked as they come (an error record)."""
+def check_fits(
+    spec: RunSpec,
+    target: Target,
+    suites: list[Suite],
+    items: dict[str, list[SuiteItem]],
+    decoders: dict[str, Decoder] | None = None,
+) -> None:
+    """Every first-turn prompt with its max_new_tokens within the model's positions, and every method's memory
+    plan (harness.methods.plan) for the longest of them, at the run's rows, within the device's free memory
+    (harness.options.check_memory: the KV cache, the drafter's state, the largest pass's workspace and logits,
+    the weights being loaded already). Later turns, whose prompts hold the model's own answers, are checked as
+    they come (an error record)."""
+    from harness.methods.plan import plan_loaded
+
     config = target.model.config
-    longest = 0
+    longest = longest_prompt = 0
+    sampling = None  # the suites' most memory-hungry sampling (orthrus_core.memory.sampling_copies)
     for suite in suites:
-        max_new = spec.generation(suite.generation).max_new_tokens
+        settings = spec.generation(suite.generation)
+        max_new = settings.max_new_tokens
+        if sampling_copies(settings.sampling) >= sampling_copies(sampling):
+            sampling = settings.sampling
         check_length(0, max_new, config.max_position_embeddings, f"suite {suite.name}: even an empty prompt")
         for item in items[suite.name]:
             prompt = len(suite.render(target.tokenizer, item, []))
             check_length(prompt, max_new, config.max_position_embeddings, f"{suite.name}/{item.id}'s prompt")
             longest = max(longest, prompt + max_new)
-    if longest:
-        rows = spec.batch_size or 1
-        check_kv_memory(config, torch_dtype(spec.dtype).itemsize, rows, longest, spec.device)
+            longest_prompt = max(longest_prompt, prompt)
+    if longest and decoders:
+        plans = plan_loaded(
+            target,
+            list(decoders.values()),
+            context=longest,
+            rows=spec.batch_size or 1,
+            prompt_tokens=longest_prompt,
+            sampling=sampling,
+            device=spec.device,
+        )
+        check_memory(plans, spec.device)
 
 
 def shard_items(spec, suites, all_items, tokenizer, shard: tuple[int, int]) -> dict[str, list[SuiteItem]]:
@@ -167,6 +191,7 @@ def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> RunInfo:
                 "config": d.config,
                 "hash": config_hash(d.config),
                 "checkpoints": {k: str(v) for k, v in d.checkpoints.items()},
+                "outside_engine": d.outside_engine,
             }
             for label, d in p.decoders.items()
         },

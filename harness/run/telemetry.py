@@ -189,6 +189,7 @@ class Telemetry:
     def __init__(self, engine, device: torch.device, *, enabled: bool = True, nvml=None, nvml_index: int = 0):
         """`engine`: the target's (orthrus_core.engine.Engine), whose passes are timed."""
         self.device = device
+        self.engine = engine
         self.enabled = enabled
         self.cuda = device.type == "cuda"
         self.timer = ForwardTimer(engine, device) if enabled else None
@@ -202,6 +203,7 @@ class Telemetry:
             torch.cuda.reset_peak_memory_stats(self.device)
         if self.sampler:
             self.sampler.start()
+        self.engine.mark()
         self.timer.attach()
 
     def stop(self) -> TelemetryFields | None:
@@ -210,8 +212,16 @@ class Telemetry:
             return None
         timer = self.timer.detach()
         peak = None
-        if self.cuda:
+        others, pool = self.engine.held_bytes(), self.engine.pool_bytes
+        if self.cuda:  # the generation's own: not other buckets' caches, but the graphs' pool
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - others + pool
         nvml = self.sampler.stop() if self.sampler else dict.fromkeys(NVML_FIELDS)
-        return TelemetryFields(**timer, allocator_peak_bytes=peak, **nvml)
+        return TelemetryFields(
+            **timer,
+            allocator_peak_bytes=peak,
+            **nvml,
+            kv_capacity=self.engine.capacity_used(),
+            other_caches_bytes=others,
+            graph_pool_bytes=pool,
+        )
