@@ -23,7 +23,7 @@ from orthrus_core.attention import ALL, CAUSAL, FLEX_BLOCK, Visibility, kernel, 
 from orthrus_core.block_diffusion import BlockDiffusionLM
 from orthrus_core.dflash import DFlashDrafter
 from orthrus_core.eagle3 import Eagle3Drafter
-from orthrus_core.engine import Engine, static_pass
+from orthrus_core.engine import Engine, compilations, static_pass
 from orthrus_core.loop import Request, decode
 from orthrus_core.official_loop import generate_orthrus_dynamic_cache
 from orthrus_core.orthrus import OrthrusDrafter
@@ -338,3 +338,18 @@ def test_a_block_causal_prefill_in_chunks_equals_one_pass(monkeypatch):
     cache = model.new_cache(64)
     torch.testing.assert_close(lm.prefill(ids, cache, 4), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cache.k[:, :, :, :37], dense.k[:, :, :, :37], rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_static_pass_traces_the_block_mask_whole(methods):
+    """The compile and cudagraph engines run `static_pass` as one graph (fullgraph): the visibility, the block
+    mask built from the row prefixes and the FlexAttention call must trace without a break. Traced here by
+    dynamo and AOT autograd as a CUDA run would trace them (inductor's own kernels are the GPU's)."""
+    target, drafters = methods
+    reference = run(Engine(target), None, 1)
+    static = Engine(target, "compile", autotune=False)
+    static.compiled = torch.compile(static_pass, backend="aot_eager", fullgraph=True, dynamic=False)
+    before = compilations()
+    with planned_on("cuda"):
+        for name in ("ar", "orthrus"):
+            assert run(static, drafters[name], 1) == reference, name
+    assert compilations() - before == 3  # the AR step, the diffusion pass and the verify pass
