@@ -155,8 +155,8 @@ def batch_step(device: str, quick: bool) -> dict:
     passes = [
         dict(batch_size=B, context=ctx, K=K, ar_ms=ar * 1e3, diffusion_ms=d * 1e3, verify_ms=v * 1e3,
              cycle_over_ar=(d + v) / ar)
-        for B, ctx, ar, d, v in forward_costs(Engine(model, default_engine(device)), contexts, K, repeats,
-                                              torch.device(device), sizes)
+        for B, ctx, _, ar, d, v in forward_costs(Engine(model, default_engine(device)), contexts, K, repeats,
+                                                 torch.device(device), sizes, time_prefill=False)
     ]  # fmt: skip
     del model
     if device.startswith("cuda"):
