@@ -44,6 +44,9 @@ class TelemetryFields:
     kv_capacity: int | None = None
     other_caches_bytes: int | None = None
     graph_pool_bytes: int | None = None
+    # Added with issue 27: True where the device is a MIG instance, whose NVML figures above (device memory,
+    # power, clocks, energy) are its whole GPU's
+    nvml_whole_gpu: bool | None = None
 
 
 TELEMETRY_FIELDS = tuple(f.name for f in fields(TelemetryFields))

@@ -82,7 +82,8 @@ class Clock:
     """Wall-clock that waits for the device queue first, so GPU work is inside the interval."""
 
     def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        # the model's device, not the current one: a process may decode on another GPU than its current
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def __call__(self) -> float:
         self.sync()

@@ -54,7 +54,7 @@ class FakeNvml:
 
 def test_nvml_sampler_summarises_a_background_series():
     nvml = FakeNvml()
-    sampler = NvmlSampler(nvml, 0, interval_s=0.005)
+    sampler = NvmlSampler(nvml, nvml.nvmlDeviceGetHandleByIndex(0), interval_s=0.005)
     sampler.start()
     time.sleep(0.05)
     out = sampler.stop()

@@ -92,9 +92,10 @@ def median_time(fn, device: torch.device, repeats: int, warmup: int = 3) -> floa
     for _ in range(repeats):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
+            with torch.cuda.device(device):  # events on the stream of the device the work runs on
+                start.record()
+                fn()
+                end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
@@ -256,12 +257,13 @@ def events_vs_wall(engine: Engine, context: int, steps: int, device: torch.devic
     for _ in range(3):
         engine.step(cache, one)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    start.record()
-    for _ in range(steps):
-        engine.step(cache, one)
-    end.record()
+    with torch.cuda.device(device):  # the events on the model's device's stream, not the current device's
+        start.record()
+        for _ in range(steps):
+            engine.step(cache, one)
+        end.record()
     end.synchronize()
     wall = time.perf_counter() - t0
     return start.elapsed_time(end) / 1e3 / wall

@@ -206,6 +206,7 @@ def run_launched(spec, args, launch) -> int:
             retry_failed=args.retry_failed,
             shard=(launch.rank, launch.world_size),
             progress=launch.local_rank == 0,
+            device=device,
             launch=launch.as_provenance(device),
         )
         finished = True

@@ -69,11 +69,18 @@ class Prepared:
     model_records: list[dict]
 
 
-def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
-    """Load and check everything before any generation: a bad input fails here, with nothing written."""
+def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1), device: str | None = None) -> Prepared:
+    """Load and check everything before any generation: a bad input fails here, with nothing written. `device`:
+    the one this process decodes on, where a launcher gave each process its own (`cuda:LOCAL_RANK`; the spec,
+    and so the config hash, keeps "cuda"); default the spec's. It is the device weights are loaded to, caches
+    allocated on, graphs captured under, the clock synchronises and NVML reads, and the current CUDA device from
+    here on, so that events and streams that take the current one take it."""
     spec.check()
     torch_dtype(spec.dtype)
-    check_device(spec.device)
+    device = device or spec.device
+    check_device(device)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
     if not spec.methods or not spec.suites:
         raise RunError("give at least one suite and one method")
     if len(set(spec.methods)) != len(spec.methods):
@@ -82,7 +89,7 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     for suite in suites:
         suite.check_ready()
     try:
-        target = load_target(spec.model, spec.dtype, spec.device, spec.engine)
+        target = load_target(spec.model, spec.dtype, device, spec.engine)
     except EngineError as exc:
         raise RunError(str(exc)) from None
     if target.tokenizer is None:
@@ -100,7 +107,7 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1)) -> Prepared:
     all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
     items = shard_items(spec, suites, all_items, target.tokenizer, shard)
     check_fits(spec, target, suites, items, decoders)
-    nvml = load_nvml() if spec.device.startswith("cuda") else None
+    nvml = load_nvml() if device.startswith("cuda") else None
     model_records = [model_provenance("target", spec.model or "embedded tiny family", Path(target.path))]
     for label, decoder in decoders.items():
         for role, path in decoder.checkpoints.items():
@@ -145,9 +152,9 @@ def check_fits(
             rows=spec.batch_size or 1,
             prompt_tokens=longest_prompt,
             sampling=sampling,
-            device=spec.device,
+            device=str(target.model.lm_head.weight.device),
         )
-        check_memory(plans, spec.device)
+        check_memory(plans, str(target.model.lm_head.weight.device))
 
 
 def shard_items(spec, suites, all_items, tokenizer, shard: tuple[int, int]) -> dict[str, list[SuiteItem]]:
@@ -361,12 +368,13 @@ def execute(
     progress: bool = True,
     prepared: Prepared | None = None,
     launch: dict | None = None,
+    device: str | None = None,
 ) -> Path:
     """Run everything `spec` names into `out`; returns the directory. See the module docstring. `prepared`
     (from `prepare`) reuses loaded models and suites; `spec` still decides what is generated and recorded."""
     from tqdm import tqdm
 
-    p = prepared or prepare(spec, shard)
+    p = prepared or prepare(spec, shard, device)
     run = provenance(spec, p, shard)
     run.launch = launch  # the launcher, the rank and its device, host and pid (launch.LaunchEnv), if launched
     try:

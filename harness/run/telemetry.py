@@ -33,12 +33,33 @@ def load_nvml():
         return None
 
 
-class NvmlSampler:
-    """Samples one device in a background thread between start() and stop()."""
+def nvml_handle(nvml, device: torch.device) -> tuple[object, bool]:
+    """The NVML handle of the physical GPU `device` is, and whether `device` is a MIG instance (then the handle
+    is its parent GPU's, and power, energy and device memory are the whole GPU's, not the instance's). torch
+    numbers the devices CUDA_VISIBLE_DEVICES leaves visible, NVML every device: entry i of that list (an index,
+    or a GPU- or MIG- UUID) names torch's device i."""
+    if device.index is not None:
+        index = device.index
+    else:  # "cuda": the current device (a CPU run handed NVML, as tests do, reads the first)
+        index = torch.cuda.current_device() if device.type == "cuda" else 0
+    visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
+    entry = visible[index] if index < len(visible) else str(index)
+    if entry.isdigit():
+        return nvml.nvmlDeviceGetHandleByIndex(int(entry)), False
+    handle = nvml.nvmlDeviceGetHandleByUUID(entry)
+    if entry.startswith("MIG-"):
+        return nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle), True
+    return handle, False
 
-    def __init__(self, nvml, index: int, interval_s: float = 0.05):
+
+class NvmlSampler:
+    """Samples one device (an NVML handle, `nvml_handle`) in a background thread between start() and stop();
+    `whole_gpu`: the handle is a MIG instance's parent, so its figures are the whole GPU's."""
+
+    def __init__(self, nvml, handle, interval_s: float = 0.05, whole_gpu: bool = False):
         self.nvml = nvml
-        self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        self.handle = handle
+        self.whole_gpu = whole_gpu
         self.interval_s = interval_s
         self.pid = os.getpid()
         self._stop = threading.Event()
@@ -92,6 +113,7 @@ class NvmlSampler:
             "throttle_reasons": throttle,
             "energy_j": energy_j,
             "energy_reliable": duration >= ENERGY_MIN_RELIABLE_S,
+            "nvml_whole_gpu": self.whole_gpu,
         }
 
 
@@ -106,6 +128,7 @@ NVML_FIELDS = (
     "throttle_reasons",
     "energy_j",
     "energy_reliable",
+    "nvml_whole_gpu",
 )
 FORWARD_KINDS = ("ar", "diffusion")
 
@@ -186,14 +209,17 @@ class ForwardTimer:
 class Telemetry:
     """Everything measured around one generation; `enabled=False` measures nothing (overhead baseline)."""
 
-    def __init__(self, engine, device: torch.device, *, enabled: bool = True, nvml=None, nvml_index: int = 0):
+    def __init__(self, engine, device: torch.device, *, enabled: bool = True, nvml=None):
         """`engine`: the target's (orthrus_core.engine.Engine), whose passes are timed."""
         self.device = device
         self.engine = engine
         self.enabled = enabled
         self.cuda = device.type == "cuda"
         self.timer = ForwardTimer(engine, device) if enabled else None
-        self.sampler = NvmlSampler(nvml, nvml_index) if enabled and nvml is not None else None
+        self.sampler = None
+        if enabled and nvml is not None:  # the physical GPU the model is on, not GPU 0
+            handle, whole_gpu = nvml_handle(nvml, device)
+            self.sampler = NvmlSampler(nvml, handle, whole_gpu=whole_gpu)
 
     def start(self) -> None:
         if not self.enabled:
