@@ -47,6 +47,7 @@ class TelemetryFields:
     # Added with issue 27: True where the device is a MIG instance, whose NVML figures above (device memory,
     # power, clocks, energy) are its whole GPU's
     nvml_whole_gpu: bool | None = None
+    nvml_error: str | None = None  # why the NVML fields are None where NVML was there but failed
 
 
 TELEMETRY_FIELDS = tuple(f.name for f in fields(TelemetryFields))

@@ -179,3 +179,52 @@ def test_bad_input_fails_before_any_work(tmp_path, capsys, argv, message):
     assert main(["run", "--limit", "1", "--out", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+class NvmlError(Exception):
+    pass
+
+
+def test_telemetry_faults_never_fail_a_generation(prepared, tmp_path, monkeypatch):
+    """A generation that raises leaves an error record and no running NVML thread; NVML failing mid-run, or
+    never giving a handle, leaves its fields None with the reason, never a failed generation."""
+    import dataclasses
+    import threading
+
+    from test_telemetry import FakeNvml
+
+    spec = RunSpec(**{**SPEC, "suites": ["tiny-math"]})
+    decoder = prepared.decoders["orthrus"]
+    generate = decoder.generate
+
+    def failing(prompt_ids, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    threads = threading.active_count()
+    monkeypatch.setattr(decoder, "generate", failing)
+    records = read_records(
+        execute(spec, tmp_path / "a", prepared=dataclasses.replace(prepared, nvml=FakeNvml()))
+    )
+    assert {r["status"] for r in records if r["method"] == "orthrus"} == {"error"}
+    assert all(r["power_mean_w"] == 250 for r in records if r["method"] == "ar")  # the sampler still works
+    assert threading.active_count() == threads  # no sampler thread left behind by the failures
+    assert "step" not in vars(prepared.target.engine)  # the timer let go of the engine
+    monkeypatch.setattr(decoder, "generate", generate)
+
+    flaky = FakeNvml()
+    power = flaky.nvmlDeviceGetPowerUsage
+    flaky.nvmlDeviceGetPowerUsage = lambda h: (
+        power(h) if flaky.calls < 3 else (_ for _ in ()).throw(NvmlError("GPU is lost"))
+    )
+    records = read_records(execute(spec, tmp_path / "b", prepared=dataclasses.replace(prepared, nvml=flaky)))
+    assert all(r["status"] == "ok" for r in records)
+    failed = [r for r in records if r["nvml_error"] is not None]
+    assert failed and all(
+        r["nvml_error"] == "NvmlError: GPU is lost" and r["power_mean_w"] is None for r in failed
+    )
+
+    absent = FakeNvml()
+    absent.nvmlDeviceGetHandleByIndex = lambda i: (_ for _ in ()).throw(NvmlError("NotSupported"))
+    records = read_records(execute(spec, tmp_path / "c", prepared=dataclasses.replace(prepared, nvml=absent)))
+    assert all(r["status"] == "ok" and r["nvml_error"] == "NvmlError: NotSupported" for r in records)
+    assert threading.active_count() == threads

@@ -430,8 +430,7 @@ def execute(
                         unit, item, turns, measures, score, settings[suite.name], spec.seed
                     )
                 except Exception as exc:  # an OOM or a bug in one generation must not end the run
-                    if telemetry.timer is not None and telemetry.timer.attached:
-                        telemetry.timer.detach()
+                    telemetry.abort()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     records = [error_record(unit, item, exc)]

@@ -60,6 +60,9 @@ class NvmlSampler:
         self.nvml = nvml
         self.handle = handle
         self.whole_gpu = whole_gpu
+        self.error: str | None = (
+            None  # why sampling stopped (NVML failed, NotSupported): its fields are then None
+        )
         self.interval_s = interval_s
         self.pid = os.getpid()
         self._stop = threading.Event()
@@ -81,24 +84,50 @@ class NvmlSampler:
             "throttle": n.nvmlDeviceGetCurrentClocksEventReasons(h),
         }
 
+    def _failed(self, exc: Exception) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.samples.append(self._sample())
+            try:
+                self.samples.append(self._sample())
+            except Exception as exc:  # NVML failed mid-generation: no more samples, the fields say why
+                self._failed(exc)
+                return
 
     def start(self) -> None:
-        self.samples = [self._sample()]
-        self._energy0 = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        self.error, self._thread = None, None
+        try:
+            self.samples = [self._sample()]
+            self._energy0 = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except Exception as exc:
+            self._failed(exc)
+            return
         self._t0 = time.perf_counter()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def stop(self) -> dict:
+    def abort(self) -> None:
+        """Stop the thread, reading nothing (the generation failed)."""
         self._stop.set()
-        self._thread.join()
-        self.samples.append(self._sample())
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def stop(self) -> dict:
+        """The generation's figures; None each, with `nvml_error`, where NVML failed."""
+        self.abort()
+        try:
+            if self.error is None:
+                self.samples.append(self._sample())
+                energy = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except Exception as exc:
+            self._failed(exc)
+        if self.error is not None:
+            return {**dict.fromkeys(NVML_FIELDS), "nvml_error": self.error}
         duration = time.perf_counter() - self._t0
-        energy_j = (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self._energy0) / 1000
+        energy_j = (energy - self._energy0) / 1000
         throttle = 0
         for s in self.samples:
             throttle |= s["throttle"]
@@ -114,6 +143,7 @@ class NvmlSampler:
             "energy_j": energy_j,
             "energy_reliable": duration >= ENERGY_MIN_RELIABLE_S,
             "nvml_whole_gpu": self.whole_gpu,
+            "nvml_error": None,
         }
 
 
@@ -189,6 +219,13 @@ class ForwardTimer:
     def attached(self) -> bool:
         return "step" in vars(self.engine)
 
+    def discard(self) -> None:
+        """Unwrap, dropping what was timed unread."""
+        for owner, name in ((self.engine, "prefill"), (self.engine, "step"), (self.model, "forward")):
+            vars(owner).pop(name, None)
+        self.events = {kind: [] for kind in FORWARD_KINDS}
+        self.depth = 0
+
     def detach(self) -> dict:
         """Summary per kind: count, mean and median milliseconds. The first AR forward is the prefill."""
         for owner, name in ((self.engine, "prefill"), (self.engine, "step"), (self.model, "forward")):
@@ -216,10 +253,13 @@ class Telemetry:
         self.enabled = enabled
         self.cuda = device.type == "cuda"
         self.timer = ForwardTimer(engine, device) if enabled else None
-        self.sampler = None
+        self.sampler, self.nvml_error = None, None
         if enabled and nvml is not None:  # the physical GPU the model is on, not GPU 0
-            handle, whole_gpu = nvml_handle(nvml, device)
-            self.sampler = NvmlSampler(nvml, handle, whole_gpu=whole_gpu)
+            try:
+                handle, whole_gpu = nvml_handle(nvml, device)
+                self.sampler = NvmlSampler(nvml, handle, whole_gpu=whole_gpu)
+            except Exception as exc:  # no NVML figures, and why; never a failed run
+                self.nvml_error = f"{type(exc).__name__}: {exc}"
 
     def start(self) -> None:
         if not self.enabled:
@@ -232,6 +272,16 @@ class Telemetry:
         self.engine.mark()
         self.timer.attach()
 
+    def abort(self) -> None:
+        """The generation raised: unwrap the timed passes and stop the NVML thread without reading either (its
+        CUDA events may never have completed, and a read could raise inside the error path)."""
+        if not self.enabled:
+            return
+        if self.timer.attached:
+            self.timer.discard()
+        if self.sampler:
+            self.sampler.abort()
+
     def stop(self) -> TelemetryFields | None:
         """The generation's measurements; None when disabled (a record then has no telemetry fields)."""
         if not self.enabled:
@@ -242,7 +292,11 @@ class Telemetry:
         if self.cuda:  # the generation's own: not other buckets' caches, but the graphs' pool
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device) - others + pool
-        nvml = self.sampler.stop() if self.sampler else dict.fromkeys(NVML_FIELDS)
+        nvml = (
+            self.sampler.stop()
+            if self.sampler
+            else {**dict.fromkeys(NVML_FIELDS), "nvml_error": self.nvml_error}
+        )
         return TelemetryFields(
             **timer,
             allocator_peak_bytes=peak,
