@@ -1,28 +1,34 @@
-"""The one prepared GPU check: everything a session with a lent H100/H200 should measure, in one call.
+"""The one prepared GPU check: what a session with a lent H100/H200 should measure, in one call that fits a short
+window.
 
-    python benchmarks/gpu_check.py --out $OUT            # on the GPU machine (about 8 minutes on an H200)
+    python benchmarks/gpu_check.py --out $OUT            # on the GPU machine: the plan below, about 7.5 minutes
+    python benchmarks/gpu_check.py --out $OUT --steps identity,long_context   # some steps, in the plan's order
     python benchmarks/gpu_check.py --out DIR --quick     # on a CPU, at the small shape (what the tests run)
 
-It writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (the summary to paste), and exits 0 unless a
-step failed to run (a missed target is a finding, reported as such, not a failure):
+It writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (the summary to paste) after every step, so a
+kill keeps what finished, and exits 0 unless a step failed to run (a missed target is a finding, reported as
+such, not a failure). The steps, in the order a short window should bring them back (PLAN holds each one's
+estimated seconds on an H200; the summary puts the time each took beside it):
 
-1. engine: `bench-engine` per mode at the qwen3-1.7b and qwen3-8b shapes, bf16, random weights made on the
-   device; targets: AR step >= 80% of the roofline at 8B and 1K context, Orthrus cycle / AR step <= 2.1 up to
-   32K at K = 32, CUDA-event times within 2% of wall clock;
-2. identity: every lossless method on the tiny family in float32, token for token against `ar`;
-3. bf16: a run of the tiny family in bfloat16, verified: divergences classified near-tie or algorithmic;
-4. telemetry: the run's records cross-checked (CUDA events vs wall clock, NVML power and energy, allocator
-   peak vs NVML device memory);
-5. pipeline: `run` -> `verify` -> `report` on a random Orthrus checkpoint at the qwen3-8b shape, written locally
-   (small shape with --quick), a few prompts of a few tokens;
-6. long context: at the qwen3-8b shape in bf16, a prefill and decode at 8K, 32K and 40K for AR and Orthrus in
+1. identity: every lossless method on the tiny family in float32, token for token against `ar`;
+2. long context: at the qwen3-8b shape in bf16, a prefill and decode at 8K, 32K and 40K for AR and Orthrus in
    the device's default engine: the attention kernel every pass took (and the SDPA backend torch selected for
    it), the generation's own allocator peak against `orthrus_core.memory`'s plan, prefill, AR step and Orthrus
    cycle times;
-7. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape (bf16, random weights, K = 32)
-   at B = 1, 4, 16, 64 and contexts 1K and 4K, with cycle / AR (the τ an Orthrus cycle must beat at that B);
-   and every batched method on the tiny family in float32 at B = 4 (continuous), row for row against its own
-   batch-1 output.
+3. engine: `bench-engine` at the qwen3-8b shape, bf16, eager and cudagraph (nothing compiled by inductor);
+   targets: AR step >= 80% of the roofline at 1K context, Orthrus cycle / AR step <= 2.1 up to 32K at K = 32,
+   CUDA-event times within 2% of wall clock;
+4. bf16: a run of the tiny family in bfloat16, verified: divergences classified near-tie or algorithmic; then
+   the telemetry cross-checks of its records (CUDA events vs wall clock, NVML power and energy, allocator peak
+   vs NVML device memory);
+5. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape (bf16, K = 32) at
+   B = 1, 4, 16, 64 and contexts 1K and 4K, with cycle / AR (the τ an Orthrus cycle must beat at that B); and
+   every batched method on the tiny family in float32 at B = 4 (continuous), row for row against its own
+   batch-1 output;
+6. pipeline: `run` -> `verify` -> `report` on a random Orthrus checkpoint at the qwen3-1.7b shape written in
+   bf16 (the small shape with --quick), a few prompts of a few tokens.
+
+The random 8B model is made once, on the device, in bf16, and shared by the steps that read it.
 
 The machine has no network: only the repository arrives, so it needs only what the project imports (carry
 missing pure-Python packages as wheels; the device tool's README says how).
@@ -45,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness.bench.engine_bench import available_engines, bench_engine, random_model  # noqa: E402
 from harness.methods import BATCHED, make_decoder  # noqa: E402
-from harness.methods.target import load_target  # noqa: E402
+from harness.methods.target import load_target, torch_dtype  # noqa: E402
 from harness.paths import default_model  # noqa: E402
 from harness.run.runner import execute  # noqa: E402
 from harness.run.spec import RunSpec  # noqa: E402
@@ -56,6 +62,34 @@ from harness.verify.verdicts import verify_main  # noqa: E402
 from orthrus_core.checkpoint import save_model  # noqa: E402
 
 LOSSLESS = ["ar-hf", "ar-hf:cache=static", "orthrus", "orthrus:cache=dynamic", "eagle3", "dflash", "pld"]
+
+# The default plan, in the order a short GPU window should bring results back, with each step's estimated
+# seconds on an H200 (estimates from the shapes' bytes and FLOPs and the CPU runs of the same steps: no GPU has
+# run them). The whole plan: about 7.5 minutes, for a window of 8. Each step writes the summary as it finishes.
+PLAN = {
+    "identity": 40,  # every lossless method on the tiny family in float32 against ar: correctness first
+    "long_context": 150,  # 8B bf16, 8K/32K/40K, AR and Orthrus: prefill + 64 tokens twice; flex compiles
+    "engine": 90,  # 8B bf16, eager and cudagraph (nothing compiled by inductor): per-pass costs at 1K/8K/32K
+    "bf16": 60,  # the tiny family in bf16, verified; the telemetry cross-checks read its records
+    "batch": 60,  # 8B bf16 batched passes at B = 1, 4, 16, 64 and 1K/4K; tiny batched identity
+    "pipeline": 50,  # run -> verify -> report on a random 1.7B checkpoint written in bf16
+}
+
+_shared: dict = {}
+
+
+def shared_model(shape: str, dtype: torch.dtype, device: str):
+    """One random model per (shape, dtype, device) for every step that reads it, made once (init on the
+    device); a different one frees the last."""
+    key = (shape, dtype, device)
+    if key not in _shared:
+        _shared.clear()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        _shared[key] = random_model(shape, dtype, device)
+    return _shared[key]
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
@@ -70,7 +104,6 @@ def engine_figures(quick: bool, device: str) -> dict:
     else:
         dtype = "bfloat16"
         runs = {
-            "qwen3-1.7b": dict(contexts=[1024, 8192, 32768], block_sizes=[32], new_tokens=64, repeats=10),
             # compile would spend minutes on an 8B graph; the 8B targets are CUDA-graph targets
             "qwen3-8b": dict(
                 engines=["eager", "cudagraph"],
@@ -83,9 +116,10 @@ def engine_figures(quick: bool, device: str) -> dict:
         }
     figures = {}
     for shape, options in runs.items():
-        figures[shape] = bench_engine(shape, dtype=dtype, device=device, print_tables=False, **options)
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        model = shared_model(shape, torch_dtype(dtype), device)
+        figures[shape] = bench_engine(
+            shape, model=model, dtype=dtype, device=device, print_tables=False, **options
+        )
     return figures
 
 
@@ -151,7 +185,7 @@ def batch_step(device: str, quick: bool) -> dict:
             [1, 4, 16, 64],
             10,
         )
-    model = random_model(shape, dtype, device)
+    model = shared_model(shape, dtype, device)
     passes = [
         dict(batch_size=B, context=ctx, K=K, ar_ms=ar * 1e3, diffusion_ms=d * 1e3, verify_ms=v * 1e3,
              cycle_over_ar=(d + v) / ar)
@@ -230,7 +264,7 @@ def long_context(device: str, quick: bool) -> dict:
         shape, dtype, contexts, K, new = "small", torch.float32, [256, 1024], 16, 8
     else:
         shape, dtype, contexts, K, new = "qwen3-8b", torch.bfloat16, [8192, 32768, 40960], 32, 64
-    model = random_model(shape, dtype, device)
+    model = shared_model(shape, dtype, device)
     engine = Engine(model, default_engine(device))
     cuda = device.startswith("cuda")
     g = torch.Generator().manual_seed(0)
@@ -340,7 +374,7 @@ def pipeline(out: Path, device: str, quick: bool) -> dict:
     """run -> verify -> report on a random Orthrus checkpoint written here, with the tiny family's tokenizer."""
     from harness.report.page import write_report
 
-    shape, dtype = ("small", "float32") if quick else ("qwen3-8b", "bfloat16")
+    shape, dtype = ("small", "float32") if quick else ("qwen3-1.7b", "bfloat16")
     checkpoint = out / f"random-{shape}"
     t0 = time.perf_counter()
     model = random_model(shape, torch.float32 if quick else torch.bfloat16, device)
@@ -369,6 +403,15 @@ def markdown(result: dict) -> str:
         f"# GPU check ({result['machine']})",
         "",
         f"{result['seconds']:.0f} s; steps failed: {result['failed'] or 'none'}",
+        "",
+        "| step | estimate s | took s |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {p['estimate_s']} | {p['seconds']:.0f} |"
+            if "seconds" in p
+            else f"| {name} | {p['estimate_s']} | not run |"
+            for name, p in result.get("plan", {}).items()
+        ),
         "",
     ]
     for shape, f in result.get("engine", {}).items():
@@ -491,34 +534,48 @@ def main(argv=None) -> int:
     }
     result["errors"] = {}
     steps = {
-        "engine": lambda: engine_figures(args.quick, args.device),
         "identity": lambda: identity(args.device, args.quick),
-        "bf16": lambda: bf16_divergences(out, args.device, args.quick),
-        "pipeline": lambda: pipeline(out, args.device, args.quick),
         "long_context": lambda: long_context(args.device, args.quick),
+        "engine": lambda: engine_figures(args.quick, args.device),
+        "bf16": lambda: bf16_divergences(out, args.device, args.quick),
         "batch": lambda: batch_step(args.device, args.quick),
+        "pipeline": lambda: pipeline(out, args.device, args.quick),
     }
+    assert list(steps) == list(PLAN)
     if args.steps:
         unknown = set(args.steps) - set(steps)
         if unknown:
             parser.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(steps)}")
         steps = {name: step for name, step in steps.items() if name in args.steps}
+    result["plan"] = {name: {"estimate_s": PLAN[name]} for name in steps}
     for name, step in steps.items():
+        started = time.perf_counter()
         try:
             result[name] = step()
+            if name == "engine":
+                result["targets"] = engine_targets(result["engine"])
+            if name == "bf16":
+                result["telemetry"] = telemetry_checks(result["bf16"].pop("records"))
         except Exception:  # one failed step must not lose the others' figures
             result["errors"][name] = traceback.format_exc()
+        result["plan"][name]["seconds"] = time.perf_counter() - started
         print(f"gpu_check: {name} done at {time.perf_counter() - t0:.0f} s", flush=True)
-    if "engine" in result:
-        result["targets"] = engine_targets(result["engine"])
-    if "bf16" in result:
-        result["telemetry"] = telemetry_checks(result["bf16"].pop("records"))
-    result["failed"] = sorted(result["errors"])
-    result["seconds"] = time.perf_counter() - t0
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "gpu_check.md").write_text(markdown(result))
+        write(out, result, t0)  # a kill after this step keeps it
     print(markdown(result))
     return 1 if result["failed"] else 0
+
+
+def write(out: Path, result: dict, t0: float) -> None:
+    """gpu_check.json and gpu_check.md as they stand, each replaced whole (a kill leaves the last complete)."""
+    result["failed"] = sorted(result["errors"])
+    result["seconds"] = time.perf_counter() - t0
+    for name, text in (
+        ("gpu_check.json", json.dumps(result, indent=2, default=str)),
+        ("gpu_check.md", markdown(result)),
+    ):
+        partial = out / f".{name}.partial"
+        partial.write_text(text)
+        partial.replace(out / name)
 
 
 if __name__ == "__main__":

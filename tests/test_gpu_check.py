@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,3 +56,27 @@ def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
         "## Long context, small",
     ):
         assert heading in summary
+
+
+def test_a_step_cut_short_keeps_the_steps_before_it(tmp_path, monkeypatch):
+    """Each step's results are written as it finishes: a kill in the middle of the plan keeps what finished."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "long_context", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(
+            ["--out", str(tmp_path), "--quick", "--device", "cpu", "--steps", "identity,long_context"]
+        )
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert all(r["identical"] == r["prompts"] > 0 for r in result["identity"].values())
+    assert "long_context" not in result and result["plan"]["identity"]["seconds"] > 0
+    assert "| long_context | 150 | not run |" in (tmp_path / "gpu_check.md").read_text()
+    assert list(gpu_check.PLAN) == ["identity", "long_context", "engine", "bf16", "batch", "pipeline"]
+    assert (
+        sum(gpu_check.PLAN.values()) <= 8 * 60
+    )  # the default plan fits an 8-minute window, by its estimates

@@ -288,18 +288,20 @@ def bench_engine(
     baselines=True,
     batch_sizes=None,
     print_tables=True,
+    model=None,
 ) -> dict:
     """Per engine mode: forward costs per context and K, and end to end; the baselines once; with
     `batch_sizes`, the batched passes' costs against B x K, per mode. Each mode is a target of its own around
     the same weights (an engine is settled when its target is made, never switched). Returns the figures
-    (what --json writes) after printing them."""
+    (what --json writes) after printing them. `model`: a random model already made at `shape` (the GPU check
+    shares one among its steps)."""
     dtype = torch_dtype(dtype)
     tokenizer = None
     if model_path:
         target = load_target(model_path, dtype, device, "eager")
         label = str(model_path)
     else:
-        model = random_model(shape, dtype, check_device(device))
+        model = model if model is not None else random_model(shape, dtype, check_device(device))
         target, label = Target.of(model, f"random {shape}", engine="eager"), f"{shape} shape, random weights"
     model, tokenizer, device = target.model, target.tokenizer, torch.device(device)
     engines = engines or available_engines(device)
