@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,8 @@ class Visibility:
     end: int | None = None
     uniform: bool = False
     shape: str = "pattern"
+    # The dense mask or block mask once made, by keys: every layer of a pass attends under the same one.
+    _made: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def after(
@@ -92,14 +94,25 @@ class Visibility:
         return cls(prefix, window, end, uniform, shape)
 
     def dense(self, keys: int) -> torch.Tensor:
-        """Boolean [R, 1, T, keys]: the mask this visibility is (True = may attend)."""
+        """Boolean [R, 1, T, keys]: the mask this visibility is (True = may attend); made once per pass."""
+        if ("dense", keys) not in self._made:
+            self._made["dense", keys] = self._dense(keys)
+        return self._made["dense", keys]
+
+    def block_mask(self, keys: int) -> BlockMask:
+        """FlexAttention's block mask over `keys` slots (`_block_mask`); made once per pass."""
+        if ("blocks", keys) not in self._made:
+            self._made["blocks", keys] = self._block_mask(keys)
+        return self._made["blocks", keys]
+
+    def _dense(self, keys: int) -> torch.Tensor:
         W = self.window.shape[2]
         rel = torch.arange(keys, device=self.prefix.device)[None, None] - self.prefix[:, None, None]
         R, T = self.window.shape[:2]
         inside = self.window.gather(2, rel.clamp(0, W - 1).expand(R, T, keys))
         return ((rel < 0) | ((rel < W) & inside))[:, None]
 
-    def block_mask(self, keys: int) -> BlockMask:
+    def _block_mask(self, keys: int) -> BlockMask:
         """FlexAttention's block mask over `keys` slots, from the structure alone (no [T, keys] tensor): for
         row r the tiles wholly before prefix[r] are full (no mask evaluated), those that touch the window are
         partial (the mask below is evaluated there), and no tile after the window is listed."""
