@@ -185,6 +185,17 @@ def expanded_kv_bytes(config, rows: int, keys: int, itemsize: int) -> int:
     return 2 * rows * config.num_attention_heads * head_dim(config) * keys * itemsize
 
 
+def masked_pass_bytes(
+    config, rows: int, queries: int, keys: int, itemsize: int, cuda: bool, expands: bool
+) -> int:
+    """What a masked decode-time pass's attention holds beyond its activations: on a CPU its dense boolean mask;
+    on CUDA nothing (FlexAttention, flash's own causal) unless `expands` (a float32 SDPA pass): one layer's K/V
+    repeated to the query heads."""
+    if not cuda:
+        return dense_mask_bytes(rows, queries, keys)
+    return expanded_kv_bytes(config, rows, keys, itemsize) if expands else 0
+
+
 def rope_bytes(config, tokens: int, itemsize: int) -> int:
     """cos and sin [T, D] of a pass, in the model dtype."""
     return 2 * tokens * head_dim(config) * itemsize
@@ -410,10 +421,7 @@ def _loop(model, drafter, rows, weights, sampling, base) -> MethodPlan:
     # slots: a dense mask on a CPU; on CUDA FlexAttention (static engines, ragged rows) or SDPA's own causal
     # bias (eager, one length), which repeats K/V in float32.
     tokens = rows * nodes
-    if not cuda:
-        mask = dense_mask_bytes(rows, nodes, capacity)
-    else:
-        mask = expanded_kv_bytes(config, rows, capacity, b) if fp32_cuda and eager else 0
+    mask = masked_pass_bytes(config, rows, nodes, capacity, b, cuda, fp32_cuda and eager)
     verify = activations(config, tokens, b) + rope_bytes(config, tokens, b) + 2 * tokens * F * b + mask
     held = lambda t: rows * t * V * FLOAT32  # noqa: E731  a float32 [rows, t, V]
     verify_logits = logits_bytes(tokens, V, b) + copies * held(nodes)
@@ -425,11 +433,7 @@ def _loop(model, drafter, rows, weights, sampling, base) -> MethodPlan:
     elif isinstance(drafter, Eagle3Drafter):
         hc, k, depth = drafter.head.config, drafter.top_k, drafter.depth
         width = max(depth + 1, k)  # the first pass's new rows (a path and its root) or an expansion level
-        end = capacity + drafter.extra
-        if not cuda:
-            head_mask = dense_mask_bytes(rows, width, end)
-        else:
-            head_mask = expanded_kv_bytes(hc, rows, end, b) if fp32_cuda else 0
+        head_mask = masked_pass_bytes(hc, rows, width, capacity + drafter.extra, b, cuda, fp32_cuda)
         draft = (
             activations(hc, rows * width, b, attn_in=2 * hc.hidden_size)
             + rows * width * (F + 4 * hc.hidden_size) * b  # features, fc output, embeddings, normed halves
@@ -438,11 +442,7 @@ def _loop(model, drafter, rows, weights, sampling, base) -> MethodPlan:
         draft_logits = rows * width * drafter.head.draft_vocab_size * (b + 2 * FLOAT32)  # logits, log-softmax
     elif isinstance(drafter, DFlashDrafter):
         dc, K = drafter.draft.config, drafter.block_size
-        end = capacity + drafter.extra
-        if not cuda:
-            draft_mask = dense_mask_bytes(rows, K, end)
-        else:
-            draft_mask = expanded_kv_bytes(dc, rows, end, b) if fp32_cuda else 0
+        draft_mask = masked_pass_bytes(dc, rows, K, capacity + drafter.extra, b, cuda, fp32_cuda)
         draft = (
             activations(dc, rows * K, b, kv_tokens=2 * rows * K)
             + rows * K * F * b  # the pending features
