@@ -14,21 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_model, random_prompts
-from test_drafters import random_dflash, random_head
 from torch.nn.attention.bias import CausalBias
 
 import orthrus_core.attention as attention
 import orthrus_core.block_diffusion as block_diffusion
 from orthrus_core.attention import ALL, CAUSAL, FLEX_BLOCK, Visibility, kernel, planned_on
 from orthrus_core.block_diffusion import BlockDiffusionLM
-from orthrus_core.dflash import DFlashDrafter
-from orthrus_core.eagle3 import Eagle3Drafter
 from orthrus_core.engine import Engine, compilations, static_pass
 from orthrus_core.loop import Request, decode
 from orthrus_core.official_loop import generate_orthrus_dynamic_cache
-from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import GREEDY
-from orthrus_core.prompt_lookup import PromptLookupDrafter
 
 
 @dataclass
@@ -195,23 +190,6 @@ def test_the_float32_cuda_route_expands_kv_and_computes_the_same(monkeypatch):
 # --------------------------------------------------------------------------- every pass of every decoder
 
 
-@pytest.fixture(scope="module")
-def methods():
-    """A GQA target (4 query heads, 2 K/V heads) with every drafter; shapes as in tests/test_engine.py."""
-    target = random_model(seed=2, num_hidden_layers=1)
-    head = random_head(target, seed=3, aux=[1, 1, 1])
-    draft = random_dflash(target, seed=4, layers=1, block_size=8, target_layer_ids=[0, 0, 0])
-    drafters = {
-        "ar": None,
-        "orthrus": OrthrusDrafter(target),
-        "pld": PromptLookupDrafter(3, 7),
-        "eagle3:tree=chain": Eagle3Drafter.chain(head, target, depth=7),
-        "eagle3": Eagle3Drafter(head, target, top_k=2, depth=3, total_tokens=8),
-        "dflash": DFlashDrafter(draft, target),
-    }
-    return target, drafters
-
-
 def run(engine, drafter, rows: int) -> list[list[int]]:
     prompts = [p + p[:3] for p in random_prompts(3, seed=4, min_len=3, max_len=10)]
     queue = [
@@ -246,10 +224,10 @@ def check_cpu_calls(calls: list[Call], most_queries: int) -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_every_method_asks_fused_kernels_on_cuda_and_decodes_the_same_tokens(methods, monkeypatch, rows):
+def test_every_method_asks_fused_kernels_on_cuda_and_decodes_the_same_tokens(micro, monkeypatch, rows):
     """Eager passes at one row (the model's plain pass: flash's own masks) and over ragged rows (FlexAttention);
     the CUDA route's tokens (its kernels run here: flex eagerly) equal the CPU route's and AR's."""
-    target, drafters = methods
+    target, drafters = micro
     engine = Engine(target)
     reference = run(engine, None, 1)
     for name, drafter in drafters.items():
@@ -267,11 +245,11 @@ def test_every_method_asks_fused_kernels_on_cuda_and_decodes_the_same_tokens(met
             assert any(c.kernel == "flex" for c in cuda_calls), name
 
 
-def test_static_passes_read_the_cache_through_a_block_mask_on_cuda(methods, monkeypatch):
+def test_static_passes_read_the_cache_through_a_block_mask_on_cuda(micro, monkeypatch):
     """A static engine's passes (compile, cudagraph) attend to the whole cache bucket; on CUDA the block mask
     keeps each row to its own length, so a T = 1 step over a 256-slot bucket visits one tile, not two. Run here
     uncompiled (static_pass itself), with the tokens of eager decoding."""
-    target, drafters = methods
+    target, drafters = micro
     reference = run(Engine(target), None, 1)
     static = Engine(target, "compile", autotune=False)
     static.compiled = static_pass
@@ -286,13 +264,13 @@ def test_static_passes_read_the_cache_through_a_block_mask_on_cuda(methods, monk
             assert steps and all(len(set().union(*tiles(c.block_mask, 0, 0))) == 1 for c in steps)
 
 
-def test_the_reference_loops_and_verify_reference_ask_fused_kernels_on_cuda(methods, monkeypatch):
+def test_the_reference_loops_and_verify_reference_ask_fused_kernels_on_cuda(micro, monkeypatch):
     """The DynamicCache loop of the official code (prompt is_causal, draft pass unmasked, verify pass flash's
     bottom-right causal), the block-diffusion decoders (block-causal prefill and blocks) and the teacher-forced
     float32 reference of verify (is_causal; float32, so K/V expanded for the memory-efficient kernel)."""
     from harness.verify.forensics import teacher_forced_logits
 
-    target, _ = methods
+    target, _ = micro
     prompt = random_prompts(1, seed=5, min_len=40, max_len=40)[0]
     expected = generate_orthrus_dynamic_cache(target, prompt, 12).tokens
     calls = recorded(monkeypatch)
@@ -340,11 +318,11 @@ def test_a_block_causal_prefill_in_chunks_equals_one_pass(monkeypatch):
     torch.testing.assert_close(cache.k[:, :, :, :37], dense.k[:, :, :, :37], rtol=1e-5, atol=1e-5)
 
 
-def test_a_compiled_static_pass_traces_the_block_mask_whole(methods):
+def test_a_compiled_static_pass_traces_the_block_mask_whole(micro):
     """The compile and cudagraph engines run `static_pass` as one graph (fullgraph): the visibility, the block
     mask built from the row prefixes and the FlexAttention call must trace without a break. Traced here by
     dynamo and AOT autograd as a CUDA run would trace them (inductor's own kernels are the GPU's)."""
-    target, drafters = methods
+    target, drafters = micro
     reference = run(Engine(target), None, 1)
     static = Engine(target, "compile", autotune=False)
     static.compiled = torch.compile(static_pass, backend="aot_eager", fullgraph=True, dynamic=False)

@@ -8,13 +8,10 @@ import time
 import pytest
 import torch
 from conftest import random_model, random_prompts
-from test_drafters import random_dflash, random_head
 
 from harness.methods import make_decoder
 from harness.methods.target import Target, load_target
 from orthrus_core.attention import Visibility
-from orthrus_core.dflash import DFlashDrafter
-from orthrus_core.eagle3 import Eagle3Drafter
 from orthrus_core.engine import (
     Engine,
     EngineError,
@@ -27,35 +24,10 @@ from orthrus_core.engine import (
 from orthrus_core.loop import Request, decode, generate
 from orthrus_core.model import KVCache
 from orthrus_core.official_loop import generate_orthrus_dynamic_cache
-from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import GREEDY, SamplingParams
-from orthrus_core.prompt_lookup import PromptLookupDrafter
 from orthrus_core.tree import ancestors
 
 # ------------------------------------------------------------------------------ compile against eager, R rows
-
-
-@pytest.fixture(scope="module")
-def micro():
-    """A one-layer random target (compilation stays short) and every batched method's drafter on it. The
-    drafters are shaped so that the methods share pass shapes where they can, which keeps the number of graphs
-    compiled down: every chain verify pass is 8 tokens wide (Orthrus' block, prompt lookup's 7 drafts, EAGLE-3's
-    chain of 7, DFlash's block), the EAGLE-3 tree has 8 nodes, and EAGLE-3 and DFlash read the same target
-    features (index 1, the final hidden states, three times)."""
-    target = random_model(seed=2, num_hidden_layers=1)
-    assert target.block_size == 8
-    head = random_head(target, seed=3, aux=[1, 1, 1])
-    draft = random_dflash(target, seed=4, layers=1, block_size=8, target_layer_ids=[0, 0, 0])
-    drafters = {
-        "ar": None,
-        "orthrus": OrthrusDrafter(target),
-        "pld": PromptLookupDrafter(3, 7),
-        "eagle3:tree=chain": Eagle3Drafter.chain(head, target, depth=7),
-        "eagle3": Eagle3Drafter(head, target, top_k=2, depth=3, total_tokens=8),
-        "dflash": DFlashDrafter(draft, target),
-    }
-    assert drafters["eagle3"].max_nodes == 8 and drafters["dflash"].capture == drafters["eagle3"].capture
-    return target, drafters
 
 
 def micro_prompts() -> list[list[int]]:
