@@ -6,8 +6,8 @@ Every attention call in the project goes through `attend(q, k, v, visible, scale
   training pass). SDPA's `is_causal`: no mask tensor, so CUDA takes FlashAttention (which runs grouped-query
   attention natively) and the CPU its fused flash kernel; nothing of size T x T is built.
 * `ALL`: every key given (a context a caller assembled exactly, such as the official loop's draft pass).
-* `Visibility(prefix, window, end, uniform)`: a decode-time pass over a row cache. Row r's queries see every
-  slot before `prefix[r]` (the row's committed tokens) and, of the slots `prefix[r] + j` after it, those
+* `Visibility.after(lengths, T, shape)`: a decode-time pass over a row cache. Row r's queries see every slot
+  before `prefix[r]` (the row's committed tokens) and, of the slots `prefix[r] + j` after it, those
   `window[r, i, j]` marks: a causal block (AR steps, verify passes), a whole block (the diffusion view), a tree's
   ancestors, a drafter's scratch rows. Slots past the window (another row's longer prefix, a bucket's zeroed
   tail, padding) are never seen.
@@ -53,57 +53,86 @@ FLEX_BLOCK = 128
 class Visibility:
     """What the T queries of a pass over R rows see; see the module docstring.
 
-    prefix  [R] long: row r's queries see its slots [0, prefix[r]).
-    window  [R, T, W] bool: and slot prefix[r] + j where window[r, i, j].
-    end     the most slots any query can see (max(prefix) + W) where the host knows it; None in a static pass,
-            whose keys are the whole cache.
-    shape   "whole" (every window slot), "causal" (W == T, lower triangle) or "pattern": lets a pass whose
-            rows all share one prefix (`uniform`) run without a mask tensor.
+    lengths  row r's queries see its slots [0, lengths[r]) (its prefix): host ints (eager: the host knows the
+             bounds) or a tensor [R] (a static pass, whose keys are the whole cache).
+    queries  T.
+    shape    "whole" (every window slot), "causal" (W == T, lower triangle) or "pattern" (the window `given`):
+             lets a pass whose rows share one prefix (`uniform`) run without a mask tensor.
+    given    the window [R, T, W] a pass gives (a tree's ancestors, a drafter's scratch, a "whole" one wider
+             than T); None: made from `shape`.
+
+    The tensors (`prefix`, `window`) and the masks are made when a kernel asks for them, once per pass: a pass
+    that needs no mask builds nothing, and every layer shares what one made.
     """
 
-    prefix: torch.Tensor
-    window: torch.Tensor
-    end: int | None = None
-    uniform: bool = False
+    lengths: list[int] | torch.Tensor
+    queries: int
     shape: str = "pattern"
-    # The dense mask or block mask once made, by keys: every layer of a pass attends under the same one.
+    given: torch.Tensor | None = None
+    device: torch.device | str | None = None
     _made: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def after(
         cls, lengths, T: int, shape: str, device=None, window: torch.Tensor | None = None
     ) -> Visibility:
-        """T new tokens at each row's next slots: `lengths` a host list (eager: the bounds are known) or a
-        tensor [R] (a static pass). shape "causal" (AR view), "whole" (diffusion view) or "pattern" with
-        `window` [R, T, W] given (a tree's ancestors, a drafter's scratch; "whole" with a window of all True
-        where a pass's keys run past its queries, as a drafter's context rows do)."""
-        if isinstance(lengths, torch.Tensor):
-            prefix, end, uniform = lengths, None, False
-        else:
-            prefix = torch.tensor(lengths, device=device)
-            uniform = min(lengths) == max(lengths)
-            end = max(lengths) + (T if window is None else window.shape[2])
-        R = prefix.shape[0]
-        if window is None:
-            full = torch.ones(T, T, dtype=torch.bool, device=prefix.device)
-            window = (full.tril() if shape == "causal" else full).expand(R, T, T)
-        elif shape == "causal":
+        """T new tokens at each row's next slots: `lengths` a host list or a tensor [R]. shape "causal" (AR
+        view), "whole" (diffusion view) or "pattern" with `window` [R, T, W] given (a tree's ancestors, a
+        drafter's scratch; "whole" with a window of all True where a pass's keys run past its queries, as a
+        drafter's context rows do)."""
+        if window is not None and shape == "causal":
             raise ValueError("a causal window is made here, not given: pass shape 'pattern' with a window")
         if T == 1 and shape == "causal":
             shape = "whole"
-        return cls(prefix, window, end, uniform, shape)
+        return cls(lengths, T, shape, window, device)
+
+    def _once(self, key, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+    @property
+    def width(self) -> int:
+        """W: the slots after a row's prefix that its window covers."""
+        return self.queries if self.given is None else self.given.shape[2]
+
+    @property
+    def end(self) -> int | None:
+        """The most slots any query can see (max prefix + W) where the host knows it; None in a static pass."""
+        return None if isinstance(self.lengths, torch.Tensor) else max(self.lengths) + self.width
+
+    @property
+    def uniform(self) -> bool:
+        """Every row at one prefix (known on the host)."""
+        return not isinstance(self.lengths, torch.Tensor) and min(self.lengths) == max(self.lengths)
+
+    @property
+    def prefix(self) -> torch.Tensor:
+        """[R] long: each row's prefix."""
+        if isinstance(self.lengths, torch.Tensor):
+            return self.lengths
+        return self._once("prefix", lambda: torch.tensor(self.lengths, device=self.device))
+
+    @property
+    def window(self) -> torch.Tensor:
+        """[R, T, W] bool: query i of row r sees slot prefix[r] + j where window[r, i, j]."""
+        if self.given is not None:
+            return self.given
+
+        def make():
+            T = self.queries
+            full = torch.ones(T, T, dtype=torch.bool, device=self.prefix.device)
+            return (full.tril() if self.shape == "causal" else full).expand(self.prefix.shape[0], T, T)
+
+        return self._once("window", make)
 
     def dense(self, keys: int) -> torch.Tensor:
-        """Boolean [R, 1, T, keys]: the mask this visibility is (True = may attend); made once per pass."""
-        if ("dense", keys) not in self._made:
-            self._made["dense", keys] = self._dense(keys)
-        return self._made["dense", keys]
+        """Boolean [R, 1, T, keys]: the mask this visibility is (True = may attend)."""
+        return self._once(("dense", keys), lambda: self._dense(keys))
 
     def block_mask(self, keys: int) -> BlockMask:
-        """FlexAttention's block mask over `keys` slots (`_block_mask`); made once per pass."""
-        if ("blocks", keys) not in self._made:
-            self._made["blocks", keys] = self._block_mask(keys)
-        return self._made["blocks", keys]
+        """FlexAttention's block mask over `keys` slots (`_block_mask`)."""
+        return self._once(("blocks", keys), lambda: self._block_mask(keys))
 
     def _dense(self, keys: int) -> torch.Tensor:
         W = self.window.shape[2]
