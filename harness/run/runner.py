@@ -145,6 +145,7 @@ def check_fits(
             longest = max(longest, prompt + max_new)
             longest_prompt = max(longest_prompt, prompt)
     if longest and decoders:
+        device = str(target.model.lm_head.weight.device)  # the process's own (a launched rank's cuda:N)
         plans = plan_loaded(
             target,
             list(decoders.values()),
@@ -152,9 +153,9 @@ def check_fits(
             rows=spec.batch_size or 1,
             prompt_tokens=longest_prompt,
             sampling=sampling,
-            device=str(target.model.lm_head.weight.device),
+            device=device,
         )
-        check_memory(plans, str(target.model.lm_head.weight.device))
+        check_memory(plans, device)
 
 
 def shard_items(spec, suites, all_items, tokenizer, shard: tuple[int, int]) -> dict[str, list[SuiteItem]]:

@@ -60,9 +60,8 @@ class NvmlSampler:
         self.nvml = nvml
         self.handle = handle
         self.whole_gpu = whole_gpu
-        self.error: str | None = (
-            None  # why sampling stopped (NVML failed, NotSupported): its fields are then None
-        )
+        # why sampling stopped (NVML failed, NotSupported): its fields are then None
+        self.error: str | None = None
         self.interval_s = interval_s
         self.pid = os.getpid()
         self._stop = threading.Event()
