@@ -327,6 +327,8 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
         anc = ancestors(parents)
         result = engine.step(cache, tokens, depth=anc.sum(-1) - 1, ancestors=anc, capture=capture)
     logits, features = result if capture else (result, None)
+    if rule.target_logits is not None:  # a planted bug (the calibration passes it)
+        logits = rule.target_logits(logits)
 
     # Per row: (drafts accepted, the next token, the accepted drafts); paths for trees, traces for sampling.
     if params.greedy and tokens.shape[1] == 1:  # AR steps

@@ -85,12 +85,15 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class AcceptanceRule:
     """Lossless speculative sampling. The defaults are the exact rule; `ratio_scale` (accept with probability
-    min(1, ratio_scale * p / q)), `position_shift` (read p one position off) and `residual` exist so that the
-    calibration can measure the verdicts' power against planted bugs by passing them in."""
+    min(1, ratio_scale * p / q)), `position_shift` (read p one position off), `residual` and `target_logits`
+    (what the rule reads of each cycle's target pass, greedy or sampled: a verify-pass logit bias, as a kernel
+    bug would add) exist so that the calibration can measure the verdicts' power against planted bugs by
+    passing them in."""
 
     ratio_scale: float = 1.0
     position_shift: int = 0
     residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = residual_distribution
+    target_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def chain(
         self, drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None

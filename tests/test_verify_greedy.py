@@ -1,17 +1,22 @@
 """Greedy verdicts on constructed cases: identity, near-tie and algorithmic flips, EOS and length limits,
-re-synchronisation, the verdict rules, and the benign AR-vs-AR study on a real (random) model."""
+re-synchronisation, the verdict rules, the noise model of a benign flip's margin, and the benign AR-vs-AR
+study on a real (random) model."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_model, random_prompts
+from scipy import stats
 
 from harness.verify.forensics import (
     ALGORITHMIC,
     NEAR_TIE,
     BenignStudy,
+    NoiseModel,
     benign_study,
     compare_pair,
     first_divergence,
+    label,
     teacher_forced_logits,
     token_location,
 )
@@ -58,8 +63,15 @@ class StubReference:
         self.logits = logits
 
 
-def benign(flips=1, positions=1000, threshold=0.05):
-    return BenignStudy("bfloat16", ["verify width 8"], positions, flips, [0.01] * flips, 0.01, threshold)
+def normal_noise(sd=0.01, corr=0.5, mean=(0.0, 0.0), positions=1000):
+    """The noise model of two sides whose margin errors are normal with this sd and correlation."""
+    moments = [[m, sd**2 + m**2, m**3 + 3 * m * sd**2, m**4 + 6 * m**2 * sd**2 + 3 * sd**4] for m in mean]
+    return NoiseModel("verify width 8", positions, moments, corr * sd**2 + mean[0] * mean[1])
+
+
+def benign(flips=1, positions=1000, sd=0.01):
+    """A study whose flips are rare and whose noise keeps a benign flip's margin within a few sd."""
+    return BenignStudy("bfloat16", ["verify width 8"], positions, flips, [sd] * flips, [normal_noise(sd)])
 
 
 AR = [5, 6, 7, 8, 9, 10, 11, 12]
@@ -86,7 +98,7 @@ def test_first_divergence_and_token_location():
 
 
 def test_identical_streams_pass_in_float32():
-    pair = compare_pair(PROMPT, record(AR), record(AR, accepted=[3, 3]), table_logits(AR), 0.05)
+    pair = compare_pair(PROMPT, record(AR), record(AR, accepted=[3, 3]), table_logits(AR))
     assert pair.identical and pair.first_divergence is None and pair.events == []
     assert pair.positions == len(AR)
     verdict = verify_greedy(
@@ -105,7 +117,8 @@ def test_identical_streams_pass_in_float32():
 def test_near_tie_flip_is_classified_and_located():
     method = AR[:3] + [13] + AR[4:]
     logits = table_logits(AR, {(3, 13): 4.99})  # the method's token trails AR's by 0.01
-    pair = compare_pair(PROMPT, record(AR), record(method, accepted=[1, 2, 3]), logits, 0.05)
+    pair = compare_pair(PROMPT, record(AR), record(method, accepted=[1, 2, 3]), logits)
+    label(pair.events, 0.05)
     (event,) = pair.events
     assert (event.index, event.kind, event.location) == (3, NEAR_TIE, "block offset 1")
     assert event.gap == pytest.approx(0.01, abs=1e-5) and event.margin == pytest.approx(0.01, abs=1e-5)
@@ -116,7 +129,8 @@ def test_near_tie_flip_is_classified_and_located():
 def test_algorithmic_flip():
     method = AR[:5] + [14] + AR[6:]
     logits = table_logits(AR, {(5, 14): 1.0})
-    (event,) = compare_pair(PROMPT, record(AR), record(method, accepted=[1, 3]), logits, 0.05).events
+    (event,) = compare_pair(PROMPT, record(AR), record(method, accepted=[1, 3]), logits).events
+    label([event], 0.05)
     assert event.kind == ALGORITHMIC and event.location == "block offset 3"
     assert event.margin == pytest.approx(4.0) and event.method_rank == 2
 
@@ -136,7 +150,8 @@ def test_algorithmic_flip():
 )
 def test_eos_and_length_limit_edge_cases(ar, method, location, kind):
     logits = table_logits(ar[0], {(2, 3): 4.98})
-    (event,) = compare_pair(PROMPT, record(*ar), record(*method), logits, 0.05).events
+    (event,) = compare_pair(PROMPT, record(*ar), record(*method), logits).events
+    label([event], 0.05)
     assert (event.location, event.kind) == (location, kind)
 
 
@@ -153,8 +168,9 @@ def test_resync_counts_independent_events():
         return tokens, "length", []
 
     pair = compare_pair(
-        PROMPT, record(AR), record(method), logits, 0.05, continue_fn=continue_fn, max_new_tokens=len(AR)
+        PROMPT, record(AR), record(method), logits, continue_fn=continue_fn, max_new_tokens=len(AR)
     )
+    label(pair.events, 0.05)
     assert [e.index for e in pair.events] == [2, 6]
     assert all(e.kind == NEAR_TIE for e in pair.events)
     assert pair.resynced and pair.positions == len(AR)
@@ -187,6 +203,58 @@ def test_verdict_rules():
     assert frequent["verdict"] == "FAIL" and frequent["fisher_vs_ar_ar_pvalue"] < 1e-6
 
 
+def test_margins_each_plausible_but_together_too_large_fail():
+    """A bias that flips tokens only where they were already close: no single margin is past the near-tie
+    threshold, but together they sit far out in the benign law (Fisher's method), at a benign rate."""
+    study = benign(flips=300, positions=1000)  # short paths that diverge at token 3: rates alike
+    margin = study.threshold(0.05)  # each flip as large as 1 benign flip in 20
+    verdict = greedy_case(12, 12, margin, "bfloat16", study)
+    assert verdict["algorithmic_events"] == 0 and verdict["fisher_vs_ar_ar_pvalue"] > 0.01
+    assert verdict["margins_combined_pvalue"] < 0.01 / 3 and verdict["verdict"] == "FAIL"
+    # The same margins a few at a time are what benign numerics give.
+    assert greedy_case(12, 2, margin, "bfloat16", study)["verdict"] == "PASS"
+
+
+def test_the_near_tie_threshold_tightens_with_the_level_and_widens_with_the_noise():
+    quiet, loud = benign(sd=0.01), benign(sd=0.04)
+    assert 0 < quiet.threshold(0.01) < quiet.threshold(0.001) < quiet.threshold(1e-4)
+    assert loud.threshold(0.001) == pytest.approx(4 * quiet.threshold(0.001), rel=0.05)  # the law scales
+    # A margin of 0.1 is far out for noise of sd 0.01, plausible for sd 0.04.
+    assert quiet.p_value(0.1) < 1e-6 and loud.p_value(0.1) > 1e-3
+
+
+def test_the_flip_law_is_what_a_simulation_of_two_noisy_sides_gives():
+    """The generative story the noise model integrates: the float32 margin m has a flat density near 0, each
+    side computes m + e_s with correlated errors, a flip is where the two signs differ. The simulated flips'
+    |m| follow NoiseModel.tail, and so the p-values of benign flips are uniform."""
+    sd, corr = 0.03, 0.6
+    model = normal_noise(sd, corr)
+    rng = np.random.default_rng(1)
+    m = rng.uniform(-0.5, 0.5, 2_000_000)
+    e = rng.multivariate_normal([0, 0], [[sd**2, corr * sd**2], [corr * sd**2, sd**2]], len(m))
+    flipped = np.abs(m[np.sign(m + e[:, 0]) != np.sign(m + e[:, 1])])
+    assert len(flipped) > 5000
+    for t in (0.005, 0.02, 0.04):
+        assert model.tail(t) == pytest.approx((flipped >= t).mean(), abs=0.01)
+    p_values = [model.tail(x) for x in flipped[:400]]
+    assert stats.kstest(p_values, "uniform").pvalue > 0.01
+
+
+def test_noise_models_pool_and_fit_heavy_tails():
+    rng = np.random.default_rng(2)
+    errors = rng.standard_t(6, (4000, 2)) * 0.02
+    whole = NoiseModel.fit("w", errors)
+    halves = NoiseModel.pooled([NoiseModel.fit("w", errors[:1000]), NoiseModel.fit("w", errors[1000:])])
+    assert halves.positions == 4000
+    np.testing.assert_allclose(halves.moments, whole.moments, rtol=1e-9)
+    np.testing.assert_allclose(whole.cov, np.cov(errors.T, bias=True), rtol=1e-9)
+    assert 4 < whole.dof < 20  # a t(6) sample's kurtosis: heavier tails than a normal's
+    assert NoiseModel.fit("n", rng.normal(0, 0.02, (4000, 2))).dof > whole.dof
+    # Heavy tails put more of a benign flip's law far out.
+    normal = normal_noise(0.02 * np.sqrt(6 / 4), 0.0)  # the same variance as t(6) * 0.02
+    assert whole.tail(0.15) > normal.tail(0.15)
+
+
 def test_algorithmic_upper_bound_is_the_exact_binomial():
     v = greedy_case(100, 0, 0.0, "float32", benign())
     assert v["identical"] == 100
@@ -194,7 +262,8 @@ def test_algorithmic_upper_bound_is_the_exact_binomial():
 
 
 def test_benign_study_on_a_model():
-    """Every perturbation is compared at every position; float32 rounding on a random model sets the floor."""
+    """Every perturbation is compared at every position and fits its noise model there; float32 rounding on
+    a random model makes the near-tie threshold tiny."""
     model = random_model()
     paths = []
     for prompt in random_prompts(2, seed=3):
@@ -202,7 +271,12 @@ def test_benign_study_on_a_model():
     study = benign_study(model, teacher_forced_logits(model), paths, verify_width=4, batch=3)
     assert study.positions == 3 * 24
     assert study.flips == len(study.flip_margins) <= 2  # float32 flips need a near-exact tie
-    assert 0 < study.floor < 1e-4 and study.threshold >= study.floor
+    assert [m.positions for m in study.noise] == [24, 24, 24]
+    assert 0 < study.threshold(0.01) < 1e-4
+    bf16 = benign_study(
+        model.to(torch.bfloat16), teacher_forced_logits(random_model()), paths, verify_width=4
+    )
+    assert bf16.threshold(0.01) > 100 * study.threshold(0.01)  # bf16 rounds 2^16 times coarser
 
 
 def test_a_later_turn_after_a_divergence_is_not_compared_again():

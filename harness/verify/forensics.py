@@ -4,10 +4,16 @@ can explain it.
 A divergence is located on the AR path: index d is the first new token where the two streams differ (or where
 one of them ends). The AR model, teacher-forced in float32 on the common prefix, tells how close the call was:
 the top-1 minus top-2 logit gap at d, the rank and logit of the token the method emitted, and the margin
-between the AR token's logit and the method token's. A margin within the near-tie threshold is a "numerical
-near-tie" (a different kernel or shape could have rounded either way); anything else is an "algorithmic
-divergence". The threshold comes from AR-vs-AR runs under benign perturbations of the numerics
-(`benign_study`), where every flip is by construction numerical.
+between the AR token's logit and the method token's.
+
+Whether numerics can explain a margin comes from a noise model of the two sides (`benign_study`): along AR
+greedy paths, the AR decoder and benign variants of it (other kernel shapes, the same model and dtype) each
+compute the margin of the float32 top-2 pair, and the errors of the two sides against float32 are fitted as a
+bivariate normal. A benign flip happens where the float32 margin lies between the two sides' errors, so the
+model gives the law of a benign flip's float32 margin (`NoiseModel.tail`); a divergence whose margin that law
+makes improbable is "algorithmic", the rest "numerical near-ties" (a different kernel or shape could have
+rounded either way). The threshold between them is the margin a benign flip exceeds with probability at most
+the verdict's level (greedy.py), never a largest margin seen.
 
 After a divergence, `compare_pair` can re-synchronise: the method continues from the AR prefix through d, so
 that later, independent divergences are counted as events of their own (events per 1k tokens), not hidden
@@ -21,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -90,14 +97,14 @@ class DivergenceEvent:
     margin: float | None = None  # ar_logit - method_logit
 
 
-def classify(
+def locate(
     index: int,
     row: torch.Tensor | None,
     ar: tuple[list[int], str],
     method: tuple[list[int], str, list[int]],
-    threshold: float,
 ) -> DivergenceEvent:
-    """The event at `index` (relative to both streams), with float32 logits `row` [V] at that position."""
+    """The event at `index` (relative to both streams), with float32 logits `row` [V] at that position; its
+    kind is named by `label`."""
     a, ar_stop = ar
     m, method_stop, accepted = method
     if index >= len(a) or index >= len(m):
@@ -116,19 +123,25 @@ def classify(
         index == len(m) - 1 and method_stop == "stop"
     )
     top = torch.topk(row, 2).values
-    margin = float(row[ar_token] - row[method_token])
     return DivergenceEvent(
         index,
         "EOS" if emits_stop else token_location(index, accepted),
-        NEAR_TIE if abs(margin) <= threshold else ALGORITHMIC,
+        ALGORITHMIC,
         ar_token,
         method_token,
         gap=float(top[0] - top[1]),
         method_rank=int((row > row[method_token]).sum()) + 1,
         ar_logit=float(row[ar_token]),
         method_logit=float(row[method_token]),
-        margin=margin,
+        margin=float(row[ar_token] - row[method_token]),
     )
+
+
+def label(events: list[DivergenceEvent], threshold: float) -> None:
+    """Name each event's kind: a near-tie when its float32 margin is within `threshold`; a stream that ended
+    where the other went on has no margin and is algorithmic."""
+    for e in events:
+        e.kind = NEAR_TIE if e.margin is not None and abs(e.margin) <= threshold else ALGORITHMIC
 
 
 @dataclass
@@ -147,14 +160,14 @@ def compare_pair(
     ar: dict,
     method: dict,
     reference_logits: ReferenceLogits,
-    threshold: float,
     *,
     continue_fn: ContinueFn | None = None,
     max_new_tokens: int | None = None,
 ) -> PairComparison:
     """Compare two records of the same prompt (`output_ids`, `stop_reason`, `accepted`); see the module
     docstring. With `continue_fn` and `max_new_tokens`, re-synchronise after each divergence at which both
-    streams still had a token."""
+    streams still had a token. The events' kinds are named afterwards (`label`), once the verdict knows its
+    threshold."""
     a = list(ar["output_ids"])
     segment = (list(method["output_ids"]), method["stop_reason"], list(method.get("accepted") or []))
     d = first_divergence(a, segment[0])
@@ -168,7 +181,7 @@ def compare_pair(
             return result
         index = offset + d
         row = logits[index] if index < len(a) and d < len(segment[0]) else None
-        event = classify(d, row, (a[offset:], ar["stop_reason"]), segment, threshold)
+        event = locate(d, row, (a[offset:], ar["stop_reason"]), segment)
         event.index = index
         result.events.append(event)
         result.positions += d + 1
@@ -182,55 +195,170 @@ def compare_pair(
 
 # -------------------------------------------------------------------------------- AR-vs-AR, benign numerics
 
+NOISE_SAMPLES = 1 << 18  # draws of the fitted normal that `NoiseModel.tail` integrates over
+
+
+@dataclass
+class NoiseModel:
+    """One benign perturbation's numerics: at each compared position, the margin of the float32 top-2 pair as
+    the AR decoder (the reference side) and the perturbed computation each compute it in the run's dtype,
+    minus the float32 margin. The two errors' raw moments over `positions` (so that studies pool) fit a
+    bivariate Student t: their mean and covariance, and the degrees of freedom whose kurtosis matches the
+    larger of the two sides' (a normal when neither has excess kurtosis), since a few accumulations in a
+    long forward err far more than the rest."""
+
+    perturbation: str
+    positions: int
+    moments: list[list[float]]  # per side (reference, perturbed): E[e], E[e^2], E[e^3], E[e^4]
+    cross: float  # E[e_reference * e_perturbed]
+
+    @classmethod
+    def fit(cls, perturbation: str, errors: np.ndarray) -> NoiseModel:
+        """errors [n, 2]: (reference side, perturbed side) at n positions."""
+        errors = np.asarray(errors, dtype=float).reshape(-1, 2)
+        if not len(errors):
+            return cls(perturbation, 0, [[0.0] * 4, [0.0] * 4], 0.0)
+        moments = [[float((side**k).mean()) for k in range(1, 5)] for side in errors.T]
+        return cls(perturbation, len(errors), moments, float((errors[:, 0] * errors[:, 1]).mean()))
+
+    @classmethod
+    def pooled(cls, models: list[NoiseModel]) -> NoiseModel:
+        """The fit over the union of the models' positions (one perturbation's, from several studies)."""
+        n = sum(m.positions for m in models)
+        if n == 0:
+            return models[0]
+        moments = sum(m.positions * np.asarray(m.moments) for m in models) / n
+        cross = sum(m.positions * m.cross for m in models) / n
+        return cls(models[0].perturbation, n, moments.tolist(), float(cross))
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.array([side[0] for side in self.moments])
+
+    @property
+    def cov(self) -> np.ndarray:
+        (m1, m2, *_), (n1, n2, *_) = self.moments
+        return np.array([[m2 - m1 * m1, self.cross - m1 * n1], [self.cross - m1 * n1, n2 - n1 * n1]])
+
+    @property
+    def dof(self) -> float:
+        """The Student t's degrees of freedom: kurtosis 3 + 6 / (dof - 4); inf (a normal) without excess."""
+        excess = 0.0
+        for m1, m2, m3, m4 in self.moments:
+            variance = m2 - m1 * m1
+            if variance > 0:
+                central4 = m4 - 4 * m1 * m3 + 6 * m1 * m1 * m2 - 3 * m1**4
+                excess = max(excess, central4 / variance**2 - 3)
+        return 4 + 6 / excess if excess > 0 else math.inf
+
+    @cached_property
+    def _flip_intervals(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) ends of the float32 margins at which the two sides pick different tokens of the pair,
+        one interval per draw of the fitted t (the same draws every time: the tail is deterministic)."""
+        dof = self.dof
+        shape = self.cov * (
+            (dof - 2) / dof if math.isfinite(dof) else 1.0
+        )  # a t's covariance is dof/(dof-2) x
+        values, vectors = np.linalg.eigh(shape)
+        root = vectors * np.sqrt(np.clip(values, 0, None))
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((NOISE_SAMPLES, 2)) @ root.T
+        if math.isfinite(dof):
+            z /= np.sqrt(rng.chisquare(dof, NOISE_SAMPLES) / dof)[:, None]
+        low, high = np.sort(-(self.mean + z), axis=1).T
+        return low, high
+
+    def tail(self, margin: float) -> float:
+        """P(|float32 margin| >= margin | a benign flip of the pair). Side s picks the pair's first token
+        iff m + e_s > 0 (m the float32 margin, e_s that side's error), so the sides disagree iff m lies
+        between -e_reference and -e_perturbed. With m's density flat across the noise's scale, a flip's m is
+        uniform on that interval, and the intervals weigh by their length."""
+        low, high = self._flip_intervals
+        length = high - low
+        total = length.sum()
+        if total <= 0:
+            return 0.0  # the two sides compute the same margins: no benign flip at all
+        t = abs(margin)
+        outside = np.clip(high - t, 0, length) + np.clip(-t - low, 0, length)
+        return float(outside.sum() / total)
+
 
 @dataclass
 class BenignStudy:
-    """AR against itself under benign numerics perturbations, teacher-forced on AR greedy paths."""
+    """AR against itself under benign numerics perturbations, teacher-forced on AR greedy paths: the flips
+    seen, and each perturbation's noise model (what decides whether a divergence is a near-tie)."""
 
     dtype: str
     perturbations: list[str]
     positions: int  # compared positions, summed over perturbations
     flips: int  # positions where a perturbation's argmax differs from the cached AR decoder's
     flip_margins: list[float]  # float32 |logit difference| of the two tokens at each flip
-    floor: float  # the rounding prior: two units in the last place of `dtype` at the typical top logit
-    threshold: float  # max(largest flip margin, floor): the near-tie threshold
+    noise: list[NoiseModel] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return self.flips / self.positions if self.positions else 0.0
 
+    def p_value(self, margin: float) -> float:
+        """The chance that a benign flip's float32 margin is at least |margin|, under the noisiest
+        perturbation's model."""
+        return max((m.tail(margin) for m in self.noise), default=0.0)
 
-def _argmax_cached(model, prompt: torch.Tensor, path: torch.Tensor, batch: int = 1) -> torch.Tensor:
-    """Argmax at every path position from the AR decoder's own numerics: prefill, then one token per step
-    (`batch` identical rows, to change the GEMM shapes)."""
+    def threshold(self, level: float) -> float:
+        """The smallest margin that a benign flip exceeds with probability <= level (0: no noise seen)."""
+        low, high = 0.0, 1.0
+        while self.p_value(high) > level:
+            low, high = high, 2 * high
+        for _ in range(40):
+            middle = (low + high) / 2
+            low, high = (low, middle) if self.p_value(middle) <= level else (middle, high)
+        return high if self.p_value(0.0) > level else 0.0
+
+    @classmethod
+    def pooled(cls, studies: list[BenignStudy]) -> BenignStudy:
+        """One study over the paths of several (the calibration studies each prompt once, then pools the
+        paths a replicate's verdict would have studied)."""
+        first = studies[0]
+        return cls(
+            first.dtype,
+            first.perturbations,
+            sum(s.positions for s in studies),
+            sum(s.flips for s in studies),
+            [m for s in studies for m in s.flip_margins],
+            [NoiseModel.pooled(list(models)) for models in zip(*(s.noise for s in studies), strict=True)],
+        )
+
+
+def _cached(model, prompt: torch.Tensor, path: torch.Tensor, pairs: torch.Tensor, batch: int = 1):
+    """The AR decoder's own numerics at every path position, prefill then one token per step (`batch`
+    identical rows, to change the GEMM shapes) -> (argmax [n], logits of `pairs` [n, 2])."""
     cache = model.new_cache(prompt.shape[0] + path.shape[0], rows=batch)
-    rows = [model(prompt[None].expand(batch, -1), 0, cache)[0, -1].argmax()]
+    rows = [model(prompt[None].expand(batch, -1), 0, cache)[0, -1]]
     for i in range(path.shape[0] - 1):
         step = path[i : i + 1][None].expand(batch, -1)
-        rows.append(model(step, prompt.shape[0] + i, cache)[0, -1].argmax())
-    return torch.stack(rows)
+        rows.append(model(step, prompt.shape[0] + i, cache)[0, -1])
+    return _read(torch.stack(rows), pairs)
 
 
-def _argmax_recomputed(model, prompt: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
-    """Argmax from one causal forward over prompt + path (prefill recompute instead of the KV cache)."""
+def _recomputed(model, prompt: torch.Tensor, path: torch.Tensor, pairs: torch.Tensor):
+    """One causal forward over prompt + path (prefill recompute instead of the KV cache)."""
     ids = torch.cat([prompt, path[:-1]])[None]
-    return model(ids, 0, model.new_cache(ids.shape[1]))[0, prompt.shape[0] - 1 :].argmax(-1)
+    return _read(model(ids, 0, model.new_cache(ids.shape[1]))[0, prompt.shape[0] - 1 :], pairs)
 
 
-def _argmax_verify_width(model, prompt: torch.Tensor, path: torch.Tensor, width: int) -> torch.Tensor:
-    """Argmax from verify-shaped forwards: `width` path tokens per forward, as an Orthrus verify pass runs."""
+def _verify_width(model, prompt: torch.Tensor, path: torch.Tensor, pairs: torch.Tensor, width: int):
+    """Verify-shaped forwards: `width` path tokens per forward, as an Orthrus verify pass runs."""
     cache = model.new_cache(prompt.shape[0] + path.shape[0] + width)
-    rows = [model(prompt[None], 0, cache)[0, -1:].argmax(-1)]
+    rows = [model(prompt[None], 0, cache)[0, -1:]]
     for i in range(0, path.shape[0] - 1, width):
         chunk = path[i : min(i + width, path.shape[0] - 1)][None]
-        rows.append(model(chunk, prompt.shape[0] + i, cache)[0].argmax(-1))
-    return torch.cat(rows)
+        rows.append(model(chunk, prompt.shape[0] + i, cache)[0])
+    return _read(torch.cat(rows), pairs)
 
 
-def dtype_floor(dtype: torch.dtype, top_logits: np.ndarray) -> float:
-    """Two units in the last place of `dtype` at the 95th percentile of |top-1 logit|."""
-    magnitude = float(np.percentile(np.abs(top_logits), 95)) if len(top_logits) else 1.0
-    return 2 * torch.finfo(dtype).eps * 2.0 ** math.floor(math.log2(max(magnitude, 1e-30)))
+def _read(logits: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [n, V] -> (argmax [n], the logits of each position's pair [n, 2] in float32), on the CPU."""
+    return logits.argmax(-1).cpu(), logits.gather(-1, pairs.to(logits.device)).float().cpu()
 
 
 @torch.inference_mode()
@@ -242,37 +370,41 @@ def benign_study(
     verify_width: int = 8,
     batch: int = 4,
 ) -> BenignStudy:
-    """Compare the AR decoder's argmax along each (prompt, greedy path) with three benign variants of the
-    same computation in `model`'s dtype: verify width 1 vs `verify_width`, prefill recompute vs KV cache, and
-    batch 1 vs `batch`. Flip margins are measured in the float32 reference logits."""
+    """Compare the AR decoder along each (prompt, greedy path) with three benign variants of the same
+    computation in `model`'s dtype: verify width 1 vs `verify_width`, prefill recompute vs KV cache, and batch
+    1 vs `batch`. Flips are counted and their margins measured in the float32 reference logits; at every
+    position the margin of the float32 top-2 pair, as each side computes it, feeds the noise models."""
     device = model.lm_head.weight.device
     perturbations = {
-        f"verify width {verify_width}": lambda p, t: _argmax_verify_width(model, p, t, verify_width),
-        "prefill recompute": lambda p, t: _argmax_recomputed(model, p, t),
-        f"batch {batch}": lambda p, t: _argmax_cached(model, p, t, batch),
+        f"verify width {verify_width}": lambda p, t, x: _verify_width(model, p, t, x, verify_width),
+        "prefill recompute": lambda p, t, x: _recomputed(model, p, t, x),
+        f"batch {batch}": lambda p, t, x: _cached(model, p, t, x, batch),
     }
-    positions, margins, tops = 0, [], []
+    errors = {name: [] for name in perturbations}
+    positions, margins = 0, []
     for prompt_ids, tokens in paths:
         if not tokens:
             continue
         prompt = torch.tensor(prompt_ids, device=device)
         path = torch.tensor(tokens, device=device)
-        reference = _argmax_cached(model, prompt, path).cpu()
         fp32 = reference_logits(prompt_ids, tokens)
-        tops.append(fp32.max(-1).values.numpy())
-        for perturbed in perturbations.values():
-            other = perturbed(prompt, path).cpu()
+        top = torch.topk(fp32, 2)
+        pairs, fp32_margin = top.indices, (top.values[:, 0] - top.values[:, 1]).numpy()
+        reference, reference_pair = _cached(model, prompt, path, pairs)
+        reference_error = (reference_pair[:, 0] - reference_pair[:, 1]).numpy() - fp32_margin
+        for name, perturbed in perturbations.items():
+            other, other_pair = perturbed(prompt, path, pairs)
             positions += len(tokens)
             for i in torch.nonzero(other != reference).flatten().tolist():
                 margins.append(abs(float(fp32[i, reference[i]] - fp32[i, other[i]])))
+            other_error = (other_pair[:, 0] - other_pair[:, 1]).numpy() - fp32_margin
+            errors[name].append(np.stack([reference_error, other_error], axis=1))
     dtype = model.lm_head.weight.dtype
-    floor = dtype_floor(dtype, np.concatenate(tops) if tops else np.array([]))
     return BenignStudy(
         str(dtype).removeprefix("torch."),
         list(perturbations),
         positions,
         len(margins),
         margins,
-        floor,
-        max([floor, *margins]),
+        [NoiseModel.fit(name, np.concatenate(e) if e else np.zeros((0, 2))) for name, e in errors.items()],
     )

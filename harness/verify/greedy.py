@@ -1,20 +1,22 @@
 """The greedy verdict (T = 0): token-ID identity per prompt against the reference method's record of the same
 prompt, divergence forensics (forensics.py) and the verdict. float32 passes only at 100% identity; lower
 precision only when every divergence is a numerical near-tie and the divergence rate is not above the
-AR-vs-AR rate under benign perturbations (one-sided Fisher exact). The exact binomial 95% upper bound on the
-algorithmic divergence rate per prompt is always stated."""
+AR-vs-AR rate under benign perturbations (one-sided Fisher exact), a divergence being a near-tie when the noise
+model of the two sides (forensics.benign_study) makes its float32 margin a plausible benign flip. The exact
+binomial 95% upper bound on the algorithmic divergence rate per prompt is always stated."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
+import numpy as np
 from scipy import stats
 
 from harness.methods.base import GenerateFn
 from harness.records import prompt_key
 from orthrus_core.params import GREEDY
 
-from .forensics import ALGORITHMIC, NEAR_TIE, BenignStudy, compare_pair
+from .forensics import ALGORITHMIC, NEAR_TIE, BenignStudy, PairComparison, compare_pair, label
 from .fp32_reference import Reference
 
 
@@ -28,21 +30,17 @@ def greedy_continuation(generate: GenerateFn, stop_token_ids: list[int]):
     return continue_from
 
 
-def verify_greedy(
+def compare_records(
     records: list[dict],
     reference_by_key: dict[tuple, dict],  # records.prompt_key -> the reference method's record
     reference: Reference,
-    benign: BenignStudy,
     *,
-    dtype: str,
-    alpha: float,
     continue_fn=None,
     max_new_tokens: int | None = None,
-) -> dict:
-    """Token identity, forensics and the greedy verdict for one method's records of one suite."""
-    prompts = identical = not_comparable = positions = 0
-    first_divergences, events = [], []
-    algorithmic_prompts = 0
+) -> tuple[list[tuple[dict, PairComparison]], int]:
+    """Each record against the reference's record of its prompt -> ([(where, comparison)], records not
+    comparable: a later turn whose prompt holds the method's own diverged answer)."""
+    compared, not_comparable = [], 0
     for r in sorted(records, key=prompt_key):
         ar = reference_by_key.get(prompt_key(r))
         if ar is None:
@@ -51,22 +49,43 @@ def verify_greedy(
             not_comparable += 1  # an earlier turn diverged, so this turn's prompt is the method's own
             continue
         pair = compare_pair(
-            r["prompt_ids"],
-            ar,
-            r,
-            reference.logits,
-            benign.threshold,
-            continue_fn=continue_fn,
-            max_new_tokens=max_new_tokens,
+            r["prompt_ids"], ar, r, reference.logits, continue_fn=continue_fn, max_new_tokens=max_new_tokens
         )
-        prompts += 1
-        identical += pair.identical
-        positions += pair.positions
-        where = {"item_id": r["item_id"], "sample": r["sample"], "turn": r["turn"]}
-        if not pair.identical:
-            first_divergences.append({**where, "index": pair.first_divergence})
-        events += [{**where, **asdict(e)} for e in pair.events]
-        algorithmic_prompts += any(e.kind == ALGORITHMIC for e in pair.events)
+        compared.append(({"item_id": r["item_id"], "sample": r["sample"], "turn": r["turn"]}, pair))
+    return compared, not_comparable
+
+
+def greedy_verdict(
+    compared: list[tuple[dict, PairComparison]],
+    benign: BenignStudy,
+    *,
+    dtype: str,
+    alpha: float,
+    not_comparable: int = 0,
+    resynced: bool = False,
+) -> dict:
+    """The verdict on compared records. Below float32 it is three tests at alpha / 3 each (Bonferroni), on
+    the float32 margins of the divergences, each with its p-value under the noise model (the chance a benign
+    flip's margin is as large): the smallest p-value (Bonferroni over the divergences: a divergence is
+    algorithmic when its margin is past the near-tie threshold, the margin a benign flip exceeds with
+    probability alpha / 3 / n), all of them combined (Fisher's method: a bug that shifts every margin a
+    little), and the divergence rate against the AR-vs-AR rate (one-sided Fisher exact)."""
+    pairs = [pair for _, pair in compared]
+    every = [e for pair in pairs for e in pair.events]
+    level = alpha / 3 / max(len(every), 1)
+    threshold = benign.threshold(level)
+    for pair in pairs:
+        label(pair.events, threshold)
+    # A stream that ended where the other went on has no margin: no numerics explain it.
+    margin_p = [benign.p_value(e.margin) if e.margin is not None else 0.0 for e in every]
+    combined_p = (
+        float(stats.combine_pvalues(np.clip(margin_p, 1e-300, 1), method="fisher").pvalue) if every else 1.0
+    )
+    prompts, identical = len(pairs), sum(p.identical for p in pairs)
+    positions = sum(p.positions for p in pairs)
+    first_divergences = [{**where, "index": p.first_divergence} for where, p in compared if not p.identical]
+    events = [{**where, **asdict(e)} for where, p in compared for e in p.events]
+    algorithmic_prompts = sum(any(e.kind == ALGORITHMIC for e in p.events) for p in pairs)
     near_ties = sum(e["kind"] == NEAR_TIE for e in events)
     algorithmic = len(events) - near_ties
     fisher_p = float(
@@ -91,12 +110,13 @@ def verify_greedy(
             else f" (float32 requires 100%); {near_ties} near-tie and {algorithmic} algorithmic divergences"
         )
     else:
-        ok = algorithmic == 0 and fisher_p > alpha
+        ok = algorithmic == 0 and combined_p > alpha / 3 and fisher_p > alpha / 3
         verdict = "PASS" if ok else "FAIL"
         reason = (
-            f"{identical}/{prompts} identical; {near_ties} near-tie and {algorithmic} algorithmic divergences; "
-            f"rate {1000 * len(events) / max(positions, 1):.2f}/1k vs AR-vs-AR {1000 * benign.rate:.2f}/1k "
-            f"(Fisher p = {fisher_p:.3g})"
+            f"{identical}/{prompts} identical; {near_ties} near-tie and {algorithmic} algorithmic divergences "
+            f"(near-tie: float32 margin <= {threshold:.3g}, which a benign flip exceeds with p <= {level:.2g}); "
+            f"margins combined p = {combined_p:.3g}; rate {1000 * len(events) / max(positions, 1):.2f}/1k vs "
+            f"AR-vs-AR {1000 * benign.rate:.2f}/1k (Fisher p = {fisher_p:.3g})"
         )
     return {
         "verdict": verdict,
@@ -110,10 +130,38 @@ def verify_greedy(
         "algorithmic_events": algorithmic,
         "positions": positions,
         "events_per_1k": 1000 * len(events) / positions if positions else None,
-        "resynced": continue_fn is not None,
+        "resynced": resynced,
         "algorithmic_prompts": algorithmic_prompts,
         "algorithmic_rate_upper95": upper,
         "fisher_vs_ar_ar_pvalue": fisher_p,
-        "near_tie_threshold": benign.threshold,
+        "near_tie_threshold": threshold,
+        "near_tie_level": level,
+        "margin_pvalues": margin_p,
+        "margins_combined_pvalue": combined_p,
         "ar_vs_ar": asdict(benign),
     }
+
+
+def verify_greedy(
+    records: list[dict],
+    reference_by_key: dict[tuple, dict],
+    reference: Reference,
+    benign: BenignStudy,
+    *,
+    dtype: str,
+    alpha: float,
+    continue_fn=None,
+    max_new_tokens: int | None = None,
+) -> dict:
+    """Token identity, forensics and the greedy verdict for one method's records of one suite."""
+    compared, not_comparable = compare_records(
+        records, reference_by_key, reference, continue_fn=continue_fn, max_new_tokens=max_new_tokens
+    )
+    return greedy_verdict(
+        compared,
+        benign,
+        dtype=dtype,
+        alpha=alpha,
+        not_comparable=not_comparable,
+        resynced=continue_fn is not None,
+    )
