@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from harness.verify.config import ARM_KINDS, VERDICTS, CalibrationConfig, VerifyConfig
+from harness.verify.config import (
+    ARM_KINDS,
+    VERDICTS,
+    CalibrationConfig,
+    GreedyCalibrationConfig,
+    VerifyConfig,
+)
 
 
 def register(sub) -> None:
@@ -33,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=verify.seed)
     p.set_defaults(func=cmd_verify)
 
-    calibration = CalibrationConfig()
+    calibration, greedy = CalibrationConfig(), GreedyCalibrationConfig()
     p = sub.add_parser("calibrate", help="measure the verification tests' false-positive rate and power")
     p.add_argument(
         "--model",
@@ -43,7 +49,18 @@ def register(sub) -> None:
     p.add_argument(
         "--micro", action="store_true", help="use the random micro model even if the tiny family exists"
     )
-    p.add_argument("--replicates", type=int, default=calibration.replicates, help="A/A replicates")
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="calibrate the greedy verdict below float32 (ar-hf vs ar, Orthrus vs ar, a planted logit bias) "
+        "instead of the sampling verdict",
+    )
+    p.add_argument(
+        "--replicates",
+        type=int,
+        help=f"A/A replicates (default {calibration.replicates}); with --greedy, replicates of every arm "
+        f"(default {greedy.replicates})",
+    )
     p.add_argument(
         "--lossless-replicates",
         type=int,
@@ -63,15 +80,38 @@ def register(sub) -> None:
     p.add_argument(
         "--prompts",
         type=int,
-        help="prompts per synthetic run (default: 200 tiny-suite prompts, or 32 random ones for the micro model)",
+        help="prompts per synthetic run (default: 200 tiny-suite prompts, or 32 random ones for the micro model; "
+        f"with --greedy, {greedy.prompts}, the GPU CI's run size)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=calibration.max_new_tokens)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help=f"default {calibration.max_new_tokens}; with --greedy, {greedy.max_new_tokens}",
+    )
     p.add_argument("--t2-samples", type=int, default=calibration.t2_samples)
     p.add_argument("--t2-depth", type=int, default=calibration.t2_depth)
     p.add_argument("--block-size", type=int, help="Orthrus block size (default: the model's)")
+    p.add_argument("--dtype", default=greedy.dtype, help="--greedy: the dtype calibrated")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=greedy.pool,
+        help="--greedy: prompts decoded once, drawn from by every replicate",
+    )
+    p.add_argument(
+        "--tie-paths",
+        type=int,
+        default=greedy.tie_paths,
+        help="--greedy: AR paths per replicate's benign study",
+    )
+    p.add_argument("--bias", type=float, default=greedy.bias, help="--greedy: the mutant's logit bias")
     p.add_argument("--alpha", type=float, default=calibration.alpha)
     p.add_argument("--seed", type=int, default=calibration.seed)
-    p.add_argument("--out", default="reports/calibration", help="writes OUT.md and OUT.json")
+    p.add_argument(
+        "--out",
+        help="writes OUT.md and OUT.json (default: reports/calibration; with --greedy, "
+        "reports/calibration-greedy-DTYPE)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -91,9 +131,19 @@ def cmd_verify(args) -> int:
 def cmd_calibrate(args) -> int:
     import torch
 
-    from harness.verify.calibrate import calibrate_main
-
     # Batch-1 decoding of small models is per-operation overhead: extra threads only contend.
     torch.set_num_threads(1)
-    config = CalibrationConfig(**{f.name: getattr(args, f.name) for f in fields(CalibrationConfig)})
-    return calibrate_main(args.model, args.out, micro=args.micro, config=config, resume=args.resume)
+    if args.greedy and (args.micro or args.resume):
+        raise ValueError("--greedy takes neither --micro nor --resume: it calibrates a checkpoint, in one go")
+    kind = GreedyCalibrationConfig if args.greedy else CalibrationConfig
+    given = {f.name: getattr(args, f.name) for f in fields(kind) if getattr(args, f.name, None) is not None}
+    config = kind(**given)
+    if args.greedy:
+        from harness.verify.calibrate_greedy import calibrate_greedy_main
+
+        out = args.out or f"reports/calibration-greedy-{config.dtype}"
+        return calibrate_greedy_main(args.model, out, config)
+    from harness.verify.calibrate import calibrate_main
+
+    out = args.out or "reports/calibration"
+    return calibrate_main(args.model, out, micro=args.micro, config=config, resume=args.resume)

@@ -67,3 +67,33 @@ class CalibrationConfig:
         unknown = sorted(set(self.arms) - set(ARM_KINDS))
         if unknown or not self.arms:
             raise ValueError(f"arms must be some of {list(ARM_KINDS)}, got {list(self.arms)}")
+
+
+@dataclass
+class GreedyCalibrationConfig:
+    dtype: str = "bfloat16"
+    pool: int = 180  # prompts decoded once each; every replicate draws from them
+    prompts: int = 20  # per replicate: the GPU CI's run size
+    replicates: int = 500
+    max_new_tokens: int = 256
+    tie_paths: int = DEFAULT_TIE_PATHS
+    bias: float = 0.3  # the mutant's logit bias, in logits
+    alpha: float = DEFAULT_ALPHA
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in ("bfloat16", "float16"):
+            raise ValueError(
+                f"dtype must be bfloat16 or float16 (float32 requires identity), got {self.dtype!r}"
+            )
+        for name in ("pool", "prompts", "replicates", "max_new_tokens", "tie_paths"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prompts > self.pool or self.tie_paths > self.prompts:
+            raise ValueError(
+                f"need tie_paths <= prompts <= pool, got {self.tie_paths}, {self.prompts}, {self.pool}"
+            )
+        if not self.bias > 0:
+            raise ValueError(f"bias must be > 0 logits, got {self.bias}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")

@@ -1,0 +1,99 @@
+"""`calibrate --greedy`: the greedy verdict's error rates below float32, measured the way verify reaches its
+verdicts; a planted verify-pass logit bias is caught where the previous near-tie rule called it numerics."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from harness.methods import make_decoder
+from harness.methods.target import Target
+from harness.verify.calibrate_greedy import (
+    bias_rule,
+    calibrate_greedy,
+    pool_prompts,
+    previous_rule_fails,
+    report,
+)
+from harness.verify.config import GreedyCalibrationConfig
+from harness.verify.forensics import ALGORITHMIC, BenignStudy, DivergenceEvent, PairComparison
+from harness.verify.fp32_reference import Reference
+from orthrus_core.micro import micro_model
+from orthrus_core.params import GREEDY
+
+
+def test_the_bias_mutant_changes_verify_passes_only():
+    """The planted bug is an argument of the exact rule: the prefill's token is untouched, and the verify
+    passes emit the biased token where it was within the bias of the top."""
+    target = Target.of(micro_model(), "micro")
+    orthrus = make_decoder("orthrus", target, block_size=4)
+    prompt = [5, 9, 13, 2]
+    exact = orthrus.generate(prompt, 32, GREEDY, stop_token_ids=[]).tokens
+    token = exact[1]  # a token the model emits: biasing it hugely makes every later token that one
+    biased = orthrus.generate(prompt, 32, GREEDY, stop_token_ids=[], rule=bias_rule(token, 100.0)).tokens
+    assert biased[0] == exact[0] and set(biased[1:]) == {token}
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    model = micro_model(1)
+    reference = Reference(copy.deepcopy(model))  # float32
+    target = Target.of(model.to(torch.bfloat16), "micro")
+    config = GreedyCalibrationConfig(
+        pool=12, prompts=6, replicates=30, max_new_tokens=32, tie_paths=2, bias=1.0
+    )
+    arms, meta = calibrate_greedy(target, reference, pool_prompts(target, config), config)
+    return config, arms, meta
+
+
+def test_greedy_calibration_arms(calibration):
+    config, (aa, lossless, mutant), meta = calibration
+    assert [a.replicates for a in (aa, lossless, mutant)] == [config.replicates] * 3
+    # A logit bias of 1 on the token most often the close runner-up flips generations and FAILs the runs.
+    assert mutant.diverging > lossless.diverging  # the Orthrus it is planted in
+    assert mutant.rate >= 0.8 and mutant.by_margin + mutant.by_combined > 0
+    assert len(mutant.previous_rule_fails) == config.replicates
+    # The lossless decoders' runs pass as often as alpha allows: their divergences are numerics (ar-hf's
+    # kernels diverge from the project's in bf16 on this random model's many near-ties, and still pass).
+    assert aa.diverging > 0
+    for arm in (aa, lossless):
+        assert arm.met(config.alpha), arm
+    assert meta["previous_rule_floor"] > 0 and 0 <= meta["mutant_token"] < 320
+
+
+def test_the_previous_rule_called_flips_within_its_floor_numerics():
+    """What the report compares with: a margin under max(floor, largest benign flip margin) was a near-tie."""
+    event = DivergenceEvent(3, "block offset 1", ALGORITHMIC, 8, 13, margin=0.2)
+    compared = [({}, PairComparison(False, 3, [event], positions=400))]
+    study = BenignStudy("bfloat16", ["verify width 8"], 1000, 2, [0.01, 0.05], [])
+    assert not previous_rule_fails(compared, study, floor=0.25, alpha=0.01)
+    assert previous_rule_fails(compared, study, floor=0.125, alpha=0.01)
+
+
+def test_greedy_calibration_report(calibration):
+    config, arms, meta = calibration
+    markdown, data = report(arms, config, {**meta, "model": "micro", "seconds": 1.0})
+    assert markdown.startswith("# Calibration of the greedy verdict in bfloat16")
+    for arm in arms:
+        assert f"| {arm.name} | {config.replicates} |" in markdown
+    json.dumps(data)  # JSON-ready as written
+    assert [a["fail"] for a in data["arms"]] == [sum(a.fails) for a in arms]
+    assert data["arms"][2]["previous_rule_rate"] == sum(arms[2].previous_rule_fails) / config.replicates
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prompts", "30", "--pool", "10"], "need tie_paths <= prompts <= pool"),
+        (["--dtype", "float32"], "float32 requires identity"),
+        (["--bias", "0"], "bias must be > 0"),
+        (["--micro"], "--greedy takes neither"),
+    ],
+)
+def test_bad_greedy_calibration_settings(tmp_path, capsys, argv, message):
+    from harness.cli import main
+
+    assert main(["calibrate", "--greedy", "--out", str(tmp_path / "c"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
