@@ -343,6 +343,8 @@ def bf16_divergences(out: Path, device: str, quick: bool) -> dict:
             "prompts": g.get("prompts"),
             "near_tie_events": g.get("near_tie_events"),
             "algorithmic_events": g.get("algorithmic_events"),
+            "near_tie_threshold": g.get("near_tie_threshold"),
+            "margins_combined_pvalue": g.get("margins_combined_pvalue"),
         }
     return {"run": str(directory), "verify_exit": status, "methods": rows, "records": read_records(directory)}
 
@@ -445,12 +447,15 @@ def markdown(result: dict) -> str:
         lines += [
             "## bf16 divergences (tiny family)",
             "",
-            "| method | verdict | identical | near-tie | algorithmic |",
-            "|---|---|---:|---:|---:|",
+            "| method | verdict | identical | near-tie | algorithmic | near-tie threshold | margins combined p |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for m, r in result["bf16"]["methods"].items():
+            threshold, combined = r.get("near_tie_threshold"), r.get("margins_combined_pvalue")
             lines.append(
-                f"| {m} | {r['verdict']} | {r['identical']}/{r['prompts']} | {r['near_tie_events']} | {r['algorithmic_events']} |"
+                f"| {m} | {r['verdict']} | {r['identical']}/{r['prompts']} | {r['near_tie_events']} "
+                f"| {r['algorithmic_events']} | {'–' if threshold is None else f'{threshold:.3g}'} "
+                f"| {'–' if combined is None else f'{combined:.3g}'} |"
             )
         lines.append("")
     if "telemetry" in result:

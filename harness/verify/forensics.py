@@ -252,9 +252,10 @@ class NoiseModel:
         return 4 + 6 / excess if excess > 0 else math.inf
 
     @cached_property
-    def _flip_intervals(self) -> tuple[np.ndarray, np.ndarray]:
-        """(low, high) ends of the float32 margins at which the two sides pick different tokens of the pair,
-        one interval per draw of the fitted t (the same draws every time: the tail is deterministic)."""
+    def _flip_intervals(self) -> tuple[list[_Excess], float]:
+        """The intervals of float32 margins at which the two sides pick different tokens of the pair, one per
+        draw of the fitted t (the same draws every time: the tail is deterministic), as the excess sums the
+        tail reads (high, low, -low, -high), and their total length."""
         dof = self.dof
         shape = self.cov * (
             (dof - 2) / dof if math.isfinite(dof) else 1.0
@@ -266,21 +267,32 @@ class NoiseModel:
         if math.isfinite(dof):
             z /= np.sqrt(rng.chisquare(dof, NOISE_SAMPLES) / dof)[:, None]
         low, high = np.sort(-(self.mean + z), axis=1).T
-        return low, high
+        return [_Excess(x) for x in (high, low, -low, -high)], float((high - low).sum())
 
     def tail(self, margin: float) -> float:
         """P(|float32 margin| >= margin | a benign flip of the pair). Side s picks the pair's first token
         iff m + e_s > 0 (m the float32 margin, e_s that side's error), so the sides disagree iff m lies
         between -e_reference and -e_perturbed. With m's density flat across the noise's scale, a flip's m is
-        uniform on that interval, and the intervals weigh by their length."""
-        low, high = self._flip_intervals
-        length = high - low
-        total = length.sum()
+        uniform on that interval, and the intervals weigh by their length: the tail is the intervals' length
+        outside [-t, t] over their whole length."""
+        (high, low, neg_low, neg_high), total = self._flip_intervals
         if total <= 0:
             return 0.0  # the two sides compute the same margins: no benign flip at all
         t = abs(margin)
-        outside = np.clip(high - t, 0, length) + np.clip(-t - low, 0, length)
-        return float(outside.sum() / total)
+        # An interval's length above t is (high - t)+ - (low - t)+, below -t (-t - low)+ - (-t - high)+.
+        return (high(t) - low(t) + neg_low(t) - neg_high(t)) / total
+
+
+class _Excess:
+    """x -> the function t -> sum((x - t)+), in O(log n) per t."""
+
+    def __init__(self, values: np.ndarray):
+        self.sorted = np.sort(values)
+        self.suffix = np.concatenate([np.cumsum(self.sorted[::-1])[::-1], [0.0]])
+
+    def __call__(self, t: float) -> float:
+        k = int(np.searchsorted(self.sorted, t, side="right"))
+        return float(self.suffix[k] - (len(self.sorted) - k) * t)
 
 
 @dataclass
