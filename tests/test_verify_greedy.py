@@ -211,8 +211,12 @@ def test_margins_each_plausible_but_together_too_large_fail():
     verdict = greedy_case(12, 12, margin, "bfloat16", study)
     assert verdict["algorithmic_events"] == 0 and verdict["fisher_vs_ar_ar_pvalue"] > 0.01
     assert verdict["margins_combined_pvalue"] < 0.01 / 3 and verdict["verdict"] == "FAIL"
-    # The same margins a few at a time are what benign numerics give.
+    # The same margins a few at a time are what benign numerics give ...
     assert greedy_case(12, 2, margin, "bfloat16", study)["verdict"] == "PASS"
+    # ... and so are flips where the method's token is the better one in float32 (one-sided: a bug in the
+    # method leaves its tokens below AR's).
+    better = greedy_case(12, 12, -margin, "bfloat16", study)
+    assert better["margins_combined_pvalue"] > 0.5 and better["verdict"] == "PASS"
 
 
 def test_the_near_tie_threshold_tightens_with_the_level_and_widens_with_the_noise():
@@ -223,21 +227,27 @@ def test_the_near_tie_threshold_tightens_with_the_level_and_widens_with_the_nois
     assert quiet.p_value(0.1) < 1e-6 and loud.p_value(0.1) > 1e-3
 
 
-def test_the_flip_law_is_what_a_simulation_of_two_noisy_sides_gives():
-    """The generative story the noise model integrates: the float32 margin m has a flat density near 0, each
-    side computes m + e_s with correlated errors, a flip is where the two signs differ. The simulated flips'
-    |m| follow NoiseModel.tail, and so the p-values of benign flips are uniform."""
-    sd, corr = 0.03, 0.6
-    model = normal_noise(sd, corr)
+@pytest.mark.parametrize("sd, corr, mean", [(0.03, 0.6, (0.0, 0.0)), (0.03, 0.3, (0.0, 0.02))])
+def test_the_flip_law_is_what_a_simulation_of_two_noisy_sides_gives(sd, corr, mean):
+    """The generative story the noise model integrates: the pair's float32 margin m has a flat density near
+    0, AR computes m + e_ar and the method m + e_method with correlated errors, a flip is where the signs
+    differ, and the event's margin is AR's token minus the method's. The simulated flips follow
+    NoiseModel.tail (|margin|) and upper_tail (signed), so benign flips' p-values are uniform; a method whose
+    errors are biased (mean 0.02) leaves AR's token on top in most flips, and the signed law knows it."""
+    model = normal_noise(sd, corr, mean)
     rng = np.random.default_rng(1)
     m = rng.uniform(-0.5, 0.5, 2_000_000)
-    e = rng.multivariate_normal([0, 0], [[sd**2, corr * sd**2], [corr * sd**2, sd**2]], len(m))
-    flipped = np.abs(m[np.sign(m + e[:, 0]) != np.sign(m + e[:, 1])])
-    assert len(flipped) > 5000
+    e = rng.multivariate_normal(mean, [[sd**2, corr * sd**2], [corr * sd**2, sd**2]], len(m))
+    ar_picks_a = m + e[:, 0] > 0
+    flips = ar_picks_a != (m + e[:, 1] > 0)
+    margins = np.where(ar_picks_a, m, -m)[flips]
+    assert len(margins) > 5000
     for t in (0.005, 0.02, 0.04):
-        assert model.tail(t) == pytest.approx((flipped >= t).mean(), abs=0.01)
-    p_values = [model.tail(x) for x in flipped[:400]]
-    assert stats.kstest(p_values, "uniform").pvalue > 0.01
+        assert model.tail(t) == pytest.approx((np.abs(margins) >= t).mean(), abs=0.01)
+    for t in (-0.03, -0.01, 0.0, 0.01, 0.03):
+        assert model.upper_tail(t) == pytest.approx((margins >= t).mean(), abs=0.01)
+    assert stats.kstest([model.tail(x) for x in margins[:400]], "uniform").pvalue > 0.01
+    assert stats.kstest([model.upper_tail(x) for x in margins[:400]], "uniform").pvalue > 0.01
 
 
 def test_noise_models_pool_and_fit_heavy_tails():

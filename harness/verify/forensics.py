@@ -253,9 +253,10 @@ class NoiseModel:
 
     @cached_property
     def _flip_intervals(self) -> tuple[list[_Excess], float]:
-        """The intervals of float32 margins at which the two sides pick different tokens of the pair, one per
-        draw of the fitted t (the same draws every time: the tail is deterministic), as the excess sums the
-        tail reads (high, low, -low, -high), and their total length."""
+        """The intervals of the event's float32 margin (AR's token minus the method's) at which the two sides
+        pick different tokens of the pair, one per draw of the fitted t (the same draws every time: the tail
+        is deterministic), as the excess sums the tails read (high, low, -low, -high), and their total
+        length."""
         dof = self.dof
         shape = self.cov * (
             (dof - 2) / dof if math.isfinite(dof) else 1.0
@@ -266,21 +267,36 @@ class NoiseModel:
         z = rng.standard_normal((NOISE_SAMPLES, 2)) @ root.T
         if math.isfinite(dof):
             z /= np.sqrt(rng.chisquare(dof, NOISE_SAMPLES) / dof)[:, None]
-        low, high = np.sort(-(self.mean + z), axis=1).T
+        e_ar, e_method = (self.mean + z).T
+        # A flip of the pair (a, b) at float32 margin m = a - b: AR picks a iff m > -e_ar, the method iff
+        # m > -e_method. When e_ar > e_method, m in (-e_ar, -e_method) and AR picked a: the event's margin
+        # (AR's token minus the method's) is m. Otherwise m in (-e_method, -e_ar), AR picked b, the event's
+        # margin -m lies in (e_ar, e_method).
+        ar_higher = e_ar > e_method
+        low, high = np.where(ar_higher, -e_ar, e_ar), np.where(ar_higher, -e_method, e_method)
         return [_Excess(x) for x in (high, low, -low, -high)], float((high - low).sum())
 
     def tail(self, margin: float) -> float:
         """P(|float32 margin| >= margin | a benign flip of the pair). Side s picks the pair's first token
-        iff m + e_s > 0 (m the float32 margin, e_s that side's error), so the sides disagree iff m lies
-        between -e_reference and -e_perturbed. With m's density flat across the noise's scale, a flip's m is
-        uniform on that interval, and the intervals weigh by their length: the tail is the intervals' length
-        outside [-t, t] over their whole length."""
+        iff m + e_s > 0 (m the pair's float32 margin, e_s that side's error), so the sides disagree iff m
+        lies between -e_reference and -e_perturbed. With m's density flat across the noise's scale, a flip's
+        m is uniform on that interval, and the intervals weigh by their length: the tail is the intervals'
+        length outside [-t, t] over their whole length."""
         (high, low, neg_low, neg_high), total = self._flip_intervals
         if total <= 0:
             return 0.0  # the two sides compute the same margins: no benign flip at all
         t = abs(margin)
         # An interval's length above t is (high - t)+ - (low - t)+, below -t (-t - low)+ - (-t - high)+.
         return (high(t) - low(t) + neg_low(t) - neg_high(t)) / total
+
+    def upper_tail(self, margin: float) -> float:
+        """P(float32 margin >= margin | a benign flip), signed: the chance that a benign flip leaves the
+        method's token at least `margin` below AR's in float32 (a bug in the method only ever leaves it
+        below)."""
+        (high, low, _, _), total = self._flip_intervals
+        if total <= 0:
+            return 0.0
+        return (high(margin) - low(margin)) / total
 
 
 class _Excess:
@@ -315,6 +331,11 @@ class BenignStudy:
         """The chance that a benign flip's float32 margin is at least |margin|, under the noisiest
         perturbation's model."""
         return max((m.tail(margin) for m in self.noise), default=0.0)
+
+    def one_sided_p_value(self, margin: float) -> float:
+        """The chance that a benign flip's float32 margin (AR's token minus the method's) is at least
+        `margin`, under the noisiest perturbation's model."""
+        return max((m.upper_tail(margin) for m in self.noise), default=0.0)
 
     def threshold(self, level: float) -> float:
         """The smallest margin that a benign flip exceeds with probability <= level (0: no noise seen)."""

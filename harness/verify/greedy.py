@@ -65,11 +65,12 @@ def greedy_verdict(
     resynced: bool = False,
 ) -> dict:
     """The verdict on compared records. Below float32 it is three tests at alpha / 3 each (Bonferroni), on
-    the float32 margins of the divergences, each with its p-value under the noise model (the chance a benign
-    flip's margin is as large): the smallest p-value (Bonferroni over the divergences: a divergence is
-    algorithmic when its margin is past the near-tie threshold, the margin a benign flip exceeds with
-    probability alpha / 3 / n), all of them combined (Fisher's method: a bug that shifts every margin a
-    little), and the divergence rate against the AR-vs-AR rate (one-sided Fisher exact)."""
+    the float32 margins of the divergences (AR's token minus the method's), each with p-values under the
+    noise model (the chance a benign flip's margin is as large): the largest |margin| (Bonferroni over the
+    divergences: a divergence is algorithmic when its |margin| is past the near-tie threshold, the margin a
+    benign flip exceeds with probability alpha / 3 / n), all the margins combined (Fisher's method on the
+    one-sided p-values: a bug in the method leaves its tokens below AR's, each by a little), and the
+    divergence rate against the AR-vs-AR rate (one-sided Fisher exact)."""
     pairs = [pair for _, pair in compared]
     every = [e for pair in pairs for e in pair.events]
     level = alpha / 3 / max(len(every), 1)
@@ -77,7 +78,7 @@ def greedy_verdict(
     for pair in pairs:
         label(pair.events, threshold)
     # A stream that ended where the other went on has no margin: no numerics explain it.
-    margin_p = [benign.p_value(e.margin) if e.margin is not None else 0.0 for e in every]
+    margin_p = [benign.one_sided_p_value(e.margin) if e.margin is not None else 0.0 for e in every]
     combined_p = (
         float(stats.combine_pvalues(np.clip(margin_p, 1e-300, 1), method="fisher").pvalue) if every else 1.0
     )
@@ -136,7 +137,7 @@ def greedy_verdict(
         "fisher_vs_ar_ar_pvalue": fisher_p,
         "near_tie_threshold": threshold,
         "near_tie_level": level,
-        "margin_pvalues": margin_p,
+        "margin_pvalues": margin_p,  # one-sided
         "margins_combined_pvalue": combined_p,
         "ar_vs_ar": asdict(benign),
     }
