@@ -63,6 +63,60 @@ def default_aux_layers(num_target_layers: int) -> list[int]:
     return [2, L // 2, L - 3]
 
 
+def distinct_aux_layers(num_target_layers: int) -> list[int]:
+    """Three distinct target states in ascending order, as a head should read them: EAGLE-3's default (layers 2,
+    L//2, L-3) where those are distinct (every published Qwen3 size), else the default with a repeated layer
+    moved up to the next one (2, 3, 4 for the tiny family's 6 layers, whose default 2, 3, 3 repeats layer 3).
+
+    vLLM (and SGLang) gather the target's states by a set of layer ids, sorted: a head that reads a state twice
+    gets fewer features than its fc takes, and one whose ids are not ascending gets them in another order."""
+    L = num_target_layers
+    layers: list[int] = []
+    for layer in default_aux_layers(L):
+        layers.append(max(layer, layers[-1] + 1) if layers else layer)
+    if layers[-1] > L - 1:  # a target too shallow for the default: its last three states before the final one
+        layers = list(range(max(L - 3, 0), L))
+    if len(layers) < 3:
+        raise ValueError(f"an EAGLE-3 head reads three target states; a {L}-layer target has {L}")
+    return layers
+
+
+def layers_problem(layers: list[int]) -> str | None:
+    """Why a head reading the target states `layers` cannot run where states are gathered by a sorted set of ids
+    (vLLM, SGLang), or None."""
+    if len(set(layers)) != len(layers):
+        return f"it reads target state(s) {sorted({i for i in layers if layers.count(i) > 1})} more than once"
+    if list(layers) != sorted(layers):
+        return "its target states are not in ascending order"
+    return None
+
+
+def with_distinct_layers(head: Eagle3Head, num_target_layers: int) -> Eagle3Head:
+    """`head` rewritten, with the same function, to read three distinct target states in ascending order
+    (`distinct_aux_layers`), its layers named in its config (eagle_config.eagle_aux_hidden_state_layer_ids).
+
+    fc is linear in its input, so the blocks of its weight that read one state sum into one block, and a state
+    the head did not read before gets a zero block: a head trained on [h2, h3, h3] reads [h2, h3, h4] with
+    fc = [W2, W3 + W3', 0]. Its drafts are the old head's up to rounding (in the head's dtype)."""
+    old = aux_layers(head.config, num_target_layers)
+    new = distinct_aux_layers(num_target_layers)
+    if old == new and getattr(head.config, "eagle_config", None):
+        return head
+    missing = set(old) - set(new)
+    if missing:
+        raise ValueError(f"the head reads target states {old}; {sorted(missing)} not among {new}")
+    H = head.fc.weight.shape[1] // 3
+    with torch.no_grad():
+        blocks = head.fc.weight.float().split(H, dim=1)
+        merged = [torch.zeros_like(blocks[0]) for _ in new]
+        for layer, block in zip(old, blocks, strict=True):
+            merged[new.index(layer)] += block
+        head.fc.weight.copy_(torch.cat(merged, dim=1).to(head.fc.weight.dtype))
+    eagle = dict(getattr(head.config, "eagle_config", None) or {}, eagle_aux_hidden_state_layer_ids=new)
+    head.config.eagle_config = eagle
+    return head
+
+
 def aux_layers(config: LlamaConfig, num_target_layers: int) -> list[int]:
     eagle = getattr(config, "eagle_config", None) or {}
     ids = getattr(config, "eagle_aux_hidden_state_layer_ids", None) or eagle.get(

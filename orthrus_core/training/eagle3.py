@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from orthrus_core.attention import CAUSAL
-from orthrus_core.eagle3 import Eagle3Head, aux_layers, eagle3_config
+from orthrus_core.eagle3 import Eagle3Head, aux_layers, distinct_aux_layers, eagle3_config
 from orthrus_core.model import OrthrusForCausalLM
 
 from .batches import Batch, make_batches
@@ -92,11 +92,14 @@ def train_eagle3(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> Eagle3Head:
-    """A new head trained on `sequences` ((ids, response_start) pairs of the target's own outputs)."""
+    """A new head trained on `sequences` ((ids, response_start) pairs of the target's own outputs). It reads
+    the target states `aux_layer_ids`, default three distinct ones (`distinct_aux_layers`), named in its config
+    so that every loader (this project's, vLLM's) reads the same ones."""
     torch.manual_seed(seed)
     target.requires_grad_(False)
     used = draft_vocabulary(sequences, target.config.vocab_size, draft_vocab_size)
-    config = eagle3_config(target.config, draft_vocab_size, aux_layer_ids)
+    layers = aux_layer_ids or distinct_aux_layers(target.config.num_hidden_layers)
+    config = eagle3_config(target.config, draft_vocab_size, layers)
     head = Eagle3Head(config, target.config.hidden_size, target.model.embed_tokens)
     with torch.no_grad():
         for name, p in head.named_parameters():
