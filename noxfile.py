@@ -35,7 +35,7 @@ import sys
 import nox
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.methods import BATCHED, METHODS, is_greedy_only  # noqa: E402 (torch-free: the registry alone)
+from harness.methods import BATCHED, OWN, is_greedy_only  # noqa: E402 (torch-free: the registry alone)
 
 nox.needs_version = ">=2025.10.14"  # download_python=
 nox.options.sessions = ["lint", "tests"]
@@ -51,7 +51,7 @@ GPU_SUITES = "gsm8k,math500,aime24,aime25,humaneval,mbpp,pseudo2code,livecodeben
 CONTEXT_SUITE = "longctx"
 GPU_SIZES = {"1.7b": "1.7B", "4b": "4B", "8b": "8B"}
 SDAR_METHOD = "diffusion:layout=sdar:block_size=16:mask_token_id=151669"
-ALL_METHODS = list(METHODS)  # every registered method
+ALL_METHODS = list(OWN)  # every method of the project's engine (vLLM's need an extra)
 # The engine's honest baselines (orthrus_core.engine): transformers' compiled StaticCache AR, the strongest
 # off-the-shelf AR, and Orthrus on a DynamicCache as the official code writes it.
 BASELINES = ["ar-hf:cache=static", "orthrus:cache=dynamic"]

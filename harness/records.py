@@ -78,6 +78,9 @@ class BatchFields:
 BATCH_FIELDS = tuple(f.name for f in fields(BatchFields))
 
 
+ENGINE = "orthrus-bench"  # the project's own engine (harness.methods.ENGINE); vLLM's methods record "vllm"
+
+
 @dataclass(kw_only=True)
 class UnitFields:
     """Which generation a record is: a turn of one item by one method for one sample."""
@@ -90,6 +93,8 @@ class UnitFields:
     sample: int
     turn: int
     turns: int
+    # Added with issue 28 (absent from older records, all the project's): the engine that decoded it
+    engine: str = ENGINE
 
 
 @dataclass(kw_only=True)
@@ -159,14 +164,14 @@ def fields_of(inlined) -> tuple[str, ...]:
 
 
 # Fields added after results were first committed: absent from older records, which still load.
-LATER_FIELDS = ("tags",)
+LATER_FIELDS = ("tags", "engine")
 # The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none;
 # the batch's are all there in a batched run and none elsewhere).
 REQUIRED_FIELDS = {
     "ok": tuple(
         f.name for f in fields(GenerationRecord) if f.name not in ("telemetry", "batch", *LATER_FIELDS)
     ),
-    "error": tuple(f.name for f in fields(ErrorRecord)),
+    "error": tuple(f.name for f in fields(ErrorRecord) if f.name not in LATER_FIELDS),
 }
 
 

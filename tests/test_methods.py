@@ -7,7 +7,7 @@ import pytest
 from conftest import random_model, random_prompts
 from test_drafters import random_dflash, random_head
 
-from harness.methods import BATCHED, METHODS, is_batched, is_greedy_only, make_decoder, parse_spec
+from harness.methods import BATCHED, ENGINE, METHODS, is_batched, is_greedy_only, make_decoder, parse_spec
 from harness.methods.base import BatchError
 from harness.methods.checkpoints import draft_checkpoint
 from harness.methods.target import Target
@@ -29,7 +29,12 @@ def family(tmp_path_factory):
 
 
 def test_available_and_spec_parsing():
-    assert list(METHODS) == ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+    assert list(METHODS) == ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"] + [
+        "vllm-ar",
+        "vllm-pld",
+        "vllm-eagle3",
+        "vllm-dflash",
+    ]  # vLLM's beside the project's engine (tests/test_vllm.py)
     assert parse_spec("eagle3:tree=chain:depth=5") == ("eagle3", {"tree": "chain", "depth": "5"})
     assert parse_spec("ar") == ("ar", {})
     for bad in ["eagle3:depth", "eagle3:=3", "pld:max_ngram=2:max_ngram=3"]:
@@ -38,7 +43,7 @@ def test_available_and_spec_parsing():
 
 
 def test_the_registry_says_which_methods_batch_and_which_decode_greedily_only(family):
-    assert BATCHED == [name for name, m in METHODS.items() if m.batched]
+    assert BATCHED == [name for name, m in METHODS.items() if m.batched and m.engine == ENGINE]
     assert set(BATCHED) == {"ar", "orthrus", "eagle3", "dflash", "pld"}
     for spec in ["ar", "orthrus", "orthrus:block_size=3", "eagle3", "eagle3:tree=chain", "dflash", "pld"]:
         assert is_batched(spec) and not is_greedy_only(spec), spec

@@ -74,13 +74,13 @@ def test_the_batch_sweep_runs_every_method_that_decodes_batches():
         import noxfile
     finally:
         sys.path.remove(str(REPO))
-    from harness.methods import METHODS, load_target, make_decoder
+    from harness.methods import OWN, load_target, make_decoder
     from harness.methods.base import BatchError
     from orthrus_core.loop import Request
 
     target = load_target(None)
     decodes_batches = []
-    for name in METHODS:
+    for name in OWN:  # the project's engine's (vLLM's batch concurrent requests: tests/test_vllm.py)
         decoder = make_decoder(name, target)
         queue = [Request([5, 6, 7], 3), Request([8, 9], 4)]
         try:

@@ -48,7 +48,8 @@ def register(sub) -> None:
         "--batch-size",
         type=int,
         help="decode B prompts together (ragged rows, per-row acceptance; methods ar, orthrus, pld, "
-        "eagle3:tree=chain, dflash); without it every prompt is decoded alone",
+        "eagle3:tree=chain, dflash; for the vLLM methods B concurrent requests); without it every prompt is "
+        "decoded alone",
     )
     p.add_argument(
         "--continuous",
@@ -60,6 +61,18 @@ def register(sub) -> None:
         type=parse_int_list,
         help="a concurrency sweep, e.g. 1,2,4,8,16,32,64: one run per batch size into OUT/batch-<B>, each "
         "verified, then throughput, latency and speedup over ar against B",
+    )
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="the vLLM methods' tensor parallelism (vLLM's own, over that many GPUs); recorded in run.json",
+    )
+    p.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="the vLLM methods' data parallelism (vLLM's own engine replicas); recorded in run.json",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
     p.set_defaults(func=cmd_run)
@@ -110,6 +123,8 @@ def cmd_run(args) -> int:
         engine=args.engine,
         batch_size=args.batch_size,
         continuous=args.continuous,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
     )
     launch = launch_env()
     if (

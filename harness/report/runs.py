@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.records import UNIT
+from harness.records import ENGINE, UNIT
 from harness.store import RUN, RunInfo, load_run, read_records
 
 EMBEDDED_MODEL = "embedded tiny family"
@@ -47,6 +47,11 @@ class Run:
     def started(self) -> str:
         return (self.info and self.info.started) or ""
 
+    def engine(self, method: str) -> str:
+        """The engine that decoded `method` as run.json records it (the project's where it does not say)."""
+        methods = self.info.methods if self.info else {}
+        return methods.get(method, {}).get("engine") or ENGINE
+
 
 def load_runs(directories: list[str | os.PathLike]) -> list[Run]:
     runs = []
@@ -58,9 +63,15 @@ def load_runs(directories: list[str | os.PathLike]) -> list[Run]:
 
 
 def generations(runs: list[Run]) -> pd.DataFrame:
-    """The successful generations of all runs, one row each, with `run` and `model` columns added."""
+    """The successful generations of all runs, one row each, with `run` and `model` columns added, and the
+    engine from run.json where a record does not say (records from before issue 28)."""
     rows = [
-        {**r, "run": str(run.directory), "model": run.model}
+        {
+            **r,
+            "run": str(run.directory),
+            "model": run.model,
+            "engine": r.get("engine") or run.engine(r["method"]),
+        }
         for run in runs
         for r in run.records
         if r["status"] == "ok"

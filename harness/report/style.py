@@ -12,16 +12,19 @@ def temperature_label(t: float) -> str:
 
 
 def method_order(methods) -> list[str]:
-    """Baselines first, then the drafting methods in the paper's Figure 4 order, then the rest."""
+    """Baselines first, then the drafting methods in the paper's Figure 4 order, then the rest; a vLLM method
+    (`vllm-eagle3`) right after the project's method of the same name (`eagle3`)."""
     methods = list(dict.fromkeys(methods))
 
     def rank(label: str):
         name = label.split(":", 1)[0]
-        if name in ("ar", "ar-hf"):
-            return (0, name, label)
-        if name in DRAFT_ORDER:
-            return (1, DRAFT_ORDER.index(name), label)
-        return (2, name, label)
+        base = name.removeprefix("vllm-")
+        engine = name != base
+        if base in ("ar", "ar-hf"):
+            return (0, base, engine, label)
+        if base in DRAFT_ORDER:
+            return (1, DRAFT_ORDER.index(base), engine, label)
+        return (2, base, engine, label)
 
     return sorted(methods, key=rank)
 

@@ -10,7 +10,7 @@ import pandas as pd
 from rich.table import Table
 
 from harness.console import console
-from harness.records import UNIT, prompt_key
+from harness.records import ENGINE, UNIT, prompt_key
 from orthrus_core import metrics
 
 
@@ -19,11 +19,13 @@ def summarize(records: list[dict]) -> pd.DataFrame:
     (Spec-Bench: ratio of the means of per-item tokens/s), accuracy, and greedy token identity with `ar`."""
     df = pd.DataFrame.from_records([r for r in records if r["status"] == "ok"])
     errors = defaultdict(int)
+    engines = {}  # method -> the engine that decoded it (records from before issue 28: the project's)
     for r in records:
+        engines.setdefault(r["method"], r.get("engine") or ENGINE)
         if r["status"] != "ok":
             errors[r["method"]] += 1
     failed_only = [
-        {"method": m, "generations": 0, "errors": n}
+        {"method": m, "engine": engines.get(m, ENGINE), "generations": 0, "errors": n}
         for m, n in errors.items()
         if df.empty or m not in set(df.method)
     ]
@@ -47,6 +49,7 @@ def summarize(records: list[dict]) -> pd.DataFrame:
         rows.append(
             {
                 "method": method,
+                "engine": engines.get(method, ENGINE),
                 "generations": len(g),
                 "errors": errors.get(method, 0),
                 # tau counts drafts a verifier accepted; a lossy decoder commits its drafts unverified
@@ -67,6 +70,7 @@ def print_summary(table, title: str) -> None:
         table.to_dict("records"),
         [
             ("method", "method", "{}"),
+            ("engine", "engine", "{}"),
             ("generations", "gens", "{}"),
             ("errors", "errors", "{}"),
             ("tau", "τ", "{:.2f}"),
@@ -85,7 +89,7 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]], title: st
     """Rows as a rich table on the console; columns are (key, header, format), a missing value printed –."""
     t = Table(title=title)
     for _, name, _ in columns:
-        t.add_column(name, justify="left" if name == "method" else "right")
+        t.add_column(name, justify="left" if name in ("method", "engine") else "right")
     for row in rows:
         cells = []
         for key, _, fmt in columns:

@@ -287,6 +287,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
                     suite,
                     temperature_label(temp),
                     method,
+                    s.engine,
                     str(int(s.generations)),
                     fmt(
                         s.tau,
@@ -309,6 +310,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "suite",
         "T",
         "method",
+        "engine",
         "gens",
         "τ",
         "TPF",
@@ -321,8 +323,8 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     note = (
         "τ = accepted drafts + 1 per cycle, pooled over cycles; TPF = all new tokens / all forwards after "
         "prefill; tok/s = mean over items of item tokens / item wall time; accuracy = mean score over items. "
-        "Parentheses: 95% bootstrap CI over items (speedup: paired with ar's item). "
-        "Definitions: docs/methodology.md."
+        "Parentheses: 95% bootstrap CI over items (speedup: paired with ar's item). engine: the project's "
+        "(orthrus-bench) or vLLM's (its version and settings under Provenance). Definitions: docs/methodology.md."
     )
     return [Table("Per method, suite and temperature", columns, rows, note)]
 
@@ -529,13 +531,27 @@ def verification_tables(runs: list[Run]) -> tuple[list[Table], list[str]]:
 
 def engine_cell(info: RunInfo) -> str:
     """The engine the run's passes ran in and, where it is a static one (compile, cudagraph), the methods whose
-    passes ran outside it, eager: their comparison with methods inside it is not even."""
+    passes ran outside it, eager: their comparison with methods inside it is not even. Methods another engine
+    decoded (vLLM) follow, with its version, mode and parallelism."""
     if info.engine == "eager":
-        return "eager"
-    outside = [
-        f"{label}: {m['outside_engine']}" for label, m in info.methods.items() if m.get("outside_engine")
-    ]
-    return info.engine + (f" (eager: {'; '.join(outside)})" if outside else "")
+        cell = "eager"
+    else:
+        outside = [
+            f"{label}: {m['outside_engine']}" for label, m in info.methods.items() if m.get("outside_engine")
+        ]
+        cell = info.engine + (f" (eager: {'; '.join(outside)})" if outside else "")
+    others: dict[str, list[str]] = {}
+    for label, m in info.methods.items():
+        config = m.get("engine_config")
+        if config:
+            args = config.get("engine_args", {})
+            what = (
+                f"{config.get('engine', m.get('engine'))} {config.get('version', '?')} "
+                f"({'eager' if args.get('enforce_eager') else 'compiled'}, "
+                f"TP {args.get('tensor_parallel_size', 1)}, DP {args.get('data_parallel_size', 1)})"
+            )
+            others.setdefault(what, []).append(label)
+    return "; ".join([cell] + [f"{what}: {', '.join(labels)}" for what, labels in others.items()])
 
 
 def provenance_table(runs: list[Run]) -> Table:

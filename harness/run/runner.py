@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from harness.methods import BATCHED, make_decoder
+from harness.methods import BATCHED, is_batched, make_decoder
 from harness.methods.base import Decoder
 from harness.methods.target import Target, load_target, torch_dtype
 from harness.options import check_device, check_length, check_memory
@@ -94,26 +94,47 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1), device: str | None =
         raise RunError(str(exc)) from None
     if target.tokenizer is None:
         raise RunError(f"{target.path} has no tokenizer files; suites need the model's chat template")
-    decoders = {label: make_decoder(label, target) for label in spec.methods}
-    if spec.batch_size is not None:
-        for label, decoder in decoders.items():
-            if not decoder.batched:
+    if spec.batch_size is not None:  # checked before any decoder (a vLLM engine) is built
+        for label in spec.methods:
+            if not is_batched(label):
                 raise RunError(
                     f"--batch-size {spec.batch_size}: {label} decodes one prompt at a time; the batched "
-                    f"methods are {', '.join(BATCHED)}"
+                    f"methods are {', '.join(BATCHED)} and the vLLM methods"
                 )
-
-    max_context = target.model.config.max_position_embeddings
-    all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
-    items = shard_items(spec, suites, all_items, target.tokenizer, shard)
-    check_fits(spec, target, suites, items, decoders)
-    nvml = load_nvml() if device.startswith("cuda") else None
-    model_records = [model_provenance("target", spec.model or "embedded tiny family", Path(target.path))]
-    for label, decoder in decoders.items():
-        for role, path in decoder.checkpoints.items():
-            if Path(path) != Path(target.path):
-                model_records.append(model_provenance(f"{label}:{role}", label, Path(path)))
+    target.parallel = {
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "data_parallel_size": spec.data_parallel_size,
+    }
+    decoders: dict[str, Decoder] = {}
+    try:  # a method that cannot run fails the run here, and the engines started for the others end with it
+        for label in spec.methods:
+            decoders[label] = make_decoder(label, target)
+        max_context = target.model.config.max_position_embeddings
+        all_items = {suite.name: suite.items(target.tokenizer, max_context=max_context) for suite in suites}
+        items = shard_items(spec, suites, all_items, target.tokenizer, shard)
+        check_fits(spec, target, suites, items, decoders)
+        nvml = load_nvml() if device.startswith("cuda") else None
+        model_records = [model_provenance("target", spec.model or "embedded tiny family", Path(target.path))]
+        for label, decoder in decoders.items():
+            for role, path in decoder.checkpoints.items():
+                if Path(path) != Path(target.path):
+                    model_records.append(model_provenance(f"{label}:{role}", label, Path(path)))
+        # Last, the slow part: the vLLM engines start, and what vLLM refuses fails here.
+        for decoder in decoders.values():
+            decoder.start()
+    except BaseException:
+        close(decoders)
+        raise
     return Prepared(spec, target, decoders, suites, items, nvml, model_records)
+
+
+def close(decoders: dict[str, Decoder]) -> None:
+    """Release what the decoders hold outside this process (the vLLM methods' engines)."""
+    for decoder in decoders.values():
+        try:
+            decoder.close()
+        except Exception as exc:  # a decoder that cannot close must not hide why the run ended
+            logger.warning("%s: close failed (%s: %s)", decoder.label, type(exc).__name__, exc)
 
 
 def check_fits(
@@ -200,6 +221,8 @@ def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> RunInfo:
                 "hash": config_hash(d.config),
                 "checkpoints": {k: str(v) for k, v in d.checkpoints.items()},
                 "outside_engine": d.outside_engine,
+                "engine": d.engine_name,  # the project's, or vllm (its version and arguments in engine_config)
+                **({"engine_config": d.engine_config} if d.engine_config else {}),
             }
             for label, d in p.decoders.items()
         },
@@ -260,6 +283,7 @@ def unit_fields(suite: Suite, item: SuiteItem, label: str, decoder: Decoder, sam
         method_name=decoder.name,
         lossless=decoder.lossless,
         sample=sample,
+        engine=decoder.engine_name,
     )
 
 
@@ -373,9 +397,17 @@ def execute(
 ) -> Path:
     """Run everything `spec` names into `out`; returns the directory. See the module docstring. `prepared`
     (from `prepare`) reuses loaded models and suites; `spec` still decides what is generated and recorded."""
+    p = prepared or prepare(spec, shard, device)
+    try:
+        return _execute(spec, out, p, resume, retry_failed, shard, progress, launch)
+    finally:
+        if prepared is None:  # the decoders this call built: their engines end with it
+            close(p.decoders)
+
+
+def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, launch) -> Path:
     from tqdm import tqdm
 
-    p = prepared or prepare(spec, shard, device)
     run = provenance(spec, p, shard)
     run.launch = launch  # the launcher, the rank and its device, host and pid (launch.LaunchEnv), if launched
     try:

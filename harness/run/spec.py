@@ -6,17 +6,26 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from harness.methods import METHODS
+from harness.methods import OWN, engine_of
 from harness.options import OptionError, check_device_name, check_engine_name, check_positive, check_sampling
 from harness.suites.config import GenerationSettings
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
-DEFAULT_METHODS = list(METHODS)  # every registered method
+DEFAULT_METHODS = list(OWN)  # every method of the project's engine (vLLM's are named: vllm-ar, ...)
 DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a few minutes on 2 CPU cores
 # The suite settings a run may override for every suite it runs.
 OVERRIDES = ("temperature", "top_k", "top_p", "max_new_tokens")
 # RunSpec fields that say how a run ran rather than what it generated: outside its config.
-SETTINGS = ("warmup", "telemetry", "data_dir", "engine", "batch_size", "continuous")
+SETTINGS = (
+    "warmup",
+    "telemetry",
+    "data_dir",
+    "engine",
+    "batch_size",
+    "continuous",
+    "tensor_parallel_size",
+    "data_parallel_size",
+)
 
 
 class RunError(Exception):
@@ -44,6 +53,10 @@ class RunSpec:
     engine: str = "auto"  # orthrus_core.engine: auto | eager | compile | cudagraph
     batch_size: int | None = None  # B rows decoded together (orthrus_core.batch); None: one prompt at a time
     continuous: bool = False  # with batch_size: refill a finished row's slot at once (continuous batching)
+    # How the vLLM methods' engines spread the target over devices (vLLM's own tensor and data parallelism); the
+    # project's engine decodes on one device per process (several processes: a launcher and shards).
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
 
     def check(self) -> None:
         """Every option that can be checked before anything is loaded (harness.options); the lengths against the
@@ -57,9 +70,18 @@ class RunSpec:
             ("--limit", self.limit),
             ("--max-new-tokens", self.max_new_tokens),
             ("--batch-size", self.batch_size),
+            ("--tensor-parallel-size", self.tensor_parallel_size),
+            ("--data-parallel-size", self.data_parallel_size),
         ):
             if value is not None:
                 check_positive(flag, value)
+        if max(self.tensor_parallel_size, self.data_parallel_size) > 1 and not any(
+            engine_of(m) == "vllm" for m in self.methods
+        ):
+            raise OptionError(
+                "--tensor-parallel-size and --data-parallel-size are vLLM's: give them with a vLLM method "
+                "(vllm-ar, vllm-pld, vllm-eagle3, vllm-dflash)"
+            )
         if self.continuous and self.batch_size is None:
             raise OptionError("--continuous needs --batch-size (or --batch-sizes)")
         check_sampling(

