@@ -1,5 +1,6 @@
 """The report's figures, one PNG each: acceptance length (the paper's Figure 4 layout), throughput against
-context length, accuracy against throughput, memory and draft overhead, energy per token, TTFT and TPOT.
+context length, accuracy against throughput, memory and draft overhead, energy per token, TTFT and TPOT,
+acceptance by draft position.
 Error bars are 95% bootstrap CIs over work units."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .distributions import figure_acceptance_position  # noqa: E402
 from .stats import bootstrap_ci, mean, pooled_tau  # noqa: E402
 from .style import method_colors, method_order, temperature_label  # noqa: E402
 
@@ -285,6 +287,14 @@ FIGURES = [
         "Per generation: TTFT = prefill through the first token; TPOT = decode time / (new tokens − 1). "
         "Boxes: quartiles; whiskers 1.5 IQR; triangle: mean.",
     ),
+    Figure(
+        "acceptance_position",
+        "Acceptance by draft position",
+        "Top: the share of cycles accepting the draft at position i among those that accepted the i − 1 "
+        "before it. Bottom: the share of cycles accepting k drafts. Per method (colour) and suite (line style), "
+        "over all verification cycles. The draft length is not recorded: at the last positions a shorter "
+        "draft reads as a rejection.",
+    ),
 ]
 
 
@@ -299,6 +309,10 @@ def draw_figures(gens: pd.DataFrame, u: pd.DataFrame, directory: Path) -> list[F
         "memory_overhead": (3, lambda axes: figure_memory(gens, axes, colors)),
         "energy": (1, lambda axes: figure_energy(gens, axes[0], colors)),
         "latency": (2, lambda axes: figure_latency(gens, axes)),
+        "acceptance_position": (
+            2,
+            lambda axes: figure_acceptance_position(gens, axes, colors, Panels.of(gens)),
+        ),
     }
     out = []
     for figure in FIGURES:

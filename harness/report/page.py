@@ -12,6 +12,7 @@ from pathlib import Path
 from harness.store import replace_file
 
 from .batch import batch_figures, batched
+from .distributions import acceptance_tables, latency_tables
 from .figures import Figure, draw_batch_figure, draw_figures
 from .runs import Run, generations, load_runs, read_json_if_present, units
 from .style import CSS
@@ -20,7 +21,6 @@ from .tables import (
     batch_tables,
     errors_table,
     figure4_tables,
-    json_tables,
     provenance_table,
     reproduction_tables,
     slices,
@@ -28,20 +28,23 @@ from .tables import (
     summary_tables,
     table1,
     unscored_notes,
-    verification_tables,
 )
+from .verdicts import calibration_tables, headline_tables, verification_tables
 
 
 @dataclass
 class Report:
     title: str
     runs: list[Run]
+    headline: list[Table]
     table1: list[Table]
     figure4: list[Table]
     reproduction: list[Table]
     specbench: list[Table]
     batching: list  # the batch sweep's tables and figure (batched runs only)
     summary: list[Table]
+    latency: list[Table]
+    acceptance: list[Table]
     unscored: list[str]
     errors: Table | str
     figures: list[Figure]
@@ -59,16 +62,27 @@ class Report:
                 + " (run `orthrus-bench verify` on the run directory)"
             )
         calibration = self.calibration or ["no calibration table (reports/calibration.json)"]
+        headline = [
+            *self.headline,
+            *(
+                ["not verified: " + ", ".join(self.unverified) + " (no verdicts.json)"]
+                if self.unverified
+                else []
+            ),
+        ]
         optional = [
             ("Independent reproduction", self.reproduction),
             ("Spec-Bench", self.specbench),
             ("Batching", self.batching),
         ]
         return [
+            ("Headline", headline),
             ("Table 1", self.table1),
             ("Figure 4", self.figure4),
             *[(heading, tables) for heading, tables in optional if tables],
             ("Summary", [*self.summary, *self.unscored, self.errors]),
+            ("Latency", self.latency),
+            ("Acceptance by draft position", self.acceptance or ["no method drafted tokens"]),
             ("Figures", self.figures),
             ("Equivalence verdicts", verification),
             ("Calibration", calibration),
@@ -123,15 +137,20 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     by_slice = slices(gens, u)
     out = Path(out)
     verdicts, unverified = verification_tables(runs)
-    calibration_data = read_json_if_present(Path(calibration)) if calibration else None
-    if isinstance(calibration_data, dict):  # the per-replicate values are data for analysis, not a table
-        calibration_data = {k: v for k, v in calibration_data.items() if k != "replicate_t3_z"}
+    calibration_tables_ = []
+    for path in calibration_files(calibration):
+        data = read_json_if_present(path)
+        if isinstance(data, dict):  # the per-replicate values are data for analysis, not a table
+            data = {k: v for k, v in data.items() if k != "replicate_t3_z"}
+        if data is not None:
+            calibration_tables_ += calibration_tables(path.name, data)
     sweep = batch_figures(every)
     batch_figure = draw_batch_figure(sweep, out / "figures")
     batching = [*notes, *batch_tables(sweep), *([batch_figure] if batch_figure else [])]
     return Report(
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
+        headline=headline_tables(u, runs),
         table1=table1(gens, by_slice),
         figure4=figure4_tables(u),
         reproduction=reproduction_tables(u),
@@ -139,13 +158,25 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         batching=batching,
         unscored=unscored_notes(gens),
         summary=summary_tables(by_slice),
+        latency=latency_tables(gens),
+        acceptance=acceptance_tables(gens),
         errors=errors_table(runs),
         figures=draw_figures(gens, u, out / "figures"),
         verdicts=verdicts,
         unverified=unverified,
-        calibration=json_tables("Calibration", calibration_data) if calibration_data is not None else [],
+        calibration=calibration_tables_,
         provenance=provenance_table(runs),
     )
+
+
+def calibration_files(calibration) -> list[Path]:
+    """The calibration given (reports/calibration.json by default) and, beside it, the greedy calibrations
+    (`calibrate --greedy` writes calibration-greedy-DTYPE.json there), those that exist."""
+    if not calibration:
+        return []
+    path = Path(calibration)
+    greedy = sorted(path.parent.glob("calibration-greedy-*.json")) if path.name == "calibration.json" else []
+    return [p for p in [path, *greedy] if p.is_file()]
 
 
 def one_at_a_time(gens):

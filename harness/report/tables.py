@@ -10,7 +10,6 @@ they agree with what `orthrus-bench run` prints.
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from harness.store import RunInfo
 from orthrus_core import metrics
 
 from .published import TABLE1_SUITES, Published, published_figures
-from .runs import Run, read_json_if_present
+from .runs import Run
 from .stats import bootstrap_ci, mean, pooled_tau, pooled_tpf, ratio_of_means
 from .style import method_order, temperature_label
 from .summary import summarize
@@ -273,8 +272,12 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Tabl
 
 
 def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
-    rows = []
+    """Per temperature, one row per model, suite and method. Token identity with ar is the losslessness
+    criterion at T = 0 only; at T > 0 the column says what it counts: the same tokens as ar drawn from the
+    same seeds (a lossless sampler need not reproduce them; the sampling verdict tests distributions)."""
+    by_temperature: dict[float, list] = {}
     for (model, suite, temp), figures in by_slice.items():
+        rows = by_temperature.setdefault(float(temp), [])
         summary = figures.summary.set_index("method")
         for method in method_order(summary.index):
             s = summary.loc[method]
@@ -285,7 +288,6 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
                 [
                     model,
                     suite,
-                    temperature_label(temp),
                     method,
                     s.engine,
                     str(int(s.generations)),
@@ -308,7 +310,6 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     columns = [
         "model",
         "suite",
-        "T",
         "method",
         "engine",
         "gens",
@@ -318,7 +319,6 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "× ar",
         "× ar-hf",
         "accuracy",
-        "identical to ar",
     ]
     note = (
         "τ = accepted drafts + 1 per cycle, pooled over cycles; TPF = all new tokens / all forwards after "
@@ -326,7 +326,21 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "Parentheses: 95% bootstrap CI over items (speedup: paired with ar's item). engine: the project's "
         "(orthrus-bench) or vLLM's (its version and settings under Provenance). Definitions: docs/methodology.md."
     )
-    return [Table("Per method, suite and temperature", columns, rows, note)]
+    tables = []
+    for temp, rows in sorted(by_temperature.items()):
+        if temp == 0:
+            identity = "identical to ar"
+            extra = " identical to ar: share of generations token-identical to ar's, the greedy criterion."
+        else:
+            identity = "same draws as ar (same seeds)"
+            extra = (
+                " same draws as ar: share of generations whose sampled tokens equal ar's from the same seeds; "
+                "not the criterion at T > 0 (a lossless sampler need only match ar's distribution: Equivalence "
+                "verdicts)."
+            )
+        title = f"Per method and suite, {temperature_label(temp)}"
+        tables.append(Table(title, [*columns, identity], rows, note + extra))
+    return tables
 
 
 def unscored_notes(gens: pd.DataFrame) -> list[str]:
@@ -483,50 +497,7 @@ def specbench_tables(u: pd.DataFrame, suite: str = "specbench") -> list[Table]:
     return tables
 
 
-# --------------------------------------------------------------------- verdicts, calibration, provenance
-
-
-def json_tables(title: str, data) -> list[Table]:
-    """The top-level tables of a JSON document, whatever its schema: a list of objects is one table; an
-    object's members that are lists of objects or objects of objects become tables; scalars go together."""
-
-    def text(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        if isinstance(value, (dict, list)):
-            return json.dumps(value, separators=(",", ":"))[:200]
-        return str(value)
-
-    def records_table(name: str, records: list[dict], key_column: str | None = None) -> Table:
-        columns = list(dict.fromkeys(k for r in records for k in r))
-        return Table(name, columns, [[text(r.get(c, "")) for c in columns] for r in records])
-
-    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-        return [records_table(title, data)]
-    if not isinstance(data, dict):
-        return [Table(title, ["value"], [[text(data)]])]
-    tables, scalars = [], []
-    for key, value in data.items():
-        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            tables.append(records_table(f"{title}: {key}", value))
-        elif isinstance(value, dict) and value and all(isinstance(r, dict) for r in value.values()):
-            tables.append(records_table(f"{title}: {key}", [{"name": k, **r} for k, r in value.items()]))
-        else:
-            scalars.append([key, text(value)])
-    if scalars:
-        tables.insert(0, Table(title, ["field", "value"], scalars))
-    return tables
-
-
-def verification_tables(runs: list[Run]) -> tuple[list[Table], list[str]]:
-    tables, unverified = [], []
-    for run in runs:
-        verdicts = read_json_if_present(run.directory / "verdicts.json")
-        if verdicts is None:
-            unverified.append(str(run.directory))
-        else:
-            tables += json_tables(f"Equivalence verdicts ({run.directory})", verdicts)
-    return tables, unverified
+# ------------------------------------------------------------------------------------------- provenance
 
 
 def engine_cell(info: RunInfo) -> str:
