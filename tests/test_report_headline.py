@@ -217,21 +217,22 @@ def test_headline_verdicts_carry_their_evidence(rendered):
     _, rows = table(markdown, "Headline (embedded tiny family, T=0)")
     by_method = {row[0]: row for row in rows}
     orthrus = by_method["orthrus"]
+    # method, speedup, verdict, N, smallest detectable, then the evidence (the long cell last)
     assert orthrus[2] == "PASS"
-    assert orthrus[3] == "tiny-code: 12/12 prompts token-identical; tiny-math: 12/12 prompts token-identical"
-    assert orthrus[4] == "24 prompts (2 suites)"
-    assert orthrus[5] == "divergence on > 22% of prompts"
+    assert orthrus[3] == "24 prompts (2 suites)"
+    assert orthrus[4] == "divergence on > 22% of prompts"
+    assert orthrus[5] == "24/24 prompts token-identical"  # summed over the suites it passed in
     diffusion = by_method["diffusion"]
     assert diffusion[2] == "FAIL"
-    assert diffusion[3].startswith("tiny-math: 3/12 prompts token-identical (float32 requires 100%)")
-    assert "tiny-code" not in diffusion[3]  # the failing suite's evidence only
-    assert diffusion[5] == "–"
+    assert diffusion[5].startswith("tiny-math: 3/12 prompts token-identical (float32 requires 100%)")
+    assert "tiny-code" not in diffusion[5]  # the failing suite's evidence only
+    assert diffusion[4] == "–"
     assert by_method["ar"][2] == "not verified"  # verify holds the reference to no verdict
     _, sampled = table(markdown, "Headline (embedded tiny family, T=1)")
     eagle3 = {row[0]: row for row in sampled}["eagle3"]
-    assert eagle3[2] == "PASS" and eagle3[4] == "24 sequences (2 suites)"
-    assert eagle3[5] == "TV 0.123–0.200"
-    assert "no test rejects at alpha 0.01" in eagle3[3]
+    assert eagle3[2] == "PASS" and eagle3[3] == "24 sequences (2 suites)"
+    assert eagle3[4] == "TV 0.123–0.200"
+    assert eagle3[5] == "no sampling test rejects in 2 suites"
 
 
 def test_no_json_and_no_absolute_path_anywhere(rendered):
