@@ -74,6 +74,13 @@ def register(sub) -> None:
         default=1,
         help="the vLLM methods' data parallelism (vLLM's own engine replicas); recorded in run.json",
     )
+    p.add_argument(
+        "--quantize",
+        metavar="FORMAT",
+        help="simulated weight quantization of the target's and drafters' linear weights (not lm_head, "
+        "norms, embeddings): fp8-tensor, fp8-channel, int8-channel or int4-group; in the run's config, and "
+        "verify checks against ar of the same quantized model",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
     p.set_defaults(func=cmd_run)
 
@@ -125,6 +132,7 @@ def cmd_run(args) -> int:
         continuous=args.continuous,
         tensor_parallel_size=args.tensor_parallel_size,
         data_parallel_size=args.data_parallel_size,
+        quantize=args.quantize,
     )
     launch = launch_env()
     if (

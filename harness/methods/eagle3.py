@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from orthrus_core.checkpoint import resolve
 from orthrus_core.eagle3 import HUB_PATTERNS, Eagle3Drafter, load_eagle3
+from orthrus_core.quantize import quantize_
 
 from .base import LoopDecoder
 from .checkpoints import draft_checkpoint
@@ -33,6 +34,8 @@ def drafting(options) -> tuple[dict, tuple[int, int, int]]:
 def build(target, label, options):
     config, drafter_options = drafting(options)  # checked before a checkpoint is fetched
     directory = resolve(draft_checkpoint("eagle3", target, options["draft"]), patterns=HUB_PATTERNS)
-    drafter = Eagle3Drafter(load_eagle3(directory, target.model), target.model, *drafter_options)
+    head = load_eagle3(directory, target.model)
+    quantize_(head, getattr(target, "quantize", None))  # the target's format (orthrus_core.quantize)
+    drafter = Eagle3Drafter(head, target.model, *drafter_options)
     config["draft"] = options["draft"] or str(directory)
     return LoopDecoder(target, label, config, drafter, {"draft": str(directory)})

@@ -14,6 +14,7 @@ from harness.paths import default_model
 from orthrus_core.checkpoint import load_model, resolve
 from orthrus_core.engine import Engine, check_engine
 from orthrus_core.model import OrthrusForCausalLM
+from orthrus_core.quantize import check_format, quantize_
 from orthrus_core.tokenizer import load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,6 +32,9 @@ class Target:
     # How engines that spread a model over devices do it (vLLM's tensor_parallel_size, data_parallel_size; the
     # run's --tensor-parallel-size, --data-parallel-size); the project's engine decodes on one device.
     parallel: dict = field(default_factory=dict)
+    # The simulated weight quantization of the model (orthrus_core.quantize; None: full precision): the
+    # drafters built for this target are quantized the same way (harness/methods/eagle3.py, dflash.py).
+    quantize: str | None = None
 
     @classmethod
     def of(
@@ -59,12 +63,18 @@ def load_target(
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     engine: str = "auto",
+    quantize: str | None = None,
 ) -> Target:
     """The checkpoint `model` (a directory or hub id; None: the embedded tiny family) in `dtype` on `device`,
     its passes run by `engine` (orthrus_core.engine; auto: the fastest exact one the device runs), with its
-    tokenizer when it has one. Bad input fails here, before anything is loaded."""
+    tokenizer when it has one; with `quantize` (a format of orthrus_core.quantize) its linear weights quantized
+    and dequantized back to `dtype`. Bad input fails here, before anything is loaded."""
     dtype, device = torch_dtype(dtype), check_device(device)
     engine = check_engine(engine, device)
+    quantize = check_format(quantize)
     directory = resolve(model) if model else default_model()
     loaded = load_model(directory, dtype=dtype, device=device)
-    return Target(loaded, str(directory), load_tokenizer(directory), Engine(loaded, engine))
+    # Before the engine is built: compiled passes and CUDA graphs see the quantized weights.
+    quantize_(loaded, quantize)
+    tokenizer = load_tokenizer(directory)
+    return Target(loaded, str(directory), tokenizer, Engine(loaded, engine), quantize=quantize)

@@ -14,6 +14,7 @@ from harness.store import replace_file
 from .batch import batch_figures, batched
 from .distributions import acceptance_tables, latency_tables
 from .figures import Figure, draw_batch_figure, draw_figures
+from .quantize import quantization_tables
 from .runs import Run, generations, load_runs, read_json_if_present, units
 from .style import CSS
 from .tables import (
@@ -42,6 +43,7 @@ class Report:
     reproduction: list[Table]
     specbench: list[Table]
     batching: list  # the batch sweep's tables and figure (batched runs only)
+    quantization: list[Table]  # τ / TPF per `run --quantize` format (runs with different formats only)
     summary: list[Table]
     latency: list[Table]
     acceptance: list[Table]
@@ -74,6 +76,7 @@ class Report:
             ("Independent reproduction", self.reproduction),
             ("Spec-Bench", self.specbench),
             ("Batching", self.batching),
+            ("Weight quantization", self.quantization),
         ]
         return [
             ("Headline", headline),
@@ -156,6 +159,7 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         reproduction=reproduction_tables(u),
         specbench=specbench_tables(u),
         batching=batching,
+        quantization=quantization_tables(gens),
         unscored=unscored_notes(gens),
         summary=summary_tables(by_slice),
         latency=latency_tables(gens),

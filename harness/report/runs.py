@@ -47,6 +47,11 @@ class Run:
     def started(self) -> str:
         return (self.info and self.info.started) or ""
 
+    @property
+    def quantize(self) -> str | None:
+        """The run's simulated weight quantization (`run --quantize`; None: full precision)."""
+        return (self.info and self.info.config.get("quantize")) or None
+
     def engine(self, method: str) -> str:
         """The engine that decoded `method` as run.json records it (the project's where it does not say)."""
         methods = self.info.methods if self.info else {}
@@ -71,6 +76,7 @@ def generations(runs: list[Run]) -> pd.DataFrame:
             "run": str(run.directory),
             "model": run.model,
             "engine": r.get("engine") or run.engine(r["method"]),
+            "quantize": run.quantize,
         }
         for run in runs
         for r in run.records

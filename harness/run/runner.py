@@ -89,7 +89,7 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1), device: str | None =
     for suite in suites:
         suite.check_ready()
     try:
-        target = load_target(spec.model, spec.dtype, device, spec.engine)
+        target = load_target(spec.model, spec.dtype, device, spec.engine, spec.quantize)
     except EngineError as exc:
         raise RunError(str(exc)) from None
     if target.tokenizer is None:
@@ -398,6 +398,11 @@ def execute(
     """Run everything `spec` names into `out`; returns the directory. See the module docstring. `prepared`
     (from `prepare`) reuses loaded models and suites; `spec` still decides what is generated and recorded."""
     p = prepared or prepare(spec, shard, device)
+    if getattr(p.target, "quantize", None) != spec.quantize:  # the records would misstate the weights
+        raise RunError(
+            f"the prepared target is quantized {p.target.quantize or 'not at all'}, the run asks for "
+            f"--quantize {spec.quantize}: prepare it with the same spec"
+        )
     try:
         return _execute(spec, out, p, resume, retry_failed, shard, progress, launch)
     finally:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from harness.methods import OWN, engine_of
 from harness.options import OptionError, check_device_name, check_engine_name, check_positive, check_sampling
 from harness.suites.config import GenerationSettings
+from orthrus_core.quantize import check_format
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
 DEFAULT_METHODS = list(OWN)  # every method of the project's engine (vLLM's are named: vllm-ar, ...)
@@ -57,6 +58,9 @@ class RunSpec:
     # project's engine decodes on one device per process (several processes: a launcher and shards).
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    # Simulated weight quantization of the target and the drafters (orthrus_core.quantize: fp8-tensor,
+    # fp8-channel, int8-channel, int4-group; None: full precision). In the config: it changes the tokens.
+    quantize: str | None = None
 
     def check(self) -> None:
         """Every option that can be checked before anything is loaded (harness.options); the lengths against the
@@ -82,6 +86,15 @@ class RunSpec:
                 "--tensor-parallel-size and --data-parallel-size are vLLM's: give them with a vLLM method "
                 "(vllm-ar, vllm-pld, vllm-eagle3, vllm-dflash)"
             )
+        try:
+            check_format(self.quantize)
+        except ValueError as exc:
+            raise OptionError(f"--quantize: {exc}") from None
+        if self.quantize is not None and any(engine_of(m) == "vllm" for m in self.methods):
+            raise OptionError(
+                "--quantize applies to the project's engine; vLLM loads the checkpoint itself: "
+                "drop the vLLM methods or --quantize"
+            )
         if self.continuous and self.batch_size is None:
             raise OptionError("--continuous needs --batch-size (or --batch-sizes)")
         check_sampling(
@@ -93,8 +106,12 @@ class RunSpec:
 
     def config(self) -> dict:
         """What makes two runs' records comparable; hashed, and checked on --resume and merge. How the steps
-        ran (the engine, telemetry) is in the run's settings, not here: it changes times, not tokens."""
-        return {k: v for k, v in asdict(self).items() if k not in SETTINGS}
+        ran (the engine, telemetry) is in the run's settings, not here: it changes times, not tokens. `quantize`
+        is in it only when given, so a full-precision run's config (and hash) is what it was before the option."""
+        config = {k: v for k, v in asdict(self).items() if k not in SETTINGS}
+        if config["quantize"] is None:
+            del config["quantize"]
+        return config
 
     @classmethod
     def recorded(cls, config: dict, settings: dict | None = None) -> RunSpec:

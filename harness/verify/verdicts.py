@@ -74,14 +74,16 @@ class RunVerification:
         self.records = [r for r in every if r["status"] == "ok"]
         self.dtype = str(self.run.config.get("dtype", "float32")).removeprefix("torch.")
         self.path = self.run.target_path or str(default_model())
-        # What the run decoded with, in the engine it decoded in; the exact distributions in float32.
-        self.target = load_target(self.path, self.dtype, config.device, self.run.engine)
+        # What the run decoded with, in the engine it decoded in, quantized as it was (orthrus_core.quantize);
+        # the exact distributions in float32, of the same quantized model.
+        self.quantize = self.run.config.get("quantize")
+        self.target = load_target(self.path, self.dtype, config.device, self.run.engine, self.quantize)
         # A vLLM method re-run here (re-synchronisation, T2) spreads the target as the run did.
         self.target.parallel = {
             k: self.run.settings.get(k, 1) for k in ("tensor_parallel_size", "data_parallel_size")
         }
         float32 = (
-            load_target(self.path, "float32", config.device, "eager")
+            load_target(self.path, "float32", config.device, "eager", self.quantize)
             if self.dtype != "float32"
             else self.target
         )
