@@ -30,7 +30,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("synchronize", d)))
     monkeypatch.setattr(runner, "check_device", lambda d: calls.append(("check_device", d)))
 
-    def load_target(model, dtype, device, engine):
+    def load_target(model, dtype, device, engine, quantize):
         calls.append(("load_target", device))
         raise Loaded
 
