@@ -176,6 +176,20 @@ def verdict_of(records, draws, reference_records, reference, t2_context, config,
     }
 
 
+def exact_ci95(rejections: int, replicates: int) -> tuple[float, float]:
+    """The exact binomial (Clopper-Pearson) 95% CI of a rejection rate."""
+    ci = stats.binomtest(rejections, replicates).proportion_ci(0.95, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def requirement_met(requirement: str, rate: float, ci95: tuple[float, float], alpha: float) -> bool:
+    """An arm's requirement: "<= alpha", the rate not significantly above alpha (its CI reaches down to
+    alpha); ">= 0.8", the estimated power at least POWER_TARGET."""
+    if requirement.startswith("<="):
+        return ci95[0] <= alpha
+    return rate >= POWER_TARGET
+
+
 @dataclass
 class Arm:
     name: str
@@ -202,8 +216,7 @@ class Arm:
 
     @property
     def ci95(self) -> tuple[float, float]:
-        ci = stats.binomtest(self.rejections, self.replicates).proportion_ci(0.95, method="exact")
-        return float(ci.low), float(ci.high)
+        return exact_ci95(self.rejections, self.replicates)
 
     @property
     def t3_drift(self) -> tuple[float, float]:
@@ -229,9 +242,7 @@ class Arm:
         return self.tokens / self.replicates * (needed / abs(mean)) ** 2
 
     def met(self, alpha: float) -> bool:
-        if self.requirement.startswith("<="):
-            return self.ci95[0] <= alpha  # not significantly above alpha
-        return self.rate >= POWER_TARGET
+        return requirement_met(self.requirement, self.rate, self.ci95, alpha)
 
     def to_dict(self, alpha: float) -> dict:
         """The arm's row of the calibration table (its per-replicate z values go under the report's

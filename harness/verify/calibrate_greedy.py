@@ -41,7 +41,7 @@ from orthrus_core.generation import stop_ids as eos_ids
 from orthrus_core.params import GREEDY
 from orthrus_core.sampling import AcceptanceRule
 
-from .calibrate import POWER_TARGET, calibration_prompts
+from .calibrate import POWER_TARGET, calibration_prompts, exact_ci95, requirement_met
 from .config import GreedyCalibrationConfig
 from .forensics import BenignStudy, PairComparison, benign_study, compare_pair
 from .fp32_reference import Reference
@@ -73,13 +73,10 @@ class GreedyArm:
 
     @property
     def ci95(self) -> tuple[float, float]:
-        ci = stats.binomtest(sum(self.fails), self.replicates).proportion_ci(0.95, method="exact")
-        return float(ci.low), float(ci.high)
+        return exact_ci95(sum(self.fails), self.replicates)
 
     def met(self, alpha: float) -> bool:
-        if self.requirement.startswith("<="):
-            return self.ci95[0] <= alpha
-        return self.rate >= POWER_TARGET
+        return requirement_met(self.requirement, self.rate, self.ci95, alpha)
 
     def to_dict(self, alpha: float) -> dict:
         return {
