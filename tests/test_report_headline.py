@@ -228,6 +228,8 @@ def test_headline_verdicts_carry_their_evidence(rendered):
     assert "tiny-code" not in diffusion[5]  # the failing suite's evidence only
     assert diffusion[4] == "–"
     assert by_method["ar"][2] == "not verified"  # verify holds the reference to no verdict
+    note = markdown.split("**Headline (embedded tiny family, T=0)**", 1)[1].split("\n\n")[2]
+    assert "`ar-hf` against `ar`: a cross-engine check of the project's AR" in note
     _, sampled = table(markdown, "Headline (embedded tiny family, T=1)")
     eagle3 = {row[0]: row for row in sampled}["eagle3"]
     assert eagle3[2] == "PASS" and eagle3[3] == "24 sequences (2 suites)"

@@ -357,5 +357,12 @@ def headline_tables(u: pd.DataFrame, runs: list[Run]) -> list[Table]:
             if baseline
             else "No AR baseline in the run: no speedup. lossless?: verify's verdict (Equivalence verdicts)."
         )
+        engines = [m for m in AR_BASELINES[1:] if m in set(g.method)]
+        if engines:
+            note += (
+                f" {' and '.join(f'`{m}`' for m in engines)} against `ar`: a cross-engine check of the project's "
+                "AR (another engine decoding the same weights one token a pass); a FAIL there is a disagreement "
+                "between engines, not a method's fault."
+            )
         tables.append(Table(f"Headline ({model}, {temperature_label(temp)})", columns, rows, note))
     return tables
