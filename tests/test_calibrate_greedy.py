@@ -12,6 +12,7 @@ from harness.methods.target import Target
 from harness.verify.calibrate_greedy import (
     bias_rule,
     calibrate_greedy,
+    most_flipped_token,
     pool_prompts,
     previous_rule_fails,
     report,
@@ -35,6 +36,33 @@ def test_the_bias_mutant_changes_verify_passes_only():
     assert biased[0] == exact[0] and set(biased[1:]) == {token}
 
 
+class FixedReference:
+    """A float32 reference whose logits along each path are given."""
+
+    def __init__(self, rows: dict[int, list[list[float]]]):
+        self.rows = rows
+
+    def logits(self, prompt, tokens):
+        return torch.tensor(self.rows[prompt[0]], dtype=torch.float32)[: len(tokens)]
+
+
+def test_the_mutant_token_is_the_one_within_the_bias_in_the_most_generations():
+    """Token 1 is the close runner-up most often, but always 0.5 below the top: a 0.3 bias flips nothing there.
+    Token 2 comes within 0.3 of the top once in each of three paths (one path twice: it counts once)."""
+    rows = {
+        0: [[5.0, 4.5, 4.8, 0.0], [5.0, 4.5, 0.0, 0.0], [5.0, 4.5, 4.85, 0.0]],
+        1: [[5.0, 4.5, 4.75, 0.0], [5.0, 4.5, 0.0, 0.0]],
+        2: [[0.0, 4.5, 4.8, 5.0], [5.0, 4.5, 0.0, 0.0]],
+        3: [[5.0, 4.5, 0.0, 0.0]],
+    }
+    paths = [([p], [7] * len(r)) for p, r in rows.items()]
+    token, top = most_flipped_token(FixedReference(rows), paths, bias=0.3)
+    assert token == 2 and top == 5.0
+    assert most_flipped_token(FixedReference(rows), paths, bias=0.6)[0] == 1  # 0.5 below: now within reach
+    with pytest.raises(ValueError, match="raise --bias"):
+        most_flipped_token(FixedReference(rows), paths, bias=0.1)
+
+
 @pytest.fixture(scope="module")
 def calibration():
     model = micro_model(1)
@@ -50,7 +78,7 @@ def calibration():
 def test_greedy_calibration_arms(calibration):
     config, (aa, lossless, mutant), meta = calibration
     assert [a.replicates for a in (aa, lossless, mutant)] == [config.replicates] * 3
-    # A logit bias of 1 on the token most often the close runner-up flips generations and FAILs the runs.
+    # A logit bias of 1 on the token most often within 1 of the top flips generations and FAILs the runs.
     assert mutant.diverging > lossless.diverging  # the Orthrus it is planted in
     assert mutant.rate >= 0.8 and mutant.by_margin + mutant.by_combined > 0
     assert len(mutant.previous_rule_fails) == config.replicates

@@ -13,8 +13,8 @@ binomial CI is narrower than the truth.
 * lossless: Orthrus against `ar`, the same requirement.
 * mutant: Orthrus with `bias` added to one token's logit in every verify pass (AcceptanceRule.target_logits),
   the kind of error a kernel bug makes: it flips tokens only where that token was already within `bias` of
-  the top. The token is the one most often the float32 runner-up within one logit of the top along the pool's
-  AR paths. Its FAIL rate must reach 0.8. Beside it, the rule this verdict replaced (a divergence is a near-tie
+  the top. The token is the one found within `bias` of the float32 top in the most of the pool's AR paths
+  (a frequent token: the one the bug flips in the most generations). Its FAIL rate must reach 0.8. Beside it, the rule this verdict replaced (a divergence is a near-tie
   within max(two bf16 ulps at the typical top logit, the largest flip margin seen), the rate test at alpha)
   shows what the bug did to that rule.
 """
@@ -46,8 +46,6 @@ from .config import GreedyCalibrationConfig
 from .forensics import BenignStudy, PairComparison, benign_study, compare_pair
 from .fp32_reference import Reference
 from .greedy import greedy_continuation, greedy_verdict
-
-RUNNER_UP_WITHIN = 1.0  # logits: where a bias on the runner-up can flip the token
 
 
 @dataclass
@@ -106,18 +104,24 @@ def bias_rule(token: int, bias: float) -> AcceptanceRule:
     return AcceptanceRule(target_logits=biased)
 
 
-def frequent_runner_up(reference: Reference, paths) -> tuple[int, float]:
-    """(the token most often the float32 runner-up within RUNNER_UP_WITHIN of the top along the paths, the
-    95th percentile of the top logit: the previous rule's floor is two ulps there)."""
-    runners, tops = Counter(), []
+def most_flipped_token(reference: Reference, paths, bias: float) -> tuple[int, float]:
+    """(the token found within `bias` logits below the float32 top in the most of the paths: the one a bias
+    of that strength flips in the most generations, to first order; the 95th percentile of the top logit:
+    the previous rule's floor is two ulps there)."""
+    generations, tops = Counter(), []
     for prompt, tokens in paths:
         if not tokens:
             continue
-        top = torch.topk(reference.logits(prompt, tokens), 2)
-        close = (top.values[:, 0] - top.values[:, 1]) < RUNNER_UP_WITHIN
-        runners.update(top.indices[close, 1].tolist())
-        tops.append(top.values[:, 0].numpy())
-    return runners.most_common(1)[0][0], float(np.percentile(np.abs(np.concatenate(tops)), 95))
+        logits = reference.logits(prompt, tokens)
+        top = logits.max(-1, keepdim=True).values
+        gap = top - logits
+        generations.update(set(((gap > 0) & (gap < bias)).nonzero()[:, 1].tolist()))
+        tops.append(top[:, 0].numpy())
+    if not generations:
+        raise ValueError(
+            f"no token comes within {bias} logits of the top along the pool's paths: raise --bias"
+        )
+    return generations.most_common(1)[0][0], float(np.percentile(np.abs(np.concatenate(tops)), 95))
 
 
 def previous_rule_fails(compared, study: BenignStudy, floor: float, alpha: float) -> bool:
@@ -155,7 +159,7 @@ def calibrate_greedy(
     paths = [list(r.tokens) for r in ar_runs]
     say(f"AR: {sum(map(len, paths))} tokens over {len(pool)} prompts ({time.perf_counter() - t0:.0f} s)")
     studies = [benign_study(net, reference.logits, [(p, a)]) for p, a in zip(pool, paths, strict=True)]
-    token, top_logit = frequent_runner_up(reference, list(zip(pool, paths, strict=True)))
+    token, top_logit = most_flipped_token(reference, list(zip(pool, paths, strict=True)), config.bias)
     floor = (
         2 * torch.finfo(net.lm_head.weight.dtype).eps * 2.0 ** math.floor(math.log2(max(top_logit, 1e-30)))
     )
@@ -264,7 +268,8 @@ def report(arms: list[GreedyArm], config: GreedyCalibrationConfig, meta: dict) -
         "largest margin (an algorithmic divergence: p <= α / 3 / divergences), all margins combined (Fisher's "
         "method), the divergence rate against the AR-vs-AR rate (Fisher exact). The previous rule called a divergence a "
         f"near-tie within max({meta['previous_rule_floor']:.3g}, the largest flip margin of the benign study) "
-        "and tested the rate at α.",
+        "and tested the rate at α. The mutant's token is the one found within the bias of the float32 top in the "
+        "most of the pool's AR paths: the frequent token the bias flips in the most generations.",
         "",
     ]
     data = {"config": asdict(config), "meta": meta, "arms": [a.to_dict(alpha) for a in arms]}
