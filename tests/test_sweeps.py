@@ -102,6 +102,9 @@ def test_find_sweeps_groups_labels_differing_in_one_option():
     assert [v for v, _ in sweeps[1].values] == ["4", "16"]  # numeric, not text, order
     assert sweeps[0].name == "eagle3 depth (tree=chain)"
     assert find_sweeps(["ar", "orthrus", "eagle3:tree=chain", "pld"]) == []
+    # values that are not numbers come in text order, after any number
+    (cache,) = find_sweeps(["ar-hf:cache=static", "ar-hf:cache=dynamic", "ar-hf:cache=10"])
+    assert [v for v, _ in cache.values] == ["10", "dynamic", "static"]
 
 
 def test_sweep_table_holds_the_values_figures_in_numeric_order(swept):
