@@ -246,3 +246,24 @@ def test_a_bad_sweep_exits_2_before_anything_runs(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert "orthrus-bench run: error: --sweep 'orthrus:block_size=1,4,8': block_size=1 refused" in err
     assert not out.exists()
+
+
+def test_a_swept_run_is_verified_and_reported_per_value(tmp_path, capsys):
+    """The whole path on the tiny family: the grid runs in one directory, every value is verified against ar,
+    and the report's Sweeps section reads the values from the labels."""
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "tiny-math", "--limit", "2", "--max-new-tokens", "12", "--warmup", "0"]
+    assert main([*argv, "--sweep", "orthrus:block_size=3,6", "--out", str(out)]) == 0
+    records = read_records(out)
+    assert {r["method"] for r in records} == {"ar", "orthrus:block_size=3", "orthrus:block_size=6"}
+    verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
+    assert {(v["method"], v["verdict"]) for v in verdicts} == {
+        ("orthrus:block_size=3", "PASS"),
+        ("orthrus:block_size=6", "PASS"),
+    }
+    markdown = (write_report([str(out)], tmp_path / "report") / "report.md").read_text()
+    _, rows = table(markdown, "Sweep: orthrus block_size (embedded tiny family, T=0)")
+    assert [(r[0], r[6]) for r in rows] == [("3", "PASS"), ("6", "PASS")]
+    for row in rows:
+        e = expected(records, row[1])
+        assert row[3].startswith(f"{e['tau']:.2f}") and row[4].startswith(f"{e['tpf']:.2f}")
