@@ -196,6 +196,7 @@ def test_sweep_methods_adds_ar_unless_an_ar_baseline_is_listed():
     "sweeps, methods, message",
     [
         (["orthrus:block_size=8"], None, "sweeps nothing: give one option a comma-separated list"),
+        (["orthrus:block_size=8"], None, "; one value runs as --methods orthrus:block_size=8"),
         (["orthrus:block_size=4,8:cache=static,dynamic"], None, "a sweep varies one option; give one --sweep"),
         (["orthrus:blocksize=4,8"], None, "unknown option(s) blocksize; known options: block_size"),
         (["orthrus:block_size=4,eight"], None, "option block_size must be int, got 'eight'"),

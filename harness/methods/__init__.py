@@ -89,8 +89,9 @@ def expand_sweep(sweep: str) -> tuple[str, str, list[str]]:
     name, options = parse_spec(sweep)
     listed = [k for k, v in options.items() if "," in v]
     if not listed:
+        one = f"; one value runs as --methods {sweep.strip()}" if options else ""
         raise ValueError(
-            f"{sweep!r} sweeps nothing: give one option a comma-separated list of values, {example}"
+            f"{sweep!r} sweeps nothing: give one option a comma-separated list of values, {example}{one}"
         )
     if len(listed) > 1:
         raise ValueError(
