@@ -88,10 +88,12 @@ def make_run(
     started: str = "2026-11-30T12:00:00+00:00",
     model: str | None = None,
     categories: tuple[str, ...] = (),
+    specs: dict[str, tuple] | None = None,
 ) -> Path:
     """A complete run. `slowdown[method]` divides that method's speed; `changed_outputs[method]` alters the
     output of that many items; `accepted_drop[method]` lowers that many cycles' accepted drafts by one;
-    `categories` are given to the items in turn, as their `category` tag (Spec-Bench's).
+    `categories` are given to the items in turn, as their `category` tag (Spec-Bench's). `specs` defines labels
+    beyond METHODS (a sweep's `orthrus:block_size=8`), each as METHODS does.
     Speeds carry multiplicative noise of relative size `noise`, drawn from `seed`. `telemetry=False` leaves out
     the fields that `run --no-telemetry` does not record."""
     rng = np.random.default_rng(seed)
@@ -99,13 +101,14 @@ def make_run(
     slowdown = slowdown or {}
     changed_outputs = changed_outputs or {}
     accepted_drop = accepted_drop or {}
+    known = {**METHODS, **(specs or {})}
     store = open_run(directory, resume=False, config_hash="synthetic")
     for suite in suites:
         for i in range(items):
             new_tokens = int(outputs_rng.integers(40, 120))
             ar_output = outputs_rng.integers(0, 300, new_tokens).tolist()
             for label in methods:
-                name, lossless, speed, mean_accepted = METHODS[label]
+                name, lossless, speed, mean_accepted = known[label]
                 output = list(ar_output) if lossless else outputs_rng.integers(0, 300, new_tokens).tolist()
                 if i < changed_outputs.get(label, 0):
                     output[-1] = (output[-1] + 1) % 300
@@ -178,9 +181,7 @@ def make_run(
             git={"commit": commit, "dirty": False},
             versions={"torch": "2.13.0", "transformers": "5.24.0"},
             hardware={"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
-            methods={
-                m: {"name": METHODS[m][0], "lossless": METHODS[m][1], "hash": "abcdef12"} for m in methods
-            },
+            methods={m: {"name": known[m][0], "lossless": known[m][1], "hash": "abcdef12"} for m in methods},
             started=started,
             finished=started,
             status="complete",

@@ -20,6 +20,16 @@ def register(sub) -> None:
     p.add_argument(
         "--methods", type=parse_list, help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain"
     )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        metavar="SPEC",
+        help="a method option's grid, one method per value into the same run, e.g. "
+        "'orthrus:block_size=4,8,16,32', 'dflash:block_size=4,8,16', 'pld:num_draft_tokens=2,5,10', "
+        "'eagle3:tree=chain:depth=2,4,6' (one option lists values, the others stay fixed); repeatable; added to "
+        "--methods (without --methods: ar and the sweeps), ar added as the speedup baseline where no AR "
+        "baseline is listed; the report's Sweeps section shows tau, TPF and speedup against the values",
+    )
     p.add_argument("--temperature", type=float, help="override every suite's temperature (0 = greedy)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
@@ -110,9 +120,12 @@ def cmd_run(args) -> int:
 
     defaults = RunSpec()
     embedded = args.suite is None and args.model is None
+    methods = args.methods or defaults.methods
+    if args.sweep:
+        methods = sweep_methods(args.methods, args.sweep, args.model, args.dtype)
     spec = RunSpec(
         suites=args.suite or defaults.suites,
-        methods=args.methods or defaults.methods,
+        methods=methods,
         model=args.model,
         dtype=args.dtype,
         device=args.device,
@@ -140,10 +153,70 @@ def cmd_run(args) -> int:
     ):  # named now, so that an interrupted run can say where it is
         args.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     if args.batch_sizes is not None:
-        return run_sweep(spec, args, launch)
+        return run_batch_sweep(spec, args, launch)
     if launch.distributed:
         return run_launched(spec, args, launch)
     return run_one(spec, args.out, args)[1]
+
+
+def sweep_methods(methods: list[str] | None, sweeps: list[str], model: str | None, dtype: str) -> list[str]:
+    """`--sweep`: the run's methods, `--methods` (or ar alone) followed by one spec per swept value
+    (harness.methods.expand_sweep), ar first where no AR baseline is listed. Every value is checked before
+    anything is loaded, with the method's own checks on the model's config (harness.methods.plan): a bad one
+    is a UsageError naming the --sweep and what to write instead."""
+    from harness.methods import expand_sweep, parse_spec
+    from harness.report.verdicts import AR_BASELINES
+
+    out = list(methods or [])
+    origin = {m: f"--methods {m}" for m in out}
+    for sweep in sweeps:
+        try:
+            _, key, specs = expand_sweep(sweep)
+        except ValueError as exc:
+            raise UsageError(f"--sweep {exc}") from None
+        check_sweep_values(sweep, key, specs, model, dtype)
+        for spec in specs:
+            if spec in origin:
+                raise UsageError(
+                    f"--sweep {sweep!r}: {spec} is already in the run ({origin[spec]}); list it once"
+                )
+            origin[spec] = f"--sweep {sweep!r}"
+            out.append(spec)
+    if not any(parse_spec(m)[0] in AR_BASELINES for m in out):
+        out.insert(0, "ar")  # the speedup's baseline
+    return out
+
+
+def check_sweep_values(sweep: str, key: str, specs: list[str], model: str | None, dtype: str) -> None:
+    """Each swept spec of the project's engine planned on `model`'s config (no weights loaded; vLLM's methods
+    are checked when their engines start): what the method refuses is refused now, with the values to drop."""
+    from harness.methods import ENGINE, engine_of, parse_spec
+    from harness.methods.plan import decoding_for, plan_target
+    from harness.paths import default_model
+
+    if engine_of(specs[0]) != ENGINE:
+        return
+    target = plan_target(str(model or default_model()), dtype)
+    refused = {}
+    for spec in specs:
+        try:
+            decoding_for(spec, target)
+        except ValueError as exc:  # the method's build names the spec; the drafters' own checks do not
+            refused[parse_spec(spec)[1][key]] = str(exc) if str(exc).startswith(spec) else f"{spec}: {exc}"
+    if not refused:
+        return
+    values = [parse_spec(s)[1][key] for s in specs]
+    why = next(iter(refused.values()))
+    if len(refused) == len(values):
+        raise UsageError(f"--sweep {sweep!r}: no value runs: {why}")
+    kept = [v for v in values if v not in refused]
+    name, options = parse_spec(sweep)
+    if len(kept) > 1:
+        options[key] = ",".join(kept)
+        instead = "--sweep '" + ":".join([name] + [f"{k}={v}" for k, v in options.items()]) + "'"
+    else:
+        instead = "--methods " + next(s for s in specs if parse_spec(s)[1][key] == kept[0])
+    raise UsageError(f"--sweep {sweep!r}: {key}={', '.join(refused)} refused ({why}); drop it: {instead}")
 
 
 def run_one(spec, out, args) -> tuple[Path, int]:
@@ -164,7 +237,7 @@ def run_one(spec, out, args) -> tuple[Path, int]:
     return directory, 0 if args.no_verify else verify_main(directory, VerifyConfig(device=args.device))
 
 
-def run_sweep(spec, args, launch) -> int:
+def run_batch_sweep(spec, args, launch) -> int:
     """`--batch-sizes`: the same run at every batch size, into OUT/batch-<B>, each summarised and verified; then
     the sweep's throughput, latency, τ and memory against B (harness.report.batch)."""
     from harness.report.batch import batch_figures, print_batch_figures

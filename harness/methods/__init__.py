@@ -79,6 +79,45 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name, options
 
 
+def expand_sweep(sweep: str) -> tuple[str, str, list[str]]:
+    """A sweep 'name:key=v1,v2,...' (other options fixed beside it: 'eagle3:tree=chain:depth=2,4,6') -> (method
+    name, swept option, one method spec per value, in the order given, each written as the user wrote the
+    options: 'eagle3:tree=chain:depth=2'). Each spec's options are resolved here (known, of the option's type);
+    what the method itself checks of a value (a block size >= 2) is its build's to say. A ValueError names
+    what is wrong and what to write instead."""
+    example = "e.g. orthrus:block_size=4,8,16 or eagle3:tree=chain:depth=2,4,6"
+    name, options = parse_spec(sweep)
+    listed = [k for k, v in options.items() if "," in v]
+    if not listed:
+        one = f"; one value runs as --methods {sweep.strip()}" if options else ""
+        raise ValueError(
+            f"{sweep!r} sweeps nothing: give one option a comma-separated list of values, {example}{one}"
+        )
+    if len(listed) > 1:
+        raise ValueError(
+            f"{sweep!r} lists values for {' and '.join(listed)}: a sweep varies one option; give one --sweep "
+            f"per option, e.g. {name}:{listed[0]}={options[listed[0]]}"
+        )
+    key = listed[0]
+    values = [v.strip() for v in options[key].split(",")]
+    if "" in values or len(values) < 2:
+        raise ValueError(f"{sweep!r}: {key} needs two or more values, none empty, {example}")
+    specs, seen = [], {}
+    for value in values:
+        spec = ":".join([name] + [f"{k}={value if k == key else v}" for k, v in options.items()])
+        try:
+            resolved = resolve_options(spec)[2][key]
+        except ValueError as exc:
+            raise ValueError(f"{sweep!r}: {exc}") from None
+        if resolved in seen:
+            raise ValueError(
+                f"{sweep!r}: {key}={value} is the same value as {key}={seen[resolved]}; list each value once"
+            )
+        seen[resolved] = value
+        specs.append(spec)
+    return name, key, specs
+
+
 def _leaves_the_loop(spec: str) -> bool:
     name, options = parse_spec(spec)
     return any(options.get(k) == v for k, v in method(name).one_at_a_time.items())

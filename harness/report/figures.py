@@ -365,3 +365,73 @@ def draw_batch_figure(figures: pd.DataFrame, directory: Path) -> Figure | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Figure(BATCH_FIGURE.name, BATCH_FIGURE.title, BATCH_FIGURE.caption, path)
+
+
+SWEEP_FIGURE = Figure(
+    "sweeps",
+    "τ, TPF and speedup against each swept option",
+    "One column per sweep (method, option, model, temperature). Top: τ (accepted drafts + 1 per cycle) and TPF "
+    "(tokens per forward pass), pooled over every suite. Bottom: mean per-item tokens/s over the fastest AR "
+    "baseline's on the same items; the grey line is parity. Error bars: 95% bootstrap CIs over items.",
+)
+
+
+def sweep_axis(ax, values: list[str], option: str) -> list[float]:
+    """The x positions of a sweep's values: the numbers themselves (a log2 axis where they are positive and span
+    a factor of 4 or more), or evenly spaced where a value is not a number; ticks at every value."""
+    try:
+        xs = [float(v) for v in values]
+    except ValueError:
+        xs = [float(i) for i in range(len(values))]
+    else:
+        if min(xs) > 0 and max(xs) / min(xs) >= 4:
+            ax.set_xscale("log", base=2)
+            ax.minorticks_off()
+    ax.set_xticks(xs, values)
+    ax.set_xlabel(option)
+    ax.grid(alpha=0.3)
+    return xs
+
+
+def draw_sweep_figure(figures: list, directory: Path) -> Figure | None:
+    """The sweeps (harness.report.sweeps.SweepFigures) as one PNG; None without a sweep."""
+    if not figures:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    fig, axes = new_figure(len(figures), 2, width=4.5, height=3.4)
+    for col, f in enumerate(figures):
+        top, bottom = axes[0][col], axes[1][col]
+        values = [p.value for p in f.points]
+        for ax in (top, bottom):
+            xs = sweep_axis(ax, values, f.sweep.option)
+        top.set_title(f"{f.sweep.name}\n{f.where}", fontsize=10)
+        for quantity, style in (("tau", "-"), ("tpf", "--")):
+            points = [(x, p) for x, p in zip(xs, f.points, strict=True) if getattr(p, quantity) is not None]
+            if points:
+                ys = [getattr(p, quantity) for _, p in points]
+                errs = [error_bar(getattr(p, quantity), getattr(p, f"{quantity}_ci")) for _, p in points]
+                label = "τ" if quantity == "tau" else "TPF"
+                top.errorbar([x for x, _ in points], ys, yerr=np.array(errs).T, marker="o", capsize=3,
+                             linestyle=style, label=label)  # fmt: skip
+        top.set_ylabel("tokens per cycle / per forward")
+        top.legend(fontsize=8)
+        points = [(x, p) for x, p in zip(xs, f.points, strict=True) if p.speedup is not None]
+        if not points:
+            no_data(bottom, "no AR baseline in the run")
+            continue
+        bottom.errorbar(
+            [x for x, _ in points],
+            [p.speedup for _, p in points],
+            yerr=np.array([error_bar(p.speedup, p.speedup_ci) for _, p in points]).T,
+            marker="o",
+            capsize=3,
+            color="C2",
+        )
+        bottom.axhline(1.0, color="grey", linewidth=0.8)
+        bottom.set_ylabel(f"speedup over {f.baseline}")
+    fig.suptitle(SWEEP_FIGURE.title)
+    fig.tight_layout()
+    path = directory / f"{SWEEP_FIGURE.name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Figure(SWEEP_FIGURE.name, SWEEP_FIGURE.title, SWEEP_FIGURE.caption, path)

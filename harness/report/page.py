@@ -13,10 +13,11 @@ from harness.store import replace_file
 
 from .batch import batch_figures, batched
 from .distributions import acceptance_tables, latency_tables
-from .figures import Figure, draw_batch_figure, draw_figures
+from .figures import Figure, draw_batch_figure, draw_figures, draw_sweep_figure
 from .quantize import quantization_tables
 from .runs import Run, generations, load_runs, read_json_if_present, units
 from .style import CSS
+from .sweeps import sweep_figures, sweep_tables
 from .tables import (
     Table,
     batch_tables,
@@ -42,6 +43,7 @@ class Report:
     figure4: list[Table]
     reproduction: list[Table]
     specbench: list[Table]
+    sweeps: list  # τ, TPF and speedup against a swept method option, tables and figure (`run --sweep`)
     batching: list  # the batch sweep's tables and figure (batched runs only)
     quantization: list[Table]  # τ / TPF per `run --quantize` format (runs with different formats only)
     summary: list[Table]
@@ -73,6 +75,7 @@ class Report:
             ),
         ]
         optional = [
+            ("Sweeps", self.sweeps),
             ("Independent reproduction", self.reproduction),
             ("Spec-Bench", self.specbench),
             ("Batching", self.batching),
@@ -150,6 +153,8 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     sweep = batch_figures(every)
     batch_figure = draw_batch_figure(sweep, out / "figures")
     batching = [*notes, *batch_tables(sweep), *([batch_figure] if batch_figure else [])]
+    swept = sweep_figures(u, runs)
+    sweep_figure = draw_sweep_figure(swept, out / "figures")
     return Report(
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
@@ -158,6 +163,7 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         figure4=figure4_tables(u),
         reproduction=reproduction_tables(u),
         specbench=specbench_tables(u),
+        sweeps=[*sweep_tables(swept), *([sweep_figure] if sweep_figure else [])],
         batching=batching,
         quantization=quantization_tables(gens),
         unscored=unscored_notes(gens),

@@ -111,6 +111,16 @@ def paired_units(unit_table: pd.DataFrame, method: str, baseline: str) -> pd.Dat
     return a.merge(b, left_index=True, right_index=True, suffixes=("", "_base"))
 
 
+def speedup_over(unit_table: pd.DataFrame, method: str, baseline: str) -> tuple[float, tuple | None] | None:
+    """The per-question speedup (Spec-Bench's): mean per-item tokens/s of `method` over the baseline's on the
+    same items (paired_units), with its 95% paired bootstrap CI; None where they share no item."""
+    pairs = paired_units(unit_table, method, baseline)
+    if pairs.empty:
+        return None
+    value = float(ratio_of_means(pairs.tokens_per_s, pairs.tokens_per_s_base))
+    return value, bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base)
+
+
 def table1_cell(figures: SliceFigures, method: str) -> Cell:
     row = figures.summary.set_index("method").loc[method]
     own = figures.units[figures.units.method == method]

@@ -6,16 +6,14 @@ readable table: no cell holds JSON, and no cell holds an absolute path of the ma
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import pandas as pd
 
-from harness.records import UNIT
-
 from .runs import Run, read_json_if_present
-from .stats import bootstrap_ci, ratio_of_means
 from .style import method_order, temperature_label
-from .tables import Table, fmt
+from .tables import Table, fmt, speedup_over
 
 # The autoregressive decoders a speedup is measured against (each the same model, decoded one token a pass).
 AR_BASELINES = ("ar", "ar-hf", "vllm-ar")
@@ -294,6 +292,41 @@ def passed_in_words(found: list[dict]) -> str:
     return "; ".join(words)
 
 
+@dataclass
+class VerdictSummary:
+    """verify's verdicts for one method and temperature over every suite, in the headline's words."""
+
+    verdict: str  # PASS only where every suite passes; FAIL; "not verified"
+    size: str  # how many prompts or sequences, over how many suites
+    detectable: str  # the smallest deviation the passing suites could detect (range over suites)
+    evidence: str  # the failing suites' reasons, or what every suite showed
+
+
+def verdict_summary(found: list[dict]) -> VerdictSummary:
+    """One method's verdicts (verdict_index) over every suite: PASS only where every suite passes."""
+    if not found:
+        return VerdictSummary("not verified", "–", "–", "no verdicts.json entry")
+    found = sorted(found, key=lambda v: str(v.get("suite")))
+    failed = [v for v in found if str(v.get("verdict")).upper() != "PASS"]
+    verdict = "FAIL" if failed else "PASS"
+    evidence = (
+        "; ".join(f"{v.get('suite')}: {v.get('reason')}" for v in failed)
+        if failed
+        else passed_in_words(found)
+    )
+    sizes = [evidence_size(v) for v in found]
+    n = sum(s for s, _ in sizes if s is not None)
+    units_ = sorted({unit for _, unit in sizes})
+    size = f"{n} {'/'.join(units_)} ({len(found)} suites)"
+    # a failed verdict has found its deviation: what the passing suites could detect is beside it
+    values = [d for d in map(detectable_value, found) if d] if verdict == "PASS" else []
+    detect = "; ".join(
+        detectable_words(kind, min(x for k, x in values if k == kind), max(x for k, x in values if k == kind))
+        for kind in sorted({k for k, _ in values})
+    )
+    return VerdictSummary(verdict, size, detect or "–", evidence)
+
+
 def headline_tables(u: pd.DataFrame, runs: list[Run]) -> list[Table]:
     """The report's answer, per model and temperature: for each method, the speedup over the strongest AR
     baseline (mean per-item tokens/s over the baseline's on the same items, all suites; 95% paired bootstrap
@@ -307,40 +340,10 @@ def headline_tables(u: pd.DataFrame, runs: list[Run]) -> list[Table]:
         for method in method_order(set(g.method)):
             if method in AR_BASELINES and method == baseline:
                 continue
-            speedup = "–"
-            if baseline is not None:
-                keys = [c for c in UNIT if c != "method"]
-                a = g[g.method == method].set_index(keys)
-                b = g[g.method == baseline].set_index(keys)
-                pairs = a.merge(b, left_index=True, right_index=True, suffixes=("", "_base"))
-                if len(pairs):
-                    ci = bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base)
-                    value = ratio_of_means(pairs.tokens_per_s, pairs.tokens_per_s_base)
-                    speedup = fmt(float(value), ci=ci, suffix="×")
-            found = sorted(verdicts.get((method, float(temp)), []), key=lambda v: str(v.get("suite")))
-            if found:
-                failed = [v for v in found if str(v.get("verdict")).upper() != "PASS"]
-                verdict = "FAIL" if failed else "PASS"
-                evidence = (
-                    "; ".join(f"{v.get('suite')}: {v.get('reason')}" for v in failed)
-                    if failed
-                    else passed_in_words(found)
-                )
-                sizes = [evidence_size(v) for v in found]
-                n = sum(s for s, _ in sizes if s is not None)
-                units_ = sorted({unit for _, unit in sizes})
-                size = f"{n} {'/'.join(units_)} ({len(found)} suites)"
-                # a failed verdict has found its deviation: what the passing suites could detect is beside it
-                values = [d for d in map(detectable_value, found) if d] if verdict == "PASS" else []
-                detect = "; ".join(
-                    detectable_words(
-                        kind, min(x for k, x in values if k == kind), max(x for k, x in values if k == kind)
-                    )
-                    for kind in sorted({k for k, _ in values})
-                )
-            else:
-                verdict, evidence, size, detect = "not verified", "no verdicts.json entry", "–", "–"
-            rows.append([method, speedup, verdict, size, detect or "–", evidence])
+            found = speedup_over(g, method, baseline) if baseline is not None else None
+            speedup = fmt(found[0], ci=found[1], suffix="×") if found else "–"
+            v = verdict_summary(verdicts.get((method, float(temp)), []))
+            rows.append([method, speedup, v.verdict, v.size, v.detectable, v.evidence])
         columns = [
             "method",
             f"speedup over {baseline or 'AR'}",
