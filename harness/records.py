@@ -125,6 +125,11 @@ class GenerationRecord(UnitFields):
     decode_s: float
     tpot_s: float | None
     tokens_per_s: float | None
+    # Added with issue 29 (absent from older records): when each emission after the first token came, seconds
+    # since the first token (orthrus_core GenerationResult.emit_offsets_s: one per verification cycle, or per
+    # token after the first for AR; a cycle's tokens come at once). Its successive gaps, from 0, are the
+    # inter-token latencies. None: the decoder could not tell (or a record from before).
+    emit_offsets_s: list[float] | None = None
     telemetry: TelemetryFields | None  # inlined on disk; None: `run --no-telemetry`, or a batched run
     score_correct: bool | None  # the score belongs to the item's last turn; None on earlier turns
     score_status: str | None
@@ -164,7 +169,7 @@ def fields_of(inlined) -> tuple[str, ...]:
 
 
 # Fields added after results were first committed: absent from older records, which still load.
-LATER_FIELDS = ("tags", "engine")
+LATER_FIELDS = ("tags", "engine", "emit_offsets_s")
 # The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none;
 # the batch's are all there in a batched run and none elsewhere).
 REQUIRED_FIELDS = {

@@ -24,13 +24,14 @@ the tokens it produced minus one, so `tau` reads as tokens per commit and `tpf` 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from .attention import Visibility
-from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, offsets, stop_ids
 from .model import OrthrusForCausalLM
 
 PREFILL_CHUNK = 2048  # tokens of a block-causal prefill per pass (whole blocks)
@@ -134,6 +135,7 @@ def generate_block_diffusion(
         out.emit(known)
         t1 = clock()
     accepted: list[int] = []
+    emitted_at: list[float] = []  # per block after the one holding the first token, once it is on the host
     draft_forwards = ar_forwards = 0
     done = out.stop_reason is not None
     start = prefill  # the committed positions
@@ -159,7 +161,10 @@ def generate_block_diffusion(
             new = block[0, len(known) : stop_at + 1].tolist()
             accepted.append(len(new) - 1)
             out.emit(new)
-            t1 = clock() if t1 is None else t1
+            if t1 is None:
+                t1 = clock()
+            else:
+                emitted_at.append(time.perf_counter())
             break
         last = lm.commit(block, start, cache)
         ar_forwards += 1
@@ -170,6 +175,8 @@ def generate_block_diffusion(
         done = out.emit(new + known)
         if t1 is None:
             t1 = clock()
+        else:
+            emitted_at.append(time.perf_counter())
     return GenerationResult(
         out.tokens,
         out.stop_reason,
@@ -179,6 +186,7 @@ def generate_block_diffusion(
         draft_forwards,
         t1 - t0,
         clock() - t1,
+        emit_offsets_s=offsets(emitted_at, t1),
     )
 
 

@@ -33,6 +33,12 @@ class GenerationResult:
     # q(token)] when the verifier ruled on it as a draft position, None otherwise (the first token, a bonus).
     # What an audit of the acceptance rule needs (harness.verify.equivalence.acceptance_audit); empty for the rest.
     acceptance_trace: list[list[float] | None] = field(default_factory=list)
+    # When each emission after the first token reached the host, in seconds since the first token (decode_s's
+    # clock, rounded to the microsecond by `offsets`): an emission is what one step hands the caller at once,
+    # a cycle's accepted drafts and its bonus or correction together, or one AR token. The inter-token
+    # latencies (ITL) are the gaps between successive emissions, the first token's at 0 (`itl_s`). None where
+    # the decoder cannot tell (it emits everything at the end).
+    emit_offsets_s: list[float] | None = None
 
     @property
     def new_tokens(self) -> int:
@@ -62,6 +68,11 @@ class GenerationResult:
         return self.decode_s / (self.new_tokens - 1) if self.new_tokens > 1 else None
 
     @property
+    def itl_s(self) -> list[float] | None:
+        """The inter-token latencies: the gaps between successive emissions (metrics.gaps)."""
+        return None if self.emit_offsets_s is None else metrics.gaps(self.emit_offsets_s)
+
+    @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.total_s if self.total_s > 0 else float("nan")
 
@@ -88,6 +99,11 @@ class Clock:
     def __call__(self) -> float:
         self.sync()
         return time.perf_counter()
+
+
+def offsets(stamps: Iterable[float], first: float) -> list[float]:
+    """perf_counter readings as seconds since `first` (the first token's), to the microsecond."""
+    return [round(t - first, 6) for t in stamps]
 
 
 class Output:

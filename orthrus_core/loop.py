@@ -25,6 +25,11 @@ Per cycle, for the R active rows:
    are compacted to contiguous slots), the drafter is told what was committed, with its target features, and
    the extra token (the correction, or the bonus after a leaf) becomes the row's next root.
 
+Each cycle hands every active row its accepted drafts and the extra token at once: one emission, stamped
+(`GenerationResult.emit_offsets_s`) with perf_counter when step 3 has the tokens on the host. No
+synchronisation is added for it: that read-back (the tokens as Python ints) already waits for the cycle's
+passes, queued in order on the stream, so the stamp is when a streaming server could send them.
+
 A new request is prefilled alone into the row after the active ones, and joins the next cycle. A row that
 finishes leaves (the rows after it move down). With `continuous`, requests are admitted as soon as rows free up
 (continuous batching); otherwise only into an empty batch.
@@ -32,6 +37,7 @@ finishes leaves (the rows after it move down). With `continuous`, requests are a
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +46,7 @@ from typing import NamedTuple
 import torch
 
 from .engine import Engine
-from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, offsets, stop_ids
 from .model import KVCache
 from .params import GREEDY, SamplingParams
 from .sampling import EXACT, AcceptanceRule, greedy_accept, next_token, probs
@@ -198,6 +204,7 @@ class _Row:
     first_at: float
     accepted: list[int] = field(default_factory=list)
     trace: list = field(default_factory=lambda: [None])  # the first token comes from the prefill
+    emitted_at: list[float] = field(default_factory=list)  # perf_counter per cycle, when its tokens came
     verify_forwards: int = 0
     draft_forwards: int = 0
     forwards: int = 0
@@ -270,6 +277,7 @@ def decode(
             row.first_at - row.admitted_at,
             now - row.first_at,
             row.trace[: len(row.out.tokens)] if any(row.trace) else [],
+            offsets(row.emitted_at, row.first_at),
         )
         mean_rows = row.rows_sum / row.forwards if row.forwards else 1.0
         per_position = (cache.nbytes + (drafter.nbytes if drafter else 0)) / (cache.rows * cache.capacity)
@@ -363,6 +371,8 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
             paths.append(path)
             traces.append(trace)
 
+    # The cycle's tokens are on the host (every branch above read them back): this is when they are emitted.
+    emitted_at = time.perf_counter()
     passes = proposal.passes + 1
     for b, row in enumerate(active):
         n, token, drafts = accepted[b]
@@ -380,6 +390,7 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
         if traces is not None:
             row.trace += traces[b]
         row.out.emit(drafts + [token])
+        row.emitted_at.append(emitted_at)
     if drafter:
         counts = [a.count + 1 for a in accepted]
         if parents is None:

@@ -6,12 +6,13 @@ engine (`orthrus:cache=dynamic`, `bench-engine`); greedy, one prompt at a time. 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import torch
 
 from .attention import ALL, CAUSAL, Visibility
-from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, stop_ids
+from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, offsets, stop_ids
 from .model import OrthrusForCausalLM
 
 
@@ -43,6 +44,7 @@ def generate_orthrus_dynamic_cache(
     done = out.emit([token])
     t1 = clock()
     accepted: list[int] = []
+    emitted_at: list[float] = []  # per cycle, once its tokens are on the host (no synchronisation added)
     while not done:
         start = cache.get_seq_length()
         positions = torch.arange(start, start + K, device=device)[None]
@@ -57,6 +59,8 @@ def generate_orthrus_dynamic_cache(
         token = int(predicted[n])
         accepted.append(n)
         done = out.emit(drafts[:n].tolist() + [token])
+        emitted_at.append(time.perf_counter())
     return GenerationResult(
-        out.tokens, out.stop_reason, accepted, 1, len(accepted), len(accepted), t1 - t0, clock() - t1
-    )
+        out.tokens, out.stop_reason, accepted, 1, len(accepted), len(accepted), t1 - t0, clock() - t1,
+        emit_offsets_s=offsets(emitted_at, t1),
+    )  # fmt: skip

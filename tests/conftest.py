@@ -32,6 +32,18 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but ORTHRUS_REQUIRE_ALL_TESTS is set: {reason}"
 
 
+def check_emissions(result, count: int) -> None:
+    """A generation's emission offsets (GenerationResult.emit_offsets_s): `count` of them, seconds since the
+    first token, non-decreasing, within the decode time, their gaps (the inter-token latencies) summing to the
+    last."""
+    offsets = result.emit_offsets_s
+    assert offsets is not None and len(offsets) == count, (offsets, count)
+    assert all(0 <= a <= b for a, b in zip([0.0, *offsets], offsets, strict=False))
+    assert all(round(t, 6) == t for t in offsets)  # to the microsecond
+    assert not offsets or offsets[-1] <= result.decode_s + 1e-6
+    assert len(result.itl_s) == count and sum(result.itl_s) == pytest.approx(offsets[-1] if offsets else 0)
+
+
 def two_layer_micro_config(**overrides) -> Qwen3Config:
     """The calibration's micro shape with two layers."""
     return micro_config(**{"num_hidden_layers": 2, **overrides})

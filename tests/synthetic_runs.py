@@ -97,6 +97,7 @@ def make_run(
     Speeds carry multiplicative noise of relative size `noise`, drawn from `seed`. `telemetry=False` leaves out
     the fields that `run --no-telemetry` does not record."""
     rng = np.random.default_rng(seed)
+    emit_rng = np.random.default_rng(seed + 1)  # its own stream: the other figures stay as they were
     outputs_rng = np.random.default_rng(1234)  # outputs do not depend on the seed: A/A runs agree
     slowdown = slowdown or {}
     changed_outputs = changed_outputs or {}
@@ -147,6 +148,10 @@ def make_run(
                     energy_j=300.0 * wall if gpu else None,
                     energy_reliable=gpu,
                 )
+                # One emission per cycle (AR: per token after the first), the decode time split at random
+                emissions = cycles if cycles else new_tokens - 1
+                steps = emit_rng.lognormal(0, 0.5, emissions)
+                offsets = np.round(np.cumsum(steps) / steps.sum() * (wall - ttft), 6).tolist()
                 record = generation_record(
                     suite=suite,
                     item_id=f"{suite}/{i}",
@@ -162,6 +167,7 @@ def make_run(
                     draft_forwards=draft_forwards,
                     wall_s=wall,
                     ttft_s=ttft,
+                    emit_offsets_s=offsets,
                     telemetry=telemetry_fields if telemetry else None,
                     score_correct=i % 3 != 0 if lossless else i % 2 == 0,
                     score_status="correct",

@@ -33,6 +33,9 @@ def test_a_batched_run_records_the_batch_and_the_report_sweeps_it(tmp_path, caps
     records = [json.loads(line) for line in (out / "batch-3" / "records.jsonl").read_text().splitlines()]
     assert {r["batch_size"] for r in records} == {3} and all(r["batch_continuous"] for r in records)
     assert all(0 <= r["batch_admitted_s"] < r["batch_finished_s"] for r in records)
+    for r in records:  # each row's emissions: one per cycle it took part in (AR: per token after the first)
+        offsets = r["emit_offsets_s"]
+        assert len(offsets) == r["ar_forwards"] and offsets == sorted(offsets)
     run = json.loads((out / "batch-3" / "run.json").read_text())
     assert run["settings"]["batch_size"] == 3 and run["engine"] == "eager"
     assert json.loads((out / "batch-3" / "verdicts.json").read_text())["verdicts"][0]["verdict"] == "PASS"

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from conftest import OracleDrafter, random_model, random_prompts
+from conftest import OracleDrafter, check_emissions, random_model, random_prompts
 
 from orthrus_core.engine import Engine
 from orthrus_core.loop import decode, generate
 from orthrus_core.model import OrthrusForCausalLM
+from orthrus_core.official_loop import generate_orthrus_dynamic_cache
 from orthrus_core.orthrus import OrthrusDrafter
 
 BLOCK_SIZES = [2, 3, 5, 8, 16]
@@ -111,6 +112,26 @@ def test_ar_bookkeeping_and_timings(engine):
     assert (r.prefill_forwards, r.ar_forwards, r.draft_forwards) == (1, 19, 0)
     assert r.accepted == [] and r.tau is None and r.tpf == pytest.approx(20 / 19)
     assert r.prefill_s > 0 and r.decode_s > 0 and r.tokens_per_s > 0
+
+
+def test_each_step_is_one_emission_after_the_first_token(model, engine):
+    """AR emits each token after the first alone (new tokens − 1 emissions, one per forward); a speculative
+    cycle emits its accepted drafts and its bonus token at once (one emission per cycle); the official Orthrus
+    loop the same; a one-token generation has none."""
+    ar = generate(engine, None, [1, 2, 3], 20, stop_token_ids=[])
+    check_emissions(ar, ar.new_tokens - 1)
+    assert ar.ar_forwards == 19
+    continuation = generate(engine, None, [4, 5], 40, stop_token_ids=[]).tokens
+    oracle = generate(
+        engine, OracleDrafter(model, [4, 5] + continuation, 4, 0.3), [4, 5], 30, stop_token_ids=[]
+    )
+    check_emissions(oracle, oracle.cycles)
+    assert oracle.cycles == oracle.ar_forwards < oracle.new_tokens - 1  # bursts: fewer emissions than tokens
+    r = generate(engine, OrthrusDrafter(model, 4), [4, 5], 30, stop_token_ids=[])
+    check_emissions(r, r.cycles)
+    official = generate_orthrus_dynamic_cache(model, [4, 5], 30, block_size=4, stop_token_ids=[])
+    check_emissions(official, official.cycles)
+    check_emissions(generate(engine, None, [1, 2, 3], 1, stop_token_ids=[]), 0)
 
 
 def test_streaming_callback_sees_exactly_the_output(model, engine):

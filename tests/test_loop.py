@@ -6,7 +6,7 @@ the same cycle; sampled rows follow their own seeded streams."""
 
 import pytest
 import torch
-from conftest import heldout_prompts, random_model, random_prompts
+from conftest import check_emissions, heldout_prompts, random_model, random_prompts
 from test_drafters import random_dflash, random_head
 
 from harness.methods import BATCHED, load_target, make_decoder, parse_spec
@@ -213,6 +213,24 @@ def test_untied_multi_eos_model():
         free = generate(engine, None, prompt, 40, stop_token_ids=[]).tokens
         r = generate(engine, OracleTreeDrafter(prompt + free, 3, 2, 0.2, seed=i), prompt, 30)
         assert (r.tokens, r.stop_reason) == (ar.tokens, ar.stop_reason)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_every_cycle_is_one_emission_of_each_of_its_rows(engine, references, rows):
+    """Per row, one emission offset per cycle it took part in (AR: per token after the first), chains and
+    trees, alone and in a continuous batch; rows done at their first token have none."""
+    seqs = [p + ar for p, ar in references[:5]]
+    limits = [30, 1, 17, 9, 25]
+    reqs = [Request(p, n, [], key=i) for i, ((p, _), n) in enumerate(zip(references, limits, strict=False))]
+    for drafter in (None, OracleTreeDrafter(seqs, 4, 1, 0.3), OracleTreeDrafter(seqs, 3, 2, 0.3)):
+        done = run_rows(engine, drafter, reqs, rows, continuous=True)
+        for i, d in done.items():
+            r = d.result
+            assert len(r.tokens) == limits[i]
+            check_emissions(r, r.ar_forwards)
+            assert r.ar_forwards == (r.cycles if drafter else limits[i] - 1)
+            if drafter and limits[i] > 9:
+                assert r.cycles < limits[i] - 1
 
 
 def test_the_batch_shrinks_as_rows_finish_and_continuous_refills_them():

@@ -4,7 +4,7 @@ one interface (greedy identity with AR for the lossless ones, the lossy one mark
 import json
 
 import pytest
-from conftest import random_model, random_prompts
+from conftest import check_emissions, random_model, random_prompts
 from test_drafters import random_dflash, random_head
 
 from harness.methods import BATCHED, ENGINE, METHODS, is_batched, is_greedy_only, make_decoder, parse_spec
@@ -156,6 +156,7 @@ def test_diffusion_is_marked_lossy_and_counts(family):
     assert not d.lossless and d.config["block_size"] == 8 and d.config["sub_block_size"] == 8
     r = d.generate([3, 4, 5], 21, stop_token_ids=[])
     assert len(r.tokens) == 21 and r.ar_forwards == 3 and r.draft_forwards >= 3
+    check_emissions(r, 3)  # one per block after the first token's prefill: its tokens come at once
 
 
 def test_sampling_is_seeded_for_every_method(family):
@@ -172,3 +173,4 @@ def test_ar_hf_streams_and_times(family):
     r = make_decoder("ar-hf", family).generate([7, 8], 12, stop_token_ids=[], on_tokens=chunks.append)
     assert sum(chunks, []) == r.tokens and len(r.tokens) == 12
     assert r.prefill_s > 0 and r.decode_s > 0 and r.ar_forwards == 11
+    check_emissions(r, 11)  # each token after the first, as generate streams it

@@ -45,7 +45,8 @@ def test_latency_percentiles_follow_the_records(rendered):
     markdown = (out / "report.md").read_text()
     columns, rows = table(markdown, "Latency percentiles per method and suite")
     assert columns[5:] == ["TTFT p50 (ms)", "TTFT p90 (ms)", "TTFT p99 (ms)",
-                           "TPOT p50 (ms)", "TPOT p90 (ms)", "TPOT p99 (ms)"]  # fmt: skip
+                           "TPOT p50 (ms)", "TPOT p90 (ms)", "TPOT p99 (ms)",
+                           "ITL gaps", "ITL p50 (ms)", "ITL p90 (ms)", "ITL p99 (ms)"]  # fmt: skip
     assert {(r[2], r[3]) for r in rows} == {
         (s, m) for s in ("tiny-code", "tiny-math") for m in ("ar", "orthrus", "eagle3", "diffusion")
     }
@@ -58,9 +59,39 @@ def test_latency_percentiles_follow_the_records(rendered):
         expected = [np.percentile(ttft, q) for q in (50, 90, 99)] + [
             np.percentile(tpot, q) for q in (50, 90, 99)
         ]
-        assert [float(c) for c in row[5:]] == pytest.approx(expected, abs=0.051)  # shown to 0.1 ms
+        assert [float(c) for c in row[5:11]] == pytest.approx(expected, abs=0.051)  # shown to 0.1 ms
         assert float(row[5]) <= float(row[6]) <= float(row[7])
-    assert "Inter-token latency is not shown" in markdown  # said, not invented
+        # ITL: every gap between successive emissions (from the first token at 0), pooled over generations
+        itl = np.concatenate([np.diff([0.0, *r["emit_offsets_s"]]) for r in own]) * 1e3
+        assert row[11] == str(len(itl)) == str(sum(r["ar_forwards"] for r in own))
+        assert [float(c) for c in row[12:]] == pytest.approx([np.percentile(itl, q) for q in (50, 90, 99)],
+                                                             abs=0.0051)  # fmt: skip
+    by = {(r[2], r[3]): r for r in rows}
+    # a cycle's burst: orthrus' gaps (about 7 tokens each) are longer than its per-token TPOT, AR's equal it
+    assert float(by[("tiny-math", "orthrus")][12]) > 2 * float(by[("tiny-math", "orthrus")][8])
+    note = markdown.split("**Latency percentiles per method and suite**", 1)[1].split("\n\n")[2]
+    assert "gap between successive emissions" in note and "pooled" in note
+    assert "left out of ITL" not in note  # every record here holds its emission times
+
+
+def test_records_without_emission_times_still_load_and_render(tmp_path):
+    """Records from before emit_offsets_s (issue 29): they load, their ITL cells say –, and the note counts
+    them where they sit beside newer ones."""
+    import json
+
+    from harness.store import RECORDS
+
+    old = make_run(tmp_path / "old", methods=("ar", "orthrus"), items=3)
+    lines = [json.loads(line) for line in (old / RECORDS).read_text().splitlines()]
+    for r in lines:
+        del r["emit_offsets_s"]
+    (old / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert all("emit_offsets_s" not in r for r in read_records(old))
+    markdown = (write_report([str(old)], tmp_path / "out") / "report.md").read_text()
+    columns, rows = table(markdown, "Latency percentiles per method and suite")
+    assert len(rows) == 4 and all(r[11:] == ["–"] * 4 for r in rows)
+    assert all(c != "–" for r in rows for c in r[5:8])  # TTFT as before
+    assert "left out of ITL" in markdown
 
 
 def test_acceptance_tables_follow_the_per_cycle_counts(rendered):

@@ -41,6 +41,10 @@ def test_a_run_records_every_generation_with_provenance(prepared, tmp_path):
         assert r["prompt_tokens"] == len(r["prompt_ids"]) and r["context_bucket"] == 1024
         assert r["wall_s"] > 0 and r["ttft_s"] > 0 and r["ar_forward_count"] == r["ar_forwards"]
         assert (r["score_status"] is None) == (r["turn"] < r["turns"] - 1)
+        # One emission offset per cycle (AR: per token after the first), since the first token, in order
+        offsets = r["emit_offsets_s"]
+        assert len(offsets) == r["ar_forwards"] and offsets == sorted(offsets)
+        assert all(0 <= t <= r["decode_s"] for t in offsets)
     orthrus = [r for r in records if r["method"] == "orthrus"]
     assert all(r["draft_forwards"] == len(r["accepted"]) > 0 for r in orthrus)
 

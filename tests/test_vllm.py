@@ -117,6 +117,25 @@ def test_parallel_sizes_need_a_vllm_method():
     RunSpec(methods=["ar", "vllm-ar"], tensor_parallel_size=2, data_parallel_size=2).check()
 
 
+def test_emission_offsets_come_from_each_outputs_engine_core_timestamp():
+    """vLLM's RequestOutput.metrics holds the request's first and last token timestamps only (no per-token
+    times); read as each streamed output arrives, last_token_ts is that output's step: the emissions after the
+    first are those stamps less the first token's. Without stats there are none."""
+    from types import SimpleNamespace
+
+    metrics = SimpleNamespace(first_token_latency=0.05, first_token_ts=10.0, last_token_ts=10.031)
+    output = SimpleNamespace(
+        outputs=[SimpleNamespace(finish_reason="length", spec_decode_metrics=None)], metrics=metrics
+    )
+    own = SimpleNamespace(speculation=vllm_methods.Speculation())  # AR
+    r = vllm_methods.VLLMDecoder.result(own, output, [1, 2, 3, 4], [1, 1, 2], [10.0, 10.0104, 10.031])
+    assert r.emit_offsets_s == [0.0104, 0.031] and r.decode_s == pytest.approx(0.031)
+    assert r.itl_s == pytest.approx([0.0104, 0.0206])
+    assert vllm_methods.VLLMDecoder.result(own, output, [1, 2], [1, 1], [None, None]).emit_offsets_s is None
+    output.metrics = None
+    assert vllm_methods.VLLMDecoder.result(own, output, [1, 2], [1, 1], [None, None]).emit_offsets_s is None
+
+
 # The target and the drafts as vLLM reads them.
 
 
@@ -198,6 +217,10 @@ def test_vllm_decodes_greedily_as_the_projects_ar(decoders, prompts, ar_outputs,
         r = decoder.generate(prompt, NEW_TOKENS)
         assert (r.tokens, r.stop_reason) == (expected.tokens, expected.stop_reason), spec
         assert r.prefill_forwards == 1 and r.prefill_s > 0 and r.decode_s >= 0
+        # one emission per streamed output after the first (merged outputs count once): at most one a step
+        offsets = r.emit_offsets_s
+        assert offsets == sorted(offsets) and len(offsets) <= r.ar_forwards
+        assert offsets[-1] <= r.decode_s + 1e-6
         if spec == "vllm-ar":
             assert r.accepted == [] and r.ar_forwards == r.new_tokens - 1 and r.draft_forwards == 0
         else:  # every step after the prefill: its accepted drafts and one token more (the last one maybe cut)

@@ -7,11 +7,13 @@ mode "reduce-overhead", inductor alone on a CPU, where transformers compiles onl
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import CompileConfig, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
-from orthrus_core.generation import Clock, GenerationResult, check_prompt, stop_ids
+from orthrus_core.generation import Clock, GenerationResult, check_prompt, offsets, stop_ids
 from orthrus_core.params import GREEDY
 
 from .base import Decoder
@@ -27,11 +29,14 @@ def compile_config(device: torch.device) -> CompileConfig:
 
 
 class _Timer(BaseStreamer):
-    """Records when the first new token is known and forwards new tokens to on_tokens."""
+    """Records when the first new token is known, when each later one reaches the streamer (perf_counter:
+    generate hands the streamer tokens already copied to the host, so no synchronisation is added), and
+    forwards new tokens to on_tokens."""
 
     def __init__(self, clock, on_tokens):
         self.clock, self.on_tokens = clock, on_tokens
         self.first_token_at = None
+        self.emitted_at: list[float] = []
         self.prompt_seen = False
 
     def put(self, value):
@@ -40,6 +45,8 @@ class _Timer(BaseStreamer):
             return
         if self.first_token_at is None:
             self.first_token_at = self.clock()
+        else:
+            self.emitted_at.append(time.perf_counter())
         if self.on_tokens:
             self.on_tokens(value.flatten().tolist())
 
@@ -88,7 +95,10 @@ class HFDecoder(Decoder):
         tokens = out.tolist()
         stop_reason = "stop" if tokens and tokens[-1] in stop else "length"
         first = timer.first_token_at or end
-        return GenerationResult(tokens, stop_reason, [], 1, len(tokens) - 1, 0, first - t0, end - first)
+        return GenerationResult(
+            tokens, stop_reason, [], 1, len(tokens) - 1, 0, first - t0, end - first,
+            emit_offsets_s=offsets(timer.emitted_at, first),
+        )  # fmt: skip
 
 
 def build(target, label, options):

@@ -10,7 +10,10 @@ What a record holds, from vLLM's own per-request figures: the output token ids (
 project's decoders give it), the stop reason, the drafts accepted per verify step (per-request speculative
 metrics at the `detailed` level), forwards (prefill 1; target steps: verify steps, or one per token after the
 first for AR; drafter forwards: EAGLE-3 one per drafted token, DFlash one per step, n-gram none), TTFT (vLLM's
-first-token latency: arrival to first token) and the decode time (first to last token, engine-core clock).
+first-token latency: arrival to first token), the decode time (first to last token, engine-core clock) and when each streamed output after the
+first came (`emit_offsets_s`: its engine-core timestamp, the step that made it, less the first token's; one per
+verify step or AR token, unless vLLM merged outputs this process was too slow to take one by one, which then
+count as one emission, as a streaming client sees them).
 
 The target must be a Qwen3: a plain Qwen3 checkpoint is given to vLLM as it is, and an Orthrus checkpoint as its
 AR view (`base_view`: the `*_diff` tensors dropped, architecture Qwen3ForCausalLM), exported once per checkpoint
@@ -203,22 +206,27 @@ class Engine:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def submit(self, prompt_ids: list[int], sampling, on_step) -> concurrent.futures.Future:
-        """The future (concurrent.futures) of the request's `_request` triple; on_step() is called in the
+        """The future (concurrent.futures) of the request's `_request` tuple; on_step() is called in the
         engine's thread at each output of the request."""
         return asyncio.run_coroutine_threadsafe(self._request(prompt_ids, sampling, on_step), self.loop)
 
     async def _request(self, prompt_ids, sampling, on_step):
         """-> (the final RequestOutput, every token, the tokens of each output as it came: one per engine step,
-        unless vLLM merged the outputs of steps this coroutine was too slow to take one by one)."""
-        tokens, sizes, final = [], [], None
+        unless vLLM merged the outputs of steps this coroutine was too slow to take one by one, and each
+        output's engine-core timestamp: its request's stats' last_token_ts as the output arrives, the step that
+        made its last token; None without stats)."""
+        tokens, sizes, stamps, final = [], [], [], None
         request_id = f"orthrus-{next(self._ids)}"
         async for output in self.llm.generate({"prompt_token_ids": prompt_ids}, sampling, request_id):
             delta = output.outputs[0].token_ids
             tokens += delta
             sizes.append(len(delta))
+            # The stats object is the request's, updated in place by the output handler on this event loop
+            # before it hands an output over: read now, it belongs to this output.
+            stamps.append(output.metrics.last_token_ts if output.metrics is not None else None)
             on_step()
             final = output
-        return final, tokens, sizes
+        return final, tokens, sizes, stamps
 
     def shutdown(self) -> None:
         if self in _ENGINES:
@@ -338,8 +346,8 @@ class VLLMDecoder(Decoder):
         if rule is not EXACT:
             raise ValueError(f"{self.label}: vLLM verifies drafts by its own rule; no other acceptance rule")
 
-    def result(self, output, tokens: list[int], sizes: list[int]) -> GenerationResult:
-        """The GenerationResult of a finished request (`Engine._request`'s triple)."""
+    def result(self, output, tokens: list[int], sizes: list[int], stamps=None) -> GenerationResult:
+        """The GenerationResult of a finished request (`Engine._request`'s tuple)."""
         completion, metrics = output.outputs[0], output.metrics
         stop_reason = "stop" if completion.finish_reason == "stop" else "length"
         spec = completion.spec_decode_metrics
@@ -355,19 +363,24 @@ class VLLMDecoder(Decoder):
             )
         ttft = metrics.first_token_latency if metrics else 0.0
         decode = max(metrics.last_token_ts - metrics.first_token_ts, 0.0) if metrics else 0.0
-        return GenerationResult(tokens, stop_reason, accepted, 1, steps, draft_forwards, ttft, decode)
+        emitted = None  # the outputs after the first, on the engine-core clock from the first token
+        if metrics and stamps and None not in stamps:
+            emitted = [round(max(t - metrics.first_token_ts, 0.0), 6) for t in stamps[1:]]
+        return GenerationResult(
+            tokens, stop_reason, accepted, 1, steps, draft_forwards, ttft, decode, emit_offsets_s=emitted
+        )
 
     def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
                  on_tokens=None, rule=EXACT):  # fmt: skip
         self._check(params, rule)
         prompt = check_prompt(prompt_ids, max_new_tokens, "cpu").tolist()
         stop = stop_ids(self.target.model, stop_token_ids)
-        output, tokens, sizes = self.engine.submit(
+        output, tokens, sizes, stamps = self.engine.submit(
             prompt, self.sampling(params, max_new_tokens, stop, seed), lambda: None
         ).result()
         if on_tokens and tokens:
             on_tokens(tokens)
-        return self.result(output, tokens, sizes)
+        return self.result(output, tokens, sizes, stamps)
 
     def decode(self, next_request, params=GREEDY, *, rows=1, continuous=False, rule=EXACT):
         """`rows` requests in flight at a time (`continuous`: a finished one replaced at once; else the next
@@ -411,8 +424,9 @@ class VLLMDecoder(Decoder):
             finished_at = time.perf_counter()
             with lock:
                 del in_flight[id(state)]
-            output, tokens, sizes = future.result()  # a failed request fails the decode (the runner says why)
-            result = self.result(output, tokens, sizes)
+            # a failed request fails the decode (the runner says why)
+            output, tokens, sizes, stamps = future.result()
+            result = self.result(output, tokens, sizes, stamps)
             request = state["request"]
             if request.on_tokens and tokens:
                 request.on_tokens(tokens)

@@ -272,6 +272,7 @@ RESULT_FIELDS = (
     "tpf",
     "decode_s",
     "tpot_s",
+    "emit_offsets_s",
 )
 
 
