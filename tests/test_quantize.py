@@ -13,7 +13,7 @@ from harness.cli import main
 from harness.methods import load_target
 from harness.report.page import write_report
 from harness.report.quantize import quantization_tables
-from harness.report.runs import generations, load_runs
+from harness.report.runs import generations, load_runs, units
 from harness.run.runner import execute, prepare
 from harness.run.spec import RunError, RunSpec
 from harness.store import load_run, read_records
@@ -162,6 +162,12 @@ def test_the_report_puts_each_format_beside_full_precision(runs, tmp_path):
 
     markdown = (write_report([str(full), str(quantized)], tmp_path / "report") / "report.md").read_text()
     assert "## Weight quantization" in markdown and f"| method | full precision | {FORMAT} |" in markdown
+    # Every other table keeps the quantized model apart from full precision's: a headline each, with the
+    # verdicts of its own run (the quantized run is not verified here, the full-precision one neither).
+    assert "**Headline (embedded tiny family, T=0)**" in markdown
+    assert f"**Headline (embedded tiny family ({FORMAT} weights), T=0)**" in markdown
+    u = units(generations(load_runs([full, quantized])))
+    assert len(u) == 2 * len(units(generations(load_runs([full]))))  # no unit sums two runs' generations
 
 
 def test_a_prepared_target_must_be_quantized_as_the_run_says(tmp_path):

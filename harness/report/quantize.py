@@ -32,7 +32,7 @@ def quantization_tables(gens: pd.DataFrame) -> list[Table]:
     present = set(gens.quantize)
     formats = [f for f in (FULL, *ORDER) if f in present] + sorted(present - {FULL, *ORDER})
     out = []
-    for (model, temperature), g in gens.groupby(["model", "temperature"], sort=False):
+    for (model, temperature), g in gens.groupby(["base_model", "temperature"], sort=False):
         rows = []
         for method in method_order(g.method.unique()):
             cells = [method]

@@ -34,8 +34,14 @@ class Run:
     records: list[dict]  # every complete record, errors included
 
     @property
-    def model(self) -> str:
+    def base_model(self) -> str:
         return (self.info and self.info.config.get("model")) or EMBEDDED_MODEL
+
+    @property
+    def model(self) -> str:
+        """The model decoded: a run with simulated weight quantization decodes another model than the base's,
+        so that every table keeps its figures apart from full precision's."""
+        return self.base_model + (f" ({self.quantize} weights)" if self.quantize else "")
 
     @property
     def commit(self) -> str:
@@ -75,6 +81,7 @@ def generations(runs: list[Run]) -> pd.DataFrame:
             **r,
             "run": str(run.directory),
             "model": run.model,
+            "base_model": run.base_model,
             "engine": r.get("engine") or run.engine(r["method"]),
             "quantize": run.quantize,
         }

@@ -124,7 +124,7 @@ def sweep_figures(u: pd.DataFrame, runs: list[Run]) -> list[SweepFigures]:
                 own = g[g.method == label]
                 tau = tau_of(own)
                 found = speedup_over(g, label, baseline) if baseline else None
-                summary = verdict_summary(verdicts.get((label, float(temperature)), []))
+                summary = verdict_summary(verdicts.get((model, label, float(temperature)), []))
                 per_suite = {}
                 for suite in suites:
                     s = own[own.suite == suite]

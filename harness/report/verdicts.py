@@ -266,14 +266,16 @@ def strongest_baseline(u: pd.DataFrame) -> str | None:
 
 
 def verdict_index(runs: list[Run]) -> dict[tuple, list[dict]]:
-    """(method, temperature) -> verify's verdicts for it, across the runs' verdicts.json."""
+    """(model, method, temperature) -> verify's verdicts for it, across the runs' verdicts.json (a run's model
+    is its quantized model where it quantizes: Run.model)."""
     out: dict[tuple, list[dict]] = {}
     for run in runs:
         data = read_json_if_present(run.directory / "verdicts.json")
         if not is_verify_document(data):
             continue
         for v in data["verdicts"]:
-            out.setdefault((v.get("method"), float(v.get("temperature") or 0.0)), []).append(v)
+            key = (run.model, v.get("method"), float(v.get("temperature") or 0.0))
+            out.setdefault(key, []).append(v)
     return out
 
 
@@ -342,7 +344,7 @@ def headline_tables(u: pd.DataFrame, runs: list[Run]) -> list[Table]:
                 continue
             found = speedup_over(g, method, baseline) if baseline is not None else None
             speedup = fmt(found[0], ci=found[1], suffix="×") if found else "–"
-            v = verdict_summary(verdicts.get((method, float(temp)), []))
+            v = verdict_summary(verdicts.get((model, method, float(temp)), []))
             rows.append([method, speedup, v.verdict, v.size, v.detectable, v.evidence])
         columns = [
             "method",
