@@ -21,6 +21,7 @@ class PageLoad:
     errors: list[str]  # console errors, failed loads and uncaught exceptions
     images: list[dict]  # {"alt", "loaded", "width"} per <img>
     figure_ids: list[str]
+    overflowing_tables: list[str]  # captions of tables wider than the page's body (a sideways scroll)
 
 
 class _DevTools:
@@ -37,6 +38,7 @@ class _DevTools:
             [
                 CHROMIUM,
                 "--headless",
+                "--window-size=1400,1000",  # a laptop's browser window: the body's max-width is 1400px
                 "--remote-debugging-pipe",
                 "--no-sandbox",  # CI containers run as root, where Chromium's sandbox refuses to start
                 "--disable-gpu",
@@ -133,6 +135,16 @@ def load_page(path: Path) -> PageLoad:
                 },
                 session=session,
             )["result"]["value"]
+            overflowing = tools.send(
+                "Runtime.evaluate",
+                {
+                    "expression": "JSON.stringify([...document.querySelectorAll('table')].filter(t => "
+                    "t.getBoundingClientRect().right > document.body.getBoundingClientRect().right + 1)"
+                    ".map(t => t.caption ? t.caption.textContent : '?'))",
+                    "returnByValue": True,
+                },
+                session=session,
+            )["result"]["value"]
         finally:
             tools.close()
     errors = []
@@ -144,4 +156,4 @@ def load_page(path: Path) -> PageLoad:
             errors.append(str(params.get("args")))
         elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
             errors.append(params["entry"].get("text", "error"))
-    return PageLoad(errors, json.loads(images), json.loads(figure_ids))
+    return PageLoad(errors, json.loads(images), json.loads(figure_ids), json.loads(overflowing))

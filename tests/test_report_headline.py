@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from browser import CHROMIUM, load_page
 from synthetic_runs import make_run
 
 from harness.records import UNIT
@@ -298,3 +299,22 @@ def test_plain_words_for_any_value():
     assert display_path("Qwen/Qwen3-1.7B") == "Qwen/Qwen3-1.7B"
     assert display_path("/home/u/ckpt/orthrus-4b") == "orthrus-4b"
     assert display_path("/home/u/repo/models/tiny/orthrus") == "models/tiny/orthrus"
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"
+)
+def test_the_headline_fits_the_window_however_long_its_evidence(tmp_path):
+    """A method failing in three suites has three reasons in its evidence cell: prose wraps there, so the
+    headline never scrolls sideways in a 1400-pixel window."""
+    make_run(tmp_path / "t0", methods=("ar", "orthrus", "diffusion"), seed=3)
+    suites = ("tiny-code", "tiny-math", "tiny-chat")
+    verdicts = [greedy_verdict("diffusion", s, passed=False) for s in suites]
+    (tmp_path / "t0" / "verdicts.json").write_text(json.dumps(verify_document("t0", verdicts)))
+    out = write_report([str(tmp_path / "t0")], tmp_path / "out")
+    markdown = (out / "report.md").read_text()
+    evidence = {row[0]: row[5] for row in table(markdown, "Headline (embedded tiny family, T=0)")[1]}
+    assert len(evidence["diffusion"]) > 250
+    page = load_page(out / "report.html")
+    assert page.errors == []
+    assert not [caption for caption in page.overflowing_tables if caption.startswith("Headline")]

@@ -40,5 +40,6 @@ CSS = (
     "caption{font-weight:bold;text-align:left;padding:.3em 0}"
     "th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;white-space:nowrap}"
     "th:first-child,td:first-child{text-align:left}"
+    "td.prose{white-space:normal;text-align:left;min-width:24em;max-width:48em}"
     "img{max-width:100%;height:auto}figure{margin:1.5em 0}.note{color:#555;font-size:.85em}"
 )

@@ -48,12 +48,18 @@ class Table:
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows
-        )
+        body = "".join("<tr>" + "".join(cell_html(c) for c in row) + "</tr>" for row in self.rows)
         caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
         note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+LONG_CELL = 60  # characters: a cell of prose (evidence, reasons) wraps rather than widen the page
+
+
+def cell_html(text: str) -> str:
+    long = ' class="prose"' if len(text) > LONG_CELL else ""
+    return f"<td{long}>{html.escape(text)}</td>"
 
 
 def fmt(value, spec: str = ".2f", ci: tuple[float, float] | None = None, suffix: str = "") -> str:
