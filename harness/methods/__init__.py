@@ -18,7 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import import_module
 
-from harness.records import ENGINE  # the project's own engine
+from harness.records import (
+    ENGINE,  # the project's own engine
+    parse_spec,
+)
 
 
 @dataclass(frozen=True)
@@ -63,20 +66,6 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'name:key=value:...' -> (name, {key: value as text})."""
-    name, *parts = spec.strip().split(":")
-    options = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ValueError(f"bad method spec {spec!r}: expected name:key=value:..., got {part!r}")
-        if key in options:
-            raise ValueError(f"bad method spec {spec!r}: option {key!r} given twice")
-        options[key] = value
-    return name, options
 
 
 def expand_sweep(sweep: str) -> tuple[str, str, list[str]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.methods import parse_spec
+from harness.records import parse_spec
 
 from .runs import Run
 from .stats import bootstrap_ci, pooled_tau, pooled_tpf
