@@ -60,6 +60,12 @@ def no_data(ax, why: str) -> None:
     ax.set_yticks([])
 
 
+def error_bars(rows: list[list[float]]) -> list[list[float]]:
+    """Per-bar [below, above] rows as matplotlib's yerr: two lists (a 2 x 1 array for a single bar warns in
+    matplotlib's finiteness check under NumPy >= 1.25)."""
+    return [[float(r[0]) for r in rows], [float(r[1]) for r in rows]]
+
+
 def error_bar(value: float, ci: tuple | None) -> list[float]:
     if ci is None:
         return [0.0, 0.0]
@@ -93,13 +99,13 @@ def figure_acceptance(u: pd.DataFrame, ax_row, colors: dict) -> None:
                 g = d[(d.method == method) & (d.suite == suite)]
                 if g.empty:
                     continue
-                tau = pooled_tau(g.accepted, g.cycles)
+                tau = float(pooled_tau(g.accepted, g.cycles))  # a 0-d array: matplotlib wants a number
                 ci = bootstrap_ci(pooled_tau, g.accepted, g.cycles)
                 xs.append(j + (i - (len(methods) - 1) / 2) * width)
                 taus.append(tau)
                 errs.append(error_bar(tau, ci))
             bars = ax.bar(
-                xs, taus, width, yerr=np.array(errs).T, capsize=3, label=method, color=colors[method]
+                xs, taus, width, yerr=error_bars(errs), capsize=3, label=method, color=colors[method]
             )
             ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_xticks(range(len(suites)), suites)
@@ -121,7 +127,7 @@ def figure_context(u: pd.DataFrame, ax_row, colors: dict) -> None:
             ys = [g.get_group(x).mean() for x in xs]
             errs = [error_bar(y, bootstrap_ci(mean, g.get_group(x))) for x, y in zip(xs, ys, strict=True)]
             ax.errorbar(
-                xs, ys, yerr=np.array(errs).T, marker="o", capsize=3, label=method, color=colors[method]
+                xs, ys, yerr=error_bars(errs), marker="o", capsize=3, label=method, color=colors[method]
             )
         context_axis(ax, d.context_bucket)
         ax.set_ylabel("end-to-end tokens/s (mean per item)")
@@ -156,7 +162,7 @@ def figure_accuracy(u: pd.DataFrame, ax_row, colors: dict) -> None:
                 [x],
                 [y],
                 xerr=np.array([error_bar(x, bootstrap_ci(mean, g.tokens_per_s))]).T,
-                yerr=np.array([error_bar(y, bootstrap_ci(mean, correct))]).T,
+                yerr=error_bars([error_bar(y, bootstrap_ci(mean, correct))]),
                 marker="o" if lossless else "X",
                 markersize=8,
                 capsize=3,
@@ -225,7 +231,7 @@ def figure_energy(gens: pd.DataFrame, ax_row, colors: dict) -> None:
             per_token = (d[d.method == method].energy_j / d[d.method == method].new_tokens).to_numpy()
             values.append(per_token.mean())
             errs.append(error_bar(per_token.mean(), bootstrap_ci(mean, per_token)))
-        bars = ax.bar(methods, values, yerr=np.array(errs).T, capsize=3, color=[colors[m] for m in methods])
+        bars = ax.bar(methods, values, yerr=error_bars(errs), capsize=3, color=[colors[m] for m in methods])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
         ax.set_ylabel("energy per token (J)")
 
@@ -411,7 +417,7 @@ def draw_sweep_figure(figures: list, directory: Path) -> Figure | None:
                 ys = [getattr(p, quantity) for _, p in points]
                 errs = [error_bar(getattr(p, quantity), getattr(p, f"{quantity}_ci")) for _, p in points]
                 label = "τ" if quantity == "tau" else "TPF"
-                top.errorbar([x for x, _ in points], ys, yerr=np.array(errs).T, marker="o", capsize=3,
+                top.errorbar([x for x, _ in points], ys, yerr=error_bars(errs), marker="o", capsize=3,
                              linestyle=style, label=label)  # fmt: skip
         top.set_ylabel("tokens per cycle / per forward")
         top.legend(fontsize=8)
@@ -422,7 +428,7 @@ def draw_sweep_figure(figures: list, directory: Path) -> Figure | None:
         bottom.errorbar(
             [x for x, _ in points],
             [p.speedup for _, p in points],
-            yerr=np.array([error_bar(p.speedup, p.speedup_ci) for _, p in points]).T,
+            yerr=error_bars([error_bar(p.speedup, p.speedup_ci) for _, p in points]),
             marker="o",
             capsize=3,
             color="C2",
