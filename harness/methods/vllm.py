@@ -40,7 +40,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from orthrus_core.generation import GenerationResult, check_prompt, stop_ids
+from orthrus_core.generation import GenerationResult, check_prompt, offsets, stop_ids
 from orthrus_core.loop import Finished
 from orthrus_core.params import GREEDY
 from orthrus_core.sampling import EXACT
@@ -402,7 +402,7 @@ class VLLMDecoder(Decoder):
         decode = max(metrics.last_token_ts - metrics.first_token_ts, 0.0) if metrics else 0.0
         emitted = None  # the outputs after the first, on the engine-core clock from the first token
         if metrics and stamps and None not in stamps:
-            emitted = [round(max(t - metrics.first_token_ts, 0.0), 6) for t in stamps[1:]]
+            emitted = offsets(stamps[1:], metrics.first_token_ts)
         return GenerationResult(
             tokens, stop_reason, accepted, 1, steps, draft_forwards, ttft, decode, emit_offsets_s=emitted
         )

@@ -304,6 +304,16 @@ FIGURES = [
 ]
 
 
+def save(fig, spec: Figure, directory: Path) -> Figure:
+    """`spec` (name, title, caption) drawn on `fig`: titled, laid out, written as directory/NAME.png, closed."""
+    fig.suptitle(spec.title)
+    fig.tight_layout()
+    path = directory / f"{spec.name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Figure(spec.name, spec.title, spec.caption, path)
+
+
 def draw_figures(gens: pd.DataFrame, u: pd.DataFrame, directory: Path) -> list[Figure]:
     directory.mkdir(parents=True, exist_ok=True)
     panels = len(Panels.of(gens).keys)
@@ -325,12 +335,7 @@ def draw_figures(gens: pd.DataFrame, u: pd.DataFrame, directory: Path) -> list[F
         rows, draw = drawers[figure.name]
         fig, axes = new_figure(panels, rows, height=4.0 if rows == 1 else 3.2)
         draw(axes)
-        fig.suptitle(figure.title)
-        fig.tight_layout()
-        path = directory / f"{figure.name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(Figure(figure.name, figure.title, figure.caption, path))
+        out.append(save(fig, figure, directory))
     return out
 
 
@@ -365,12 +370,7 @@ def draw_batch_figure(figures: pd.DataFrame, directory: Path) -> Figure | None:
         ax.grid(alpha=0.3)
     axes[0, 1].axhline(1.0, color="grey", linewidth=0.8)
     axes[0, 0].legend(fontsize="small")
-    fig.suptitle(BATCH_FIGURE.title)
-    fig.tight_layout()
-    path = directory / f"{BATCH_FIGURE.name}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Figure(BATCH_FIGURE.name, BATCH_FIGURE.title, BATCH_FIGURE.caption, path)
+    return save(fig, BATCH_FIGURE, directory)
 
 
 SWEEP_FIGURE = Figure(
@@ -435,9 +435,4 @@ def draw_sweep_figure(figures: list, directory: Path) -> Figure | None:
         )
         bottom.axhline(1.0, color="grey", linewidth=0.8)
         bottom.set_ylabel(f"speedup over {f.baseline}")
-    fig.suptitle(SWEEP_FIGURE.title)
-    fig.tight_layout()
-    path = directory / f"{SWEEP_FIGURE.name}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Figure(SWEEP_FIGURE.name, SWEEP_FIGURE.title, SWEEP_FIGURE.caption, path)
+    return save(fig, SWEEP_FIGURE, directory)

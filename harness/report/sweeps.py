@@ -1,7 +1,7 @@
 """Option sweeps (`run --sweep 'orthrus:block_size=4,8,16,32'`, or any run holding two or more labels of one
 method that differ in one option): per (model, temperature, method, option) τ, TPF and the speedup over the
 strongest AR baseline against the option's value, with the losslessness verdict of each value. Torch-free: the
-values are read from the method labels (harness.methods.parse_spec), the figures from the work units.
+values are read from the method labels (harness.records.parse_spec), the figures from the work units.
 
 τ, TPF and the speedup are the report's own (stats.pooled_tau, stats.pooled_tpf, tables.speedup_over, against
 verdicts.strongest_baseline), pooled over every suite of the run; a second table gives them per suite."""
