@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
+from tqdm import tqdm
 
 from harness.methods import make_decoder
 from harness.methods.target import Target, load_target
@@ -150,15 +151,22 @@ def calibrate_greedy(
     target: Target, reference: Reference, pool: list[list[int]], config: GreedyCalibrationConfig, say=None
 ) -> tuple[list[GreedyArm], dict]:
     """-> (arms, meta). `target` decodes in the calibrated dtype, `reference` is its float32 twin."""
+
+    def bar(iterable, desc: str, total: int | None = None):  # progress on stderr, where `say` writes
+        return tqdm(iterable, desc=desc, total=total, disable=say is None, leave=False)
+
     say = say or (lambda line: None)
     t0 = time.perf_counter()
     net = target.model
     stops = eos_ids(net)
     ar = make_decoder("ar", target)
-    ar_runs = [ar.generate(p, config.max_new_tokens, GREEDY, stop_token_ids=stops) for p in pool]
+    ar_runs = [ar.generate(p, config.max_new_tokens, GREEDY, stop_token_ids=stops) for p in bar(pool, "AR")]
     paths = [list(r.tokens) for r in ar_runs]
     say(f"AR: {sum(map(len, paths))} tokens over {len(pool)} prompts ({time.perf_counter() - t0:.0f} s)")
-    studies = [benign_study(net, reference.logits, [(p, a)]) for p, a in zip(pool, paths, strict=True)]
+    studies = [
+        benign_study(net, reference.logits, [(p, a)])
+        for p, a in bar(zip(pool, paths, strict=True), "benign studies", len(pool))
+    ]
     token, top_logit = most_flipped_token(reference, list(zip(pool, paths, strict=True)), config.bias)
     floor = (
         2 * torch.finfo(net.lm_head.weight.dtype).eps * 2.0 ** math.floor(math.log2(max(top_logit, 1e-30)))
@@ -184,7 +192,7 @@ def calibrate_greedy(
     for name, (requirement, generate) in decoders.items():
         continue_fn = greedy_continuation(generate, stops)
         compared: list[tuple[dict, PairComparison]] = []
-        for i, (prompt, run) in enumerate(zip(pool, ar_runs, strict=True)):
+        for i, (prompt, run) in enumerate(bar(zip(pool, ar_runs, strict=True), name, len(pool))):
             out = generate(prompt, config.max_new_tokens, GREEDY, stop_token_ids=stops)
             pair = compare_pair(
                 prompt,
@@ -206,7 +214,7 @@ def calibrate_greedy(
         say(f"{name}: {arm.diverging:.1%} of generations diverge ({time.perf_counter() - t0:.0f} s)")
 
     draw = random.Random(config.seed + 1)
-    for _ in range(config.replicates):
+    for _ in bar(range(config.replicates), "replicates"):
         chosen = draw.sample(range(config.pool), config.prompts)
         study = BenignStudy.pooled([studies[i] for i in chosen[: config.tie_paths]])
         for arm, compared in zip(arms, comparisons, strict=True):
