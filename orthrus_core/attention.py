@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from .compiled import Compiled, rehearsing
+
 CAUSAL = "causal"
 ALL = "all"
 
@@ -216,18 +218,15 @@ def kernel(visible, device: torch.device, dtype: torch.dtype = torch.bfloat16) -
     return choice + "+kv" if on == "cuda" and dtype not in (torch.float16, torch.bfloat16) else choice
 
 
-_compiled_flex = None
+_compiled_flex = Compiled(flex_attention, "flex_attention")
 
 
 def _flex(q, k, v, **kwargs):
-    """FlexAttention, compiled once per process where it runs on a GPU (uncompiled it materialises the scores:
-    the reference implementation a CPU test uses). Inside a compiled pass (the compile engine) it is traced as it
-    is, and inductor generates its fused kernel there."""
-    global _compiled_flex
-    if q.device.type != "cuda" or torch.compiler.is_compiling():
+    """FlexAttention, compiled (once per shape, orthrus_core.compiled) where it runs on a GPU or in a rehearsal of
+    one; uncompiled it materialises the scores, the reference implementation a CPU run uses. Inside a compiled
+    pass (the compile engine) it is traced as it is, and the pass's backend generates its kernel there."""
+    if torch.compiler.is_compiling() or not (q.device.type == "cuda" or rehearsing()):
         return flex_attention(q, k, v, **kwargs)
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     return _compiled_flex(q, k, v, **kwargs)
 
 

@@ -32,10 +32,13 @@ with each row's own generator). A mode is refused where it cannot run (`check_en
 from __future__ import annotations
 
 import shutil
+import time
 
 import torch
 
 from .attention import Visibility
+from .compiled import LEDGER, Compiled, describe, rehearsing
+from .host import upload
 from .model import KVCache, OrthrusForCausalLM
 
 ENGINES = ("eager", "compile", "cudagraph")
@@ -46,9 +49,10 @@ class EngineError(ValueError):
 
 
 def default_engine(device: torch.device | str) -> str:
-    """The fastest exact mode where it pays: CUDA graphs on a GPU. On a CPU eager, because compiling costs
-    tens of seconds per pass shape, more than a short run saves; pass `compile` for long CPU runs."""
-    return "cudagraph" if torch.device(device).type == "cuda" else "eager"
+    """The fastest exact mode where it pays: CUDA graphs on a GPU (and in a rehearsal of one,
+    orthrus_core.rehearsal). On a CPU eager, because compiling costs tens of seconds per pass shape, more than a
+    short run saves; pass `compile` for long CPU runs."""
+    return "cudagraph" if torch.device(device).type == "cuda" or rehearsing() else "eager"
 
 
 def check_engine(mode: str, device: torch.device | str) -> str:
@@ -58,7 +62,7 @@ def check_engine(mode: str, device: torch.device | str) -> str:
         return default_engine(device)
     if mode not in ENGINES:
         raise EngineError(f"unknown engine {mode!r}; choose auto or one of {', '.join(ENGINES)}")
-    if mode == "cudagraph" and device.type != "cuda":
+    if mode == "cudagraph" and device.type != "cuda" and not rehearsing():
         raise EngineError(
             f"engine cudagraph needs a CUDA device, not {device.type}: use --engine compile or eager there"
         )
@@ -99,15 +103,6 @@ def row_bucket(active: int, rows: int) -> int:
     return min(1 << max(active - 1, 0).bit_length(), rows)
 
 
-_captures = 0  # CUDA graphs captured in this process
-
-
-def compilations() -> int:
-    """Graphs compiled (torch.compile, by any engine or by transformers) or captured so far in this process: a
-    generation during which this grew paid for a compilation inside its time."""
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"] + _captures
-
-
 def pass_visibility(
     lengths, T: int, diffusion: bool, ancestors: torch.Tensor | None, device=None
 ) -> Visibility:
@@ -132,13 +127,7 @@ class Engine:
         self.pool = None
         self.pool_bytes = 0  # memory the captured graphs' pool reserved (their intermediates)
         if self.mode == "compile":
-            # One graph per pass kind, row bucket and capacity; dynamo's default limit of 8 would fall back to
-            # eager silently.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-            torch._dynamo.config.accumulated_cache_size_limit = max(
-                torch._dynamo.config.accumulated_cache_size_limit, 1024
-            )
-            self.compiled = torch.compile(static_pass, dynamic=False, fullgraph=True)
+            self.compiled = Compiled(static_pass, "static_pass")  # one graph per pass kind and shape
             # Inductor reads these when it compiles, inside the first call of each shape (torch.compile's
             # `options` does not reach freezing), so every call runs under them.
             self.options = compile_options(self.device, autotune)
@@ -231,7 +220,7 @@ class Engine:
         rows = row_bucket(R, cache.rows)
         pad = rows - R
         offsets = torch.arange(T, device=ids.device)
-        slots = torch.tensor(cache.lengths + [0] * pad, device=ids.device)[:, None] + offsets
+        slots = upload(cache.lengths + [0] * pad, ids.device)[:, None] + offsets
         positions = slots if depth is None else slots[:, :1] + _pad_rows(depth, pad, 0)
         if pad:
             ids = _pad_rows(ids, pad, 0)
@@ -247,7 +236,7 @@ class Engine:
             key = (id(cache), rows, T, diffusion, ancestors is not None, capture)
             graph = self.graphs.get(key)
             if graph is None:
-                if self.pool is None:
+                if self.pool is None and self.device.type == "cuda":
                     self.pool = torch.cuda.graph_pool_handle()
                 graph = self.graphs[key] = _Graph(
                     self.model, args, diffusion, capture, self.pool, self.device
@@ -279,25 +268,43 @@ def static_pass(model, ids, slots, positions, ancestors, k_cache, v_cache, diffu
 
 class _Graph:
     """One captured pass: static input buffers, the graph, and its outputs (cloned on return, because the
-    next replay overwrites them while a decoder may still hold the last ones)."""
+    next replay overwrites them while a decoder may still hold the last ones). On a CPU (a rehearsal,
+    orthrus_core.rehearsal) the capture is simulated: the same warm-up runs and captured run, and each replay
+    re-runs the pass on the static buffers."""
 
     def __init__(self, model, args, diffusion, capture, pool, device):
         self.inputs = [a.clone() if a is not None else None for a in args[:4]]
         k_cache, v_cache = args[4], args[5]
-        run = lambda: static_pass(model, *self.inputs, k_cache, v_cache, diffusion, capture)  # noqa: E731
+        self.run = lambda: static_pass(model, *self.inputs, k_cache, v_cache, diffusion, capture)  # noqa: E731
+        mark, t0 = LEDGER.mark(), time.perf_counter()
+        self.graph, self.pool_bytes = None, 0
+        if device.type == "cuda":
+            self._capture(pool, device)
+        else:
+            for _ in range(2):
+                self.run()
+            self.outputs = self.run()
+        # The capture's own seconds: compiles inside it (a new FlexAttention shape) are their own entries.
+        seconds = time.perf_counter() - t0 - sum(c.seconds for c in LEDGER.since(mark))
+        kind = "diffusion" if diffusion else "tree" if args[3] is not None else "causal"
+        LEDGER.add("cudagraph", f"{kind} {describe(args[:1], {})}, cache {list(k_cache.shape)}", seconds)
+
+    def _capture(self, pool, device):
         with torch.cuda.device(device):  # the streams and the capture belong to the model's device
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside capture (cuBLAS handles, lazy init)
+            with torch.cuda.stream(side):  # warm-up outside capture (cuBLAS handles, lazy init, compiles)
                 for _ in range(2):
-                    run()
+                    self.run()
             torch.cuda.current_stream().wait_stream(side)
-            global _captures
-            _captures += 1
             self.graph = torch.cuda.CUDAGraph()
+            # torch.cuda.graph empties the allocator's cache as it starts: read the reserved bytes after the same
+            # emptying, or blocks it frees would be subtracted from the pool (a negative pool after a long prefill).
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
             reserved = torch.cuda.memory_reserved(device)
             with torch.cuda.graph(self.graph, pool=pool):
-                self.outputs = run()
+                self.outputs = self.run()
             # What the capture added to the shared pool: the graph's intermediates live there between replays,
             # allocated to no tensor, so the allocator's peak never shows them.
             self.pool_bytes = torch.cuda.memory_reserved(device) - reserved
@@ -306,7 +313,15 @@ class _Graph:
         for buffer, value in zip(self.inputs, args[:4], strict=True):
             if buffer is not None:
                 buffer.copy_(value)
-        self.graph.replay()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            outputs = self.run()
+            if isinstance(outputs, tuple):
+                for buffer, value in zip(self.outputs, outputs, strict=True):
+                    buffer.copy_(value)
+            else:
+                self.outputs.copy_(outputs)
         if isinstance(self.outputs, tuple):
             return tuple(o.clone() for o in self.outputs)
         return self.outputs.clone()

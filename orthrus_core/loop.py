@@ -56,7 +56,9 @@ from .tree import accept_greedy, ancestors, chain_parents
 @dataclass
 class Request:
     """One generation. `key` is the caller's, handed back with the result; stop tokens default to the model's
-    eos_token_id; `generator` seeds this request's draws (each row samples from its own)."""
+    eos_token_id; `generator` seeds this request's draws (each row samples from its own). `capacity`: positions
+    its row reserves at least (default: what it can need), so that a short warm-up request meets the cache
+    bucket, and so the pass shapes, of a longer one."""
 
     prompt_ids: Sequence[int]
     max_new_tokens: int
@@ -64,6 +66,7 @@ class Request:
     generator: torch.Generator | None = None
     key: object = None
     on_tokens: StreamCallback | None = None
+    capacity: int | None = None
 
 
 @dataclass
@@ -244,7 +247,7 @@ def decode(
             return False
         admitted_at = clock()
         prompt = check_prompt(request.prompt_ids, request.max_new_tokens, device)
-        need = len(prompt) + request.max_new_tokens + nodes
+        need = max(len(prompt) + request.max_new_tokens + nodes, request.capacity or 0)
         if cache is None:
             cache = engine.new_cache(rows, need)
             if drafter:

@@ -20,10 +20,12 @@ import orthrus_core.attention as attention
 import orthrus_core.block_diffusion as block_diffusion
 from orthrus_core.attention import ALL, CAUSAL, FLEX_BLOCK, Visibility, kernel, planned_on
 from orthrus_core.block_diffusion import BlockDiffusionLM
-from orthrus_core.engine import Engine, compilations, static_pass
+from orthrus_core.compiled import compilations
+from orthrus_core.engine import Engine, static_pass
 from orthrus_core.loop import Request, decode
 from orthrus_core.official_loop import generate_orthrus_dynamic_cache
 from orthrus_core.params import GREEDY
+from orthrus_core.rehearsal import rehearsal
 
 
 @dataclass
@@ -321,13 +323,13 @@ def test_a_block_causal_prefill_in_chunks_equals_one_pass(monkeypatch):
 def test_a_compiled_static_pass_traces_the_block_mask_whole(micro):
     """The compile and cudagraph engines run `static_pass` as one graph (fullgraph): the visibility, the block
     mask built from the row prefixes and the FlexAttention call must trace without a break. Traced here by
-    dynamo and AOT autograd as a CUDA run would trace them (inductor's own kernels are the GPU's)."""
+    dynamo and AOT autograd as a CUDA run would trace them, in a rehearsal (inductor's own kernels are the
+    GPU's)."""
     target, drafters = micro
     reference = run(Engine(target), None, 1)
-    static = Engine(target, "compile", autotune=False)
-    static.compiled = torch.compile(static_pass, backend="aot_eager", fullgraph=True, dynamic=False)
     before = compilations()
-    with planned_on("cuda"):
+    with rehearsal("aot_eager"):
+        static = Engine(target, "compile", autotune=False)
         for name in ("ar", "orthrus"):
             assert run(static, drafters[name], 1) == reference, name
     assert compilations() - before == 3  # the AR step, the diffusion pass and the verify pass

@@ -12,12 +12,12 @@ from conftest import random_model, random_prompts
 from harness.methods import make_decoder
 from harness.methods.target import Target, load_target
 from orthrus_core.attention import Visibility
+from orthrus_core.compiled import compilations
 from orthrus_core.engine import (
     Engine,
     EngineError,
     bucket,
     check_engine,
-    compilations,
     row_bucket,
     static_pass,
 )

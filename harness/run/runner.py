@@ -34,7 +34,8 @@ from harness.suites.config import GenerationSettings
 from harness.suites.conversation import Conversation, Turn, run_batched, run_item
 from harness.suites.suite import Suite, SuiteItem, load_suite
 from orthrus_core import metrics
-from orthrus_core.engine import EngineError, compilations
+from orthrus_core.compiled import compilations
+from orthrus_core.engine import EngineError
 from orthrus_core.generation import Clock
 from orthrus_core.loop import Request
 from orthrus_core.memory import sampling_copies
