@@ -43,6 +43,7 @@ from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .compiled import Compiled, rehearsing
+from .host import uncounted
 
 CAUSAL = "causal"
 ALL = "all"
@@ -225,8 +226,11 @@ def _flex(q, k, v, **kwargs):
     """FlexAttention, compiled (once per shape, orthrus_core.compiled) where it runs on a GPU or in a rehearsal of
     one; uncompiled it materialises the scores, the reference implementation a CPU run uses. Inside a compiled
     pass (the compile engine) it is traced as it is, and the pass's backend generates its kernel there."""
-    if torch.compiler.is_compiling() or not (q.device.type == "cuda" or rehearsing()):
+    if torch.compiler.is_compiling():
         return flex_attention(q, k, v, **kwargs)
+    if not (q.device.type == "cuda" or rehearsing()):
+        with uncounted():  # uncompiled FlexAttention still runs through Dynamo
+            return flex_attention(q, k, v, **kwargs)
     return _compiled_flex(q, k, v, **kwargs)
 
 

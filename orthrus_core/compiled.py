@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .host import uncounted
+
 # Compiled graphs Dynamo keeps per function, and in all: a run's known set of shapes is far below both
 # (docs/methodology.md); hitting either would stop a fullgraph function, so they are a safety margin, not a plan.
 RECOMPILE_LIMIT = 1024
@@ -128,7 +130,8 @@ class Compiled:
             self._by_backend[name] = compiled
         before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         t0 = time.perf_counter()
-        out = compiled(*args, **kwargs)
+        with uncounted():  # Dynamo traces with no host-sync counter of ours on the stack
+            out = compiled(*args, **kwargs)
         if torch._dynamo.utils.counters["stats"]["unique_graphs"] != before:
             LEDGER.add(self.kind, describe(args, kwargs), time.perf_counter() - t0)
         return out

@@ -20,12 +20,13 @@ count per cycle for each method.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack, _pop_mode_temporarily
 
 
 def upload(values, device: torch.device | str | None, dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -84,3 +85,15 @@ class HostSyncs(TorchFunctionMode):
             indices = index if isinstance(index, (tuple, list)) else (index,)
             return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
         return False
+
+
+@contextlib.contextmanager
+def uncounted():
+    """Within the block, no `HostSyncs` on the torch function stack: Dynamo (a compiled function, and
+    FlexAttention, which runs through Dynamo even uncompiled) traces with no mode of ours to trace through."""
+    stack = _get_current_function_mode_stack()
+    if stack and isinstance(stack[-1], HostSyncs):
+        with _pop_mode_temporarily():
+            yield
+    else:
+        yield
