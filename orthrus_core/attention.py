@@ -43,7 +43,7 @@ from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .compiled import Compiled, rehearsing
-from .host import uncounted
+from .host import uncounted, upload
 
 CAUSAL = "causal"
 ALL = "all"
@@ -114,7 +114,7 @@ class Visibility:
         """[R] long: each row's prefix."""
         if isinstance(self.lengths, torch.Tensor):
             return self.lengths
-        return self._once("prefix", lambda: torch.tensor(self.lengths, device=self.device))
+        return self._once("prefix", lambda: upload(self.lengths, self.device))
 
     @property
     def window(self) -> torch.Tensor:

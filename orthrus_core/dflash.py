@@ -32,6 +32,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from .attention import Visibility, attend
 from .checkpoint import CheckpointError, check_shapes, open_safetensors, read_json, resolve
+from .host import upload
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
 
@@ -169,14 +170,16 @@ class DFlashDrafter(CachedDrafter):
         block[:, 0] = roots
         committed = [c + k for c, k in zip(cache.lengths, n, strict=True)]  # and the new context rows
         offsets = torch.arange(M + K, device=device)
-        slots = torch.tensor(cache.lengths, device=device)[:, None] + offsets
-        root_at = torch.tensor(committed, device=device)[:, None]
+        slots = upload(cache.lengths, device)[:, None] + offsets
+        root_at = upload(committed, device)[:, None]
         positions = torch.cat([slots[:, :M], root_at + offsets[:K]], 1)
-        # The block sees its row's committed and new context rows and itself, not the padding between them.
-        pad = torch.tensor([M - k for k in n], device=device)[:, None, None]
-        columns = torch.arange(max(M - k for k in n) + K, device=device)
+        # The block sees its row's committed and new context rows and itself, not the padding between them. Over
+        # several rows the pass is ragged (FlexAttention on a GPU, compiled per shape): its window is then as wide
+        # as the most padding a row can have (K - 1) plus the block, whatever this cycle's.
+        pad = upload([M - k for k in n], device)[:, None, None]
+        columns = torch.arange(max(M - k for k in n) + K if R == 1 else 2 * K - 1, device=device)
         window = ((columns >= pad) & (columns < pad + K)).expand(R, K, -1)
-        visible = Visibility.after(committed, K, "whole" if M == min(n) else "pattern", device, window=window)
+        visible = Visibility.after(committed, K, "whole" if R == 1 else "pattern", device, window=window)
         embeds = self.target.model.embed_tokens(block)
         hidden = self.draft(embeds, features, positions, visible, cache.scatter(slots))
         cache.lengths = committed  # keep the context rows, drop the padding and the block

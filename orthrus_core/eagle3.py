@@ -50,6 +50,7 @@ from .checkpoint import (
     resolve,
 )
 from .engine import pass_visibility
+from .host import upload
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
 
@@ -285,17 +286,20 @@ class Eagle3Drafter(CachedDrafter):
         # Rows not in the draft cache yet: (feature of token t-1, token t) for every newly committed t, root last.
         new = [torch.cat([tokens, root[None]]) for (tokens, _), root in zip(self.pending, roots, strict=True)]
         m = [len(t) for t in new]
+        # Over several rows the pass is ragged (FlexAttention on a GPU, compiled per shape): it is always as wide
+        # as the most a row can bring (depth + 1), the padding written to scratch slots after each row's.
+        width = max(m) if R == 1 else self.depth + 1
         feature = self.pending[0][1]
-        tokens = torch.zeros(R, max(m), dtype=torch.long, device=device)
-        hidden = feature.new_zeros(R, max(m), feature.shape[-1])
+        tokens = torch.zeros(R, width, dtype=torch.long, device=device)
+        hidden = feature.new_zeros(R, width, feature.shape[-1])
         for b, (t, (_, f)) in enumerate(zip(new, self.pending, strict=True)):
             tokens[b, : m[b]], hidden[b, : m[b]] = t, f
-        visible = pass_visibility(cache.lengths, max(m), False, None, device)
-        slots = visible.prefix[:, None] + torch.arange(max(m), device=device)
+        visible = pass_visibility(cache.lengths, width, False, None, device)
+        slots = visible.prefix[:, None] + torch.arange(width, device=device)
         out = self._run(tokens, hidden, slots, slots, visible)
         cache.lengths = [c + n for c, n in zip(cache.lengths, m, strict=True)]
-        committed = torch.tensor(cache.lengths, device=device)  # [R]: each row's committed draft rows
-        hidden = out[torch.arange(R, device=device), torch.tensor(m, device=device) - 1][:, None]  # root rows
+        committed = upload(cache.lengths, device)  # [R]: each row's committed draft rows
+        hidden = out[torch.arange(R, device=device), upload(m, device) - 1][:, None]  # root rows
 
         scores, ids = torch.log_softmax(head.logits(hidden[:, 0]), -1).topk(k)  # [R, k]
         cand_ids, cand_scores, cand_parents = [ids], [scores], [torch.full((R, k), -1, device=device)]
@@ -303,6 +307,8 @@ class Eagle3Drafter(CachedDrafter):
         frontier_hidden, frontier_scores = hidden.expand(R, k, -1), scores
         seen = torch.zeros(R, k, 0, dtype=torch.bool, device=device)  # scratch rows each frontier row sees
         scratch = 0  # scratch rows written this cycle
+        # Every level's window is as wide as the last level's (k per level): one pass shape for every level.
+        levels_width = (self.depth - 1) * k
         for level in range(1, self.depth):
             # The frontier's rows go to scratch slots after the committed rows, at position committed - 1 + level.
             width = frontier.shape[1]
@@ -310,7 +316,8 @@ class Eagle3Drafter(CachedDrafter):
             slots = committed[:, None] + scratch + offsets
             sees = torch.cat([seen, torch.eye(width, dtype=torch.bool, device=device).expand(R, -1, -1)], 2)
             # Each node sees its row's committed rows, its ancestors among the scratch rows and itself.
-            visible = Visibility.after(cache.lengths, width, "pattern", device, window=sees)
+            window = torch.cat([sees, sees.new_zeros(R, width, levels_width - sees.shape[2])], 2)
+            visible = Visibility.after(cache.lengths, width, "pattern", device, window=window)
             positions = (committed - 1 + level)[:, None].expand(R, width)
             node_ids = head.to_target(torch.cat(cand_ids, 1).gather(1, frontier))
             out = self._run(node_ids, frontier_hidden, slots, positions, visible)

@@ -47,10 +47,11 @@ import torch
 
 from .engine import Engine
 from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, offsets, stop_ids
+from .host import upload
 from .model import KVCache
 from .params import GREEDY, SamplingParams
 from .sampling import EXACT, AcceptanceRule, greedy_accept, next_token, probs
-from .tree import accept_greedy, ancestors, chain_parents
+from .tree import accept_greedy, ancestors
 
 
 @dataclass
@@ -112,6 +113,11 @@ class Drafter(ABC):
     def accept(self, counts: list[int], tokens: torch.Tensor, features: torch.Tensor | None) -> None:  # noqa: B027
         """Row b committed tokens[b, :counts[b]] (its root, then its accepted drafts), whose target features
         are features[b, :counts[b]]. A hook: drafters that keep no context skip it."""
+
+    def emitted(self, b: int, tokens: list[int]) -> None:  # noqa: B027
+        """Row b emitted these tokens (host ints): its first token at admission, then each cycle's accepted
+        drafts and the next root. A hook for drafters that read the text on the host (prompt lookup), which
+        then need nothing read back from the device."""
 
     def keep(self, rows: list[int]) -> None:  # noqa: B027 (a hook: drafters without row state skip it)
         """Only these active rows stay, renumbered 0..len(rows)-1 (after the target cache's own `keep`)."""
@@ -265,6 +271,7 @@ def decode(
         out.emit([token])
         if drafter:
             drafter.admit(b, prompt, features)
+            drafter.emitted(b, [token])
         active.append(_Row(request, out, token, admitted_at, clock()))
         return True
 
@@ -321,7 +328,7 @@ def decode(
 def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) -> None:
     """One draft-verify cycle over the active rows (the module docstring's steps 1-4)."""
     R, device = len(active), engine.device
-    roots = torch.tensor([row.root for row in active], device=device)
+    roots = upload([row.root for row in active], device)
     generators = [row.request.generator for row in active]
     if drafter is None:
         proposal = Proposal(roots[:, None], [0] * R, 0)
@@ -345,14 +352,24 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
     if params.greedy and tokens.shape[1] == 1:  # AR steps
         accepted, paths, traces = [_Accepted(0, t, []) for t in logits[:, 0].argmax(-1).tolist()], None, None
     elif params.greedy and parents is None:  # vectorised over the rows, one host transfer
-        real = torch.tensor(proposal.drafts, device=device)
-        counts, nxt = greedy_accept(tokens[:, 1:], logits, real)
+        counts, nxt = greedy_accept(tokens[:, 1:], logits, upload(proposal.drafts, device))
         host = torch.cat([counts[:, None], nxt[:, None], tokens[:, 1:]], dim=1).tolist()
         paths, traces = None, None
         accepted = [_Accepted(h[0], h[1], h[2 : 2 + h[0]]) for h in host]
-    else:
-        host_tokens = tokens.tolist()
-        dist = None if params.greedy else probs(params, logits)
+    elif params.greedy:  # trees, vectorised over the rows, one host transfer
+        N = tokens.shape[1]
+        on_path, nxt = accept_greedy(tokens, parents, anc, logits)
+        host = torch.cat([nxt[:, None], on_path.long(), tokens], dim=1).tolist()
+        paths = [[i for i in range(N) if h[1 + i]] for h in host]
+        accepted = [
+            _Accepted(len(p) - 1, h[0], [h[1 + N + i] for i in p[1:]])
+            for p, h in zip(paths, host, strict=True)
+        ]
+        traces = None
+    else:  # sampling: row by row, each row drawing from its own generator in the order it draws alone
+        N = tokens.shape[1]
+        host = (tokens if parents is None else torch.cat([tokens, parents], dim=1)).tolist()
+        dist = probs(params, logits)
         accepted, paths, traces = [], [], []
         for b in range(R):
             m = proposal.drafts[b]
@@ -360,17 +377,11 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
                 n, token, trace = rule.chain_with_trace(tokens[b, 1 : 1 + m], proposal.q[b, :m], dist[b, : m + 1],
                                                         generators[b])  # fmt: skip
                 path = list(range(n + 1))
-            else:
-                row_parents = chain_parents(1, m + 1)[0] if parents is None else parents[b]
-                n_nodes = len(row_parents)
-                if params.greedy:
-                    path, token = accept_greedy(tokens[b, :n_nodes], row_parents, anc[b], logits[b])
-                else:
-                    path, token = rule.tree(
-                        host_tokens[b][:n_nodes], row_parents.tolist(), dist[b], generators[b]
-                    )
-                trace = [None] * len(path)  # deterministic drafts: no draft distribution to audit against
-            accepted.append(_Accepted(len(path) - 1, token, [host_tokens[b][i] for i in path[1:]]))
+            else:  # deterministic drafts, a chain or a tree: the multi-draft rule
+                row_parents = list(range(-1, m)) if parents is None else host[b][N:]
+                path, token = rule.tree(host[b][: len(row_parents)], row_parents, dist[b], generators[b])
+                trace = [None] * len(path)  # no draft distribution to audit against
+            accepted.append(_Accepted(len(path) - 1, token, [host[b][i] for i in path[1:]]))
             paths.append(path)
             traces.append(trace)
 
@@ -394,14 +405,14 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
             row.trace += traces[b]
         row.out.emit(drafts + [token])
         row.emitted_at.append(emitted_at)
+        if drafter:
+            drafter.emitted(b, drafts + [token])
     if drafter:
         counts = [a.count + 1 for a in accepted]
         if parents is None:
             drafter.accept(counts, tokens, features)
         else:  # the accepted paths, gathered to the front of each row
-            index = torch.zeros(R, max(counts), dtype=torch.long, device=device)
-            for b, path in enumerate(paths):
-                index[b, : len(path)] = torch.tensor(path, device=device)
+            index = upload([path + [0] * (max(counts) - len(path)) for path in paths], device)
             gathered = (
                 None
                 if features is None

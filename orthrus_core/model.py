@@ -35,6 +35,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from .attention import CAUSAL, Visibility, attend
+from .host import upload
 
 # kv_context(k, v) -> (keys, values): what a layer's new queries attend to, given the new tokens' k and v.
 KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -104,7 +105,7 @@ class KVCache:
         """Row b keeps its nodes at slots start + keep (sorted offsets, an accepted tree path) as the slots
         start..start+len(keep)-1: the rollback of a tree verify pass (the length is the caller's)."""
         n = len(keep)
-        src = torch.tensor(keep, device=self.k.device) + start
+        src = upload(keep, self.k.device) + start
         self.k[:, b, :, start : start + n] = self.k[:, b, :, src]
         self.v[:, b, :, start : start + n] = self.v[:, b, :, src]
 

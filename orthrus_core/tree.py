@@ -8,7 +8,7 @@ and a proposal of chains carries no parents at all: its verify pass is the plain
 The verify pass writes node i of a row into that row's cache slot start + i at RoPE position start + depth(i);
 a node attends to the row's committed prefix, its ancestors and itself. Greedy acceptance walks from the root:
 a child is accepted when it equals the target's argmax at its parent; drafted siblings are distinct, so at most
-one child matches and the accepted path is unique. Sampled acceptance is `sampling.AcceptanceRule.tree`.
+one child matches and the accepted path is unique (`accept_greedy`: every row at once, on the device). Sampled acceptance is `sampling.AcceptanceRule.tree`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ def ancestors(parents: torch.Tensor) -> torch.Tensor:
 
 
 def accept_greedy(tokens: torch.Tensor, parents: torch.Tensor, anc: torch.Tensor, logits: torch.Tensor):
-    """One row's tree: tokens, parents [N], ancestors [N, N], the verify pass's logits [N, V] -> (accepted path:
-    node indices from the root, next token)."""
+    """Every row's tree at once: tokens, parents [R, N], ancestors [R, N, N], the verify pass's logits
+    [R, N, V] -> (the accepted path [R, N]: a mask of its nodes, the root's included; the next token [R]), on
+    the device, for the caller to read back in one transfer."""
     target = logits.argmax(-1)
-    matches = tokens == target[parents.clamp_min(0)]
-    matches[0] = True
+    matches = tokens == target.gather(1, parents.clamp_min(0))
+    matches[:, 0] = True
     # A node is reachable when it and all its ancestors match; the deepest one ends the path (first on ties).
-    reachable = ~(anc & ~matches[None]).any(-1)
+    reachable = ~(anc & ~matches[:, None, :]).any(-1)
     depth = anc.sum(-1) - 1
-    best = int(torch.where(reachable, depth, -1).argmax())
-    return anc[best].nonzero()[:, 0].tolist(), int(target[best])
+    best = torch.where(reachable, depth, -1).argmax(-1)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    return anc[rows, best], target[rows, best]

@@ -4,6 +4,7 @@ row its own batch-1 output, whatever shares the batch, at R = 1, 2, 4, 8, static
 of different lengths, rows that stop at different times and rows that accept different numbers of drafts in
 the same cycle; sampled rows follow their own seeded streams."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import check_emissions, heldout_prompts, random_model, random_prompts
@@ -17,7 +18,7 @@ from orthrus_core.engine import Engine, pass_visibility, static_pass
 from orthrus_core.loop import Drafter, Proposal, Request, decode, generate
 from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import GREEDY, SamplingParams
-from orthrus_core.prompt_lookup import PromptLookupDrafter
+from orthrus_core.prompt_lookup import PromptLookupDrafter, Text
 from orthrus_core.tree import accept_greedy, ancestors, chain_parents
 
 
@@ -170,10 +171,17 @@ def test_prompt_lookup_greedy_identical_to_ar(engine):
 
 def test_prompt_lookup_finds_the_first_longest_match():
     d = PromptLookupDrafter(max_ngram=3, num_draft_tokens=4)
-    seq = torch.tensor([1, 2, 3, 4, 5, 9, 2, 3, 6, 7, 1, 2, 3])
-    assert d.lookup(seq).tolist() == [4, 5, 9, 2]  # the 3-gram 1 2 3 at index 0
-    assert d.lookup(torch.tensor([5, 1, 2, 8, 2])).tolist() == [8, 2]  # only the 1-gram 2 matches
-    assert d.lookup(torch.tensor([1, 2, 3])).tolist() == []
+    seq = np.array([1, 2, 3, 4, 5, 9, 2, 3, 6, 7, 1, 2, 3])
+    assert d.lookup(seq) == [4, 5, 9, 2]  # the 3-gram 1 2 3 at index 0
+    assert d.lookup(np.array([5, 1, 2, 8, 2])) == [8, 2]  # only the 1-gram 2 matches
+    assert d.lookup(np.array([1, 2, 3])) == []
+
+
+def test_a_row_text_grows_past_its_buffer():
+    text = Text([1, 2])
+    for i in range(10):
+        text.extend([i, i + 1])
+    assert text.tokens.tolist() == [1, 2] + [t for i in range(10) for t in (i, i + 1)]
 
 
 def test_tree_ancestors_depth_and_greedy_walk():
@@ -197,12 +205,14 @@ def test_tree_ancestors_depth_and_greedy_walk():
     logits = torch.zeros(7, 100)
     for node, tok in argmax.items():
         logits[node, tok] = 1.0
-    path, nxt = accept_greedy(tokens, parents, anc, logits)
-    assert path == [0, 2, 5, 6] and nxt == 99
+    first = logits.clone()
     logits[2] = 0
     logits[2, 13] = 1.0  # the target wants 13 after node 2, which is drafted only under node 1
-    path, nxt = accept_greedy(tokens, parents, anc, logits)
-    assert path == [0, 2] and nxt == 13
+    # Both trees as two rows of one batch: each row's path and next token.
+    path, nxt = accept_greedy(tokens.expand(2, -1), parents.expand(2, -1), anc.expand(2, -1, -1),
+                              torch.stack([first, logits]))  # fmt: skip
+    assert [row.nonzero()[:, 0].tolist() for row in path] == [[0, 2, 5, 6], [0, 2]]
+    assert nxt.tolist() == [99, 13]
 
 
 def test_untied_multi_eos_model():

@@ -1,8 +1,16 @@
-"""`orthrus-bench bench-engine` and `bench-overhead`: benchmarks that print figures."""
+"""`orthrus-bench bench-engine`, `bench-overhead` and `bench-syncs`: benchmarks that print figures."""
 
 from __future__ import annotations
 
-from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, parse_int_list, parse_list
+from .args import (
+    UsageError,
+    add_data_dir_arg,
+    add_engine_arg,
+    add_model_args,
+    parse_float_list,
+    parse_int_list,
+    parse_list,
+)
 
 
 def register(sub) -> None:
@@ -47,6 +55,23 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     add_data_dir_arg(p)
     p.set_defaults(func=cmd_bench_overhead)
+
+    p = sub.add_parser(
+        "bench-syncs",
+        help="host syncs per decode cycle for each method, on the CUDA route (rehearsed on a CPU)",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--methods", type=parse_list, default=None, help="method specs (default: every batched one)"
+    )
+    p.add_argument("--rows", type=parse_int_list, default=[1, 4], help="batch sizes (continuous), e.g. 1,4")
+    p.add_argument("--temperatures", type=parse_float_list, default=[0.0, 1.0], help="e.g. 0,1")
+    p.add_argument("--suite", default="tiny-math", help="suite whose first prompts are decoded")
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--json", help="also write the counts to this JSON file")
+    add_data_dir_arg(p)
+    p.set_defaults(func=cmd_bench_syncs)
 
 
 def cmd_bench_engine(args) -> int:
@@ -93,4 +118,22 @@ def cmd_bench_overhead(args) -> int:
         for method in args.methods
     ]
     print_overhead(results)
+    return 0
+
+
+def cmd_bench_syncs(args) -> int:
+    import json
+
+    from harness.bench.syncs import METHODS, bench_syncs, print_syncs, route_name
+    from harness.suites import load_suite
+
+    suite = load_suite(args.suite, args.data_dir, limit=args.prompts)
+    results = bench_syncs(
+        args.model, args.dtype, args.device, suite, methods=args.methods or METHODS, rows=args.rows,
+        temperatures=args.temperatures, max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    print_syncs(results, route_name(args.device))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
     return 0
