@@ -32,6 +32,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from .attention import Visibility, attend
 from .checkpoint import CheckpointError, check_shapes, open_safetensors, read_json, resolve
+from .engine import row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
@@ -160,31 +161,37 @@ class DFlashDrafter(CachedDrafter):
         self.pending = [features[b, :n] for b, n in enumerate(counts)]
 
     def propose(self, roots, params, generators):
-        R, K, device, cache = roots.shape[0], self.block_size, roots.device, self.draft_cache
-        n = [len(f) for f in self.pending]
+        active, K, device, cache = roots.shape[0], self.block_size, roots.device, self.draft_cache
+        # Over several rows the pass is ragged (FlexAttention on a GPU, compiled per shape): it runs over the
+        # engine's row bucket of the active rows (padding rows bring no context rows and write at slot 0 of an
+        # unused row of the draft cache), and its window is as wide as the most padding a row can have before its
+        # block (K, a row admitted since the last cycle) plus the block, whatever this cycle's.
+        R = row_bucket(active, cache.rows)
+        pending = self.pending + [self.pending[0][:0]] * (R - active)
+        roots = torch.cat([roots, roots.new_zeros(R - active)])
+        lengths = cache.lengths + [0] * (R - active)
+        n = [len(f) for f in pending]
         M = max(n)
-        features = self.pending[0].new_zeros(R, M, self.pending[0].shape[-1])
-        for b, f in enumerate(self.pending):
+        features = pending[0].new_zeros(R, M, pending[0].shape[-1])
+        for b, f in enumerate(pending):
             features[b, : n[b]] = f
         block = torch.full((R, K), self.draft.mask_token_id, dtype=torch.long, device=device)
         block[:, 0] = roots
-        committed = [c + k for c, k in zip(cache.lengths, n, strict=True)]  # and the new context rows
+        committed = [c + k for c, k in zip(lengths, n, strict=True)]  # and the new context rows
         offsets = torch.arange(M + K, device=device)
-        slots = upload(cache.lengths, device)[:, None] + offsets
+        slots = upload(lengths, device)[:, None] + offsets
         root_at = upload(committed, device)[:, None]
         positions = torch.cat([slots[:, :M], root_at + offsets[:K]], 1)
-        # The block sees its row's committed and new context rows and itself, not the padding between them. Over
-        # several rows the pass is ragged (FlexAttention on a GPU, compiled per shape): its window is then as wide
-        # as the most padding a row can have (K - 1) plus the block, whatever this cycle's.
+        # The block sees its row's committed and new context rows and itself, not the padding between them.
         pad = upload([M - k for k in n], device)[:, None, None]
-        columns = torch.arange(max(M - k for k in n) + K if R == 1 else 2 * K - 1, device=device)
+        columns = torch.arange(M - n[0] + K if R == 1 else 2 * K, device=device)
         window = ((columns >= pad) & (columns < pad + K)).expand(R, K, -1)
         visible = Visibility.after(committed, K, "whole" if R == 1 else "pattern", device, window=window)
         embeds = self.target.model.embed_tokens(block)
         hidden = self.draft(embeds, features, positions, visible, cache.scatter(slots))
-        cache.lengths = committed  # keep the context rows, drop the padding and the block
-        drafts = self.target.lm_head(hidden[:, 1:]).argmax(-1)
-        return Proposal(torch.cat([roots[:, None], drafts], 1), [K - 1] * R, 1)
+        cache.lengths = committed[:active]  # keep the context rows, drop the padding and the block
+        drafts = self.target.lm_head(hidden[:active, 1:]).argmax(-1)
+        return Proposal(torch.cat([roots[:active, None], drafts], 1), [K - 1] * active, 1)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -49,7 +49,7 @@ from .checkpoint import (
     refetch_hint,
     resolve,
 )
-from .engine import pass_visibility
+from .engine import pass_visibility, row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
@@ -281,24 +281,30 @@ class Eagle3Drafter(CachedDrafter):
         return self.head(tokens, hidden, positions, visible, lambda k, v: kv(0, k, v))
 
     def propose(self, roots, params, generators):
-        head, k, device, R = self.head, self.top_k, roots.device, roots.shape[0]
+        head, k, device, active = self.head, self.top_k, roots.device, roots.shape[0]
         cache = self.draft_cache
+        # Over several rows the passes are ragged (FlexAttention on a GPU, compiled per shape): they run over the
+        # engine's row bucket of the active rows, the padding rows (one token each, at slot 0 of an unused row of
+        # the draft cache) dropped at the end, and every pass is as wide as the most a row can bring.
+        R = row_bucket(active, cache.rows)
+        pending = self.pending + [(roots[:0], self.pending[0][1][:1] * 0)] * (R - active)
+        roots = torch.cat([roots, roots.new_zeros(R - active)])
+        lengths = cache.lengths + [0] * (R - active)
         # Rows not in the draft cache yet: (feature of token t-1, token t) for every newly committed t, root last.
-        new = [torch.cat([tokens, root[None]]) for (tokens, _), root in zip(self.pending, roots, strict=True)]
+        new = [torch.cat([tokens, root[None]]) for (tokens, _), root in zip(pending, roots, strict=True)]
         m = [len(t) for t in new]
-        # Over several rows the pass is ragged (FlexAttention on a GPU, compiled per shape): it is always as wide
-        # as the most a row can bring (depth + 1), the padding written to scratch slots after each row's.
         width = max(m) if R == 1 else self.depth + 1
-        feature = self.pending[0][1]
+        feature = pending[0][1]
         tokens = torch.zeros(R, width, dtype=torch.long, device=device)
         hidden = feature.new_zeros(R, width, feature.shape[-1])
-        for b, (t, (_, f)) in enumerate(zip(new, self.pending, strict=True)):
+        for b, (t, (_, f)) in enumerate(zip(new, pending, strict=True)):
             tokens[b, : m[b]], hidden[b, : m[b]] = t, f
-        visible = pass_visibility(cache.lengths, width, False, None, device)
+        visible = pass_visibility(lengths, width, False, None, device)
         slots = visible.prefix[:, None] + torch.arange(width, device=device)
         out = self._run(tokens, hidden, slots, slots, visible)
-        cache.lengths = [c + n for c, n in zip(cache.lengths, m, strict=True)]
-        committed = upload(cache.lengths, device)  # [R]: each row's committed draft rows
+        lengths = [c + n for c, n in zip(lengths, m, strict=True)]
+        cache.lengths = lengths[:active]
+        committed = upload(lengths, device)  # [R]: each row's committed draft rows
         hidden = out[torch.arange(R, device=device), upload(m, device) - 1][:, None]  # root rows
 
         scores, ids = torch.log_softmax(head.logits(hidden[:, 0]), -1).topk(k)  # [R, k]
@@ -317,7 +323,7 @@ class Eagle3Drafter(CachedDrafter):
             sees = torch.cat([seen, torch.eye(width, dtype=torch.bool, device=device).expand(R, -1, -1)], 2)
             # Each node sees its row's committed rows, its ancestors among the scratch rows and itself.
             window = torch.cat([sees, sees.new_zeros(R, width, levels_width - sees.shape[2])], 2)
-            visible = Visibility.after(cache.lengths, width, "pattern", device, window=window)
+            visible = Visibility.after(lengths, width, "pattern", device, window=window)
             positions = (committed - 1 + level)[:, None].expand(R, width)
             node_ids = head.to_target(torch.cat(cand_ids, 1).gather(1, frontier))
             out = self._run(node_ids, frontier_hidden, slots, positions, visible)
@@ -347,11 +353,11 @@ class Eagle3Drafter(CachedDrafter):
         parent_cands = torch.cat(cand_parents, 1).gather(1, keep)
         parents = torch.where(parent_cands >= 0, node_of.gather(1, parent_cands.clamp_min(0)), 0)
         drafts = head.to_target(torch.cat(cand_ids, 1).gather(1, keep))
-        tokens = torch.cat([roots[:, None], drafts], 1)
+        tokens = torch.cat([roots[:, None], drafts], 1)[:active]
         if k == 1:  # top-1 at every level: a chain
-            return Proposal(tokens, [keep.shape[1]] * R, self.depth)
-        parents = torch.cat([parents.new_full((R, 1), -1), parents], 1)
-        return Proposal(tokens, [keep.shape[1]] * R, self.depth, parents=parents)
+            return Proposal(tokens, [keep.shape[1]] * active, self.depth)
+        parents = torch.cat([parents.new_full((R, 1), -1), parents], 1)[:active]
+        return Proposal(tokens, [keep.shape[1]] * active, self.depth, parents=parents)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
