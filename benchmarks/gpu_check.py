@@ -1,57 +1,72 @@
-"""The one prepared GPU check: what a session with a lent H100/H200 should measure, in one call that fits a short
-window.
+"""The one prepared GPU check, in two calls that each fit five minutes on an H200, compiles included, and its
+rehearsal on a CPU.
 
-    python benchmarks/gpu_check.py --out $OUT            # on the GPU machine: the plan below, about 7.5 minutes
-    python benchmarks/gpu_check.py --out $OUT --steps identity,long_context   # some steps, in the plan's order
-    python benchmarks/gpu_check.py --out DIR --quick     # on a CPU, at the small shape (what the tests run)
+    python benchmarks/gpu_check.py --call 1 --out $OUT                  # smoke, long context, engine
+    python benchmarks/gpu_check.py --call 2 --out $OUT --after DIR      # identity, bf16, batch (DIR: call 1's $OUT)
+    python benchmarks/gpu_check.py --rehearse --out DIR                 # every step, the CUDA route on this CPU
+    python benchmarks/gpu_check.py --rehearse --out DIR --write-plan    # ... and refresh gpu_check_plan.json
 
-It writes DIR/gpu_check.json (every figure) and DIR/gpu_check.md (the summary to paste) after every step, so a
-kill keeps what finished, and exits 0 unless a step failed to run (a missed target is a finding, reported as
-such, not a failure). The steps, in the order a short window should bring them back (PLAN holds each one's
-estimated seconds on an H200; the summary puts the time each took beside it):
+Before it starts, each call prints its plan: per step, the shapes it compiles (FlexAttention kernels, CUDA
+graph captures, transformers' own graphs), as the rehearsal counted them (gpu_check_plan.json, which a test
+holds to the rehearsal), times the seconds one costs, plus the step's own work; `--after` carries call 1's
+measured seconds per compile into call 2's plan, and its compile caches (Inductor's and Triton's, archived in
+call 1's $OUT as compile-cache.tar.gz) into call 2. Every step writes DIR/gpu_check.json and DIR/gpu_check.md as
+it finishes, so a kill keeps what finished; a method that fails keeps the others' rows. Exit 0 unless a step
+failed to run (a missed target is a finding, reported as such).
 
-1. identity: every lossless method on the tiny family in float32, token for token against `ar`;
-2. long context: at the qwen3-8b shape in bf16, a prefill and decode at 8K, 32K and 40K for AR and Orthrus in
-   the device's default engine: the attention kernel every pass took (and the SDPA backend torch selected for
-   it), the generation's own allocator peak against `orthrus_core.memory`'s plan, prefill, AR step and Orthrus
-   cycle times;
-3. engine: `bench-engine` at the qwen3-8b shape, bf16, eager and cudagraph (nothing compiled by inductor);
-   targets: AR step >= 80% of the roofline at 1K context, Orthrus cycle / AR step <= 2.1 up to 32K at K = 32,
-   CUDA-event times within 2% of wall clock;
-4. bf16: a run of the tiny family in bfloat16, verified: divergences classified near-tie or algorithmic; then
-   the telemetry cross-checks of its records (CUDA events vs wall clock, NVML power and energy, allocator peak
-   vs NVML device memory);
-5. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape (bf16, K = 32) at
-   B = 1, 4, 16, 64 and contexts 1K and 4K, with cycle / AR (the τ an Orthrus cycle must beat at that B); and
-   every batched method on the tiny family in float32 at B = 4 (continuous), row for row against its own
-   batch-1 output;
-6. pipeline: `run` -> `verify` -> `report` on a random Orthrus checkpoint at the qwen3-1.7b shape written in
-   bf16 (the small shape with --quick), a few prompts of a few tokens.
+Call 1:
+1. smoke: imports, Triton and a C compiler, NVML matched to the device, then at the qwen3-8b shape in bf16 one
+   AR step and one Orthrus cycle under cudagraph: the kernels every pass chose (recorded at capture), and the
+   host syncs per cycle (counted by orthrus_core.host, and by CUDA's own sync debug mode);
+2. long context: prefill and decode at 32K and 40K for AR and Orthrus: kernels at capture, the generation's own
+   allocator peak against `orthrus_core.memory`'s plan, prefill, AR step and Orthrus cycle times;
+3. engine: `bench-engine` at 1K and 32K, eager and cudagraph; targets: AR step >= 80% of the roofline at 1K,
+   Orthrus cycle / AR step <= 2.1 up to 32K at K = 32, CUDA-event times within 2% of wall clock.
 
-The random 8B model is made once, on the device, in bf16, and shared by the steps that read it.
+Call 2:
+4. identity: every lossless method on the tiny family in float32, EAGLE-3 included, token for token against
+   `ar`, in the device's default engine;
+5. bf16: a run of the tiny family in bfloat16, verified (divergences near-tie or algorithmic), then the
+   telemetry cross-checks of its records (CUDA events vs wall clock, NVML power and energy, allocator peak vs
+   NVML device memory);
+6. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape at batch sizes the memory plan
+   of the device fits (H100 or H200) at 1K and 4K, with cycle / AR; every batched method on the tiny family at
+   B = 4 (continuous), row for row against its own batch-1 output.
 
-The machine has no network: only the repository arrives, so it needs only what the project imports (carry
-missing pure-Python packages as wheels; the device tool's README says how).
+`--steps pipeline` adds run -> verify -> report on a random checkpoint at the qwen3-1.7b shape written in bf16.
+
+The rehearsal (--rehearse, orthrus_core.rehearsal) runs the same steps with the same structure (methods, row
+buckets, capacity buckets, dtypes: what decides how many shapes compile) at a small shape, with the contexts
+scaled by REHEARSAL_SCALE so that they group into capacity buckets as the GPU's do, and fewer timing repeats.
+
+The machine has no network: only the repository arrives, so it needs only what the project imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
+import tarfile
+import tempfile
 import time
 import traceback
+import warnings
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.bench.engine_bench import available_engines, bench_engine, random_model  # noqa: E402
+from harness.bench.engine_bench import available_engines, bench_engine, machine, random_model  # noqa: E402
 from harness.methods import BATCHED, make_decoder  # noqa: E402
-from harness.methods.target import load_target, torch_dtype  # noqa: E402
+from harness.methods.target import load_target  # noqa: E402
 from harness.paths import default_model  # noqa: E402
 from harness.run.runner import execute  # noqa: E402
 from harness.run.spec import RunSpec  # noqa: E402
@@ -59,21 +74,59 @@ from harness.store import read_records  # noqa: E402
 from harness.suites.suite import load_suite  # noqa: E402
 from harness.verify.config import VerifyConfig  # noqa: E402
 from harness.verify.verdicts import verify_main  # noqa: E402
+from orthrus_core import compiled  # noqa: E402
 from orthrus_core.checkpoint import save_model  # noqa: E402
+from orthrus_core.rehearsal import rehearsal  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
+PLAN_FILE = HERE / "gpu_check_plan.json"
 LOSSLESS = ["ar-hf", "ar-hf:cache=static", "orthrus", "orthrus:cache=dynamic", "eagle3", "dflash", "pld"]
+CALLS = {1: ["smoke", "long_context", "engine"], 2: ["identity", "bf16", "batch"]}
+STEPS = [*CALLS[1], *CALLS[2], "pipeline"]
+CALL_LIMIT_S = 300  # one call of the device tool, as a session should spend it
 
-# The default plan, in the order a short GPU window should bring results back, with each step's estimated
-# seconds on an H200 (estimates from the shapes' bytes and FLOPs and the CPU runs of the same steps: no GPU has
-# run them). The whole plan: about 7.5 minutes, for a window of 8. Each step writes the summary as it finishes.
-PLAN = {
-    "identity": 40,  # every lossless method on the tiny family in float32 against ar: correctness first
-    "long_context": 150,  # 8B bf16, 8K/32K/40K, AR and Orthrus: prefill + 64 tokens twice; flex compiles
-    "engine": 90,  # 8B bf16, eager and cudagraph (nothing compiled by inductor): per-pass costs at 1K/8K/32K
-    "bf16": 60,  # the tiny family in bf16, verified; the telemetry cross-checks read its records
-    "batch": 60,  # 8B bf16 batched passes at B = 1, 4, 16, 64 and 1K/4K; tiny batched identity
-    "pipeline": 50,  # run -> verify -> report on a random 1.7B checkpoint written in bf16
+# Each step's own work on an H200, compiles excluded (the plan adds those from the rehearsal's counts), from
+# the shapes' FLOPs and bytes at ~600 TFLOP/s and ~4.3 TB/s (KINDS.md) and the CPU runs of the same steps:
+WORK_S = {
+    "smoke": 15,  # imports (~5 s), the random 8B model drawn on the device (~5 s), one prefill of 1K, two passes
+    "long_context": 30,  # 8 prefills of 32-40K (~2 s each: ~1.1e15 FLOP), 4 x 64 tokens at ~5 ms per pass
+    "engine": 60,  # 2 modes x 2 contexts: 4 prefills, 3 passes x 13 runs; 2 x 4 prompts x 64 tokens, eager ~20 ms
+    "identity": 20,  # the tiny family, 7 methods x 8 prompts x 96 tokens, ~1-5 ms per cycle
+    "bf16": 40,  # a tiny bf16 run of 6 methods, then verify's float32 references and near-tie study
+    "batch": 25,  # 8B passes at up to 4 batch sizes x 2 contexts x 3 kinds x 13 runs; tiny batched identity
+    "pipeline": 50,  # a random 1.7B checkpoint written in bf16 (~3.4 GB), run, verify, report
 }
+# Seconds one compile costs cold on an H200, until call 1 has measured them (--after): a FlexAttention kernel
+# (Triton; 10-60 s reported, the middle taken), a CUDA graph capture, and one of transformers' own graphs
+# (ar-hf:cache=static: inductor with CUDA graphs over a whole model).
+COMPILE_S = {"flex_attention": 20.0, "static_pass": 60.0, "cudagraph": 0.5, "transformers": 40.0}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What the steps run at. Only the sizes differ between the GPU's and the rehearsal's; what compiles depends
+    on the structure (methods, passes, row buckets, capacity buckets, dtypes), which is the same in both."""
+
+    shape: str  # the random model's shape (harness.bench.engine_bench.SHAPES)
+    contexts_divisor: int  # the GPU's contexts over this
+    repeats: int  # timing repeats
+    new_tokens: int  # tokens per long-context or engine generation
+
+    def context(self, n: int) -> int:
+        return n // self.contexts_divisor
+
+
+GPU = Scale("qwen3-8b", 1, 10, 64)
+REHEARSAL_SCALE = 32  # 32K -> 1K: the contexts fall into buckets as the GPU's do (tests/test_gpu_check.py)
+REHEARSAL = Scale("small", REHEARSAL_SCALE, 2, 16)
+
+LONG_CONTEXTS = [32768, 40960]
+ENGINE_CONTEXTS = [1024, 32768]
+BATCH_CONTEXTS = [1024, 4096]
+BATCH_SIZES = [1, 4, 16, 64]  # those the device's memory fits at 4K are run
+SMOKE_CONTEXT = 1000  # the engine step's 1K bucket: the smoke step's compiles serve it
+TINY_NEW_TOKENS = 96  # every tiny-math prompt (<= 89 tokens) with its drafts in one capacity bucket (256)
+H200_BYTES = 139 * 2**30  # the device a rehearsal plans its batch sizes for
 
 _shared: dict = {}
 
@@ -90,132 +143,24 @@ def shared_model(shape: str, dtype: torch.dtype, device: str):
     return _shared[key]
 
 
+def random_prompt(model, tokens: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size - 1, (tokens,), generator=g).tolist()
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-def engine_figures(quick: bool, device: str) -> dict:
-    if quick:  # the small shape, eager only: what the tests can afford on a CPU
-        runs = {
-            "small": dict(
-                engines=["eager"], contexts=[64], block_sizes=[16], new_tokens=16, repeats=3, baselines=False
-            )
-        }
-        dtype = "float32"
-    else:
-        dtype = "bfloat16"
-        runs = {
-            # compile would spend minutes on an 8B graph; the 8B targets are CUDA-graph targets
-            "qwen3-8b": dict(
-                engines=["eager", "cudagraph"],
-                contexts=[1024, 8192, 32768],
-                block_sizes=[32],
-                new_tokens=64,
-                repeats=10,
-                baselines=False,
-            ),
-        }
-    figures = {}
-    for shape, options in runs.items():
-        model = shared_model(shape, torch_dtype(dtype), device)
-        figures[shape] = bench_engine(
-            shape, model=model, dtype=dtype, device=device, print_tables=False, **options
-        )
-    return figures
-
-
-def engine_targets(figures: dict) -> list[str]:
-    """The issue's GPU targets, each as a line: met or missed, with the figure."""
-    lines = []
-    big = figures.get("qwen3-8b")
-    if big:
-        for mode, f in big["modes"].items():
-            at_1k = [r for r in f["forwards"] if r["context"] == 1024]
-            if at_1k:
-                pct = at_1k[0]["roofline_pct"]
-                lines.append(
-                    f"8B AR step at 1K, {mode}: {pct:.0f}% of roofline ({'met' if pct >= 80 else 'MISSED'})"
-                )
-            worst = max(
-                (r["cycle_over_ar"] for r in f["forwards"] if r["context"] <= 32768 and r["K"] == 32),
-                default=None,
-            )
-            if worst is not None:
-                lines.append(
-                    f"8B cycle / AR up to 32K, {mode}: {worst:.2f} ({'met' if worst <= 2.1 else 'MISSED'})"
-                )
-            ratio = f["events_over_wall"]
-            if ratio is not None:
-                ok = abs(ratio - 1) <= 0.02
-                lines.append(
-                    f"8B CUDA events / wall clock, {mode}: {ratio:.3f} ({'met' if ok else 'MISSED'})"
-                )
-    return lines
-
-
-def identity(device: str, quick: bool) -> dict:
-    """Every lossless method against `ar` on the tiny family in float32, under the device's default engine."""
-    target = load_target(None, "float32", device, engine="auto")
-    suite = load_suite("tiny-math", limit=2 if quick else 8)
-    prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
-    new = 24 if quick else 128
-    ar = [make_decoder("ar", target).generate(p, new).tokens for p in prompts]
-    out = {}
-    for spec in LOSSLESS if not quick else ["orthrus", "orthrus:cache=dynamic", "pld"]:
-        decoder = make_decoder(spec, target)
-        same = sum(decoder.generate(p, new).tokens == a for p, a in zip(prompts, ar, strict=True))
-        out[spec] = {"identical": same, "prompts": len(prompts)}
-    return out
-
-
-def batch_step(device: str, quick: bool) -> dict:
-    """Batched pass costs against B x K at the 8B shape, and batched identity on the tiny family."""
-    from harness.bench.engine_bench import forward_costs
-    from orthrus_core.engine import Engine, default_engine
-    from orthrus_core.generation import stop_ids
-    from orthrus_core.loop import Request
-
-    if quick:
-        shape, dtype, contexts, K, sizes, repeats = "small", torch.float32, [64], 16, [1, 2], 3
-    else:
-        shape, dtype, contexts, K, sizes, repeats = (
-            "qwen3-8b",
-            torch.bfloat16,
-            [1024, 4096],
-            32,
-            [1, 4, 16, 64],
-            10,
-        )
-    model = shared_model(shape, dtype, device)
-    passes = [
-        dict(batch_size=B, context=ctx, K=K, ar_ms=ar * 1e3, diffusion_ms=d * 1e3, verify_ms=v * 1e3,
-             cycle_over_ar=(d + v) / ar)
-        for B, ctx, _, ar, d, v in forward_costs(Engine(model, default_engine(device)), contexts, K, repeats,
-                                                 torch.device(device), sizes, time_prefill=False)
-    ]  # fmt: skip
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    target = load_target(None, "float32", device)  # the default engine: CUDA graphs on a GPU
-    suite = load_suite("tiny-math", limit=2 if quick else 6)  # a minute on a GPU: the check's budget is ten
-    prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
-    new, stop = 12 if quick else 64, stop_ids(target.model)
-    identity = {}
-    for spec in BATCHED:
-        decoder = make_decoder(spec, target)
-        alone = [decoder.generate(p, new).tokens for p in prompts]
-        queue = [Request(p, new, stop, key=i) for i, p in enumerate(prompts)][::-1]
-        done = decoder.decode(lambda q=queue: q.pop() if q else None, rows=4, continuous=True)
-        same = sum(d.result.tokens == alone[d.request.key] for d in done)
-        identity[spec] = {"identical": same, "prompts": len(prompts)}
-    return {"shape": shape, "passes": passes, "identity": identity}
+# --------------------------------------------------------------------------------------------------- steps
 
 
 @contextmanager
 def kernels_seen():
     """Every attention call inside the block, by (queries, kernel, backend) -> [calls, fewest keys, most keys]:
-    SDPA's backend as
-    torch selects it for those inputs (`torch._fused_sdp_choice`; "lower-right" is flash's own bottom-right
-    causal, which the bias dispatches to directly), or FlexAttention (compiled on CUDA)."""
+    SDPA's backend as torch selects it for those inputs (`torch._fused_sdp_choice`; "lower-right" is flash's
+    own bottom-right causal, which the bias dispatches to directly), or FlexAttention (compiled on the CUDA
+    route). Under cudagraph a pass calls attention while it is captured (its warm-up runs and the capture) and
+    never again (replays run no Python): wrap the generation that captures."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend
 
@@ -242,8 +187,7 @@ def kernels_seen():
         return real_sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
 
     def flex(q, k, v, **kwargs):
-        compiled = "compiled" if q.device.type == "cuda" else "eager (CPU reference)"
-        count(q, k, "flex", compiled)
+        count(q, k, "flex", "compiled" if q.device.type == "cuda" or compiled.rehearsing() else "eager")
         return real_flex(q, k, v, **kwargs)
 
     F.scaled_dot_product_attention, attention._flex = sdpa, flex
@@ -253,86 +197,286 @@ def kernels_seen():
         F.scaled_dot_product_attention, attention._flex = real_sdpa, real_flex
 
 
-def long_context(device: str, quick: bool) -> dict:
-    """AR and Orthrus at long contexts on one device: kernels, peak memory against the plan, times."""
+def kernel_rows(seen: dict) -> list[dict]:
+    return [
+        {"queries": q, "keys": [low, high], "kernel": kind, "backend": backend, "calls": n}
+        for (q, kind, backend), (n, low, high) in sorted(seen.items())
+    ]
+
+
+@contextmanager
+def cuda_sync_warnings(device: str):
+    """CUDA's own count of host syncs (torch.cuda.set_sync_debug_mode "warn": one warning per synchronising
+    call) inside the block, a cross-check of orthrus_core.host's rules; None off a GPU."""
+    counted: dict = {"syncs": None}
+    if not device.startswith("cuda"):
+        yield counted
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield counted
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    counted["syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+
+
+def environment(device: str) -> dict:
+    """What the check needs of the machine besides torch: Triton and a C compiler (inductor's kernels and
+    their launchers), and NVML matched to the device."""
+    from harness.run.telemetry import load_nvml, nvml_handle
+
+    found: dict = {"c_compiler": shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")}
+    try:
+        import triton
+
+        found["triton"] = triton.__version__
+    except ImportError as exc:
+        found["triton"] = f"missing ({exc})"
+    nvml = load_nvml() if device.startswith("cuda") else None
+    if nvml is None:
+        found["nvml"] = "not loaded" if device.startswith("cuda") else "no GPU"
+    else:
+        try:
+            handle, whole_gpu = nvml_handle(nvml, torch.device(device))
+            name = nvml.nvmlDeviceGetName(handle)
+            found["nvml"] = f"{name if isinstance(name, str) else name.decode()}" + (
+                " (MIG parent)" if whole_gpu else ""
+            )
+        except Exception as exc:  # a missing or mismatched device: the finding is the error
+            found["nvml"] = f"{type(exc).__name__}: {exc}"
+    if device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        found["memory_gib"] = {"free": free / 2**30, "total": total / 2**30}
+    return found
+
+
+def smoke(device: str, scale: Scale) -> dict:
+    """The machine, then one AR step and one Orthrus cycle at the 8B shape under the device's default engine:
+    the kernels each pass chose (at capture) and the host syncs of a cycle."""
+    from harness.bench.syncs import cycle_syncs
+    from orthrus_core import loop
+    from orthrus_core.engine import Engine, default_engine
+    from orthrus_core.orthrus import OrthrusDrafter
+
+    t0 = time.perf_counter()
+    found = environment(device)
+    model = shared_model(scale.shape, torch.bfloat16, device)
+    found["model_s"] = time.perf_counter() - t0
+    engine = Engine(model, default_engine(device))
+    prompt = random_prompt(model, scale.context(SMOKE_CONTEXT))
+    rows = []
+    for method, drafter in (("ar", None), ("orthrus", OrthrusDrafter(model, model.block_size))):
+        with kernels_seen() as seen:  # the first generation captures: two cycles' passes, recorded
+            loop.generate(
+                engine, drafter, prompt, 2 if drafter is None else model.block_size + 1, stop_token_ids=[]
+            )
+        with cuda_sync_warnings(device) as cuda, cycle_syncs() as (syncs, cycles):
+            loop.generate(
+                engine, drafter, prompt, 2 if drafter is None else model.block_size + 1, stop_token_ids=[]
+            )
+        rows.append(
+            {
+                "method": method,
+                "engine": engine.mode,
+                "cycles": cycles[0],
+                "host_syncs": syncs.total,
+                "cuda_syncs": cuda["syncs"],  # the whole generation: its prefill and first token included
+                "kernels": kernel_rows(seen),
+            }
+        )
+    return {"environment": found, "passes": rows}
+
+
+def identity(device: str, scale: Scale) -> dict:
+    """Every lossless method against `ar` on the tiny family in float32, under the device's default engine."""
+    target = load_target(None, "float32", device, engine="auto")
+    suite = load_suite("tiny-math", limit=8)
+    prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
+    ar = [make_decoder("ar", target).generate(p, TINY_NEW_TOKENS).tokens for p in prompts]
+    out = {}
+    for spec in LOSSLESS:
+        try:  # one method's failure keeps the others' rows
+            decoder = make_decoder(spec, target)
+            same = sum(
+                decoder.generate(p, TINY_NEW_TOKENS).tokens == a for p, a in zip(prompts, ar, strict=True)
+            )
+            out[spec] = {"identical": same, "prompts": len(prompts)}
+        except Exception as exc:
+            out[spec] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+    return {"engine": target.engine.mode, "methods": out}
+
+
+def batch_sizes_that_fit(model_shape: str, device: str, context: int) -> tuple[list[int], float]:
+    """The BATCH_SIZES whose Orthrus memory plan (orthrus_core.memory, on the meta device) at the 8B shape fits
+    the device (a rehearsal plans for an H200) at `context` positions per row, and the memory planned for."""
+    from transformers import Qwen3Config
+
+    from harness.methods.checkpoints import QWEN3_SHAPES
+    from orthrus_core import memory
+    from orthrus_core.orthrus import OrthrusDrafter
+
+    config = Qwen3Config(architectures=["OrthrusLM"], **QWEN3_SHAPES["qwen3-8b"])
+    meta = memory.meta_target(config, torch.bfloat16)
+    capacity = torch.cuda.mem_get_info(torch.device(device))[1] if device.startswith("cuda") else H200_BYTES
+    decoding = memory.Decoding("orthrus", drafter=OrthrusDrafter(meta, meta.block_size))
+    fits = [
+        B
+        for B in BATCH_SIZES
+        if memory.plan(meta, decoding, context=context, rows=B, device="cuda", engine="cudagraph").fits(
+            capacity
+        )
+    ]
+    return fits, capacity / 2**30
+
+
+def batch_step(device: str, scale: Scale) -> dict:
+    """Batched pass costs against B x K at the 8B shape, at the batch sizes the device fits, and batched
+    identity on the tiny family."""
+    from harness.bench.engine_bench import forward_costs
+    from orthrus_core.engine import Engine, default_engine
+    from orthrus_core.generation import stop_ids
+    from orthrus_core.loop import Request
+
+    sizes, planned_gib = batch_sizes_that_fit(scale.shape, device, max(BATCH_CONTEXTS) + 32)
+    model = shared_model(scale.shape, torch.bfloat16, device)
+    contexts = [scale.context(c) for c in BATCH_CONTEXTS]
+    K = model.block_size
+    passes = [
+        dict(batch_size=B, context=ctx, K=K, ar_ms=ar * 1e3, diffusion_ms=d * 1e3, verify_ms=v * 1e3,
+             cycle_over_ar=(d + v) / ar)
+        for B, ctx, _, ar, d, v in forward_costs(Engine(model, default_engine(device)), contexts, K, scale.repeats,
+                                                 torch.device(device), sizes, time_prefill=False)
+    ]  # fmt: skip
+    _shared.clear()
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    target = load_target(None, "float32", device)  # the default engine
+    suite = load_suite("tiny-math", limit=6)
+    prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
+    new, stop = 64, stop_ids(target.model)
+    identity = {}
+    for spec in BATCHED:
+        try:
+            decoder = make_decoder(spec, target)
+            alone = [decoder.generate(p, new).tokens for p in prompts]
+            queue = [Request(p, new, stop, key=i) for i, p in enumerate(prompts)][::-1]
+            done = decoder.decode(lambda q=queue: q.pop() if q else None, rows=4, continuous=True)
+            same = sum(d.result.tokens == alone[d.request.key] for d in done)
+            identity[spec] = {"identical": same, "prompts": len(prompts)}
+        except Exception as exc:
+            identity[spec] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
+    return {"shape": scale.shape, "planned_for_gib": planned_gib, "batch_sizes": sizes, "passes": passes,
+            "identity": identity}  # fmt: skip
+
+
+def long_context(device: str, scale: Scale) -> dict:
+    """AR and Orthrus at long contexts on one device: kernels (at capture), peak memory against the plan,
+    times."""
     from orthrus_core import memory
     from orthrus_core.engine import Engine, default_engine
     from orthrus_core.loop import generate
     from orthrus_core.orthrus import OrthrusDrafter
 
-    if quick:
-        shape, dtype, contexts, K, new = "small", torch.float32, [256, 1024], 16, 8
-    else:
-        shape, dtype, contexts, K, new = "qwen3-8b", torch.bfloat16, [8192, 32768, 40960], 32, 64
-    model = shared_model(shape, dtype, device)
+    model = shared_model(scale.shape, torch.bfloat16, device)
     engine = Engine(model, default_engine(device))
-    cuda = device.startswith("cuda")
-    g = torch.Generator().manual_seed(0)
+    cuda, new, K = device.startswith("cuda"), scale.new_tokens, model.block_size
     rows = []
-    for ctx in contexts:
-        prompt = torch.randint(0, model.config.vocab_size - 1, (ctx - new,), generator=g).tolist()
+    for ctx in (scale.context(c) for c in LONG_CONTEXTS):
+        prompt = random_prompt(model, ctx - new)
         for method, drafter in (("ar", None), ("orthrus", OrthrusDrafter(model, K))):
-            decoding = memory.Decoding(method, drafter=drafter)
-            plan = memory.plan(model, decoding, context=ctx, device=device, engine=engine.mode)
-            generate(engine, drafter, prompt, new, stop_token_ids=[])  # captures and compiles, untimed
-            if cuda:
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            engine.mark()
-            with kernels_seen() as seen:
+            try:
+                decoding = memory.Decoding(method, drafter=drafter)
+                plan = memory.plan(model, decoding, context=ctx, device=device, engine=engine.mode)
+                with kernels_seen() as seen:  # the untimed generation captures and compiles
+                    generate(engine, drafter, prompt, new, stop_token_ids=[])
+                if cuda:
+                    torch.cuda.synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                engine.mark()
                 result = generate(engine, drafter, prompt, new, stop_token_ids=[])
-            peak = None
-            if cuda:
-                torch.cuda.synchronize(device)
-                peak = torch.cuda.max_memory_allocated(device) - engine.held_bytes() + engine.pool_bytes
-            steps = result.cycles if drafter else result.new_tokens - 1
-            rows.append(
-                {
-                    "context": ctx,
-                    "method": method,
-                    "K": K if drafter else 1,
-                    "engine": engine.mode,
-                    "prefill_s": result.prefill_s,
-                    "step_ms": 1e3 * result.decode_s / max(steps, 1),  # an AR step, or an Orthrus cycle
-                    "tau": result.tau,
-                    "peak_bytes": peak,
-                    "plan_bytes": plan.total,
-                    "plan": plan.items(),
-                    "kernels": [
-                        {"queries": q, "keys": [low, high], "kernel": kind, "backend": backend, "calls": n}
-                        for (q, kind, backend), (n, low, high) in sorted(seen.items())
-                    ],
-                }
-            )
-            print(f"gpu_check: long context {ctx} {method}: {rows[-1]['step_ms']:.2f} ms/step", flush=True)
+                peak = None
+                if cuda:
+                    torch.cuda.synchronize(device)
+                    peak = torch.cuda.max_memory_allocated(device) - engine.held_bytes() + engine.pool_bytes
+                steps = result.cycles if drafter else result.new_tokens - 1
+                rows.append(
+                    {
+                        "context": ctx,
+                        "method": method,
+                        "K": K if drafter else 1,
+                        "engine": engine.mode,
+                        "prefill_s": result.prefill_s,
+                        "step_ms": 1e3 * result.decode_s / max(steps, 1),  # an AR step, or an Orthrus cycle
+                        "tau": result.tau,
+                        "peak_bytes": peak,
+                        "pool_bytes": engine.pool_bytes,
+                        "plan_bytes": plan.total,
+                        "plan": plan.items(),
+                        "kernels": kernel_rows(seen),
+                    }
+                )
+            except Exception as exc:
+                rows.append({"context": ctx, "method": method, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"gpu_check: long context {ctx} {method} done", flush=True)
         if cuda:
             torch.cuda.empty_cache()
-    return {"shape": shape, "dtype": str(dtype).removeprefix("torch."), "rows": rows}
+    return {"shape": scale.shape, "dtype": "bfloat16", "rows": rows}
+
+
+def engine_figures(device: str, scale: Scale) -> dict:
+    model = shared_model(scale.shape, torch.bfloat16, device)
+    # Prompts of the 1K bucket: the end-to-end generations meet the shapes the 1K passes compiled.
+    prompts = [random_prompt(model, scale.context(SMOKE_CONTEXT), seed=s) for s in range(4)]
+    return bench_engine(
+        scale.shape, model=model, dtype="bfloat16", device=device, print_tables=False,
+        engines=[m for m in ("eager", "cudagraph") if m in available_engines(torch.device(device))],
+        contexts=[scale.context(c) for c in ENGINE_CONTEXTS], block_sizes=[model.block_size],
+        new_tokens=scale.new_tokens, repeats=scale.repeats, prompts=prompts, baselines=False,
+    )  # fmt: skip
+
+
+def engine_targets(figures: dict) -> list[str]:
+    """The GPU targets, each as a line: met or missed, with the figure (none off a GPU)."""
+    lines = []
+    for mode, f in figures["modes"].items():
+        if "CPU" in figures["machine"]:
+            break
+        first = f["forwards"][0]
+        pct = first["roofline_pct"]
+        lines.append(
+            f"AR step at {first['context']}, {mode}: {pct:.0f}% of roofline ({'met' if pct >= 80 else 'MISSED'})"
+        )
+        worst = max(r["cycle_over_ar"] for r in f["forwards"])
+        lines.append(f"cycle / AR up to 32K, {mode}: {worst:.2f} ({'met' if worst <= 2.1 else 'MISSED'})")
+        ratio = f["events_over_wall"]
+        if ratio is not None:
+            lines.append(
+                f"CUDA events / wall clock, {mode}: {ratio:.3f} ({'met' if abs(ratio - 1) <= 0.02 else 'MISSED'})"
+            )
+    return lines
 
 
 def verified_run(
-    out: Path, model: str | None, dtype: str, device: str, methods: list[str], limit: int, new: int
+    work: Path, model: str | None, dtype: str, device: str, methods: list[str], limit: int, new: int
 ):
-    spec = RunSpec(
-        suites=["tiny-math"],
-        methods=methods,
-        model=model,
-        dtype=dtype,
-        device=device,
-        max_new_tokens=new,
-        limit=limit,
-        warmup=1,
-    )
-    directory = execute(spec, str(out))
+    spec = RunSpec(suites=["tiny-math"], methods=methods, model=model, dtype=dtype, device=device,
+                   max_new_tokens=new, limit=limit, warmup=1)  # fmt: skip
+    directory = execute(spec, str(work), progress=False)
     status = verify_main(directory, VerifyConfig(device=device))
     verdicts = json.loads((Path(directory) / "verdicts.json").read_text())
     return Path(directory), status, verdicts
 
 
-def bf16_divergences(out: Path, device: str, quick: bool) -> dict:
-    methods = ["ar", "orthrus", "pld"] if quick else ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld"]
+def bf16_divergences(work: Path, device: str, scale: Scale) -> dict:
+    methods = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld"]
     directory, status, verdicts = verified_run(
-        out / "bf16", None, "bfloat16", device, methods, 2 if quick else 8, 32 if quick else 128
+        work / "bf16", None, "bfloat16", device, methods, 8, TINY_NEW_TOKENS
     )
     rows = {}
     for v in verdicts["verdicts"]:
@@ -346,7 +490,7 @@ def bf16_divergences(out: Path, device: str, quick: bool) -> dict:
             "near_tie_threshold": g.get("near_tie_threshold"),
             "margins_combined_pvalue": g.get("margins_combined_pvalue"),
         }
-    return {"run": str(directory), "verify_exit": status, "methods": rows, "records": read_records(directory)}
+    return {"verify_exit": status, "methods": rows, "telemetry": telemetry_checks(read_records(directory))}
 
 
 def telemetry_checks(records: list[dict]) -> dict:
@@ -372,14 +516,14 @@ def telemetry_checks(records: list[dict]) -> dict:
     }
 
 
-def pipeline(out: Path, device: str, quick: bool) -> dict:
+def pipeline(work: Path, device: str, scale: Scale) -> dict:
     """run -> verify -> report on a random Orthrus checkpoint written here, with the tiny family's tokenizer."""
     from harness.report.page import write_report
 
-    shape, dtype = ("small", "float32") if quick else ("qwen3-1.7b", "bfloat16")
-    checkpoint = out / f"random-{shape}"
+    shape = "qwen3-1.7b" if scale is GPU else "small"
+    checkpoint = work / f"random-{shape}"
     t0 = time.perf_counter()
-    model = random_model(shape, torch.float32 if quick else torch.bfloat16, device)
+    model = random_model(shape, torch.bfloat16, device)
     save_model(model, checkpoint)
     del model
     for name in TOKENIZER_FILES:
@@ -387,10 +531,10 @@ def pipeline(out: Path, device: str, quick: bool) -> dict:
             shutil.copy(default_model() / name, checkpoint / name)
     written = time.perf_counter() - t0
     directory, status, verdicts = verified_run(
-        out / "pipeline-run", str(checkpoint), dtype, device, ["ar", "orthrus"], 2, 16
+        work / "pipeline-run", str(checkpoint), "bfloat16", device, ["ar", "orthrus"], 2, 16
     )
-    report = write_report([str(directory)], out / "pipeline-report")
-    shutil.rmtree(checkpoint)  # gigabytes at the 8B shape
+    report = write_report([str(directory)], work / "pipeline-report")
+    shutil.rmtree(checkpoint)  # gigabytes at the real shape
     return {
         "shape": shape,
         "checkpoint_write_s": written,
@@ -400,24 +544,154 @@ def pipeline(out: Path, device: str, quick: bool) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------------- plan
+
+
+def compile_kinds(entries: list[compiled.Compile], other_graphs: int) -> dict:
+    """What a step compiled, by kind: the ledger's, and graphs Dynamo compiled outside it (transformers')."""
+    kinds = dict(Counter(c.kind for c in entries))
+    if other_graphs:
+        kinds["transformers"] = other_graphs
+    return kinds
+
+
+def load_plan() -> dict:
+    """The rehearsal's compile counts per step (gpu_check_plan.json)."""
+    return json.loads(PLAN_FILE.read_text())["steps"] if PLAN_FILE.exists() else {}
+
+
+def plan(steps: list[str], compile_s: dict, counts: dict) -> dict:
+    """Per step: its compiles (the rehearsal's counts), their seconds at `compile_s` each, its own work, and
+    the estimate: work + compiles."""
+    out = {}
+    for name in steps:
+        kinds = counts.get(name, {})
+        compiling = sum(n * compile_s.get(kind, COMPILE_S.get(kind, 0.0)) for kind, n in kinds.items())
+        out[name] = {"compiles": kinds, "compile_s": compiling, "work_s": WORK_S[name],
+                     "estimate_s": round(WORK_S[name] + compiling)}  # fmt: skip
+    return out
+
+
+def measured_compile_s(result: dict) -> dict:
+    """Seconds per compile of each kind, as a finished call measured them (the ledger's entries)."""
+    totals: dict = {}
+    for step in result.get("steps", {}).values():
+        for kind, (n, seconds) in step.get("compiled", {}).items():
+            count, total = totals.get(kind, (0, 0.0))
+            totals[kind] = (count + n, total + seconds)
+    return {kind: total / n for kind, (n, total) in totals.items() if n}
+
+
+def plan_lines(planned: dict, compile_s: dict, source: str) -> list[str]:
+    per = ", ".join(f"{kind} {s:.1f} s" for kind, s in sorted(compile_s.items()))
+    lines = [f"gpu_check plan (seconds per compile: {per}; {source}):"]
+    for name, p in planned.items():
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(p["compiles"].items())) or "nothing compiled"
+        lines.append(
+            f"  {name}: ~{p['estimate_s']} s = work {p['work_s']} s + compiles {p['compile_s']:.0f} s ({kinds})"
+        )
+    lines.append(f"  total: ~{sum(p['estimate_s'] for p in planned.values())} s")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ compile caches
+
+
+CACHE_ARCHIVE = "compile-cache.tar.gz"
+CACHE_LIMIT = 16 * 2**20  # the device tool brings back files of up to 16 MiB
+
+
+def use_compile_cache(work: Path, previous: Path | None) -> Path:
+    """Inductor's and Triton's caches under `work` (set before anything compiles), seeded from a previous call's
+    archive."""
+    cache = work / "compile-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
+    archive = previous / CACHE_ARCHIVE if previous else None
+    if archive and archive.exists():
+        with tarfile.open(archive) as tar:
+            tar.extractall(cache, filter="data")
+    return cache
+
+
+def archive_compile_cache(cache: Path, out: Path) -> str:
+    """The caches as one file in `out` (what the device tool brings back), if it fits."""
+    partial = out / f".{CACHE_ARCHIVE}.partial"
+    with tarfile.open(partial, "w:gz") as tar:
+        for sub in ("inductor", "triton"):
+            if (cache / sub).exists():
+                tar.add(cache / sub, arcname=sub)
+    size = partial.stat().st_size
+    if size > CACHE_LIMIT:
+        partial.unlink()
+        return (
+            f"not kept: {size / 2**20:.1f} MiB is over the {CACHE_LIMIT // 2**20} MiB a file may bring back"
+        )
+    partial.replace(out / CACHE_ARCHIVE)
+    return f"{CACHE_ARCHIVE}, {size / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------------------------------------- summary
+
+
 def markdown(result: dict) -> str:
     lines = [
-        f"# GPU check ({result['machine']})",
+        f"# GPU check ({result['machine']}{', rehearsed on a CPU' if result['rehearsal'] else ''})",
         "",
-        f"{result['seconds']:.0f} s; steps failed: {result['failed'] or 'none'}",
+        f"{result['seconds']:.0f} s; steps failed: {result['failed'] or 'none'}; compile cache: {result.get('cache', '–')}",
         "",
-        "| step | estimate s | took s |",
-        "|---|---:|---:|",
-        *(
-            f"| {name} | {p['estimate_s']} | {p['seconds']:.0f} |"
-            if "seconds" in p
-            else f"| {name} | {p['estimate_s']} | not run |"
-            for name, p in result.get("plan", {}).items()
-        ),
-        "",
+        "| step | estimate s | took s | compiles (rehearsal's plan) | compiled here | compile s here |",
+        "|---|---:|---:|---|---|---:|",
     ]
-    for shape, f in result.get("engine", {}).items():
-        lines += [f"## Engine, {shape} ({f['dtype']}); roofline {f['roofline_ms']:.3f} ms", ""]
+    for name, p in result["plan"].items():
+        step = result["steps"].get(name, {})
+        took = f"{step['seconds']:.0f}" if "seconds" in step else "not run"
+        planned = ", ".join(f"{n} {k}" for k, n in sorted(p["compiles"].items())) or "–"
+        here = ", ".join(f"{n} {k}" for k, (n, _) in sorted(step.get("compiled", {}).items())) or "–"
+        seconds = sum(s for _, s in step.get("compiled", {}).values())
+        lines.append(f"| {name} | {p['estimate_s']} | {took} | {planned} | {here} | {seconds:.0f} |")
+    lines.append("")
+    if "smoke" in result:
+        s = result["smoke"]
+        lines += ["## Smoke", "", *[f"- {k}: {v}" for k, v in s["environment"].items()], ""]
+        lines += [
+            "| method | engine | cycles | host syncs (rules) | CUDA sync warnings | kernels at capture |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        for r in s["passes"]:
+            kernels = "; ".join(
+                f"{k['queries']} x {k['keys'][1]}: {k['kernel']}, {k['backend']}" for k in r["kernels"]
+            )
+            lines.append(
+                f"| {r['method']} | {r['engine']} | {r['cycles']} | {r['host_syncs']} | {r['cuda_syncs'] if r['cuda_syncs'] is not None else '–'} | {kernels} |"
+            )
+        lines.append("")
+    if "long_context" in result:
+        lc = result["long_context"]
+        lines += [
+            f"## Long context, {lc['shape']} ({lc['dtype']}): the generation's own peak against the plan",
+            "",
+            "| context | method | engine | prefill s | ms / step or cycle | peak GiB | graph pool GiB | plan GiB | kernels at capture (queries x keys: kernel, backend) |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in lc["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['context']} | {r['method']} | FAILED: {r['error'][:200]} | | | | | | |")
+                continue
+            kernels = "; ".join(
+                f"{k['queries']} x {k['keys'][0]}–{k['keys'][1]}: {k['kernel']}, {k['backend']} ({k['calls']})"
+                for k in r["kernels"]
+            )
+            peak = "–" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
+            lines.append(
+                f"| {r['context']} | {r['method']} | {r['engine']} | {r['prefill_s']:.3f} | {r['step_ms']:.2f} | {peak} | "
+                f"{r['pool_bytes'] / 2**30:.2f} | {r['plan_bytes'] / 2**30:.2f} | {kernels} |"
+            )
+        lines.append("")
+    if "engine" in result:
+        f = result["engine"]
+        lines += [f"## Engine ({f['model']}, {f['dtype']}); roofline {f['roofline_ms']:.3f} ms", ""]
         lines += [
             "| mode | context | K | AR ms | roofline % | diffusion ms | verify ms | cycle / AR |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -429,20 +703,17 @@ def markdown(result: dict) -> str:
                     f"{r['diffusion_ms']:.3f} | {r['verify_ms']:.3f} | {r['cycle_over_ar']:.2f} |"
                 )
         lines += ["", "| decoder | tokens/s | tau | identical |", "|---|---:|---:|---|"]
-        e2e = {f"{s} · {mode}": row for mode, m in f["modes"].items() for s, row in m["end_to_end"].items()}
-        for name, row in {**e2e, **f["baselines"]}.items():
-            tau = "–" if row["tau"] is None else f"{row['tau']:.2f}"
-            lines.append(
-                f"| {name} | {row['tokens_per_s']:.1f} | {tau} | {'yes' if row['identical_to_ar'] else 'NO'} |"
-            )
-        lines.append("")
-    if result.get("targets"):
-        lines += ["## Targets", ""] + [f"- {t}" for t in result["targets"]] + [""]
+        for mode, m in f["modes"].items():
+            for spec, row in m["end_to_end"].items():
+                tau = "–" if row["tau"] is None else f"{row['tau']:.2f}"
+                lines.append(
+                    f"| {spec} · {mode} | {row['tokens_per_s']:.1f} | {tau} | {'yes' if row['identical_to_ar'] else 'NO'} |"
+                )
+        lines += ["", *[f"- {t}" for t in result.get("targets", [])], ""]
     if "identity" in result:
-        lines += ["## float32 identity on the tiny family", ""]
-        lines += [
-            f"- {m}: {r['identical']}/{r['prompts']} identical to ar" for m, r in result["identity"].items()
-        ] + [""]
+        lines += [f"## float32 identity on the tiny family ({result['identity']['engine']})", ""]
+        lines += [f"- {m}: " + (f"{r['identical']}/{r['prompts']} identical to ar" if "error" not in r else f"FAILED: {r['error']}")
+                  for m, r in result["identity"]["methods"].items()] + [""]  # fmt: skip
     if "bf16" in result:
         lines += [
             "## bf16 divergences (tiny family)",
@@ -457,117 +728,40 @@ def markdown(result: dict) -> str:
                 f"| {r['algorithmic_events']} | {'–' if threshold is None else f'{threshold:.3g}'} "
                 f"| {'–' if combined is None else f'{combined:.3g}'} |"
             )
-        lines.append("")
-    if "telemetry" in result:
-        lines += (
-            ["## Telemetry cross-checks", ""] + [f"- {k}: {v}" for k, v in result["telemetry"].items()] + [""]
-        )
-    if "pipeline" in result:
-        p = result["pipeline"]
         lines += [
-            f"## run -> verify -> report, random {p['shape']} checkpoint",
             "",
-            f"- written in {p['checkpoint_write_s']:.0f} s; verify exit {p['verify_exit']}; verdicts {p['verdicts']}",
+            "Telemetry cross-checks:",
+            "",
+            *[f"- {k}: {v}" for k, v in result["bf16"]["telemetry"].items()],
             "",
         ]
-    if "long_context" in result:
-        lc = result["long_context"]
-        lines += [
-            f"## Long context, {lc['shape']} ({lc['dtype']}): the generation's own peak against the plan",
-            "",
-            "| context | method | engine | prefill s | ms / step or cycle | peak GiB | plan GiB | kernels (queries x keys: kernel, backend) |",
-            "|---:|---|---|---:|---:|---:|---:|---|",
-        ]
-        for r in lc["rows"]:
-            kernels = "; ".join(
-                f"{k['queries']} x {k['keys'][0]}–{k['keys'][1]}: {k['kernel']}, {k['backend']} ({k['calls']})"
-                for k in r["kernels"]
-            )
-            peak = "–" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
-            lines.append(
-                f"| {r['context']} | {r['method']} | {r['engine']} | {r['prefill_s']:.3f} | {r['step_ms']:.2f} | "
-                f"{peak} | {r['plan_bytes'] / 2**30:.2f} | {kernels} |"
-            )
-        lines.append("")
     if "batch" in result:
         b = result["batch"]
         lines += [
-            f"## Batched passes, {b['shape']} (eager; an Orthrus cycle beats AR per token where τ > cycle / AR)",
+            f"## Batched passes, {b['shape']} (bf16; batch sizes the memory plan fits in {b['planned_for_gib']:.0f} GiB: {b['batch_sizes']})",
             "",
             "| B | context | K | AR step ms | ms / row | diffusion ms | verify ms | cycle / AR |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in b["passes"]:
             lines.append(
-                f"| {r['batch_size']} | {r['context']} | {r['K']} | {r['ar_ms']:.3f} | "
-                f"{r['ar_ms'] / r['batch_size']:.3f} | {r['diffusion_ms']:.3f} | {r['verify_ms']:.3f} | "
-                f"{r['cycle_over_ar']:.2f} |"
+                f"| {r['batch_size']} | {r['context']} | {r['K']} | {r['ar_ms']:.3f} | {r['ar_ms'] / r['batch_size']:.3f} | "
+                f"{r['diffusion_ms']:.3f} | {r['verify_ms']:.3f} | {r['cycle_over_ar']:.2f} |"
             )
         lines += [
             "",
             "Batched identity (tiny family, float32, B = 4 continuous, against each method's batch-1):",
             "",
         ]
-        lines += [
-            f"- {m}: {r['identical']}/{r['prompts']} rows identical" for m, r in b["identity"].items()
-        ] + [""]
-    for step, error in result.get("errors", {}).items():
+        lines += [f"- {m}: " + (f"{r['identical']}/{r['prompts']} rows identical" if "error" not in r else f"FAILED: {r['error']}")
+                  for m, r in b["identity"].items()] + [""]  # fmt: skip
+    if "pipeline" in result:
+        p = result["pipeline"]
+        lines += [f"## run -> verify -> report, random {p['shape']} checkpoint", "",
+                  f"- written in {p['checkpoint_write_s']:.0f} s; verify exit {p['verify_exit']}; verdicts {p['verdicts']}", ""]  # fmt: skip
+    for step, error in result["errors"].items():
         lines += [f"## {step} FAILED", "", "```", error[-2000:], "```", ""]
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", required=True, help="directory for gpu_check.json, gpu_check.md and the runs"
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="the small shape and a few prompts (CPU, tests)")
-    parser.add_argument(
-        "--steps", type=lambda s: s.split(","), help="only these steps, comma-separated (e.g. long_context)"
-    )
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    from harness.bench.engine_bench import machine
-
-    result: dict = {
-        "machine": machine(),
-        "device": args.device,
-        "engines": available_engines(torch.device(args.device)),
-    }
-    result["errors"] = {}
-    steps = {
-        "identity": lambda: identity(args.device, args.quick),
-        "long_context": lambda: long_context(args.device, args.quick),
-        "engine": lambda: engine_figures(args.quick, args.device),
-        "bf16": lambda: bf16_divergences(out, args.device, args.quick),
-        "batch": lambda: batch_step(args.device, args.quick),
-        "pipeline": lambda: pipeline(out, args.device, args.quick),
-    }
-    assert list(steps) == list(PLAN)
-    if args.steps:
-        unknown = set(args.steps) - set(steps)
-        if unknown:
-            parser.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(steps)}")
-        steps = {name: step for name, step in steps.items() if name in args.steps}
-    result["plan"] = {name: {"estimate_s": PLAN[name]} for name in steps}
-    for name, step in steps.items():
-        started = time.perf_counter()
-        try:
-            result[name] = step()
-            if name == "engine":
-                result["targets"] = engine_targets(result["engine"])
-            if name == "bf16":
-                result["telemetry"] = telemetry_checks(result["bf16"].pop("records"))
-        except Exception:  # one failed step must not lose the others' figures
-            result["errors"][name] = traceback.format_exc()
-        result["plan"][name]["seconds"] = time.perf_counter() - started
-        print(f"gpu_check: {name} done at {time.perf_counter() - t0:.0f} s", flush=True)
-        write(out, result, t0)  # a kill after this step keeps it
-    print(markdown(result))
-    return 1 if result["failed"] else 0
 
 
 def write(out: Path, result: dict, t0: float) -> None:
@@ -581,6 +775,114 @@ def write(out: Path, result: dict, t0: float) -> None:
         partial = out / f".{name}.partial"
         partial.write_text(text)
         partial.replace(out / name)
+
+
+def failed_rows(name: str, value: dict) -> list[str]:
+    """Methods a step ran that failed (their errors are in the summary; the step itself ran)."""
+    if name == "identity":
+        return [m for m, r in value["methods"].items() if "error" in r]
+    if name == "batch":
+        return [m for m, r in value["identity"].items() if "error" in r]
+    if name == "long_context":
+        return [f"{r['method']} at {r['context']}" for r in value["rows"] if "error" in r]
+    return []
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out", required=True, help="directory for gpu_check.json, gpu_check.md and the compile cache"
+    )
+    parser.add_argument("--call", type=int, choices=sorted(CALLS), help="the steps of call 1 or call 2")
+    parser.add_argument(
+        "--steps", type=lambda s: s.split(","), help=f"these steps, comma-separated ({', '.join(STEPS)})"
+    )
+    parser.add_argument(
+        "--after", type=Path, help="call 1's output directory: its compile cache and measured compile seconds"
+    )
+    parser.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="on this CPU, the CUDA route rehearsed (orthrus_core.rehearsal)",
+    )
+    parser.add_argument(
+        "--write-plan",
+        action="store_true",
+        help=f"with --rehearse: write the compile counts to {PLAN_FILE.name}",
+    )
+    parser.add_argument("--work", type=Path, help="where runs and caches go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    steps = args.steps or (CALLS[args.call] if args.call else (STEPS[:-1] if args.rehearse else None))
+    if steps is None:
+        parser.error("give --call 1, --call 2, --steps or --rehearse")
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        parser.error(f"unknown steps {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+    if args.write_plan and not args.rehearse:
+        parser.error("--write-plan writes what a rehearsal counted: add --rehearse")
+    if args.rehearse and torch.cuda.is_available():
+        parser.error("--rehearse runs the CUDA route on a CPU; on this GPU run the calls themselves")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.rehearse:
+        parser.error("no GPU here: add --rehearse to run the steps through the CUDA route on this CPU")
+    scale = REHEARSAL if args.rehearse else GPU
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    cache = use_compile_cache(work, args.after)
+    compile_s, source = dict(COMPILE_S), "assumed"
+    previous = args.after / "gpu_check.json" if args.after else None
+    if previous and previous.exists():
+        compile_s.update(measured_compile_s(json.loads(previous.read_text())))
+        source = f"measured by {previous}"
+    t0 = time.perf_counter()
+    result: dict = {"machine": machine(), "device": device, "rehearsal": args.rehearse, "errors": {}, "steps": {},
+                    "plan": plan(steps, compile_s, load_plan())}  # fmt: skip
+    print("\n".join(plan_lines(result["plan"], compile_s, source)), flush=True)
+    run_step = {
+        "smoke": lambda: smoke(device, scale),
+        "long_context": lambda: long_context(device, scale),
+        "engine": lambda: engine_figures(device, scale),
+        "identity": lambda: identity(device, scale),
+        "bf16": lambda: bf16_divergences(work, device, scale),
+        "batch": lambda: batch_step(device, scale),
+        "pipeline": lambda: pipeline(work, device, scale),
+    }
+    with rehearsal() if args.rehearse else contextlib.nullcontext():
+        for name in steps:
+            started, mark = time.perf_counter(), compiled.LEDGER.mark()
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            try:
+                result[name] = run_step[name]()
+                if name == "engine":
+                    result["targets"] = engine_targets(result["engine"])
+                failed = failed_rows(name, result[name])
+                if failed:
+                    result["errors"][name] = f"failed: {', '.join(failed)} (the other rows ran)"
+            except Exception:  # one failed step must not lose the others' figures
+                result["errors"][name] = traceback.format_exc()
+            entries = compiled.LEDGER.since(mark)
+            ours = sum(c.kind != "cudagraph" for c in entries)
+            other = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs - ours
+            kinds = compile_kinds(entries, other)
+            result["steps"][name] = {
+                "seconds": time.perf_counter() - started,
+                "compiled": {
+                    k: (n, sum(c.seconds for c in entries if c.kind == k)) for k, n in kinds.items()
+                },
+                "shapes": [asdict(c) for c in entries],
+            }
+            if not args.rehearse:
+                result["cache"] = archive_compile_cache(cache, out)
+            print(f"gpu_check: {name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+            write(out, result, t0)  # a kill after this step keeps it
+    if args.write_plan:
+        counts = {
+            name: {k: n for k, (n, _) in step["compiled"].items()} for name, step in result["steps"].items()
+        }
+        PLAN_FILE.write_text(json.dumps({"rehearsed_with": machine(), "steps": counts}, indent=2) + "\n")
+    print(markdown(result))
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from harness.methods.checkpoints import QWEN3_SHAPES
 from harness.methods.target import Target, load_target, torch_dtype
 from harness.options import check_device
 from orthrus_core import metrics
+from orthrus_core.compiled import rehearsing
 from orthrus_core.engine import ENGINES, Engine, check_engine
 from orthrus_core.generation import Clock
 from orthrus_core.model import OrthrusForCausalLM, init_weights
@@ -270,7 +271,8 @@ def events_vs_wall(engine: Engine, context: int, steps: int, device: torch.devic
 
 
 def available_engines(device: torch.device) -> list[str]:
-    return [m for m in ENGINES if m != "cudagraph" or device.type == "cuda"]
+    """The engine modes that run on `device` (cudagraph on a GPU, or in a rehearsal of one)."""
+    return [m for m in ENGINES if m != "cudagraph" or device.type == "cuda" or rehearsing()]
 
 
 def bench_engine(

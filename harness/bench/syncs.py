@@ -24,11 +24,10 @@ from orthrus_core.rehearsal import rehearsal
 METHODS = ["ar", "orthrus", "pld", "dflash", "eagle3:tree=chain", "eagle3"]
 
 
-def count_syncs(target, method: str, prompts, *, rows: int, temperature: float, max_new_tokens: int) -> dict:
-    """`method` over `prompts`, `rows` at a time (continuous batching), seeded: its cycles, the syncs inside
-    them, and where in the project's code they are."""
-    decoder = make_decoder(method, target)
-    params = GREEDY if temperature == 0 else SamplingParams(temperature=temperature)
+@contextlib.contextmanager
+def cycle_syncs():
+    """Within the block, a `HostSyncs` counting inside decode cycles only, and the cycles run: yields
+    (syncs, cycles) with cycles a one-element list."""
     syncs, cycles = HostSyncs(), [0]
     syncs.armed = False
     cycle = loop._cycle
@@ -41,10 +40,19 @@ def count_syncs(target, method: str, prompts, *, rows: int, temperature: float, 
         finally:
             syncs.armed = False
 
+    with mock.patch.object(loop, "_cycle", counted), syncs:
+        yield syncs, cycles
+
+
+def count_syncs(target, method: str, prompts, *, rows: int, temperature: float, max_new_tokens: int) -> dict:
+    """`method` over `prompts`, `rows` at a time (continuous batching), seeded: its cycles, the syncs inside
+    them, and where in the project's code they are."""
+    decoder = make_decoder(method, target)
+    params = GREEDY if temperature == 0 else SamplingParams(temperature=temperature)
     queue = [loop.Request(p, max_new_tokens, [], decoder.generator(i), key=i) for i, p in enumerate(prompts)][
         ::-1
     ]
-    with mock.patch.object(loop, "_cycle", counted), syncs:
+    with cycle_syncs() as (syncs, cycles):
         for _ in decoder.decode(lambda: queue.pop() if queue else None, params, rows=rows, continuous=True):
             pass
     return {

@@ -13,6 +13,7 @@ import torch
 from transformers import CompileConfig, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
+from orthrus_core import compiled
 from orthrus_core.generation import Clock, GenerationResult, check_prompt, offsets, stop_ids
 from orthrus_core.params import GREEDY
 
@@ -23,8 +24,13 @@ CACHES = ("dynamic", "static")
 
 
 def compile_config(device: torch.device) -> CompileConfig:
-    config = CompileConfig(fullgraph=True, mode="reduce-overhead" if device.type == "cuda" else "default")
-    config._compile_all_devices = device.type != "cuda"  # transformers' switch to compile on a CPU too
+    """CUDA graphs on a GPU; in a rehearsal of one (orthrus_core.rehearsal) its backend, which keeps Dynamo's
+    guards (the same graphs compile) and runs on a CPU."""
+    cuda = device.type == "cuda"
+    config = CompileConfig(
+        fullgraph=True, backend=compiled.backend(), mode="reduce-overhead" if cuda else "default"
+    )
+    config._compile_all_devices = not cuda  # transformers' switch to compile on a CPU too
     return config
 
 
