@@ -1,5 +1,5 @@
-"""Warm-up compiles every pass shape a run reaches before its first timed generation, and run.json and the
-records count the compiles. The CUDA route is rehearsed on a CPU
+"""Warm-up compiles every pass shape a run reaches before its first timed generation, run.json and the records
+count the compiles, and the report says where a generation still compiled. The CUDA route is rehearsed on a CPU
 (orthrus_core.rehearsal), so graphs are really compiled and captured, as on a GPU."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from harness.methods import make_decoder
 from harness.methods.base import SHAPE_TOKENS, LoopDecoder
 from harness.methods.target import Target
+from harness.report.page import build_report
 from harness.run.runner import execute
 from harness.run.spec import RunSpec
 from harness.store import load_run, read_records
@@ -61,9 +62,9 @@ def test_warm_up_compiles_every_shape_a_batched_run_reaches(tmp_path):
     assert [r["compiles"] for r in records] == [0, 0, 0, 0]
 
 
-def test_a_generation_that_compiled_says_so(tmp_path, monkeypatch):
+def test_a_generation_that_compiled_says_so_and_the_report_notes_it(tmp_path, monkeypatch):
     """Warm-up defeated: alone, the generation compiles and is run again (its time the rerun's); batched, the
-    records of the batch that compiled hold it in their times. Both say so."""
+    records of the batch that compiled hold it in their times. Both say so, and so does the report."""
     monkeypatch.setattr(LoopDecoder, "warm_up", lambda self, *args, **kwargs: None)
     with rehearsal():
         alone = execute(RunSpec(**SPEC, limit=1), tmp_path / "alone", progress=False)
@@ -73,3 +74,11 @@ def test_a_generation_that_compiled_says_so(tmp_path, monkeypatch):
         assert all(r["compiles"] > 0 for r in read_records(out))
         compiles = load_run(out).compiles["ar"]
         assert compiles["warmup"]["count"] == 0 and compiles["generations"]["by_kind"]["cudagraph"] > 0
+
+    text = build_report([str(alone), str(batched)], tmp_path / "report").markdown()
+    assert (
+        f"{alone}: 1 record(s) of ar met a pass shape warm-up had not compiled" in text
+        and "each was run again before it was recorded, so their times are the reruns'" in text
+    )
+    assert f"{batched}: 2 record(s) of ar met a pass shape warm-up had not compiled" in text
+    assert "batched, so their times include the compilation" in text
