@@ -130,6 +130,11 @@ class GenerationRecord(UnitFields):
     # token after the first for AR; a cycle's tokens come at once). Its successive gaps, from 0, are the
     # inter-token latencies. None: the decoder could not tell (or a record from before).
     emit_offsets_s: list[float] | None = None
+    # Added with warm-up of every compiled shape (absent from older records): graphs compiled or captured during
+    # the generation (the project's, and transformers' own), so a shape warm-up had not compiled. Decoded alone:
+    # its first attempt's, which the runner ran again, so wall_s is the rerun's and holds none; batched: during
+    # its stay in the batch, admission to finish, so wall_s holds them. None: a record from before.
+    compiles: int | None = None
     telemetry: TelemetryFields | None  # inlined on disk; None: `run --no-telemetry`, or a batched run
     score_correct: bool | None  # the score belongs to the item's last turn; None on earlier turns
     score_status: str | None
@@ -169,7 +174,7 @@ def fields_of(inlined) -> tuple[str, ...]:
 
 
 # Fields added after results were first committed: absent from older records, which still load.
-LATER_FIELDS = ("tags", "engine", "emit_offsets_s")
+LATER_FIELDS = ("tags", "engine", "emit_offsets_s", "compiles")
 # The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none;
 # the batch's are all there in a batched run and none elsewhere).
 REQUIRED_FIELDS = {

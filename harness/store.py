@@ -73,6 +73,10 @@ class RunInfo:
     resumed_from: int | None = None  # units already done when a --resume began
     launch: dict | None = None  # a launched run's launcher, rank, device, host and pid (run.launch)
     merged_from: list[dict] | None = None  # a merge of shard runs: each shard's directory and run.json
+    # The project's compiles and graph captures (orthrus_core.compiled's ledger) per method: label -> {"warmup",
+    # "generations"} -> {"count", "seconds", "by_kind"}, over every session of a resumed run and every shard of a
+    # merged one; generations' are shapes warm-up had not compiled. None: a run from before it was recorded.
+    compiles: dict | None = None
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "run.json") -> RunInfo:
@@ -85,12 +89,29 @@ class RunInfo:
         return cls(**{"config_hash": "", **data})
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("launch", "merged_from")}
+        optional = ("launch", "merged_from", "compiles")
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
 
     @property
     def target_path(self) -> str | None:
         """The local directory of the run's target checkpoint."""
         return next((m["path"] for m in self.models if m.get("role") == "target"), None)
+
+
+def add_compiles(*counts: dict | None) -> dict | None:
+    """RunInfo.compiles of several sessions or shards, added up per method and phase (None: none recorded)."""
+    total: dict = {}
+    for count in counts:
+        for label, phases in (count or {}).items():
+            for phase, c in phases.items():
+                into = total.setdefault(label, {}).setdefault(
+                    phase, {"count": 0, "seconds": 0.0, "by_kind": {}}
+                )
+                into["count"] += c["count"]
+                into["seconds"] += c["seconds"]
+                for kind, n in c["by_kind"].items():
+                    into["by_kind"][kind] = into["by_kind"].get(kind, 0) + n
+    return total if any(count is not None for count in counts) else None
 
 
 @dataclass
@@ -260,10 +281,14 @@ class WriterLock:
 
 
 class RunStore:
-    """An open results directory: its writer lock, the units done, records.jsonl open for appending."""
+    """An open results directory: its writer lock, the units done, records.jsonl open for appending, and the
+    run.json a resume found (`resumed`; None for a new run)."""
 
-    def __init__(self, directory: Path, records: list[dict], lock: WriterLock):
+    def __init__(
+        self, directory: Path, records: list[dict], lock: WriterLock, resumed: RunInfo | None = None
+    ):
         self.directory = directory
+        self.resumed = resumed
         self.done = {unit_key(r) for r in records}
         self.records = records
         self._lock = lock
@@ -343,11 +368,11 @@ def open_run(
             raise StoreError(
                 f"{directory} already holds a run: pass --resume to continue it, or choose another --out"
             )
-        previous = load_run(directory).config_hash if (directory / RUN).exists() else None
-        if previous not in (None, config_hash):
+        previous = load_run(directory) if (directory / RUN).exists() else None
+        if previous is not None and previous.config_hash != config_hash:
             raise StoreError(
                 f"{directory} holds a run with a different configuration (config hash "
-                f"{previous} vs {config_hash}); resume it with the same suites, methods, "
+                f"{previous.config_hash} vs {config_hash}); resume it with the same suites, methods, "
                 f"model and settings, or choose another --out"
             )
         records: list[dict] = []
@@ -361,7 +386,7 @@ def open_run(
                     os.fsync(f.fileno())
         if retry_failed:
             records = _set_aside_failed_units(directory, records)
-        return RunStore(directory, records, lock)
+        return RunStore(directory, records, lock, previous)
     except BaseException:
         lock.release()
         if not existed:

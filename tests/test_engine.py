@@ -353,4 +353,5 @@ def test_a_generation_that_compiled_is_run_again_before_it_is_recorded(monkeypat
     sink = []
     generate = runner._measured(Decoder(), Telemetry(), torch.device("cpu"), sink)
     assert generate([1, 2], 4, seed=7) == "result"
-    assert calls == [7, 7] and len(sink) == 1 and sink[0][1] == {"measured": 2}
+    assert calls == [7, 7] and len(sink) == 1 and sink[0].telemetry == {"measured": 2}
+    assert sink[0].compiles == 1  # the record says its first attempt compiled

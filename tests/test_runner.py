@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from harness.report.summary import summarize
 from harness.run.runner import execute, prepare
 from harness.run.shards import merge
 from harness.run.spec import RunError, RunSpec
-from harness.store import RECORDS, RETRIED, load, load_run, read_records
+from harness.store import RECORDS, RETRIED, load, load_run, read_records, save_run
 from orthrus_core.engine import bucket
 from orthrus_core.params import SamplingParams
 
@@ -58,6 +59,10 @@ def test_a_run_records_every_generation_with_provenance(prepared, tmp_path):
     assert run.methods["orthrus"]["outside_engine"] is None  # its draft pass is the engine's
     for r in records:  # the cache bucket each generation ran in: its positions, rounded up
         assert r["prompt_tokens"] + r["new_tokens"] <= r["kv_capacity"] == bucket(r["kv_capacity"])
+    # Eager on a CPU compiles nothing, in warm-up or in a generation (tests/test_warmup.py: where it does)
+    assert all(r["compiles"] == 0 for r in records)
+    nothing = {"count": 0, "seconds": 0.0, "by_kind": {}}
+    assert run.compiles == {m: {"warmup": nothing, "generations": nothing} for m in ("ar", "orthrus")}
 
     table = summarize(records).set_index("method")
     assert table.loc["orthrus", "identical_to_ar"] == 1.0
@@ -111,10 +116,20 @@ def test_resume_after_a_crash_loses_and_repeats_nothing(prepared, tmp_path, monk
 
     with pytest.raises(RunError, match="--resume"):
         execute(RunSpec(**SPEC), out, prepared=prepared, progress=False)
+    # What an earlier session on a GPU could have left in run.json
+    earlier = {"warmup": {"count": 3, "seconds": 1.5, "by_kind": {"cudagraph": 3}}}
+    save_run(out, dataclasses.replace(load_run(out), compiles={"orthrus": earlier}))
     execute(RunSpec(**SPEC), out, prepared=prepared, resume=True, progress=False)
     assert keys(read_records(out)) == full
     assert all(json.loads(line) for line in (out / RECORDS).read_text().splitlines())
-    assert load_run(out).status == "complete"
+    run = load_run(out)
+    assert run.status == "complete"
+    # The sessions' compiles add up (this one's, eager on a CPU, are none)
+    nothing = {"count": 0, "seconds": 0.0, "by_kind": {}}
+    assert run.compiles == {
+        "orthrus": {"warmup": earlier["warmup"], "generations": nothing},
+        "ar": {"warmup": nothing, "generations": nothing},
+    }
 
 
 def test_a_failing_generation_is_recorded_and_the_run_goes_on(prepared, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from harness.records import (
     GenerationRecord,
     TelemetryFields,
 )
-from harness.store import RECORDS, RunInfo, StoreError, load, open_run, read_records
+from harness.store import RECORDS, RunInfo, StoreError, add_compiles, load, open_run, read_records
 
 
 def unit(item: str, turns: int = 1, method: str = "ar"):
@@ -110,3 +110,20 @@ def test_a_line_that_is_not_a_record_is_named(tmp_path):
         f.write(json.dumps(broken) + "\n")
     with pytest.raises(StoreError, match="line 2: not an orthrus-bench record .*output_ids, wall_s"):
         read_records(tmp_path)
+
+
+def test_compiles_add_up_over_sessions_and_shards():
+    first = {"ar": {"warmup": {"count": 2, "seconds": 1.5, "by_kind": {"cudagraph": 1, "flex_attention": 1}}}}
+    second = {
+        "ar": {"warmup": {"count": 1, "seconds": 0.5, "by_kind": {"cudagraph": 1}}},
+        "pld": {"generations": {"count": 1, "seconds": 2.0, "by_kind": {"static_pass": 1}}},
+    }
+    assert add_compiles(first, None, second) == {
+        "ar": {"warmup": {"count": 3, "seconds": 2.0, "by_kind": {"cudagraph": 2, "flex_attention": 1}}},
+        "pld": {"generations": {"count": 1, "seconds": 2.0, "by_kind": {"static_pass": 1}}},
+    }
+    assert add_compiles(None, None) is None  # runs from before compiles were recorded
+    assert (
+        RunInfo.from_dict({"config": {}}).compiles is None
+        and "compiles" not in RunInfo(config={}, config_hash="h").to_dict()
+    )

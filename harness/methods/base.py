@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from orthrus_core import loop
+from orthrus_core.compiled import rehearsing
+from orthrus_core.engine import bucket, row_bucket
 from orthrus_core.generation import GenerationResult, StreamCallback
 from orthrus_core.loop import Drafter, Finished, Request
 from orthrus_core.params import GREEDY, SamplingParams
@@ -108,8 +110,45 @@ class Decoder:
             f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED)}"
         )
 
+    def warm_up(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        params: SamplingParams = GREEDY,
+        *,
+        repeats: int,
+        rows: int | None = None,
+        continuous: bool = False,
+        positions: Iterable[int] = (),
+    ) -> None:
+        """Unrecorded work before a run's first recorded generation, so that kernel selection, allocator growth
+        and lazy initialisation are not timed: `repeats` generations of `prompt_ids` (up to `max_new_tokens`
+        each), alone, or with `rows` (a batched run) as decodes of `rows` such requests. `positions`: what each
+        first-turn request of the run needs (prompt + max_new_tokens), for a decoder whose passes compile per
+        shape (LoopDecoder); what the others compile, if anything (transformers' graphs for
+        `ar-hf:cache=static`), these generations compile."""
+        for _ in range(repeats):
+            if rows is None:
+                self.generate(prompt_ids, max_new_tokens, params)
+            else:
+                _drain(
+                    self, [Request(prompt_ids, max_new_tokens) for _ in range(rows)], params, rows, continuous
+                )
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
+
+
+def _drain(decoder: Decoder, requests: list[Request], params: SamplingParams, rows: int, continuous: bool):
+    """Decode `requests` `rows` at a time, discarding the results."""
+    queue = iter(requests)
+    for _ in decoder.decode(lambda: next(queue, None), params, rows=rows, continuous=continuous):
+        pass
+
+
+# New tokens of a request that warms up one pass shape: each cycle runs every pass kind of its method, so a few
+# cycles compile them all (kernel selection and allocator growth are the `repeats` generations' to warm).
+SHAPE_TOKENS = 4
 
 
 class LoopDecoder(Decoder):
@@ -122,6 +161,41 @@ class LoopDecoder(Decoder):
     @property
     def outside_engine(self) -> str | None:
         return None if self.drafter is None else self.drafter.outside_engine
+
+    @property
+    def compiles_per_shape(self) -> bool:
+        """Whether its passes compile or capture a graph per shape: a static engine, FlexAttention on CUDA, or
+        the CUDA route rehearsed on a CPU (orthrus_core.rehearsal). Eager on a CPU compiles nothing."""
+        engine = self.target.engine
+        return engine.static or engine.device.type == "cuda" or rehearsing()
+
+    def warm_up(self, prompt_ids, max_new_tokens, params=GREEDY, *, repeats, rows=None, continuous=False,
+                positions=()):  # fmt: skip
+        """Decoder.warm_up and, where its passes compile (`compiles_per_shape`), every pass shape the run's
+        first-turn requests will reach. A pass's shape is its kind (AR step, draft, verify), its row bucket and
+        its cache's capacity bucket (orthrus_core.engine), so: per capacity bucket that `positions` need and per
+        row bucket of `rows` (1, 2, 4, ... up to rows), one decode of as many requests, each a few tokens long
+        but reserving its bucket (Request.capacity), in a cache of the run's rows. Later turns of a conversation,
+        whose prompts are not known before, can still meet a new bucket (the runner runs such a generation
+        again)."""
+        batch = rows or 1
+        nodes = self.drafter.max_nodes if self.drafter else 1
+        capacities = sorted({bucket(n + nodes) for n in positions}) if self.compiles_per_shape else []
+
+        def requests(count: int, new_tokens: int, capacity: int | None) -> list[Request]:
+            # A prompt short enough for the bucket: what it says does not change a pass's shape
+            prompt = prompt_ids if capacity is None else prompt_ids[: max(capacity - new_tokens - nodes, 1)]
+            return [Request(prompt, new_tokens, capacity=capacity) for _ in range(count)]
+
+        # In a bucket the run needs: another would compile shapes for nothing
+        first = capacities[0] if capacities else None
+        for _ in range(repeats):
+            _drain(self, requests(batch, max_new_tokens, first), params, batch, continuous)
+        counts = sorted({row_bucket(active, batch) for active in range(1, batch + 1)})
+        shape_tokens = min(max_new_tokens, SHAPE_TOKENS)
+        for capacity in capacities:
+            for count in counts:
+                _drain(self, requests(count, shape_tokens, capacity), params, batch, continuous)
 
     def decode(self, next_request, params=GREEDY, *, rows=1, continuous=False, rule=EXACT):
         self.check_params(params)

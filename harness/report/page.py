@@ -21,6 +21,7 @@ from .sweeps import sweep_figures, sweep_tables
 from .tables import (
     Table,
     batch_tables,
+    compile_notes,
     errors_table,
     figure4_tables,
     provenance_table,
@@ -50,6 +51,7 @@ class Report:
     latency: list[Table]
     acceptance: list[Table]
     unscored: list[str]
+    compiled: list[str]  # generations that met a pass shape warm-up had not compiled
     errors: Table | str
     figures: list[Figure]
     verdicts: list[Table]
@@ -86,7 +88,7 @@ class Report:
             ("Table 1", self.table1),
             ("Figure 4", self.figure4),
             *[(heading, tables) for heading, tables in optional if tables],
-            ("Summary", [*self.summary, *self.unscored, self.errors]),
+            ("Summary", [*self.summary, *self.unscored, *self.compiled, self.errors]),
             ("Latency", self.latency),
             ("Acceptance by draft position", self.acceptance or ["no method drafted tokens"]),
             ("Figures", self.figures),
@@ -167,6 +169,7 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
         batching=batching,
         quantization=quantization_tables(gens),
         unscored=unscored_notes(gens),
+        compiled=compile_notes(runs),
         summary=summary_tables(by_slice),
         latency=latency_tables(gens),
         acceptance=acceptance_tables(gens),

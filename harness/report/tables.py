@@ -369,6 +369,30 @@ def unscored_notes(gens: pd.DataFrame) -> list[str]:
     return notes
 
 
+def compile_notes(runs: list[Run]) -> list[str]:
+    """Where generations met a pass shape warm-up had not compiled (a record's `compiles`, absent before it was
+    recorded): per run and method, how many records, and whether their times hold the compilation (batched: a
+    batch is not run again) or are a rerun's that compiled nothing (decoded alone)."""
+    notes = []
+    for run in runs:
+        compiled: dict[tuple[str, bool], list[int]] = {}
+        for r in run.records:
+            if r["status"] == "ok" and r.get("compiles"):
+                compiled.setdefault((r["method"], r.get("batch_size") is not None), []).append(r["compiles"])
+        for (method, batched), counts in compiled.items():
+            how = (
+                "batched, so their times include the compilation"
+                if batched
+                else "each was run again before it was recorded, so their times are the reruns', which compiled "
+                "nothing"
+            )
+            notes.append(
+                f"{run.directory}: {len(counts)} record(s) of {method} met a pass shape warm-up had not compiled "
+                f"({sum(counts)} graph(s) compiled or captured during them); {how}"
+            )
+    return notes
+
+
 def errors_table(runs: list[Run]) -> Table | str:
     """Failed generations per run, method and suite, with the first error (they have no timing or score)."""
     failed: dict[tuple, list[str]] = {}

@@ -1,10 +1,12 @@
 """`orthrus-bench run`: (suites × methods × model × settings) -> one record per generation, with provenance.
 
 Order of work: every check that can fail (suites, data, methods, checkpoints, tokenizer) happens before the
-first generation. Then, per method, warm-up generations (not recorded), then the work units: one unit is
-one item (all its turns) by one method for one sample. Items are the outer loop and methods the inner one,
-so a run stopped early still compares every method on the same prompts. `--shard i/n` keeps shard i of n, the
-items balanced by expected cost (launch.py; shards.py joins shard directories back into one run).
+first generation. Then every method's warm-up (not recorded: a few short generations and, where passes compile
+per shape, every shape the run's first turns will reach), then the work units: one unit is one item (all its
+turns) by one method for one sample. Items are the outer loop and methods the inner one, so a run stopped
+early still compares every method on the same prompts (a batched run: methods outer, each warmed up just
+before its batches). `--shard i/n` keeps shard i of n, the items balanced by expected cost (launch.py;
+shards.py joins shard directories back into one run).
 
 Timing follows docs/methodology.md: each generation is bracketed by device synchronisation and
 perf_counter; per-forward times come from CUDA events (perf_counter on CPU); telemetry is in telemetry.py.
@@ -13,6 +15,7 @@ The records are harness.records' types.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -28,16 +32,15 @@ from harness.methods import BATCHED, is_batched, make_decoder
 from harness.methods.base import Decoder
 from harness.methods.target import Target, load_target, torch_dtype
 from harness.options import check_device, check_length, check_memory
-from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, unit_key
-from harness.store import RunInfo, StoreError, open_run
+from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, TelemetryFields, unit_key
+from harness.store import RunInfo, StoreError, add_compiles, open_run
 from harness.suites.config import GenerationSettings
 from harness.suites.conversation import Conversation, Turn, run_batched, run_item
 from harness.suites.suite import Suite, SuiteItem, load_suite
 from orthrus_core import metrics
-from orthrus_core.compiled import compilations
+from orthrus_core.compiled import LEDGER, Compile, compilations, summary
 from orthrus_core.engine import EngineError
 from orthrus_core.generation import Clock
-from orthrus_core.loop import Request
 from orthrus_core.memory import sampling_copies
 
 from .launch import balanced_shards, item_cost
@@ -232,12 +235,22 @@ def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> RunInfo:
     )
 
 
-def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink: list):
+class Measure(NamedTuple):
+    """How one generation was timed: its wall-clock seconds, its telemetry (None in a batched run) and the graphs
+    compiled or captured during it (`compiles`, GenerationRecord.compiles)."""
+
+    wall_s: float
+    telemetry: TelemetryFields | None
+    compiles: int
+
+
+def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink: list[Measure]):
     """decoder.generate wrapped: synchronised wall-clock and telemetry per call, appended to sink.
 
-    A call that compiled or captured a graph (a pass shape the engine had not seen: a new cache bucket, a new
-    tree size; or transformers' own compile for `ar-hf:cache=static`) is run again, the same seed giving the
-    same tokens and shapes, so that no record's time holds a compilation."""
+    A call that compiled or captured a graph (a pass shape warm-up had not met: a later turn's new cache
+    bucket, a new tree size; or transformers' own compile for `ar-hf:cache=static`) is run again, the same seed
+    giving the same tokens and shapes, so that no record's time holds a compilation; its measure keeps the
+    first call's compiles, so that the record says so."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def timed(args, kwargs):
@@ -248,13 +261,13 @@ def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink
         result = decoder.generate(*args, **kwargs)
         sync()
         wall = time.perf_counter() - t0
-        return result, (wall, telemetry.stop()), compilations() != before
+        return result, wall, telemetry.stop(), compilations() - before
 
     def generate(*args, **kwargs):
-        result, measure, compiled = timed(args, kwargs)
-        if compiled:  # the same call again meets only the shapes it just compiled
-            result, measure, _ = timed(args, kwargs)
-        sink.append(measure)
+        result, wall, measured, compiles = timed(args, kwargs)
+        if compiles:  # the same call again meets only the shapes it just compiled
+            result, wall, measured, _ = timed(args, kwargs)
+        sink.append(Measure(wall, measured, compiles))
         return result
 
     return generate
@@ -293,7 +306,7 @@ def unit_records(
     unit: dict,
     item: SuiteItem,
     turns: list[Turn],
-    measures: list,
+    measures: list[Measure],
     score,
     settings: GenerationSettings,
     seed: int,
@@ -302,7 +315,7 @@ def unit_records(
     """One record per turn of a unit (`unit_fields`): what was generated, how fast, with what score, and in a
     batched run how each turn shared its batch."""
     out = []
-    for t, (turn, (wall, telemetry)) in enumerate(zip(turns, measures, strict=True)):
+    for t, (turn, (wall, telemetry, compiles)) in enumerate(zip(turns, measures, strict=True)):
         r, last = turn.result, t == len(turns) - 1
         out.append(
             GenerationRecord(
@@ -321,6 +334,7 @@ def unit_records(
                 ttft_s=r.prefill_s,
                 tokens_per_s=r.new_tokens / wall if wall > 0 else None,
                 telemetry=telemetry,
+                compiles=compiles,
                 score_correct=score.correct if last else None,
                 score_status=score.status if last else None,
                 score_detail=score.detail if last else None,
@@ -342,20 +356,60 @@ def error_record(unit: dict, item: SuiteItem, exc: BaseException) -> ErrorRecord
     )
 
 
-def warm_up(p: Prepared, warmup: int, label: str, decoder: Decoder, settings: dict[str, GenerationSettings]):
-    """`warmup` short generations on the first item (kernels, allocator, caches); nothing is recorded."""
-    suite = next((s for s in p.suites if p.items[s.name]), None)
-    if suite is None or warmup <= 0:
+def warm_up(
+    p: Prepared, spec: RunSpec, label: str, settings: dict[str, GenerationSettings], todo: list
+) -> None:
+    """Before a method's first recorded generation, `spec.warmup` short generations of its first prompt (or
+    batches of them, `--batch-size`) and, where its passes compile per shape, every shape the first turns of
+    its units in `todo` will reach (Decoder.warm_up); nothing is recorded. `--warmup 0`: none of it."""
+    decoder = p.decoders[label]
+    firsts = {(suite.name, item.id): (suite, item) for suite, item, _, lbl in todo if lbl == label}
+    if not firsts or spec.warmup <= 0:
         return
-    item = p.items[suite.name][0]
-    prompt = suite.render(p.target.tokenizer, item, [])
+    tokenizer = p.target.tokenizer
+    suite, item = next(iter(firsts.values()))
+    gen = settings[suite.name]
+    positions = {
+        len(s.render(tokenizer, it, [])) + settings[s.name].max_new_tokens for s, it in firsts.values()
+    }
     try:
-        for _ in range(warmup):
-            decoder.generate(
-                prompt, min(32, settings[suite.name].max_new_tokens), settings[suite.name].sampling
-            )
+        decoder.warm_up(
+            suite.render(tokenizer, item, []),
+            min(32, gen.max_new_tokens),
+            gen.sampling,
+            repeats=spec.warmup,
+            rows=spec.batch_size,
+            continuous=spec.continuous,
+            positions=positions,
+        )
     except Exception as exc:  # the recorded generations will fail too, each with its own error record
         logger.warning("%s: warm-up failed (%s: %s)", label, type(exc).__name__, exc)
+
+
+class Compiles:
+    """The project's compiles and graph captures (orthrus_core.compiled.LEDGER) per method, during its warm-up
+    and during its recorded generations: run.json's `compiles`."""
+
+    PHASES = ("warmup", "generations")
+
+    def __init__(self):
+        self.entries: dict[str, dict[str, list[Compile]]] = {}
+
+    @contextlib.contextmanager
+    def during(self, label: str, phase: str):
+        mark = LEDGER.mark()
+        try:
+            yield
+        finally:
+            phases = self.entries.setdefault(label, {p: [] for p in self.PHASES})
+            phases[phase] += LEDGER.since(mark)
+
+    def summary(self) -> dict:
+        """label -> phase -> orthrus_core.compiled.summary (count, seconds, by kind)."""
+        return {
+            label: {phase: summary(entries) for phase, entries in phases.items()}
+            for label, phases in self.entries.items()
+        }
 
 
 class Progress:
@@ -438,33 +492,36 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
         if unit_key({"suite": u[0].name, "item_id": u[1].id, "method": u[3], "sample": u[2]})
         not in store.done
     ]
-    warmed: set[str] = set()
     figures = Progress()
+    compiles = Compiles()
+    # A resumed run's compiles are its sessions' together: the earlier ones' stay in run.json from the start
+    earlier = run.compiles = store.resumed.compiles if store.resumed else None
     bar = tqdm(
         todo, desc="run", unit="gen", disable=not progress, initial=len(units) - len(todo), total=len(units)
     )
     try:  # from here on the store (and its writer lock) is closed however the run ends
         store.write_run(run)
         if spec.batch_size is not None:
-            execute_batched(p, spec, todo, settings, store, bar, figures)
+            execute_batched(p, spec, todo, settings, store, bar, figures, compiles)
             bar.close()
         else:
+            for label in p.decoders:  # every method's warm-up before the first timed generation
+                with compiles.during(label, "warmup"):
+                    warm_up(p, spec, label, settings, todo)
             for suite, item, sample, label in bar:
                 decoder = p.decoders[label]
-                if label not in warmed:
-                    warm_up(p, spec.warmup, label, decoder, settings)
-                    warmed.add(label)
                 unit = unit_fields(suite, item, label, decoder, sample)
-                measures: list = []
+                measures: list[Measure] = []
                 try:
-                    turns = run_item(
-                        suite,
-                        item,
-                        p.target.tokenizer,
-                        _measured(decoder, telemetry, device, measures),
-                        settings[suite.name],
-                        seed=partial(generation_seed, spec.seed, item.id, sample),
-                    )
+                    with compiles.during(label, "generations"):
+                        turns = run_item(
+                            suite,
+                            item,
+                            p.target.tokenizer,
+                            _measured(decoder, telemetry, device, measures),
+                            settings[suite.name],
+                            seed=partial(generation_seed, spec.seed, item.id, sample),
+                        )
                     score = suite.score(item, [t.text for t in turns], tokenizer=p.target.tokenizer)
                     records = unit_records(
                         unit, item, turns, measures, score, settings[suite.name], spec.seed
@@ -482,6 +539,7 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
         raise
     finally:
         run.finished = _now()
+        run.compiles = add_compiles(earlier, compiles.summary())
         try:
             store.write_run(run)
         finally:  # the writer lock goes with the store, even when the disk refused run.json
@@ -489,14 +547,19 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
     return Path(out)
 
 
-def execute_batched(p: Prepared, spec: RunSpec, todo: list, settings, store, bar, figures: Progress) -> None:
+def execute_batched(
+    p: Prepared, spec: RunSpec, todo: list, settings, store, bar, figures: Progress, compiles: Compiles
+) -> None:
     """The work units of a batched run (`--batch-size`): per method, per suite, every unit through the method's
     decode loop at `batch_size` rows (orthrus_core.loop), each turn a request, records written as each unit
-    finishes. Methods are the outer loop here: a batch holds one method's requests."""
+    finishes. Methods are the outer loop here: a batch holds one method's requests, and a method warms up just
+    before its batches. A batch cannot be run again: a record counts the graphs compiled or captured while its
+    request was in the batch, which its time holds."""
     device = p.target.model.lm_head.weight.device
     clock = Clock(device)
     for label, decoder in p.decoders.items():
-        warm_up_batched(p, spec, label, decoder, settings)
+        with compiles.during(label, "warmup"):
+            warm_up(p, spec, label, settings, todo)
         for suite in p.suites:
             mine = [(item, sample) for s, item, sample, lbl in todo if s is suite and lbl == label]
             if not mine:
@@ -504,27 +567,41 @@ def execute_batched(p: Prepared, spec: RunSpec, todo: list, settings, store, bar
             gen = settings[suite.name]
             conversations = [Conversation(item, sample) for item, sample in mine]
             epoch = clock()
+            admitted: dict[int, int] = {}  # id(request) -> compilations() when it entered the batch
+            compiled: dict[int, int] = {}  # id(request) -> compilations from its admission to its finish
 
-            def decode(next_request, decoder=decoder, gen=gen):
-                return decoder.decode(
-                    next_request, gen.sampling, rows=spec.batch_size, continuous=spec.continuous
-                )
+            def decode(next_request, decoder=decoder, gen=gen, admitted=admitted, compiled=compiled):
+                def admit():
+                    request = next_request()
+                    if request is not None:
+                        admitted[id(request)] = compilations()
+                    return request
+
+                for done in decoder.decode(
+                    admit, gen.sampling, rows=spec.batch_size, continuous=spec.continuous
+                ):
+                    compiled[id(done.request)] = compilations() - admitted.pop(id(done.request))
+                    yield done
 
             def generator(c, turn, decoder=decoder):
                 return decoder.generator(generation_seed(spec.seed, c.item.id, c.sample, turn))
 
             finished = set()
             try:
-                for c in run_batched(suite, conversations, p.target.tokenizer, decode, gen, generator):
-                    unit = unit_fields(suite, c.item, label, decoder, c.sample)
-                    score = suite.score(c.item, [t.text for t in c.turns], tokenizer=p.target.tokenizer)
-                    measures = [(b.finished_at - b.admitted_at, None) for b in c.batch]
-                    batch = [batch_fields(spec, b, epoch) for b in c.batch]
-                    records = unit_records(unit, c.item, c.turns, measures, score, gen, spec.seed, batch)
-                    store.write_unit(records)
-                    finished.add(id(c))
-                    bar.update(1)
-                    bar.set_postfix_str(figures.add(label, records))
+                with compiles.during(label, "generations"):
+                    for c in run_batched(suite, conversations, p.target.tokenizer, decode, gen, generator):
+                        unit = unit_fields(suite, c.item, label, decoder, c.sample)
+                        score = suite.score(c.item, [t.text for t in c.turns], tokenizer=p.target.tokenizer)
+                        measures = [
+                            Measure(b.finished_at - b.admitted_at, None, compiled.pop(id(b.request)))
+                            for b in c.batch
+                        ]
+                        batch = [batch_fields(spec, b, epoch) for b in c.batch]
+                        records = unit_records(unit, c.item, c.turns, measures, score, gen, spec.seed, batch)
+                        store.write_unit(records)
+                        finished.add(id(c))
+                        bar.update(1)
+                        bar.set_postfix_str(figures.add(label, records))
             # An OOM or a bug ends this batch; its unfinished units get error records and the run goes on.
             except Exception as exc:
                 if device.type == "cuda":
@@ -550,23 +627,6 @@ def batch_fields(spec: RunSpec, b, epoch: float) -> BatchFields:
         kv_scratch_positions=b.kv_scratch_positions,
         kv_row_bytes=b.kv_row_bytes,
     )
-
-
-def warm_up_batched(p: Prepared, spec: RunSpec, label: str, decoder: Decoder, settings) -> None:
-    """`warmup` short batches of the first item's prompt, `batch_size` rows each; nothing is recorded."""
-    suite = next((s for s in p.suites if p.items[s.name]), None)
-    if suite is None or spec.warmup <= 0:
-        return
-    prompt = suite.render(p.target.tokenizer, p.items[suite.name][0], [])
-    gen = settings[suite.name]
-    new = min(32, gen.max_new_tokens)
-    try:
-        for _ in range(spec.warmup):
-            requests = partial(next, iter([Request(prompt, new, [])] * spec.batch_size), None)
-            for _ in decoder.decode(requests, gen.sampling, rows=spec.batch_size, continuous=spec.continuous):
-                pass
-    except Exception as exc:  # the recorded generations will fail too, each with its own error record
-        logger.warning("%s: warm-up failed (%s: %s)", label, type(exc).__name__, exc)
 
 
 def _now() -> str:

@@ -7,7 +7,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-from harness.store import RECORDS, RunInfo, WriterLock, load_run, read_records, replace_file, save_run
+from harness.store import (
+    RECORDS,
+    RunInfo,
+    WriterLock,
+    add_compiles,
+    load_run,
+    read_records,
+    replace_file,
+    save_run,
+)
 
 from .spec import RunError
 
@@ -59,6 +68,7 @@ def _merged_run(shard_dirs: list[str | Path], runs: list) -> RunInfo:
         merged_from=[{"dir": str(d), **r.to_dict()} for d, r in zip(shard_dirs, runs, strict=True)],
         started=min(r.started for r in runs),
         finished=max(r.finished for r in runs),
+        compiles=add_compiles(*(r.compiles for r in runs)),
     )
     if any(r.launch for r in runs):  # launched processes: the launcher, and each rank's device and host
         merged.launch = {
