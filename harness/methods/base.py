@@ -183,9 +183,10 @@ class LoopDecoder(Decoder):
         capacities = sorted({bucket(n + nodes) for n in positions}) if self.compiles_per_shape else []
 
         def requests(count: int, new_tokens: int, capacity: int | None) -> list[Request]:
-            # A prompt short enough for the bucket: what it says does not change a pass's shape
+            # A prompt short enough for the bucket: what it says does not change a pass's shape. No stop token:
+            # a request that stopped at its first token would run no cycle, so no pass.
             prompt = prompt_ids if capacity is None else prompt_ids[: max(capacity - new_tokens - nodes, 1)]
-            return [Request(prompt, new_tokens, capacity=capacity) for _ in range(count)]
+            return [Request(prompt, new_tokens, [], capacity=capacity) for _ in range(count)]
 
         # In a bucket the run needs: another would compile shapes for nothing
         first = capacities[0] if capacities else None
