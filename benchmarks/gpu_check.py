@@ -105,26 +105,44 @@ COMPILE_S = {"flex_attention": 20.0, "static_pass": 60.0, "cudagraph": 0.5, "tra
 @dataclass(frozen=True)
 class Scale:
     """What the steps run at. Only the sizes differ between the GPU's and the rehearsal's; what compiles depends
-    on the structure (methods, passes, row buckets, capacity buckets, dtypes), which is the same in both."""
+    on the structure (methods, passes, row buckets, which capacity buckets the contexts share, dtypes), which is
+    the same in both (`capacity_groups`, held equal by tests/test_gpu_check.py)."""
 
     shape: str  # the random model's shape (harness.bench.engine_bench.SHAPES)
-    contexts_divisor: int  # the GPU's contexts over this
-    repeats: int  # timing repeats
+    smoke_context: int  # the smoke step's and the engine step's end-to-end prompts: the 1K bucket's
+    long_contexts: tuple[int, ...]
+    engine_contexts: tuple[int, ...]
+    batch_contexts: tuple[int, ...]
     new_tokens: int  # tokens per long-context or engine generation
-
-    def context(self, n: int) -> int:
-        return n // self.contexts_divisor
+    repeats: int  # timing repeats
 
 
-GPU = Scale("qwen3-8b", 1, 10, 64)
-REHEARSAL_SCALE = 32  # 32K -> 1K: the contexts fall into buckets as the GPU's do (tests/test_gpu_check.py)
-REHEARSAL = Scale("small", REHEARSAL_SCALE, 2, 16)
-
-LONG_CONTEXTS = [32768, 40960]
-ENGINE_CONTEXTS = [1024, 32768]
-BATCH_CONTEXTS = [1024, 4096]
+GPU = Scale("qwen3-8b", 1100, (32768, 40960), (1024, 32768), (1024, 4096), 64, 10)
+REHEARSAL = Scale("small", 34, (1024, 1280), (32, 1024), (32, 384), 16, 2)
 BATCH_SIZES = [1, 4, 16, 64]  # those the device's memory fits at 4K are run
-SMOKE_CONTEXT = 1000  # the engine step's 1K bucket: the smoke step's compiles serve it
+
+
+def capacity_groups(scale: Scale, K: int) -> dict[int, list[int]]:
+    """Per call, the capacity bucket (orthrus_core.engine.bucket) of every cache its 8B-shape steps ask for, in
+    order, each numbered by its first appearance: what a pass shape depends on besides the model. K: the
+    model's block size (Orthrus' drafts, and the K of bench-engine's passes)."""
+    from orthrus_core.engine import bucket
+
+    smoke = [
+        scale.smoke_context + 2 + 1,
+        scale.smoke_context + (K + 1) + K,
+    ]  # AR, then Orthrus (K + 1 tokens)
+    long = [need for c in scale.long_contexts for need in (c + 1, c + K)]  # prompt + new = c, then the nodes
+    engine = [c + K for c in scale.engine_contexts] + [scale.engine_contexts[0] + 1]  # the passes, events
+    engine += [scale.smoke_context + scale.new_tokens + n for n in (1, K)]  # end to end, AR and Orthrus
+    batch = [c + K for c in scale.batch_contexts]
+    groups = {}
+    for call, needs in ((1, smoke + long + engine), (2, batch)):
+        seen: dict[int, int] = {}
+        groups[call] = [seen.setdefault(bucket(n), len(seen)) for n in needs]
+    return groups
+
+
 TINY_NEW_TOKENS = 96  # every tiny-math prompt (<= 89 tokens) with its drafts in one capacity bucket (256)
 H200_BYTES = 139 * 2**30  # the device a rehearsal plans its batch sizes for
 
@@ -265,7 +283,7 @@ def smoke(device: str, scale: Scale) -> dict:
     model = shared_model(scale.shape, torch.bfloat16, device)
     found["model_s"] = time.perf_counter() - t0
     engine = Engine(model, default_engine(device))
-    prompt = random_prompt(model, scale.context(SMOKE_CONTEXT))
+    prompt = random_prompt(model, scale.smoke_context)
     rows = []
     for method, drafter in (("ar", None), ("orthrus", OrthrusDrafter(model, model.block_size))):
         with kernels_seen() as seen:  # the first generation captures: two cycles' passes, recorded
@@ -308,7 +326,7 @@ def identity(device: str, scale: Scale) -> dict:
     return {"engine": target.engine.mode, "methods": out}
 
 
-def batch_sizes_that_fit(model_shape: str, device: str, context: int) -> tuple[list[int], float]:
+def batch_sizes_that_fit(device: str, context: int) -> tuple[list[int], float]:
     """The BATCH_SIZES whose Orthrus memory plan (orthrus_core.memory, on the meta device) at the 8B shape fits
     the device (a rehearsal plans for an H200) at `context` positions per row, and the memory planned for."""
     from transformers import Qwen3Config
@@ -339,9 +357,9 @@ def batch_step(device: str, scale: Scale) -> dict:
     from orthrus_core.generation import stop_ids
     from orthrus_core.loop import Request
 
-    sizes, planned_gib = batch_sizes_that_fit(scale.shape, device, max(BATCH_CONTEXTS) + 32)
+    sizes, planned_gib = batch_sizes_that_fit(device, max(GPU.batch_contexts) + 32)
     model = shared_model(scale.shape, torch.bfloat16, device)
-    contexts = [scale.context(c) for c in BATCH_CONTEXTS]
+    contexts = list(scale.batch_contexts)
     K = model.block_size
     passes = [
         dict(batch_size=B, context=ctx, K=K, ar_ms=ar * 1e3, diffusion_ms=d * 1e3, verify_ms=v * 1e3,
@@ -387,7 +405,7 @@ def long_context(device: str, scale: Scale) -> dict:
     engine = Engine(model, default_engine(device))
     cuda, new, K = device.startswith("cuda"), scale.new_tokens, model.block_size
     rows = []
-    for ctx in (scale.context(c) for c in LONG_CONTEXTS):
+    for ctx in scale.long_contexts:
         prompt = random_prompt(model, ctx - new)
         for method, drafter in (("ar", None), ("orthrus", OrthrusDrafter(model, K))):
             try:
@@ -432,11 +450,11 @@ def long_context(device: str, scale: Scale) -> dict:
 def engine_figures(device: str, scale: Scale) -> dict:
     model = shared_model(scale.shape, torch.bfloat16, device)
     # Prompts of the 1K bucket: the end-to-end generations meet the shapes the 1K passes compiled.
-    prompts = [random_prompt(model, scale.context(SMOKE_CONTEXT), seed=s) for s in range(4)]
+    prompts = [random_prompt(model, scale.smoke_context, seed=s) for s in range(4)]
     return bench_engine(
         scale.shape, model=model, dtype="bfloat16", device=device, print_tables=False,
         engines=[m for m in ("eager", "cudagraph") if m in available_engines(torch.device(device))],
-        contexts=[scale.context(c) for c in ENGINE_CONTEXTS], block_sizes=[model.block_size],
+        contexts=list(scale.engine_contexts), block_sizes=[model.block_size],
         new_tokens=scale.new_tokens, repeats=scale.repeats, prompts=prompts, baselines=False,
     )  # fmt: skip
 
@@ -850,6 +868,8 @@ def main(argv=None) -> int:
     }
     with rehearsal() if args.rehearse else contextlib.nullcontext():
         for name in steps:
+            if args.rehearse and name == CALLS[2][0]:  # call 2 is a process of its own: nothing compiled yet
+                torch._dynamo.reset()
             started, mark = time.perf_counter(), compiled.LEDGER.mark()
             graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
             try:

@@ -285,7 +285,9 @@ class Eagle3Drafter(CachedDrafter):
         cache = self.draft_cache
         # Over several rows the passes are ragged (FlexAttention on a GPU, compiled per shape): they run over the
         # engine's row bucket of the active rows, the padding rows (one token each, at slot 0 of an unused row of
-        # the draft cache) dropped at the end, and every pass is as wide as the most a row can bring.
+        # the draft cache) dropped at the end, every pass is as wide as the most a row can bring, and each takes
+        # FlexAttention even when this cycle's rows happen to share one length, so that the shapes a run meets
+        # do not depend on its data (warm-up compiles them all).
         R = row_bucket(active, cache.rows)
         pending = self.pending + [(roots[:0], self.pending[0][1][:1] * 0)] * (R - active)
         roots = torch.cat([roots, roots.new_zeros(R - active)])
@@ -299,7 +301,11 @@ class Eagle3Drafter(CachedDrafter):
         hidden = feature.new_zeros(R, width, feature.shape[-1])
         for b, (t, (_, f)) in enumerate(zip(new, pending, strict=True)):
             tokens[b, : m[b]], hidden[b, : m[b]] = t, f
-        visible = pass_visibility(lengths, width, False, None, device)
+        if R == 1:
+            visible = pass_visibility(lengths, width, False, None, device)
+        else:  # a causal window given: FlexAttention whether or not this cycle's rows share one length
+            causal = torch.ones(width, width, dtype=torch.bool, device=device).tril().expand(R, -1, -1)
+            visible = Visibility.after(lengths, width, "pattern", device, window=causal)
         slots = visible.prefix[:, None] + torch.arange(width, device=device)
         out = self._run(tokens, hidden, slots, slots, visible)
         lengths = [c + n for c, n in zip(lengths, m, strict=True)]
