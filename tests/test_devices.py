@@ -74,38 +74,127 @@ def test_the_clock_waits_for_the_models_device_not_the_current_one(fake_cuda):
     assert fake_cuda == [("synchronize", torch.device("cuda", 1))]
 
 
+class NvmlError(Exception):
+    """pynvml.NVMLError's stand-in (what NVML raises for an unknown UUID or an unsupported query)."""
+
+
+class CUuuid:
+    """torch's _CUuuid: a UUID that is only printed (str), as torch's own is."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# A node whose PCI bus order (NVML's numbering) is not CUDA's fastest-first one: an A100 on bus 0, an H100 on
+# bus 1 (CUDA's device 0), and an A100 partitioned into MIG instances on bus 2.
+A100 = "aaaaaaaa-0000-0000-0000-000000000000"
+H100 = "bbbbbbbb-1111-1111-1111-111111111111"
+A100_MIG = "cccccccc-2222-2222-2222-222222222222"
+INSTANCE = "dddddddd-3333-3333-3333-333333333333"  # a MIG instance of A100_MIG
+
+
 class FakeNvml:
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return ("index", index)
+    """NVML on that node: whole GPUs by "GPU-" UUID (a handle is ("gpu", PCI bus position)), MIG instances by
+    "MIG-" UUID; the H100 has no MIG support."""
+
+    NVMLError = NvmlError
+    NVML_DEVICE_MIG_ENABLE = 1
+    GPUS = [A100, H100, A100_MIG]  # PCI bus order
 
     def nvmlDeviceGetHandleByUUID(self, uuid):
-        return ("uuid", uuid)
+        if uuid.startswith("GPU-") and uuid[4:] in self.GPUS:
+            return ("gpu", self.GPUS.index(uuid[4:]))
+        if uuid == f"MIG-{INSTANCE}":
+            return ("mig", INSTANCE)
+        raise NvmlError("Not Found")
 
     def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle):
-        return ("parent of", handle)
+        assert handle == ("mig", INSTANCE)
+        return ("gpu", self.GPUS.index(A100_MIG))
+
+    def nvmlDeviceGetMigMode(self, handle):
+        if handle == ("gpu", self.GPUS.index(H100)):
+            raise NvmlError("Not Supported")
+        return [1 if handle == ("gpu", self.GPUS.index(A100_MIG)) else 0, 0]
+
+
+@pytest.fixture
+def cuda_uuids(monkeypatch):
+    """torch's devices by the UUIDs a test gives, in torch's order: set_uuids([...])."""
+
+    def set_uuids(uuids):
+        monkeypatch.setattr(
+            torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=CUuuid(uuids[i]))
+        )
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {uuids[i][:4]}")
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(uuids))
+
+    return set_uuids
 
 
 @pytest.mark.parametrize(
-    "visible, device, expected",
+    "visible, torch_order, nvml_positions",
     [
-        (None, "cuda:3", (("index", 3), False)),
-        ("4,5,6,7", "cuda:3", (("index", 7), False)),  # torch's 3 is the fourth visible: physical 7
-        ("6, 2", "cuda:1", (("index", 2), False)),
-        ("GPU-aa,GPU-bb", "cuda:1", (("uuid", "GPU-bb"), False)),
-        ("MIG-cc", "cuda:0", (("parent of", ("uuid", "MIG-cc")), True)),  # the whole GPU's figures, flagged
+        (None, [H100, A100], [1, 0]),  # CUDA's cuda:0 is the H100, NVML's device 0 the A100
+        ("1", [A100], [0]),  # CUDA's device 1 (the A100) is NVML's 0: the entry is not an NVML index
+        ("1,0", [A100, H100], [0, 1]),
     ],
 )
-def test_nvml_reads_the_physical_gpu_of_the_device(monkeypatch, visible, device, expected):
+def test_nvml_reads_the_gpu_whose_uuid_is_the_devices_not_the_one_at_its_index(
+    monkeypatch, cuda_uuids, visible, torch_order, nvml_positions
+):
+    """CUDA numbers the devices fastest first and CUDA_VISIBLE_DEVICES' indices are CUDA's; NVML numbers them in
+    PCI bus order. Each torch device reads the GPU that is it."""
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    assert nvml_handle(FakeNvml(), torch.device(device)) == expected
+    cuda_uuids(torch_order)
+    for index, position in enumerate(nvml_positions):
+        assert nvml_handle(FakeNvml(), torch.device("cuda", index)) == (("gpu", position), False)
 
 
-def test_telemetry_samples_the_devices_own_gpu(monkeypatch, model):
+@pytest.mark.parametrize("reported", [INSTANCE, A100_MIG], ids=["instance-uuid", "parent-uuid"])
+def test_a_mig_instance_reads_its_parent_gpu_flagged_whole_gpu(monkeypatch, cuda_uuids, reported):
+    """Whichever UUID CUDA reports for a MIG instance (its own, or its GPU's), NVML reads the parent GPU and
+    the figures are flagged as the whole GPU's."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"MIG-{INSTANCE}")
+    cuda_uuids([reported])
+    assert nvml_handle(FakeNvml(), torch.device("cuda:0")) == (("gpu", 2), True)
+
+
+def test_a_device_nvml_does_not_know_gets_no_nvml_figures_and_says_why(monkeypatch, cuda_uuids, model):
     from harness.methods.target import Target
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
-    telemetry = Telemetry(Target.of(model, "micro").engine, torch.device("cuda", 3), nvml=FakeNvml())
-    assert telemetry.sampler.handle == ("index", 7) and telemetry.sampler.whole_gpu is False
+    unknown = "eeeeeeee-4444-4444-4444-444444444444"
+    cuda_uuids([H100, unknown])
+    with pytest.raises(
+        LookupError, match=f"NVML knows no GPU or MIG instance with the UUID of cuda:1 \\({unknown}\\)"
+    ):
+        nvml_handle(FakeNvml(), torch.device("cuda:1"))
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 0)
+    telemetry = Telemetry(Target.of(model, "micro").engine, torch.device("cuda", 1), nvml=FakeNvml())
+    telemetry.start()
+    fields = telemetry.stop()  # the generation is measured; only NVML's figures are missing, with the reason
+    assert telemetry.sampler is None and fields.nvml_samples is None and fields.power_mean_w is None
+    assert unknown in fields.nvml_error and fields.nvml_error.startswith("LookupError: NVML knows no GPU")
+
+
+def test_telemetry_samples_the_devices_own_gpu(monkeypatch, cuda_uuids, model):
+    from harness.methods.target import Target
+
+    cuda_uuids([H100, A100])
+    telemetry = Telemetry(Target.of(model, "micro").engine, torch.device("cuda", 1), nvml=FakeNvml())
+    assert telemetry.sampler.handle == ("gpu", 0) and telemetry.sampler.whole_gpu is False
+
+
+def test_hardware_names_each_gpu_with_its_uuid(cuda_uuids):
+    from harness.run.provenance import hardware
+
+    cuda_uuids([H100, A100])
+    assert hardware()["gpus"] == [{"name": "GPU bbbb", "uuid": H100}, {"name": "GPU aaaa", "uuid": A100}]
