@@ -1,7 +1,7 @@
 """A device per process, end to end, shown without a GPU: under a launcher rank 3 of 4 loads, decodes,
 synchronises and reads NVML on cuda:3 (its own GPU), a task shown only its own GPU on that one, and `--device
-cuda:1` on cuda:1, never GPU 0; NVML reads the GPU whose UUID is the device's. What only a GPU has (torch.cuda's
-calls, NVML) is faked; each test records the device every step is handed."""
+cuda:1` on cuda:1, never GPU 0; NVML reads the GPU whose UUID is the device's. What only a GPU has
+(torch.cuda's calls, NVML) is faked; each test records the device every step is handed."""
 
 from __future__ import annotations
 
@@ -245,8 +245,8 @@ class FakeNvml:
 def test_nvml_reads_the_gpu_whose_uuid_is_the_devices_not_the_one_at_its_index(
     monkeypatch, cuda_uuids, visible, torch_order, nvml_positions
 ):
-    """CUDA numbers the devices fastest first and CUDA_VISIBLE_DEVICES' indices are CUDA's; NVML numbers them in
-    PCI bus order. Each torch device reads the GPU that is it."""
+    """CUDA numbers the devices fastest first and CUDA_VISIBLE_DEVICES' indices are CUDA's; NVML numbers them
+    in PCI bus order. Each torch device reads the GPU that is it."""
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:

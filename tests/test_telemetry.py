@@ -54,8 +54,8 @@ class FakeNvml:
 
 
 def fake_gpu_handle(nvml, device):
-    """`nvml_handle` for a CPU run handed a FakeNvml: the fake's GPU stands for the device's (looked up by UUID, so
-    a fake whose lookup fails gives no handle)."""
+    """`nvml_handle` for a CPU run handed a FakeNvml: the fake's GPU stands for the device's (looked up by
+    UUID, so a fake whose lookup fails gives no handle)."""
     return nvml.nvmlDeviceGetHandleByUUID("GPU-fake"), False
 
 

@@ -3,8 +3,8 @@
 
 Each process reads its rank from the launcher's environment (`launch_env`), takes its shard of the items
 (`balanced_shards`: deterministic, balanced by expected cost), runs on its own GPU (`launched_device`: the
-local rank's, or the one GPU the launcher shows it; `check_own_devices`: no two on one GPU), and writes its own
-shard directory `OUT/shards/<i>-of-<n>`. Then every rank meets the others in torch.distributed (gloo: a
+local rank's, or the one GPU the launcher shows it; `check_own_devices`: no two on one GPU), and writes its
+own shard directory `OUT/shards/<i>-of-<n>`. Then every rank meets the others in torch.distributed (gloo: a
 barrier needs no GPU collective) and rank 0, if every shard finished, merges them into OUT, verifies and
 prints the summary. A rank that dies leaves the records the others wrote; the same command with `--resume`
 continues every shard where it stopped.
@@ -39,9 +39,9 @@ class LaunchEnv:
         return "SLURM_LOCALID" if self.launcher == "slurm" else "LOCAL_RANK"
 
     def as_provenance(self, device: str, device_source: str, device_uuid: str | None = None) -> dict:
-        """`device_source`: how the process came to decode on `device` (`launched_device`'s answer, or "--device"
-        as given); `device_uuid`: that GPU's (harness.run.provenance.cuda_uuid), which names it across nodes'
-        and launchers' numberings."""
+        """`device_source`: how the process came to decode on `device` (`launched_device`'s answer, or
+        "--device" as given); `device_uuid`: that GPU's (harness.run.provenance.cuda_uuid), which names it
+        across nodes' and launchers' numberings."""
         return {
             **asdict(self),
             "device": device,
@@ -85,26 +85,24 @@ ONE_VISIBLE = "the one visible device"
 
 
 def launched_device(launch: LaunchEnv, visible: int, env: Mapping[str, str] = os.environ) -> tuple[int, str]:
-    """The CUDA device (torch's index) a launched process decodes on, and why, given the `visible` device count
-    (torch.cuda.device_count()). A launcher that shows each process only its own GPU (`srun --gpus-per-task=1`,
-    CUDA_VISIBLE_DEVICES set per process) leaves one device visible, cuda:0, whatever the local rank: that one.
-    One that shows every process all of the node's GPUs leaves the local rank's, cuda:LOCAL_RANK. Anything else
-    names no device of this process's own: a RunError saying what to set."""
+    """The CUDA device (torch's index) a launched process decodes on, and why, given the `visible` device
+    count (torch.cuda.device_count()). A launcher that shows each process only its own GPU (`srun
+    --gpus-per-task=1`, CUDA_VISIBLE_DEVICES set per process) leaves one device visible, cuda:0, whatever the
+    local rank: that one. One that shows every process all of the node's GPUs leaves the local rank's,
+    cuda:LOCAL_RANK. Anything else names no device of this process's own: a RunError saying what to set."""
     if visible == 1:
         return 0, ONE_VISIBLE
     if launch.local_rank < visible:
         return launch.local_rank, launch.local_rank_variable
     shown = env.get("CUDA_VISIBLE_DEVICES")
-    sees = (
-        f"sees {visible} CUDA device(s) (CUDA_VISIBLE_DEVICES={shown})"
-        if shown is not None
-        else f"sees {visible} CUDA device(s) (CUDA_VISIBLE_DEVICES is not set)"
-    )
+    listed = "CUDA_VISIBLE_DEVICES is not set" if shown is None else f"CUDA_VISIBLE_DEVICES={shown}"
     raise RunError(
         f"{launch.launcher} started this process as rank {launch.rank} with "
-        f"{launch.local_rank_variable}={launch.local_rank}, but it {sees}: no GPU is its own. Show each process "
-        "exactly one GPU (srun --gpus-per-task=1, or CUDA_VISIBLE_DEVICES set per process) or all of the "
-        f"node's GPUs (at least {launch.local_rank + 1}), or start no more processes per node than it has GPUs"
+        f"{launch.local_rank_variable}={launch.local_rank}, but it sees {visible} CUDA device(s) ({listed}): "
+        "no GPU is its own. Show each "
+        "process exactly one GPU (srun --gpus-per-task=1, or CUDA_VISIBLE_DEVICES set per process) or all of "
+        f"the node's GPUs (at least {launch.local_rank + 1}), or start no more processes per node than it "
+        "has GPUs"
     )
 
 
@@ -145,9 +143,10 @@ def connect(env: LaunchEnv, hours: float = 24) -> None:
 
 
 def check_own_devices(env: LaunchEnv, device_uuid: str | None) -> None:
-    """Refuse, on every rank alike, a launch in which two processes decode on one GPU (each shown the same single
-    device: a CUDA_VISIBLE_DEVICES exported to every task, a node with fewer GPUs than processes), which would
-    time each other's work. `device_uuid`: this process's GPU's (None on a CPU, which processes may share)."""
+    """Refuse, on every rank alike, a launch in which two processes decode on one GPU (each shown the same
+    single device: a CUDA_VISIBLE_DEVICES exported to every task, a node with fewer GPUs than processes),
+    which would time each other's work. `device_uuid`: this process's GPU's (None on a CPU, which processes
+    may share)."""
     import torch.distributed as dist
 
     uuids: list = [None] * env.world_size
@@ -160,9 +159,9 @@ def check_own_devices(env: LaunchEnv, device_uuid: str | None) -> None:
     if shared:
         dist.destroy_process_group()
         raise RunError(
-            f"{env.launcher} put more than one process on a GPU ({'; '.join(shared)}), so each would time the "
-            "others' work: show each process its own GPU (srun --gpus-per-task=1, CUDA_VISIBLE_DEVICES per "
-            "process, or all of the node's GPUs), or start no more processes per node than it has GPUs"
+            f"{env.launcher} put more than one process on a GPU ({'; '.join(shared)}), so each would time "
+            "the others' work: show each process its own GPU (srun --gpus-per-task=1, CUDA_VISIBLE_DEVICES "
+            "per process, or all of the node's GPUs), or start no more processes per node than it has GPUs"
         )
 
 

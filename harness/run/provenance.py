@@ -79,10 +79,10 @@ def cpu_name() -> str:
 
 
 def cuda_uuid(index: int) -> str:
-    """The UUID of CUDA device `index` (torch's numbering of the visible devices) as torch prints it: 32 hex digits
-    in 8-4-4-4-12 groups, what `nvidia-smi -L` shows after "GPU-" (or "MIG-" for a MIG instance). Unlike an
-    index it names one physical GPU in torch, NVML and every process, whatever CUDA_VISIBLE_DEVICES and
-    CUDA_DEVICE_ORDER say."""
+    """The UUID of CUDA device `index` (torch's numbering of the visible devices) as torch prints it: 32 hex
+    digits in 8-4-4-4-12 groups, what `nvidia-smi -L` shows after "GPU-" (or "MIG-" for a MIG instance).
+    Unlike an index it names one physical GPU in torch, NVML and every process, whatever CUDA_VISIBLE_DEVICES
+    and CUDA_DEVICE_ORDER say."""
     return str(torch.cuda.get_device_properties(index).uuid)
 
 

@@ -37,13 +37,14 @@ def load_nvml():
 
 
 def nvml_handle(nvml, device: torch.device) -> tuple[object, bool]:
-    """The NVML handle of the physical GPU CUDA device `device` is, and whether `device` is a MIG instance (then
-    the handle is its parent GPU's, and power, energy and device memory are the whole GPU's, not the instance's).
+    """The NVML handle of the physical GPU CUDA device `device` is, and whether `device` is a MIG instance
+    (then the handle is its parent GPU's, and power, energy and device memory are the whole GPU's, not the
+    instance's).
 
     Matched by the device's UUID, never by an index: CUDA numbers the visible devices fastest first (unless
     CUDA_DEVICE_ORDER=PCI_BUS_ID) and NVML numbers every device in PCI bus order, so on a node of mixed or
-    reordered GPUs one index names two different GPUs. Raises LookupError, naming the UUID, where NVML knows no
-    GPU or MIG instance by it (Telemetry then records why and samples nothing)."""
+    reordered GPUs one index names two different GPUs. Raises LookupError, naming the UUID, where NVML knows
+    no GPU or MIG instance by it (Telemetry then records why and samples nothing)."""
     if device.type != "cuda":
         raise ValueError(f"{device} is not a CUDA device: NVML has no figures for it")
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -55,7 +56,8 @@ def nvml_handle(nvml, device: torch.device) -> tuple[object, bool]:
             instance = nvml.nvmlDeviceGetHandleByUUID(f"MIG-{uuid}")
         except nvml.NVMLError:
             raise LookupError(
-                f"NVML knows no GPU or MIG instance with the UUID of {device} ({uuid}): no NVML figures for it"
+                f"NVML knows no GPU or MIG instance with the UUID of {device} ({uuid}): "
+                "no NVML figures for it"
             ) from None
         return nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(instance), True
     return gpu, mig_enabled(nvml, gpu)
