@@ -99,10 +99,9 @@ def launched_device(launch: LaunchEnv, visible: int, env: Mapping[str, str] = os
     raise RunError(
         f"{launch.launcher} started this process as rank {launch.rank} with "
         f"{launch.local_rank_variable}={launch.local_rank}, but it sees {visible} CUDA device(s) ({listed}): "
-        "no GPU is its own. Show each "
-        "process exactly one GPU (srun --gpus-per-task=1, or CUDA_VISIBLE_DEVICES set per process) or all of "
-        f"the node's GPUs (at least {launch.local_rank + 1}), or start no more processes per node than it "
-        "has GPUs"
+        "no GPU is its own. Show each process exactly one GPU (srun --gpus-per-task=1, or CUDA_VISIBLE_DEVICES "
+        f"set per process) or all of the node's GPUs (at least {launch.local_rank + 1}), or start no more "
+        "processes per node than it has GPUs"
     )
 
 
