@@ -357,8 +357,8 @@ def load_model(
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    # The RoPE frequencies are a non-persistent buffer: compute them on the target device.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
+    # The RoPE frequencies, non-persistent buffers no state dict holds, are still on the meta device.
+    model.model.rotary_emb.place_frequencies(device)
     model.name_or_path = str(path_or_id)
     return model.eval()
 

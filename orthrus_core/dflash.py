@@ -26,7 +26,6 @@ from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3MLP,
     Qwen3RMSNorm,
-    Qwen3RotaryEmbedding,
     rotate_half,
 )
 
@@ -36,6 +35,7 @@ from .engine import row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
+from .rope import Qwen3Rotary
 
 ARCHITECTURE = "DFlashDraftModel"
 WEIGHTS = "model.safetensors"
@@ -106,7 +106,7 @@ class DFlashDraftModel(nn.Module):
         self.fc = nn.Linear(len(self.target_layer_ids) * H, H, bias=False)
         self.hidden_norm = Qwen3RMSNorm(H, eps=config.rms_norm_eps)
         self.norm = Qwen3RMSNorm(H, eps=config.rms_norm_eps)
-        self.rotary_emb = Qwen3RotaryEmbedding(config)
+        self.rotary_emb = Qwen3Rotary(config)
 
     @property
     def capture(self) -> tuple[int, ...]:
@@ -295,7 +295,6 @@ def load_dflash(
         state = {n: f.get_tensor(n).to(p.dtype) for n in f.keys()}
     draft = DFlashDraftModel(config).to(dtype=p.dtype, device=p.device)
     draft.load_state_dict(state, strict=True)
-    draft.rotary_emb = Qwen3RotaryEmbedding(config).to(p.device)  # RoPE frequencies stay float32
     draft.name_or_path = str(path_or_id)
     return draft.eval()
 

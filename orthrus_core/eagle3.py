@@ -35,7 +35,6 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import (
     LlamaMLP,
     LlamaRMSNorm,
-    LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
 )
 
@@ -53,6 +52,7 @@ from .engine import pass_visibility, row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
 from .model import OrthrusForCausalLM, head_dim
+from .rope import LlamaRotary
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # either; EAGLE's loader tries the .bin first
@@ -202,7 +202,7 @@ class Eagle3Head(nn.Module):
         self.midlayer = Eagle3Layer(config)
         self.norm = LlamaRMSNorm(H, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(H, self.draft_vocab_size, bias=False)
-        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.rotary_emb = LlamaRotary(config)
         self.register_buffer("d2t", torch.zeros(self.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.ones(config.vocab_size, dtype=torch.bool))
 
@@ -510,7 +510,6 @@ def load_eagle3(
     head = Eagle3Head(config, t.hidden_size, embed).to(dtype=p.dtype, device=p.device)
     missing, _ = head.load_state_dict(state, strict=False)  # shapes and names were checked above
     assert missing == ([] if with_embed else ["embed_tokens.weight"]), missing
-    head.rotary_emb = LlamaRotaryEmbedding(config).to(p.device)  # RoPE frequencies stay float32
     head.name_or_path = str(path_or_id)
     return head.eval()
 

@@ -106,7 +106,6 @@ def meta_target(config, dtype: torch.dtype, diffusion_view: bool = True) -> Orth
     on the meta device: every shape and dtype, no memory."""
     with torch.device("meta"):
         model = OrthrusForCausalLM(config, diffusion_view=diffusion_view).to(dtype)
-        model.model.rotary_emb = type(model.model.rotary_emb)(config)
     return model.eval()
 
 
@@ -118,7 +117,6 @@ def meta_eagle3(config, target: OrthrusForCausalLM, with_embed: bool = False) ->
             nn.Embedding(config.vocab_size, config.hidden_size) if with_embed else target.model.embed_tokens
         )
         head = Eagle3Head(config, target.config.hidden_size, embed).to(target.lm_head.weight.dtype)
-        head.rotary_emb = type(head.rotary_emb)(config)
     return head.eval()
 
 
@@ -127,7 +125,6 @@ def meta_dflash(config, target: OrthrusForCausalLM) -> DFlashDraftModel:
     meta device."""
     with torch.device("meta"):
         draft = DFlashDraftModel(config).to(target.lm_head.weight.dtype)
-        draft.rotary_emb = type(draft.rotary_emb)(config)
     return draft.eval()
 
 

@@ -30,12 +30,12 @@ from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3MLP,
     Qwen3RMSNorm,
-    Qwen3RotaryEmbedding,
     apply_rotary_pos_emb,
 )
 
 from .attention import CAUSAL, Visibility, attend
 from .host import upload
+from .rope import Qwen3Rotary
 
 # kv_context(k, v) -> (keys, values): what a layer's new queries attend to, given the new tokens' k and v.
 KVContext = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -204,7 +204,7 @@ class Backbone(nn.Module):
             DecoderLayer(config, diffusion_view) for _ in range(config.num_hidden_layers)
         )
         self.norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = Qwen3RotaryEmbedding(config)
+        self.rotary_emb = Qwen3Rotary(config)
 
 
 class OrthrusForCausalLM(nn.Module):

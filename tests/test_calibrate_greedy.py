@@ -82,9 +82,9 @@ def test_greedy_calibration_arms(calibration):
     assert mutant.diverging > lossless.diverging  # the Orthrus it is planted in
     assert mutant.rate >= 0.8 and mutant.by_margin + mutant.by_combined > 0
     assert len(mutant.previous_rule_fails) == config.replicates
-    # The lossless decoders' runs pass as often as alpha allows: their divergences are numerics (ar-hf's
-    # kernels diverge from the project's in bf16 on this random model's many near-ties, and still pass).
-    assert aa.diverging > 0
+    # The lossless decoders' runs pass as often as alpha allows: whatever diverges is numerics. (ar-hf shares
+    # the target's RoPE, float32 frequencies through the model's move to bf16 (orthrus_core.rope), so on this
+    # pool it no longer diverges from ar; with the frequencies cast to bf16 it did, and still passed.)
     for arm in (aa, lossless):
         assert arm.met(config.alpha), arm
     assert meta["previous_rule_floor"] > 0 and 0 <= meta["mutant_token"] < 320

@@ -128,7 +128,10 @@ def test_torchrun_killed_and_resumed_equals_one_process(tmp_path):
     run = json.loads((launched / "run.json").read_text())
     assert run["launch"]["launcher"] == "torchrun" and run["launch"]["world_size"] == 2
     assert [r["rank"] for r in run["launch"]["ranks"]] == [0, 1]
-    assert all(r["device"] == "cpu" for r in run["launch"]["ranks"])
+    assert all(
+        r["device"] == "cpu" and r["device_source"] == "--device" and r["device_uuid"] is None
+        for r in run["launch"]["ranks"]
+    )
 
 
 def test_a_launched_run_refuses_what_it_cannot_do_before_joining_the_others(monkeypatch, tmp_path, capsys):

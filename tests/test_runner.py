@@ -210,8 +210,11 @@ def test_telemetry_faults_never_fail_a_generation(prepared, tmp_path, monkeypatc
     import dataclasses
     import threading
 
-    from test_telemetry import FakeNvml
+    from test_telemetry import FakeNvml, fake_gpu_handle
 
+    import harness.run.telemetry as telemetry_module
+
+    monkeypatch.setattr(telemetry_module, "nvml_handle", fake_gpu_handle)
     spec = RunSpec(**{**SPEC, "suites": ["tiny-math"]})
     decoder = prepared.decoders["orthrus"]
     generate = decoder.generate
@@ -243,7 +246,7 @@ def test_telemetry_faults_never_fail_a_generation(prepared, tmp_path, monkeypatc
     )
 
     absent = FakeNvml()
-    absent.nvmlDeviceGetHandleByIndex = lambda i: (_ for _ in ()).throw(NvmlError("NotSupported"))
+    absent.nvmlDeviceGetHandleByUUID = lambda uuid: (_ for _ in ()).throw(NvmlError("NotSupported"))
     records = read_records(execute(spec, tmp_path / "c", prepared=dataclasses.replace(prepared, nvml=absent)))
     assert all(r["status"] == "ok" and r["nvml_error"] == "NvmlError: NotSupported" for r in records)
     assert threading.active_count() == threads

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import torch
 from conftest import random_prompts
 
+import harness.run.telemetry as telemetry_module
 from harness.methods import make_decoder
 from harness.methods.target import Target
 from harness.run.provenance import config_hash, git_state, hardware, model_provenance, versions
@@ -22,8 +23,8 @@ class FakeNvml:
         self.energy_mj = 1_000_000
         self.calls = 0
 
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return index
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return 0
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         return [
@@ -52,9 +53,15 @@ class FakeNvml:
         return b"560.35.03"
 
 
+def fake_gpu_handle(nvml, device):
+    """`nvml_handle` for a CPU run handed a FakeNvml: the fake's GPU stands for the device's (looked up by
+    UUID, so a fake whose lookup fails gives no handle)."""
+    return nvml.nvmlDeviceGetHandleByUUID("GPU-fake"), False
+
+
 def test_nvml_sampler_summarises_a_background_series():
     nvml = FakeNvml()
-    sampler = NvmlSampler(nvml, nvml.nvmlDeviceGetHandleByIndex(0), interval_s=0.005)
+    sampler = NvmlSampler(nvml, handle=0, interval_s=0.005)
     sampler.start()
     time.sleep(0.05)
     out = sampler.stop()
@@ -66,8 +73,9 @@ def test_nvml_sampler_summarises_a_background_series():
     assert out["energy_j"] == 5.0 and out["energy_reliable"] is False  # far under a second
 
 
-def test_telemetry_counts_forwards_by_kind_and_restores_the_model(model):
+def test_telemetry_counts_forwards_by_kind_and_restores_the_model(model, monkeypatch):
     target = Target.of(model, "micro")
+    monkeypatch.setattr(telemetry_module, "nvml_handle", fake_gpu_handle)
     telemetry = Telemetry(target.engine, torch.device("cpu"), nvml=FakeNvml())
     for spec in ("orthrus", "diffusion"):  # passes of the decode loop's engine; the model's own forwards
         telemetry.start()

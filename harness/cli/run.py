@@ -267,7 +267,7 @@ def run_launched(spec, args, launch) -> int:
     """One process of a launched run (harness.run.launch): its shard into OUT/shards/<i>-of-<n>, then at rank 0,
     once every shard has finished, the merged run in OUT, its summary and verdicts."""
     from harness.report.summary import print_summary, summarize
-    from harness.run.launch import connect, gather_finished, shard_dir
+    from harness.run.launch import check_own_devices, connect, gather_finished, launched_device, shard_dir
     from harness.run.runner import execute
     from harness.run.shards import merge
     from harness.run.spec import RunError
@@ -285,13 +285,17 @@ def run_launched(spec, args, launch) -> int:
     # Checked by every rank before any joins the group, so that none is left waiting for one that refused.
     if (out / RUN).exists() and load_run(out).merged_from is None:
         raise RunError(f"{out} holds a run that is not a merge of its shards; choose another --out")
-    device = spec.device
+    device, device_source, device_uuid = spec.device, "--device", None
     if device == "cuda":  # each process on its own GPU; the spec (and so the config hash) keeps "cuda"
         import torch
 
-        torch.cuda.set_device(launch.local_rank)
-        device = f"cuda:{launch.local_rank}"
+        from harness.run.provenance import cuda_uuid
+
+        index, device_source = launched_device(launch, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device, device_uuid = f"cuda:{index}", cuda_uuid(index)
     connect(launch)
+    check_own_devices(launch, device_uuid)
     mine = shard_dir(out, launch.rank, launch.world_size)
     finished = False
     try:
@@ -303,7 +307,7 @@ def run_launched(spec, args, launch) -> int:
             shard=(launch.rank, launch.world_size),
             progress=launch.local_rank == 0,
             device=device,
-            launch=launch.as_provenance(device),
+            launch=launch.as_provenance(device, device_source, device_uuid),
         )
         finished = True
     finally:  # a shard that failed still reports, so that the others are not left waiting

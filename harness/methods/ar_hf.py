@@ -119,5 +119,6 @@ def build(target, label, options):
     hf_model.load_state_dict(state, strict=True, assign=True)  # the same tensors, no copy
     if config.tie_word_embeddings:
         hf_model.tie_weights()
-    hf_model.model.rotary_emb = type(hf_model.model.rotary_emb)(config).to(model.lm_head.weight.device)
+    # and the same RoPE: the target's frequencies (float32 whatever the dtype, orthrus_core.rope)
+    hf_model.model.rotary_emb = model.model.rotary_emb
     return HFDecoder(target, label, options, hf_model.eval())

@@ -2,7 +2,8 @@
 `srun` under Slurm. No launcher of our own.
 
 Each process reads its rank from the launcher's environment (`launch_env`), takes its shard of the items
-(`balanced_shards`: deterministic, balanced by expected cost), runs on its own GPU (LOCAL_RANK), and writes its
+(`balanced_shards`: deterministic, balanced by expected cost), runs on its own GPU (`launched_device`: the
+local rank's, or the one GPU the launcher shows it; `check_own_devices`: no two on one GPU), and writes its
 own shard directory `OUT/shards/<i>-of-<n>`. Then every rank meets the others in torch.distributed (gloo: a
 barrier needs no GPU collective) and rank 0, if every shard finished, merges them into OUT, verifies and
 prints the summary. A rank that dies leaves the records the others wrote; the same command with `--resume`
@@ -33,8 +34,22 @@ class LaunchEnv:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def as_provenance(self, device: str) -> dict:
-        return {**asdict(self), "device": device, "host": socket.gethostname(), "pid": os.getpid()}
+    @property
+    def local_rank_variable(self) -> str:
+        return "SLURM_LOCALID" if self.launcher == "slurm" else "LOCAL_RANK"
+
+    def as_provenance(self, device: str, device_source: str, device_uuid: str | None = None) -> dict:
+        """`device_source`: how the process came to decode on `device` (`launched_device`'s answer, or
+        "--device" as given); `device_uuid`: that GPU's (harness.run.provenance.cuda_uuid), which names it
+        across nodes' and launchers' numberings."""
+        return {
+            **asdict(self),
+            "device": device,
+            "device_source": device_source,
+            "device_uuid": device_uuid,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
 
 
 def launch_env(env: Mapping[str, str] = os.environ) -> LaunchEnv:
@@ -64,6 +79,30 @@ def launch_env(env: Mapping[str, str] = os.environ) -> LaunchEnv:
         tasks = number("SLURM_STEP_NUM_TASKS")
         return LaunchEnv("slurm", number("SLURM_PROCID"), tasks, number("SLURM_LOCALID"))
     return LaunchEnv("none", 0, 1, 0)
+
+
+ONE_VISIBLE = "the one visible device"
+
+
+def launched_device(launch: LaunchEnv, visible: int, env: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """The CUDA device (torch's index) a launched process decodes on, and why, given the `visible` device
+    count (torch.cuda.device_count()). A launcher that shows each process only its own GPU (`srun
+    --gpus-per-task=1`, CUDA_VISIBLE_DEVICES set per process) leaves one device visible, cuda:0, whatever the
+    local rank: that one. One that shows every process all of the node's GPUs leaves the local rank's,
+    cuda:LOCAL_RANK. Anything else names no device of this process's own: a RunError saying what to set."""
+    if visible == 1:
+        return 0, ONE_VISIBLE
+    if launch.local_rank < visible:
+        return launch.local_rank, launch.local_rank_variable
+    shown = env.get("CUDA_VISIBLE_DEVICES")
+    listed = "CUDA_VISIBLE_DEVICES is not set" if shown is None else f"CUDA_VISIBLE_DEVICES={shown}"
+    raise RunError(
+        f"{launch.launcher} started this process as rank {launch.rank} with "
+        f"{launch.local_rank_variable}={launch.local_rank}, but it sees {visible} CUDA device(s) ({listed}): "
+        "no GPU is its own. Show each process exactly one GPU (srun --gpus-per-task=1, or CUDA_VISIBLE_DEVICES "
+        f"set per process) or all of the node's GPUs (at least {launch.local_rank + 1}), or start no more "
+        "processes per node than it has GPUs"
+    )
 
 
 def item_cost(prompt_tokens: int, max_new_tokens: int, turns: int = 1) -> float:
@@ -100,6 +139,29 @@ def connect(env: LaunchEnv, hours: float = 24) -> None:
             "set: export the first node's address and a free port (examples/slurm.sbatch does)"
         )
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timedelta(hours=hours))
+
+
+def check_own_devices(env: LaunchEnv, device_uuid: str | None) -> None:
+    """Refuse, on every rank alike, a launch in which two processes decode on one GPU (each shown the same
+    single device: a CUDA_VISIBLE_DEVICES exported to every task, a node with fewer GPUs than processes),
+    which would time each other's work. `device_uuid`: this process's GPU's (None on a CPU, which processes
+    may share)."""
+    import torch.distributed as dist
+
+    uuids: list = [None] * env.world_size
+    dist.all_gather_object(uuids, device_uuid)
+    ranks: dict[str, list[int]] = {}
+    for rank, uuid in enumerate(uuids):
+        if uuid is not None:
+            ranks.setdefault(uuid, []).append(rank)
+    shared = [f"ranks {', '.join(map(str, r))} on GPU {uuid}" for uuid, r in ranks.items() if len(r) > 1]
+    if shared:
+        dist.destroy_process_group()
+        raise RunError(
+            f"{env.launcher} put more than one process on a GPU ({'; '.join(shared)}), so each would time "
+            "the others' work: show each process its own GPU (srun --gpus-per-task=1, CUDA_VISIBLE_DEVICES "
+            "per process, or all of the node's GPUs), or start no more processes per node than it has GPUs"
+        )
 
 
 def gather_finished(finished: bool) -> list[bool]:

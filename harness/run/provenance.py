@@ -78,6 +78,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cuda_uuid(index: int) -> str:
+    """The UUID of CUDA device `index` (torch's numbering of the visible devices) as torch prints it: 32 hex
+    digits in 8-4-4-4-12 groups, what `nvidia-smi -L` shows after "GPU-" (or "MIG-" for a MIG instance).
+    Unlike an index it names one physical GPU in torch, NVML and every process, whatever CUDA_VISIBLE_DEVICES
+    and CUDA_DEVICE_ORDER say."""
+    return str(torch.cuda.get_device_properties(index).uuid)
+
+
 def hardware(nvml=None) -> dict:
     import os
 
@@ -87,7 +95,10 @@ def hardware(nvml=None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "gpus": [
+            {"name": torch.cuda.get_device_name(i), "uuid": cuda_uuid(i)}
+            for i in range(torch.cuda.device_count())
+        ],
         "driver": None,
     }
     if nvml is not None:

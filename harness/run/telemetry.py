@@ -4,8 +4,9 @@ per-forward times, as a record's `TelemetryFields` (harness.records).
 NVML (`nvidia-ml-py`, imported as `pynvml`) is read by a background thread every `interval_s`, so sampling
 never runs on the decoding thread; energy is the difference of the device's total-energy counter
 (`nvmlDeviceGetTotalEnergyConsumption`, mJ) across the generation, flagged unreliable below a second because
-the counter updates every few tens of milliseconds. Without a GPU (or without pynvml) every NVML field is
-None. Tests pass a fake `nvml` module.
+the counter updates every few tens of milliseconds. NVML reads the GPU whose UUID is the device's
+(`nvml_handle`). Without a GPU (or without pynvml) every NVML field is None; where NVML is there but cannot
+be read for the device, `nvml_error` says why. Tests pass a fake `nvml` module.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from statistics import fmean, median
 import torch
 
 from harness.records import TelemetryFields
+
+from .provenance import cuda_uuid
 
 ENERGY_MIN_RELIABLE_S = 1.0
 
@@ -34,22 +37,40 @@ def load_nvml():
 
 
 def nvml_handle(nvml, device: torch.device) -> tuple[object, bool]:
-    """The NVML handle of the physical GPU `device` is, and whether `device` is a MIG instance (then the handle
-    is its parent GPU's, and power, energy and device memory are the whole GPU's, not the instance's). torch
-    numbers the devices CUDA_VISIBLE_DEVICES leaves visible, NVML every device: entry i of that list (an index,
-    or a GPU- or MIG- UUID) names torch's device i."""
-    if device.index is not None:
-        index = device.index
-    else:  # "cuda": the current device (a CPU run handed NVML, as tests do, reads the first)
-        index = torch.cuda.current_device() if device.type == "cuda" else 0
-    visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
-    entry = visible[index] if index < len(visible) else str(index)
-    if entry.isdigit():
-        return nvml.nvmlDeviceGetHandleByIndex(int(entry)), False
-    handle = nvml.nvmlDeviceGetHandleByUUID(entry)
-    if entry.startswith("MIG-"):
-        return nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle), True
-    return handle, False
+    """The NVML handle of the physical GPU CUDA device `device` is, and whether `device` is a MIG instance
+    (then the handle is its parent GPU's, and power, energy and device memory are the whole GPU's, not the
+    instance's).
+
+    Matched by the device's UUID, never by an index: CUDA numbers the visible devices fastest first (unless
+    CUDA_DEVICE_ORDER=PCI_BUS_ID) and NVML numbers every device in PCI bus order, so on a node of mixed or
+    reordered GPUs one index names two different GPUs. Raises LookupError, naming the UUID, where NVML knows
+    no GPU or MIG instance by it (Telemetry then records why and samples nothing)."""
+    if device.type != "cuda":
+        raise ValueError(f"{device} is not a CUDA device: NVML has no figures for it")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = cuda_uuid(index)
+    try:
+        gpu = nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    except nvml.NVMLError:  # not a whole GPU's UUID: a MIG instance's, or one NVML does not know
+        try:
+            instance = nvml.nvmlDeviceGetHandleByUUID(f"MIG-{uuid}")
+        except nvml.NVMLError:
+            raise LookupError(
+                f"NVML knows no GPU or MIG instance with the UUID of {device} ({uuid}): "
+                "no NVML figures for it"
+            ) from None
+        return nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(instance), True
+    return gpu, mig_enabled(nvml, gpu)
+
+
+def mig_enabled(nvml, gpu) -> bool:
+    """Whether the GPU is partitioned into MIG instances. CUDA then sees only its instances, so a device that
+    resolved to this GPU is one of them, whichever UUID (the instance's or the GPU's) CUDA reported for it."""
+    try:
+        current, _pending = nvml.nvmlDeviceGetMigMode(gpu)
+    except nvml.NVMLError:  # NotSupported: a GPU without MIG
+        return False
+    return current == nvml.NVML_DEVICE_MIG_ENABLE
 
 
 class NvmlSampler:
