@@ -50,7 +50,7 @@ from .generation import Clock, GenerationResult, Output, StreamCallback, check_p
 from .host import upload
 from .model import KVCache
 from .params import GREEDY, SamplingParams
-from .sampling import EXACT, AcceptanceRule, greedy_accept, next_token, probs
+from .sampling import EXACT, AcceptanceRule, greedy_accept, next_token, probs, sample
 from .tree import accept_greedy, ancestors
 
 
@@ -336,7 +336,7 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
         proposal = drafter.propose(roots, params, generators)
     tokens, parents = proposal.tokens, proposal.parents
     if parents is None and engine.static and drafter is not None:
-        tokens = _fixed_width(tokens, proposal.drafts, drafter.max_nodes)
+        tokens = _fixed_width(tokens, drafter.max_nodes)
     starts = list(cache.lengths)
     if parents is None:
         anc = None
@@ -366,22 +366,29 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
             for p, h in zip(paths, host, strict=True)
         ]
         traces = None
+    elif tokens.shape[1] == 1:  # AR steps, sampled: each row draws from its own generator, one host transfer
+        dist = probs(params, logits)
+        nxt = torch.stack([sample(dist[b, 0], generators[b]) for b in range(R)]).tolist()
+        accepted, paths, traces = [_Accepted(0, t, []) for t in nxt], None, [[None]] * R
     else:  # sampling: row by row, each row drawing from its own generator in the order it draws alone
         N = tokens.shape[1]
-        host = (tokens if parents is None else torch.cat([tokens, parents], dim=1)).tolist()
         dist = probs(params, logits)
+        drawn = parents is None and proposal.q is not None  # drafts drawn from q: Leviathan's rule
+        host = (
+            None if drawn else (tokens if parents is None else torch.cat([tokens, parents], dim=1)).tolist()
+        )
         accepted, paths, traces = [], [], []
         for b in range(R):
             m = proposal.drafts[b]
-            if parents is None and proposal.q is not None:  # drafts drawn from q: Leviathan's rule
-                n, token, trace = rule.chain_with_trace(tokens[b, 1 : 1 + m], proposal.q[b, :m], dist[b, : m + 1],
-                                                        generators[b])  # fmt: skip
-                path = list(range(n + 1))
+            if drawn:  # one host transfer per row: the count, the next token, the trace and the drafts
+                n, token, trace, drafted = rule.chain_with_trace(tokens[b, 1 : 1 + m], proposal.q[b, :m],
+                                                                 dist[b, : m + 1], generators[b])  # fmt: skip
+                path, drafts = list(range(n + 1)), drafted[:n]
             else:  # deterministic drafts, a chain or a tree: the multi-draft rule
                 row_parents = list(range(-1, m)) if parents is None else host[b][N:]
                 path, token = rule.tree(host[b][: len(row_parents)], row_parents, dist[b], generators[b])
-                trace = [None] * len(path)  # no draft distribution to audit against
-            accepted.append(_Accepted(len(path) - 1, token, [host[b][i] for i in path[1:]]))
+                trace, drafts = [None] * len(path), [host[b][i] for i in path[1:]]  # no q to audit against
+            accepted.append(_Accepted(len(path) - 1, token, drafts))
             paths.append(path)
             traces.append(trace)
 
@@ -421,16 +428,14 @@ def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) ->
             drafter.accept(counts, tokens.gather(1, index), gathered)
 
 
-def _fixed_width(tokens: torch.Tensor, drafts: list[int], width: int) -> torch.Tensor:
-    """A chain proposal at one of two widths, so a static engine meets few pass shapes: the root alone when no
-    row has a draft (an AR step), else `width` (padding after each row's real drafts, which the causal verify
-    pass hides from them)."""
-    T = 1 if max(drafts) == 0 else width
-    if tokens.shape[1] == T:
+def _fixed_width(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    """A chain proposal at the drafter's full width, so that a static engine meets one verify shape per method,
+    whatever the drafts (padding after each row's real drafts, which the causal verify pass hides from them): a
+    cycle of prompt lookup that found no draft verifies its root at full width, which on a GPU costs what an AR
+    step costs, rather than a second shape that warm-up could miss (it depends on the data)."""
+    if tokens.shape[1] == width:
         return tokens
-    if tokens.shape[1] > T:
-        return tokens[:, :T]
-    return torch.cat([tokens, tokens.new_zeros(tokens.shape[0], T - tokens.shape[1])], dim=1)
+    return torch.cat([tokens, tokens.new_zeros(tokens.shape[0], width - tokens.shape[1])], dim=1)
 
 
 def generate(

@@ -56,7 +56,6 @@ from .loop import CachedDrafter, Drafter
 from .model import OrthrusForCausalLM, cache_shape, head_dim
 from .orthrus import OrthrusDrafter
 from .params import SamplingParams
-from .prompt_lookup import PromptLookupDrafter
 
 GIB = 2**30
 # The share of the device's memory a plan may take: the rest is the allocator's fragmentation, the CUDA context
@@ -390,8 +389,7 @@ def _loop(model, drafter, rows, weights, sampling, base) -> MethodPlan:
         state["draft cache"] = kv_bytes(drafter.cache_config, rows, capacity + drafter.extra, b)
     if F:  # each admitted row's last prompt feature (EAGLE-3's next row), a copy, until its first cycle
         state["pending features"] = rows * F * b
-    if isinstance(drafter, PromptLookupDrafter):
-        state["contexts"] = rows * needed * INT64
+    # (prompt lookup's texts live on the host: orthrus_core.prompt_lookup)
 
     # On CUDA a float32 SDPA pass (no FlexAttention) repeats one layer's K/V to the query heads.
     fp32_cuda = cuda and b == FLOAT32
@@ -485,9 +483,7 @@ def _pass_kinds(drafter, nodes: int) -> list[int]:
         return [1]
     if isinstance(drafter, OrthrusDrafter):
         return [nodes, nodes]  # the diffusion pass and the verify pass
-    if isinstance(drafter, PromptLookupDrafter):
-        return [1, nodes]  # no match anywhere: an AR step
-    return [nodes]
+    return [nodes]  # a chain's or a tree's verify pass (static engines verify a chain at its full width)
 
 
 def _one_at_a_time(model, decoding, rows, weights, sampling, base) -> MethodPlan:

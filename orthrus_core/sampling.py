@@ -112,15 +112,20 @@ class AcceptanceRule:
         residual = torch.where(residual.sum() > RESIDUAL_EPS, residual, p_at)
         return n_accepted, sample(residual, generator)
 
-    def chain_with_trace(self, drafts, q, p, generator) -> tuple[int, int, list]:
+    def chain_with_trace(self, drafts, q, p, generator) -> tuple[int, int, list, list[int]]:
         """`chain`, read back in one transfer -> (accepted drafts, next token, the acceptance trace's entries:
-        [accepted (1) or corrected (0), q(token)] per draft position ruled on, then None for a bonus token)."""
+        [accepted (1) or corrected (0), q(token)] per draft position ruled on, then None for a bonus token; the
+        drafts as host ints)."""
         n, nxt = self.chain(drafts, q, p, generator)
-        rows = torch.arange(len(drafts), device=drafts.device)
+        m = len(drafts)
+        rows = torch.arange(m, device=drafts.device)
         q_emitted = q[rows, torch.where(rows == n, nxt, drafts)]  # valid up to row n
-        n, token, *q_at = torch.cat([torch.stack([n, nxt]).double(), q_emitted.double()]).tolist()
-        n, token = int(n), int(token)
-        return n, token, [[1, x] for x in q_at[:n]] + ([[0, q_at[n]]] if n < len(drafts) else [None])
+        # token ids as float64: exact below 2**53
+        n, token, *rest = torch.cat(
+            [torch.stack([n, nxt]).double(), q_emitted.double(), drafts.double()]
+        ).tolist()
+        n, token, q_at, drafted = int(n), int(token), rest[:m], [int(x) for x in rest[m:]]
+        return n, token, [[1, x] for x in q_at[:n]] + ([[0, q_at[n]]] if n < m else [None]), drafted
 
     def tree(
         self, tokens: list[int], parents: list[int], p: torch.Tensor, generator: torch.Generator | None

@@ -65,8 +65,8 @@ def flex_shapes(method: str, rows: int, capacity: int) -> set:
         return {static(1)}
     if method == "orthrus":
         return {static(ORTHRUS_K)}
-    if method == "pld":  # an AR step where no row found a draft, else the full width
-        return {static(1), static(PLD_NODES)}
+    if method == "pld":  # at its full width, drafts or not
+        return {static(PLD_NODES)}
     if method == "dflash":
         return {static(DFLASH_K)} | ({("dflash draft", rows, capacity)} if rows > 1 else set())
     if method == "eagle3":
@@ -82,7 +82,7 @@ def graphs(method: str, rows: int, capacity: int) -> set:
     return {
         "ar": {(rows, 1, "ar", ())},
         "orthrus": {(rows, ORTHRUS_K, "diffusion", ()), (rows, ORTHRUS_K, "ar", ())},
-        "pld": {(rows, 1, "ar", ()), (rows, PLD_NODES, "ar", ())},
+        "pld": {(rows, PLD_NODES, "ar", ())},
         "dflash": {(rows, DFLASH_K, "ar", "dflash features")},
         "eagle3": {(rows, TREE_NODES, "tree", "eagle3 features")},
     }.get(method, set())
