@@ -1,4 +1,6 @@
-"""The prepared GPU check runs end to end on a CPU at the small shape, so it cannot rot before a GPU is lent."""
+"""The prepared GPU check, rehearsed on this CPU through the CUDA route (orthrus_core.rehearsal), so that it
+cannot rot before a GPU is lent: every step runs, compiles what its plan says, and each call's plan fits the
+device tool's window."""
 
 from __future__ import annotations
 
@@ -8,75 +10,127 @@ from pathlib import Path
 
 import pytest
 
+from harness.bench.engine_bench import SHAPES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_gpu_check_runs_every_step_on_cpu_and_writes_its_summary(tmp_path):
+@pytest.fixture(scope="module")
+def gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    assert gpu_check.main(["--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
-    result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["failed"] == []
-    small = result["engine"]["small"]
-    assert small["modes"]["eager"]["forwards"][0]["ar_ms"] > 0
-    assert all(row["identical_to_ar"] for row in small["modes"]["eager"]["end_to_end"].values())
-    assert all(r["identical"] == r["prompts"] > 0 for r in result["identity"].values())
-    assert {m: r["verdict"] for m, r in result["bf16"]["methods"].items()} == {
-        "orthrus": "PASS",
-        "pld": "PASS",
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_rehearsal_groups_the_contexts_into_capacity_buckets_as_the_gpu_does(gpu_check):
+    """What compiles depends on which caches share a capacity bucket, not on their sizes: the rehearsal's small
+    contexts must group as the GPU's do, call by call, at each shape's own block size."""
+    gpu_K, small_K = (
+        SHAPES[gpu_check.GPU.shape]["block_size"],
+        SHAPES[gpu_check.REHEARSAL.shape]["block_size"],
+    )
+    assert gpu_check.capacity_groups(gpu_check.GPU, gpu_K) == gpu_check.capacity_groups(
+        gpu_check.REHEARSAL, small_K
+    )
+    assert (
+        max(gpu_check.capacity_groups(gpu_check.GPU, gpu_K)[1]) == 1
+    )  # call 1: the 1K bucket and the 32-40K one
+
+
+def test_each_call_plans_to_fit_its_window_and_call_2_plans_with_call_1s_measured_compiles(
+    gpu_check, tmp_path
+):
+    counts = gpu_check.load_plan()
+    assert set(counts) >= {*gpu_check.CALLS[1], *gpu_check.CALLS[2]}
+    for steps in gpu_check.CALLS.values():
+        planned = gpu_check.plan(steps, gpu_check.COMPILE_S, counts)
+        assert sum(p["estimate_s"] for p in planned.values()) <= gpu_check.CALL_LIMIT_S, planned
+    # Call 1's ledger says a FlexAttention kernel took 45 s: call 2's plan costs its kernels at that.
+    first = {"steps": {"smoke": {"compiled": {"flex_attention": [2, 90.0], "cudagraph": [3, 1.5]}}}}
+    measured = gpu_check.measured_compile_s(first)
+    assert measured == {"flex_attention": 45.0, "cudagraph": 0.5}
+    planned = gpu_check.plan(["identity"], {**gpu_check.COMPILE_S, **measured}, counts)["identity"]
+    flex = counts["identity"].get("flex_attention", 0)
+    assert planned["compile_s"] >= 45.0 * flex and planned["estimate_s"] >= gpu_check.WORK_S["identity"]
+
+
+def test_the_rehearsed_check_runs_every_step_and_compiles_what_its_plan_says(gpu_check, tmp_path, capsys):
+    assert (
+        gpu_check.main(["--rehearse", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.startswith("gpu_check plan (")  # the plan comes first
+    result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert result["failed"] == [] and result["rehearsal"]
+    compiled = {
+        name: {k: n for k, (n, _) in step["compiled"].items()} for name, step in result["steps"].items()
     }
-    assert result["telemetry"]["generations"] > 0 and result["telemetry"]["nvml_measured"] is False
-    assert result["pipeline"]["verdicts"] == {"orthrus": "PASS"}
-    assert Path(result["pipeline"]["report"]).exists()
-    assert [r["batch_size"] for r in result["batch"]["passes"]] == [1, 2]
-    assert all(r["identical"] == r["prompts"] > 0 for r in result["batch"]["identity"].values())
-    long = result["long_context"]["rows"]
-    assert [(r["context"], r["method"]) for r in long] == [
-        (256, "ar"),
-        (256, "orthrus"),
-        (1024, "ar"),
-        (1024, "orthrus"),
-    ]
-    for r in long:
-        prompt = r["context"] - 8
-        kernels = r["kernels"]
-        # the prefill: is_causal over the prompt, no mask; masks (the CPU's verify passes) only over a block
-        prefill = {"queries": prompt, "keys": [prompt, prompt], "kernel": "sdpa, is_causal"}
-        assert prefill | {"backend": "flash_attention", "calls": 4} in kernels  # 4 layers, one call each
-        assert all(c["queries"] <= r["K"] for c in kernels if c["kernel"] == "sdpa, mask")
-        assert r["plan_bytes"] > 0 and r["step_ms"] > 0 and r["peak_bytes"] is None  # CPU: no allocator peak
-    summary = (tmp_path / "gpu_check.md").read_text()
+    assert compiled == gpu_check.load_plan()  # benchmarks/gpu_check_plan.json is what the rehearsal compiles
+
+    smoke = result["smoke"]["passes"]
+    for row in smoke:  # recorded at capture: the static passes took FlexAttention, compiled
+        assert any(k["kernel"] == "flex" and k["backend"] == "compiled" for k in row["kernels"]), row
+        assert row["cycles"] > 0 and row["host_syncs"] == row["cycles"]  # one read-back per cycle
+    for row in result["long_context"]["rows"]:
+        assert "error" not in row and row["plan_bytes"] > 0 and row["step_ms"] > 0
+        kernels = {(k["kernel"], k["backend"]) for k in row["kernels"]}
+        assert ("sdpa, is_causal", "flash_attention") in kernels and ("flex", "compiled") in kernels
+    engine = result["engine"]["modes"]
+    assert set(engine) == {"eager", "cudagraph"}
+    assert all(r["identical_to_ar"] for m in engine.values() for r in m["end_to_end"].values())
+    identity = result["identity"]["methods"]
+    assert result["identity"]["engine"] == "cudagraph" and set(identity) == set(gpu_check.LOSSLESS)
+    assert all(r["identical"] == r["prompts"] == 8 for r in identity.values()), identity
+    assert {m: r["verdict"] for m, r in result["bf16"]["methods"].items()} == {
+        m: "PASS" for m in ("ar-hf", "orthrus", "eagle3", "dflash", "pld")
+    }
+    batch = result["batch"]
+    assert batch["batch_sizes"] == gpu_check.BATCH_SIZES  # an H200 fits B = 64 at 4K
+    assert {r["batch_size"] for r in batch["passes"]} == set(gpu_check.BATCH_SIZES)
+    assert all(r["identical"] == r["prompts"] for r in batch["identity"].values()), batch["identity"]
+    summary = (tmp_path / "out" / "gpu_check.md").read_text()
     for heading in (
-        "## Engine, small",
+        "## Smoke",
+        "## Long context",
+        "## Engine",
         "## float32 identity",
-        "## bf16 divergences",
-        "## run -> verify -> report",
-        "## Batched passes, small",
-        "## Long context, small",
+        "## bf16",
+        "## Batched",
     ):
         assert heading in summary
 
 
-def test_a_step_cut_short_keeps_the_steps_before_it(tmp_path, monkeypatch):
-    """Each step's results are written as it finishes: a kill in the middle of the plan keeps what finished."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+def test_a_step_cut_short_keeps_the_steps_before_it(gpu_check, tmp_path, monkeypatch):
+    """Each step's results are written as it finishes: a kill in the middle keeps what finished."""
 
     def killed(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gpu_check, "long_context", killed)
     with pytest.raises(KeyboardInterrupt):
-        gpu_check.main(
-            ["--out", str(tmp_path), "--quick", "--device", "cpu", "--steps", "identity,long_context"]
-        )
+        gpu_check.main(["--rehearse", "--out", str(tmp_path), "--steps", "smoke,long_context"])
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert all(r["identical"] == r["prompts"] > 0 for r in result["identity"].values())
-    assert "long_context" not in result and result["plan"]["identity"]["seconds"] > 0
-    assert "| long_context | 150 | not run |" in (tmp_path / "gpu_check.md").read_text()
-    assert list(gpu_check.PLAN) == ["identity", "long_context", "engine", "bf16", "batch", "pipeline"]
-    assert (
-        sum(gpu_check.PLAN.values()) <= 8 * 60
-    )  # the default plan fits an 8-minute window, by its estimates
+    assert result["smoke"]["passes"] and "long_context" not in result
+    assert "| long_context |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_failing_method_keeps_the_others_rows(gpu_check, tmp_path, monkeypatch):
+    """One method that cannot decode fails its own row of the identity step; the others' rows are kept and the
+    step is reported failed, naming it."""
+    real = gpu_check.make_decoder
+
+    def make_decoder(spec, target):
+        if spec == "dflash":
+            raise RuntimeError("no DFlash today")
+        return real(spec, target)
+
+    monkeypatch.setattr(gpu_check, "make_decoder", make_decoder)
+    monkeypatch.setattr(gpu_check, "LOSSLESS", ["orthrus", "dflash", "pld"])
+    monkeypatch.setattr(gpu_check, "TINY_NEW_TOKENS", 8)
+    assert gpu_check.main(["--rehearse", "--out", str(tmp_path), "--steps", "identity"]) == 1
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    methods = result["identity"]["methods"]
+    assert "no DFlash today" in methods["dflash"]["error"]
+    assert methods["orthrus"]["identical"] == methods["pld"]["identical"] == 8
+    assert result["failed"] == ["identity"] and "dflash" in result["errors"]["identity"]

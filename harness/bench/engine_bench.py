@@ -66,6 +66,23 @@ SHAPES = {
         eos_token_id=0,
         tie_word_embeddings=True,
     ),
+    # The GPU check's rehearsal of the qwen3-8b shape (benchmarks/gpu_check.py --rehearse): small, but with the
+    # 8B's block size and its 4 query heads per KV head, and attention shapes of its own (the tiny family's are
+    # the small shape's), so that what it compiles is what the 8B compiles, no more, no less.
+    "rehearsal": dict(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        block_size=32,
+        mask_token_id=4095,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    ),
     **QWEN3_SHAPES,
 }
 # The random weights' std (the norms are ones). At Qwen3's 0.02 the 256-wide small shape's logits spread over
