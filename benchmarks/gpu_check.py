@@ -121,10 +121,14 @@ class Scale:
     batch_contexts: tuple[int, ...]
     new_tokens: int  # tokens per long-context or engine generation
     repeats: int  # timing repeats
+    # The tiny family's steps (identity, bf16, batched identity): its first tiny-math prompts, each with its drafts
+    # in one capacity bucket (256: the prompts have <= 89 tokens, EAGLE-3's tree 60 nodes) at either scale.
+    tiny_prompts: int
+    tiny_new_tokens: int
 
 
-GPU = Scale("qwen3-8b", 1100, (32768, 40960), (1024, 32768), (4096,), 64, 10)
-REHEARSAL = Scale("rehearsal", 34, (1024, 1280), (32, 1024), (384,), 16, 2)
+GPU = Scale("qwen3-8b", 1100, (32768, 40960), (1024, 32768), (4096,), 64, 10, 8, 96)
+REHEARSAL = Scale("rehearsal", 34, (1024, 1280), (32, 1024), (384,), 16, 2, 3, 24)
 # Of these, the smallest and the largest the device's memory fits at 4K (B = 1 is the engine step's): two row
 # buckets, each a FlexAttention kernel per pass kind.
 BATCH_SIZES = [8, 16, 32, 64]
@@ -152,7 +156,6 @@ def capacity_groups(scale: Scale, K: int) -> dict[int, list[int]]:
     return groups
 
 
-TINY_NEW_TOKENS = 96  # every tiny-math prompt (<= 89 tokens) with its drafts in one capacity bucket (256)
 H200_BYTES = 139 * 2**30  # the device a rehearsal plans its batch sizes for
 
 _shared: dict = {}
@@ -319,15 +322,16 @@ def smoke(device: str, scale: Scale) -> dict:
 def identity(device: str, scale: Scale) -> dict:
     """Every lossless method against `ar` on the tiny family in float32, under the device's default engine."""
     target = load_target(None, "float32", device, engine="auto")
-    suite = load_suite("tiny-math", limit=8)
+    suite = load_suite("tiny-math", limit=scale.tiny_prompts)
     prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
-    ar = [make_decoder("ar", target).generate(p, TINY_NEW_TOKENS).tokens for p in prompts]
+    ar = [make_decoder("ar", target).generate(p, scale.tiny_new_tokens).tokens for p in prompts]
     out = {}
     for spec in LOSSLESS:
         try:  # one method's failure keeps the others' rows
             decoder = make_decoder(spec, target)
             same = sum(
-                decoder.generate(p, TINY_NEW_TOKENS).tokens == a for p, a in zip(prompts, ar, strict=True)
+                decoder.generate(p, scale.tiny_new_tokens).tokens == a
+                for p, a in zip(prompts, ar, strict=True)
             )
             out[spec] = {"identical": same, "prompts": len(prompts)}
         except Exception as exc:
@@ -382,9 +386,9 @@ def batch_step(device: str, scale: Scale) -> dict:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     target = load_target(None, "float32", device)  # the default engine
-    suite = load_suite("tiny-math", limit=6)
+    suite = load_suite("tiny-math", limit=scale.tiny_prompts)
     prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
-    new, stop = 64, stop_ids(target.model)
+    new, stop = scale.tiny_new_tokens, stop_ids(target.model)
     identity = {}
     for spec in BATCHED_IDENTITY:
         try:
@@ -504,7 +508,7 @@ def verified_run(
 def bf16_divergences(work: Path, device: str, scale: Scale) -> dict:
     methods = ["ar", "orthrus", "eagle3", "dflash"]  # the product and its two competitors, against ar
     directory, status, verdicts = verified_run(
-        work / "bf16", None, "bfloat16", device, methods, 8, TINY_NEW_TOKENS
+        work / "bf16", None, "bfloat16", device, methods, scale.tiny_prompts, scale.tiny_new_tokens
     )
     rows = {}
     for v in verdicts["verdicts"]:

@@ -30,11 +30,37 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import Visibility
+from .attention import FLEX_BLOCK, Visibility
+from .engine import bucket
 from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, offsets, stop_ids
 from .model import OrthrusForCausalLM
 
 PREFILL_CHUNK = 2048  # tokens of a block-causal prefill per pass (whole blocks)
+
+
+def prefill_passes(tokens: int, block_size: int) -> list[tuple[int, int, int]]:
+    """The passes of a block-causal prefill of `tokens` (whole blocks): (start, real tokens, width) each, a chunk
+    of whole blocks per pass (at most PREFILL_CHUNK tokens) run at the next power of two from FLEX_BLOCK up, at
+    most the chunk. On a GPU each pass is a FlexAttention kernel compiled per shape: at the prompt's own length
+    every prompt would compile one (hours over a suite, and past Dynamo's limit); at these widths a run compiles
+    a handful."""
+    chunk = block_size * max(1, PREFILL_CHUNK // block_size)
+    passes = []
+    for start in range(0, tokens, chunk):
+        real, width = min(chunk, tokens - start), FLEX_BLOCK
+        while width < real:
+            width *= 2
+        passes.append((start, real, min(width, chunk)))
+    return passes
+
+
+def cache_capacity(prompt_tokens: int, max_new_tokens: int, block_size: int, aligned: bool) -> int:
+    """Positions a generation's cache holds: the prompt, the new tokens and two blocks, or the padded prefill if
+    that is more, in a capacity bucket as the engine's (orthrus_core.engine.bucket): a pass's shape is its
+    cache's."""
+    prefill = (prompt_tokens // block_size) * block_size if aligned else prompt_tokens
+    prefilled = max((start + width for start, _, width in prefill_passes(prefill, block_size)), default=0)
+    return bucket(max(prompt_tokens + max_new_tokens + 2 * block_size, prefilled))
 
 
 @dataclass
@@ -73,15 +99,18 @@ class BlockDiffusionLM:
         if self.diffusion_view:
             return self.model(ids, 0, cache, logits_to_keep=1)[0, -1]
         # A chunk of whole blocks per pass, each seeing the chunks before it and itself block-causally: the same
-        # attention as one pass, with no pattern larger than a chunk's [C, C].
-        chunk = block_size * max(1, PREFILL_CHUNK // block_size)
-        for start in range(0, ids.shape[1], chunk):
-            piece = ids[:, start : start + chunk]
-            blocks = torch.arange(piece.shape[1], device=ids.device) // block_size
-            window = (blocks[:, None] >= blocks[None, :])[None]
-            visible = Visibility.after([start], piece.shape[1], "pattern", ids.device, window=window)
-            logits = self.model(piece, start, cache, visible=visible, logits_to_keep=1)
-        return logits[0, -1]
+        # attention as one pass, with no pattern larger than a chunk's [C, C]. A pass runs at `prefill_width`: its
+        # padding comes after the real tokens, which never see it, and its K/V land in slots the first block
+        # overwrites before any pass reads them.
+        for start, real, width in prefill_passes(ids.shape[1], block_size):
+            width = max(real, min(width, cache.capacity - start))  # a cache not sized by `cache_capacity`
+            piece = torch.cat([ids[:, start : start + real], ids.new_zeros(1, width - real)], dim=1)
+            positions = torch.arange(width, device=ids.device)
+            blocks = positions // block_size
+            window = ((blocks[:, None] >= blocks[None, :]) & (positions < real)[None, :])[None]
+            visible = Visibility.after([start], width, "pattern", ids.device, window=window)
+            logits = self.model(piece, start, cache, visible=visible, logits_to_keep=width - real + 1)
+        return logits[0, 0]  # the last real position's
 
     def commit(self, block: torch.Tensor, start: int, cache) -> torch.Tensor:
         """Write the finished block's K/V; -> the last position's logits (the next token, with shift)."""
@@ -122,8 +151,8 @@ def generate_block_diffusion(
     n = prompt.shape[1]
     clock = Clock(device)
     t0 = clock()
-    cache = model.new_cache(n + max_new_tokens + 2 * B)
     prefill = (n // B) * B if lm.aligned else n
+    cache = model.new_cache(cache_capacity(n, max_new_tokens, B, lm.aligned))
     prefill_forwards = 0
     if prefill:
         logits = lm.prefill(prompt[:, :prefill], cache, B)

@@ -491,7 +491,7 @@ def _one_at_a_time(model, decoding, rows, weights, sampling, base) -> MethodPlan
     (transformers' own passes, planned as this model's), the official Orthrus loop (a DynamicCache; a prefill,
     then per cycle a diffusion pass and a verify pass of K tokens) and block diffusion (its own cache of
     prompt + new tokens + 2 blocks; a block-causal layout prefills in chunks of whole blocks)."""
-    from .block_diffusion import PREFILL_CHUNK
+    from .block_diffusion import cache_capacity, prefill_passes
 
     config = model.config
     b = model.lm_head.weight.dtype.itemsize
@@ -509,11 +509,13 @@ def _one_at_a_time(model, decoding, rows, weights, sampling, base) -> MethodPlan
         pass_tokens, needed = K, N + K
     else:
         pass_tokens, needed = K, N + 2 * K
-        if decoding.layout != "orthrus":  # block-causal chunks, each seeing the chunks before it
-            prefill_tokens = min(T, K * max(1, PREFILL_CHUNK // K))
+        if decoding.layout != "orthrus":  # block-causal chunks, each seeing the chunks before it, padded
+            prefill_tokens = max((w for _, _, w in prefill_passes(T // K * K, K)), default=min(T, K))
             prefill_mask = 0 if cuda else dense_mask_bytes(1, prefill_tokens, T)
-    # A DynamicCache grows; a StaticCache and block diffusion's cache hold exactly this: none is bucketed.
+    # A DynamicCache grows and a StaticCache holds exactly this; block diffusion's cache is a capacity bucket.
     capacity = needed
+    if kind == "diffusion":
+        capacity = cache_capacity(T, N - T, K, aligned=decoding.layout != "orthrus")
     step_mask = 0
     if kind in ("official", "diffusion"):  # a causal or block-causal pass over the cache
         step_mask = dense_mask_bytes(1, K, needed) if not cuda else 0

@@ -292,7 +292,9 @@ def test_the_reference_loops_and_verify_reference_ask_fused_kernels_on_cuda(micr
             lm.denoise(torch.tensor([[1, 2, 3, 4]]), 40, cache)
     torch.testing.assert_close(got, expected)
     assert {c.kernel for c in calls} == {"flex", "sdpa"}  # the block-causal prefill, then a block: no mask
-    check_cuda_calls(calls, most_queries=40)
+    # the prefill's 40 tokens padded towards a power of two (block_diffusion.prefill_passes), to the cache's 64
+    assert [c.queries for c in calls if c.kernel == "flex"] == [64] * target.config.num_hidden_layers
+    check_cuda_calls(calls, most_queries=64)
     monkeypatch.undo()
 
     reference = teacher_forced_logits(target)

@@ -184,7 +184,13 @@ def test_every_subcommand_is_registered():
         "compare",
     }
     expected |= {"dashboard"}
-    assert set(commands) == expected | {"bench-engine", "bench-overhead", "train-tiny", "inspect"}
+    assert set(commands) == expected | {
+        "bench-engine",
+        "bench-overhead",
+        "bench-syncs",
+        "train-tiny",
+        "inspect",
+    }
 
 
 def test_methods_lists_the_registry_with_options(capsys):

@@ -355,3 +355,42 @@ def test_a_generation_that_compiled_is_run_again_before_it_is_recorded(monkeypat
     assert generate([1, 2], 4, seed=7) == "result"
     assert calls == [7, 7] and len(sink) == 1 and sink[0].telemetry == {"measured": 2}
     assert sink[0].compiles == 1  # the record says its first attempt compiled
+
+
+def test_a_capture_measures_its_graph_pool_after_the_caches_emptying(monkeypatch):
+    """torch.cuda.graph empties the allocator's cache as it starts: after a 32K prefill that frees gigabytes of
+    cached blocks, reading the reserved bytes before it would subtract them from the pool (a negative pool, a
+    peak understated by GBs). Faked: 3 GB cached and freed by the capture's emptying, a 200 MB pool."""
+    import contextlib
+
+    from orthrus_core import engine as engine_module
+
+    state = {"reserved": 10 << 30, "cached": 3 << 30}
+
+    def empty_cache():
+        state["reserved"] -= state["cached"]
+        state["cached"] = 0
+
+    @contextlib.contextmanager
+    def graph(g, pool=None):
+        empty_cache()  # what torch.cuda.graph.__enter__ does
+        yield
+        state["reserved"] += 200 << 20  # the graph's intermediates, in its pool
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    captured = engine_module._Graph.__new__(engine_module._Graph)
+    captured.run = lambda: torch.zeros(2)
+    captured._capture(None, torch.device("cuda"))
+    assert captured.pool_bytes == 200 << 20

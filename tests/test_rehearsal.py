@@ -102,13 +102,13 @@ def expected_compiles(methods, capacities: dict, rows: int) -> dict:
 
 
 SUITE = """
-description = "C4 text filled to five prompt lengths, then a question: items in two capacity buckets"
+description = "C4 text filled to four prompt lengths, then a question: items in two capacity buckets"
 [dataset]
 fields = {{ text = "text" }}
 [dataset.local]
 files = ["instruct/c4_demo.jsonl"]
 [context_sweep]
-lengths = [140, 150, 160, 290, 300]
+lengths = [140, 150, 290, 300]
 document_separator = "\\n\\n"
 [prompt]
 system = ""
@@ -123,7 +123,7 @@ stop = []
 [scoring]
 scorer = "lengths"
 """
-NEW_TOKENS = 12
+NEW_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
