@@ -51,37 +51,27 @@ from orthrus_core.model import OrthrusForCausalLM, init_weights
 
 # "small": a 4-layer random model at the tiny family's width and vocabulary (not the family itself, which has
 # 6 layers and trained weights: pass --model for it); the Qwen3 shapes of the public checkpoints.
+SMALL = dict(
+    vocab_size=4096,
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=4096,
+    block_size=16,
+    mask_token_id=4095,
+    eos_token_id=0,
+    tie_word_embeddings=True,
+)
 SHAPES = {
-    "small": dict(
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=4096,
-        block_size=16,
-        mask_token_id=4095,
-        eos_token_id=0,
-        tie_word_embeddings=True,
-    ),
+    "small": SMALL,
     # The GPU check's rehearsal of the qwen3-8b shape (benchmarks/gpu_check.py --rehearse): small, but with the
     # 8B's block size and its 4 query heads per KV head, and attention shapes of its own (the tiny family's are
     # the small shape's), so that what it compiles is what the 8B compiles, no more, no less.
     "rehearsal": dict(
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=4096,
-        block_size=32,
-        mask_token_id=4095,
-        eos_token_id=0,
-        tie_word_embeddings=True,
+        SMALL, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8, head_dim=32, block_size=32
     ),
     **QWEN3_SHAPES,
 }
