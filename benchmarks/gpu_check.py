@@ -298,14 +298,11 @@ def smoke(device: str, scale: Scale) -> dict:
     prompt = random_prompt(model, scale.smoke_context)
     rows = []
     for method, drafter in (("ar", None), ("orthrus", OrthrusDrafter(model, model.block_size))):
-        with kernels_seen() as seen:  # the first generation captures: two cycles' passes, recorded
-            loop.generate(
-                engine, drafter, prompt, 2 if drafter is None else model.block_size + 1, stop_token_ids=[]
-            )
+        new = 2 if drafter is None else model.block_size + 1  # one cycle after the first token
+        with kernels_seen() as seen:  # the first generation captures its passes: recorded at capture
+            loop.generate(engine, drafter, prompt, new, stop_token_ids=[])
         with cuda_sync_warnings(device) as cuda, cycle_syncs() as (syncs, cycles):
-            loop.generate(
-                engine, drafter, prompt, 2 if drafter is None else model.block_size + 1, stop_token_ids=[]
-            )
+            loop.generate(engine, drafter, prompt, new, stop_token_ids=[])
         rows.append(
             {
                 "method": method,

@@ -99,9 +99,9 @@ class BlockDiffusionLM:
         if self.diffusion_view:
             return self.model(ids, 0, cache, logits_to_keep=1)[0, -1]
         # A chunk of whole blocks per pass, each seeing the chunks before it and itself block-causally: the same
-        # attention as one pass, with no pattern larger than a chunk's [C, C]. A pass runs at `prefill_width`: its
-        # padding comes after the real tokens, which never see it, and its K/V land in slots the first block
-        # overwrites before any pass reads them.
+        # attention as one pass, with no pattern larger than a chunk's [C, C]. A pass runs at its width
+        # (`prefill_passes`): its padding comes after the real tokens, which never see it, and its K/V land in
+        # slots the first block overwrites before any pass reads them.
         for start, real, width in prefill_passes(ids.shape[1], block_size):
             width = max(real, min(width, cache.capacity - start))  # a cache not sized by `cache_capacity`
             piece = torch.cat([ids[:, start : start + real], ids.new_zeros(1, width - real)], dim=1)

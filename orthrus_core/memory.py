@@ -389,7 +389,6 @@ def _loop(model, drafter, rows, weights, sampling, base) -> MethodPlan:
         state["draft cache"] = kv_bytes(drafter.cache_config, rows, capacity + drafter.extra, b)
     if F:  # each admitted row's last prompt feature (EAGLE-3's next row), a copy, until its first cycle
         state["pending features"] = rows * F * b
-    # (prompt lookup's texts live on the host: orthrus_core.prompt_lookup)
 
     # On CUDA a float32 SDPA pass (no FlexAttention) repeats one layer's K/V to the query heads.
     fp32_cuda = cuda and b == FLOAT32

@@ -1,6 +1,7 @@
 """Prompt lookup decoding (apoorvumang/prompt-lookup-decoding): no draft model. Per row, the last n tokens (n
 from `max_ngram` down to 1) are searched for in the row's earlier context; the first occurrence found supplies
-the tokens that followed it as a chain draft. No match: no drafts, and the row's cycle is a plain AR step.
+the tokens that followed it as a chain draft. No match: no drafts, and the row's cycle is a plain AR step (in a static engine its root verified at the
+drafter's full width, orthrus_core.loop).
 Rows with shorter (or no) drafts are padded, and only their real drafts are verified.
 
 The search runs on the host, over each row's text as the loop emitted it (`Drafter.emitted`), in NumPy: the

@@ -8,17 +8,13 @@ and a proposal of chains carries no parents at all: its verify pass is the plain
 The verify pass writes node i of a row into that row's cache slot start + i at RoPE position start + depth(i);
 a node attends to the row's committed prefix, its ancestors and itself. Greedy acceptance walks from the root:
 a child is accepted when it equals the target's argmax at its parent; drafted siblings are distinct, so at most
-one child matches and the accepted path is unique (`accept_greedy`: every row at once, on the device). Sampled acceptance is `sampling.AcceptanceRule.tree`.
+one child matches and the accepted path is unique (`accept_greedy`: every row at once, on the device). Sampled
+acceptance is `sampling.AcceptanceRule.tree`.
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def chain_parents(rows: int, nodes: int, device=None) -> torch.Tensor:
-    """[rows, nodes]: the parents of chains."""
-    return torch.arange(-1, nodes - 1, device=device).expand(rows, nodes)
 
 
 def ancestors(parents: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from orthrus_core.loop import Drafter, Proposal, Request, decode, generate
 from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import GREEDY, SamplingParams
 from orthrus_core.prompt_lookup import PromptLookupDrafter, Text
-from orthrus_core.tree import accept_greedy, ancestors, chain_parents
+from orthrus_core.tree import accept_greedy, ancestors
 
 
 class OracleTreeDrafter(Drafter):
@@ -193,10 +193,9 @@ def test_tree_ancestors_depth_and_greedy_walk():
     anc = ancestors(parents)
     assert (anc.sum(-1) - 1).tolist() == [0, 1, 1, 2, 2, 2, 3]  # depth
     assert anc[6].nonzero()[:, 0].tolist() == [0, 2, 5, 6]
-    chain = chain_parents(2, 7)
-    assert chain[1].tolist() == [-1, 0, 1, 2, 3, 4, 5]
+    chain = torch.arange(-1, 6)  # node i's parent is i - 1
     # Batched: one [R, N, N] per row; a chain's ancestors are the causal mask.
-    both = ancestors(torch.stack([parents, chain[0]]))
+    both = ancestors(torch.stack([parents, chain]))
     assert torch.equal(both[0], anc) and torch.equal(both[1], torch.ones(7, 7, dtype=torch.bool).tril())
     mask = pass_visibility([2], 7, False, anc[None]).dense(9)[0, 0]  # the verify pass at slot 2
     assert mask.shape == (7, 9) and mask[:, :2].all() and not mask[3, 2 + 2]
