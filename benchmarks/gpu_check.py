@@ -851,6 +851,8 @@ def main(argv=None) -> int:
         parser.error("--write-plan writes what a rehearsal counted: add --rehearse")
     if args.rehearse and torch.cuda.is_available():
         parser.error("--rehearse runs the CUDA route on a CPU; on this GPU run the calls themselves")
+    if args.after and not (args.after / "gpu_check.json").is_file():
+        parser.error(f"--after {args.after}: no gpu_check.json there; give the --out directory of call 1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.rehearse:
         parser.error("no GPU here: add --rehearse to run the steps through the CUDA route on this CPU")
@@ -860,8 +862,8 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
     cache = use_compile_cache(work, args.after)
     compile_s, source = dict(COMPILE_S), "assumed"
-    previous = args.after / "gpu_check.json" if args.after else None
-    if previous and previous.exists():
+    if args.after:
+        previous = args.after / "gpu_check.json"
         compile_s.update(measured_compile_s(json.loads(previous.read_text())))
         source = f"measured by {previous}"
     t0 = time.perf_counter()

@@ -165,3 +165,16 @@ def test_the_batch_step_plans_its_batch_sizes_for_the_device_it_finds(gpu_check,
     monkeypatch.setattr(gpu_check, "H200_BYTES", 80 * 2**30)  # an H100's memory
     sizes, gib = gpu_check.batch_sizes_that_fit("cpu", 4096 + 32)
     assert sizes[0] == 8 and 8 < sizes[-1] < 64 and gib == 80
+
+
+def test_bad_arguments_are_refused_before_any_step_runs(gpu_check, tmp_path, capsys):
+    for argv, says in (
+        (["--rehearse", "--after", str(tmp_path / "nowhere")], "no gpu_check.json there"),
+        (["--steps", "smoke,nonsense", "--rehearse"], "unknown steps nonsense"),
+        (["--write-plan", "--steps", "smoke"], "add --rehearse"),
+        (["--call", "1"], "no GPU here"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            gpu_check.main(["--out", str(tmp_path / "out"), *argv])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -11,9 +11,11 @@ engine as a GPU would. Admission (prefill, first token) is not a cycle and is no
 from __future__ import annotations
 
 import contextlib
+import sys
 from unittest import mock
 
 import torch
+from tqdm import tqdm
 
 from harness.methods import make_decoder
 from orthrus_core import loop
@@ -80,15 +82,15 @@ def bench_syncs(
     with route:
         target = load_target(model, dtype, device, "auto")
         prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
-        for temperature in temperatures:
-            for method in methods:
-                if temperature and is_greedy_only(method):
-                    continue
-                for r in rows:
-                    results.append(
-                        count_syncs(target, method, prompts, rows=r, temperature=temperature,
-                                    max_new_tokens=max_new_tokens)
-                    )  # fmt: skip
+        runs = [
+            (t, m, r) for t in temperatures for m in methods if not (t and is_greedy_only(m)) for r in rows
+        ]
+        for temperature, method, r in tqdm(runs, desc="bench-syncs", unit="decode", file=sys.stderr):
+            results.append(
+                count_syncs(
+                    target, method, prompts, rows=r, temperature=temperature, max_new_tokens=max_new_tokens
+                )
+            )
     return results
 
 

@@ -125,8 +125,21 @@ def cmd_bench_syncs(args) -> int:
     import json
 
     from harness.bench.syncs import METHODS, bench_syncs, print_syncs, route_name
+    from harness.methods import BATCHED, parse_spec
     from harness.suites import load_suite
 
+    # Refused before a model loads: each method decodes in the loop, at rows it can have
+    for spec in args.methods or []:
+        if parse_spec(spec)[0] not in BATCHED:
+            raise UsageError(
+                f"bench-syncs counts the decode loop's cycles: {spec!r} is not one of {', '.join(BATCHED)}"
+            )
+    if not args.rows or min(args.rows) < 1:
+        raise UsageError(f"--rows needs batch sizes of at least 1, got {args.rows}")
+    if args.prompts < 1 or args.max_new_tokens < 2:
+        raise UsageError(
+            "--prompts needs at least 1 and --max-new-tokens at least 2 (one cycle after the first token)"
+        )
     suite = load_suite(args.suite, args.data_dir, limit=args.prompts)
     results = bench_syncs(
         args.model, args.dtype, args.device, suite, methods=args.methods or METHODS, rows=args.rows,
