@@ -11,7 +11,11 @@ the tests' synthetic runs build them too, so there is one schema, not several di
 
 from __future__ import annotations
 
+import json
+import math
+import types
 from dataclasses import dataclass, field, fields
+from typing import Union, get_args, get_origin, get_type_hints
 
 
 @dataclass(kw_only=True)
@@ -95,6 +99,9 @@ class UnitFields:
     turns: int
     # Added with issue 28 (absent from older records, all the project's): the engine that decoded it
     engine: str = ENGINE
+    # Added with issue 37 (absent from older records): the config_hash of the run.json of the run that wrote it,
+    # stamped by harness.store as it writes, so that a record from another run's configuration is found
+    config_hash: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -138,7 +145,7 @@ class GenerationRecord(UnitFields):
     telemetry: TelemetryFields | None  # inlined on disk; None: `run --no-telemetry`, or a batched run
     score_correct: bool | None  # the score belongs to the item's last turn; None on earlier turns
     score_status: str | None
-    score_detail: str | None
+    score_detail: dict | None  # harness.scoring.base.Score.detail (extracted answer, gold, ...)
     batch: BatchFields | None = None  # inlined on disk; None: decoded alone (no --batch-size)
 
     def to_json(self) -> dict:
@@ -174,7 +181,7 @@ def fields_of(inlined) -> tuple[str, ...]:
 
 
 # Fields added after results were first committed: absent from older records, which still load.
-LATER_FIELDS = ("tags", "engine", "emit_offsets_s", "compiles")
+LATER_FIELDS = ("tags", "engine", "emit_offsets_s", "compiles", "config_hash")
 # The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none;
 # the batch's are all there in a batched run and none elsewhere).
 REQUIRED_FIELDS = {
@@ -185,12 +192,86 @@ REQUIRED_FIELDS = {
 }
 
 
-def missing_fields(record: dict) -> list[str]:
-    """The schema's fields that a record read from disk lacks (its status decides which are required)."""
+def _types(cls) -> dict[str, object]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+# Each field's type as the schema declares it, telemetry's and the batch's inlined as they are on disk.
+FIELD_TYPES = {
+    "ok": {
+        **{k: v for k, v in _types(GenerationRecord).items() if k not in ("telemetry", "batch")},
+        **_types(TelemetryFields),
+        **_types(BatchFields),
+    },
+    "error": _types(ErrorRecord),
+}
+# An inlined group is all there or not at all: its fields without a default (those with one came later).
+INLINED = {
+    "telemetry": tuple(f.name for f in fields(TelemetryFields) if f.default is not None),
+    "batch": BATCH_FIELDS,
+}
+
+
+def _conforms(value, hint) -> bool:
+    """`value`, as json.loads gives it, is of the schema's type `hint` (an int is a float; a bool is not an
+    int; a float is finite; None only where the type has it)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, arm) for arm in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    if hint is list or origin is list:
+        return isinstance(value, list) and all(_conforms(v, arm) for arm in get_args(hint) for v in value)
+    raise TypeError(f"the record schema has a type with no rule here: {hint}")
+
+
+def _type_name(hint) -> str:
+    """A type as the schema's reader would say it: "int", "list[int]", "float or null"."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in get_args(hint))
+    return (
+        "null" if hint is type(None) else getattr(hint, "__name__", None) if not get_args(hint) else str(hint)
+    )
+
+
+def schema_problem(record) -> str | None:
+    """What makes a line read from disk not a record of the schema, or None: a field missing (its status
+    decides which are required; an inlined group is all there or none), a field of another type (a null where
+    the schema has none included), or counts that contradict each other."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
     required = REQUIRED_FIELDS.get(record.get("status"))
     if required is None:
-        return ["status"]
-    return [name for name in required if name not in record]
+        return f'its status is {json.dumps(record.get("status"))}, not "ok" or "error"'
+    missing = [name for name in required if name not in record]
+    if record["status"] == "ok":
+        for group in INLINED.values():
+            there = [name for name in group if name in record]
+            if there:
+                missing += [name for name in group if name not in record]
+    if missing:
+        return f"it lacks {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
+    for name, hint in FIELD_TYPES[record["status"]].items():
+        if name in record and not _conforms(record[name], hint):
+            shown = json.dumps(record[name])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return f"its {name} is {shown}, not of the schema's type ({_type_name(hint)})"
+    if not (0 <= record["turn"] < record["turns"] and record["sample"] >= 0):
+        return f"its turn {record['turn']} of {record['turns']} (sample {record['sample']}) is out of range"
+    if record["status"] == "ok" and len(record["output_ids"]) != record["new_tokens"]:
+        return f"its new_tokens {record['new_tokens']} is not the length of its output_ids ({len(record['output_ids'])})"
+    return None
 
 
 # The keys a record is counted and paired by, as column tuples (a DataFrame's groupby, merge and index take
@@ -202,6 +283,11 @@ PROMPT = ("suite", "item_id", "sample", "turn")  # a generation's prompt: the sa
 def unit_key(record) -> tuple:
     """The work unit a record belongs to: what resume and merge count, and what the report's units are."""
     return tuple(record[column] for column in UNIT)
+
+
+def unit_name(record) -> str:
+    """A work unit as messages name it."""
+    return f"the unit of item {record['item_id']} by {record['method']} (sample {record['sample']})"
 
 
 def prompt_key(record) -> tuple:

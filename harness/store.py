@@ -4,10 +4,18 @@
 Records (harness.records: the schema) are appended one generation per line; all lines of one work unit (the
 turns of one item by one method) go out in a single write followed by flush and fsync, so after any stop
 (Ctrl-C, kill -9, power loss, a full disk) the file holds complete units followed by at most the unfinished
-unit it was writing. Nothing else is ever accepted in silence: every line read is checked (`scan`); that
-unfinished tail is left out by readers and cut by `open_run(..., resume=True)`; any other bad line (garbled,
-not a record, a unit cut short in the middle, a unit written twice) stops every reader and resume with the
-file and line named, and `repair` moves such lines to records.rejected.jsonl, keeping every good record.
+unit it was writing. Nothing else is ever accepted in silence: every line read is checked (`scan`) against
+the record schema (every field of its type) and against the run its run.json describes (its suite, method,
+item, sample, turns, generation settings and seed, and the config hash the store stamps on it); that
+unfinished tail, which only a run whose writer stopped can have, is left out by readers and cut by
+`open_run(..., resume=True)`; any other bad line (garbled, not a record, a record of another run, a unit cut
+short in the middle, a unit written twice, damage at the end of a complete run) stops every reader and resume
+with the file and line named, and `repair` moves such lines to records.rejected.jsonl, keeping every good
+record.
+
+A directory's identity is fixed when it is made: run.json is written before records.jsonl, a resume must
+match its configuration and its shard (a whole run stays whole, shard i/n stays i/n), and records without a
+run.json cannot be resumed.
 
 One process writes a directory at a time (`WriterLock`: an flock the kernel releases when its holder dies):
 a run, a repair, a verify writing verdicts.json, a merge. Files are replaced atomically (`replace_file`): a
@@ -26,7 +34,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from harness.records import Record, missing_fields, unit_key
+from harness.records import ENGINE, Record, schema_problem, unit_key, unit_name
+from harness.run.seeds import generation_seed
 
 RECORDS = "records.jsonl"
 RUN = "run.json"
@@ -63,7 +72,9 @@ class RunInfo:
     git: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     hardware: dict = field(default_factory=dict)
-    suites: dict = field(default_factory=dict)  # name -> {config, hash, data_origin}
+    # name -> {config, hash, data_origin, items}: items (added with issue 37) maps each item id the run (or this
+    # shard) decodes to its number of turns
+    suites: dict = field(default_factory=dict)
     methods: dict = field(default_factory=dict)  # label -> {name, lossless, config, hash, checkpoints}
     models: list[dict] = field(default_factory=list)  # every checkpoint, by role ("target", "<label>:draft")
     seeds: dict = field(default_factory=dict)
@@ -91,6 +102,21 @@ class RunInfo:
     def to_dict(self) -> dict:
         optional = ("launch", "merged_from", "compiles")
         return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
+
+    def generation(self, suite: str) -> dict | None:
+        """The generation settings the run used for `suite` (temperature, top_k, top_p, max_new_tokens): the
+        suite file's [generation] table as run.json records it, with the run's overrides (those not None) in
+        its place, the rule of harness.run.spec.RunSpec.generation. None where run.json lacks the table."""
+        table = self.suites.get(suite, {}).get("config", {}).get("generation")
+        if table is None:
+            return None
+        keys = ("temperature", "top_k", "top_p", "max_new_tokens")
+        return {k: table.get(k) if self.config.get(k) is None else self.config[k] for k in keys}
+
+    @property
+    def shard_name(self) -> str:
+        index, count = self.shard
+        return "a whole run" if count == 1 else f"shard {index}/{count} of a run"
 
     @property
     def target_path(self) -> str | None:
@@ -121,7 +147,7 @@ class Line:
     end: int  # byte offset just after it (and its newline)
     problem: str | None = None  # why it is not part of a good record; None for one that is
     unreadable: bool = False  # not JSON, or never finished (no newline): what a writer stopped inside leaves
-    record: dict | None = None  # the record it holds, once read and checked against the schema
+    record: dict | None = None  # the record it holds, once read and checked against the schema and the run
 
 
 @dataclass
@@ -137,6 +163,7 @@ class Scan:
     good_end: int  # byte offset after the last complete unit
     bad: list[Line]
     tail: list[Line]
+    newline_missing: bool = False  # the last line is a good record without its newline (resume adds it)
 
     def check(self) -> None:
         """A CorruptStoreError naming the first bad line, how many there are and what to do, if there is one."""
@@ -156,8 +183,10 @@ class Scan:
         )
 
 
-def scan(path: Path) -> Scan:
-    """Read a records.jsonl whole (see Scan); every line is checked against the schema."""
+def scan(path: Path, run: RunInfo | None = None) -> Scan:
+    """Read a records.jsonl whole (see Scan); every line is checked against the schema and, given the run's
+    run.json, against the run (`not_of_run`). A tail a stopped writer left is a tail only where a writer can
+    have stopped: in a run that run.json calls complete, it is damage."""
     data = path.read_bytes()
     lines: list[Line] = []
     offset = 0
@@ -175,33 +204,34 @@ def scan(path: Path) -> Scan:
 
     def cut_short(reason: str) -> None:
         for line, record in pending:
-            line.problem = f"turn {record['turn']} of {record['turns']} of {_unit_name(record)}: {reason}"
+            line.problem = f"turn {record['turn']} of {record['turns']} of {unit_name(record)}: {reason}"
         pending.clear()
 
     for index, line in enumerate(lines):
-        if line is unfinished:
-            cut_short("its unit unfinished")
-            line.problem, line.unreadable = "an unfinished line (no newline after it)", True
-            continue
         try:
-            record = json.loads(line.raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            record = json.loads(line.raw, parse_constant=_refuse_constant)
+        except ValueError as exc:  # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
             cut_short("the rest of its unit unreadable")
-            line.problem, line.unreadable = f"not valid JSON ({exc})", True
+            unreadable = f"not valid JSON ({exc})"
+            line.problem = "an unfinished line (no newline after it)" if line is unfinished else unreadable
+            line.unreadable = True
             continue
-        missing = missing_fields(record) if isinstance(record, dict) else ["(not a JSON object)"]
-        if missing:
+        problem = schema_problem(record)
+        if problem is not None:
             cut_short("the rest of its unit not a record")
-            line.problem = (
-                f"not an orthrus-bench record (it lacks {', '.join(missing[:6])}"
-                f"{' ...' if len(missing) > 6 else ''}; the schema is harness/records.py)"
-            )
+            line.problem = f"not an orthrus-bench record ({problem}; the schema is harness/records.py)"
+            line.unreadable = line is unfinished
+            continue
+        problem = run and not_of_run(record, run)
+        if problem:
+            cut_short("the rest of its unit not of this run")
+            line.problem = f"a record of another run: {problem} (run.json)"
             continue
         line.record = record
         if pending and (unit_key(pending[0][1]) != unit_key(record) or record["turn"] != len(pending)):
             cut_short("the rest of its unit missing")
         if record["turn"] != len(pending):
-            line.problem = f"turn {record['turn']} of {record['turns']} of {_unit_name(record)}: its earlier turns missing"
+            line.problem = f"turn {record['turn']} of {record['turns']} of {unit_name(record)}: its earlier turns missing"
             continue
         pending.append((line, record))
         if len(pending) < record["turns"]:
@@ -210,7 +240,7 @@ def scan(path: Path) -> Scan:
         if key in first_copy:
             for copy, _ in pending:
                 copy.problem = (
-                    f"{_unit_name(record)} written again (its first copy starts at line {first_copy[key]})"
+                    f"{unit_name(record)} written again (its first copy starts at line {first_copy[key]})"
                 )
         else:
             first_copy[key] = pending[0][0].number
@@ -228,13 +258,65 @@ def scan(path: Path) -> Scan:
         r is not None and r["turn"] == turn and unit_key(r) == unit_key(written[0])
         for turn, r in enumerate(written)
     )
+    if stopped and tail and run is not None and run.status == "complete":
+        for line in tail:
+            line.problem = (
+                f"damage at the end of a complete run ({line.problem}): run.json says the run finished, so no "
+                "writer stopped inside it"
+            )
+        stopped = False
     if not stopped:
         bad, tail = bad + tail, []
-    return Scan(path, records, record_lines, good_end, bad, tail)
+    newline_missing = unfinished is not None and unfinished.number in record_lines
+    return Scan(path, records, record_lines, good_end, bad, tail, newline_missing)
 
 
-def _unit_name(record: dict) -> str:
-    return f"the unit of item {record['item_id']} by {record['method']} (sample {record['sample']})"
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not standard JSON")
+
+
+def not_of_run(record: dict, run: RunInfo) -> str | None:
+    """What makes a record (of the schema) not one of `run`'s, or None: its suite, method, item, sample or turns
+    outside what the run selects, its generation settings or seed not the run's, or the config hash stamped on
+    it another run's. What run.json does not record (an older run's items) goes unchecked."""
+    suite, method, item, sample = record["suite"], record["method"], record["item_id"], record["sample"]
+    if suite not in run.suites:
+        return f"its suite {suite} is not one of the run's ({', '.join(run.suites)})"
+    if method not in run.methods:
+        return f"its method {method} is not one of the run's ({', '.join(run.methods)})"
+    stamped = record.get("config_hash")
+    if stamped is not None and stamped != run.config_hash:
+        return f"it was written under config hash {stamped}, the run's is {run.config_hash}"
+    known = run.methods[method]
+    for key, recorded in (("method_name", known.get("name")), ("lossless", known.get("lossless"))):
+        if recorded is not None and record[key] != recorded:
+            return f"its {key} is {record[key]!r}, the run's {method} has {recorded!r}"
+    engine, ran_in = record.get("engine", ENGINE), known.get("engine", ENGINE)
+    if engine != ran_in:
+        return f"its engine is {engine}, the run's {method} ran in {ran_in}"
+    items = run.suites[suite].get("items")
+    if not item.startswith(f"{suite}/") or (items is not None and item not in items):
+        selected = f"the {len(items)} items" if items is not None else "the items"
+        return f"its item {item} is not one of {selected} {run.shard_name} selects from {suite}"
+    samples = run.config.get("samples", 1)
+    if sample >= samples:
+        return f"its sample {sample} is beyond the run's --samples {samples}"
+    if record["status"] != "ok":
+        return None
+    if items is not None and record["turns"] != items[item]:
+        return f"it says its item has {record['turns']} turn(s); the item the run decodes has {items[item]}"
+    generation = run.generation(suite)
+    if generation is not None:
+        limit, temperature = generation["max_new_tokens"], generation["temperature"]
+        if record["temperature"] != temperature:
+            return f"its temperature is {record['temperature']}, the run's for {suite} is {temperature}"
+        new, stop = record["new_tokens"], record["stop_reason"]
+        if new > limit or (stop == "length" and new != limit):
+            return f"it stopped at {new} new tokens ({stop}), the run's max_new_tokens for {suite} is {limit}"
+    base = run.seeds.get("base")
+    if base is not None and record["seed"] != generation_seed(base, item, sample, record["turn"]):
+        return f"its seed is not the run's (--seed {base}) for its item, sample and turn"
+    return None
 
 
 class WriterLock:
@@ -281,13 +363,19 @@ class WriterLock:
 
 
 class RunStore:
-    """An open results directory: its writer lock, the units done, records.jsonl open for appending, and the
-    run.json a resume found (`resumed`; None for a new run)."""
+    """An open results directory: its writer lock, the units done, records.jsonl open for appending, the config
+    hash it stamps on every record it writes, and the run.json a resume found (`resumed`; None for a new run)."""
 
     def __init__(
-        self, directory: Path, records: list[dict], lock: WriterLock, resumed: RunInfo | None = None
+        self,
+        directory: Path,
+        records: list[dict],
+        lock: WriterLock,
+        config_hash: str,
+        resumed: RunInfo | None = None,
     ):
         self.directory = directory
+        self.config_hash = config_hash
         self.resumed = resumed
         self.done = {unit_key(r) for r in records}
         self.records = records
@@ -296,7 +384,7 @@ class RunStore:
 
     def write_unit(self, records: Iterable[Record]) -> None:
         """Append one work unit's records in a single write, flushed and fsynced."""
-        lines = [r.to_json() for r in records]
+        lines = [{**r.to_json(), "config_hash": self.config_hash} for r in records]
         payload = b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in lines)
         self._file.write(payload)
         self._file.flush()
@@ -346,9 +434,10 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def open_run(
-    directory: str | os.PathLike, *, resume: bool, config_hash: str, retry_failed: bool = False
+    directory: str | os.PathLike, run: RunInfo, *, resume: bool, retry_failed: bool = False
 ) -> RunStore:
-    """Create a results directory, or with resume=True reopen one made with the same configuration, holding
+    """Create a results directory for `run` (its run.json written first, so that records never exist without
+    the run they belong to), or with resume=True reopen one made with the same configuration and shard, holding
     its writer lock until `close`. Resume cuts the tail a stopped writer left (a partial unit) and refuses a
     records.jsonl with any other bad line (see `repair`). With retry_failed, the units that ended in an error
     are taken out of records.jsonl (into retried-errors.jsonl, so that nothing is lost) to be run again."""
@@ -362,35 +451,55 @@ def open_run(
     directory.mkdir(parents=True, exist_ok=True)
     lock = WriterLock(directory, "orthrus-bench " + " ".join(sys.argv[1:]))
     try:
-        if not (records_path.exists() or (directory / RUN).exists()):
-            return RunStore(directory, [], lock)
+        has_records = records_path.exists() and records_path.stat().st_size > 0
+        if not (has_records or (directory / RUN).exists()):
+            save_run(directory, run)
+            return RunStore(directory, [], lock, run.config_hash)
         if not resume:
             raise StoreError(
                 f"{directory} already holds a run: pass --resume to continue it, or choose another --out"
             )
-        previous = load_run(directory) if (directory / RUN).exists() else None
-        if previous is not None and previous.config_hash != config_hash:
+        if not (directory / RUN).exists():
+            raise StoreError(
+                f"{directory} holds records but no {RUN}, so what made them (suites, methods, lengths, sampling) "
+                f"is unknown and they cannot be resumed: restore {directory / RUN} from a copy, or choose "
+                "another --out"
+            )
+        previous = load_run(directory)
+        if previous.config_hash != run.config_hash:
             raise StoreError(
                 f"{directory} holds a run with a different configuration (config hash "
-                f"{previous.config_hash} vs {config_hash}); resume it with the same suites, methods, "
+                f"{previous.config_hash} vs {run.config_hash}); resume it with the same suites, methods, "
                 f"model and settings, or choose another --out"
+            )
+        if list(previous.shard) != list(run.shard):
+            index, count = previous.shard
+            asked = "without --shard" if count == 1 else f"with --shard {index}/{count}"
+            raise StoreError(
+                f"{directory} holds {previous.shard_name}, and this resume asks for {run.shard_name}: a "
+                f"directory is one whole run or one shard for its life. Resume it {asked}, or choose another "
+                "--out"
             )
         records: list[dict] = []
         if records_path.exists():
-            found = scan(records_path)
+            found = scan(records_path, previous)
             found.check()
             records = found.records
-            if found.tail:  # what the stopped writer left of the unit it was writing
-                with open(records_path, "r+b") as f:
+            with open(records_path, "r+b") as f:
+                if found.tail:  # what the stopped writer left of the unit it was writing
                     f.truncate(found.good_end)
-                    os.fsync(f.fileno())
+                elif found.newline_missing:  # a good last record: appends start on a line of their own
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                os.fsync(f.fileno())
         if retry_failed:
             records = _set_aside_failed_units(directory, records)
-        return RunStore(directory, records, lock, previous)
+        return RunStore(directory, records, lock, run.config_hash, previous)
     except BaseException:
         lock.release()
         if not existed:
-            (directory / LOCK).unlink(missing_ok=True)
+            for name in (RUN, LOCK):
+                (directory / name).unlink(missing_ok=True)
             directory.rmdir()
         raise
 
@@ -433,7 +542,7 @@ def repair(directory: str | os.PathLike) -> Repair:
     if not path.exists():
         raise StoreError(f"{directory} has no {RECORDS}: is it an orthrus-bench run directory?")
     with WriterLock(directory, "orthrus-bench repair"):
-        found = scan(path)
+        found = scan(path, load_run(directory) if (directory / RUN).exists() else None)
         moved = found.bad + found.tail
         if moved:
             _append(directory / REJECTED, b"".join(line.raw + b"\n" for line in moved))
@@ -443,12 +552,14 @@ def repair(directory: str | os.PathLike) -> Repair:
 
 
 def read_records(directory: str | os.PathLike) -> list[dict]:
-    """Every good record of a run: the complete units (the unfinished unit of a run still going, or stopped, is
-    left out). A records.jsonl with any other bad line is a CorruptStoreError, never fewer records in silence."""
-    path = Path(directory) / RECORDS
+    """Every good record of a run, checked against its run.json where it has one: the complete units (the
+    unfinished unit of a run still going, or stopped, is left out). A records.jsonl with any other bad line is a
+    CorruptStoreError, never fewer records in silence."""
+    directory = Path(directory)
+    path = directory / RECORDS
     if not path.exists():
         raise StoreError(f"{directory} has no {RECORDS}: is it an orthrus-bench run directory?")
-    found = scan(path)
+    found = scan(path, load_run(directory) if (directory / RUN).exists() else None)
     found.check()
     return found.records
 

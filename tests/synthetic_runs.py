@@ -69,6 +69,19 @@ def generation_record(
     return GenerationRecord(**{**defaults, **fields, **given, **derived})
 
 
+def run_info(suites=("s",), methods=("ar",), samples=1, config_hash: str = "h", **fields) -> RunInfo:
+    """A run.json for hand-made records: the suites, methods and samples they name (their items, settings and
+    seeds unrecorded, so unchecked)."""
+    config = {"suites": list(suites), "methods": list(methods), "samples": samples}
+    return RunInfo(
+        config=config,
+        config_hash=config_hash,
+        suites={s: {} for s in suites},
+        methods={m: {} for m in methods},
+        **fields,
+    )
+
+
 def make_run(
     directory: Path,
     *,
@@ -103,7 +116,32 @@ def make_run(
     changed_outputs = changed_outputs or {}
     accepted_drop = accepted_drop or {}
     known = {**METHODS, **(specs or {})}
-    store = open_run(directory, resume=False, config_hash="synthetic")
+    run = RunInfo(
+        config={
+            "suites": list(suites),
+            "methods": list(methods),
+            "model": model,
+            "dtype": "float32",
+            "device": "cuda" if gpu else "cpu",
+            "temperature": temperature,
+        },
+        config_hash="synthetic",
+        git={"commit": commit, "dirty": False},
+        versions={"torch": "2.13.0", "transformers": "5.24.0"},
+        hardware={"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
+        methods={m: {"name": known[m][0], "lossless": known[m][1], "hash": "abcdef12"} for m in methods},
+        suites={
+            s: {
+                "config": {"generation": {"temperature": temperature, "max_new_tokens": 256}},
+                "items": {f"{s}/{i}": 1 for i in range(items)},
+            }
+            for s in suites
+        },
+        started=started,
+        finished=started,
+        status="complete",
+    )
+    store = open_run(directory, run, resume=False)
     for suite in suites:
         for i in range(items):
             new_tokens = int(outputs_rng.integers(40, 120))
@@ -173,25 +211,6 @@ def make_run(
                     score_status="correct",
                 )
                 store.write_unit([record])
-    store.write_run(
-        RunInfo(
-            config={
-                "suites": list(suites),
-                "methods": list(methods),
-                "model": model,
-                "dtype": "float32",
-                "device": "cuda" if gpu else "cpu",
-                "temperature": temperature,
-            },
-            config_hash="synthetic",
-            git={"commit": commit, "dirty": False},
-            versions={"torch": "2.13.0", "transformers": "5.24.0"},
-            hardware={"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
-            methods={m: {"name": known[m][0], "lossless": known[m][1], "hash": "abcdef12"} for m in methods},
-            started=started,
-            finished=started,
-            status="complete",
-        )
-    )
+    store.write_run(run)
     store.close()
     return directory

@@ -131,6 +131,8 @@ def test_a_unit_written_twice_is_refused_then_repaired_to_its_first_copy(run_cop
 @pytest.mark.parametrize("tail", [b'{"suite": "tiny-math", "item_', b"\x00\x00\x00"])
 def test_the_torn_last_line_of_a_stopped_writer_is_cut_on_resume(run_copy, capsys, tail):
     good = lines(run_copy)
+    run = json.loads((run_copy / RUN).read_text())
+    (run_copy / RUN).write_text(json.dumps({**run, "status": "running"}))  # what a kill -9 leaves
     with open(run_copy / RECORDS, "ab") as f:
         f.write(tail)
     assert len(read_records(run_copy)) == 4  # readers leave it out
@@ -323,6 +325,8 @@ def test_ctrl_c_names_resume_and_keeps_the_finished_units(capsys, tmp_path, monk
 
 
 def test_a_run_still_writing_is_read_without_its_unfinished_unit(run_copy):
+    run = json.loads((run_copy / RUN).read_text())
+    (run_copy / RUN).write_text(json.dumps({**run, "status": "running"}))  # as its writer keeps it
     with WriterLock(run_copy, "a run"):
         with open(run_copy / RECORDS, "ab") as f:
             f.write(lines(run_copy)[0][:30])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_runs import generation_record
+from synthetic_runs import generation_record, run_info
 
 from harness.records import PROMPT, UNIT, prompt_key, unit_key
 from harness.report.runs import generations, load_runs, units
@@ -34,7 +34,7 @@ def test_the_keys_are_their_columns_in_order():
 
 def write_run(directory):
     """Two items, two samples, two turns, by two methods: 8 units, 8 prompts, 16 generations."""
-    store = open_run(directory, resume=False, config_hash="h")
+    store = open_run(directory, run_info(methods=("ar", "orthrus"), samples=2), resume=False)
     for item in ("s/0", "s/1"):
         for sample in (0, 1):
             for method, accepted in (("ar", ()), ("orthrus", (3, 1, 0))):

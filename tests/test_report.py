@@ -17,7 +17,7 @@ from harness.report.figures import FIGURES
 from harness.report.page import write_report
 from harness.report.stats import bootstrap_ci, ratio_of_means
 from harness.report.summary import summarize
-from harness.store import open_run, read_records
+from harness.store import load_run, open_run, read_records, save_run
 
 VERDICTS = {
     "verdicts": [
@@ -124,7 +124,11 @@ def test_verdicts_calibration_and_provenance(report):
 
 def test_a_bare_run_with_a_failure_still_gets_every_figure(tmp_path):
     run = make_run(tmp_path / "bare", methods=("ar", "orthrus"), items=3, telemetry=False)
-    store = open_run(run, resume=True, config_hash="synthetic")
+    info = load_run(run)
+    info.suites["tiny-math"]["items"]["tiny-math/99"] = 1  # an item the run selected, which failed
+    info.status = "running"
+    save_run(run, info)
+    store = open_run(run, info, resume=True)
     failure = dict(suite="tiny-math", item_id="tiny-math/99", method="orthrus", method_name="orthrus")
     error = "RuntimeError: out of memory"
     unit = dict(lossless=True, sample=0, turn=0, turns=1, error=error, traceback="...", context_tokens=None)

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from synthetic_runs import generation_record
+from synthetic_runs import generation_record, run_info
 
 from harness.records import (
     BATCH_FIELDS,
@@ -22,67 +22,70 @@ from harness.store import RECORDS, RunInfo, StoreError, add_compiles, load, open
 
 
 def unit(item: str, turns: int = 1, method: str = "ar"):
-    return [generation_record(item_id=item, method=method, turn=t, turns=turns) for t in range(turns)]
+    return [generation_record(item_id=f"s/{item}", method=method, turn=t, turns=turns) for t in range(turns)]
 
 
 def test_units_round_trip_into_a_dataframe(tmp_path):
-    store = open_run(tmp_path, resume=False, config_hash="h")
+    store = open_run(tmp_path, run_info(), resume=False)
     store.write_unit(unit("a"))
     store.write_unit(unit("b", turns=2))
-    store.write_run(RunInfo(config={}, config_hash="h"))
     store.close()
     df = load(tmp_path)
-    assert list(df.item_id) == ["a", "b", "b"] and list(df.turn) == [0, 0, 1]
+    assert list(df.item_id) == ["s/a", "s/b", "s/b"] and list(df.turn) == [0, 0, 1]
 
 
 def test_an_existing_run_needs_resume_and_the_same_configuration(tmp_path):
-    store = open_run(tmp_path, resume=False, config_hash="h")
-    store.write_run(RunInfo(config={}, config_hash="h"))
-    store.close()
+    open_run(tmp_path, run_info(), resume=False).close()
     with pytest.raises(StoreError, match="--resume"):
-        open_run(tmp_path, resume=False, config_hash="h")
+        open_run(tmp_path, run_info(), resume=False)
     with pytest.raises(StoreError, match="different configuration"):
-        open_run(tmp_path, resume=True, config_hash="other")
+        open_run(tmp_path, run_info(config_hash="other"), resume=True)
+    with pytest.raises(
+        StoreError, match="holds a whole run, and this resume asks for shard 1/2 .* without --shard"
+    ):
+        open_run(tmp_path, run_info(shard=[1, 2]), resume=True)
 
 
 @pytest.mark.parametrize(
     "tail",
     [
-        b'{"suite": "s", "item_id": "c", "met',  # killed inside a line
+        b'{"suite": "s", "item_id": "s/c", "met',  # killed inside a line
         json.dumps(unit("c", turns=2)[0].to_json()).encode() + b"\n",  # killed between the turns of one unit
         json.dumps(unit("c", turns=2)[0].to_json()).encode() + b"\n" + b'{"suite"',
     ],
 )
 def test_resume_drops_a_partial_unit_and_keeps_every_complete_one(tmp_path, tail):
-    store = open_run(tmp_path, resume=False, config_hash="h")
+    store = open_run(tmp_path, run_info(), resume=False)  # a run still "running": its writer stopped
     store.write_unit(unit("a"))
     store.write_unit(unit("b", turns=2))
-    store.write_run(RunInfo(config={}, config_hash="h"))
     store.close()
     with open(tmp_path / RECORDS, "ab") as f:
         f.write(tail)
-    assert [r["item_id"] for r in read_records(tmp_path)] == ["a", "b", "b"]  # readers skip the tail
+    assert [r["item_id"] for r in read_records(tmp_path)] == ["s/a", "s/b", "s/b"]  # readers skip the tail
 
-    resumed = open_run(tmp_path, resume=True, config_hash="h")
-    assert resumed.done == {("s", "a", "ar", 0), ("s", "b", "ar", 0)}
+    resumed = open_run(tmp_path, run_info(), resume=True)
+    assert resumed.done == {("s", "s/a", "ar", 0), ("s", "s/b", "ar", 0)}
     resumed.write_unit(unit("c", turns=2))
     resumed.close()
     lines = (tmp_path / RECORDS).read_text().splitlines()
-    assert [json.loads(line)["item_id"] for line in lines] == ["a", "b", "b", "c", "c"]
+    assert [json.loads(line)["item_id"] for line in lines] == ["s/a", "s/b", "s/b", "s/c", "s/c"]
 
 
 def test_records_are_written_flat_and_read_back_as_written(tmp_path):
-    telemetry = TelemetryFields(**{**dict.fromkeys(TELEMETRY_FIELDS), "ar_forward_count": 2})
+    telemetry = TelemetryFields(
+        **{**dict.fromkeys(TELEMETRY_FIELDS), "ar_forward_count": 2, "diffusion_forward_count": 0}
+    )
+    batch = {**dict.fromkeys(BATCH_FIELDS, 0), "batch_continuous": False}
     records = [
-        generation_record(item_id="a", telemetry=telemetry),
-        generation_record(item_id="b"),  # --no-telemetry: no telemetry field at all
-        generation_record(item_id="d", batch=BatchFields(**dict.fromkeys(BATCH_FIELDS, 0))),  # a batched run
+        generation_record(item_id="s/a", telemetry=telemetry),
+        generation_record(item_id="s/b"),  # --no-telemetry: no telemetry field at all
+        generation_record(item_id="s/d", batch=BatchFields(**batch)),  # a batched run
         ErrorRecord(
-            suite="s", item_id="c", method="ar", method_name="ar", lossless=True, sample=0, turn=0, turns=1,
+            suite="s", item_id="s/c", method="ar", method_name="ar", lossless=True, sample=0, turn=0, turns=1,
             error="RuntimeError: boom", traceback="...", context_tokens=None,
         ),
     ]  # fmt: skip
-    store = open_run(tmp_path, resume=False, config_hash="h")
+    store = open_run(tmp_path, run_info(), resume=False)
     for record in records:
         store.write_unit([record])
     store.close()
@@ -102,7 +105,7 @@ def test_records_are_written_flat_and_read_back_as_written(tmp_path):
 
 
 def test_a_line_that_is_not_a_record_is_named(tmp_path):
-    store = open_run(tmp_path, resume=False, config_hash="h")
+    store = open_run(tmp_path, run_info(), resume=False)
     store.write_unit(unit("a"))
     store.close()
     broken = {k: v for k, v in unit("b")[0].to_json().items() if k not in ("output_ids", "wall_s")}

@@ -214,7 +214,12 @@ def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> RunInfo:
         versions=versions(),
         hardware=hardware(p.nvml),
         suites={
-            s.name: {"config": s.config, "hash": config_hash(s.config), "data_origin": s.data_origin}
+            s.name: {
+                "config": s.config,
+                "hash": config_hash(s.config),
+                "data_origin": s.data_origin,
+                "items": {item.id: len(item.turns) for item in p.items[s.name]},  # this shard's
+            }
             for s in p.suites
         },
         methods={
@@ -472,7 +477,7 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
     run = provenance(spec, p, shard)
     run.launch = launch  # the launcher, the rank and its device, host and pid (launch.LaunchEnv), if launched
     try:
-        store = open_run(out, resume=resume, config_hash=run.config_hash, retry_failed=retry_failed)
+        store = open_run(out, run, resume=resume, retry_failed=retry_failed)
     except StoreError as exc:
         raise RunError(str(exc)) from None
     run.status, run.started, run.resumed_from = "running", _now(), len(store.done) or None

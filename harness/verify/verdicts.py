@@ -70,6 +70,12 @@ class RunVerification:
         self.run_dir, self.config = run_dir, config
         self.run = load_run(run_dir)
         every = read_records(run_dir)
+        if not every:
+            command = " ".join(self.run.command) or "orthrus-bench run ..."
+            raise StoreError(
+                f"{run_dir} has no records to verify (run.json: {self.run.status}): nothing was generated "
+                f"there yet. Resume it with `{command} --resume`, or verify a run that generated something"
+            )
         self.record_count = len(every)
         self.records = [r for r in every if r["status"] == "ok"]
         self.dtype = str(self.run.config.get("dtype", "float32")).removeprefix("torch.")
