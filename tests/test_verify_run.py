@@ -20,7 +20,8 @@ from orthrus_core.checkpoint import save_model
 from orthrus_core.micro import micro_model
 from orthrus_core.params import SamplingParams
 
-SUITE = "tiny-math"
+SUITE = "tiny-math"  # decoded greedy
+SAMPLED = "tiny-math-t1"  # the same suite at temperature 1 (a run has one temperature per suite)
 MAX_NEW = 24
 ITEMS = 6
 
@@ -42,13 +43,14 @@ def records_of(label, generate, temperature, samples, correct, *, lossless=True)
     counts a unit (suite, item, method, sample) once."""
     out = []
     first = 0 if temperature == 0 else 1
+    suite = SUITE if temperature == 0 else SAMPLED
     for k, prompt in enumerate(prompts()):
         for s in range(samples):
             r = generate(prompt, MAX_NEW, SamplingParams(temperature), seed=1000 * s + k, stop_token_ids=[3])
             out.append(
                 generation_record(
-                    suite=SUITE,
-                    item_id=f"{SUITE}/{k}",
+                    suite=suite,
+                    item_id=f"{suite}/{k}",
                     method=label,
                     method_name=label.split(":")[0],
                     lossless=lossless,
@@ -82,6 +84,8 @@ def write_run(directory, model_dir, records):
         for r in records:
             f.write(json.dumps(r.to_json()) + "\n")
     raw = read_suite_file(suite_files_dir() / f"{SUITE}.toml")
+    sampled = {**raw, "generation": {**raw["generation"], "temperature": 1.0}}
+    lossless = {label: r.lossless for r in records for label in [r.method]}
     write_json(
         directory / "run.json",
         {
@@ -91,10 +95,11 @@ def write_run(directory, model_dir, records):
                 "top_k": None,
                 "top_p": None,
                 "max_new_tokens": MAX_NEW,
+                "samples": 9,
             },
             "models": [{"role": "target", "path": str(model_dir)}],
-            "suites": {SUITE: {"config": raw}},
-            "methods": {},
+            "suites": {SUITE: {"config": raw}, SAMPLED: {"config": sampled}},
+            "methods": {label: {"name": label, "lossless": flag} for label, flag in lossless.items()},
         },
     )
     return directory
