@@ -102,13 +102,15 @@ def make_run(
     model: str | None = None,
     categories: tuple[str, ...] = (),
     specs: dict[str, tuple] | None = None,
+    info: dict | None = None,
 ) -> Path:
     """A complete run. `slowdown[method]` divides that method's speed; `changed_outputs[method]` alters the
     output of that many items; `accepted_drop[method]` lowers that many cycles' accepted drafts by one;
     `categories` are given to the items in turn, as their `category` tag (Spec-Bench's). `specs` defines labels
     beyond METHODS (a sweep's `orthrus:block_size=8`), each as METHODS does.
     Speeds carry multiplicative noise of relative size `noise`, drawn from `seed`. `telemetry=False` leaves out
-    the fields that `run --no-telemetry` does not record."""
+    the fields that `run --no-telemetry` does not record. `info` sets run.json's fields (RunInfo's): its
+    "config" is added to the one made here, any other key replaces that field (hardware, versions, engine)."""
     rng = np.random.default_rng(seed)
     emit_rng = np.random.default_rng(seed + 1)  # its own stream: the other figures stay as they were
     outputs_rng = np.random.default_rng(1234)  # outputs do not depend on the seed: A/A runs agree
@@ -116,7 +118,8 @@ def make_run(
     changed_outputs = changed_outputs or {}
     accepted_drop = accepted_drop or {}
     known = {**METHODS, **(specs or {})}
-    run = RunInfo(
+    info = dict(info or {})
+    fields = dict(
         config={
             "suites": list(suites),
             "methods": list(methods),
@@ -124,6 +127,7 @@ def make_run(
             "dtype": "float32",
             "device": "cuda" if gpu else "cpu",
             "temperature": temperature,
+            **info.pop("config", {}),
         },
         config_hash="synthetic",
         git={"commit": commit, "dirty": False},
@@ -141,6 +145,7 @@ def make_run(
         finished=started,
         status="complete",
     )
+    run = RunInfo(**{**fields, **info})
     store = open_run(directory, run, resume=False)
     for suite in suites:
         for i in range(items):

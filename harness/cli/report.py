@@ -29,7 +29,14 @@ def register(sub) -> None:
     p.add_argument(
         "--no-timing-gate",
         action="store_true",
-        help="show timing and memory changes without failing on them (BASE measured on another machine)",
+        help="show timing and memory changes without failing on them (they are never gated between runs from "
+        "different machines or software: CPU or GPU model, torch version, engine mode)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="compare runs generated with different settings (model, dtype, --quantize, lengths, sampling, "
+        "seed, suites and items, method options), which is refused otherwise (exit 2)",
     )
     p.set_defaults(func=cmd_compare)
 
@@ -48,18 +55,32 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Exit status 1 when anything regressed, 0 otherwise."""
-    from harness.report.compare import REGRESSION, compare_runs, markdown
+    """Exit status 1 when anything regressed, 2 when the runs' configurations differ in what changes their
+    tokens and --allow-config-change is not given (the refusal is appended to --out too), 0 otherwise."""
+    from harness.report.compare import ConfigChangeError, compare, markdown
     from harness.report.runs import load_runs
 
     base, new = load_runs([args.base, args.new])
-    rows = compare_runs(base, new, args.threshold, args.alpha, gate_timing=not args.no_timing_gate)
-    text = markdown(rows, Path(args.base), Path(args.new), args.threshold, args.alpha)
+    try:
+        comparison = compare(
+            base,
+            new,
+            args.threshold,
+            args.alpha,
+            gate_timing=not args.no_timing_gate,
+            allow_config_change=args.allow_config_change,
+        )
+    except ConfigChangeError as refused:
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(f"### orthrus-bench compare: refused, the configurations differ\n\n{refused}\n")
+        raise
+    text = markdown(comparison, Path(args.base), Path(args.new), args.threshold, args.alpha)
     print(text)
     if args.out:
         with open(args.out, "a") as f:
             f.write(text)
-    return 1 if any(r.verdict == REGRESSION for r in rows) else 0
+    return 1 if comparison.regressions else 0
 
 
 def cmd_dashboard(args) -> int:

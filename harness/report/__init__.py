@@ -12,6 +12,8 @@ torch or the runner: a report renders on any machine from the records alone.
     published.py  the published figures set beside the measured ones (published.toml, with sources)
     figures.py    the report's PNG figures
     page.py       `orthrus-bench report`: the HTML page and report.md
+    configs.py    two runs' run.json side by side: configuration differences, which change tokens, and the
+                  machine-and-software fingerprint that timing is gated on
     compare.py    `orthrus-bench compare`: the regression gate
     dashboard.py  `orthrus-bench dashboard`: trends across runs, github-action-benchmark JSON
 """
