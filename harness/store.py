@@ -44,6 +44,10 @@ REJECTED = "records.rejected.jsonl"  # the bad lines `repair` moved out of recor
 LOCK = ".writer.lock"  # held (flock) by the one process writing the directory; says who it is
 
 
+# The suite settings a run may override for every suite it runs (harness.run.spec.RunSpec.generation).
+OVERRIDES = ("temperature", "top_k", "top_p", "max_new_tokens")
+
+
 class StoreError(Exception):
     """A results directory that cannot be used as asked (exists without --resume, config mismatch...)."""
 
@@ -103,15 +107,12 @@ class RunInfo:
         optional = ("launch", "merged_from", "compiles")
         return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
 
-    def generation(self, suite: str) -> dict | None:
-        """The generation settings the run used for `suite` (temperature, top_k, top_p, max_new_tokens): the
-        suite file's [generation] table as run.json records it, with the run's overrides (those not None) in
-        its place, the rule of harness.run.spec.RunSpec.generation. None where run.json lacks the table."""
-        table = self.suites.get(suite, {}).get("config", {}).get("generation")
-        if table is None:
-            return None
-        keys = ("temperature", "top_k", "top_p", "max_new_tokens")
-        return {k: table.get(k) if self.config.get(k) is None else self.config[k] for k in keys}
+    def generation(self, suite: str) -> dict:
+        """The generation settings the run used for `suite` (OVERRIDES: temperature, top_k, top_p,
+        max_new_tokens): the run's override where it gave one, else the suite file's [generation] table as
+        run.json records it, the rule of harness.run.spec.RunSpec.generation; None where run.json says neither."""
+        table = self.suites.get(suite, {}).get("config", {}).get("generation", {})
+        return {k: table.get(k) if self.config.get(k) is None else self.config[k] for k in OVERRIDES}
 
     @property
     def shard_name(self) -> str:
@@ -306,13 +307,12 @@ def not_of_run(record: dict, run: RunInfo) -> str | None:
     if items is not None and record["turns"] != items[item]:
         return f"it says its item has {record['turns']} turn(s); the item the run decodes has {items[item]}"
     generation = run.generation(suite)
-    if generation is not None:
-        limit, temperature = generation["max_new_tokens"], generation["temperature"]
-        if record["temperature"] != temperature:
-            return f"its temperature is {record['temperature']}, the run's for {suite} is {temperature}"
-        new, stop = record["new_tokens"], record["stop_reason"]
-        if new > limit or (stop == "length" and new != limit):
-            return f"it stopped at {new} new tokens ({stop}), the run's max_new_tokens for {suite} is {limit}"
+    temperature, limit = generation["temperature"], generation["max_new_tokens"]
+    if temperature is not None and record["temperature"] != temperature:
+        return f"its temperature is {record['temperature']}, the run's for {suite} is {temperature}"
+    new, stop = record["new_tokens"], record["stop_reason"]
+    if limit is not None and (new > limit or (stop == "length" and new != limit)):
+        return f"it stopped at {new} new tokens ({stop}), the run's max_new_tokens for {suite} is {limit}"
     base = run.seeds.get("base")
     if base is not None and record["seed"] != generation_seed(base, item, sample, record["turn"]):
         return f"its seed is not the run's (--seed {base}) for its item, sample and turn"

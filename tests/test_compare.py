@@ -166,13 +166,6 @@ def test_a_rerun_has_the_same_configuration(real_runs, capsys):
     ]
 
 
-def test_the_report_stage_knows_the_run_overrides():
-    from harness.report.configs import OVERRIDES
-    from harness.run.spec import OVERRIDES as RUN_OVERRIDES
-
-    assert set(OVERRIDES) == set(RUN_OVERRIDES)
-
-
 @pytest.mark.parametrize(
     "info, group, why",
     [

@@ -130,3 +130,21 @@ def test_compiles_add_up_over_sessions_and_shards():
         RunInfo.from_dict({"config": {}}).compiles is None
         and "compiles" not in RunInfo(config={}, config_hash="h").to_dict()
     )
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"temperature": 0.7, "max_new_tokens": 9}, {"top_k": 5, "top_p": 0.5}]
+)
+def test_run_json_gives_the_generation_settings_the_run_used(overrides):
+    """RunInfo.generation (what every reader checks records against, torch-free) is RunSpec.generation."""
+    from harness.run.spec import RunSpec
+    from harness.suites.config import read_suite_file
+    from harness.suites.suite import load_suite, suite_files_dir
+
+    spec = RunSpec(suites=["tiny-math"], **overrides)
+    used = spec.generation(load_suite("tiny-math").generation)
+    raw = read_suite_file(suite_files_dir() / "tiny-math.toml")
+    info = RunInfo(config=spec.config(), config_hash="h", suites={"tiny-math": {"config": raw}})
+    assert info.generation("tiny-math") == {
+        k: getattr(used, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens")
+    }

@@ -21,6 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from harness.store import OVERRIDES as STORE_OVERRIDES
 from harness.store import RunInfo
 
 from .runs import EMBEDDED_MODEL, Run
@@ -40,9 +41,8 @@ GROUPS = (
     "software",
     "other settings",
 )
-# The run options that override a suite's [generation] table (harness.run.spec.OVERRIDES, which the report
-# stage cannot import without torch; tests/test_compare.py holds the two equal), and the group of each.
-OVERRIDES = {"temperature": "sampling", "top_k": "sampling", "top_p": "sampling", "max_new_tokens": "lengths"}
+# The group of each run option that overrides a suite's [generation] table (harness.store.OVERRIDES).
+OVERRIDES = {key: "lengths" if key == "max_new_tokens" else "sampling" for key in STORE_OVERRIDES}
 FLAGS = {"max_new_tokens": "--max-new-tokens", "top_k": "--top-k", "top_p": "--top-p"}
 # Config keys read below; any other (a key added later) is listed under "other settings" as changing tokens.
 CONFIG_KEYS = {"model", "dtype", "quantize", "methods", "suites", "device", *OVERRIDES}
@@ -172,10 +172,10 @@ def differences(a: RunInfo, b: RunInfo) -> list[Difference]:
         suite_differences(a, b, suite, add)
     for key, group in OVERRIDES.items():
         # The override itself changes tokens only where a suite's effective value is unknown (no suite config).
-        unknown = any(None in (effective(a, s, key), effective(b, s, key)) for s in common) or not common
+        unknown = any(None in (a.generation(s)[key], b.generation(s)[key]) for s in common) or not common
         add(group, FLAGS.get(key, f"--{key}"), ca.get(key), cb.get(key), unknown, show=override_name)
         for suite in common:
-            x, y = effective(a, suite, key), effective(b, suite, key)
+            x, y = a.generation(suite)[key], b.generation(suite)[key]
             if None not in (x, y):
                 add(group, f"{suite} {key}", x, y, True)
 
@@ -279,18 +279,9 @@ def suite_differences(a: RunInfo, b: RunInfo, suite: str, add) -> None:
     add("suites", f"{suite} data from", origin_a, origin_b, False)
 
 
-def effective(info: RunInfo, suite: str, key: str):
-    """The value of a generation setting the run used for a suite: its override, else the suite file's
-    (RunSpec.generation); None where run.json does not say."""
-    override = info.config.get(key)
-    if override is not None:
-        return override
-    return ((suite_config(info, suite) or {}).get("generation") or {}).get(key)
-
-
 def samples_anything(info: RunInfo, suites: list[str]) -> bool:
     """Whether any suite of the run decodes at a temperature above 0 (or may: unknown counts as yes)."""
-    temperatures = [effective(info, s, "temperature") for s in suites] or [info.config.get("temperature")]
+    temperatures = [info.generation(s)["temperature"] for s in suites] or [info.config.get("temperature")]
     return any(t is None or t > 0 for t in temperatures)
 
 

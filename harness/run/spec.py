@@ -8,14 +8,13 @@ from dataclasses import asdict, dataclass, field
 
 from harness.methods import OWN, engine_of
 from harness.options import OptionError, check_device_name, check_engine_name, check_positive, check_sampling
+from harness.store import OVERRIDES
 from harness.suites.config import GenerationSettings
 from orthrus_core.quantize import check_format
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
 DEFAULT_METHODS = list(OWN)  # every method of the project's engine (vLLM's are named: vllm-ar, ...)
 DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a few minutes on 2 CPU cores
-# The suite settings a run may override for every suite it runs.
-OVERRIDES = ("temperature", "top_k", "top_p", "max_new_tokens")
 # RunSpec fields that say how a run ran rather than what it generated: outside its config.
 SETTINGS = (
     "warmup",
