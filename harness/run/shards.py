@@ -4,7 +4,6 @@ expected cost, launch.balanced_shards); `merge` joins the shard directories of o
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from harness.store import (
@@ -14,6 +13,7 @@ from harness.store import (
     add_compiles,
     load_run,
     read_records,
+    record_line,
     replace_file,
     save_run,
 )
@@ -56,7 +56,7 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
         records = [record for d in shard_dirs for record in read_records(d)]
         merged = _merged_run(shard_dirs, runs)
         # records first, run.json last: a directory with a run.json holds its whole merge
-        replace_file(out / RECORDS, b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in records))
+        replace_file(out / RECORDS, b"".join(record_line(r) for r in records))
         save_run(out, merged)
     return out
 
