@@ -284,7 +284,7 @@ def two_sample_tests(
     tv = (stats.kstwobign.isf(alpha) + stats.norm.ppf(power) * 0.5) * math.sqrt(1 / n + 1 / m)
     sizes = f"{n} vs {m} sequences"
     if np.ptp(np.concatenate([a, b])) == 0:
-        same = f"{sizes}; every sequence has log-probability {a[0]:.6g}: no evidence of a difference"
+        same = f"{sizes}; every sequence has log-probability {a[0] + 0.0:.6g}: no evidence of a difference"
         logprob = [
             StatResult("T4 log-prob KS", 1.0, n + m, 0.0, same, tv),
             StatResult("T4 log-prob AD", 1.0, n + m, 0.0, same, tv),
