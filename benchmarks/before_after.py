@@ -49,7 +49,7 @@ for spec in specs:
     accepted = [n for r in results for n in r.accepted]
     out[spec] = {"tokens": [r.tokens for r in results[: len(prompts)]], "new_tokens": sum(r.new_tokens for r in results),
                  "seconds": seconds, "accepted": sum(accepted), "cycles": len(accepted)}
-print(json.dumps(out))
+print(json.dumps(out, allow_nan=False))
 """
 
 

@@ -73,7 +73,7 @@ from harness.methods.target import load_target  # noqa: E402
 from harness.paths import default_model  # noqa: E402
 from harness.run.runner import execute  # noqa: E402
 from harness.run.spec import RunSpec  # noqa: E402
-from harness.store import read_records  # noqa: E402
+from harness.store import json_text, read_records  # noqa: E402
 from harness.suites.suite import load_suite  # noqa: E402
 from harness.verify.config import VerifyConfig  # noqa: E402
 from harness.verify.verdicts import verify_main  # noqa: E402
@@ -798,7 +798,7 @@ def write(out: Path, result: dict, t0: float) -> None:
     result["failed"] = sorted(result["errors"])
     result["seconds"] = time.perf_counter() - t0
     for name, text in (
-        ("gpu_check.json", json.dumps(result, indent=2, default=str)),
+        ("gpu_check.json", json_text(result, indent=2, default=str)),
         ("gpu_check.md", markdown(result)),
     ):
         partial = out / f".{name}.partial"
@@ -914,7 +914,7 @@ def main(argv=None) -> int:
         counts = {
             name: {k: n for k, (n, _) in step["compiled"].items()} for name, step in result["steps"].items()
         }
-        PLAN_FILE.write_text(json.dumps({"rehearsed_with": machine(), "steps": counts}, indent=2) + "\n")
+        PLAN_FILE.write_text(json_text({"rehearsed_with": machine(), "steps": counts}, indent=2) + "\n")
     print(markdown(result))
     return 1 if result["failed"] else 0
 

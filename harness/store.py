@@ -385,7 +385,7 @@ class RunStore:
     def write_unit(self, records: Iterable[Record]) -> None:
         """Append one work unit's records in a single write, flushed and fsynced."""
         lines = [{**r.to_json(), "config_hash": self.config_hash} for r in records]
-        payload = b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in lines)
+        payload = b"".join(record_line(r) for r in lines)
         self._file.write(payload)
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -402,15 +402,28 @@ class RunStore:
             self._lock.release()
 
 
-def json_safe(obj):
-    """JSON without NaN/inf (strict readers reject them): non-finite floats become None, or strings."""
+def json_safe(obj, *, infinity_as_text: bool = True):
+    """JSON without NaN/inf (strict readers reject them): non-finite floats become None, or strings ("inf",
+    "-inf") where an infinity means something (a statistic, a bound); without `infinity_as_text` (a record's
+    measurements, which readers average) every non-finite float becomes None, not measured."""
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v, infinity_as_text=infinity_as_text) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
+        return [json_safe(v, infinity_as_text=infinity_as_text) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else str(obj)
+        return None if math.isnan(obj) or not infinity_as_text else str(obj)
     return obj
+
+
+def json_text(obj, **kwargs) -> str:
+    """`obj` as standard JSON, every file and line the project writes: json_safe, then no NaN or Infinity
+    token (allow_nan=False), which strict parsers reject."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+def record_line(record: dict) -> bytes:
+    """One record as its records.jsonl line (standard JSON: a non-finite measurement is written null)."""
+    return json.dumps(json_safe(record, infinity_as_text=False), allow_nan=False).encode() + b"\n"
 
 
 def replace_file(path: Path, payload: bytes) -> None:
@@ -430,7 +443,7 @@ def replace_file(path: Path, payload: bytes) -> None:
 
 def write_json(path: Path, obj: dict) -> None:
     """Replace `path` atomically with `obj` as JSON (replace_file)."""
-    replace_file(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+    replace_file(path, (json_text(obj, indent=2, default=str) + "\n").encode())
 
 
 def open_run(
@@ -513,9 +526,9 @@ def _set_aside_failed_units(directory: Path, records: list[dict]) -> list[dict]:
     kept = [r for r in records if unit_key(r) not in failed]
     _append(
         directory / RETRIED,
-        b"".join(json.dumps(r).encode() + b"\n" for r in records if unit_key(r) in failed),
+        b"".join(record_line(r) for r in records if unit_key(r) in failed),
     )
-    replace_file(directory / RECORDS, b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in kept))
+    replace_file(directory / RECORDS, b"".join(record_line(r) for r in kept))
     return kept
 
 

@@ -404,7 +404,10 @@ def save_model(
         total = sum(t.numel() * t.element_size() for t in state.values())
         staged[INDEX_FILE] = directory / f".{INDEX_FILE}.partial"
         staged[INDEX_FILE].write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+            json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, allow_nan=False
+            )
+            + "\n"
         )
     staged["config.json"] = directory / ".config.json.partial"
     config.to_json_file(staged["config.json"], use_diff=False)

@@ -334,6 +334,6 @@ def save_dflash(
         "tie_word_embeddings": False,
         "torch_dtype": str(state["fc.weight"].dtype).removeprefix("torch."),
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
     save_file(state, directory / WEIGHTS, metadata={"format": "pt"})
     return directory

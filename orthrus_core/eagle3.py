@@ -552,7 +552,7 @@ def save_eagle3(
     eagle = getattr(c, "eagle_config", None)
     if eagle:
         config["eagle_config"] = dict(eagle)
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
     for name in WEIGHT_FILES:
         (directory / name).unlink(missing_ok=True)
     if weights_format == "bin":

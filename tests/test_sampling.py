@@ -10,7 +10,7 @@ from orthrus_core.loop import generate
 from orthrus_core.model import copy_ar_to_diffusion
 from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import SamplingParams
-from orthrus_core.sampling import EXACT, AcceptanceRule, greedy_accept, probs
+from orthrus_core.sampling import EXACT, AcceptanceRule, greedy_accept, next_token, probs
 
 ALPHA = 0.01
 
@@ -28,10 +28,68 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert SamplingParams(0.0).greedy and not SamplingParams(0.5).greedy
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1),
+        dict(temperature=float("inf")),
+        dict(temperature=float("-inf")),
+        dict(temperature=float("nan")),
+        dict(top_k=-1),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(top_p=float("inf")),
+        dict(top_p=float("nan")),
+    ],
+)
 def test_bad_sampling_params_are_rejected(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        (SamplingParams(0.0), "temperature 0"),
+        (SamplingParams(1.0, top_k=1), "top_k 1"),
+        (SamplingParams(1e-9), "temperature 1e-09 below 1e-06"),
+        (SamplingParams(5e-324), "temperature 4.94066e-324 below 1e-06"),  # logits / T would be inf: NaN
+        (SamplingParams(1.0, top_p=1e-12), "top_p 1e-12 below 1e-06"),
+        (SamplingParams(1e-6), None),  # the floors themselves sample
+        (SamplingParams(1.0, top_p=1e-6), None),
+        (SamplingParams(1.0, top_k=2), None),
+        (SamplingParams(0.7, top_k=50, top_p=0.9), None),
+    ],
+)
+def test_greedy_is_temperature_0_or_a_one_token_setting(params, reason):
+    assert params.greedy_reason == reason
+    assert params.greedy == (reason is not None)
+    assert params.degenerate == (reason is not None and params.temperature > 0)
+
+
+def test_the_floors_leave_one_token():
+    """Why the floors are where they are (orthrus_core/params.py): just above them a second token has
+    probability; just below, the distribution is greedy's token."""
+    # top_p: a uniform distribution over 10^6 tokens, the largest vocabulary the floor is stated for, keeps
+    # its first token alone below 1e-6 (argmax's first maximum), and more tokens as top_p passes 1/V.
+    flat = torch.zeros(10**6)
+    assert probs(SamplingParams(1.0, top_p=0.99e-6), flat).nonzero().flatten().tolist() == [0]
+    assert probs(SamplingParams(1.0, top_p=2.5e-6), flat).count_nonzero() == 3
+    # temperature: two float16 logits of magnitude 1/8 one ulp apart (2^-13, 1.2e-4; bfloat16's is 9.8e-4) are
+    # more than 104 T apart below the floor: the second token has float32 probability 0. Just above the floor a
+    # float32 logit 1e-4 below the top still has some.
+    for dtype, ulp in ((torch.float16, 2**-13), (torch.bfloat16, 2**-10)):
+        half = torch.tensor([0.125 + ulp, 0.125], dtype=dtype)
+        assert (
+            half[0] != half[1] and torch.tensor([0.125 + ulp / 2, 0.125], dtype=dtype).unique().numel() == 1
+        )
+        assert probs(SamplingParams(0.99e-6), half.float()).nonzero().flatten().tolist() == [0]
+    assert probs(SamplingParams(1e-6), torch.tensor([10.0, 10.0 - 1e-4])).count_nonzero() == 2
+    # Below the floor the decoder never computes probs: next_token is the argmax, whatever the seed.
+    logits = torch.tensor([[0.3, 2.0, 2.0 - 1e-7, -1.0]])
+    for params in (SamplingParams(1e-9), SamplingParams(1.0, top_k=1), SamplingParams(1.0, top_p=1e-12)):
+        draws = {int(next_token(params, logits, torch.Generator().manual_seed(s))) for s in range(20)}
+        assert draws == {1}
 
 
 def test_greedy_accept_prefix_and_correction():

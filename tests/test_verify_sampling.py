@@ -11,6 +11,7 @@ from harness.verify.calibrate import decoder
 from harness.verify.equivalence import (
     GTest,
     StatResult,
+    acceptance_audit,
     combined_g_test,
     compare_accuracy,
     g_test,
@@ -95,6 +96,35 @@ def test_t4_two_sample_tests():
         rng.normal(0.5, size=300), rng.normal(size=300), rng.poisson(60, 300), rng.poisson(50, 300), ALPHA
     )
     assert all(t.pvalue < ALPHA for t in shifted)
+
+
+def test_degenerate_data_has_defined_outcomes():
+    """Constant data, as a setting that leaves one token at every position gives: no test may crash. Equal
+    constants are no evidence of a difference (p = 1); different constants are two distinct values and are
+    tested as such; one token is tested by KS alone; all-degenerate positions give T3 z = 0, T5 p = 1, a
+    one-cell G-test nothing to test."""
+    zeros, eights = np.zeros(4), np.full(4, 8)
+    same = two_sample_tests(zeros, zeros, eights, eights, ALPHA)
+    assert [(t.name, t.pvalue, t.statistic) for t in same] == [
+        ("T4 log-prob KS", 1.0, 0.0),
+        ("T4 log-prob AD", 1.0, 0.0),
+        ("T4 length permutation", 1.0, 0.0),
+    ]
+    assert "every sequence has log-probability 0: no evidence of a difference" in same[0].detail
+    assert "log-probability 0:" in two_sample_tests(-zeros, -zeros, eights, eights, ALPHA)[1].detail  # not -0
+    apart = two_sample_tests(zeros, np.full(4, -3.0), eights, np.full(4, 5), ALPHA)
+    assert all(0 < t.pvalue < 0.1 and np.isfinite(t.statistic) for t in apart), apart
+    assert not holm(same, ALPHA)
+    (one,) = pit_test(np.array([0.3]), ALPHA)
+    assert one.name == "T1 PIT KS" and 0 < one.pvalue <= 1
+    assert pit_test(np.array([]), ALPHA) == []
+    certain = torch.tensor([[0.0, 1.0, 0.0]] * 5)
+    t3 = surprisal_test(surprisal_terms(certain, torch.ones(5, dtype=torch.long)), ALPHA)
+    assert (t3.pvalue, t3.statistic) == (1.0, 0.0)
+    audit = acceptance_audit(np.ones(6), np.ones(6), np.ones(6), ALPHA)  # q = p = 1: every draft accepted
+    assert audit.pvalue == 1.0 and audit.n == 6
+    assert g_test(np.array([0, 30, 0]), np.array([0.0, 1.0, 0.0])) is None
+    assert combined_g_test("T2", [None, None], ALPHA) is None
 
 
 def test_g_test_detects_the_tv_it_claims():

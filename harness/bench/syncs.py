@@ -20,7 +20,7 @@ from tqdm import tqdm
 from harness.methods import make_decoder
 from orthrus_core import loop
 from orthrus_core.host import HostSyncs
-from orthrus_core.params import GREEDY, SamplingParams
+from orthrus_core.params import SamplingParams
 from orthrus_core.rehearsal import rehearsal
 
 METHODS = ["ar", "orthrus", "pld", "dflash", "eagle3:tree=chain", "eagle3"]
@@ -50,7 +50,7 @@ def count_syncs(target, method: str, prompts, *, rows: int, temperature: float, 
     """`method` over `prompts`, `rows` at a time (continuous batching), seeded: its cycles, the syncs inside
     them, and where in the project's code they are."""
     decoder = make_decoder(method, target)
-    params = GREEDY if temperature == 0 else SamplingParams(temperature=temperature)
+    params = SamplingParams(temperature=temperature)  # 0, or below its floor: greedy
     queue = [loop.Request(p, max_new_tokens, [], decoder.generator(i), key=i) for i, p in enumerate(prompts)][
         ::-1
     ]
@@ -83,7 +83,11 @@ def bench_syncs(
         target = load_target(model, dtype, device, "auto")
         prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
         runs = [
-            (t, m, r) for t in temperatures for m in methods if not (t and is_greedy_only(m)) for r in rows
+            (t, m, r)
+            for t in temperatures
+            for m in methods
+            if SamplingParams(temperature=t).greedy or not is_greedy_only(m)
+            for r in rows
         ]
         for temperature, method, r in tqdm(runs, desc="bench-syncs", unit="decode", file=sys.stderr):
             results.append(

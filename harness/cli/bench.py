@@ -75,8 +75,6 @@ def register(sub) -> None:
 
 
 def cmd_bench_engine(args) -> int:
-    import json
-
     from harness.bench.engine_bench import bench_engine
     from orthrus_core.engine import EngineError
 
@@ -96,8 +94,10 @@ def cmd_bench_engine(args) -> int:
     except EngineError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
+        from harness.store import json_text
+
         with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+            f.write(json_text(figures, indent=2))
     return 0
 
 
@@ -122,8 +122,6 @@ def cmd_bench_overhead(args) -> int:
 
 
 def cmd_bench_syncs(args) -> int:
-    import json
-
     from harness.bench.syncs import METHODS, bench_syncs, print_syncs, route_name
     from harness.methods import BATCHED, parse_spec
     from harness.suites import load_suite
@@ -147,6 +145,8 @@ def cmd_bench_syncs(args) -> int:
     )  # fmt: skip
     print_syncs(results, route_name(args.device))
     if args.json:
+        from harness.store import json_text
+
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            f.write(json_text(results, indent=2))
     return 0

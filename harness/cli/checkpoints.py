@@ -15,7 +15,6 @@ config alone, offline:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .args import UsageError, parse_dtype, parse_list
@@ -186,7 +185,9 @@ def cmd_inspect(args) -> int:
             plan_code, plan_text, out["plan"] = memory_plan(args, info.path)
             text += plan_text
             code = max(code, plan_code)
-    print(json.dumps(out) if args.json else "\n".join(text))
+    from harness.store import json_text
+
+    print(json_text(out) if args.json else "\n".join(text))
     return code
 
 
@@ -216,7 +217,9 @@ def inspect_shape(args) -> int:
     if args.context is not None:
         code, plan_text, out["plan"] = memory_plan(args, name)
         text += plan_text
-    print(json.dumps(out) if args.json else "\n".join(text))
+    from harness.store import json_text
+
+    print(json_text(out) if args.json else "\n".join(text))
     return code
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from .args import UsageError, add_engine_arg, add_model_args, parse_int_list
@@ -63,7 +62,9 @@ def cmd_generate(args) -> int:
     result = decoder.generate(prompt_ids, args.max_new_tokens, params, seed=args.seed, on_tokens=stream)
     text = tokenizer.decode(result.tokens, skip_special_tokens=False) if tokenizer is not None else None
     if args.json:
-        print(json.dumps({"method": decoder.label, **result.to_dict(), "text": text}))
+        from harness.store import json_text
+
+        print(json_text({"method": decoder.label, **result.to_dict(), "text": text}))
         return 0
     if tokenizer is None:
         print(" ".join(map(str, result.tokens)))

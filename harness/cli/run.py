@@ -10,6 +10,8 @@ from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, 
 
 
 def register(sub) -> None:
+    from orthrus_core.params import TEMPERATURE_FLOOR, TOP_P_FLOOR
+
     p = sub.add_parser(
         "run",
         help="run suites x methods on a model into a results directory (no arguments: the embedded default)",
@@ -30,9 +32,19 @@ def register(sub) -> None:
         "--methods (without --methods: ar and the sweeps), ar added as the speedup baseline where no AR "
         "baseline is listed; the report's Sweeps section shows tau, TPF and speedup against the values",
     )
-    p.add_argument("--temperature", type=float, help="override every suite's temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="override every suite's temperature: a finite number >= 0, 0 = greedy. Degenerate settings, whose "
+        "distribution is one token, are decoded and verified as greedy, and the verdict says so: temperature "
+        f"below {TEMPERATURE_FLOOR:g}, --top-k 1, or --top-p below {TOP_P_FLOOR:g}",
+    )
+    p.add_argument("--top-k", type=int, help="override every suite's top-k (0 disables; 1 is greedy)")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        help=f"override every suite's top-p, in (0, 1] (1 disables; below {TOP_P_FLOOR:g}: greedy)",
+    )
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--limit", type=int, help="first N items of each suite")
     p.add_argument("--ids", type=parse_list, help="comma-separated dataset ids to keep (one suite)")

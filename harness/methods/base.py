@@ -79,7 +79,8 @@ class Decoder:
     def check_params(self, params: SamplingParams) -> None:
         if self.greedy_only and not params.greedy:
             raise ValueError(
-                f"{self.label} decodes greedily only (temperature 0), not at {params.temperature}"
+                f"{self.label} decodes greedily only (temperature 0, or a setting whose distribution is one "
+                f"token: top-k 1), not at {params.temperature}"
             )
 
     def generate(

@@ -137,7 +137,7 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     h = hashlib.sha256((directory / "config.json").read_bytes())
     for shard in sorted(set(files.values())):
         h.update(f"{shard.name}:{_digest(shard, memo)}".encode())
-    _write_atomically(memo_file, json.dumps(memo, indent=1))
+    _write_atomically(memo_file, json.dumps(memo, indent=1, allow_nan=False))
     out = cache / h.hexdigest()[:16]
     if (out / "config.json").is_file():
         return out
@@ -152,11 +152,11 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     if (directory / "model.safetensors.index.json").is_file():
         index = read_json(directory / "model.safetensors.index.json")
         index["weight_map"] = {name: shard.name for name, shard in sorted(kept.items())}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, allow_nan=False))
     config = {k: v for k, v in raw.items() if k not in ("auto_map", "block_size", "mask_token_id")}
     config["architectures"] = ["Qwen3ForCausalLM"]
     config["model_type"] = "qwen3"
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False))
     for path in directory.iterdir():
         if path.is_file() and (path.name.startswith("tokenizer") or path.suffix in (".jinja", ".txt") or
                                path.name in ("generation_config.json", "special_tokens_map.json",

@@ -63,9 +63,7 @@ def batch_figures(gens: pd.DataFrame) -> pd.DataFrame:
                 "kv_mib_per_row": m.kv_row_bytes.median() / MIB,
                 "kv_bytes_per_position": m.kv_bytes_per_position.median(),
                 "kv_scratch_positions": int(m.kv_scratch_positions.max()),
-                "identical_to_smallest_b": sum(same) / len(same)
-                if same and m.temperature.iloc[0] == 0
-                else None,
+                "identical_to_smallest_b": sum(same) / len(same) if same and m.greedy.all() else None,
             }
         )
     out = pd.DataFrame(rows)

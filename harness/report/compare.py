@@ -268,7 +268,7 @@ def compare_runs(
                     "more failed generations",
                 )
             )
-        greedy = pairs[(pairs.temperature == 0) & (pairs.temperature_base == 0)]
+        greedy = pairs[pairs.greedy & pairs.greedy_base]  # SamplingParams.greedy in both runs
         if not greedy.empty:
             rows += greedy_rows(method, greedy)
         per_unit = unit_pairs(pairs)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.store import RECORDS  # noqa: E402
+from harness.store import RECORDS, json_text  # noqa: E402
 
 from .runs import Run, generations, load_runs, units  # noqa: E402
 from .stats import bootstrap_ci, mean  # noqa: E402
@@ -116,8 +115,8 @@ def benchmark_entries(metrics: pd.DataFrame, bigger_is_better: bool) -> list[dic
     by_key = {m.key: m for m in METRICS}
     for row in metrics.to_dict("records"):
         metric = by_key[row["metric"]]
-        if metric.bigger_is_better != bigger_is_better:
-            continue
+        if metric.bigger_is_better != bigger_is_better or not np.isfinite(row["value"]):
+            continue  # the other file's, or no figure to chart (standard JSON has no NaN)
         entry = {
             "name": f"{row['model']} / {row['suite']} / {temperature_label(row['temperature'])} / "
             f"{row['method']} / {metric.label}",
@@ -182,7 +181,7 @@ def write_dashboard(history_dir: str | Path, out: str | Path) -> Path:
             drawn.append((metric, path))
     newest = history[history.run == str(runs[-1].directory)]
     for name, bigger in BENCHMARK_FILES.items():
-        (out / name).write_text(json.dumps(benchmark_entries(newest, bigger), indent=2) + "\n")
+        (out / name).write_text(json_text(benchmark_entries(newest, bigger), indent=2) + "\n")
     run_list = ", ".join(f"{r.commit} ({r.started or '?'})" for r in runs)
     md = [f"# orthrus-bench dashboard: {len(runs)} runs", "", f"Runs, oldest first: {run_list}", ""]
     md += [f"![{m.label}](figures/{p.name})" for m, p in drawn]

@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness.records import ENGINE, UNIT
 from harness.store import RUN, RunInfo, load_run, read_records
+from orthrus_core.params import SamplingParams
 
 EMBEDDED_MODEL = "embedded tiny family"
 # Telemetry fields that a run made with --no-telemetry lacks altogether; there they read as not measured.
@@ -58,6 +59,23 @@ class Run:
         """The run's simulated weight quantization (`run --quantize`; None: full precision)."""
         return (self.info and self.info.config.get("quantize")) or None
 
+    def greedy(self, suite: str, temperature: float) -> bool:
+        """Whether the run's generations of `suite` at `temperature` were greedy (SamplingParams.greedy: T = 0 or
+        a degenerate setting such as top-k 1): its top_k and top_p overrides, else the suite's [generation] as
+        run.json recorded it (without either, temperature decides alone)."""
+        config = self.info.config if self.info else {}
+        suites = self.info.suites if self.info else {}
+        generation = (suites.get(suite, {}).get("config") or {}).get("generation") or {}
+
+        def setting(name: str, default):
+            value = config.get(name)
+            return generation.get(name, default) if value is None else value
+
+        try:
+            return SamplingParams(float(temperature), setting("top_k", 0), setting("top_p", 1.0)).greedy
+        except (TypeError, ValueError):  # a setting run.json cannot hold; the temperature still says
+            return float(temperature) == 0
+
     def engine(self, method: str) -> str:
         """The engine that decoded `method` as run.json records it (the project's where it does not say)."""
         methods = self.info.methods if self.info else {}
@@ -84,6 +102,7 @@ def generations(runs: list[Run]) -> pd.DataFrame:
             "base_model": run.base_model,
             "engine": r.get("engine") or run.engine(r["method"]),
             "quantize": run.quantize,
+            "greedy": run.greedy(r["suite"], r["temperature"]),
         }
         for run in runs
         for r in run.records

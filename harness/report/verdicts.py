@@ -167,7 +167,7 @@ def verify_tables(run: Run, data: dict) -> list[Table]:
                 "lossless" if v.get("lossless") else "lossy",
                 v.get("suite", "–"),
                 temperature_label(float(v.get("temperature") or 0.0)),
-                v.get("mode", "–"),
+                v.get("mode", "–") + (" (degenerate)" if v.get("degenerate") else ""),
                 str(v.get("verdict", "–")),
                 str(v.get("reason") or "–"),
                 f"{n} {unit}" if n is not None else "–",

@@ -4,7 +4,6 @@ expected cost, launch.balanced_shards); `merge` joins the shard directories of o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from harness.store import (
     add_compiles,
     load_run,
     read_records,
+    record_line,
     replace_file,
     save_run,
 )
@@ -77,7 +77,7 @@ def merge(shard_dirs: list[str | Path], out: str | Path) -> Path:
     try:
         with WriterLock(building, "orthrus-bench merge"):
             save_run(building, merged)
-            replace_file(building / RECORDS, b"".join(json.dumps(r).encode() + b"\n" for r in records))
+            replace_file(building / RECORDS, b"".join(record_line(r) for r in records))
             read_records(building)  # the merge checked as every reader will read it
         (building / LOCK).unlink()
         if not out.exists() or not any(out.iterdir()):

@@ -25,5 +25,5 @@ for line in sys.stdin:
         "gold": [str(value) for value in gold],
         "prediction": [str(value) for value in prediction],
     }
-    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.write(json.dumps(reply, allow_nan=False) + "\n")
     sys.stdout.flush()

@@ -294,10 +294,13 @@ def become_program(request: dict, report_fd: int, in_pid_namespace: bool, launch
         protected = {1} if in_pid_namespace else {os.getppid(), launcher_pid, *request["protected_pids"]}
         if apply_seccomp(protected):
             layers.append("seccomp")
-        os.write(report_fd, json.dumps({"layers": layers}).encode() + b"\n")
+        os.write(report_fd, json.dumps({"layers": layers}, allow_nan=False).encode() + b"\n")
         os.execve(request["argv"][0], request["argv"], request["env"])
     except BaseException as exc:  # any failure is reported; nothing may unwind past the fork
-        os.write(report_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
+        os.write(
+            report_fd,
+            json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}, allow_nan=False).encode() + b"\n",
+        )
     os._exit(127)
 
 
@@ -311,7 +314,7 @@ def run_reaper(request: dict, report_fd: int, in_pid_namespace: bool, launcher_p
         pid, status, usage = os.wait4(-1, 0)
         if pid == program_pid:
             report = {"wait_status": status, "cpu_s": usage.ru_utime + usage.ru_stime}
-            os.write(report_fd, json.dumps(report).encode() + b"\n")
+            os.write(report_fd, json.dumps(report, allow_nan=False).encode() + b"\n")
             os._exit(0)
 
 
@@ -431,7 +434,7 @@ def main() -> None:
             result["signal"] = os.WTERMSIG(status)
         else:
             result["returncode"] = os.WEXITSTATUS(status)
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class MathVerifier:
 
     def check(self, gold_latex: str, prediction_latex: str) -> dict:
         """``{"correct": bool, "gold": [...], "prediction": [...]}`` as parsed, or ``{"timeout": True}``."""
-        request = json.dumps({"gold": gold_latex, "prediction": prediction_latex}) + "\n"
+        request = json.dumps({"gold": gold_latex, "prediction": prediction_latex}, allow_nan=False) + "\n"
         with self._lock:
             process = self._running_process()
             process.stdin.write(request.encode())

@@ -226,7 +226,7 @@ def _supervise(request: dict, supervisor_timeout_s: float) -> dict:
         text=True,
     )
     try:
-        out, err = launcher.communicate(json.dumps(request), timeout=supervisor_timeout_s)
+        out, err = launcher.communicate(json.dumps(request, allow_nan=False), timeout=supervisor_timeout_s)
     except subprocess.TimeoutExpired:
         # The supervisor leads its own process group; anything it could not clean up goes with it.
         os.killpg(launcher.pid, signal.SIGKILL)

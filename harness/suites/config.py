@@ -36,7 +36,7 @@ A suite file (its name is the file name without ``.toml``) has these tables::
 
     [generation]
     max_new_tokens = 2048
-    temperature = 0.0                         # 0 = greedy
+    temperature = 0.0                         # 0 = greedy (so are top_k = 1 and the floors of orthrus_core/params.py)
     top_k = 0                                 # 0 = off
     top_p = 1.0
     stop = ["<|im_end|>"]                     # strings and/or token ids

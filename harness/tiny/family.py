@@ -10,7 +10,6 @@ A new family replaces an old one only once it is complete.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from harness.methods import load_target, make_decoder
+from harness.store import json_text
 from harness.suites.conversation import run_item
 from harness.suites.suite import load_suite
 from orthrus_core import metrics
@@ -213,14 +213,14 @@ def save_family(out_dir: Path, model, tokenizer, log: dict, *, evaluate_limit: i
     shutil.rmtree(staging, ignore_errors=True)
     save_model(model, staging, dtype=torch.bfloat16)
     tokenizer.save_pretrained(staging)
-    (staging / "training_log.json").write_text(json.dumps(log) + "\n")
+    (staging / "training_log.json").write_text(json_text(log) + "\n")
     plot_losses(log, staging / "loss.png")
     t0 = time.perf_counter()
     figures = evaluate(staging, limit=evaluate_limit)
     eval_s = time.perf_counter() - t0
     write_model_card(staging, model, log, figures, eval_s)
     (staging / "evaluation.json").write_text(
-        json.dumps({"figures": [asdict(f) for f in figures], "eval_s": eval_s}, indent=2) + "\n"
+        json_text({"figures": [asdict(f) for f in figures], "eval_s": eval_s}, indent=2) + "\n"
     )
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)

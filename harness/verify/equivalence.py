@@ -137,12 +137,20 @@ def ks_min_tv(n: int, alpha: float, power: float = POWER) -> float:
 
 
 def pit_test(u: np.ndarray, alpha: float) -> list[StatResult]:
-    """T1: KS and Cramer-von Mises of the randomized PIT values against U(0, 1)."""
-    pvalues = uniformity_pvalues(u)
+    """T1: KS and Cramer-von Mises of the randomized PIT values against U(0, 1). Degenerate positions (one
+    token of probability 1) need no case of their own: their u is V, exactly U(0, 1). Cramer-von Mises is
+    undefined on one value (scipy gives NaN): a single token is tested by KS alone. None when u is empty."""
+    if len(u) == 0:
+        return []
     n, tv = len(u), ks_min_tv(len(u), alpha)
+    detail = "randomized PIT vs U(0,1)"
+    if n < 2:
+        ks = float(stats.kstest(u, "uniform").pvalue)
+        return [StatResult("T1 PIT KS", ks, n, detail=detail, min_detectable_tv=tv)]
+    pvalues = uniformity_pvalues(u)
     return [
-        StatResult("T1 PIT KS", pvalues["ks"], n, detail="randomized PIT vs U(0,1)", min_detectable_tv=tv),
-        StatResult("T1 PIT CvM", pvalues["cvm"], n, detail="randomized PIT vs U(0,1)", min_detectable_tv=tv),
+        StatResult("T1 PIT KS", pvalues["ks"], n, detail=detail, min_detectable_tv=tv),
+        StatResult("T1 PIT CvM", pvalues["cvm"], n, detail=detail, min_detectable_tv=tv),
     ]
 
 
@@ -261,17 +269,35 @@ def two_sample_tests(
     power: float = POWER,
 ) -> list[StatResult]:
     """T4: the method's sequences against the reference decoder's, on the per-sequence target log-probability
-    (KS and k-sample Anderson-Darling, continuous) and on the length (permutation test of the mean)."""
+    (KS and k-sample Anderson-Darling, continuous) and on the length (permutation test of the mean).
+
+    Constant data, defined rather than left to scipy (anderson_ksamp raises on it): when every sequence of both
+    samples has the same log-probability (every token of probability 1, as under a setting that leaves one
+    token at every position), or the same length, the two samples are identical in that statistic: no evidence
+    of a difference, p = 1, statistic 0. Two different constants are two distinct values and go through the
+    tests as they are (their p-value is the smallest the permutation or KS distribution gives at those sizes)."""
     a, b = np.asarray(method_logprob, float), np.asarray(reference_logprob, float)
     n, m = len(a), len(b)
     if n < 2 or m < 2:
         return []
     rng = np.random.default_rng(seed)
     tv = (stats.kstwobign.isf(alpha) + stats.norm.ppf(power) * 0.5) * math.sqrt(1 / n + 1 / m)
-    ks = stats.ks_2samp(a, b)
-    ad = stats.anderson_ksamp(
-        [a, b], variant="midrank", method=stats.PermutationMethod(n_resamples=999, random_state=rng)
-    )
+    sizes = f"{n} vs {m} sequences"
+    if np.ptp(np.concatenate([a, b])) == 0:
+        same = f"{sizes}; every sequence has log-probability {a[0] + 0.0:.6g}: no evidence of a difference"
+        logprob = [
+            StatResult("T4 log-prob KS", 1.0, n + m, 0.0, same, tv),
+            StatResult("T4 log-prob AD", 1.0, n + m, 0.0, same, tv),
+        ]
+    else:
+        ks = stats.ks_2samp(a, b)
+        ad = stats.anderson_ksamp(
+            [a, b], variant="midrank", method=stats.PermutationMethod(n_resamples=999, random_state=rng)
+        )
+        logprob = [
+            StatResult("T4 log-prob KS", float(ks.pvalue), n + m, float(ks.statistic), sizes, tv),
+            StatResult("T4 log-prob AD", float(ad.pvalue), n + m, float(ad.statistic), sizes, tv),
+        ]
     la, lb = np.asarray(method_length, float), np.asarray(reference_length, float)
     if np.ptp(np.concatenate([la, lb])) == 0:
         length_p = 1.0  # every sequence has the same length: nothing to compare
@@ -286,10 +312,8 @@ def two_sample_tests(
         ).pvalue
     spread = np.concatenate([la, lb]).std(ddof=1)
     length_shift = (stats.norm.isf(alpha / 2) + stats.norm.ppf(power)) * spread * math.sqrt(1 / n + 1 / m)
-    sizes = f"{n} vs {m} sequences"
     return [
-        StatResult("T4 log-prob KS", float(ks.pvalue), n + m, float(ks.statistic), sizes, tv),
-        StatResult("T4 log-prob AD", float(ad.pvalue), n + m, float(ad.statistic), sizes, tv),
+        *logprob,
         StatResult(
             "T4 length permutation",
             float(length_p),

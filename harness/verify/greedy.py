@@ -1,4 +1,4 @@
-"""The greedy verdict (T = 0): token-ID identity per prompt against the reference method's record of the same
+"""The greedy verdict (T = 0, or a degenerate sampling setting: SamplingParams.greedy): token-ID identity per prompt against the reference method's record of the same
 prompt, divergence forensics (forensics.py) and the verdict. float32 passes only at 100% identity; lower
 precision only when every divergence is a numerical near-tie and the divergence rate is not above the
 AR-vs-AR rate under benign perturbations (one-sided Fisher exact), a divergence being a near-tie when the noise

@@ -1,9 +1,11 @@
 """`orthrus-bench verify RUN`: lossless-equivalence verdicts for every method of a run, against its AR run.
 
-Per (method, suite, temperature), on the records of the same prompts (see docs/verification.md): at T = 0 the
-greedy verdict (greedy.py: token identity, forensics), at T > 0 the sampling verdict (sampling_verdict.py: T1-T5,
-Holm-corrected), and in both the accuracy comparison (exact McNemar under greedy decoding, paired bootstrap
-with TOST under sampling, non-inferiority for lossy methods).
+Per (method, suite, temperature), on the records of the same prompts (see docs/verification.md): under greedy
+decoding (`SamplingParams.greedy`: T = 0, or a degenerate sampling setting whose distribution is one token, such
+as top-k 1, which the run decoded as greedy and the verdict says so) the greedy verdict (greedy.py: token
+identity, forensics), otherwise the sampling verdict (sampling_verdict.py: T1-T5, Holm-corrected), and in both
+the accuracy comparison (exact McNemar under greedy decoding, paired bootstrap with TOST under sampling,
+non-inferiority for lossy methods).
 
 The run and its target are loaded once. The target's exact distributions come from teacher-forcing the run's
 target checkpoint in float32 (fp32_reference.py); nothing else is needed for the greedy verdicts and T1/T3/T4/T5.
@@ -164,7 +166,11 @@ class RunVerification:
             "temperature": temperature,
             "reference": config.reference,
             "mode": "greedy" if params.greedy else "sampling",
+            "top_k": params.top_k,
+            "top_p": params.top_p,
         }
+        if params.degenerate:  # sampling asked for, one token's distribution: decoded and judged as greedy
+            entry["degenerate"] = degenerate_words(params)
         generate = self.decoder(method)
         if method in self.decoder_errors:
             entry["decoder_error"] = self.decoder_errors[method]
@@ -173,6 +179,8 @@ class RunVerification:
         elif params.greedy:
             entry["greedy"] = self.greedy(suite, records, reference_records, settings, generate)
             entry.update(verdict=entry["greedy"]["verdict"], reason=entry["greedy"]["reason"])
+            if params.degenerate:
+                entry["reason"] = f"{entry['degenerate']}; {entry['reason']}"
         else:
             entry["sampling"] = self.sampling(records, reference_records, settings, params, generate)
             entry.update(verdict=entry["sampling"]["verdict"], reason=entry["sampling"]["reason"])
@@ -241,6 +249,14 @@ def verify_run(
             decoder.close()
 
 
+def degenerate_words(params) -> str:
+    """What a verdict says of sampling settings whose distribution is one token (SamplingParams.degenerate)."""
+    return (
+        f"degenerate sampling settings (temperature {params.temperature:g}, top_k {params.top_k}, top_p "
+        f"{params.top_p:g}): {params.greedy_reason} leaves one token, so decoded and judged as greedy"
+    )
+
+
 def _points(x: float) -> str:
     return f"{100 * x:+.1f}"
 
@@ -299,7 +315,7 @@ def print_verdicts(result: dict, console=None) -> None:
             v["method"] + ("" if v["lossless"] else " (lossy)"),
             v["suite"],
             f"{v['temperature']:g}",
-            v["mode"],
+            v["mode"] + (" (degenerate)" if v.get("degenerate") else ""),
             n,
             verdict,
             evidence,
@@ -308,7 +324,7 @@ def print_verdicts(result: dict, console=None) -> None:
         )
     console.print(table)
     for v in result["verdicts"]:
-        if v["verdict"] != "PASS":
+        if v["verdict"] != "PASS" or v.get("degenerate"):
             console.print(v["summary"], highlight=False)
 
 

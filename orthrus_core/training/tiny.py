@@ -372,7 +372,7 @@ def train_tiny(
         raise ValueError(
             f"{work_dir} holds a run with a different recipe; remove it or pass another work directory"
         )
-    recipe_file.write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    recipe_file.write_text(json.dumps(asdict(recipe), indent=2, allow_nan=False) + "\n")
 
     t0 = time.perf_counter()
     tokenizer_dir = work_dir / "tokenizer"
