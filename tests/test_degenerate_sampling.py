@@ -91,7 +91,8 @@ def test_a_degenerate_setting_is_decoded_and_judged_as_greedy(degenerate_run, gr
     (table,) = verify_tables(load_runs([run])[0], strict_loads((run / "verdicts.json").read_text()))
     assert table.rows[0][4] == "greedy (degenerate)" and reason in table.rows[0][6]
     code, printed = cli(capsys, "compare", greedy_run, run, "--no-timing-gate")
-    assert code == 0 and "| orthrus | greedy token identity | – | 2/2 identical |" in printed, printed
+    assert code == 0 and "| orthrus | greedy token identity | – | 2/2 prompts identical |" in printed, printed
+    assert "(greedy in both)" in printed  # a setting that changes nothing is listed, not refused
 
 
 def test_mostly_one_token_data_is_verified_without_a_crash(runs, capsys):
