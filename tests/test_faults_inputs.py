@@ -1,0 +1,90 @@
+"""Fault injection, continued (test_faults.py's style): inputs a new user gives that used to run something else,
+end in a traceback, or advise what cannot work. Each case runs the real command line and asserts the exit code,
+the message, and that nothing was written or lost."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.store import RECORDS, read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MATH = ROOT / "suites" / "tiny-math.toml"
+
+# Four units (2 items x 2 methods), a few tokens each: about a second on 2 cores (test_faults.RUN_ARGS).
+BASE = ["--limit", "2", "--max-new-tokens", "8", "--warmup", "0"]
+RUN_ARGS = ["--suite", "tiny-math", "--methods", "ar,pld", *BASE]
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    """Run the command line in-process -> (exit code, stderr + stdout)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.err + out.out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("inputs") / "run"
+    assert main(["run", *RUN_ARGS, "--out", str(out), "--no-verify"]) == 0
+    assert len(read_records(out)) == 4
+    return out
+
+
+@pytest.fixture
+def half_run(finished_run, tmp_path) -> Path:
+    """A copy of the finished run with its first two units only (two left for --resume)."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    kept = (out / RECORDS).read_bytes().splitlines()[:2]
+    (out / RECORDS).write_bytes(b"\n".join(kept) + b"\n")
+    return out
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+# ------------------------------------------------------------------------ 1. empty lists of names
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--methods", "", "argument --methods: empty; give one or more method specs"),
+        ("--methods", " ", "argument --methods: empty; give one or more method specs"),
+        ("--methods", "ar,,pld", "argument --methods: 'ar,,pld' has an empty item"),
+        ("--methods", "ar,", "argument --methods: 'ar,' has an empty item"),
+        ("--suite", "", "argument --suite: empty; give one or more suite names"),
+        ("--suite", "tiny-math,,tiny-code", "argument --suite: 'tiny-math,,tiny-code' has an empty item"),
+        ("--ids", "", "argument --ids: empty; give one or more dataset ids"),
+    ],
+)
+def test_an_empty_list_of_methods_or_suites_is_refused_not_read_as_the_default(
+    capsys, tmp_path, flag, value, message
+):
+    out = tmp_path / "out"
+    argv = {"--suite": "tiny-math", "--methods": "ar,pld", flag: value}
+    code, printed = cli(capsys, "run", *[x for kv in argv.items() for x in kv], *BASE, "--out", out)
+    assert code == 2 and message in printed and "Traceback" not in printed, printed
+    listing = {
+        "--methods": "`orthrus-bench methods` lists them",
+        "--suite": "`orthrus-bench suites` lists them",
+    }
+    assert listing.get(flag, "") in printed
+    assert not out.exists()
+
+
+def test_other_commands_refuse_an_empty_method_list_too(capsys):
+    for argv in (["bench-overhead", "--methods", ""], ["bench-syncs", "--methods", "ar,,pld"]):
+        code, printed = cli(capsys, *argv)
+        assert code == 2 and "argument --methods:" in printed and "lists them" in printed, (argv, printed)
