@@ -88,3 +88,73 @@ def test_other_commands_refuse_an_empty_method_list_too(capsys):
     for argv in (["bench-overhead", "--methods", ""], ["bench-syncs", "--methods", "ar,,pld"]):
         code, printed = cli(capsys, *argv)
         assert code == 2 and "argument --methods:" in printed and "lists them" in printed, (argv, printed)
+
+
+# ------------------------------------------------------------------ 2. a builtin dataset's arguments
+
+
+def records(count: int):
+    """A generator without annotations or defaults: only the keys are checked."""
+    yield from ({"id": str(i), "problem": "1 + 1", "answer": "2"} for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "args = { count = 200 }",
+            'args = { count = "200" }',
+            "[dataset.builtin] args.count: must be an integer, as "
+            "orthrus_core.training.tiny_corpus:heldout_math takes its count, not '200' (quoted: write it "
+            "without the quotes)",
+        ),
+        (
+            "args = { count = 200 }",
+            "args = { count = true }",
+            "[dataset.builtin] args.count: must be an integer",
+        ),
+        (
+            "args = { count = 200 }",
+            "args = { count = 2.5 }",
+            "[dataset.builtin] args.count: must be an integer",
+        ),
+        (
+            "args = { count = 200 }",
+            "args = { count = 200, seed = 1 }",
+            "[dataset.builtin] args.seed: orthrus_core.training.tiny_corpus:heldout_math takes no argument "
+            "'seed'; its arguments: count",
+        ),
+        (
+            'function = "orthrus_core.training.tiny_corpus:heldout_math"\nargs = { count = 200 }',
+            f'function = "{__name__}:records"\nargs = {{ cont = 2 }}',
+            f"[dataset.builtin] args.cont: {__name__}:records takes no argument 'cont'; its arguments: count",
+        ),
+        (
+            'function = "orthrus_core.training.tiny_corpus:heldout_math"\nargs = { count = 200 }',
+            f'function = "{__name__}:records"',
+            f"[dataset.builtin] args: {__name__}:records needs count; add them to args",
+        ),
+    ],
+)
+def test_a_builtin_datasets_bad_argument_names_the_file_and_key(capsys, tmp_path, old, new, message):
+    text = TINY_MATH.read_text()
+    assert old in text
+    suite = tmp_path / "my-math.toml"
+    suite.write_text(text.replace(old, new))
+    out = tmp_path / "out"
+    code, printed = cli(capsys, "run", "--suite", suite, "--methods", "ar", *BASE, "--out", out)
+    assert code == 2 and f"{suite}: {message}" in printed and "Traceback" not in printed, printed
+    assert not out.exists()
+
+
+def test_a_builtin_datasets_right_arguments_still_load(capsys, tmp_path):
+    from harness.suites import load_suite
+
+    suite = tmp_path / "few.toml"
+    suite.write_text(
+        TINY_MATH.read_text().replace(
+            'function = "orthrus_core.training.tiny_corpus:heldout_math"\nargs = { count = 200 }',
+            f'function = "{__name__}:records"\nargs = {{ count = 3 }}',
+        )
+    )
+    assert [item.id for item in load_suite(suite).items()] == ["few/0", "few/1", "few/2"]
