@@ -4,13 +4,18 @@ the message, and that nothing was written or lost."""
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import errno
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main
-from harness.store import RECORDS, read_records
+from harness.store import RECORDS, RUN, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MATH = ROOT / "suites" / "tiny-math.toml"
@@ -158,3 +163,94 @@ def test_a_builtin_datasets_right_arguments_still_load(capsys, tmp_path):
         )
     )
     assert [item.id for item in load_suite(suite).items()] == ["few/0", "few/1", "few/2"]
+
+
+# ----------------------------------------------------------- 3. an --out that cannot be written
+
+
+def test_out_under_a_file_says_to_choose_another_out_not_resume(capsys, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    for out in (a_file / "run", a_file / "deeper" / "run"):
+        code, printed = cli(capsys, "run", *RUN_ARGS, "--out", out)
+        assert code == 2 and "Traceback" not in printed, printed
+        assert f"--out {out}: {a_file} is a file, not a directory; choose another --out" in printed
+        assert "--resume" not in printed
+    assert a_file.read_text() == "not a directory\n" and sorted(tmp_path.iterdir()) == [a_file]
+
+
+def _writes(flags: int | str) -> bool:
+    if isinstance(flags, str):
+        return any(c in flags for c in "wax+")
+    return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+
+
+@contextlib.contextmanager
+def read_only(directory: Path, monkeypatch, files_too: bool):
+    """`directory` made read-only (chmod a-w; its files too with files_too), as a user finds a copied or
+    archived run. Root writes through permission bits, so for root (the CI's user) an open for writing under
+    `directory` is refused as the kernel refuses it to anyone else: EACCES where the file, or for a new file
+    its directory, has no write bit."""
+    paths = [directory, *(directory.iterdir() if files_too else [])]
+    modes = {p: p.stat().st_mode for p in paths}
+    for p in paths:
+        os.chmod(p, stat.S_IMODE(modes[p]) & ~0o222)
+    if os.geteuid() == 0:
+        real_open, real_os_open = builtins.open, os.open
+
+        def refused(path) -> bool:
+            if isinstance(path, int):
+                return False
+            path = Path(os.fsdecode(path)).absolute()
+            if directory.absolute() not in path.parents:
+                return False
+            return not (path if path.exists() else path.parent).stat().st_mode & stat.S_IWUSR
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            if _writes(mode) and refused(file):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        def fake_os_open(path, flags, *args, **kwargs):
+            if _writes(flags) and refused(path):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+            return real_os_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        for p, mode in modes.items():
+            os.chmod(p, stat.S_IMODE(mode))
+
+
+def test_resuming_a_read_only_run_says_to_make_it_writable_and_changes_nothing(capsys, half_run, monkeypatch):
+    """chmod -R a-w: the writer lock cannot be taken, before anything is read or written."""
+    before = snapshot(half_run)
+    with read_only(half_run, monkeypatch, files_too=True):
+        code, printed = cli(capsys, "run", *RUN_ARGS, "--out", half_run, "--resume", "--no-verify")
+    assert code == 2 and "Traceback" not in printed, printed
+    assert f"--out {half_run} cannot be written (Permission denied: {half_run}/.writer.lock)" in printed
+    assert f"nothing was written: make {half_run} writable (e.g. chmod -R u+w {half_run})" in printed
+    assert "or choose another --out" in printed and "the same command" not in printed
+    assert snapshot(half_run) == before
+    code, printed = cli(capsys, "run", *RUN_ARGS, "--out", half_run, "--resume", "--no-verify")
+    assert code == 0 and len(read_records(half_run)) == 4, printed  # once writable, it runs the rest
+
+
+def test_a_read_only_run_directory_with_writable_files_fails_before_any_unit(capsys, half_run, monkeypatch):
+    """chmod a-w on the directory alone: the lock and records.jsonl open, run.json cannot be replaced (its
+    new copy is a new file). Exit 2, the advice to make it writable then resume; no record written."""
+    records, run_json = (half_run / RECORDS).read_bytes(), (half_run / RUN).read_bytes()
+    with read_only(half_run, monkeypatch, files_too=False):
+        code, printed = cli(capsys, "run", *RUN_ARGS, "--out", half_run, "--resume", "--no-verify")
+    assert code == 2 and "Traceback" not in printed, printed
+    assert "error: [Errno 13] Permission denied" in printed and ".run.json.partial" in printed
+    assert f"{half_run} cannot be written: make it writable (e.g. chmod -R u+w {half_run})" in printed
+    assert f"The finished units are kept in {half_run}: once it is writable, the same command runs" in printed
+    assert (half_run / RECORDS).read_bytes() == records and (half_run / RUN).read_bytes() == run_json
+    assert not list(half_run.glob(".*.partial"))
+    code, printed = cli(capsys, "run", *RUN_ARGS, "--out", half_run, "--resume", "--no-verify")
+    assert code == 0 and len(read_records(half_run)) == 4, printed
