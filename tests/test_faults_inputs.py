@@ -10,6 +10,8 @@ import errno
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +256,35 @@ def test_a_read_only_run_directory_with_writable_files_fails_before_any_unit(cap
     assert not list(half_run.glob(".*.partial"))
     code, printed = cli(capsys, "run", *RUN_ARGS, "--out", half_run, "--resume", "--no-verify")
     assert code == 0 and len(read_records(half_run)) == 4, printed
+
+
+# ------------------------------------------------------------------ 4. orthrus-lm-eval without lm-eval
+
+
+def test_orthrus_lm_eval_without_lm_eval_names_the_extra(capsys, monkeypatch):
+    import tomllib
+
+    import harness.lm_eval
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["orthrus-lm-eval"] == "harness.lm_eval:main"  # importable without lm-eval
+    assert harness.lm_eval.EXTRA in project["optional-dependencies"]
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
+    for argv in (["--help"], ["--model", "orthrus", "--tasks", "gsm8k"]):
+        assert harness.lm_eval.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "orthrus-lm-eval: error: lm-eval is not installed" in err
+        assert "pip install -e '.[lm-eval]'" in err and "Traceback" not in err
+
+
+def test_python_m_harness_lm_eval_without_lm_eval_exits_2():
+    hide = "import runpy, sys; sys.modules['lm_eval'] = None; runpy.run_module('harness.lm_eval', run_name='__main__')"
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "--help"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "pip install -e '.[lm-eval]'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
