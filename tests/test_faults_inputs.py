@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,43 @@ def test_python_m_harness_lm_eval_without_lm_eval_exits_2():
     )
     assert done.returncode == 2 and "pip install -e '.[lm-eval]'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------- 5. a report of a 1-token run
+
+
+def test_the_report_of_a_one_token_run_prints_no_warning(capsys, tmp_path):
+    run = tmp_path / "one-token"
+    code, printed = cli(capsys, "run", *RUN_ARGS, "--max-new-tokens", "1", "--out", run, "--no-verify")
+    assert code == 0, printed
+    assert all(
+        r["new_tokens"] == 1 and r["draft_forwards"] + r["ar_forwards"] == 0 for r in read_records(run)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning, a NumPy divide-by-zero included, fails the command
+        code, printed = cli(capsys, "report", run, "--out", tmp_path / "report")
+    assert code == 0 and "Warning" not in printed and "Traceback" not in printed, printed
+    table = (tmp_path / "report" / "report.md").read_text()
+    rows = [
+        line for line in table.splitlines() if line.startswith("| embedded tiny family | tiny-math | pld")
+    ]
+    assert rows and rows[0].split(" | ")[5:7] == ["–", "–"]  # τ and TPF undefined, no interval of inf
+
+
+def test_pooled_figures_without_forwards_are_undefined_without_dividing_by_zero():
+    import numpy as np
+
+    from harness.report.stats import bootstrap_ci, pooled_tau, pooled_tpf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(pooled_tpf([1, 1], [0, 0])) and np.isnan(pooled_tau([0, 0], [0, 0]))
+        assert float(pooled_tpf([3, 1], [2, 0])) == 2.0 and float(pooled_tau([2, 0], [1, 0])) == 3.0
+        resamples = pooled_tpf(np.array([[1, 1], [3, 1]]), np.array([[0, 0], [2, 0]]))
+        assert np.isnan(resamples[0]) and resamples[1] == 2.0
+        assert bootstrap_ci(pooled_tpf, [1, 1, 1], [0, 0, 0]) is None
+        # Some resamples draw only one-token items (1 in 16 here): left out of the percentiles, not inf or NaN.
+        low, high = bootstrap_ci(pooled_tpf, [5, 1, 4, 1], [2, 0, 2, 0])
+        assert (
+            2.0 <= low <= 2.5 <= high <= 4.0
+        )  # 2.5 pooled; 4: one 5-token item of 2 forwards, three 1-token
