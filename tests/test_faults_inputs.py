@@ -7,11 +7,14 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -329,3 +332,72 @@ def test_pooled_figures_without_forwards_are_undefined_without_dividing_by_zero(
         assert (
             2.0 <= low <= 2.5 <= high <= 4.0
         )  # 2.5 pooled; 4: one 5-token item of 2 forwards, three 1-token
+
+
+# -------------------------------------------------------------------------- 6. SIGTERM during a run
+
+
+def test_sigterm_is_handled_as_ctrl_c_and_the_handler_is_restored(capsys, tmp_path, monkeypatch):
+    from harness.run import runner
+
+    out = tmp_path / "run"
+    real = runner.unit_records
+    calls = {"n": 0}
+
+    def terminated(*args, **kwargs):  # SIGTERM while the third unit is being recorded
+        calls["n"] += 1
+        if calls["n"] == 3:
+            # were the handler not installed, the signal would end the test process: refuse instead
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs (and raises) before this returns
+        return real(*args, **kwargs)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(runner, "unit_records", terminated)
+    code, printed = cli(capsys, "run", *RUN_ARGS, "--out", out)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == before  # only for the run's duration
+    assert code == 143, printed
+    assert (
+        f"run: terminated (SIGTERM); the finished units are kept in {out}: the same command with --resume"
+        in printed
+    )
+    assert len(read_records(out)) == 2 and json.loads((out / RUN).read_text())["status"] == "interrupted"
+    code, printed = cli(capsys, "run", *RUN_ARGS, "--out", out, "--resume", "--no-verify")
+    assert code == 0 and len(read_records(out)) == 4, printed
+
+
+def test_sigterm_to_a_real_run_marks_it_interrupted_and_keeps_its_units(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--suite", "tiny-math", "--methods", "ar,pld", "--limit", "3", "--max-new-tokens", "16"]
+    argv += ["--warmup", "0", "--out", str(out), "--no-verify"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *argv],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / RECORDS).exists() and (out / RECORDS).read_bytes().count(b"\n") >= 1):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before its first unit"
+            time.sleep(0.02)
+        run.send_signal(signal.SIGTERM)
+        code, err = run.wait(timeout=60), run.stderr.read()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert code == 143, err
+    assert (
+        f"terminated (SIGTERM); the finished units are kept in {out}: the same command with --resume" in err
+    )
+    assert "Traceback" not in err
+    assert json.loads((out / RUN).read_text())["status"] == "interrupted"
+    kept = read_records(out)  # every line a good record (the unit being written left out)
+    assert 1 <= len(kept) < 6
+    code, printed = cli(capsys, *argv, "--resume")
+    assert code == 0, printed
+    done = read_records(out)
+    assert len(done) == 6 and done[: len(kept)] == kept

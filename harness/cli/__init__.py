@@ -12,14 +12,16 @@
 Bad input exits 2 with a message naming it (no traceback), and so does a path the command may not write (a
 read-only results directory, a file where --out needs a directory: make it writable or choose another
 --out); a run that fails (a full disk, an I/O error) exits 1 with a message, as does a lossless method that
-fails verification; Ctrl-C exits 130. An interrupted or failed `run` says how to continue it: its finished
-units are kept, and `--resume` runs the rest.
+fails verification; Ctrl-C exits 130, and SIGTERM during `run` 143 (handled as Ctrl-C:
+harness.run.signals). An interrupted or failed `run` says how to continue it: its finished units are kept,
+and `--resume` runs the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 from pathlib import Path
 
@@ -87,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"orthrus-bench {args.command}: interrupted{resume_hint(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (harness.run.signals.Terminated)
+        signum = getattr(e, "signum", None)
+        what = "interrupted" if signum is None else f"terminated ({signal.Signals(signum).name})"
+        print(f"orthrus-bench {args.command}: {what}{resume_hint(args)}", file=sys.stderr)
+        return 130 if signum is None else 128 + signum
     except Exception as e:
         if isinstance(e, usage_errors()):
             print(f"orthrus-bench {args.command}: error: {e}", file=sys.stderr)

@@ -126,6 +126,13 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
+    from harness.run.signals import terminate_as_interrupt
+
+    with terminate_as_interrupt():  # SIGTERM as Ctrl-C (run.json "interrupted", exit 143), for the run only
+        return _cmd_run(args)
+
+
+def _cmd_run(args) -> int:
     from harness.run.launch import launch_env
     from harness.run.spec import DEFAULT_LIMIT, RunSpec
 
