@@ -4,6 +4,8 @@ the message, and that nothing was written or lost."""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import builtins
 import contextlib
 import errno
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness.cli import build_parser, main
 from harness.store import RECORDS, RUN, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,3 +403,64 @@ def test_sigterm_to_a_real_run_marks_it_interrupted_and_keeps_its_units(tmp_path
     assert code == 0, printed
     done = read_records(out)
     assert len(done) == 6 and done[: len(kept)] == kept
+
+
+# -------------------------------------------------------------- no prefix matching of options
+
+
+def test_an_abbreviated_option_is_refused_not_read_as_another(capsys, tmp_path):
+    code, printed = cli(capsys, "generate", "--mode", "ar", "--prompt-ids", "1,2,3")
+    assert code == 2 and "unrecognized arguments: --mode ar" in printed, printed  # not --model ar
+    code, printed = cli(capsys, "run", *RUN_ARGS, "--limi", "1", "--out", tmp_path / "out")
+    assert code == 2 and "unrecognized arguments: --limi 1" in printed and not (tmp_path / "out").exists()
+
+
+def test_every_parser_of_the_command_line_refuses_abbreviations():
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    found = list(parsers(build_parser()))
+    assert len(found) > 10 and all(not p.allow_abbrev for p in found), [
+        p.prog for p in found if p.allow_abbrev
+    ]
+
+
+def test_every_argument_parser_the_project_makes_refuses_abbreviations():
+    """Read off the source: every argparse.ArgumentParser(...) call outside harness/cli/args.py (whose
+    ArgumentParser every orthrus-bench parser is) passes allow_abbrev=False."""
+    files = [ROOT / "noxfile.py", *sorted((ROOT / "benchmarks").glob("*.py"))]
+    files += [p for p in sorted((ROOT / "harness").rglob("*.py")) if p != ROOT / "harness/cli/args.py"]
+    calls = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "ArgumentParser":
+                ok = any(
+                    k.arg == "allow_abbrev" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    for k in node.keywords
+                )
+                calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", ok))
+    assert len(calls) >= 3 and all(ok for _, ok in calls), calls
+
+
+def test_a_benchmark_script_refuses_an_abbreviation(capsys, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # as when run (test_gpu_check's fixture)
+    spec.loader.exec_module(gpu_check)
+    with pytest.raises(SystemExit) as exit:
+        gpu_check.main(["--out", "somewhere", "--rehears"])
+    assert exit.value.code == 2 and "unrecognized arguments: --rehears" in capsys.readouterr().err
+
+
+def test_orthrus_lm_eval_refuses_an_abbreviation(capsys):
+    import harness.lm_eval
+
+    with pytest.raises(SystemExit) as exit:
+        harness.lm_eval.main(["--model", "orthrus", "--task", "gsm8k"])  # not --tasks
+    assert exit.value.code == 2 and "unrecognized arguments: --task gsm8k" in capsys.readouterr().err

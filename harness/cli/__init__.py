@@ -26,13 +26,13 @@ import sys
 from pathlib import Path
 
 from . import bench, checkpoints, generate, report, run, train, verify
-from .args import UsageError
+from .args import ArgumentParser, UsageError
 
 GROUPS = (generate, run, verify, report, bench, checkpoints, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # no prefix matching, in every subcommand too (args.ArgumentParser)
         prog="orthrus-bench",
         description="Benchmark lossless parallel decoders (Orthrus and its baselines): run suites, verify that "
         "outputs are the AR model's, report.",

@@ -73,6 +73,15 @@ def parse_ids(text: str) -> list[str]:
     return _items(text, "dataset ids", "tiny-math/math-0,tiny-math/math-1")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without prefix matching (allow_abbrev=False): an option is taken only as spelled, so that
+    `generate --mode ar` is refused rather than read as `--model ar`. Subcommands' parsers are of the same
+    class (add_subparsers makes them with type(parent))."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", help="checkpoint directory or hub id (default: the embedded tiny Orthrus model)"
