@@ -74,7 +74,7 @@ def run(tree: Path, mode: str, args) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--before", required=True, help="the earlier commit")
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--prompts", type=int, default=12)

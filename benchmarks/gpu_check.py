@@ -818,7 +818,7 @@ def failed_rows(name: str, value: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument(
         "--out", required=True, help="directory for gpu_check.json, gpu_check.md and the compile cache"
     )

@@ -65,7 +65,7 @@ def peak_rss(tree: Path, checkpoint: Path, length: int, method: str) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--lengths", default="1024,4096,16384,32768")
     p.add_argument("--method", default="ar")
     p.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")

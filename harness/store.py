@@ -24,6 +24,8 @@ failed write leaves the old file and no partial one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -461,8 +463,15 @@ def open_run(
     existed = directory.exists()
     if existed and not directory.is_dir():
         raise StoreError(f"--out {directory} is a file, not a directory: choose another --out")
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = WriterLock(directory, "orthrus-bench " + " ".join(sys.argv[1:]))
+    created = [d for d in (directory, *directory.parents) if not os.path.lexists(d)]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(directory, "orthrus-bench " + " ".join(sys.argv[1:]))
+    except OSError as exc:  # nothing written: the directories this call made go again
+        for made in created:
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise StoreError(_unwritable(directory, exc)) from None
     try:
         has_records = records_path.exists() and records_path.stat().st_size > 0
         if not (has_records or (directory / RUN).exists()):
@@ -515,6 +524,27 @@ def open_run(
                 (directory / name).unlink(missing_ok=True)
             directory.rmdir()
         raise
+
+
+def _unwritable(directory: Path, exc: OSError) -> str:
+    """Why `directory` cannot be created or locked, and what to do: --resume would meet the same wall."""
+    where = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((d for d in directory.parents if d.exists() and not d.is_dir()), None)
+        if blocker is not None:
+            return f"--out {directory}: {blocker} is a file, not a directory; choose another --out"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        # the directory itself, or the deepest one that exists and would hold it
+        fix = next((d for d in (directory, *directory.parents) if d.is_dir()), directory)
+        return (
+            f"--out {directory} cannot be written ({where}); nothing was written: make {fix} writable (e.g. "
+            f"chmod -R u+w {fix}) or choose another --out"
+        )
+    if exc.errno == errno.EROFS:
+        return f"--out {directory} is on a read-only filesystem ({where}); choose another --out"
+    return (
+        f"--out {directory} cannot be created or locked ({where}); nothing was written: choose another --out"
+    )
 
 
 def _set_aside_failed_units(directory: Path, records: list[dict]) -> list[dict]:

@@ -22,15 +22,17 @@ def parse_dtype(name: str) -> str:
 
 
 def parse_int_list(text: str) -> list[int]:
+    items = _items(text, "integers", "1,2,4")
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
+        return [int(x) for x in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def parse_float_list(text: str) -> list[float]:
+    items = _items(text, "numbers", "0,1")
     try:
-        values = [float(x) for x in text.replace(" ", "").split(",") if x]
+        values = [float(x) for x in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not all(0 <= v < float("inf") for v in values):
@@ -38,8 +40,46 @@ def parse_float_list(text: str) -> list[float]:
     return values
 
 
+def _items(text: str, what: str, example: str, listing: str = "") -> list[str]:
+    """The comma-separated items of `text`, stripped. An empty value or an empty item (`ar,,pld`, a trailing
+    comma) is refused, not dropped: `--methods ''` must not mean the default methods."""
+    items = [x.strip() for x in text.split(",")]
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"empty; give one or more {what}, comma-separated, e.g. {example}{listing}"
+        )
+    if not all(items):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an empty item; give {what} separated by single commas, e.g. {example}{listing}"
+        )
+    return items
+
+
 def parse_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+    return _items(text, "names", "eager,compile")
+
+
+def parse_methods(text: str) -> list[str]:
+    return _items(text, "method specs", "ar,orthrus", " (`orthrus-bench methods` lists them)")
+
+
+def parse_suites(text: str) -> list[str]:
+    return _items(
+        text, "suite names or .toml paths", "tiny-math,tiny-code", " (`orthrus-bench suites` lists them)"
+    )
+
+
+def parse_ids(text: str) -> list[str]:
+    return _items(text, "dataset ids", "tiny-math/math-0,tiny-math/math-1")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without prefix matching (allow_abbrev=False): an option is taken only as spelled, so that
+    `generate --mode ar` is refused rather than read as `--model ar`. Subcommands' parsers are of the same
+    class (add_subparsers makes them with type(parent))."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from .args import (
     parse_float_list,
     parse_int_list,
     parse_list,
+    parse_methods,
 )
 
 
@@ -47,7 +48,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_engine_arg(p)
     p.add_argument(
-        "--methods", type=parse_list, default=["ar", "orthrus"], help="method specs, e.g. ar,orthrus"
+        "--methods", type=parse_methods, default=["ar", "orthrus"], help="method specs, e.g. ar,orthrus"
     )
     p.add_argument("--suite", default="tiny-math", help="suite whose first prompts are generated")
     p.add_argument("--prompts", type=int, default=16)
@@ -62,7 +63,7 @@ def register(sub) -> None:
     )
     add_model_args(p)
     p.add_argument(
-        "--methods", type=parse_list, default=None, help="method specs (default: every batched one)"
+        "--methods", type=parse_methods, default=None, help="method specs (default: every batched one)"
     )
     p.add_argument("--rows", type=parse_int_list, default=[1, 4], help="batch sizes (continuous), e.g. 1,4")
     p.add_argument("--temperatures", type=parse_float_list, default=[0.0, 1.0], help="e.g. 0,1")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .args import UsageError, parse_dtype, parse_list
+from .args import UsageError, parse_dtype, parse_methods
 
 
 def register(sub) -> None:
@@ -41,7 +41,7 @@ def register(sub) -> None:
     plan.add_argument("--batch-size", type=int, default=1, help="rows decoded together (default 1)")
     plan.add_argument(
         "--methods",
-        type=parse_list,
+        type=parse_methods,
         help="method specs, comma-separated (default: the batched methods that run on the model)",
     )
     plan.add_argument(

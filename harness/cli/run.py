@@ -6,7 +6,16 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .args import UsageError, add_data_dir_arg, add_engine_arg, add_model_args, parse_int_list, parse_list
+from .args import (
+    UsageError,
+    add_data_dir_arg,
+    add_engine_arg,
+    add_model_args,
+    parse_ids,
+    parse_int_list,
+    parse_methods,
+    parse_suites,
+)
 
 
 def register(sub) -> None:
@@ -18,9 +27,11 @@ def register(sub) -> None:
     )
     add_model_args(p)
     add_engine_arg(p)
-    p.add_argument("--suite", type=parse_list, help="comma-separated suite names or .toml paths")
+    p.add_argument("--suite", type=parse_suites, help="comma-separated suite names or .toml paths")
     p.add_argument(
-        "--methods", type=parse_list, help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain"
+        "--methods",
+        type=parse_methods,
+        help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain",
     )
     p.add_argument(
         "--sweep",
@@ -47,7 +58,7 @@ def register(sub) -> None:
     )
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--limit", type=int, help="first N items of each suite")
-    p.add_argument("--ids", type=parse_list, help="comma-separated dataset ids to keep (one suite)")
+    p.add_argument("--ids", type=parse_ids, help="comma-separated dataset ids to keep (one suite)")
     p.add_argument("--samples", type=int, default=1, help="generations per item and method")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up generations per method")
@@ -127,6 +138,13 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
+    from harness.run.signals import terminate_as_interrupt
+
+    with terminate_as_interrupt():  # SIGTERM as Ctrl-C (run.json "interrupted", exit 143), for the run only
+        return _cmd_run(args)
+
+
+def _cmd_run(args) -> int:
     from harness.run.launch import launch_env
     from harness.run.spec import DEFAULT_LIMIT, RunSpec
 

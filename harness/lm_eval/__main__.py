@@ -1,5 +1,7 @@
 """`python -m harness.lm_eval ...`: lm_eval's command line with the `orthrus` model and the offline tasks."""
 
-from .adapter import main
+import sys
 
-main()
+from . import main
+
+sys.exit(main())

@@ -442,13 +442,21 @@ def _prepare(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """lm_eval's command line (lm_eval.__main__.cli_evaluate) with this model registered and the local tasks
-    included. An option the orthrus model refuses (OptionError) is printed, and exits 2."""
+    included, options taken only as spelled (no prefix matching). An option the orthrus model refuses
+    (OptionError) is printed, and exits 2. `orthrus-lm-eval` enters through harness.lm_eval.main, which
+    checks first that lm-eval is installed."""
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
     sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
     setup_logging()
     parser = HarnessCLI()
+    # No prefix matching, as in orthrus-bench: `--task gsm8k` is refused, not read as `--tasks gsm8k`. lm-eval
+    # 0.4.13's HarnessCLI keeps its parser and subcommands' parsers here.
+    subparsers = getattr(getattr(parser, "_subparsers", None), "choices", {})
+    for p in (getattr(parser, "_parser", None), *subparsers.values()):
+        if p is not None:
+            p.allow_abbrev = False
     args = parser.parse_args()
     try:
         _prepare(args)

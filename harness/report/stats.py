@@ -1,35 +1,40 @@
 """Bootstrap confidence intervals, and the statistics the report resamples (a ratio of means, τ and TPF pooled
 over generations); each also works on plain columns. τ and TPF are orthrus_core.metrics' definitions,
-applied to the sums."""
+applied to the sums, NaN where undefined."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from orthrus_core import metrics
 
 
-def bootstrap_ci(statistic, *samples, confidence: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_ci(
+    statistic, *samples, confidence: float = 0.95, n_resamples: int = 2000
+) -> tuple[float, float] | None:
     """Percentile bootstrap CI of `statistic(*samples, axis=-1)`, the samples resampled together (paired:
-    one index draw per resample keeps an item's values side by side). None with fewer than two values."""
+    one index draw per resample keeps an item's values side by side; seeded, so a report is reproducible). None
+    with fewer than two values, or where the figure itself is undefined (a TPF of items without forwards after
+    the prefill). A resample in which it is undefined (one drawing only such items: `_pooled`'s NaN) is left
+    out of the percentiles. The draws and percentiles are scipy.stats.bootstrap's (paired, vectorized,
+    method="percentile", rng=default_rng(0)), which warns on such resamples instead."""
     samples = tuple(np.asarray(s, dtype=float) for s in samples)
-    if len(samples[0]) < 2:
+    n = len(samples[0])
+    if n < 2:
+        return None
+    value = float(statistic(*samples, axis=-1))
+    if not np.isfinite(value):
         return None
     if all(np.ptp(s) == 0 for s in samples):  # every resample gives the same value
-        value = float(statistic(*samples, axis=-1))
         return value, value
-    result = stats.bootstrap(
-        samples,
-        statistic,
-        paired=True,
-        vectorized=True,
-        confidence_level=confidence,
-        n_resamples=2000,
-        method="percentile",
-        rng=np.random.default_rng(0),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    draws = np.random.default_rng(0).integers(0, n, (n_resamples, n))
+    distribution = np.asarray(statistic(*(s[draws] for s in samples), axis=-1), dtype=float)
+    distribution = distribution[np.isfinite(distribution)]
+    if not len(distribution):
+        return None
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(distribution, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def ratio_of_means(a, b, axis=-1):
@@ -37,19 +42,28 @@ def ratio_of_means(a, b, axis=-1):
 
 
 def sums(a, axis=-1) -> np.ndarray:
-    """Sums along `axis` as an array (0-d for one column), so metrics applies its formula elementwise: a
-    resample without cycles or forwards gives NaN or inf, as a ratio of sums does, never None."""
+    """Sums along `axis` as an array (0-d for one column), so metrics applies its formula elementwise."""
     return np.asarray(np.sum(np.asarray(a, float), axis=axis))
+
+
+def _pooled(formula, numerators, denominators, axis):
+    """`formula` (metrics.tau, metrics.tpf: a ratio of sums) of the sums along `axis`. Where the denominators sum
+    to 0 (no cycles, no forwards after the prefill: a run of one-token answers, or a resample of such items)
+    the figure is undefined, as metrics says with None for one generation: NaN here, computed without
+    dividing by zero (so no RuntimeWarning in the report's output)."""
+    top, bottom = sums(numerators, axis), sums(denominators, axis)
+    defined = bottom != 0
+    return np.where(defined, formula(top, np.where(defined, bottom, 1.0)), np.nan)
 
 
 def pooled_tau(accepted, cycles, axis=-1):
     """τ over many generations: metrics.tau of all accepted drafts and all cycles (docs/methodology.md)."""
-    return metrics.tau(sums(accepted, axis), sums(cycles, axis))
+    return _pooled(metrics.tau, accepted, cycles, axis)
 
 
 def pooled_tpf(tokens, forwards, axis=-1):
     """TPF over many generations: metrics.tpf of all new tokens and all forwards (docs/methodology.md)."""
-    return metrics.tpf(sums(tokens, axis), sums(forwards, axis))
+    return _pooled(metrics.tpf, tokens, forwards, axis)
 
 
 def mean(a, axis=-1):

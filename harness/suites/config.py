@@ -23,7 +23,8 @@ A suite file (its name is the file name without ``.toml``) has these tables::
 
     [dataset.builtin]                         # or records made by a Python function (no other source)
     function = "package.module:function"      # returns an iterable of dicts
-    args = { count = 50 }                     # optional keyword arguments
+    args = { count = 50 }                     # optional keyword arguments, checked on load against the
+                                              # function's signature (names, annotated or default types)
 
     [prompt]
     system = ""                               # optional: a system message, as is (even empty); omit for none
@@ -55,9 +56,13 @@ A suite file (its name is the file name without ``.toml``) has these tables::
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 import string
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -381,7 +386,94 @@ def _parse_builtin(table: _Table | None) -> BuiltinSource | None:
     if not isinstance(args, dict):
         raise table.error("args", f"must be a table of keyword arguments, not {args!r}")
     table.finish()
+    _check_builtin_args(table, function, args)
     return BuiltinSource(function, args)
+
+
+# The parameter types a suite file can give, with the Python types a TOML value of each may have (a TOML
+# integer is a number too) and the name a suite file's author knows it by.
+_TOML_TYPES = {
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+    bool: ((bool,), "true or false"),
+    list: ((list,), "an array"),
+    dict: ((dict,), "a table"),
+}
+
+
+def _check_builtin_args(table: _Table, function: str, args: dict) -> None:
+    """`args` against the generator's signature, now, with the file and key named: an unknown keyword, a
+    required one missing, or a value whose type the parameter's annotation (else its default) refuses. A
+    generator that cannot be imported is left to the data's loading, which names it (harness.suites.data)."""
+    module_name, name = function.split(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), name)
+        signature = inspect.signature(fn)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: check by the defaults alone
+        hints = {}
+    params = {
+        p.name: p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    for key, value in args.items():
+        param = params.get(key)
+        if param is None:
+            if takes_any:
+                continue
+            known = ", ".join(params) or "none"
+            raise table.error(f"args.{key}", f"{function} takes no argument {key!r}; its arguments: {known}")
+        allowed = _allowed_types(hints.get(key), param.default)
+        if allowed is None or _is_instance(value, allowed[0]):
+            continue
+        quoted = " (quoted: write it without the quotes)" if isinstance(value, str) and _parses(value) else ""
+        raise table.error(
+            f"args.{key}", f"must be {allowed[1]}, as {function} takes its {key}, not {value!r}{quoted}"
+        )
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in args]
+    if missing:
+        raise table.error("args", f"{function} needs {', '.join(missing)}; add them to args")
+
+
+def _allowed_types(hint, default) -> tuple[tuple[type, ...], str] | None:
+    """The Python types a TOML value may have for a parameter, and their name: from its annotation (X,
+    X | None, Optional[X] of the types in _TOML_TYPES), else from its default's type; None where neither says
+    (anything goes)."""
+    if hint is None:
+        return _TOML_TYPES.get(type(default)) if default is not inspect.Parameter.empty else None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    allowed: list[type] = []
+    names: list[str] = []
+    for option in options:
+        if option is type(None):
+            continue
+        option = typing.get_origin(option) or option  # list[str] -> list
+        if option not in _TOML_TYPES:
+            return None  # a type TOML cannot express plainly: leave it to the function
+        allowed += _TOML_TYPES[option][0]
+        names.append(_TOML_TYPES[option][1])
+    return (tuple(dict.fromkeys(allowed)), " or ".join(names)) if allowed else None
+
+
+def _is_instance(value, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in allowed:  # True is an int to Python, not to a suite file
+        return False
+    return isinstance(value, allowed)
+
+
+def _parses(text: str) -> bool:
+    """Whether a string would be a TOML number or boolean without its quotes."""
+    try:
+        tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
 
 
 def _parse_prompt(table: _Table) -> PromptSpec:
