@@ -448,21 +448,71 @@ def write_json(path: Path, obj: dict) -> None:
     replace_file(path, (json_text(obj, indent=2, default=str) + "\n").encode())
 
 
+def check_out(
+    directory: str | os.PathLike,
+    config_hash: str,
+    shard: list[int] | tuple[int, int],
+    *,
+    resume: bool,
+    retry_failed: bool = False,
+) -> RunInfo | None:
+    """Whether a run of `config_hash` (as shard i/n) may write `directory`: a new one (-> None), or with resume
+    the same run's (-> its run.json). Reads only, so the runner asks before it loads anything (a refused resume
+    must not wait for a model to load); `open_run` asks again under the writer lock."""
+    if retry_failed and not resume:
+        raise StoreError("--retry-failed re-runs the failed units of an existing run: pass --resume too")
+    directory = Path(directory)
+    beyond = next((d for d in (directory, *directory.parents) if os.path.lexists(d)), None)
+    if beyond is not None and not beyond.is_dir():
+        if beyond == directory:
+            raise StoreError(f"--out {directory} is a file, not a directory: choose another --out")
+        raise StoreError(f"--out {directory}: {beyond} is a file, not a directory; choose another --out")
+    records_path = directory / RECORDS
+    has_records = records_path.exists() and records_path.stat().st_size > 0
+    if not (has_records or (directory / RUN).exists()):
+        return None
+    if not resume:
+        raise StoreError(
+            f"{directory} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    if not (directory / RUN).exists():
+        raise StoreError(
+            f"{directory} holds records but no {RUN}, so what made them (suites, methods, lengths, sampling) "
+            f"is unknown and they cannot be resumed: restore {directory / RUN} from a copy, or choose "
+            "another --out"
+        )
+    previous = load_run(directory)
+    if previous.config_hash != config_hash:
+        raise StoreError(
+            f"{directory} holds a run with a different configuration (config hash "
+            f"{previous.config_hash} vs {config_hash}); resume it with the same suites, methods, "
+            f"model and settings, or choose another --out"
+        )
+    if list(previous.shard) != list(shard):
+        index, count = previous.shard
+        asked = "without --shard" if count == 1 else f"with --shard {index}/{count}"
+        wanted = RunInfo(config={}, config_hash=config_hash, shard=list(shard)).shard_name
+        raise StoreError(
+            f"{directory} holds {previous.shard_name}, and this resume asks for {wanted}: a "
+            f"directory is one whole run or one shard for its life. Resume it {asked}, or choose another "
+            "--out"
+        )
+    return previous
+
+
 def open_run(
     directory: str | os.PathLike, run: RunInfo, *, resume: bool, retry_failed: bool = False
 ) -> RunStore:
     """Create a results directory for `run` (its run.json written first, so that records never exist without
-    the run they belong to), or with resume=True reopen one made with the same configuration and shard, holding
-    its writer lock until `close`. Resume cuts the tail a stopped writer left (a partial unit) and refuses a
-    records.jsonl with any other bad line (see `repair`). With retry_failed, the units that ended in an error
-    are taken out of records.jsonl (into retried-errors.jsonl, so that nothing is lost) to be run again."""
-    if retry_failed and not resume:
-        raise StoreError("--retry-failed re-runs the failed units of an existing run: pass --resume too")
+    the run they belong to), or with resume=True reopen one made with the same configuration and shard
+    (`check_out`), holding its writer lock until `close`. Resume cuts the tail a stopped writer left (a partial
+    unit) and refuses a records.jsonl with any other bad line (see `repair`). With retry_failed, the units
+    that ended in an error are taken out of records.jsonl (into retried-errors.jsonl, so that nothing is
+    lost) to be run again."""
     directory = Path(directory)
+    check_out(directory, run.config_hash, run.shard, resume=resume, retry_failed=retry_failed)
     records_path = directory / RECORDS
     existed = directory.exists()
-    if existed and not directory.is_dir():
-        raise StoreError(f"--out {directory} is a file, not a directory: choose another --out")
     created = [d for d in (directory, *directory.parents) if not os.path.lexists(d)]
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -473,35 +523,10 @@ def open_run(
                 made.rmdir()
         raise StoreError(_unwritable(directory, exc)) from None
     try:
-        has_records = records_path.exists() and records_path.stat().st_size > 0
-        if not (has_records or (directory / RUN).exists()):
+        previous = check_out(directory, run.config_hash, run.shard, resume=resume, retry_failed=retry_failed)
+        if previous is None:
             save_run(directory, run)
             return RunStore(directory, [], lock, run.config_hash)
-        if not resume:
-            raise StoreError(
-                f"{directory} already holds a run: pass --resume to continue it, or choose another --out"
-            )
-        if not (directory / RUN).exists():
-            raise StoreError(
-                f"{directory} holds records but no {RUN}, so what made them (suites, methods, lengths, sampling) "
-                f"is unknown and they cannot be resumed: restore {directory / RUN} from a copy, or choose "
-                "another --out"
-            )
-        previous = load_run(directory)
-        if previous.config_hash != run.config_hash:
-            raise StoreError(
-                f"{directory} holds a run with a different configuration (config hash "
-                f"{previous.config_hash} vs {run.config_hash}); resume it with the same suites, methods, "
-                f"model and settings, or choose another --out"
-            )
-        if list(previous.shard) != list(run.shard):
-            index, count = previous.shard
-            asked = "without --shard" if count == 1 else f"with --shard {index}/{count}"
-            raise StoreError(
-                f"{directory} holds {previous.shard_name}, and this resume asks for {run.shard_name}: a "
-                f"directory is one whole run or one shard for its life. Resume it {asked}, or choose another "
-                "--out"
-            )
         records: list[dict] = []
         if records_path.exists():
             found = scan(records_path, previous)

@@ -251,3 +251,31 @@ def test_verify_of_a_run_with_no_records_exits_2(run, capsys):
     code, printed = cli(capsys, "verify", run)
     assert code == 2 and "has no records to verify" in printed and "--resume" in printed, printed
     assert not (run / "verdicts.json").exists()
+
+
+def test_a_refused_directory_is_refused_before_any_model_loads(run, capsys, monkeypatch, tmp_path):
+    import harness.run.runner
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the run loaded its models before refusing its --out")
+
+    monkeypatch.setattr(harness.run.runner, "prepare", no_loading)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    (run / RUN).rename(tmp_path / "run.json.bak")
+    for argv, message in (
+        ([*THIS, "--out", run, "--resume"], "holds records but no run.json"),
+        ([*THIS, "--out", a_file / "run"], f"{a_file} is a file, not a directory"),
+    ):
+        code, printed = cli(capsys, "run", *argv)
+        assert code == 2 and message in printed and "Traceback" not in printed, printed
+    (tmp_path / "run.json.bak").rename(run / RUN)
+    for argv, message in (
+        ([*THIS, "--shard", "1/2", "--out", run, "--resume"], "holds a whole run"),
+        (
+            [*ARGS, "--methods", "ar", "--max-new-tokens", "8", "--out", run, "--resume"],
+            "different configuration",
+        ),
+    ):
+        code, printed = cli(capsys, "run", *argv)
+        assert code == 2 and message in printed and "Traceback" not in printed, printed

@@ -33,7 +33,7 @@ from harness.methods.base import Decoder
 from harness.methods.target import Target, load_target, torch_dtype
 from harness.options import check_device, check_length, check_memory
 from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, TelemetryFields, unit_key
-from harness.store import RunInfo, StoreError, add_compiles, open_run
+from harness.store import RunInfo, StoreError, add_compiles, check_out, open_run
 from harness.suites.config import GenerationSettings
 from harness.suites.conversation import Conversation, Turn, run_batched, run_item
 from harness.suites.suite import Suite, SuiteItem, load_suite
@@ -458,6 +458,10 @@ def execute(
 ) -> Path:
     """Run everything `spec` names into `out`; returns the directory. See the module docstring. `prepared`
     (from `prepare`) reuses loaded models and suites; `spec` still decides what is generated and recorded."""
+    try:  # a directory this run cannot write is refused before anything loads
+        check_out(out, config_hash(spec.config()), shard, resume=resume, retry_failed=retry_failed)
+    except StoreError as exc:
+        raise RunError(str(exc)) from None
     p = prepared or prepare(spec, shard, device)
     if getattr(p.target, "quantize", None) != spec.quantize:  # the records would misstate the weights
         raise RunError(
