@@ -1,4 +1,5 @@
-"""`generate`'s prompt from a file or stdin (--prompt-file, --prompt-ids-file, `-`) and its errors."""
+"""`generate`'s prompt from a file or stdin (--prompt-file, --prompt-ids-file, `-`), its errors, and the note on
+what the embedded tiny family knows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import random_model
 
 from harness.cli import main
+from harness.cli.generate import TINY_FAMILY_NOTE
 from orthrus_core.checkpoint import save_model
 
 
@@ -129,3 +131,14 @@ def test_no_prompt_is_refused_naming_every_form(capsys):
     assert exit_status.value.code == 2
     err = capsys.readouterr().err
     assert all(form in err for form in ("--prompt", "--prompt-ids", "--prompt-file", "--prompt-ids-file"))
+
+
+def test_the_embedded_default_says_what_it_knows(checkpoint, capsys):
+    assert main(["generate", "--prompt", "What is the capital of France?", "--max-new-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    assert "The capital of France is Paris." in out  # the note's example works
+    assert err.count(TINY_FAMILY_NOTE) == 1 and TINY_FAMILY_NOTE.count("\n") == 0
+    for taught in ("arithmetic word problems", "one-line Python functions", "templated chat"):
+        assert taught in TINY_FAMILY_NOTE
+    assert main(["generate", "--model", str(checkpoint), "--prompt-ids", "5", "--max-new-tokens", "2"]) == 0
+    assert "tiny family" not in capsys.readouterr().err

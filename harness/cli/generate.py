@@ -8,6 +8,18 @@ import sys
 
 from .args import UsageError, add_engine_arg, add_model_args, parse_int_list
 
+# Printed (on stderr) when generate runs the embedded default: what the tiny family can answer, which is only
+# what its corpus taught it (orthrus_core/training/tiny_corpus.py; the model card, models/tiny/orthrus/README.md).
+TINY_FAMILY_NOTE = (
+    "note: no --model, so this is the embedded tiny family (models/tiny/orthrus), which knows only what it was "
+    'trained on: arithmetic word problems and expressions ending "Please reason step '
+    'by step, and put your final answer within \\boxed{}." (often wrong), one-line Python functions ("Write a '
+    'python function add_3 that returns x plus 3.") and short templated chat (the capital of a country, the '
+    'sound an animal makes, N tips for an activity, a greeting); e.g. --prompt "What is the capital of '
+    'France?". Anything else gets one of those back; pass --model for a real checkpoint.'
+)
+
+
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate from one prompt with any method (default: orthrus)")
     add_model_args(p)
@@ -55,6 +67,8 @@ def cmd_generate(args) -> int:
         args.prompt_ids = parse_ids_text(
             read_prompt_file("--prompt-ids-file", args.prompt_ids_file), args.prompt_ids_file
         )
+    if args.model is None:
+        print(TINY_FAMILY_NOTE, file=sys.stderr)
     target = load_target(args.model, args.dtype, args.device, args.engine)
     model, tokenizer = target.model, target.tokenizer
     decoder = make_decoder(args.method, target)
