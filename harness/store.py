@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from harness.paths import checkpoint_location
 from harness.records import ENGINE, Record, schema_problem, unit_key, unit_name
 from harness.run.seeds import generation_seed
 
@@ -123,8 +124,13 @@ class RunInfo:
 
     @property
     def target_path(self) -> str | None:
-        """The local directory of the run's target checkpoint."""
-        return next((m["path"] for m in self.models if m.get("role") == "target"), None)
+        """The run's target checkpoint as it loads here (load_target): a repository-relative path against this
+        checkout, a hub id at its revision, an absolute path (a run.json from before checkpoints were named so
+        holds one) as it is (harness.paths.checkpoint_location)."""
+        target = next((m for m in self.models if m.get("role") == "target"), None)
+        if target is None:
+            return None
+        return checkpoint_location(target["path"], target.get("origin"), target.get("revision"))
 
 
 def add_compiles(*counts: dict | None) -> dict | None:

@@ -168,14 +168,17 @@ def resolve(
     path_or_id: str | os.PathLike, revision: str | None = None, patterns: tuple[str, ...] = HUB_PATTERNS
 ) -> Path:
     """A local checkpoint directory, or a hub id downloaded (or found in the local hub cache): the files
-    matching `patterns` (draft heads in the EAGLE format need "*.bin" too)."""
+    matching `patterns` (draft heads in the EAGLE format need "*.bin" too). A hub id may name its revision as
+    `owner/name@revision` (how run.json names a hub snapshot)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
     name = str(path_or_id)
+    if revision is None and "@" in name and not path.exists():
+        name, revision = name.split("@", 1)
     if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
         raise CheckpointError(
-            f"{name!r} is not a checkpoint directory (and not a hub id of the form owner/name)"
+            f"{str(path_or_id)!r} is not a checkpoint directory (and not a hub id of the form owner/name)"
         )
     from huggingface_hub import snapshot_download
 

@@ -20,6 +20,7 @@ and what fails to trace fails the same way), and the cudagraph engine simulates 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -99,6 +100,18 @@ def raise_limits() -> None:
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, ACCUMULATED_RECOMPILE_LIMIT)
 
 
+def quiet_autotuning() -> None:
+    """Inductor's GEMM autotuning (max_autotune, the compile engine's on a CPU: orthrus_core.engine) calls the
+    deprecated `tensor.storage()` while it benchmarks its choices, and torch warns once that TypedStorage is
+    deprecated. Only that warning, from only that module, is ignored: it is about torch's code, not ours."""
+    warnings.filterwarnings(
+        "ignore",
+        message="TypedStorage is deprecated",
+        category=UserWarning,
+        module=r"torch\._inductor\.select_algorithm",
+    )
+
+
 def describe(args, kwargs) -> str:
     """The shapes of a call's tensors (and a block mask's), as the ledger shows them."""
     parts = []
@@ -119,6 +132,7 @@ class Compiled:
 
     def __init__(self, fn: Callable, kind: str):
         raise_limits()
+        quiet_autotuning()
         self.fn, self.kind = fn, kind
         self._by_backend: dict[str, Callable] = {}
 

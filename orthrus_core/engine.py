@@ -81,12 +81,16 @@ def compile_options(device: torch.device, autotune: bool | None = None) -> dict:
     On a GPU the kernels are the library's either way; CUDA graphs remove the launches (`cudagraph`).
     `autotune` (default: on a CPU) costs minutes of compilation per shape; the tests turn it off."""
     cpu = device.type == "cpu"
-    # autotune_num_choices_displayed 0: no table of timings on stderr per autotuned GEMM
-    return {
+    # autotune_num_choices_displayed 0: no table of timings on stderr per autotuned GEMM;
+    # max_autotune_report_choices_stats False: no "Autotune Choices Stats" JSON written to stderr per autotuned
+    # GEMM (recent torch writes it by default); an option this torch does not know is left out
+    options = {
         "freezing": cpu,
         "max_autotune": cpu if autotune is None else autotune,
         "autotune_num_choices_displayed": 0,
+        "max_autotune_report_choices_stats": False,
     }
+    return {k: v for k, v in options.items() if hasattr(torch._inductor.config, k)}
 
 
 def bucket(n: int) -> int:

@@ -118,6 +118,7 @@ def test_bench_engine_prints_its_tables(checkpoint, capsys):
         main(
             [
                 "bench-engine",
+                "--full",  # every baseline: ar-hf:cache=static too
                 "--model",
                 str(checkpoint),
                 "--contexts",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -221,6 +222,67 @@ END_TO_END = ("ar", "orthrus")  # this project's decoders, timed in each engine 
 BASELINES = ("ar-hf", "ar-hf:cache=static", "orthrus:cache=dynamic")  # their own engines, timed once
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What bench-engine times where an option does not say: engine modes (None: every mode the device runs),
+    context lengths, block sizes K (None: the model's), new tokens per end-to-end generation, timed repeats per
+    pass, end-to-end prompts (random ones for random weights, else the tiny-math suite's) and baselines."""
+
+    engines: tuple[str, ...] | None
+    contexts: tuple[int, ...]
+    block_sizes: tuple[int, ...] | None
+    new_tokens: int
+    repeats: int
+    random_prompts: int
+    suite_prompts: int
+    baselines: tuple[str, ...]
+
+
+# A CPU without --full: about a minute on 2 busy cores. The eager engine only (the compile mode builds autotuned
+# kernels for every pass shape: minutes on a CPU), 10 repeats, 4 prompts of 16 new tokens, and the baselines
+# that compile nothing (ar-hf:cache=static is transformers' compiled StaticCache).
+QUICK = Plan(
+    engines=("eager",),
+    contexts=(64, 256, 1024),
+    block_sizes=None,
+    new_tokens=16,
+    repeats=10,
+    random_prompts=4,
+    suite_prompts=4,
+    baselines=("ar-hf", "orthrus:cache=dynamic"),
+)
+# --full on a CPU: every mode and baseline (compiles included: 10 minutes or more on 2 cores).
+FULL_CPU = Plan(
+    engines=None,
+    contexts=(64, 256, 1024),
+    block_sizes=None,
+    new_tokens=128,
+    repeats=20,
+    random_prompts=4,
+    suite_prompts=8,
+    baselines=BASELINES,
+)
+# A GPU, with or without --full: every mode and baseline, the contexts of the long-context targets, K 16 and 32.
+FULL_GPU = Plan(
+    engines=None,
+    contexts=(1024, 4096, 16384, 32768, 40000),
+    block_sizes=(16, 32),
+    new_tokens=128,
+    repeats=20,
+    random_prompts=4,
+    suite_prompts=8,
+    baselines=BASELINES,
+)
+
+
+def default_plan(device: str | torch.device, full: bool = False) -> Plan:
+    """The plan of `bench-engine` on `device` where no option overrides it: QUICK on a CPU, FULL_CPU there with
+    --full, FULL_GPU on a GPU."""
+    if torch.device(device).type == "cuda":
+        return FULL_GPU
+    return FULL_CPU if full else QUICK
+
+
 def end_to_end(target: Target, prompts, new_tokens: int, specs, ar_tokens=None) -> tuple[dict, list]:
     """Greedy over the prompts (the model's own stop tokens), per method spec: tokens/s, tau, and whether every
     output equals `ar_tokens` (default: this call's `ar`). Each prompt is generated once untimed first, so no
@@ -291,19 +353,21 @@ def bench_engine(
     engines=None,
     contexts=None,
     block_sizes=None,
-    new_tokens=128,
-    repeats=20,
+    new_tokens=None,
+    repeats=None,
     prompts=None,
     baselines=True,
     batch_sizes=None,
     print_tables=True,
     model=None,
+    full=False,
 ) -> dict:
-    """Per engine mode: forward costs per context and K, and end to end; the baselines once; with
-    `batch_sizes`, the batched passes' costs against B x K, per mode. Each mode is a target of its own around
-    the same weights (an engine is settled when its target is made, never switched). Returns the figures
-    (what --json writes) after printing them. `model`: a random model already made at `shape` (the GPU check
-    shares one among its steps)."""
+    """Per engine mode: forward costs per context and K, and end to end; the baselines once (`baselines`: True
+    for the plan's, False for none); with `batch_sizes`, the batched passes' costs against B x K, per mode. Each
+    mode is a target of its own around the same weights (an engine is settled when its target is made, never
+    switched). What is not given comes from default_plan(device, full). Returns the figures (what --json
+    writes) after printing them. `model`: a random model already made at `shape` (the GPU check shares one
+    among its steps)."""
     dtype = torch_dtype(dtype)
     tokenizer = None
     if model_path:
@@ -313,13 +377,15 @@ def bench_engine(
         model = model if model is not None else random_model(shape, dtype, check_device(device))
         target, label = Target.of(model, f"random {shape}", engine="eager"), f"{shape} shape, random weights"
     model, tokenizer, device = target.model, target.tokenizer, torch.device(device)
-    engines = engines or available_engines(device)
+    plan = default_plan(device, full)
+    engines = engines or list(plan.engines or available_engines(device))
     for mode in engines:
         check_engine(mode, device)
-    block_sizes = block_sizes or ([16, 32] if device.type == "cuda" else [model.block_size])
-    if contexts is None:
-        contexts = [1024, 4096, 16384, 32768, 40000] if device.type == "cuda" else [64, 256, 1024]
+    block_sizes = block_sizes or list(plan.block_sizes or [model.block_size])
+    contexts = list(plan.contexts) if contexts is None else contexts
     contexts = [c for c in contexts if c + max(block_sizes) <= model.config.max_position_embeddings]
+    new_tokens = plan.new_tokens if new_tokens is None else new_tokens
+    repeats = plan.repeats if repeats is None else repeats
     console = make_console()
     console.quiet = not print_tables
     console.print(f"[bold]bench-engine[/]: {label}, {str(dtype).removeprefix('torch.')}, on {machine()}")
@@ -339,11 +405,12 @@ def bench_engine(
         "modes": {},
     }
     if prompts is None and tokenizer is not None:
-        prompts = suite_prompts(target.path, 8)
+        prompts = suite_prompts(target.path, plan.suite_prompts)
     if prompts is None:  # random weights or no tokenizer: random prompts (acceptance is then meaningless)
         g = torch.Generator().manual_seed(1)
         prompts = [
-            torch.randint(0, model.config.vocab_size - 1, (32,), generator=g).tolist() for _ in range(4)
+            torch.randint(0, model.config.vocab_size - 1, (32,), generator=g).tolist()
+            for _ in range(plan.random_prompts)
         ]
     ar_tokens = None  # every decoder in every mode is held to the first mode's AR
     batched = []
@@ -416,7 +483,7 @@ def bench_engine(
     if batch_sizes:
         figures["batched"] = batched
     figures["baselines"] = (
-        end_to_end(target, prompts, new_tokens, BASELINES, ar_tokens)[0] if baselines else {}
+        end_to_end(target, prompts, new_tokens, plan.baselines, ar_tokens)[0] if baselines else {}
     )
     first_ar_ms = next(iter(figures["modes"].values()))["forwards"][0]["ar_ms"]
     overhead = clock_overhead(device)
@@ -442,7 +509,7 @@ def print_end_to_end(console, figures: dict, n_prompts: int, new_tokens: int) ->
         "tokens/s",
         "tau",
         "vs the first",
-        "vs ar-hf:cache=static",
+        *(["vs ar-hf:cache=static"] if ar_hf else []),  # a baseline --full times on a CPU
         "identical to ar",
         title=f"end to end: {n_prompts} prompts, up to {new_tokens} new tokens, greedy",
     )
@@ -452,7 +519,7 @@ def print_end_to_end(console, figures: dict, n_prompts: int, new_tokens: int) ->
             f"{row['tokens_per_s']:.1f}",
             "–" if row["tau"] is None else f"{row['tau']:.2f}",
             f"{row['tokens_per_s'] / reference['tokens_per_s']:.2f}x",
-            "–" if ar_hf is None else f"{row['tokens_per_s'] / ar_hf['tokens_per_s']:.2f}x",
+            *([f"{row['tokens_per_s'] / ar_hf['tokens_per_s']:.2f}x"] if ar_hf else []),
             "yes" if row["identical_to_ar"] else "NO",
         )
     console.print(table)

@@ -25,15 +25,39 @@ def register(sub) -> None:
         default="small",
         help="small | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights; ignored with --model)",
     )
-    p.add_argument("--contexts", type=parse_int_list, default=None, help="context lengths, e.g. 128,1024")
-    p.add_argument("--block-sizes", type=parse_int_list, default=None, help="e.g. 16,32")
-    p.add_argument("--new-tokens", type=int, default=128, help="tokens per end-to-end generation")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="on a CPU, the whole plan: every engine mode (compile builds autotuned kernels: minutes), 20 "
+        "repeats, 128 new tokens, every baseline (ar-hf:cache=static compiles); a GPU runs it by default",
+    )
+    p.add_argument(
+        "--contexts",
+        type=parse_int_list,
+        default=None,
+        help="context lengths, e.g. 128,1024 (default: 64,256,1024 on a CPU, 1024 to 40000 on a GPU)",
+    )
+    p.add_argument(
+        "--block-sizes", type=parse_int_list, default=None, help="e.g. 16,32 (default: the model's on a CPU)"
+    )
+    p.add_argument(
+        "--new-tokens",
+        type=int,
+        default=None,
+        help="tokens per end-to-end generation (default: 16 on a CPU, 128 with --full or on a GPU)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per pass (default: 10 on a CPU, 20 with --full or on a GPU)",
+    )
     p.add_argument(
         "--engines",
         type=parse_list,
         default=None,
-        help="engine modes to time, e.g. eager,compile (default: every mode the device runs)",
+        help="engine modes to time, e.g. eager,compile (default: eager on a CPU; every mode the device runs "
+        "with --full or on a GPU)",
     )
     p.add_argument(
         "--batch-sizes",
@@ -91,6 +115,7 @@ def cmd_bench_engine(args) -> int:
             new_tokens=args.new_tokens,
             repeats=args.repeats,
             batch_sizes=args.batch_sizes,
+            full=args.full,
         )
     except EngineError as exc:
         raise UsageError(str(exc)) from None

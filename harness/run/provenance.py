@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from harness.paths import PROJECT_ROOT
+from harness.paths import PROJECT_ROOT, checkpoint_name
 
 PACKAGES = (
     "orthrus-bench",
@@ -108,18 +108,17 @@ def hardware(nvml=None) -> dict:
 
 
 def model_provenance(role: str, spec: str, directory: Path) -> dict:
-    """A checkpoint as given and as resolved, with a hash of every weight file. A hub snapshot's path
-    ends in its commit (`.../snapshots/<revision>`), recorded as the revision."""
+    """A checkpoint as given (`spec`) and as loaded, by a name that means something elsewhere
+    (harness.paths.checkpoint_name: a path relative to the repository, a hub id at its revision, else the
+    absolute path; `origin` says which), with the sha256 of every weight file."""
     directory = Path(directory)
-    revision = directory.name if directory.parent.name == "snapshots" else None
     weights = sorted(
         p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin") and not p.name.startswith(".")
     )
     return {
         "role": role,
         "spec": spec,
-        "path": str(directory),
-        "revision": revision,
+        **checkpoint_name(directory),
         "weights": {p.name: file_sha256(p) for p in weights},
     }
 

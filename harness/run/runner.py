@@ -32,6 +32,7 @@ from harness.methods import BATCHED, is_batched, make_decoder
 from harness.methods.base import Decoder
 from harness.methods.target import Target, load_target, torch_dtype
 from harness.options import check_device, check_length, check_memory
+from harness.paths import checkpoint_reference
 from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, TelemetryFields, unit_key
 from harness.store import RunInfo, StoreError, add_compiles, check_out, open_run
 from harness.suites.config import GenerationSettings
@@ -222,22 +223,29 @@ def provenance(spec: RunSpec, p: Prepared, shard: tuple[int, int]) -> RunInfo:
             }
             for s in p.suites
         },
-        methods={
-            label: {
-                "name": d.name,
-                "lossless": d.lossless,
-                "config": d.config,
-                "hash": config_hash(d.config),
-                "checkpoints": {k: str(v) for k, v in d.checkpoints.items()},
-                "outside_engine": d.outside_engine,
-                "engine": d.engine_name,  # the project's, or vllm (its version and arguments in engine_config)
-                **({"engine_config": d.engine_config} if d.engine_config else {}),
-            }
-            for label, d in p.decoders.items()
-        },
+        methods={label: method_provenance(d) for label, d in p.decoders.items()},
         models=p.model_records,
         seeds={"base": spec.seed, "rule": SEED_RULE},
     )
+
+
+def method_provenance(d: Decoder) -> dict:
+    """A method as run.json records it: its resolved options and their hash, and its checkpoints by role, each
+    named as harness.paths.checkpoint_reference names it (so too an option that holds a checkpoint's local
+    directory, a found draft's), so that neither the names nor the hash depend on where the checkout lies."""
+    checkpoints = {role: checkpoint_reference(path) for role, path in d.checkpoints.items()}
+    named = {str(path): checkpoints[role] for role, path in d.checkpoints.items()}
+    config = {k: named.get(v, v) if isinstance(v, str) else v for k, v in d.config.items()}
+    return {
+        "name": d.name,
+        "lossless": d.lossless,
+        "config": config,
+        "hash": config_hash(config),
+        "checkpoints": checkpoints,
+        "outside_engine": d.outside_engine,
+        "engine": d.engine_name,  # the project's, or vllm (its version and arguments in engine_config)
+        **({"engine_config": d.engine_config} if d.engine_config else {}),
+    }
 
 
 class Measure(NamedTuple):
