@@ -389,9 +389,11 @@ def cmd_repair(args) -> int:
 def cmd_suites(args) -> int:
     from harness.suites import list_suites, load_suite
 
-    for name in list_suites():
+    names = list_suites()
+    width = max(map(len, names), default=0)  # every description starts in one column, however long a name
+    for name in names:
         suite = load_suite(name, args.data_dir)
-        print(f"{name:12s} {suite.config.get('description', '')}")
+        print(f"{name:{width}s}  {suite.config.get('description', '')}")
     return 0
 
 
