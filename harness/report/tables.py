@@ -159,7 +159,7 @@ def slices(gens: pd.DataFrame, unit_table: pd.DataFrame) -> dict[tuple, SliceFig
 
 
 def orthrus_labels(gens: pd.DataFrame) -> list[str]:
-    return sorted(set(gens[gens.method_name == "orthrus"].method))
+    return method_order(set(gens[gens.method_name == "orthrus"].method))
 
 
 def suite_order(suites) -> list[str]:
