@@ -79,7 +79,8 @@ def test_every_figure_is_written_and_linked(report):
 
 def test_table1_matches_the_run_summary(report):
     markdown = (report / "out" / "report.md").read_text()
-    rows = table_rows(markdown, "Table 1 — Orthrus TPF and wall-clock speedup over AR")
+    title = "Table 1 — Orthrus TPF and wall-clock speedup over `ar-hf`, the paper's baseline"
+    rows = table_rows(markdown, title)
     by_suite = {row[2]: row for row in rows}
     assert set(by_suite) == {"tiny-math", "tiny-code", "Average"}
     # columns: model, method, suite, T=0 TPF, T=0 speedup, T=1 TPF, T=1 speedup (t0 ran T=0, t1 T=1)

@@ -212,6 +212,24 @@ def test_headline_speedup_is_over_the_strongest_ar_baseline(rendered):
     assert float(by_method["orthrus"][1].split("×")[0]) > 3  # synthetic orthrus: 4× ar, ar-hf 0.9/1.5 × ar's
 
 
+def test_table1_ties_its_speedup_to_the_headlines_where_their_denominators_differ(rendered):
+    """At T=0 ar-hf is the fastest AR baseline: the headline and Table 1 divide by it alike. At T=1 ar is: Table 1
+    still divides by ar-hf, the paper's baseline, and its note says what the headline's speedup is over it."""
+    _, out = rendered
+    markdown = (out / "report.md").read_text()
+    note = markdown.split("## Table 1", 1)[1].split("\n\n")[3]
+    assert (
+        markdown.split("## Table 1", 1)[1]
+        .split("\n\n")[1]
+        .startswith("**Table 1 — Orthrus TPF and wall-clock speedup over `ar-hf`, the paper's baseline**")
+    )
+    assert "Against the headline: its speedups are over `ar`, the fastest AR baseline in the run" in note
+    headline = {row[0]: row[1] for row in table(markdown, "Headline (embedded tiny family, T=1)")[1]}
+    over_ar = headline["orthrus"].split("×")[0]
+    assert f"`orthrus`: {over_ar}× over `ar` and " in note and "at T=1 (`ar-hf` runs at " in note
+    assert "at T=0" not in note  # the same denominator there
+
+
 def test_headline_verdicts_carry_their_evidence(rendered):
     _, out = rendered
     markdown = (out / "report.md").read_text()

@@ -160,8 +160,8 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     return Report(
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
-        headline=headline_tables(u, runs),
-        table1=table1(gens, by_slice),
+        headline=headline_tables(u, runs, batch_size_of(gens)),
+        table1=table1(gens, by_slice, u),
         figure4=figure4_tables(u),
         reproduction=reproduction_tables(u),
         specbench=specbench_tables(u),
@@ -193,18 +193,27 @@ def calibration_files(calibration) -> list[Path]:
 
 
 def one_at_a_time(gens):
-    """The generations the per-prompt sections (Table 1 to Figures) read: those decoded alone; when every run
-    was batched, those at the smallest batch size, said so in a note (throughput across batch sizes is the
+    """The generations the per-prompt sections (every one but Batching) read: those decoded alone; when every
+    run was given a batch size, those at the smallest, said so in a note (throughput across batch sizes is the
     Batching section's)."""
     rows = batched(gens)
     if len(rows) < len(gens):
         return gens.drop(index=rows.index), []
-    smallest = int(rows.batch_size.min())
+    sizes = sorted({int(b) for b in rows.batch_size})
+    smallest = sizes[0]
     note = (
-        f"every run here was batched: the sections before this one read the generations at batch size "
-        f"{smallest}, the smallest"
+        f"every run here was decoded with a batch size (B = {', '.join(map(str, sizes))}): this section sets them "
+        f"side by side; the other sections' figures (speedup, τ, TPF, latency) are those at the smallest, "
+        f"B={smallest}" + (" (a batch of one: one prompt at a time)" if smallest == 1 else "") + ", and the "
+        "verdicts cover every run"
     )
     return rows[rows.batch_size == smallest], [note]
+
+
+def batch_size_of(gens) -> int | None:
+    """The batch size the per-prompt sections read (one_at_a_time): None where they read prompts decoded alone."""
+    rows = batched(gens)
+    return int(rows.batch_size.min()) if len(rows) else None
 
 
 def write_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Path:
