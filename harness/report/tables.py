@@ -34,23 +34,30 @@ class Table:
     rows: list[list[str]]
     note: str = ""
 
-    def markdown(self) -> str:
+    def markdown(self, title: str | None = None, note: str | None = None) -> str:
+        """The table in Markdown, under its title (or `title`, as its section shows it) with its note (or
+        `note`; "" for none)."""
+        title = self.title if title is None else title
+        note = self.note if note is None else note
+
         def cell(text: str) -> str:
             return text.replace("|", "\\|").replace("\n", " ")
 
-        lines = [f"**{self.title}**", ""] if self.title else []
+        lines = [f"**{title}**", ""] if title else []
         lines.append("| " + " | ".join(cell(c) for c in self.columns) + " |")
         lines.append("|" + "|".join("---" for _ in self.columns) + "|")
         lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
-        if self.note:
-            lines += ["", self.note]
+        if note:
+            lines += ["", note]
         return "\n".join(lines)
 
-    def html(self) -> str:
+    def html(self, title: str | None = None, note: str | None = None) -> str:
+        title = self.title if title is None else title
+        note = self.note if note is None else note
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(cell_html(c) for c in row) + "</tr>" for row in self.rows)
-        caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
-        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+        note = f'<p class="note">{html.escape(note)}</p>' if note else ""
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
