@@ -55,7 +55,12 @@ def test_a_batched_run_records_the_batch_and_the_report_sweeps_it(tmp_path, caps
     report = build_report([str(out / "batch-1"), str(out / "batch-3")], tmp_path / "report")
     text = report.markdown()
     assert "## Batching" in text and "B=1 | B=3" in text and "figures/batch.png" in text
-    assert "every run here was batched" in text
+    assert "every run here was decoded with a batch size (B = 1, 3)" in text
+    assert "those at the smallest, B=1 (a batch of one: one prompt at a time)" in text
+    assert "**Embedded tiny family, T=0, B=1**" in text  # the headline names the batch size it reads
+    summary = text.split("**Per method and suite, T=0**", 1)[1].split("\n\n")[1].splitlines()
+    assert summary[0].startswith("| model | suite | method | engine | B | gens |")
+    assert all(row.split(" | ")[4] == "1" for row in summary[2:])
 
 
 def test_batched_runs_refuse_what_cannot_batch(tmp_path):

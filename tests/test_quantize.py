@@ -164,8 +164,8 @@ def test_the_report_puts_each_format_beside_full_precision(runs, tmp_path):
     assert "## Weight quantization" in markdown and f"| method | full precision | {FORMAT} |" in markdown
     # Every other table keeps the quantized model apart from full precision's: a headline each, with the
     # verdicts of its own run (the quantized run is not verified here, the full-precision one neither).
-    assert "**Headline (embedded tiny family, T=0)**" in markdown
-    assert f"**Headline (embedded tiny family ({FORMAT} weights), T=0)**" in markdown
+    assert "**Embedded tiny family, T=0**" in markdown  # under ## Headline
+    assert f"**Embedded tiny family ({FORMAT} weights), T=0**" in markdown
     u = units(generations(load_runs([full, quantized])))
     assert len(u) == 2 * len(units(generations(load_runs([full]))))  # no unit sums two runs' generations
 

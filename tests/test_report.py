@@ -60,9 +60,16 @@ def report(tmp_path_factory):
     return root
 
 
-def table_rows(markdown: str, title: str) -> list[list[str]]:
-    block = markdown.split(f"**{title}**", 1)[1].strip().split("\n\n", 1)[0]
+def table_rows(markdown: str, title: str | None) -> list[list[str]]:
+    """The rows of the table titled `title` (None: the first table of `markdown`, which has no title)."""
+    block = markdown.split(f"**{title}**", 1)[1] if title is not None else markdown
+    block = block.strip().split("\n\n", 1)[0]
     return [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+
+
+def section(markdown: str, heading: str) -> str:
+    """The text under `## heading`, up to the next section."""
+    return markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_every_figure_is_written_and_linked(report):
@@ -79,7 +86,7 @@ def test_every_figure_is_written_and_linked(report):
 
 def test_table1_matches_the_run_summary(report):
     markdown = (report / "out" / "report.md").read_text()
-    rows = table_rows(markdown, "Table 1 — Orthrus TPF and wall-clock speedup over AR")
+    rows = table_rows(markdown, "Orthrus TPF and wall-clock speedup over `ar-hf`, the paper's baseline")
     by_suite = {row[2]: row for row in rows}
     assert set(by_suite) == {"tiny-math", "tiny-code", "Average"}
     # columns: model, method, suite, T=0 TPF, T=0 speedup, T=1 TPF, T=1 speedup (t0 ran T=0, t1 T=1)
@@ -101,8 +108,8 @@ def test_table1_matches_the_run_summary(report):
 
 def test_figure4_table_matches_the_run_summary(report):
     markdown = (report / "out" / "report.md").read_text()
-    rows = table_rows(markdown, "Figure 4 — average acceptance length τ (embedded tiny family, T=0)")
-    header = markdown.split("Figure 4 — average acceptance length τ (embedded tiny family, T=0)**", 1)[1]
+    rows = table_rows(markdown, "Average acceptance length τ (embedded tiny family, T=0)")
+    header = markdown.split("Average acceptance length τ (embedded tiny family, T=0)**", 1)[1]
     assert header.strip().splitlines()[0] == "| suite | eagle3 | dflash | orthrus |"  # the paper's order
     records = [r for r in read_records(report / "t0") if r["suite"] == "tiny-code"]
     summary = summarize(records).set_index("method")
@@ -117,7 +124,10 @@ def test_verdicts_calibration_and_provenance(report):
     assert "| orthrus | greedy identity | 24 | 0.124 | pass |" in markdown
     assert "not verified: no verdicts.json in " + str(report / "t1") in markdown
     assert "| pit-ks | 0.01 | 0.0125 | 0.93 |" in markdown
-    provenance = table_rows(markdown, "Provenance")
+    provenance = section(markdown, "Provenance")
+    # the heading says it once: the table has no title of its own
+    assert not provenance.strip().startswith("**")
+    provenance = table_rows(provenance, None)
     assert [row[4] for row in provenance] == ["0123456789", "0123456789"]  # commit
     assert provenance[1][6] == "synthetic GPU"
 

@@ -43,7 +43,7 @@ def test_acceptance_by_position_on_a_known_example():
 def test_latency_percentiles_follow_the_records(rendered):
     run, out = rendered
     markdown = (out / "report.md").read_text()
-    columns, rows = table(markdown, "Latency percentiles per method and suite")
+    columns, rows = table(markdown, "Percentiles per method and suite")
     assert columns[5:] == ["TTFT p50 (ms)", "TTFT p90 (ms)", "TTFT p99 (ms)",
                            "TPOT p50 (ms)", "TPOT p90 (ms)", "TPOT p99 (ms)",
                            "ITL gaps", "ITL p50 (ms)", "ITL p90 (ms)", "ITL p99 (ms)"]  # fmt: skip
@@ -69,7 +69,7 @@ def test_latency_percentiles_follow_the_records(rendered):
     by = {(r[2], r[3]): r for r in rows}
     # a cycle's burst: orthrus' gaps (about 7 tokens each) are longer than its per-token TPOT, AR's equal it
     assert float(by[("tiny-math", "orthrus")][12]) > 2 * float(by[("tiny-math", "orthrus")][8])
-    note = markdown.split("**Latency percentiles per method and suite**", 1)[1].split("\n\n")[2]
+    note = markdown.split("**Percentiles per method and suite**", 1)[1].split("\n\n")[2]
     assert "gap between successive emissions" in note and "pooled" in note
     assert "left out of ITL" not in note  # every record here holds its emission times
 
@@ -88,7 +88,7 @@ def test_records_without_emission_times_still_load_and_render(tmp_path):
     (old / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert all("emit_offsets_s" not in r for r in read_records(old))
     markdown = (write_report([str(old)], tmp_path / "out") / "report.md").read_text()
-    columns, rows = table(markdown, "Latency percentiles per method and suite")
+    columns, rows = table(markdown, "Percentiles per method and suite")
     assert len(rows) == 4 and all(r[11:] == ["–"] * 4 for r in rows)
     assert all(c != "–" for r in rows for c in r[5:8])  # TTFT as before
     assert "left out of ITL" in markdown
@@ -97,7 +97,7 @@ def test_records_without_emission_times_still_load_and_render(tmp_path):
 def test_acceptance_tables_follow_the_per_cycle_counts(rendered):
     run, out = rendered
     markdown = (out / "report.md").read_text()
-    title = "Acceptance by draft position: P(draft i accepted | drafts 1 … i−1 accepted)"
+    title = "P(draft i accepted | drafts 1 … i−1 accepted)"  # under ## Acceptance by draft position
     columns, rows = table(markdown, title)
     assert columns[:6] == ["model", "T", "suite", "method", "cycles", "i=1"]
     assert {r[3] for r in rows} == {

@@ -47,7 +47,10 @@ def orthrus_1_7b(tmp_path_factory):
 
 
 def test_table1_is_in_the_papers_order_with_its_cells_and_flags(orthrus_1_7b):
-    t1 = table(orthrus_1_7b, "Table 1 — Orthrus TPF and wall-clock speedup over AR, beside the paper's")
+    t1 = table(
+        orthrus_1_7b,
+        "Table 1 — Orthrus TPF and wall-clock speedup over `ar-hf`, the paper's baseline, beside the paper's figures",
+    )
     assert [row[2] for row in t1.rows] == ["gsm8k", "aime24", "mbpp", "Average"]  # the paper's order
     columns = {name: i for i, name in enumerate(t1.columns)}
     paper = published_figures()

@@ -228,7 +228,8 @@ def _gib(n: int) -> str:
 
 
 class Unit:
-    """GiB, or MiB for a plan under 1 GiB (a tiny model), for every figure of one plan."""
+    """GiB, or MiB where the largest figure is under 1 GiB (a tiny model): one unit for every figure of a plan, or
+    of a line (the verdict: the plan's total beside the memory a plan may take)."""
 
     def __init__(self, largest: int):
         self.name, self.size = ("GiB", 2**30) if largest >= 2**30 else ("MiB", 2**20)
@@ -333,11 +334,12 @@ def method_lines(p, available: int, g: Unit) -> list[str]:
     from orthrus_core import memory
 
     usable = memory.USABLE * available
+    v = Unit(max(p.total, usable))  # the verdict's two figures in one unit, the larger's
     if p.fits(available):
-        verdict = f"fits: {_gib(p.total)} <= {_gib(usable)} GiB"
+        verdict = f"fits: {v(p.total)} <= {v(usable)} {v.name}"
     else:
         verdict = (
-            f"does not fit: {_gib(p.total)} > {_gib(usable)} GiB; lower --context or --batch-size, use a smaller "
+            f"does not fit: {v(p.total)} > {v(usable)} {v.name}; lower --context or --batch-size, use a smaller "
             "--dtype, or a device with more memory"
         )
     weights = " + ".join(f"{k} {g(v)}" for k, v in p.weights.items())
@@ -354,15 +356,16 @@ def method_lines(p, available: int, g: Unit) -> list[str]:
             f"{p.rows} row(s) x {p.capacity} positions: the bucket of {p.needed} ({p.context} + "
             f"{p.needed - p.context} scratch), {g(p.kv_needed)} at {p.needed} (+{g(p.kv - p.kv_needed)} rounding)"
         )
+    unit = g.name  # every figure of the lines below, each line saying so after its first
     out = [
-        f"  {p.label}  {verdict} ({p.dtype}, {p.sampling}; figures in {g.name})",
-        f"    weights        {g(p.weights_total):>8}  {weights}",
-        f"    KV cache       {g(p.kv):>8}  {kv}",
-        f"    drafter state  {g(p.drafter_state_total):>8}  {state}",
-        f"    workspace      {g(p.workspace):>8}  the {what[phase]}, the larger phase ({other} "
+        f"  {p.label}  {verdict} ({p.dtype}, {p.sampling})",
+        f"    weights        {g(p.weights_total):>8} {unit}  {weights}",
+        f"    KV cache       {g(p.kv):>8} {unit}  {kv}",
+        f"    drafter state  {g(p.drafter_state_total):>8} {unit}  {state}",
+        f"    workspace      {g(p.workspace):>8} {unit}  the {what[phase]}, the larger phase ({other} "
         f"{g(p.phases[other]['workspace'])})",
-        f"    logits         {g(p.logits):>8}  the {phase} ({other} {g(p.phases[other]['logits'])})",
-        f"    total          {g(p.total):>8}",
+        f"    logits         {g(p.logits):>8} {unit}  the {phase} ({other} {g(p.phases[other]['logits'])})",
+        f"    total          {g(p.total):>8} {unit}",
     ]
     if p.source:
         out.append(f"    draft shape    {p.source}")

@@ -252,10 +252,9 @@ def check_sweep_values(sweep: str, key: str, specs: list[str], model: str | None
 def run_one(spec, out, args) -> tuple[Path, int]:
     """One run into `out`: executed, its summary printed and, unless --no-verify, verified; -> its directory
     and the exit status (verify's: 1 if a lossless method left AR)."""
-    from harness.report.summary import print_summary, summarize
+    from harness.report.summary import print_run_summary
     from harness.run.runner import execute
     from harness.run.shards import parse_shard
-    from harness.store import read_records
     from harness.verify.config import VerifyConfig
     from harness.verify.verdicts import verify_main
 
@@ -263,7 +262,7 @@ def run_one(spec, out, args) -> tuple[Path, int]:
     directory = execute(
         spec, out, resume=args.resume, retry_failed=args.retry_failed, shard=parse_shard(args.shard)
     )
-    print_summary(summarize(read_records(directory)), f"{directory} ({time.perf_counter() - t0:.0f} s)")
+    print_run_summary(directory, f"{directory} ({time.perf_counter() - t0:.0f} s)")
     return directory, 0 if args.no_verify else verify_main(directory, VerifyConfig(device=args.device))
 
 
@@ -296,12 +295,12 @@ def run_batch_sweep(spec, args, launch) -> int:
 def run_launched(spec, args, launch) -> int:
     """One process of a launched run (harness.run.launch): its shard into OUT/shards/<i>-of-<n>, then at rank 0,
     once every shard has finished, the merged run in OUT, its summary and verdicts."""
-    from harness.report.summary import print_summary, summarize
+    from harness.report.summary import print_run_summary
     from harness.run.launch import check_own_devices, connect, gather_finished, launched_device, shard_dir
     from harness.run.runner import execute
     from harness.run.shards import merge
     from harness.run.spec import RunError
-    from harness.store import RECORDS, RUN, load_run, read_records
+    from harness.store import RECORDS, RUN, load_run
     from harness.verify.config import VerifyConfig
     from harness.verify.verdicts import verify_main
 
@@ -353,19 +352,18 @@ def run_launched(spec, args, launch) -> int:
         (out / "verdicts.json").unlink(missing_ok=True)
     shards = [shard_dir(out, r, launch.world_size) for r in range(launch.world_size)]
     directory = merge(shards, out)
-    print_summary(summarize(read_records(directory)), f"{directory} (merged from {launch.world_size} shards)")
+    print_run_summary(directory, f"{directory} (merged from {launch.world_size} shards)")
     if args.no_verify:
         return 0
     return verify_main(directory, VerifyConfig(device=spec.device))
 
 
 def cmd_merge(args) -> int:
-    from harness.report.summary import print_summary, summarize
+    from harness.report.summary import print_run_summary
     from harness.run.shards import merge
-    from harness.store import read_records
 
     directory = merge(args.shards, args.out)
-    print_summary(summarize(read_records(directory)), f"{directory} (merged from {len(args.shards)} shards)")
+    print_run_summary(directory, f"{directory} (merged from {len(args.shards)} shards)")
     return 0
 
 
@@ -389,9 +387,11 @@ def cmd_repair(args) -> int:
 def cmd_suites(args) -> int:
     from harness.suites import list_suites, load_suite
 
-    for name in list_suites():
+    names = list_suites()
+    width = max(map(len, names), default=0)  # every description starts in one column, however long a name
+    for name in names:
         suite = load_suite(name, args.data_dir)
-        print(f"{name:12s} {suite.config.get('description', '')}")
+        print(f"{name:{width}s}  {suite.config.get('description', '')}")
     return 0
 
 

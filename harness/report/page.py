@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,13 +98,31 @@ class Report:
             ("Provenance", [self.provenance]),
         ]
 
+    def shown(self) -> list[tuple[str, list[tuple[object, str | None, str | None]]]]:
+        """The sections as the page shows them: (heading, [(item, its title, its note)]). A table's title drops
+        what repeats its section's heading (## Headline, then "Embedded tiny family, T=0", not "Headline
+        (embedded tiny family, T=0)"; ## Provenance, then the table alone), and a note that the next table
+        repeats word for word is shown once, under the last of them. None: the item's own."""
+        out = []
+        for heading, items in self.sections():
+            shown = []
+            for i, item in enumerate(items):
+                if isinstance(item, Table):
+                    after = items[i + 1] if i + 1 < len(items) else None
+                    repeated = isinstance(after, Table) and after.note == item.note
+                    shown.append((item, under(heading, item.title), "" if repeated else None))
+                else:
+                    shown.append((item, None, None))
+            out.append((heading, shown))
+        return out
+
     def markdown(self) -> str:
         parts = [f"# {self.title}"]
-        for heading, items in self.sections():
+        for heading, items in self.shown():
             parts.append(f"## {heading}")
-            for item in items:
+            for item, title, note in items:
                 if isinstance(item, Table):
-                    parts.append(item.markdown())
+                    parts.append(item.markdown(title, note))
                 elif isinstance(item, Figure):
                     parts.append(
                         f"**{item.title}**\n\n![{item.title}](figures/{item.path.name})\n\n{item.caption}"
@@ -114,11 +133,11 @@ class Report:
 
     def html(self) -> str:
         body = [f"<h1>{html.escape(self.title)}</h1>"]
-        for heading, items in self.sections():
+        for heading, items in self.shown():
             body.append(f"<h2>{html.escape(heading)}</h2>")
-            for item in items:
+            for item, title, note in items:
                 if isinstance(item, Table):
-                    body.append(item.html())
+                    body.append(item.html(title, note))
                 elif isinstance(item, Figure):
                     data = base64.b64encode(item.path.read_bytes()).decode()
                     body.append(
@@ -133,6 +152,37 @@ class Report:
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>"
             f"<body>{''.join(body)}</body></html>\n"
         )
+
+
+def under(heading: str, title: str) -> str:
+    """A table's title as its section shows it: without the section's heading where the title begins with it
+    ("Table 1 — Orthrus TPF …" under ## Table 1: "Orthrus TPF …"; "Headline (tiny, T=0)": "Tiny, T=0";
+    "Latency percentiles …": "Percentiles …"; the heading alone: no title), a first plain word capitalised; the
+    whole title where the rest does not stand alone ("Independent reproduction (GSM8K), beside this run")."""
+    if title == heading:
+        return ""
+    if not title.startswith(heading):
+        return title
+    rest = title[len(heading) :]
+    if rest.startswith(" (") and rest.endswith(")") and closes_at_end(rest[1:]):
+        rest = rest[2:-1]
+    elif rest.startswith((" — ", ", ", ": ")):
+        rest = rest[2:].lstrip(" ")
+    elif re.match(r" \w", rest):  # "Latency percentiles per method and suite" under ## Latency
+        rest = rest[1:]
+    else:
+        return title
+    return rest[0].upper() + rest[1:] if re.match(r"[a-z]+( |$)", rest) else rest
+
+
+def closes_at_end(text: str) -> bool:
+    """Whether the parenthesis that opens `text` is the one that closes it at its end."""
+    depth = 0
+    for i, c in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if depth == 0:
+            return i == len(text) - 1
+    return False
 
 
 def build_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Report:
@@ -160,8 +210,8 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     return Report(
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
-        headline=headline_tables(u, runs),
-        table1=table1(gens, by_slice),
+        headline=headline_tables(u, runs, batch_size_of(gens)),
+        table1=table1(gens, by_slice, u),
         figure4=figure4_tables(u),
         reproduction=reproduction_tables(u),
         specbench=specbench_tables(u),
@@ -193,18 +243,27 @@ def calibration_files(calibration) -> list[Path]:
 
 
 def one_at_a_time(gens):
-    """The generations the per-prompt sections (Table 1 to Figures) read: those decoded alone; when every run
-    was batched, those at the smallest batch size, said so in a note (throughput across batch sizes is the
+    """The generations the per-prompt sections (every one but Batching) read: those decoded alone; when every
+    run was given a batch size, those at the smallest, said so in a note (throughput across batch sizes is the
     Batching section's)."""
     rows = batched(gens)
     if len(rows) < len(gens):
         return gens.drop(index=rows.index), []
-    smallest = int(rows.batch_size.min())
+    sizes = sorted({int(b) for b in rows.batch_size})
+    smallest = sizes[0]
     note = (
-        f"every run here was batched: the sections before this one read the generations at batch size "
-        f"{smallest}, the smallest"
+        f"every run here was decoded with a batch size (B = {', '.join(map(str, sizes))}): this section sets them "
+        f"side by side; the other sections' figures (speedup, τ, TPF, latency) are those at the smallest, "
+        f"B={smallest}" + (" (a batch of one: one prompt at a time)" if smallest == 1 else "") + ", and the "
+        "verdicts cover every run"
     )
     return rows[rows.batch_size == smallest], [note]
+
+
+def batch_size_of(gens) -> int | None:
+    """The batch size the per-prompt sections read (one_at_a_time): None where they read prompts decoded alone."""
+    rows = batched(gens)
+    return int(rows.batch_size.min()) if len(rows) else None
 
 
 def write_report(run_dirs: list[str], out: str | Path, title: str | None = None, calibration=None) -> Path:

@@ -3,28 +3,47 @@ CSS."""
 
 from __future__ import annotations
 
-# Figure 4 of the paper orders the drafting methods EAGLE-3, DFlash, Orthrus; other methods follow.
+import re
+
+# Figure 4 of the paper orders the drafting methods EAGLE-3, DFlash, Orthrus; the other methods keep the registry's
+# order. The project's methods in harness.methods.REGISTRY's order, and the lossy ones: repeated here so that the
+# report needs no torch (the registry's package imports it on use; tests/test_report_order.py holds them equal).
 DRAFT_ORDER = ["eagle3", "dflash", "orthrus"]
+REGISTRY_ORDER = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
+LOSSY = {"diffusion"}
+BASELINES = ("ar", "ar-hf")
 
 
 def temperature_label(t: float) -> str:
     return f"T={t:g}"
 
 
+def natural_key(text: str) -> tuple:
+    """Text with its numbers compared as numbers: block_size=4 before block_size=16."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
+
+
 def method_order(methods) -> list[str]:
-    """Baselines first, then the drafting methods in the paper's Figure 4 order, then the rest; a vLLM method
-    (`vllm-eagle3`) right after the project's method of the same name (`eagle3`)."""
+    """One order for every table and figure of a report: the AR baselines (ar, ar-hf), the drafting methods in
+    the paper's Figure 4 order (eagle3, dflash, orthrus), the other lossless methods in the registry's order
+    (pld), any method the registry does not know, and the lossy ones last (diffusion); a vLLM method
+    (`vllm-eagle3`) right after the project's method of the same name (`eagle3`); the labels of one method by
+    their options, numbers as numbers (`orthrus:block_size=4`, then 8, then 16)."""
     methods = list(dict.fromkeys(methods))
 
     def rank(label: str):
         name = label.split(":", 1)[0]
         base = name.removeprefix("vllm-")
-        engine = name != base
-        if base in ("ar", "ar-hf"):
-            return (0, base, engine, label)
-        if base in DRAFT_ORDER:
-            return (1, DRAFT_ORDER.index(base), engine, label)
-        return (2, base, engine, label)
+        if base in BASELINES:
+            group, position = 0, BASELINES.index(base)
+        elif base in DRAFT_ORDER:
+            group, position = 1, DRAFT_ORDER.index(base)
+        elif base not in REGISTRY_ORDER:
+            group, position = 3, 0
+        else:
+            group, position = (4 if base in LOSSY else 2), REGISTRY_ORDER.index(base)
+        return (group, position, base, name != base, natural_key(label))
 
     return sorted(methods, key=rank)
 

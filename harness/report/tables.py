@@ -24,7 +24,7 @@ from .published import TABLE1_SUITES, Published, published_figures
 from .runs import Run
 from .stats import bootstrap_ci, mean, pooled_tau, pooled_tpf, ratio_of_means
 from .style import method_order, temperature_label
-from .summary import summarize
+from .summary import has_batch_size, summarize
 
 
 @dataclass
@@ -34,23 +34,30 @@ class Table:
     rows: list[list[str]]
     note: str = ""
 
-    def markdown(self) -> str:
+    def markdown(self, title: str | None = None, note: str | None = None) -> str:
+        """The table in Markdown, under its title (or `title`, as its section shows it) with its note (or
+        `note`; "" for none)."""
+        title = self.title if title is None else title
+        note = self.note if note is None else note
+
         def cell(text: str) -> str:
             return text.replace("|", "\\|").replace("\n", " ")
 
-        lines = [f"**{self.title}**", ""] if self.title else []
+        lines = [f"**{title}**", ""] if title else []
         lines.append("| " + " | ".join(cell(c) for c in self.columns) + " |")
         lines.append("|" + "|".join("---" for _ in self.columns) + "|")
         lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
-        if self.note:
-            lines += ["", self.note]
+        if note:
+            lines += ["", note]
         return "\n".join(lines)
 
-    def html(self) -> str:
+    def html(self, title: str | None = None, note: str | None = None) -> str:
+        title = self.title if title is None else title
+        note = self.note if note is None else note
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(cell_html(c) for c in row) + "</tr>" for row in self.rows)
-        caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
-        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+        note = f'<p class="note">{html.escape(note)}</p>' if note else ""
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
@@ -76,6 +83,16 @@ def is_missing(value) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- Table 1
+
+
+# The autoregressive decoders a speedup is measured against (each the same model, decoded one token a pass).
+AR_BASELINES = ("ar", "ar-hf", "vllm-ar")
+
+
+def strongest_baseline(u: pd.DataFrame) -> str | None:
+    """The AR baseline with the highest mean per-item tokens/s among those run: the headline's denominator."""
+    rates = {m: u[u.method == m].tokens_per_s.mean() for m in AR_BASELINES if m in set(u.method)}
+    return max(rates, key=rates.get) if rates else None
 
 
 def baseline_label(methods: set[str]) -> str | None:
@@ -127,6 +144,12 @@ def speedup_over(unit_table: pd.DataFrame, method: str, baseline: str) -> tuple[
     return value, bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base)
 
 
+def pooled_ratio(unit_table: pd.DataFrame, method: str, baseline: str) -> float | None:
+    """speedup_over's value without its CI."""
+    pairs = paired_units(unit_table, method, baseline)
+    return None if pairs.empty else float(ratio_of_means(pairs.tokens_per_s, pairs.tokens_per_s_base))
+
+
 def table1_cell(figures: SliceFigures, method: str) -> Cell:
     row = figures.summary.set_index("method").loc[method]
     own = figures.units[figures.units.method == method]
@@ -159,7 +182,7 @@ def slices(gens: pd.DataFrame, unit_table: pd.DataFrame) -> dict[tuple, SliceFig
 
 
 def orthrus_labels(gens: pd.DataFrame) -> list[str]:
-    return sorted(set(gens[gens.method_name == "orthrus"].method))
+    return method_order(set(gens[gens.method_name == "orthrus"].method))
 
 
 def suite_order(suites) -> list[str]:
@@ -182,21 +205,25 @@ def sources_note(used: set[str]) -> str:
     return "Published: " + "; ".join(sorted(used)) + "."
 
 
-def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Table]:
+def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures], u: pd.DataFrame) -> list[Table]:
     """The paper's Table 1: per model and suite (the paper's eight tasks in its order first), Orthrus's TPF
     and speedup at T = 0 and T = 1 (and any other temperature run) beside the published cell where the paper
-    reports the checkpoint, with an average row per model; then the same cells under the other averaging."""
+    reports the checkpoint, with an average row per model; then the same cells under the other averaging.
+    Its denominator is the paper's (`ar-hf`) where the run has it; where that is not the headline's (the
+    fastest AR baseline, over the work units `u`), the note ties the two speedups together."""
     temps = sorted({0.0, 1.0} | set(gens.temperature.dropna()))
     cells: dict[tuple, Cell] = {}
     for (model, suite, temp), figures in by_slice.items():
         for label in orthrus_labels(gens):
             if label in set(figures.summary.method):
                 cells[(model, label, suite, temp)] = table1_cell(figures, label)
-    groups = sorted({(m, label) for m, label, _, _ in cells})
+    order = {label: i for i, label in enumerate(orthrus_labels(gens))}
+    groups = sorted({(m, label) for m, label, _, _ in cells}, key=lambda g: (g[0], order[g[1]]))
     if not groups:
         return [Table("Table 1", ["model", "method", "suite"], [], "no Orthrus method in these runs")]
     baselines = sorted({c.baseline for c in cells.values() if c.baseline})
     denominators = " and ".join(f"`{b}`" for b in baselines) or "no AR baseline in the run"
+    over = " and ".join(f"`{b}`" for b in baselines) or "AR"
     paper = published_figures()
     used: set[str] = set()
     has_paper = any(
@@ -252,8 +279,9 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Tabl
         return Table(title, columns, rows, note)
 
     main = build(
-        "Table 1 — Orthrus TPF and wall-clock speedup over AR"
-        + (", beside the paper's" if has_paper else ""),
+        f"Table 1 — Orthrus TPF and wall-clock speedup over {over}"
+        + (", the paper's baseline" if baselines == ["ar-hf"] else "")
+        + (", beside the paper's figures" if has_paper else ""),
         lambda c: c.tpf,
         lambda c: c.speedup,
         True,
@@ -263,8 +291,10 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Tabl
     main.note = (
         "TPF is token-weighted: all new tokens / all forwards after prefill (an Orthrus cycle counts two). "
         "Speedup is per-question (Spec-Bench): mean per-item tokens/s of Orthrus / the same for "
-        f"{denominators}. Parentheses: 95% bootstrap CI over items (paired with the baseline for speedup). "
-        "Average: arithmetic mean of the suite rows, as in the paper."
+        f"{denominators}"
+        + (", transformers' AR decoding, the paper's denominator" if "ar-hf" in baselines else "")
+        + ". Parentheses: 95% bootstrap CI over items (paired with the baseline for speedup). "
+        "Average: arithmetic mean of the suite rows, as in the paper." + headline_tie(u, groups, cells, temps)
     )
     if has_paper:
         main.note += (
@@ -284,13 +314,57 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> list[Tabl
     return [main, other]
 
 
+def headline_tie(u: pd.DataFrame, groups, cells: dict[tuple, Cell], temps) -> str:
+    """The sentence that ties Table 1's speedups to the headline's where their denominators differ: the
+    headline's over the fastest AR baseline of the run, pooled over every suite's items, beside the same items
+    over Table 1's baseline, and how fast that baseline runs against the fastest."""
+    clauses, against = [], set()
+    for model, label in groups:
+        found = []
+        for t in temps:
+            base = next(
+                (c.baseline for (m, lab, _, tt), c in cells.items() if (m, lab, tt) == (model, label, t)),
+                None,
+            )
+            g = u[(u.model == model) & (u.temperature == t)]
+            fastest = strongest_baseline(g) if len(g) else None
+            if base is None or fastest is None or base == fastest:
+                continue
+            headline, here, rate = (
+                pooled_ratio(g, *pair) for pair in ((label, fastest), (label, base), (base, fastest))
+            )
+            if None not in (headline, here, rate):
+                found.append((temperature_label(t), headline, here, rate, fastest, base))
+                against.add((fastest, base))
+        if found:
+            who = (f"{model}'s " if len({m for m, _ in groups}) > 1 else "") + f"`{label}`"
+            clauses.append(
+                f"{who}: "
+                + "; ".join(
+                    f"{h:.2f}× over `{fastest}` and {x:.2f}× over `{base}` at {t} (`{base}` runs at {r:.2f}× "
+                    f"`{fastest}`'s rate)"
+                    for t, h, x, r, fastest, base in found
+                )
+            )
+    if not clauses:
+        return ""
+    fastest = " and ".join(sorted({f"`{f}`" for f, _ in against}))
+    return (
+        f" Against the headline: its speedups are over {fastest}, the fastest AR baseline in the run, and pool the "
+        "items of every suite; on those items, " + "; ".join(clauses) + "."
+    )
+
+
 # ----------------------------------------------------------------------------------- per-method summary
 
 
 def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     """Per temperature, one row per model, suite and method. Token identity with ar is the losslessness
     criterion at T = 0 only; at T > 0 the column says what it counts: the same tokens as ar drawn from the
-    same seeds (a lossless sampler need not reproduce them; the sampling verdict tests distributions)."""
+    same seeds (a lossless sampler need not reproduce them; the sampling verdict tests distributions). A B
+    column, the batch size each method decoded at, where any was batched; a quantized run's format is in its
+    model's name (Run.model)."""
+    batched = any(has_batch_size(f.summary) for f in by_slice.values())
     by_temperature: dict[float, list] = {}
     for (model, suite, temp), figures in by_slice.items():
         rows = by_temperature.setdefault(float(temp), [])
@@ -306,6 +380,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
                     suite,
                     method,
                     s.engine,
+                    *([fmt(s.get("batch_size"), ".0f")] if batched else []),
                     str(int(s.generations)),
                     fmt(
                         s.tau,
@@ -328,6 +403,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "suite",
         "method",
         "engine",
+        *(["B"] if batched else []),
         "gens",
         "τ",
         "TPF",
@@ -340,7 +416,9 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "τ = accepted drafts + 1 per cycle, pooled over cycles; TPF = all new tokens / all forwards after "
         "prefill; tok/s = mean over items of item tokens / item wall time; accuracy = mean score over items. "
         "Parentheses: 95% bootstrap CI over items (speedup: paired with ar's item). engine: the project's "
-        "(orthrus-bench) or vLLM's (its version and settings under Provenance). Definitions: docs/methodology.md."
+        "(orthrus-bench) or vLLM's (its version and settings under Provenance)."
+        + (" B: the batch size the method decoded at (–: one prompt at a time)." if batched else "")
+        + " Definitions: docs/methodology.md."
     )
     tables = []
     for temp, rows in sorted(by_temperature.items()):

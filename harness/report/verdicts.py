@@ -13,11 +13,7 @@ import pandas as pd
 
 from .runs import Run, read_json_if_present
 from .style import method_order, temperature_label
-from .tables import Table, fmt, speedup_over
-
-# The autoregressive decoders a speedup is measured against (each the same model, decoded one token a pass).
-AR_BASELINES = ("ar", "ar-hf", "vllm-ar")
-
+from .tables import AR_BASELINES, Table, fmt, speedup_over, strongest_baseline
 
 # ------------------------------------------------------------------------------------------ plain words
 
@@ -259,12 +255,6 @@ def calibration_tables(name: str, data) -> list[Table]:
 # ---------------------------------------------------------------------------------------------- headline
 
 
-def strongest_baseline(u: pd.DataFrame) -> str | None:
-    """The AR baseline with the highest mean per-item tokens/s among those run."""
-    rates = {m: u[u.method == m].tokens_per_s.mean() for m in AR_BASELINES if m in set(u.method)}
-    return max(rates, key=rates.get) if rates else None
-
-
 def verdict_index(runs: list[Run]) -> dict[tuple, list[dict]]:
     """(model, method, temperature) -> verify's verdicts for it, across the runs' verdicts.json (a run's model
     is its quantized model where it quantizes: Run.model)."""
@@ -329,11 +319,12 @@ def verdict_summary(found: list[dict]) -> VerdictSummary:
     return VerdictSummary(verdict, size, detect or "–", evidence)
 
 
-def headline_tables(u: pd.DataFrame, runs: list[Run]) -> list[Table]:
+def headline_tables(u: pd.DataFrame, runs: list[Run], batch_size: int | None = None) -> list[Table]:
     """The report's answer, per model and temperature: for each method, the speedup over the strongest AR
     baseline (mean per-item tokens/s over the baseline's on the same items, all suites; 95% paired bootstrap
     CI) and the losslessness verdict: PASS only where every suite passes, with the evidence as verify
-    words it, how many prompts (or sequences) it rests on and the smallest deviation it could detect."""
+    words it, how many prompts (or sequences) it rests on and the smallest deviation it could detect.
+    `batch_size`: the batch size of the generations in `u`, named in each title (None: decoded alone)."""
     verdicts = verdict_index(runs)
     tables = []
     for (model, temp), g in u.groupby(["model", "temperature"], sort=True):
@@ -369,5 +360,6 @@ def headline_tables(u: pd.DataFrame, runs: list[Run]) -> list[Table]:
                 "AR (another engine decoding the same weights one token a pass); a FAIL there is a disagreement "
                 "between engines, not a method's fault."
             )
-        tables.append(Table(f"Headline ({model}, {temperature_label(temp)})", columns, rows, note))
+        where = f"{model}, {temperature_label(temp)}" + (f", B={batch_size}" if batch_size else "")
+        tables.append(Table(f"Headline ({where})", columns, rows, note))
     return tables
