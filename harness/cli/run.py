@@ -11,6 +11,7 @@ from .args import (
     add_data_dir_arg,
     add_engine_arg,
     add_model_args,
+    add_quiet_arg,
     parse_ids,
     parse_int_list,
     parse_methods,
@@ -115,6 +116,7 @@ def register(sub) -> None:
         "verify checks against ar of the same quantized model",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="join the shard directories of one run")
@@ -261,10 +263,17 @@ def run_one(spec, out, args) -> tuple[Path, int]:
 
     t0 = time.perf_counter()
     directory = execute(
-        spec, out, resume=args.resume, retry_failed=args.retry_failed, shard=parse_shard(args.shard)
+        spec,
+        out,
+        resume=args.resume,
+        retry_failed=args.retry_failed,
+        shard=parse_shard(args.shard),
+        progress=not args.quiet,
     )
     print_summary(summarize(read_records(directory)), f"{directory} ({time.perf_counter() - t0:.0f} s)")
-    return directory, 0 if args.no_verify else verify_main(directory, VerifyConfig(device=args.device))
+    if args.no_verify:
+        return directory, 0
+    return directory, verify_main(directory, VerifyConfig(device=args.device), quiet=args.quiet)
 
 
 def run_batch_sweep(spec, args, launch) -> int:
@@ -335,7 +344,7 @@ def run_launched(spec, args, launch) -> int:
             resume=args.resume,
             retry_failed=args.retry_failed,
             shard=(launch.rank, launch.world_size),
-            progress=launch.local_rank == 0,
+            progress=launch.local_rank == 0 and not args.quiet,
             device=device,
             launch=launch.as_provenance(device, device_source, device_uuid),
         )
