@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -188,7 +190,39 @@ def _cmd_run(args) -> int:
         return run_batch_sweep(spec, args, launch)
     if launch.distributed:
         return run_launched(spec, args, launch)
-    return run_one(spec, args.out, args)[1]
+    directory, status = run_one(spec, args.out, args)
+    print_wrote([directory])
+    return status
+
+
+def _command(*words) -> str:
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def print_wrote(directories: list[Path], sweep: Path | None = None) -> None:
+    """The last lines of a run, a sweep (`sweep`: its directory) or a merge, on stderr beside verify's "wrote":
+    the directory and its files, then the commands that verify it (where no verdicts were written) and render
+    it into a report, for the user to copy."""
+    from harness.store import RECORDS, RUN
+    from harness.verify.config import VERDICTS
+
+    where = sweep or directories[0]
+    name = where.resolve().name
+    files = [f for f in (RECORDS, RUN, VERDICTS) if (directories[0] / f).is_file()]
+    if sweep is None:
+        lines = [f"wrote {where} ({', '.join(files)})"]
+    else:
+        runs = ", ".join(d.name for d in directories)
+        lines = [f"wrote {where}: {len(directories)} runs ({runs}), each with {', '.join(files)}"]
+    unverified = [d for d in directories if not (d / VERDICTS).is_file()]
+    if unverified:
+        lines.append(
+            f"verify it with: {'; '.join(_command('orthrus-bench', 'verify', d) for d in unverified)}"
+        )
+    lines.append(
+        f"render it with: {_command('orthrus-bench', 'report', *directories, '--out', f'reports/{name}')}"
+    )
+    print("\n".join(lines), file=sys.stderr)
 
 
 def sweep_methods(methods: list[str] | None, sweeps: list[str], model: str | None, dtype: str) -> list[str]:
@@ -299,6 +333,7 @@ def run_batch_sweep(spec, args, launch) -> int:
     figures = batch_figures(generations(load_runs(directories)))
     mode = "continuous" if spec.continuous else "static"
     print_batch_figures(figures, f"{out}: batch sweep ({mode} batching)")
+    print_wrote(directories, sweep=out)
     return max(code for _, code in runs)
 
 
@@ -363,9 +398,11 @@ def run_launched(spec, args, launch) -> int:
     shards = [shard_dir(out, r, launch.world_size) for r in range(launch.world_size)]
     directory = merge(shards, out)
     print_summary(summarize(read_records(directory)), f"{directory} (merged from {launch.world_size} shards)")
-    if args.no_verify:
-        return 0
-    return verify_main(directory, VerifyConfig(device=spec.device))
+    status = (
+        0 if args.no_verify else verify_main(directory, VerifyConfig(device=spec.device), quiet=args.quiet)
+    )
+    print_wrote([directory])
+    return status
 
 
 def cmd_merge(args) -> int:
@@ -375,6 +412,7 @@ def cmd_merge(args) -> int:
 
     directory = merge(args.shards, args.out)
     print_summary(summarize(read_records(directory)), f"{directory} (merged from {len(args.shards)} shards)")
+    print_wrote([directory])
     return 0
 
 
