@@ -40,7 +40,8 @@ def register(sub) -> None:
         "--batch-sizes",
         type=parse_int_list,
         default=None,
-        help="also time the batched passes (orthrus_core.batch) at these batch sizes, e.g. 1,4,16,64",
+        help="also time the batched passes (B rows, as the decode loop orthrus_core.loop runs them) at these batch "
+        "sizes, e.g. 1,4,16,64",
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_engine)

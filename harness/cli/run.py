@@ -83,9 +83,7 @@ def register(sub) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="decode B prompts together (ragged rows, per-row acceptance; methods ar, orthrus, pld, "
-        "eagle3:tree=chain, dflash; for the vLLM methods B concurrent requests); without it every prompt is "
-        "decoded alone",
+        help=batch_size_help(),
     )
     p.add_argument(
         "--continuous",
@@ -139,6 +137,24 @@ def register(sub) -> None:
 
     p = sub.add_parser("methods", help="list the registered methods and their options")
     p.set_defaults(func=cmd_methods)
+
+
+def batch_size_help() -> str:
+    """`run --batch-size`'s help, from the registry's batched flags (harness.methods.REGISTRY): the methods of
+    the project's engine that decode rows together in the decode loop (with the option values that leave it),
+    and vLLM's, where B is the requests in flight."""
+    from harness.methods import ENGINE, REGISTRY
+
+    loop = [
+        m.name + "".join(f" (not {m.name}:{k}={v})" for k, v in m.one_at_a_time.items())
+        for m in REGISTRY
+        if m.batched and m.engine == ENGINE
+    ]
+    vllm = [m.name for m in REGISTRY if m.batched and m.engine != ENGINE]
+    return (
+        f"decode B prompts together: ragged rows with per-row acceptance in the decode loop for {', '.join(loop)}; "
+        f"B concurrent requests for {', '.join(vllm)}. Without it every prompt is decoded alone"
+    )
 
 
 def cmd_run(args) -> int:
