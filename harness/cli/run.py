@@ -458,6 +458,11 @@ def cmd_suites(args) -> int:
     return 0
 
 
+# What `methods` says of a lossy method: verify and run judge it like the others (its verdict "FAIL", its name
+# "diffusion (lossy)" in their tables), expecting it to fail token identity.
+LOSSY_WORDS = "lossy (verified: expected to fail identity)"
+
+
 def cmd_methods(args) -> int:
     from importlib import import_module
 
@@ -466,7 +471,7 @@ def cmd_methods(args) -> int:
     for m in REGISTRY:
         options = import_module(f"harness.methods.{m.name.replace('-', '_')}").OPTIONS
         kinds = [
-            "lossless" if m.lossless else "lossy",
+            "lossless" if m.lossless else LOSSY_WORDS,
             "batched" if m.batched else "one prompt at a time",
             *(["greedy only"] if m.greedy_only else []),
         ]
