@@ -17,6 +17,7 @@ every `interval` seconds while it runs, and one when it ends, e.g.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -47,7 +48,12 @@ class Reporter:
         if self._interactive is not None:
             return self._interactive
         isatty = getattr(self.file, "isatty", None)
-        return bool(isatty and isatty())
+        if not (isatty and isatty()):
+            return False
+        try:  # a terminal of no width (a pty that was never sized) shows no bar: plain lines there
+            return os.get_terminal_size(self.file.fileno()).columns > 0
+        except (AttributeError, OSError, ValueError):
+            return False
 
     def say(self, text: str) -> None:
         """One line: a step that has no count (loading a model, rebuilding a decoder)."""
