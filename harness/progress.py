@@ -90,7 +90,7 @@ class Reporter:
                 iterable,
                 desc=desc,
                 total=total,
-                unit=f" {unit}",
+                unit=unit,
                 initial=initial,
                 leave=leave,
                 file=self.file,
