@@ -367,7 +367,12 @@ def calibrate(
             # json_safe wrote NaN as null and inf as "inf"
             arm.__dict__.update(saved, t3_z=[math.nan if z is None else float(z) for z in saved["t3_z"]])
         generator.set_state(torch.tensor(resume["generator_state"], dtype=torch.uint8))
-    names = ", ".join(arm.name.split(":")[0] for _, arm in arms)
+    short = {
+        "aa": "A/A",
+        "lossless": "lossless",
+        "mutants": "mutant",
+    }  # the mutants numbered as the table lists them
+    names = ", ".join(short[kinds[k]] + (f" {k - 1}" if kinds[k] == "mutants" else "") for k, _ in arms)
     bar = progress.bar(
         desc=f"calibrate: replicates (rejections: {names})", total=replicates, initial=done, unit="replicates"
     )
