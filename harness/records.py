@@ -59,9 +59,9 @@ TELEMETRY_FIELDS = tuple(f.name for f in fields(TelemetryFields))
 
 @dataclass(kw_only=True)
 class BatchFields:
-    """How a generation shared its batch (`run --batch-size B`, orthrus_core.batch). Times are seconds since the
-    method's batched decoding of the suite began, so that the batch's throughput is the tokens of a (suite,
-    method) over the span from its first admission to its last finish."""
+    """How a generation shared its batch (`run --batch-size B`, in the decode loop: orthrus_core.loop). Times
+    are seconds since the method's batched decoding of the suite began, so that the batch's throughput is the
+    tokens of a (suite, method) over the span from its first admission to its last finish."""
 
     batch_size: int  # rows the batch holds
     batch_continuous: bool  # a finished row's slot refilled with the next request at once

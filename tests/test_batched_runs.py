@@ -28,8 +28,12 @@ def test_a_batched_run_records_the_batch_and_the_report_sweeps_it(tmp_path, caps
         "16",
     ]
     assert main([*argv, "--batch-sizes", "1,3", "--continuous", "--warmup", "0", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     assert "batch sweep (continuous batching)" in printed
+    assert err.strip().splitlines()[-2:] == [  # the sweep's last lines: its runs, and the report of them all
+        f"wrote {out}: 2 runs (batch-1, batch-3), each with records.jsonl, run.json, verdicts.json",
+        f"render it with: orthrus-bench report {out / 'batch-1'} {out / 'batch-3'} --out reports/sweep",
+    ]
     records = [json.loads(line) for line in (out / "batch-3" / "records.jsonl").read_text().splitlines()]
     assert {r["batch_size"] for r in records} == {3} and all(r["batch_continuous"] for r in records)
     assert all(0 <= r["batch_admitted_s"] < r["batch_finished_s"] for r in records)

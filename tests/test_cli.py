@@ -201,5 +201,6 @@ def test_methods_lists_the_registry_with_options(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in METHODS)
     assert (
-        "eagle3:total_tokens=<int>  default 60" in out and "[lossy, one prompt at a time, greedy only]" in out
+        "eagle3:total_tokens=<int>  default 60" in out
+        and "[lossy (verified: expected to fail identity), one prompt at a time, greedy only]" in out
     )

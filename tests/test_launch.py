@@ -122,6 +122,9 @@ def test_torchrun_killed_and_resumed_equals_one_process(tmp_path):
     second = torchrun(launched, "--resume")
     output = second.communicate(timeout=300)[0]
     assert second.returncode == 0, output[-3000:]
+    assert (
+        f"render it with: orthrus-bench report {launched} --out reports/two" in output
+    )  # rank 0's last line
     two = read_records(launched)
     assert len(two) == len(one) and by_unit(two) == by_unit(one)  # nothing lost, nothing twice
     assert verdicts(launched) == verdicts(tmp_path / "one")

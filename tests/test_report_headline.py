@@ -241,7 +241,8 @@ def test_headline_verdicts_carry_their_evidence(rendered):
     assert orthrus[3] == "24 prompts (2 suites)"
     assert orthrus[4] == "divergence on > 22% of prompts"
     assert orthrus[5] == "24/24 prompts token-identical"  # summed over the suites it passed in
-    diffusion = by_method["diffusion"]
+    diffusion = by_method["diffusion (lossy)"]  # lossy, as verify's table says
+    assert "orthrus (lossy)" not in by_method
     assert diffusion[2] == "FAIL"
     assert diffusion[5].startswith("tiny-math: 3/12 prompts token-identical (float32 requires 100%)")
     assert "tiny-code" not in diffusion[5]  # the failing suite's evidence only
@@ -332,7 +333,7 @@ def test_the_headline_fits_the_window_however_long_its_evidence(tmp_path):
     out = write_report([str(tmp_path / "t0")], tmp_path / "out")
     markdown = (out / "report.md").read_text()
     evidence = {row[0]: row[5] for row in table(markdown, "Embedded tiny family, T=0")[1]}
-    assert len(evidence["diffusion"]) > 250
+    assert len(evidence["diffusion (lossy)"]) > 250
     page = load_page(out / "report.html")
     assert page.errors == []
     assert not [caption for caption in page.overflowing_tables if caption.startswith("Embedded tiny family")]

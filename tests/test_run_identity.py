@@ -235,6 +235,12 @@ def test_a_shard_is_resumed_only_as_itself_and_a_refused_merge_leaves_nothing(ru
     assert cli(capsys, "repair", shards[0])[0] == 0
     code, printed = cli(capsys, "merge", *shards, "--out", tmp_path / "merged")
     assert code == 0, printed
+    merged = tmp_path / "merged"  # the merge ends naming it, and how to verify and render it
+    assert (
+        f"wrote {merged} (records.jsonl, run.json)\nverify it with: orthrus-bench verify {merged}\n"
+        in printed
+    )
+    assert f"render it with: orthrus-bench report {merged} --out reports/merged" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "shard0", "shard1"]
     merged = read_records(tmp_path / "merged")
     assert (

@@ -188,3 +188,37 @@ def test_command_line_arguments(run_dir, tmp_path, capsys):
 def test_bad_settings_exit_2_before_anything_is_loaded(tmp_path, capsys, option, message):
     assert main(["verify", str(tmp_path / "no-such-run"), option]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_progress_goes_to_stderr_stage_by_stage_and_quiet_silences_it(run_dir, model_dir, tmp_path, capsys):
+    """verify says what it is doing and how far it is, on stderr (stdout carries the table); --quiet leaves
+    stderr to the line naming what was written."""
+    target = Target.of(micro_model(), "micro")
+    factory = {"orthrus": decoder(target, 4), "diffusion": corrupt(make_decoder("ar", target).generate)}.get
+    out = tmp_path / "v.json"
+    config = VerifyConfig(tie_paths=1, t2_samples=20, t2_depth=1)
+    verify_main(run_dir, config, out, decoder_factory=factory)
+    printed = capsys.readouterr()
+    err = printed.err.splitlines()
+    records = ITEMS * (1 + 8) * 3  # greedy and 8 samples, 3 methods
+    assert err[0] == f"verify: {records} records of {run_dir}; loading the target {model_dir} (float32, cpu)"
+    expected = [
+        "verify: near-tie study, tiny-math: 0/1 paths",
+        "verify: near-tie study, tiny-math: 1/1 paths, done in",
+        "verify 1/4: diffusion on tiny-math at T=0, token identity, re-synchronising after divergences: "
+        f"{ITEMS}/{ITEMS} prompts, done in",
+        "verify 2/4: diffusion on tiny-math-t1 at T=1, T2 draws at a fixed context: 0/20 draws",
+        f"verify 2/4: diffusion on tiny-math-t1 at T=1, T1 T3 T4 T5 over its and ar's sequences: 0/{16 * ITEMS}",
+        "verify 3/4: orthrus on tiny-math at T=0, token identity",
+        "verify 4/4: orthrus on tiny-math-t1 at T=1, T2 draws at a fixed context: 20/20 draws, done in",
+        f"wrote {out}",
+    ]
+    for line in expected:
+        assert any(e.startswith(line) for e in err), (line, err)
+    assert len(err) < 30  # a few lines per stage, not a line per step
+    assert not [line for line in printed.out.splitlines() if line.startswith(("verify:", "verify 1/4"))]
+    assert "verify " in printed.out  # the table's title
+
+    argv = ["verify", str(run_dir), "--no-decoders", "--tie-paths", "1", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == f"wrote {out}\n"

@@ -14,13 +14,22 @@ import time
 import torch
 
 from harness.methods import make_decoder
+from harness.progress import SILENT, Reporter
 from harness.run.telemetry import Telemetry, load_nvml
 
 
 def bench_overhead(
-    target, prompts: list[list[int]], *, method: str, max_new_tokens: int, repeats: int, seed: int = 0
+    target,
+    prompts: list[list[int]],
+    *,
+    method: str,
+    max_new_tokens: int,
+    repeats: int,
+    seed: int = 0,
+    progress: Reporter = SILENT,
 ) -> dict:
-    """`method` (a spec of the registry) on `target` over the prompts, telemetry off and on, interleaved."""
+    """`method` (a spec of the registry) on `target` over the prompts, telemetry off and on, interleaved;
+    how far it is shows on `progress` (stderr)."""
     model, decoder = target.model, make_decoder(method, target)
     device = model.lm_head.weight.device
     on = Telemetry(target.engine, device, nvml=load_nvml() if device.type == "cuda" else None)
@@ -40,11 +49,14 @@ def bench_overhead(
     for prompt in prompts[:2]:  # warm-up
         timed(off, prompt)
     walls = {"off": [0.0] * len(prompts), "on": [0.0] * len(prompts)}
+    bar = progress.bar(desc=f"bench-overhead: {method}", total=2 * repeats * len(prompts), unit="generations")
     for r in range(repeats):
         order = ("off", "on") if r % 2 == 0 else ("on", "off")
         for i, prompt in enumerate(prompts):
             for side in order:
                 walls[side][i] += timed(on if side == "on" else off, prompt)
+                bar.update(1)
+    bar.close()
     rng = random.Random(seed)
     n = len(prompts)
 

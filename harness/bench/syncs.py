@@ -11,13 +11,12 @@ engine as a GPU would. Admission (prefill, first token) is not a cycle and is no
 from __future__ import annotations
 
 import contextlib
-import sys
 from unittest import mock
 
 import torch
-from tqdm import tqdm
 
 from harness.methods import make_decoder
+from harness.progress import SILENT
 from orthrus_core import loop
 from orthrus_core.host import HostSyncs
 from orthrus_core.params import SamplingParams
@@ -69,11 +68,12 @@ def count_syncs(target, method: str, prompts, *, rows: int, temperature: float, 
 
 
 def bench_syncs(
-    model, dtype, device, suite, *, methods, rows, temperatures, max_new_tokens: int
+    model, dtype, device, suite, *, methods, rows, temperatures, max_new_tokens: int, progress=None
 ) -> list[dict]:
     """Every method x rows x temperature (greedy-only methods at 0 only) over `suite`'s prompts, on the CUDA
     route: the GPU's on a CUDA device, else rehearsed on this CPU (the target loaded inside the rehearsal, so
-    that its engine is the GPU's default, cudagraph)."""
+    that its engine is the GPU's default, cudagraph). `progress` (harness.progress.Reporter, default silent)
+    shows the decodes done on stderr."""
     from harness.methods import is_greedy_only
     from harness.methods.target import load_target
 
@@ -89,7 +89,7 @@ def bench_syncs(
             if SamplingParams(temperature=t).greedy or not is_greedy_only(m)
             for r in rows
         ]
-        for temperature, method, r in tqdm(runs, desc="bench-syncs", unit="decode", file=sys.stderr):
+        for temperature, method, r in (progress or SILENT).bar(runs, "bench-syncs", unit="decodes"):
             results.append(
                 count_syncs(
                     target, method, prompts, rows=r, temperature=temperature, max_new_tokens=max_new_tokens

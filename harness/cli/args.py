@@ -100,5 +100,15 @@ def add_engine_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quiet_arg(p: argparse.ArgumentParser, also: str = "") -> None:
+    """`--quiet`: no progress on stderr (harness.progress), for the commands that can run for minutes."""
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (what each step is doing and how far it is)"
+        + (f" {also}" if also else ""),
+    )
+
+
 def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder laid out like ../shared/data (default: $ORTHRUS_DATA_DIR)")

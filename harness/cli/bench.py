@@ -7,6 +7,7 @@ from .args import (
     add_data_dir_arg,
     add_engine_arg,
     add_model_args,
+    add_quiet_arg,
     parse_float_list,
     parse_int_list,
     parse_list,
@@ -63,7 +64,8 @@ def register(sub) -> None:
         "--batch-sizes",
         type=parse_int_list,
         default=None,
-        help="also time the batched passes (orthrus_core.batch) at these batch sizes, e.g. 1,4,16,64",
+        help="also time the batched passes (B rows, as the decode loop orthrus_core.loop runs them) at these batch "
+        "sizes, e.g. 1,4,16,64",
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_engine)
@@ -79,6 +81,7 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=4, help="passes over the prompts per side")
     p.add_argument("--max-new-tokens", type=int, default=128)
     add_data_dir_arg(p)
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_bench_overhead)
 
     p = sub.add_parser(
@@ -96,6 +99,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--json", help="also write the counts to this JSON file")
     add_data_dir_arg(p)
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_bench_syncs)
 
 
@@ -130,8 +134,11 @@ def cmd_bench_engine(args) -> int:
 def cmd_bench_overhead(args) -> int:
     from harness.bench.overhead import bench_overhead, print_overhead
     from harness.methods import load_target
+    from harness.progress import Reporter
     from harness.suites import load_suite
 
+    progress = Reporter(enabled=not args.quiet)
+    progress.say(f"bench-overhead: loading {args.model or 'the embedded tiny family'} ({args.dtype})")
     target = load_target(args.model, args.dtype, args.device, args.engine)
     if target.tokenizer is None:
         raise UsageError(f"{args.model} has no tokenizer files; the benchmark renders suite prompts")
@@ -139,7 +146,12 @@ def cmd_bench_overhead(args) -> int:
     prompts = [suite.render(target.tokenizer, item, []) for item in suite.items(target.tokenizer)]
     results = [
         bench_overhead(
-            target, prompts, method=method, max_new_tokens=args.max_new_tokens, repeats=args.repeats
+            target,
+            prompts,
+            method=method,
+            max_new_tokens=args.max_new_tokens,
+            repeats=args.repeats,
+            progress=progress,
         )
         for method in args.methods
     ]
@@ -150,6 +162,7 @@ def cmd_bench_overhead(args) -> int:
 def cmd_bench_syncs(args) -> int:
     from harness.bench.syncs import METHODS, bench_syncs, print_syncs, route_name
     from harness.methods import BATCHED, parse_spec
+    from harness.progress import Reporter
     from harness.suites import load_suite
 
     # Refused before a model loads: each method decodes in the loop, at rows it can have
@@ -168,6 +181,7 @@ def cmd_bench_syncs(args) -> int:
     results = bench_syncs(
         args.model, args.dtype, args.device, suite, methods=args.methods or METHODS, rows=args.rows,
         temperatures=args.temperatures, max_new_tokens=args.max_new_tokens,
+        progress=Reporter(enabled=not args.quiet),
     )  # fmt: skip
     print_syncs(results, route_name(args.device))
     if args.json:

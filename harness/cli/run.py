@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from .args import (
     add_data_dir_arg,
     add_engine_arg,
     add_model_args,
+    add_quiet_arg,
     parse_ids,
     parse_int_list,
     parse_methods,
@@ -80,9 +83,7 @@ def register(sub) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="decode B prompts together (ragged rows, per-row acceptance; methods ar, orthrus, pld, "
-        "eagle3:tree=chain, dflash; for the vLLM methods B concurrent requests); without it every prompt is "
-        "decoded alone",
+        help=batch_size_help(),
     )
     p.add_argument(
         "--continuous",
@@ -115,6 +116,7 @@ def register(sub) -> None:
         "verify checks against ar of the same quantized model",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="join the shard directories of one run")
@@ -135,6 +137,24 @@ def register(sub) -> None:
 
     p = sub.add_parser("methods", help="list the registered methods and their options")
     p.set_defaults(func=cmd_methods)
+
+
+def batch_size_help() -> str:
+    """`run --batch-size`'s help, from the registry's batched flags (harness.methods.REGISTRY): the methods of
+    the project's engine that decode rows together in the decode loop (with the option values that leave it),
+    and vLLM's, where B is the requests in flight."""
+    from harness.methods import ENGINE, REGISTRY
+
+    loop = [
+        m.name + "".join(f" (not {m.name}:{k}={v})" for k, v in m.one_at_a_time.items())
+        for m in REGISTRY
+        if m.batched and m.engine == ENGINE
+    ]
+    vllm = [m.name for m in REGISTRY if m.batched and m.engine != ENGINE]
+    return (
+        f"decode B prompts together: ragged rows with per-row acceptance in the decode loop for {', '.join(loop)}; "
+        f"B concurrent requests for {', '.join(vllm)}. Without it every prompt is decoded alone"
+    )
 
 
 def cmd_run(args) -> int:
@@ -186,7 +206,39 @@ def _cmd_run(args) -> int:
         return run_batch_sweep(spec, args, launch)
     if launch.distributed:
         return run_launched(spec, args, launch)
-    return run_one(spec, args.out, args)[1]
+    directory, status = run_one(spec, args.out, args)
+    print_wrote([directory])
+    return status
+
+
+def _command(*words) -> str:
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def print_wrote(directories: list[Path], sweep: Path | None = None) -> None:
+    """The last lines of a run, a sweep (`sweep`: its directory) or a merge, on stderr beside verify's "wrote":
+    the directory and its files, then the commands that verify it (where no verdicts were written) and render
+    it into a report, for the user to copy."""
+    from harness.store import RECORDS, RUN
+    from harness.verify.config import VERDICTS
+
+    where = sweep or directories[0]
+    name = where.resolve().name
+    files = [f for f in (RECORDS, RUN, VERDICTS) if (directories[0] / f).is_file()]
+    if sweep is None:
+        lines = [f"wrote {where} ({', '.join(files)})"]
+    else:
+        runs = ", ".join(d.name for d in directories)
+        lines = [f"wrote {where}: {len(directories)} runs ({runs}), each with {', '.join(files)}"]
+    unverified = [d for d in directories if not (d / VERDICTS).is_file()]
+    if unverified:
+        lines.append(
+            f"verify it with: {'; '.join(_command('orthrus-bench', 'verify', d) for d in unverified)}"
+        )
+    lines.append(
+        f"render it with: {_command('orthrus-bench', 'report', *directories, '--out', f'reports/{name}')}"
+    )
+    print("\n".join(lines), file=sys.stderr)
 
 
 def sweep_methods(methods: list[str] | None, sweeps: list[str], model: str | None, dtype: str) -> list[str]:
@@ -260,10 +312,17 @@ def run_one(spec, out, args) -> tuple[Path, int]:
 
     t0 = time.perf_counter()
     directory = execute(
-        spec, out, resume=args.resume, retry_failed=args.retry_failed, shard=parse_shard(args.shard)
+        spec,
+        out,
+        resume=args.resume,
+        retry_failed=args.retry_failed,
+        shard=parse_shard(args.shard),
+        progress=not args.quiet,
     )
     print_run_summary(directory, f"{directory} ({time.perf_counter() - t0:.0f} s)")
-    return directory, 0 if args.no_verify else verify_main(directory, VerifyConfig(device=args.device))
+    if args.no_verify:
+        return directory, 0
+    return directory, verify_main(directory, VerifyConfig(device=args.device), quiet=args.quiet)
 
 
 def run_batch_sweep(spec, args, launch) -> int:
@@ -289,6 +348,7 @@ def run_batch_sweep(spec, args, launch) -> int:
     figures = batch_figures(generations(load_runs(directories)))
     mode = "continuous" if spec.continuous else "static"
     print_batch_figures(figures, f"{out}: batch sweep ({mode} batching)")
+    print_wrote(directories, sweep=out)
     return max(code for _, code in runs)
 
 
@@ -334,7 +394,7 @@ def run_launched(spec, args, launch) -> int:
             resume=args.resume,
             retry_failed=args.retry_failed,
             shard=(launch.rank, launch.world_size),
-            progress=launch.local_rank == 0,
+            progress=launch.local_rank == 0 and not args.quiet,
             device=device,
             launch=launch.as_provenance(device, device_source, device_uuid),
         )
@@ -353,9 +413,11 @@ def run_launched(spec, args, launch) -> int:
     shards = [shard_dir(out, r, launch.world_size) for r in range(launch.world_size)]
     directory = merge(shards, out)
     print_run_summary(directory, f"{directory} (merged from {launch.world_size} shards)")
-    if args.no_verify:
-        return 0
-    return verify_main(directory, VerifyConfig(device=spec.device))
+    status = (
+        0 if args.no_verify else verify_main(directory, VerifyConfig(device=spec.device), quiet=args.quiet)
+    )
+    print_wrote([directory])
+    return status
 
 
 def cmd_merge(args) -> int:
@@ -364,6 +426,7 @@ def cmd_merge(args) -> int:
 
     directory = merge(args.shards, args.out)
     print_run_summary(directory, f"{directory} (merged from {len(args.shards)} shards)")
+    print_wrote([directory])
     return 0
 
 
@@ -395,6 +458,11 @@ def cmd_suites(args) -> int:
     return 0
 
 
+# What `methods` says of a lossy method: verify and run judge it like the others (its verdict "FAIL", its name
+# "diffusion (lossy)" in their tables), expecting it to fail token identity.
+LOSSY_WORDS = "lossy (verified: expected to fail identity)"
+
+
 def cmd_methods(args) -> int:
     from importlib import import_module
 
@@ -403,7 +471,7 @@ def cmd_methods(args) -> int:
     for m in REGISTRY:
         options = import_module(f"harness.methods.{m.name.replace('-', '_')}").OPTIONS
         kinds = [
-            "lossless" if m.lossless else "lossy",
+            "lossless" if m.lossless else LOSSY_WORDS,
             "batched" if m.batched else "one prompt at a time",
             *(["greedy only"] if m.greedy_only else []),
         ]

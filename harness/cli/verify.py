@@ -12,6 +12,8 @@ from harness.verify.config import (
     VerifyConfig,
 )
 
+from .args import add_quiet_arg
+
 
 def register(sub) -> None:
     verify = VerifyConfig()
@@ -37,6 +39,7 @@ def register(sub) -> None:
     )
     p.add_argument("--device", default=verify.device)
     p.add_argument("--seed", type=int, default=verify.seed)
+    add_quiet_arg(p)
     p.set_defaults(func=cmd_verify)
 
     calibration, greedy = CalibrationConfig(), GreedyCalibrationConfig()
@@ -117,6 +120,7 @@ def register(sub) -> None:
         action="store_true",
         help="continue the calibration interrupted at OUT.partial.json (same settings), or start one",
     )
+    add_quiet_arg(p, "and the table on stdout (OUT.md still holds it)")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -125,7 +129,7 @@ def cmd_verify(args) -> int:
 
     names = [f.name for f in fields(VerifyConfig) if f.name != "decoders"]
     config = VerifyConfig(**{name: getattr(args, name) for name in names}, decoders=not args.no_decoders)
-    return verify_main(args.run_dir, config, args.out)
+    return verify_main(args.run_dir, config, args.out, quiet=args.quiet)
 
 
 def cmd_calibrate(args) -> int:
@@ -142,8 +146,10 @@ def cmd_calibrate(args) -> int:
         from harness.verify.calibrate_greedy import calibrate_greedy_main
 
         out = args.out or f"reports/calibration-greedy-{config.dtype}"
-        return calibrate_greedy_main(args.model, out, config)
+        return calibrate_greedy_main(args.model, out, config, quiet=args.quiet)
     from harness.verify.calibrate import calibrate_main
 
     out = args.out or "reports/calibration"
-    return calibrate_main(args.model, out, micro=args.micro, config=config, resume=args.resume)
+    return calibrate_main(
+        args.model, out, micro=args.micro, config=config, resume=args.resume, quiet=args.quiet
+    )

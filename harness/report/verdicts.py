@@ -336,7 +336,9 @@ def headline_tables(u: pd.DataFrame, runs: list[Run], batch_size: int | None = N
             found = speedup_over(g, method, baseline) if baseline is not None else None
             speedup = fmt(found[0], ci=found[1], suffix="×") if found else "–"
             v = verdict_summary(verdicts.get((model, method, float(temp)), []))
-            rows.append([method, speedup, v.verdict, v.size, v.detectable, v.evidence])
+            lossy = "lossless" in g and not g[g.method == method].lossless.astype(bool).all()
+            name = f"{method} (lossy)" if lossy else method  # as verify's table names it
+            rows.append([name, speedup, v.verdict, v.size, v.detectable, v.evidence])
         columns = [
             "method",
             f"speedup over {baseline or 'AR'}",

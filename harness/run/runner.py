@@ -33,6 +33,7 @@ from harness.methods.base import Decoder
 from harness.methods.target import Target, load_target, torch_dtype
 from harness.options import check_device, check_length, check_memory
 from harness.paths import checkpoint_reference
+from harness.progress import Reporter
 from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, TelemetryFields, unit_key
 from harness.store import RunInfo, StoreError, add_compiles, check_out, open_run
 from harness.suites.config import GenerationSettings
@@ -484,8 +485,6 @@ def execute(
 
 
 def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, launch) -> Path:
-    from tqdm import tqdm
-
     run = provenance(spec, p, shard)
     run.launch = launch  # the launcher, the rank and its device, host and pid (launch.LaunchEnv), if launched
     try:
@@ -513,16 +512,23 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
     compiles = Compiles()
     # A resumed run's compiles are its sessions' together: the earlier ones' stay in run.json from the start
     earlier = run.compiles = store.resumed.compiles if store.resumed else None
-    bar = tqdm(
-        todo, desc="run", unit="gen", disable=not progress, initial=len(units) - len(todo), total=len(units)
-    )
+    shown = Reporter(enabled=progress)  # stderr: a bar on a terminal, a few lines in a log
+    bar = shown.bar(todo, "run", unit="gen", initial=len(units) - len(todo), total=len(units), leave=True)
+
+    def warming_up(label: str) -> None:
+        if spec.warmup > 0 and any(lbl == label for *_, lbl in todo):
+            shown.say(
+                f"run: warming up {label} ({spec.warmup} unrecorded generation{'s' * (spec.warmup > 1)})"
+            )
+
     try:  # from here on the store (and its writer lock) is closed however the run ends
         store.write_run(run)
         if spec.batch_size is not None:
-            execute_batched(p, spec, todo, settings, store, bar, figures, compiles)
+            execute_batched(p, spec, todo, settings, store, bar, figures, compiles, warming_up)
             bar.close()
         else:
             for label in p.decoders:  # every method's warm-up before the first timed generation
+                warming_up(label)
                 with compiles.during(label, "warmup"):
                     warm_up(p, spec, label, settings, todo)
             for suite, item, sample, label in bar:
@@ -565,7 +571,15 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
 
 
 def execute_batched(
-    p: Prepared, spec: RunSpec, todo: list, settings, store, bar, figures: Progress, compiles: Compiles
+    p: Prepared,
+    spec: RunSpec,
+    todo: list,
+    settings,
+    store,
+    bar,
+    figures: Progress,
+    compiles: Compiles,
+    warming_up=lambda label: None,
 ) -> None:
     """The work units of a batched run (`--batch-size`): per method, per suite, every unit through the method's
     decode loop at `batch_size` rows (orthrus_core.loop), each turn a request, records written as each unit
@@ -575,6 +589,7 @@ def execute_batched(
     device = p.target.model.lm_head.weight.device
     clock = Clock(device)
     for label, decoder in p.decoders.items():
+        warming_up(label)
         with compiles.during(label, "warmup"):
             warm_up(p, spec, label, settings, todo)
         for suite in p.suites:

@@ -51,7 +51,7 @@ class RunSpec:
     telemetry: bool = True
     data_dir: str | None = None
     engine: str = "auto"  # orthrus_core.engine: auto | eager | compile | cudagraph
-    batch_size: int | None = None  # B rows decoded together (orthrus_core.batch); None: one prompt at a time
+    batch_size: int | None = None  # B rows decoded together (orthrus_core.loop); None: one prompt at a time
     continuous: bool = False  # with batch_size: refill a finished row's slot at once (continuous batching)
     # How the vLLM methods' engines spread the target over devices (vLLM's own tensor and data parallelism); the
     # project's engine decodes on one device per process (several processes: a launcher and shards).

@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from scipy import stats
 from harness.methods import make_decoder
 from harness.methods.base import GenerateFn
 from harness.methods.target import Target
+from harness.progress import SILENT, Reporter
 from harness.run.seeds import generation_seed
 from harness.store import json_safe, write_json
 from orthrus_core.micro import micro_model
@@ -260,7 +259,9 @@ class Arm:
         }
 
 
-def sampling_profile(model, prompts, config: CalibrationConfig, stop_ids) -> dict:
+def sampling_profile(
+    model, prompts, config: CalibrationConfig, stop_ids, progress: Reporter = SILENT
+) -> dict:
     """What there is to test, along one AR sample per prompt: the next-token entropy (a bug that reshapes a
     distribution moves a near-deterministic one by almost nothing), and for each setting mutant its KL
     divergence from the right distribution per token. By the data-processing inequality, a test of level
@@ -270,7 +271,9 @@ def sampling_profile(model, prompts, config: CalibrationConfig, stop_ids) -> dic
     reference, generator = Reference(model), torch.Generator().manual_seed(config.seed + 1)
     bugs = {name: setting_params(PARAMS, **bug) for name, bug in SETTING_MUTANTS.items()}
     entropy, kl = [], {name: [] for name in bugs}
-    for prompt in prompts:
+    for prompt in progress.bar(
+        prompts, "calibrate: sampling profile (one AR sample per prompt)", unit="prompts"
+    ):
         tokens = ar_samples(model, prompt, 1, config.max_new_tokens, PARAMS, stop_ids, generator)[0]
         logits = reference.logits(prompt, tokens)
         p = probs(PARAMS, logits).double()
@@ -315,7 +318,7 @@ def calibrate(
     config: CalibrationConfig,
     *,
     stop_ids: list[int],
-    progress: Callable[[str], None] | None = None,
+    progress: Reporter = SILENT,
     checkpoint: Path | None = None,
     resume: dict | None = None,
 ) -> list[Arm]:
@@ -323,7 +326,8 @@ def calibrate(
     the batched AR samples); the A/A arm's own AR samples are further rows of the same batches.
 
     After each replicate the arms and the generator's state go to `checkpoint`; `resume` (such a
-    checkpoint) continues from there with the same outcomes as an uninterrupted calibration."""
+    checkpoint) continues from there with the same outcomes as an uninterrupted calibration. `progress`
+    shows the AR samples being drawn, then the replicates with each arm's rejections so far."""
     t_start = time.perf_counter()
     model = target.model
     reference = Reference(model)
@@ -346,7 +350,9 @@ def calibrate(
         ar_samples(
             model, p, total + config.replicates + 1, config.max_new_tokens, PARAMS, stop_ids, generator
         )
-        for p in prompts
+        for p in progress.bar(
+            prompts, f"calibrate: AR samples ({total + config.replicates + 1} per prompt)", unit="prompts"
+        )
     ]
     # The T2 context comes from AR paths no replicate uses (rows past the last A/A row).
     context = t2_context(
@@ -361,6 +367,15 @@ def calibrate(
             # json_safe wrote NaN as null and inf as "inf"
             arm.__dict__.update(saved, t3_z=[math.nan if z is None else float(z) for z in saved["t3_z"]])
         generator.set_state(torch.tensor(resume["generator_state"], dtype=torch.uint8))
+    short = {
+        "aa": "A/A",
+        "lossless": "lossless",
+        "mutants": "mutant",
+    }  # the mutants numbered as the table lists them
+    names = ", ".join(short[kinds[k]] + (f" {k - 1}" if kinds[k] == "mutants" else "") for k, _ in arms)
+    bar = progress.bar(
+        desc=f"calibrate: replicates (rejections: {names})", total=replicates, initial=done, unit="replicates"
+    )
     for r in range(done, replicates):
         reference_records = [{"prompt_ids": p, "output_ids": rows[i][r]} for i, p in enumerate(prompts)]
         for k, arm in arms:
@@ -397,11 +412,9 @@ def calibrate(
                 "arms": [asdict(arm) for _, arm in arms],
             }
             write_json(checkpoint, json_safe(state))
-        if progress:
-            progress(
-                f"replicate {r + 1}/{replicates}: "
-                + ", ".join(f"{a.rejections}/{a.replicates}" for _, a in arms)
-            )
+        bar.set_postfix_str(", ".join(f"{a.rejections}/{a.replicates}" for _, a in arms))
+        bar.update(1)
+    bar.close()
     return [arm for _, arm in arms]
 
 
@@ -492,7 +505,8 @@ def calibrate_main(
 ) -> int:
     """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met.
     Progress is checkpointed to OUT.partial.json after each replicate (removed at the end); `resume`
-    continues from it. Without `resume` an existing checkpoint is an error, so that no work is lost."""
+    continues from it. Without `resume` an existing checkpoint is an error, so that no work is lost. Each
+    step's progress goes to stderr, unless `quiet`."""
     from harness.methods.target import load_target
     from harness.paths import DEFAULT_MODEL
     from orthrus_core.generation import stop_ids as eos_ids
@@ -506,7 +520,9 @@ def calibrate_main(
             f"start over"
         )
     torch.manual_seed(config.seed)
+    progress = Reporter(enabled=not quiet)
     if not micro and (model or (DEFAULT_MODEL / "config.json").is_file()):
+        progress.say(f"calibrate: loading {model or DEFAULT_MODEL}")
         target = load_target(model)
     else:
         target = Target.of(
@@ -521,17 +537,16 @@ def calibrate_main(
     stop_ids = eos_ids(net)
     state = load_checkpoint(checkpoint, config) if checkpoint.exists() else None
     t0 = time.perf_counter()
-    say = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     arms = calibrate(
-        target, prompts, config, stop_ids=stop_ids, progress=say, checkpoint=checkpoint, resume=state
+        target, prompts, config, stop_ids=stop_ids, progress=progress, checkpoint=checkpoint, resume=state
     )
     meta = {
         "model": name,
         "block_size": config.block_size,
         "prompts": len(prompts),
         "seconds": (state["seconds"] if state else 0.0) + time.perf_counter() - t0,
-        "profile": sampling_profile(net, prompts, config, stop_ids),
+        "profile": sampling_profile(net, prompts, config, stop_ids, progress),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }
@@ -539,6 +554,5 @@ def calibrate_main(
     out_path.with_suffix(".md").write_text(markdown)
     write_json(out_path.with_suffix(".json"), json_safe(data))
     checkpoint.unlink()
-    if not quiet:
-        print(markdown)
+    print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
-from tqdm import tqdm
 
 from harness.methods import make_decoder
 from harness.methods.target import Target, load_target
+from harness.progress import SILENT, Reporter
 from harness.store import json_safe, write_json
 from orthrus_core.generation import stop_ids as eos_ids
 from orthrus_core.params import GREEDY
@@ -148,14 +148,21 @@ def pool_prompts(target: Target, config: GreedyCalibrationConfig) -> list[list[i
 
 
 def calibrate_greedy(
-    target: Target, reference: Reference, pool: list[list[int]], config: GreedyCalibrationConfig, say=None
+    target: Target,
+    reference: Reference,
+    pool: list[list[int]],
+    config: GreedyCalibrationConfig,
+    progress: Reporter = SILENT,
 ) -> tuple[list[GreedyArm], dict]:
-    """-> (arms, meta). `target` decodes in the calibrated dtype, `reference` is its float32 twin."""
+    """-> (arms, meta). `target` decodes in the calibrated dtype, `reference` is its float32 twin. Each step
+    shows on `progress` (stderr)."""
 
-    def bar(iterable, desc: str, total: int | None = None):  # progress on stderr, where `say` writes
-        return tqdm(iterable, desc=desc, total=total, disable=say is None, leave=False)
+    def bar(iterable, desc: str, total: int | None = None, unit: str = "prompts"):
+        return progress.bar(iterable, f"calibrate --greedy: {desc}", total=total, unit=unit)
 
-    say = say or (lambda line: None)
+    def say(line: str) -> None:
+        progress.say(f"calibrate --greedy: {line}")
+
     t0 = time.perf_counter()
     net = target.model
     stops = eos_ids(net)
@@ -214,7 +221,7 @@ def calibrate_greedy(
         say(f"{name}: {arm.diverging:.1%} of generations diverge ({time.perf_counter() - t0:.0f} s)")
 
     draw = random.Random(config.seed + 1)
-    for _ in bar(range(config.replicates), "replicates"):
+    for _ in bar(range(config.replicates), "replicates", unit="replicates"):
         chosen = draw.sample(range(config.pool), config.prompts)
         study = BenignStudy.pooled([studies[i] for i in chosen[: config.tie_paths]])
         for arm, compared in zip(arms, comparisons, strict=True):
@@ -287,16 +294,17 @@ def report(arms: list[GreedyArm], config: GreedyCalibrationConfig, meta: dict) -
 def calibrate_greedy_main(
     model: str | None, out: str, config: GreedyCalibrationConfig, *, quiet: bool = False, device: str = "cpu"
 ) -> int:
-    """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met."""
-    say = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    """Calibrate, write OUT.md and OUT.json, print the table; exit status 1 when a requirement is not met.
+    Each step's progress goes to stderr, unless `quiet`."""
+    progress = Reporter(enabled=not quiet)
+    progress.say(f"calibrate --greedy: loading {model or 'the embedded tiny family'} ({config.dtype})")
     target = load_target(model, config.dtype, device)
     reference = Reference(load_target(model, "float32", device, "eager").model)
-    arms, meta = calibrate_greedy(target, reference, pool_prompts(target, config), config, say)
+    arms, meta = calibrate_greedy(target, reference, pool_prompts(target, config), config, progress)
     markdown, data = report(arms, config, meta)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.with_suffix(".md").write_text(markdown)
     write_json(out_path.with_suffix(".json"), json_safe(data))
-    if not quiet:
-        print(markdown)
+    print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1

@@ -7,6 +7,7 @@ binomial 95% upper bound on the algorithmic divergence rate per prompt is always
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 
 import numpy as np
@@ -37,11 +38,13 @@ def compare_records(
     *,
     continue_fn=None,
     max_new_tokens: int | None = None,
+    track: Callable[[list], Iterable] = iter,
 ) -> tuple[list[tuple[dict, PairComparison]], int]:
     """Each record against the reference's record of its prompt -> ([(where, comparison)], records not
-    comparable: a later turn whose prompt holds the method's own diverged answer)."""
+    comparable: a later turn whose prompt holds the method's own diverged answer). `track` wraps the sorted
+    records, to show how far the comparison is (harness.progress)."""
     compared, not_comparable = [], 0
-    for r in sorted(records, key=prompt_key):
+    for r in track(sorted(records, key=prompt_key)):
         ar = reference_by_key.get(prompt_key(r))
         if ar is None:
             continue
@@ -153,10 +156,16 @@ def verify_greedy(
     alpha: float,
     continue_fn=None,
     max_new_tokens: int | None = None,
+    track: Callable[[list], Iterable] = iter,
 ) -> dict:
     """Token identity, forensics and the greedy verdict for one method's records of one suite."""
     compared, not_comparable = compare_records(
-        records, reference_by_key, reference, continue_fn=continue_fn, max_new_tokens=max_new_tokens
+        records,
+        reference_by_key,
+        reference,
+        continue_fn=continue_fn,
+        max_new_tokens=max_new_tokens,
+        track=track,
     )
     return greedy_verdict(
         compared,

@@ -11,7 +11,9 @@ deviation it could detect (docs/verification.md):
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 
 import numpy as np
@@ -50,15 +52,18 @@ def draw_fixed_context(
     depth: int,
     stop_token_ids: list[int],
     seed: int,
+    on_draw: Callable[[], None] | None = None,
 ) -> list[tuple[int, ...]]:
     """T2's draws: `samples` generations of `depth` tokens from the same prompt (the same cache state), each
-    with its own seed hashed from `seed` (harness.run.seeds)."""
+    with its own seed hashed from `seed` (harness.run.seeds). `on_draw` is called after each (progress)."""
     sequences = []
     for i in range(samples):
         result = generate(
             prompt_ids, depth, params, seed=generation_seed(seed, "t2", i, 0), stop_token_ids=stop_token_ids
         )
         sequences.append(tuple(result.tokens))
+        if on_draw is not None:
+            on_draw()
     return sequences
 
 
@@ -121,12 +126,23 @@ def t2_context(
 # ------------------------------------------------------------------------------------ T1, T3, T4, T5
 
 
-def sequence_statistics(reference: Reference, records: list[dict], params: SamplingParams, seed: int):
+# Wraps the records a step goes through, to show how far it is (harness.progress): records -> records.
+Track = Callable[[list[dict]], Iterable[dict]]
+
+
+def sequence_statistics(
+    reference: Reference,
+    records: list[dict],
+    params: SamplingParams,
+    seed: int,
+    track: Callable[[list[dict]], Iterable[dict]] = iter,
+):
     """Per record: PIT values and surprisal terms per token, total log-probability and length; and over all
-    records, the acceptance trace's events (accepted, q(x), p(x)) with p the reference's (T5)."""
+    records, the acceptance trace's events (accepted, q(x), p(x)) with p the reference's (T5). `track` wraps
+    the records, to show how far the pass is."""
     generator = torch.Generator().manual_seed(seed)
     pits, terms, logprob, length, audit = [], [], [], [], []
-    for r in records:
+    for r in track(records):
         tokens = list(r["output_ids"])
         if not tokens:
             continue
@@ -157,11 +173,22 @@ def sampling_family(
     alpha: float,
     seed: int,
     t2: list[StatResult] | None = None,
+    track: Track | None = None,
 ) -> tuple[list[StatResult], bool]:
     """T1, T3, T4, T5 (when the records carry acceptance traces) and T2 (when given) with Holm across them;
-    True when the family rejects."""
-    pits, terms, logprob, length, audit = sequence_statistics(reference, records, params, seed)
-    _, _, ref_logprob, ref_length, _ = sequence_statistics(reference, reference_records, params, seed + 1)
+    True when the family rejects. `track` shows how far the pass over both sides' records is: it wraps the
+    method's records followed by the reference's, which the two passes take in turn."""
+    both = iter(track([*records, *reference_records]) if track else [*records, *reference_records])
+
+    def side(items: list[dict]) -> Iterable[dict]:
+        return itertools.islice(both, len(items))
+
+    pits, terms, logprob, length, audit = sequence_statistics(reference, records, params, seed, side)
+    _, _, ref_logprob, ref_length, _ = sequence_statistics(
+        reference, reference_records, params, seed + 1, side
+    )
+    for _ in both:  # the end of the wrapped records: the progress shown ends
+        pass
     family: list[StatResult] = []
     if pits:
         family += pit_test(np.concatenate(pits), alpha)
@@ -188,9 +215,11 @@ def sampling_family(
     return family, holm(family, alpha) if family else False
 
 
-def verify_sampling(records, reference_records, reference, params, *, alpha, seed, t2=None) -> dict:
+def verify_sampling(
+    records, reference_records, reference, params, *, alpha, seed, t2=None, track: Track | None = None
+) -> dict:
     family, rejected = sampling_family(
-        reference, records, reference_records, params, alpha=alpha, seed=seed, t2=t2
+        reference, records, reference_records, params, alpha=alpha, seed=seed, t2=t2, track=track
     )
     tvs = [t.min_detectable_tv for t in family if t.min_detectable_tv is not None]
     tokens = sum(len(r["output_ids"]) for r in records)

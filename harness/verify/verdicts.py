@@ -31,6 +31,7 @@ from harness.methods import make_decoder
 from harness.methods.base import GenerateFn
 from harness.methods.target import load_target
 from harness.paths import default_model
+from harness.progress import SILENT, Reporter
 from harness.records import prompt_key
 from harness.run.spec import RunSpec
 from harness.store import RunInfo, StoreError, WriterLock, json_safe, load_run, read_records, write_json
@@ -66,10 +67,17 @@ def correctness(records: list[dict]) -> dict[str, list[bool]]:
 
 class RunVerification:
     """One run's verification: run.json, the records and the target loaded once, then one verdict per
-    (method, suite, temperature) group."""
+    (method, suite, temperature) group. Each step says what it is doing and how far it is on `progress`
+    (stderr; harness.progress)."""
 
-    def __init__(self, run_dir: str | Path, config: VerifyConfig, decoder_factory: DecoderFactory | None):
-        self.run_dir, self.config = run_dir, config
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: VerifyConfig,
+        decoder_factory: DecoderFactory | None,
+        progress: Reporter = SILENT,
+    ):
+        self.run_dir, self.config, self.progress = run_dir, config, progress
         self.run = load_run(run_dir)
         every = read_records(run_dir)
         if not every:
@@ -85,11 +93,18 @@ class RunVerification:
         # What the run decoded with, in the engine it decoded in, quantized as it was (orthrus_core.quantize);
         # the exact distributions in float32, of the same quantized model.
         self.quantize = self.run.config.get("quantize")
+        quantized = f", quantized {self.quantize}" if self.quantize else ""
+        progress.say(
+            f"verify: {len(self.records)} records of {run_dir}; loading the target {self.path} ({self.dtype}"
+            f"{quantized}, {config.device})"
+        )
         self.target = load_target(self.path, self.dtype, config.device, self.run.engine, self.quantize)
         # A vLLM method re-run here (re-synchronisation, T2) spreads the target as the run did.
         self.target.parallel = {
             k: self.run.settings.get(k, 1) for k in ("tensor_parallel_size", "data_parallel_size")
         }
+        if self.dtype != "float32":
+            progress.say(f"verify: loading the float32 reference of {self.path}")
         float32 = (
             load_target(self.path, "float32", config.device, "eager", self.quantize)
             if self.dtype != "float32"
@@ -103,6 +118,7 @@ class RunVerification:
         self.decoder_errors: dict[str, str] = {}
         self.benign: dict[str, BenignStudy] = {}  # per suite
         self.built: list = []  # registry decoders rebuilt here: closed when the verdicts are reached
+        self.step = "verify"  # the verdict being reached, as its progress names it
 
     def registry_decoder(self, label: str) -> GenerateFn:
         decoder = make_decoder(label, self.target)
@@ -113,6 +129,7 @@ class RunVerification:
         """The method's generate function, rebuilt once; None without a factory or when it cannot be rebuilt
         here (the verdict then says why, and is reached without it)."""
         if self.decoder_factory is not None and method not in self.decoders:
+            self.progress.say(f"verify: rebuilding {method} on the target (to re-run it)")
             try:
                 self.decoders[method] = self.decoder_factory(method)
             except Exception as exc:
@@ -134,11 +151,12 @@ class RunVerification:
         """Every verdict of the run (not written; see `verify_main`)."""
         groups = self.groups()
         reference = self.config.reference
-        verdicts = [
-            self.verdict(method, suite, temperature, records, groups.get((reference, suite, temperature), []))
-            for (method, suite, temperature), records in sorted(groups.items())
-            if method != reference
-        ]
+        todo = [(key, records) for key, records in sorted(groups.items()) if key[0] != reference]
+        verdicts = []
+        for i, ((method, suite, temperature), records) in enumerate(todo, 1):
+            self.step = f"verify {i}/{len(todo)}: {method} on {suite} at T={temperature:g}"
+            reference_records = groups.get((reference, suite, temperature), [])
+            verdicts.append(self.verdict(method, suite, temperature, records, reference_records))
         return {
             "run": str(self.run_dir),
             "records": self.record_count,  # what they were computed from: never replaced by fewer (verify_main)
@@ -203,7 +221,9 @@ class RunVerification:
                 (r["prompt_ids"], r["output_ids"])
                 for r in sorted(reference_records, key=prompt_key)[: self.config.tie_paths]
             ]
+            paths = self.progress.bar(paths, f"verify: near-tie study, {suite}", unit="paths")
             self.benign[suite] = benign_study(self.target.model, self.reference.logits, paths)
+        what = "token identity" + (", re-synchronising after divergences" if generate is not None else "")
         return verify_greedy(
             records,
             {prompt_key(r): r for r in reference_records},
@@ -213,6 +233,7 @@ class RunVerification:
             alpha=self.config.alpha,
             continue_fn=None if generate is None else greedy_continuation(generate, self.stop_ids(settings)),
             max_new_tokens=settings.max_new_tokens,
+            track=lambda items: self.progress.bar(items, f"{self.step}, {what}", unit="prompts"),
         )
 
     def sampling(self, records, reference_records, settings, params, generate: GenerateFn | None) -> dict:
@@ -220,6 +241,9 @@ class RunVerification:
         t2 = None
         if generate is not None and config.t2_samples > 0:
             prompt = t2_context(self.reference, sorted(reference_records, key=prompt_key), params)
+            track = self.progress.bar(
+                desc=f"{self.step}, T2 draws at a fixed context", total=config.t2_samples, unit="draws"
+            )
             draws = draw_fixed_context(
                 generate,
                 prompt,
@@ -228,20 +252,36 @@ class RunVerification:
                 depth=config.t2_depth,
                 stop_token_ids=self.stop_ids(settings),
                 seed=config.seed + 10_000,
+                on_draw=lambda: track.update(1),
             )
+            track.close()
             t2 = fixed_context_tests(
                 draws, self.reference, prompt, params, depth=config.t2_depth, alpha=config.alpha
             )
         return verify_sampling(
-            records, reference_records, self.reference, params, alpha=config.alpha, seed=config.seed, t2=t2
+            records,
+            reference_records,
+            self.reference,
+            params,
+            alpha=config.alpha,
+            seed=config.seed,
+            t2=t2,
+            track=lambda items: self.progress.bar(
+                items,
+                f"{self.step}, T1 T3 T4 T5 over its and {config.reference}'s sequences",
+                unit="sequences",
+            ),
         )
 
 
 def verify_run(
-    run_dir: str | Path, config: VerifyConfig | None = None, decoder_factory: DecoderFactory | None = None
+    run_dir: str | Path,
+    config: VerifyConfig | None = None,
+    decoder_factory: DecoderFactory | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
-    """Every verdict of the run in `run_dir` (not written; see `verify_main`)."""
-    verification = RunVerification(run_dir, config or VerifyConfig(), decoder_factory)
+    """Every verdict of the run in `run_dir` (not written; see `verify_main`), each step shown on `progress`."""
+    verification = RunVerification(run_dir, config or VerifyConfig(), decoder_factory, progress)
     try:
         return verification.result()
     finally:
@@ -342,14 +382,17 @@ def verify_main(
     config: VerifyConfig | None = None,
     out: str | Path | None = None,
     decoder_factory: DecoderFactory | None = None,
+    *,
+    quiet: bool = False,
 ) -> int:
     """Verify, print the table, write verdicts.json (default RUN/verdicts.json); exit status 1 when a lossless
     method fails, else 0. Writing into the run directory takes its writer lock (no run may be adding records
-    meanwhile), and a verdicts file computed from more records than the run now holds is not replaced."""
+    meanwhile), and a verdicts file computed from more records than the run now holds is not replaced. Each
+    step's progress goes to stderr (the table to stdout), unless `quiet`."""
     path = Path(out) if out else Path(run_dir) / VERDICTS
     writes_into_run = path.parent.resolve() == Path(run_dir).resolve()
     with WriterLock(run_dir, "orthrus-bench verify") if writes_into_run else nullcontext():
-        result = verify_run(run_dir, config, decoder_factory)
+        result = verify_run(run_dir, config, decoder_factory, Reporter(enabled=not quiet))
         before = _records_counted(path)
         if before > result["records"]:
             raise StoreError(
