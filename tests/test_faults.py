@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from command_line import cli
 
 import harness.store
 from harness.cli import main
@@ -35,16 +36,6 @@ RUN_ARGS = [
     "--warmup",
     "0",
 ]
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    """Run the command line in-process -> (exit code, stderr + stdout)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.err + out.out
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +234,11 @@ def test_two_resumes_started_together_write_each_unit_once(finished_run, tmp_pat
         (["--device", "gpu"], "--device gpu: not a device; use cpu, cuda or cuda:N"),
         (["--device", "cuda:1"], "--device cuda:1: no CUDA device is available here"),
         (["--methods", "ar,ar"], "a method is listed twice"),
+        (["--temperature", "inf"], "--temperature must be >= 0 and finite (0 is greedy), got inf"),
+        (["--temperature=-inf"], "--temperature must be >= 0 and finite (0 is greedy), got -inf"),
+        (["--temperature", "nan"], "--temperature must be >= 0 and finite (0 is greedy), got nan"),
+        (["--top-p", "inf"], "--top-p must be in (0, 1]"),
+        (["--top-p", "nan"], "--top-p must be in (0, 1]"),
     ],
 )
 def test_bad_run_options_stop_before_anything_is_written(capsys, tmp_path, flags, message):
@@ -265,6 +261,11 @@ def test_the_length_check_names_the_prompt_and_the_room_left(capsys, tmp_path):
         (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
         (["--max-new-tokens", "5000"], "plus max_new_tokens 5000 needs"),
         (["--device", "gpu"], "not a device"),
+        (["--temperature", "inf"], "--temperature must be >= 0 and finite (0 is greedy), got inf"),
+        (["--temperature=-inf"], "--temperature must be >= 0 and finite (0 is greedy), got -inf"),
+        (["--temperature", "nan"], "--temperature must be >= 0 and finite (0 is greedy), got nan"),
+        (["--top-p", "inf"], "--top-p must be in (0, 1]"),
+        (["--top-p", "nan"], "--top-p must be in (0, 1]"),
     ],
 )
 def test_generate_checks_the_same_options(capsys, flags, message):

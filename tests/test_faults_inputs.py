@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from command_line import cli
 
 from harness.cli import build_parser, main
 from harness.store import RECORDS, RUN, read_records
@@ -31,16 +32,6 @@ TINY_MATH = ROOT / "suites" / "tiny-math.toml"
 # Four units (2 items x 2 methods), a few tokens each: about a second on 2 cores (test_faults.RUN_ARGS).
 BASE = ["--limit", "2", "--max-new-tokens", "8", "--warmup", "0"]
 RUN_ARGS = ["--suite", "tiny-math", "--methods", "ar,pld", *BASE]
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    """Run the command line in-process -> (exit code, stderr + stdout)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.err + out.out
 
 
 @pytest.fixture(scope="module")

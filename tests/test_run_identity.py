@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from command_line import cli
 
 from harness.cli import main
 from harness.store import RECORDS, REJECTED, RUN, read_records
@@ -17,15 +18,6 @@ from harness.store import RECORDS, REJECTED, RUN, read_records
 # Four units (2 items x 2 methods) at 8 new tokens; the "other" runs differ in method, length or suite.
 ARGS = ["--suite", "tiny-math", "--limit", "2", "--warmup", "0"]
 THIS = [*ARGS, "--methods", "ar,pld", "--max-new-tokens", "8"]
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.err + out.out
 
 
 @pytest.fixture(scope="module")
