@@ -39,6 +39,7 @@ from pathlib import Path
 from harness.paths import checkpoint_location
 from harness.records import ENGINE, Record, schema_problem, unit_key, unit_name
 from harness.run.seeds import generation_seed
+from orthrus_core.params import SamplingParams
 
 RECORDS = "records.jsonl"
 RUN = "run.json"
@@ -116,6 +117,20 @@ class RunInfo:
         run.json records it, the rule of harness.run.spec.RunSpec.generation; None where run.json says neither."""
         table = self.suites.get(suite, {}).get("config", {}).get("generation", {})
         return {k: table.get(k) if self.config.get(k) is None else self.config[k] for k in OVERRIDES}
+
+    def greedy(self, suite: str, temperature: float | None = None) -> bool:
+        """Whether the run decoded `suite` (at `temperature`, a record's; default the run's) greedily:
+        orthrus_core.params.SamplingParams.greedy of its settings (T = 0, or one that leaves one token, such as
+        top-k 1); top-k and top-p disabled where run.json does not say, False where the temperature is unknown."""
+        settings = self.generation(suite)
+        temperature = settings["temperature"] if temperature is None else temperature
+        if temperature is None:
+            return False
+        top_k, top_p = settings["top_k"], settings["top_p"]
+        try:
+            return SamplingParams(float(temperature), top_k or 0, 1.0 if top_p is None else top_p).greedy
+        except (TypeError, ValueError):  # a setting SamplingParams refuses: the temperature still says
+            return float(temperature) == 0
 
     @property
     def shard_name(self) -> str:

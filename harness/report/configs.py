@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 from harness.store import OVERRIDES as STORE_OVERRIDES
 from harness.store import RunInfo
-from orthrus_core.params import SamplingParams
 
 from .runs import EMBEDDED_MODEL, Run
 
@@ -177,7 +176,7 @@ def differences(a: RunInfo, b: RunInfo) -> list[Difference]:
         add(group, FLAGS.get(key, f"--{key}"), ca.get(key), cb.get(key), unknown, show=override_name)
         for suite in common:
             x, y = a.generation(suite)[key], b.generation(suite)[key]
-            both_greedy = group == "sampling" and greedy(a, suite) and greedy(b, suite)
+            both_greedy = group == "sampling" and a.greedy(suite) and b.greedy(suite)
             if None not in (x, y):
                 add(group, f"{suite} {key}", x, y, not both_greedy, "greedy in both" if both_greedy else "")
 
@@ -281,20 +280,11 @@ def suite_differences(a: RunInfo, b: RunInfo, suite: str, add) -> None:
     add("suites", f"{suite} data from", origin_a, origin_b, False)
 
 
-def greedy(info: RunInfo, suite: str) -> bool:
-    """Whether the run decoded `suite` greedily: temperature 0, or sampling settings that leave one token
-    (orthrus_core.params.SamplingParams.greedy); False where run.json does not say."""
-    settings = info.generation(suite)
-    if None in (settings["temperature"], settings["top_k"], settings["top_p"]):
-        return settings["temperature"] == 0
-    return SamplingParams(settings["temperature"], settings["top_k"], settings["top_p"]).greedy
-
-
 def samples_anything(info: RunInfo, suites: list[str]) -> bool:
     """Whether any suite of the run samples (or may: unknown counts as yes)."""
     if not suites:
         return info.config.get("temperature") != 0
-    return not all(greedy(info, s) for s in suites)
+    return not all(info.greedy(s) for s in suites)
 
 
 def add_only(add, group: str, flag: str, a: list, b: list, tokens: bool, note: str = "") -> None:

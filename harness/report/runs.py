@@ -15,7 +15,6 @@ import pandas as pd
 
 from harness.records import ENGINE, UNIT
 from harness.store import RUN, RunInfo, load_run, read_records
-from orthrus_core.params import SamplingParams
 
 EMBEDDED_MODEL = "embedded tiny family"
 # Telemetry fields that a run made with --no-telemetry lacks altogether; there they read as not measured.
@@ -60,21 +59,9 @@ class Run:
         return (self.info and self.info.config.get("quantize")) or None
 
     def greedy(self, suite: str, temperature: float) -> bool:
-        """Whether the run's generations of `suite` at `temperature` were greedy (SamplingParams.greedy: T = 0 or
-        a degenerate setting such as top-k 1): its top_k and top_p overrides, else the suite's [generation] as
-        run.json recorded it (without either, temperature decides alone)."""
-        config = self.info.config if self.info else {}
-        suites = self.info.suites if self.info else {}
-        generation = (suites.get(suite, {}).get("config") or {}).get("generation") or {}
-
-        def setting(name: str, default):
-            value = config.get(name)
-            return generation.get(name, default) if value is None else value
-
-        try:
-            return SamplingParams(float(temperature), setting("top_k", 0), setting("top_p", 1.0)).greedy
-        except (TypeError, ValueError):  # a setting run.json cannot hold; the temperature still says
-            return float(temperature) == 0
+        """Whether the run's generations of `suite` at `temperature` were greedy (RunInfo.greedy; without a
+        run.json, temperature decides alone)."""
+        return self.info.greedy(suite, temperature) if self.info else float(temperature) == 0
 
     def engine(self, method: str) -> str:
         """The engine that decoded `method` as run.json records it (the project's where it does not say)."""

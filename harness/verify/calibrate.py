@@ -35,7 +35,7 @@ from harness.methods.base import GenerateFn
 from harness.methods.target import Target
 from harness.progress import SILENT, Reporter
 from harness.run.seeds import generation_seed
-from harness.store import json_safe, write_json
+from harness.store import json_text, write_json
 from orthrus_core.micro import micro_model
 from orthrus_core.params import SamplingParams
 from orthrus_core.sampling import EXACT, AcceptanceRule, probs, sample
@@ -411,7 +411,7 @@ def calibrate(
                 "generator_state": generator.get_state().tolist(),
                 "arms": [asdict(arm) for _, arm in arms],
             }
-            write_json(checkpoint, json_safe(state))
+            write_json(checkpoint, state)
         bar.set_postfix_str(", ".join(f"{a.rejections}/{a.replicates}" for _, a in arms))
         bar.update(1)
     bar.close()
@@ -425,7 +425,7 @@ def load_checkpoint(path: Path, config: CalibrationConfig) -> dict:
         saved = state["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a calibration checkpoint ({e}): delete it to start over") from e
-    settings = json.loads(json.dumps(json_safe(asdict(config))))
+    settings = json.loads(json_text(asdict(config)))
     if saved != settings:
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
         raise ValueError(
@@ -552,7 +552,7 @@ def calibrate_main(
     }
     markdown, data = report(arms, config, meta)
     out_path.with_suffix(".md").write_text(markdown)
-    write_json(out_path.with_suffix(".json"), json_safe(data))
+    write_json(out_path.with_suffix(".json"), data)
     checkpoint.unlink()
     print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1

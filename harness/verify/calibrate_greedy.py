@@ -37,7 +37,7 @@ from scipy import stats
 from harness.methods import make_decoder
 from harness.methods.target import Target, load_target
 from harness.progress import SILENT, Reporter
-from harness.store import json_safe, write_json
+from harness.store import write_json
 from orthrus_core.generation import stop_ids as eos_ids
 from orthrus_core.params import GREEDY
 from orthrus_core.sampling import AcceptanceRule
@@ -305,6 +305,6 @@ def calibrate_greedy_main(
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.with_suffix(".md").write_text(markdown)
-    write_json(out_path.with_suffix(".json"), json_safe(data))
+    write_json(out_path.with_suffix(".json"), data)
     print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1

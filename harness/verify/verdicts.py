@@ -34,7 +34,7 @@ from harness.paths import default_model
 from harness.progress import SILENT, Reporter
 from harness.records import prompt_key
 from harness.run.spec import RunSpec
-from harness.store import RunInfo, StoreError, WriterLock, json_safe, load_run, read_records, write_json
+from harness.store import RunInfo, StoreError, WriterLock, load_run, read_records, write_json
 from harness.suites.config import GenerationSettings, parse_suite
 from harness.suites.suite import load_suite
 
@@ -400,7 +400,7 @@ def verify_main(
                 f"{result['records']}: not replaced. Restore the missing records, or pass --out to write the "
                 "new verdicts elsewhere"
             )
-        write_json(path, json_safe(result))
+        write_json(path, result)
     print_verdicts(result)
     print(f"wrote {path}", file=sys.stderr)
     return 1 if any(v["lossless"] and v["verdict"] == "FAIL" for v in result["verdicts"]) else 0
