@@ -34,6 +34,7 @@ from .checkpoint import CheckpointError, check_shapes, open_safetensors, read_js
 from .engine import row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
+from .memory import PassBytes, activations, expanded_kv_bytes, masked_pass_bytes, rope_bytes
 from .model import OrthrusForCausalLM, head_dim
 from .rope import Qwen3Rotary
 
@@ -192,6 +193,25 @@ class DFlashDrafter(CachedDrafter):
         cache.lengths = committed[:active]  # keep the context rows, drop the padding and the block
         drafts = self.target.lm_head(hidden[:active, 1:]).argmax(-1)
         return Proposal(torch.cat([roots[:active, None], drafts], 1), [K - 1] * active, 1)
+
+    # Its cost (orthrus_core.loop.Drafter; its cache and pending features are CachedDrafter's).
+
+    def prefill_bytes(self, sizing):
+        """`admit`: one pass of the block over the prompt's T context rows and itself (fc output, hidden_norm,
+        the context and block rows)."""
+        dc, K, T, b = self.draft.config, self.block_size, sizing.prompt_tokens, sizing.itemsize
+        rows = 3 * (T + K) * dc.hidden_size * b
+        workspace = activations(dc, K, b, kv_tokens=T + K) + rows + rope_bytes(dc, T + K, b)
+        return workspace + (expanded_kv_bytes(dc, 1, T + K, b) if sizing.fp32_cuda else 0)
+
+    def draft_pass_bytes(self, sizing, verify):
+        """`propose`'s pass: the block over the pending features (fc output, hidden_norm, the context and block
+        rows) under a mask over the draft cache; the target's lm_head over the block, in the model dtype."""
+        dc, K, R, b = self.draft.config, self.block_size, sizing.rows, sizing.itemsize
+        mask = masked_pass_bytes(dc, R, K, sizing.capacity + self.extra, b, sizing.cuda, sizing.fp32_cuda)
+        workspace = activations(dc, R * K, b, kv_tokens=2 * R * K) + R * K * sizing.features * b
+        workspace += 3 * 2 * R * K * dc.hidden_size * b + mask
+        return PassBytes(workspace, R * (K - 1) * sizing.config.vocab_size * b)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

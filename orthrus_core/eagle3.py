@@ -51,6 +51,7 @@ from .checkpoint import (
 from .engine import pass_visibility, row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
+from .memory import FLOAT32, PassBytes, activations, expanded_kv_bytes, masked_pass_bytes, rope_bytes
 from .model import OrthrusForCausalLM, head_dim
 from .rope import LlamaRotary
 
@@ -364,6 +365,27 @@ class Eagle3Drafter(CachedDrafter):
             return Proposal(tokens, [keep.shape[1]] * active, self.depth)
         parents = torch.cat([parents.new_full((R, 1), -1), parents], 1)[:active]
         return Proposal(tokens, [keep.shape[1]] * active, self.depth, parents=parents)
+
+    # Its cost (orthrus_core.loop.Drafter; its cache and pending features are CachedDrafter's).
+
+    def prefill_bytes(self, sizing):
+        """`admit`: the fc output, the embeddings and both normed halves [T, H] each, then one causal pass of
+        the head over the prompt's rows."""
+        hc, T, b = self.head.config, sizing.prompt_tokens, sizing.itemsize
+        head = activations(hc, T, b, attn_in=2 * hc.hidden_size) + 4 * T * hc.hidden_size * b
+        return head + rope_bytes(hc, T, b) + (expanded_kv_bytes(hc, 1, T, b) if sizing.fp32_cuda else 0)
+
+    def draft_pass_bytes(self, sizing, verify):
+        """`propose`'s widest head pass: the first one's new rows (a path and its root) or an expansion level,
+        over the target features, fc output, embeddings and normed halves, under a mask over the head's cache;
+        its logits and their log-softmax over the draft vocabulary."""
+        hc, R, b = self.head.config, sizing.rows, sizing.itemsize
+        width = max(self.depth + 1, self.top_k)
+        keys = sizing.capacity + self.extra
+        mask = masked_pass_bytes(hc, R, width, keys, b, sizing.cuda, sizing.fp32_cuda)
+        workspace = activations(hc, R * width, b, attn_in=2 * hc.hidden_size)
+        workspace += R * width * (sizing.features + 4 * hc.hidden_size) * b + mask
+        return PassBytes(workspace, R * width * self.head.draft_vocab_size * (b + 2 * FLOAT32))
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -48,6 +48,7 @@ import torch
 from .engine import Engine
 from .generation import Clock, GenerationResult, Output, StreamCallback, check_prompt, offsets, stop_ids
 from .host import upload
+from .memory import PassBytes, Sizing, kv_bytes
 from .model import KVCache
 from .params import GREEDY, SamplingParams
 from .sampling import EXACT, AcceptanceRule, greedy_accept, next_token, probs, sample
@@ -136,6 +137,34 @@ class Drafter(ABC):
         """The drafter's own cache, beside the target's."""
         return 0
 
+    # Its cost, as the memory planner (orthrus_core.memory.plan) asks it: figures in bytes for a `Sizing` (the
+    # target's config, rows, capacity, dtype, device), following the code that allocates them. The defaults are
+    # a drafter that keeps nothing on the device and runs no pass of its own (prompt lookup).
+
+    def state_bytes(self, sizing: Sizing) -> dict[str, int]:
+        """What it keeps on the device through a decode beside the target's cache, by item (its cache, the
+        target features it holds for rows not drafted from yet)."""
+        return {}
+
+    def prefill_bytes(self, sizing: Sizing) -> int:
+        """The transient bytes of its own prefill over a prompt of `sizing.prompt_tokens` (`admit`)."""
+        return 0
+
+    def draft_pass_bytes(self, sizing: Sizing, verify: PassBytes) -> PassBytes:
+        """The transient bytes of its largest pass in a cycle (`propose`); `verify` is the target's verify pass
+        over as many tokens, for a drafter whose pass is the target's."""
+        return PassBytes(0, 0)
+
+    def proposal_bytes(self, sizing: Sizing) -> int:
+        """What its proposal holds beside the drafts through the verify pass (counted with the logits)."""
+        return 0
+
+    def engine_passes(self) -> list[int]:
+        """Tokens per row of each kind of pass it has the engine run per cycle, the verify pass included: a
+        static engine compiles each kind, and a CUDA graph keeps each kind's outputs per row bucket. A chain's
+        or a tree's verify pass runs at the drafter's full width in a static engine."""
+        return [self.max_nodes]
+
 
 class CachedDrafter(Drafter):
     """A drafter with a KV cache of its own, `draft_cache` (as many rows as the target's, `extra` positions more
@@ -178,6 +207,15 @@ class CachedDrafter(Drafter):
     @property
     def nbytes(self) -> int:
         return self.draft_cache.nbytes
+
+    def state_bytes(self, sizing):
+        """Its own cache (`draft_cache`: the target's rows and capacity, `extra` positions more) and each row's
+        pending target features: the last prompt feature of an admitted row, a copy, until its first cycle."""
+        b = sizing.itemsize
+        return {
+            "draft cache": kv_bytes(self.cache_config, sizing.rows, sizing.capacity + self.extra, b),
+            "pending features": sizing.rows * sizing.features * b,
+        }
 
 
 @dataclass

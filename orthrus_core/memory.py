@@ -6,22 +6,26 @@ new tokens) and a batch of B rows, from configs alone, so that a long GPU run is
     p.total, p.need(loaded=False) <= USABLE * 141 * GIB
 
 One home for the arithmetic (`orthrus-bench inspect --context`, `run`'s pre-flight and the lm-eval adapter all
-call `plan`). Every figure is in bytes and follows the code that allocates it:
+call `plan`). What a drafter costs the drafter says (orthrus_core.loop.Drafter's cost methods, for a `Sizing`,
+with the helpers below): this module sits below every drafter and tests none's class. Every figure is in bytes
+and follows the code that allocates it:
 
 * weights: every parameter and buffer resident for the method, each tensor once (a tied lm_head, a drafter
   that reads the target's embedding or lm_head): the target as `checkpoint.load_model` leaves it (an Orthrus
   checkpoint loads both views, whatever the method) and the drafter's own modules. On the meta device the
-  count is exact without allocating anything (`meta_target`, `meta_eagle3`, `meta_dflash`).
+  count is exact without allocating anything (`meta_target`; a drafter's modules as harness.methods.plan
+  builds them).
 * KV cache: K and V of `model.cache_shape(config, rows, capacity)`. The decode loop asks the engine for
   N + max_nodes positions per row (the drafter's largest proposal is scratch beyond the committed ones) and the
   engine rounds that up to `engine.bucket(...)`: both figures are reported (the difference is the rounding).
-* drafter state: a `CachedDrafter`'s own cache (the target's rows, the target's capacity + its `extra`
-  positions: EAGLE-3's one layer, DFlash's layers); the target features its `pending` rows keep (a copy of the
-  prompt's last feature, never a view that would keep the whole prompt's); prompt
-  lookup's token contexts.
+* drafter state (`Drafter.state_bytes`): a `CachedDrafter`'s own cache (the target's rows, the target's
+  capacity + its `extra` positions: EAGLE-3's one layer, DFlash's layers); the target features its `pending`
+  rows keep (a copy of the prompt's last feature, never a view that would keep the whole prompt's). Prompt
+  lookup's token contexts are on the host: not counted.
 * workspace: the transients of the largest pass. The prefill runs each prompt alone, one pass of T tokens
   (causal SDPA from position 0, flash-style: no [T, T] scores), then the drafter's own prefill over the prompt's
-  features; a decode cycle runs the drafter's passes, then one verify pass of T_pass tokens over B rows (AR 1,
+  features (`Drafter.prefill_bytes`); a decode cycle runs the drafter's passes (`Drafter.draft_pass_bytes`),
+  then one verify pass of T_pass tokens over B rows (AR 1,
   Orthrus its block size, DFlash its block size, EAGLE-3 total_tokens, prompt lookup its drafts + 1). A pass's
   activations are those of its largest layer phase (`activations`) plus the captured features. Attention
   builds no score matrix (orthrus_core.attention): on a CPU a masked pass holds a dense boolean mask
@@ -29,8 +33,9 @@ call `plan`). Every figure is in bytes and follows the code that allocates it:
   dense one), and a float32 SDPA pass repeats one layer's K/V to the query heads (`expanded_kv_bytes`).
 * logits: the prefill keeps the last position's only (float32 [1, V], one row at a time); a decode pass returns
   float32 [B, T_pass, V] (the lm_head's output in the model dtype is converted, both briefly alive), and
-  sampling holds `sampling_copies` more of them; Orthrus' sampled drafts hold their q [B, K-1, V]; replayed CUDA
-  graphs keep every captured pass's outputs (each row bucket, each pass kind).
+  sampling holds `sampling_copies` more of them; a proposal holds what it carries through the verify pass
+  (`Drafter.proposal_bytes`: Orthrus' sampled drafts' q [B, K-1, V]); replayed CUDA graphs keep every captured
+  pass's outputs (each row bucket, each pass kind the drafter has the engine run: `Drafter.engine_passes`).
 
 total = weights + KV + drafter state + the larger of the two phases (prefill, decode) of workspace + logits. A
 plan fits when that is at most USABLE of the device's memory (the rest: the allocator's fragmentation, the CUDA
@@ -45,16 +50,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .dflash import DFlashDrafter, DFlashDraftModel
-from .eagle3 import Eagle3Drafter, Eagle3Head
 from .engine import bucket, default_engine, row_bucket
-from .loop import CachedDrafter, Drafter
 from .model import OrthrusForCausalLM, cache_shape, head_dim
-from .orthrus import OrthrusDrafter
 from .params import SamplingParams
 
 GIB = 2**30
@@ -108,26 +110,7 @@ def meta_target(config, dtype: torch.dtype, diffusion_view: bool = True) -> Orth
     return model.eval()
 
 
-def meta_eagle3(config, target: OrthrusForCausalLM, with_embed: bool = False) -> Eagle3Head:
-    """An EAGLE-3 head as `eagle3.load_eagle3` makes it for `target` (its embedding the target's unless the
-    checkpoint carries one), on the meta device."""
-    with torch.device("meta"):
-        embed = (
-            nn.Embedding(config.vocab_size, config.hidden_size) if with_embed else target.model.embed_tokens
-        )
-        head = Eagle3Head(config, target.config.hidden_size, embed).to(target.lm_head.weight.dtype)
-    return head.eval()
-
-
-def meta_dflash(config, target: OrthrusForCausalLM) -> DFlashDraftModel:
-    """A DFlash drafter as `dflash.load_dflash` makes it (it reads the target's embedding and lm_head), on the
-    meta device."""
-    with torch.device("meta"):
-        draft = DFlashDraftModel(config).to(target.lm_head.weight.dtype)
-    return draft.eval()
-
-
-def drafter_modules(drafter: Drafter | None, target: nn.Module) -> list[nn.Module]:
+def drafter_modules(drafter, target: nn.Module) -> list[nn.Module]:
     """The modules a drafter holds besides the target (EAGLE-3's head, DFlash's drafter)."""
     if drafter is None:
         return []
@@ -221,6 +204,40 @@ def sampling_name(params: SamplingParams | None) -> str:
     return "sampled with top-p" if params.top_p < 1 else "sampled"
 
 
+# ------------------------------------------------------------------------------------ what a drafter is asked
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What a drafter's cost is computed for (orthrus_core.loop.Drafter's cost methods): the target's `config`,
+    the `rows` decoded together, the longest prompt (`prompt_tokens`), the positions per row the target cache
+    holds (`capacity`, a bucket), the model dtype's `itemsize`, whether the passes run on CUDA, the float32
+    [..., V] tensors sampling holds beside the logits (`sampling_copies`) and the width of the target features
+    the drafter captures per token (`features`: len(capture) x hidden)."""
+
+    config: object
+    rows: int
+    prompt_tokens: int
+    capacity: int
+    itemsize: int
+    cuda: bool
+    sampling_copies: int
+    features: int
+
+    @property
+    def fp32_cuda(self) -> bool:
+        """A float32 pass on CUDA: SDPA without FlexAttention, which repeats one layer's K/V to the query heads."""
+        return self.cuda and self.itemsize == FLOAT32
+
+
+class PassBytes(NamedTuple):
+    """One pass's transient bytes: its `workspace` (activations, masks) and its `logits` (and what is held
+    beside them)."""
+
+    workspace: int
+    logits: int
+
+
 # ------------------------------------------------------------------------------------------------- plans
 
 
@@ -232,7 +249,7 @@ class Decoding:
 
     label: str
     kind: str = "loop"
-    drafter: Drafter | None = None
+    drafter: object = None  # an orthrus_core.loop.Drafter, which sits above this module and says its own cost
     block_size: int | None = None
     layout: str | None = None
     source: str = ""
@@ -372,93 +389,47 @@ def _row_buckets(rows: int) -> list[int]:
 
 
 def _loop(model, drafter, rows, weights, sampling, base) -> MethodPlan:
+    """A method of the decode loop: the target's passes here, the drafter's own cost asked of the drafter
+    (orthrus_core.loop.Drafter's cost methods; None: plain AR, no drafter)."""
     config = model.config
     b = model.lm_head.weight.dtype.itemsize
-    V, H = config.vocab_size, config.hidden_size
-    N, T = base["context"], base["prompt_tokens"]
-    cuda = torch.device(base["device"]).type == "cuda"
+    V, N = config.vocab_size, base["context"]
     nodes = drafter.max_nodes if drafter is not None else 1
-    F = len(drafter.capture) * H if drafter is not None else 0  # captured target features per token
-    copies = sampling_copies(sampling)
     needed = N + nodes
-    capacity = bucket(needed)
-    notes = []
-
-    state = {}
-    if isinstance(drafter, CachedDrafter):
-        state["draft cache"] = kv_bytes(drafter.cache_config, rows, capacity + drafter.extra, b)
-    if F:  # each admitted row's last prompt feature (EAGLE-3's next row), a copy, until its first cycle
-        state["pending features"] = rows * F * b
-
-    # On CUDA a float32 SDPA pass (no FlexAttention) repeats one layer's K/V to the query heads.
-    fp32_cuda = cuda and b == FLOAT32
-    eager = base["engine"] == "eager"
-
-    # Prefill: each prompt alone, causal from position 0 (no mask tensor), the last position's logits; then the
-    # drafter's own prefill over the prompt and its features.
-    prefill = activations(config, T, b) + rope_bytes(config, T, b) + T * F * b
-    prefill += expanded_kv_bytes(config, 1, T, b) if fp32_cuda else 0
-    if isinstance(drafter, Eagle3Drafter):
-        hc = drafter.head.config
-        # fc output, embeddings and both normed halves [T, H] each, then a causal pass over the T - 1 rows
-        head = activations(hc, T, b, attn_in=2 * hc.hidden_size) + 4 * T * hc.hidden_size * b
-        head += rope_bytes(hc, T, b) + (expanded_kv_bytes(hc, 1, T, b) if fp32_cuda else 0)
-        prefill = max(prefill, head)
-    elif isinstance(drafter, DFlashDrafter):
-        dc, K = drafter.draft.config, drafter.block_size
-        context_rows = 3 * (T + K) * dc.hidden_size * b  # fc output, hidden_norm, context + block rows
-        dflash = activations(dc, K, b, kv_tokens=T + K) + context_rows + rope_bytes(dc, T + K, b)
-        prefill = max(prefill, dflash + (expanded_kv_bytes(dc, 1, T + K, b) if fp32_cuda else 0))
-    prefill_logits = logits_bytes(1, V, b) + copies * V * FLOAT32
-
-    # Decode: the drafter's passes, then the verify pass over rows x nodes tokens, whose keys are the cache's
-    # slots: a dense mask on a CPU; on CUDA FlexAttention (static engines, ragged rows) or SDPA's own causal
-    # bias (eager, one length), which repeats K/V in float32.
-    tokens = rows * nodes
-    mask = masked_pass_bytes(config, rows, nodes, capacity, b, cuda, fp32_cuda and eager)
-    verify = activations(config, tokens, b) + rope_bytes(config, tokens, b) + 2 * tokens * F * b + mask
-    held = lambda t: rows * t * V * FLOAT32  # noqa: E731  a float32 [rows, t, V]
-    verify_logits = logits_bytes(tokens, V, b) + copies * held(nodes)
-    draft, draft_logits = 0, 0
-    if isinstance(drafter, OrthrusDrafter):  # the diffusion pass: a target pass of the block
-        draft, draft_logits = verify, verify_logits
-        if copies:  # the sampled drafts' q [rows, K-1, V] is held through the verify pass
-            verify_logits += held(nodes - 1)
-    elif isinstance(drafter, Eagle3Drafter):
-        hc, k, depth = drafter.head.config, drafter.top_k, drafter.depth
-        width = max(depth + 1, k)  # the first pass's new rows (a path and its root) or an expansion level
-        head_mask = masked_pass_bytes(hc, rows, width, capacity + drafter.extra, b, cuda, fp32_cuda)
-        draft = (
-            activations(hc, rows * width, b, attn_in=2 * hc.hidden_size)
-            + rows * width * (F + 4 * hc.hidden_size) * b  # features, fc output, embeddings, normed halves
-            + head_mask
-        )
-        draft_logits = rows * width * drafter.head.draft_vocab_size * (b + 2 * FLOAT32)  # logits, log-softmax
-    elif isinstance(drafter, DFlashDrafter):
-        dc, K = drafter.draft.config, drafter.block_size
-        draft_mask = masked_pass_bytes(dc, rows, K, capacity + drafter.extra, b, cuda, fp32_cuda)
-        draft = (
-            activations(dc, rows * K, b, kv_tokens=2 * rows * K)
-            + rows * K * F * b  # the pending features
-            + 3 * 2 * rows * K * dc.hidden_size * b  # fc output, hidden_norm, context + block rows
-            + draft_mask
-        )
-        draft_logits = rows * (K - 1) * V * b  # the target's lm_head over the block, in the model dtype
-    graphs = 0
+    sizing = Sizing(
+        config,
+        rows,
+        prompt_tokens=base["prompt_tokens"],
+        capacity=bucket(needed),
+        itemsize=b,
+        cuda=torch.device(base["device"]).type == "cuda",
+        sampling_copies=sampling_copies(sampling),
+        features=len(drafter.capture) * config.hidden_size if drafter is not None else 0,
+    )
+    prefill = _target_prefill(sizing)
+    # Decode: the drafter's passes, then the verify pass over rows x nodes tokens.
+    verify = _verify_pass(sizing, nodes, eager=base["engine"] == "eager")
+    draft = PassBytes(0, 0)
+    if drafter is not None:
+        prefill = PassBytes(max(prefill.workspace, drafter.prefill_bytes(sizing)), prefill.logits)
+        draft = drafter.draft_pass_bytes(sizing, verify)
+        verify = PassBytes(verify.workspace, verify.logits + drafter.proposal_bytes(sizing))
+    notes, graphs = [], 0
     if base["engine"] == "cudagraph":
         # Each captured pass keeps its outputs (logits and features) for every row bucket it ran at; what a
         # replay returns is a clone of them.
-        kinds = _pass_kinds(drafter, nodes)
-        graphs = sum(r * t * (V * FLOAT32 + F * b) for r in _row_buckets(rows) for t in kinds)
+        kinds = drafter.engine_passes() if drafter is not None else [1]
+        buckets = _row_buckets(rows)
+        graphs = sum(r * t * (V * FLOAT32 + sizing.features * b) for r in buckets for t in kinds)
         notes.append(
-            f"CUDA graphs: the outputs of {len(kinds)} pass kind(s) x {len(_row_buckets(rows))} row bucket(s) "
+            f"CUDA graphs: the outputs of {len(kinds)} pass kind(s) x {len(buckets)} row bucket(s) "
             "stay allocated (in logits)"
         )
     phases = {
-        "prefill": {"workspace": prefill, "logits": prefill_logits + graphs},
+        "prefill": {"workspace": prefill.workspace, "logits": prefill.logits + graphs},
         "decode": {
-            "workspace": max(verify, draft),
-            "logits": max(verify_logits, draft_logits) + graphs,
+            "workspace": max(verify.workspace, draft.workspace),
+            "logits": max(verify.logits, draft.logits) + graphs,
         },
     }
     return MethodPlan(
@@ -466,23 +437,37 @@ def _loop(model, drafter, rows, weights, sampling, base) -> MethodPlan:
         rows=rows,
         pass_tokens=nodes,
         needed=needed,
-        capacity=capacity,
+        capacity=sizing.capacity,
         weights=weights,
-        kv=kv_bytes(config, rows, capacity, b),
+        kv=kv_bytes(config, rows, sizing.capacity, b),
         kv_needed=kv_bytes(config, rows, needed, b),
-        drafter_state=state,
+        drafter_state=drafter.state_bytes(sizing) if drafter is not None else {},
         phases=phases,
         notes=notes,
     )
 
 
-def _pass_kinds(drafter, nodes: int) -> list[int]:
-    """The tokens per row of each kind of engine pass a method runs (one CUDA graph per kind and row bucket)."""
-    if drafter is None:
-        return [1]
-    if isinstance(drafter, OrthrusDrafter):
-        return [nodes, nodes]  # the diffusion pass and the verify pass
-    return [nodes]  # a chain's or a tree's verify pass (static engines verify a chain at its full width)
+def _target_prefill(s: Sizing) -> PassBytes:
+    """The target's prefill: each prompt alone, causal from position 0 (no mask tensor), keeping the captured
+    features and the last position's logits."""
+    T, b = s.prompt_tokens, s.itemsize
+    workspace = activations(s.config, T, b) + rope_bytes(s.config, T, b) + T * s.features * b
+    workspace += expanded_kv_bytes(s.config, 1, T, b) if s.fp32_cuda else 0
+    return PassBytes(
+        workspace, logits_bytes(1, s.config.vocab_size, b) + s.sampling_copies * s.config.vocab_size * FLOAT32
+    )
+
+
+def _verify_pass(s: Sizing, nodes: int, eager: bool) -> PassBytes:
+    """The verify pass over rows x nodes tokens, whose keys are the cache's slots: a dense mask on a CPU; on
+    CUDA FlexAttention (static engines, ragged rows) or, eager, SDPA's own causal bias over one length, which
+    repeats K/V in float32."""
+    config, b, V = s.config, s.itemsize, s.config.vocab_size
+    tokens = s.rows * nodes
+    mask = masked_pass_bytes(config, s.rows, nodes, s.capacity, b, s.cuda, s.fp32_cuda and eager)
+    workspace = activations(config, tokens, b) + rope_bytes(config, tokens, b) + 2 * tokens * s.features * b
+    logits = logits_bytes(tokens, V, b) + s.sampling_copies * s.rows * nodes * V * FLOAT32
+    return PassBytes(workspace + mask, logits)
 
 
 def _one_at_a_time(model, decoding, rows, weights, sampling, base) -> MethodPlan:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .loop import Drafter, Proposal
+from .memory import FLOAT32
 from .model import OrthrusForCausalLM
 from .sampling import probs, sample
 
@@ -44,3 +45,19 @@ class OrthrusDrafter(Drafter):
         q = probs(params, logits)
         drafts = torch.stack([sample(q[b], generators[b]) for b in range(R)])
         return Proposal(torch.cat([roots[:, None], drafts], 1), [K - 1] * R, 1, q)
+
+    # Its cost (orthrus_core.loop.Drafter): no state of its own (the scratch K/V is in the target's cache).
+
+    def draft_pass_bytes(self, sizing, verify):
+        """The diffusion pass is a target pass over the block: the verify pass's bytes."""
+        return verify
+
+    def proposal_bytes(self, sizing):
+        """Sampled drafts keep their q [R, K-1, V] (float32) through the verify pass."""
+        if not sizing.sampling_copies:
+            return 0
+        return sizing.rows * (self.block_size - 1) * sizing.config.vocab_size * FLOAT32
+
+    def engine_passes(self):
+        """The diffusion pass and the verify pass, each over the block."""
+        return [self.block_size, self.block_size]

@@ -13,11 +13,13 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from harness.bench.engine_bench import random_model
 from harness.methods import make_decoder
+from harness.methods.dflash import meta_draft
+from harness.methods.eagle3 import meta_head
 from harness.methods.target import load_target
 from orthrus_core.checkpoint import load_model, save_model
 from orthrus_core.dflash import DFlashDraftModel
 from orthrus_core.eagle3 import Eagle3Head
-from orthrus_core.memory import drafter_modules, meta_dflash, meta_eagle3, meta_target
+from orthrus_core.memory import drafter_modules, meta_target
 from orthrus_core.micro import micro_config, micro_model
 from orthrus_core.model import OrthrusForCausalLM
 
@@ -123,7 +125,7 @@ def test_every_model_of_a_bfloat16_quantized_run_keeps_float32_rope():
     # The memory planner's meta models: every shape and dtype as loaded, the frequencies float32.
     meta = [
         meta_target(target.model.config, torch.bfloat16).model.rotary_emb,
-        meta_eagle3(head.config, target.model).rotary_emb,
-        meta_dflash(draft.config, target.model).rotary_emb,
+        meta_head(head.config, target.model).rotary_emb,
+        meta_draft(draft.config, target.model).rotary_emb,
     ]
     assert all(r.inv_freq.is_meta and r.inv_freq.dtype == torch.float32 for r in meta)

@@ -15,6 +15,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from orthrus_core import compiled
 from orthrus_core.generation import Clock, GenerationResult, check_prompt, offsets, stop_ids
+from orthrus_core.memory import Decoding
 from orthrus_core.params import GREEDY
 
 from .base import Decoder
@@ -105,6 +106,10 @@ class HFDecoder(Decoder):
             tokens, stop_reason, [], 1, len(tokens) - 1, 0, first - t0, end - first,
             emit_offsets_s=offsets(timer.emitted_at, first),
         )  # fmt: skip
+
+    def memory_decoding(self) -> Decoding:
+        """transformers' generate on its DynamicCache or StaticCache, one prompt at a time."""
+        return Decoding(self.label, kind=f"hf-{self.config['cache']}")
 
 
 def build(target, label, options):

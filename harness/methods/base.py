@@ -13,6 +13,7 @@ from orthrus_core.compiled import rehearsing
 from orthrus_core.engine import bucket, row_bucket
 from orthrus_core.generation import GenerationResult, StreamCallback
 from orthrus_core.loop import Drafter, Finished, Request
+from orthrus_core.memory import Decoding
 from orthrus_core.params import GREEDY, SamplingParams
 from orthrus_core.sampling import EXACT, AcceptanceRule
 
@@ -139,6 +140,11 @@ class Decoder:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
 
+    def memory_decoding(self) -> Decoding:
+        """How it decodes as the memory planner sees it (orthrus_core.memory.plan; harness.methods.plan): each
+        decoder of the project's engine says; another engine (vLLM) plans its own memory."""
+        raise NotImplementedError(f"{self.label}: {type(self).__name__} says nothing of its memory")
+
 
 def _drain(decoder: Decoder, requests: list[Request], params: SamplingParams, rows: int, continuous: bool):
     """Decode `requests` `rows` at a time, discarding the results."""
@@ -212,3 +218,8 @@ class LoopDecoder(Decoder):
             self.target.engine, self.drafter, prompt_ids, max_new_tokens, params,
             stop_token_ids=stop_token_ids, generator=self.generator(seed), on_tokens=on_tokens, rule=rule,
         )  # fmt: skip
+
+    def memory_decoding(self) -> Decoding:
+        """In the decode loop, its drafter (None: plain AR) saying its own cost."""
+        draft = self.checkpoints.get("draft")
+        return Decoding(self.label, drafter=self.drafter, source=f"loaded from {draft}" if draft else "")

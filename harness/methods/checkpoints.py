@@ -83,9 +83,26 @@ def find_draft(method: str, target_path: str, override: str | None = None) -> st
     if Path(target_path).is_dir() and (sibling / "config.json").is_file():
         return str(sibling)
     match = BASE_NAME.search(str(target_path))
-    if match and match.group(0).lower() in PUBLIC_DRAFTS[method]:
-        return PUBLIC_DRAFTS[method][match.group(0).lower()]
+    public = PUBLIC_DRAFTS.get(method, {})  # a method with no public draft has none
+    if match and match.group(0).lower() in public:
+        return public[match.group(0).lower()]
     return None
+
+
+def draft_directory(method: str, target_path: str, override: str | None = None):
+    """(the draft's local directory or None, the hub id or None) of `method`'s draft for the target at
+    `target_path` (find_draft), without fetching a weight: a hub id other than the public drafts has its config
+    files fetched (or read from the hub cache), a public one nothing (its shape is PUBLIC_DRAFT_SHAPES')."""
+    from orthrus_core.checkpoint import resolve
+
+    found = find_draft(method, target_path, override)
+    if found is None:
+        return None, None
+    if Path(found).expanduser().is_dir():
+        return Path(found).expanduser(), None
+    if found in PUBLIC_DRAFTS.get(method, {}).values():
+        return None, found
+    return resolve(found, patterns=("*.json",)), found
 
 
 def draft_checkpoint(method: str, target, override: str | None = None) -> str:
@@ -94,7 +111,7 @@ def draft_checkpoint(method: str, target, override: str | None = None) -> str:
     if found is not None:
         return found
     sibling = Path(target.path).parent / method
-    known = ", ".join(f"{base} -> {repo}" for base, repo in PUBLIC_DRAFTS[method].items())
+    known = ", ".join(f"{base} -> {repo}" for base, repo in PUBLIC_DRAFTS.get(method, {}).items()) or "none"
     raise ValueError(
         f"no {method} draft checkpoint is known for the model {target.path} (known: {known}; or a sibling "
         f"directory {sibling}); pass one with {method}:draft=<hub id or directory>"

@@ -11,6 +11,7 @@ defaults to the checkpoint's own. Greedy only.
 from __future__ import annotations
 
 from orthrus_core.block_diffusion import BlockDiffusionLM, generate_block_diffusion
+from orthrus_core.memory import Decoding
 from orthrus_core.params import GREEDY
 
 from .base import Decoder
@@ -51,6 +52,11 @@ class BlockDiffusionDecoder(Decoder):
             stop_token_ids=stop_token_ids,
             on_tokens=on_tokens,
         )
+
+    def memory_decoding(self) -> Decoding:
+        """Block diffusion in its own cache, one prompt at a time."""
+        c = self.config
+        return Decoding(self.label, kind="diffusion", block_size=c["block_size"], layout=c["layout"])
 
 
 def checkpoint_layout(config) -> str:

@@ -7,6 +7,7 @@ measured against, greedy and one prompt at a time."""
 
 from __future__ import annotations
 
+from orthrus_core.memory import Decoding
 from orthrus_core.official_loop import generate_orthrus_dynamic_cache
 from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import GREEDY
@@ -30,10 +31,20 @@ class OfficialLoopDecoder(Decoder):
             on_tokens=on_tokens,
         )
 
+    def memory_decoding(self) -> Decoding:
+        """The official loop on a DynamicCache, one prompt at a time."""
+        return Decoding(self.label, kind="official", block_size=self.config["block_size"])
+
+
+def runs_on(model) -> bool:
+    """Whether it decodes for `model` (the memory planner's default methods ask): the target's own diffusion view
+    drafts, so the checkpoint must have one (OrthrusLM)."""
+    return model.has_diffusion_view
+
 
 def build(target, label, options):
     model = target.model
-    if not model.has_diffusion_view:
+    if not runs_on(model):
         raise ValueError(
             f"orthrus needs a checkpoint with a diffusion view (OrthrusLM); {target.path} has none"
         )

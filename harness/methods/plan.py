@@ -5,22 +5,25 @@ MODEL --context N` from configs alone, and for `run` and the lm-eval adapter fro
     decoding = decoding_for("eagle3:tree=chain", target)   # the method on the meta device, its draft's shape
     memory.plan(target.model, decoding, context=40960, rows=1, device="cuda")
 
-A method that reads a draft checkpoint is planned with the draft's own shape where its config is at hand (a
-local directory: `draft=`, or the target's sibling directory), with the public draft's published shape for the
-public bases (checkpoints.PUBLIC_DRAFT_SHAPES), and otherwise with `eagle3_config` / `dflash_config` for the
-target at the public drafts' sizes; `Decoding.source` says which.
+What a method costs its decoder and its drafter say (`Decoder.memory_decoding`, orthrus_core.loop.Drafter's
+cost methods): nothing here names a method or tests a class. A method whose drafter reads a draft checkpoint
+has its module say, with `meta_drafter(target, options) -> (drafter, source)`, its drafter on the meta target
+with the draft's shape found without loading a weight: the draft's own shape where its config is at hand (a
+local directory: `draft=`, or the target's sibling directory), the public draft's published shape for the
+public bases (checkpoints.PUBLIC_DRAFT_SHAPES), and otherwise its config for the target at the public drafts'
+sizes; `source` says which (harness/methods/eagle3.py, dflash.py). The others are built as make_decoder builds
+them, on the meta target.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from orthrus_core import memory
 from orthrus_core.memory import Decoding
 
 from . import ENGINE, engine_of, resolve_options
-from .checkpoints import PUBLIC_DRAFT_SHAPES, PUBLIC_DRAFTS, QWEN3_SHAPES, find_draft
+from .checkpoints import QWEN3_SHAPES
 from .target import Target, torch_dtype
 
 
@@ -62,140 +65,30 @@ def plan_target(model: str, dtype) -> PlanTarget:
 def decoding_for(spec: str, target: PlanTarget) -> Decoding:
     """The method `spec` on the meta target, as make_decoder would build it (its options resolved and checked),
     its draft's shape found without loading a weight. A ValueError says why it cannot run on this target."""
-    from orthrus_core.dflash import DFlashDrafter
-    from orthrus_core.eagle3 import Eagle3Drafter
-
     name, module, options, label = resolve_options(spec)
     if engine_of(spec) != ENGINE:
         raise ValueError(
             f"{label}: decoded by {engine_of(spec)}, which plans its own memory (its kv_cache_gib and "
             "gpu_memory_utilization options) and refuses at start what does not fit; not planned here"
         )
-    model = target.model
-    if name == "eagle3":
-        _, shape = module.drafting(options)
-        config, with_embed, source = eagle3_shape(target, options["draft"])
-        head = memory.meta_eagle3(config, model, with_embed)
-        return Decoding(label, drafter=Eagle3Drafter(head, model, *shape), source=source)
-    if name == "dflash":
-        config, source = dflash_shape(target, options["draft"])
-        drafter = DFlashDrafter(memory.meta_dflash(config, model), model, options["block_size"])
-        return Decoding(label, drafter=drafter, source=source)
-    # The other methods read no checkpoint: their own build, on the meta target (no engine: nothing runs).
     try:
-        decoder = module.build(Target(model, target.path, None, None), label, options)
+        if hasattr(module, "meta_drafter"):  # its drafter reads a checkpoint: the draft's shape, no weight
+            drafter, source = module.meta_drafter(target, options)
+            return Decoding(label, drafter=drafter, source=source)
+        # The other methods read no checkpoint: their own build, on the meta target (no engine: nothing runs).
+        return module.build(Target(target.model, target.path, None, None), label, options).memory_decoding()
     except ValueError as exc:
         if not str(exc).startswith(name):
             exc.args = (f"{label}: {exc}", *exc.args[1:])
         raise
-    return decoding_of(decoder)
-
-
-def decoding_of(decoder) -> Decoding:
-    """A loaded decoder (harness.methods.base.Decoder) as the planner sees it."""
-    from .ar_hf import HFDecoder
-    from .base import LoopDecoder
-    from .diffusion import BlockDiffusionDecoder
-    from .orthrus import OfficialLoopDecoder
-
-    c = decoder.config
-    if isinstance(decoder, LoopDecoder):
-        draft = decoder.checkpoints.get("draft")
-        return Decoding(
-            decoder.label, drafter=decoder.drafter, source=f"loaded from {draft}" if draft else ""
-        )
-    if isinstance(decoder, HFDecoder):
-        return Decoding(decoder.label, kind=f"hf-{c['cache']}")
-    if isinstance(decoder, OfficialLoopDecoder):
-        return Decoding(decoder.label, kind="official", block_size=c["block_size"])
-    if isinstance(decoder, BlockDiffusionDecoder):
-        return Decoding(decoder.label, kind="diffusion", block_size=c["block_size"], layout=c["layout"])
-    return Decoding(decoder.label)  # a decoder of the loop's shape without a drafter: plain AR
-
-
-def _draft_directory(method: str, target: PlanTarget, override: str | None):
-    """(the draft's local directory or None, the hub id or None) for `method` on `target`, without fetching a
-    weight: a hub id other than the public drafts has its config files fetched (or read from the hub cache)."""
-    from orthrus_core.checkpoint import resolve
-
-    found = find_draft(method, target.path, override)
-    if found is None:
-        return None, None
-    if Path(found).expanduser().is_dir():
-        return Path(found).expanduser(), None
-    if found in PUBLIC_DRAFTS[method].values():
-        return None, found
-    return resolve(found, patterns=("*.json",)), found
-
-
-def eagle3_shape(target: PlanTarget, override: str | None):
-    """(head config, whether it carries its own embedding, where the shape came from) for EAGLE-3 on `target`."""
-    from orthrus_core import eagle3
-    from orthrus_core.checkpoint import read_json
-
-    t = target.model.config
-    directory, hub_id = _draft_directory("eagle3", target, override)
-    draft_vocab = PUBLIC_DRAFT_SHAPES["eagle3"]["draft_vocab_size"]
-    if directory is not None:
-        raw = read_json(directory / "config.json")
-        weights = next((directory / n for n in eagle3.WEIGHT_FILES if (directory / n).is_file()), None)
-        if weights is not None:
-            state = eagle3.read_weights(weights, meta=True)
-            source = f"{directory}'s config and weights"
-            return eagle3.head_config(raw, state), "embed_tokens.weight" in state, source
-        raw = dict(raw, head_dim=raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"])
-        state = {"midlayer.self_attn.q_proj.weight": _rows(raw)}
-        return eagle3.head_config(raw, state), False, f"{hub_id or directory}'s config"
-    config = eagle3.eagle3_config(t, min(draft_vocab, t.vocab_size))
-    if hub_id is not None:
-        source = (
-            f"{hub_id}'s published shape: the target's dimensions, a {draft_vocab}-token draft vocabulary, no "
-            "embedding of its own"
-        )
-    else:
-        source = (
-            f"no EAGLE-3 head is known for {target.path}: eagle3_config for the target, with the public heads' "
-            f"{draft_vocab}-token draft vocabulary"
-        )
-    return config, False, source
-
-
-def _rows(raw: dict):
-    """A stand-in for the q projection's weight (head_config reads head_dim from its rows)."""
-    import torch
-
-    return torch.empty(raw["head_dim"] * raw["num_attention_heads"], 0, device="meta")
-
-
-def dflash_shape(target: PlanTarget, override: str | None):
-    """(drafter config, where the shape came from) for DFlash on `target`."""
-    from orthrus_core import dflash
-    from orthrus_core.checkpoint import read_json
-
-    t = target.model.config
-    directory, hub_id = _draft_directory("dflash", target, override)
-    if directory is not None:
-        raw = read_json(directory / "config.json")
-        return dflash.draft_config(raw, t.num_hidden_layers), f"{hub_id or directory}'s config"
-    public = PUBLIC_DRAFT_SHAPES["dflash"]
-    mask = getattr(t, "mask_token_id", None)
-    config = dflash.dflash_config(
-        t, public["num_layers"], public["block_size"], t.vocab_size - 1 if mask is None else mask
-    )
-    shape = f"{public['num_layers']} layers, block size {public['block_size']}, the target's dimensions"
-    if hub_id is not None:
-        return config, f"{hub_id}'s published shape: {shape}"
-    return config, (
-        f"no DFlash drafter is known for {target.path}: dflash_config for the target at the public drafters' "
-        f"{shape}"
-    )
 
 
 def default_methods(target: PlanTarget) -> list[str]:
-    """The batched methods that run on this target (orthrus needs a diffusion view)."""
+    """The batched methods that run on this target: each whose module's `runs_on(model)`, where it has one,
+    says so (orthrus needs a diffusion view)."""
     from . import BATCHED
 
-    return [m for m in BATCHED if m != "orthrus" or target.model.has_diffusion_view]
+    return [m for m in BATCHED if getattr(resolve_options(m)[1], "runs_on", lambda model: True)(target.model)]
 
 
 def plan_loaded(
@@ -215,7 +108,7 @@ def plan_loaded(
     return [
         memory.plan(
             target.model,
-            decoding_of(decoder),
+            decoder.memory_decoding(),
             context=context,
             rows=rows if decoder.batched else 1,
             device=device,
