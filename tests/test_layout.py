@@ -146,3 +146,35 @@ def test_a_report_renders_without_torch_in_the_process():
     code = ";".join([*(f"import {m}" for m in REPORT_MODULES), "import sys", "print('torch' in sys.modules)"])
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def drafter_modules() -> set[str]:
+    """The modules that define a drafter: orthrus_core.loop's Drafter or a class derived from it, however far."""
+    bases = {name: [] for name in MODULES if name.startswith("orthrus_core")}
+    for name in bases:
+        for node in ast.walk(ast.parse(MODULES[name].read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases[name].append(
+                    (node.name, {getattr(b, "id", getattr(b, "attr", None)) for b in node.bases})
+                )
+    drafters, found = {"Drafter"}, {"orthrus_core.loop"}
+    while True:
+        more = {(m, c) for m, classes in bases.items() for c, parents in classes if parents & drafters}
+        if {c for _, c in more} <= drafters:
+            return found
+        drafters |= {c for _, c in more}
+        found |= {m for m, _ in more}
+
+
+def test_the_memory_planner_sits_below_every_drafter():
+    """orthrus_core.memory asks a drafter its cost (Drafter.state_bytes, ...) and tests no drafter's class: it
+    imports no module that defines a drafter, directly or through what it imports."""
+    drafters = drafter_modules()
+    assert {
+        "orthrus_core.loop",
+        "orthrus_core.orthrus",
+        "orthrus_core.eagle3",
+        "orthrus_core.dflash",
+    } <= drafters
+    assert "orthrus_core.prompt_lookup" in drafters and "orthrus_core.memory" not in drafters
+    assert sorted(closure("orthrus_core.memory") & drafters) == []
