@@ -25,12 +25,12 @@ and follows the code that allocates it:
 * workspace: the transients of the largest pass. The prefill runs each prompt alone, one pass of T tokens
   (causal SDPA from position 0, flash-style: no [T, T] scores), then the drafter's own prefill over the prompt's
   features (`Drafter.prefill_bytes`); a decode cycle runs the drafter's passes (`Drafter.draft_pass_bytes`),
-  then one verify pass of T_pass tokens over B rows (AR 1,
-  Orthrus its block size, DFlash its block size, EAGLE-3 total_tokens, prompt lookup its drafts + 1). A pass's
-  activations are those of its largest layer phase (`activations`) plus the captured features. Attention
-  builds no score matrix (orthrus_core.attention): on a CPU a masked pass holds a dense boolean mask
-  [B, 1, T_pass, capacity] (`dense_mask_bytes`); on CUDA masked passes run FlexAttention (a block mask, no
-  dense one), and a float32 SDPA pass repeats one layer's K/V to the query heads (`expanded_kv_bytes`).
+  then one verify pass of T_pass tokens over B rows (AR 1, Orthrus its block size, DFlash its block size,
+  EAGLE-3 total_tokens, prompt lookup its drafts + 1). A pass's activations are those of its largest layer
+  phase (`activations`) plus the captured features. Attention builds no score matrix (orthrus_core.attention):
+  on a CPU a masked pass holds a dense boolean mask [B, 1, T_pass, capacity] (`dense_mask_bytes`); on CUDA
+  masked passes run FlexAttention (a block mask, no dense one), and a float32 SDPA pass repeats one layer's K/V
+  to the query heads (`expanded_kv_bytes`).
 * logits: the prefill keeps the last position's only (float32 [1, V], one row at a time); a decode pass returns
   float32 [B, T_pass, V] (the lm_head's output in the model dtype is converted, both briefly alive), and
   sampling holds `sampling_copies` more of them; a proposal holds what it carries through the verify pass

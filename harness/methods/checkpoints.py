@@ -83,7 +83,7 @@ def find_draft(method: str, target_path: str, override: str | None = None) -> st
     if Path(target_path).is_dir() and (sibling / "config.json").is_file():
         return str(sibling)
     match = BASE_NAME.search(str(target_path))
-    public = PUBLIC_DRAFTS.get(method, {})  # a method with no public draft has none
+    public = PUBLIC_DRAFTS.get(method, {})  # a method may have no public draft
     if match and match.group(0).lower() in public:
         return public[match.group(0).lower()]
     return None
