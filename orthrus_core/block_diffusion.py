@@ -174,18 +174,15 @@ def generate_block_diffusion(
             new = block[0, len(known) : stop_at + 1].tolist()
             accepted.append(len(new) - 1)
             out.emit(new)
-            if t1 is None:
-                t1 = clock()
-            else:
-                emitted_at.append(time.perf_counter())
-            break
-        last = lm.commit(block, start, cache)
-        ar_forwards += 1
-        start += B
-        new = block[0, len(known) :].tolist()
-        known = [int(last.argmax())] if lm.shift else []
-        accepted.append(len(new) + len(known) - 1)
-        done = out.emit(new + known)
+            done = True
+        else:
+            last = lm.commit(block, start, cache)
+            ar_forwards += 1
+            start += B
+            new = block[0, len(known) :].tolist()
+            known = [int(last.argmax())] if lm.shift else []
+            accepted.append(len(new) + len(known) - 1)
+            done = out.emit(new + known)
         if t1 is None:
             t1 = clock()
         else:
