@@ -212,48 +212,21 @@ def scan(path: Path, run: RunInfo | None = None) -> Scan:
     run.json, against the run (`not_of_run`). A tail a stopped writer left is a tail only where a writer can
     have stopped: in a run that run.json calls complete, it is damage."""
     data = path.read_bytes()
-    lines: list[Line] = []
-    offset = 0
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        offset = min(offset + len(raw) + 1, len(data))
-        lines.append(Line(number, raw, offset))
-    if lines[-1].raw == b"":  # the file is empty or ends with a newline: nothing after it
-        lines.pop()
+    lines = split_lines(data)
     unfinished = lines[-1] if lines and not data.endswith(b"\n") else None  # its writer stopped inside it
     records: list[dict] = []
     record_lines: list[int] = []
     first_copy: dict[tuple, int] = {}  # unit -> the line its first copy starts at
     good_end, settled = 0, 0  # the end of the last complete unit, and the index of the line after it
     pending: list[tuple[Line, dict]] = []  # the lines of the unit being read
-
-    def cut_short(reason: str) -> None:
-        for line, record in pending:
-            line.problem = f"turn {record['turn']} of {record['turns']} of {unit_name(record)}: {reason}"
-        pending.clear()
-
     for index, line in enumerate(lines):
-        try:
-            record = json.loads(line.raw, parse_constant=_refuse_constant)
-        except ValueError as exc:  # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-            cut_short("the rest of its unit unreadable")
-            unreadable = f"not valid JSON ({exc})"
-            line.problem = "an unfinished line (no newline after it)" if line is unfinished else unreadable
-            line.unreadable = True
-            continue
-        problem = schema_problem(record)
-        if problem is not None:
-            cut_short("the rest of its unit not a record")
-            line.problem = f"not an orthrus-bench record ({problem}; the schema is harness/records.py)"
-            line.unreadable = line is unfinished
-            continue
-        problem = run and not_of_run(record, run)
-        if problem:
-            cut_short("the rest of its unit not of this run")
-            line.problem = f"a record of another run: {problem} (run.json)"
+        record, why_not = line_record(line, line is unfinished, run)
+        if record is None:
+            cut_short(pending, why_not)
             continue
         line.record = record
         if pending and (unit_key(pending[0][1]) != unit_key(record) or record["turn"] != len(pending)):
-            cut_short("the rest of its unit missing")
+            cut_short(pending, "the rest of its unit missing")
         if record["turn"] != len(pending):
             line.problem = f"turn {record['turn']} of {record['turns']} of {unit_name(record)}: its earlier turns missing"
             continue
@@ -274,9 +247,58 @@ def scan(path: Path, run: RunInfo | None = None) -> Scan:
         good_end, settled = line.end, index + 1
     bad = [line for line in lines[:settled] if line.problem is not None]
     tail = lines[settled:]
-    cut_short("its unit unfinished")
-    # What a stopped writer leaves: turns 0, 1, ... of the unit it was writing, then at most one unreadable line;
-    # anything else after the last complete unit is damage.
+    cut_short(pending, "its unit unfinished")
+    if not writer_stopped(tail, run):
+        bad, tail = bad + tail, []
+    newline_missing = unfinished is not None and unfinished.number in record_lines
+    return Scan(path, records, record_lines, good_end, bad, tail, newline_missing)
+
+
+def split_lines(data: bytes) -> list[Line]:
+    """The file's lines, numbered from 1, each with the byte offset after it; none after a final newline."""
+    lines: list[Line] = []
+    offset = 0
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        offset = min(offset + len(raw) + 1, len(data))
+        lines.append(Line(number, raw, offset))
+    if lines[-1].raw == b"":  # the file is empty or ends with a newline: nothing after it
+        lines.pop()
+    return lines
+
+
+def line_record(line: Line, unfinished: bool, run: RunInfo | None) -> tuple[dict | None, str]:
+    """(the line's record, "") where it is one of the run's records; else (None, what that makes of the rest of
+    its unit), the line's problem set. `unfinished`: the line is the last one, without its newline."""
+    try:
+        record = json.loads(line.raw, parse_constant=_refuse_constant)
+    except ValueError as exc:  # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        unreadable = f"not valid JSON ({exc})"
+        line.problem = "an unfinished line (no newline after it)" if unfinished else unreadable
+        line.unreadable = True
+        return None, "the rest of its unit unreadable"
+    problem = schema_problem(record)
+    if problem is not None:
+        line.problem = f"not an orthrus-bench record ({problem}; the schema is harness/records.py)"
+        line.unreadable = unfinished
+        return None, "the rest of its unit not a record"
+    problem = run and not_of_run(record, run)
+    if problem:
+        line.problem = f"a record of another run: {problem} (run.json)"
+        return None, "the rest of its unit not of this run"
+    return record, ""
+
+
+def cut_short(pending: list[tuple[Line, dict]], reason: str) -> None:
+    """The lines of an incomplete unit marked bad, saying why it ended there; `pending` emptied."""
+    for line, record in pending:
+        line.problem = f"turn {record['turn']} of {record['turns']} of {unit_name(record)}: {reason}"
+    pending.clear()
+
+
+def writer_stopped(tail: list[Line], run: RunInfo | None) -> bool:
+    """Whether the lines after the last complete unit are what a stopped writer leaves: turns 0, 1, ... of the
+    unit it was writing, then at most one unreadable line; anything else is damage (the lines' problems then
+    say so where run.json calls the run complete)."""
     written = [line.record for line in tail[: len(tail) - (bool(tail) and tail[-1].unreadable)]]
     stopped = all(
         r is not None and r["turn"] == turn and unit_key(r) == unit_key(written[0])
@@ -288,11 +310,8 @@ def scan(path: Path, run: RunInfo | None = None) -> Scan:
                 f"damage at the end of a complete run ({line.problem}): run.json says the run finished, so no "
                 "writer stopped inside it"
             )
-        stopped = False
-    if not stopped:
-        bad, tail = bad + tail, []
-    newline_missing = unfinished is not None and unfinished.number in record_lines
-    return Scan(path, records, record_lines, good_end, bad, tail, newline_missing)
+        return False
+    return stopped
 
 
 def _refuse_constant(name: str):

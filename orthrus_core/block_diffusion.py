@@ -140,10 +140,7 @@ def generate_block_diffusion(
 ) -> GenerationResult:
     """Greedy block-diffusion decoding (argmax unmasking); see the module docstring."""
     B, S = block_size, sub_block_size or block_size
-    if B < 2 or not 1 <= S <= B:
-        raise ValueError(f"need block_size >= 2 and 1 <= sub_block_size <= block_size, got {B}, {S}")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    check_unmasking(B, S, threshold)
     model = lm.model
     device = model.lm_head.weight.device
     prompt = check_prompt(prompt_ids, max_new_tokens, device)[None]
@@ -171,37 +168,21 @@ def generate_block_diffusion(
     while not done:
         block = torch.full((1, B), lm.mask_token_id, dtype=torch.long, device=device)
         block[0, : len(known)] = torch.tensor(known, dtype=torch.long, device=device)
-        masked = torch.arange(B, device=device) >= len(known)
-        stop_at = None  # the block position of a stop token with nothing masked before it
-        for s0 in range(0, B, S):
-            in_sub = torch.zeros(B, dtype=torch.bool, device=device)
-            in_sub[s0 : s0 + S] = True
-            while stop_at is None and bool((masked & in_sub).any()):
-                probs = torch.softmax(lm.denoise(block, start, cache), -1)
-                draft_forwards += 1
-                confidence, tokens = probs.max(-1)
-                confidence = torch.where(masked & in_sub, confidence, -1.0)
-                unmask = confidence > threshold
-                unmask[confidence.argmax()] = True
-                block[0, unmask] = tokens[unmask]
-                masked &= ~unmask
-                stop_at = decided_stop(block[0].tolist(), masked.tolist(), len(known), out.stop_ids)
+        stop_at, passes = unmask_block(lm, block, len(known), start, cache, S, threshold, out.stop_ids)
+        draft_forwards += passes
         if stop_at is not None:  # the output is decided: no commit
             new = block[0, len(known) : stop_at + 1].tolist()
             accepted.append(len(new) - 1)
             out.emit(new)
-            if t1 is None:
-                t1 = clock()
-            else:
-                emitted_at.append(time.perf_counter())
-            break
-        last = lm.commit(block, start, cache)
-        ar_forwards += 1
-        start += B
-        new = block[0, len(known) :].tolist()
-        known = [int(last.argmax())] if lm.shift else []
-        accepted.append(len(new) + len(known) - 1)
-        done = out.emit(new + known)
+            done = True
+        else:
+            last = lm.commit(block, start, cache)
+            ar_forwards += 1
+            start += B
+            new = block[0, len(known) :].tolist()
+            known = [int(last.argmax())] if lm.shift else []
+            accepted.append(len(new) + len(known) - 1)
+            done = out.emit(new + known)
         if t1 is None:
             t1 = clock()
         else:
@@ -217,6 +198,48 @@ def generate_block_diffusion(
         clock() - t1,
         emit_offsets_s=offsets(emitted_at, t1),
     )
+
+
+def check_unmasking(block_size: int, sub_block_size: int, threshold: float) -> None:
+    """A ValueError unless 2 <= block_size, 1 <= sub_block_size <= block_size and threshold is in [0, 1]."""
+    if block_size < 2 or not 1 <= sub_block_size <= block_size:
+        raise ValueError(
+            f"need block_size >= 2 and 1 <= sub_block_size <= block_size, got {block_size}, {sub_block_size}"
+        )
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+
+
+def unmask_block(
+    lm: BlockDiffusionLM,
+    block: torch.Tensor,
+    first: int,
+    start: int,
+    cache,
+    sub_block_size: int,
+    threshold: float,
+    stop_ids,
+) -> tuple[int | None, int]:
+    """Denoise `block` (its positions from `first` on masked) in place, one sub-block at a time, left to right,
+    until it is clean or a stop token is decided -> (the block position of a stop token with nothing masked
+    before it, or None; the denoising passes run)."""
+    B, device = block.shape[1], block.device
+    masked = torch.arange(B, device=device) >= first
+    stop_at, passes = None, 0
+    for s0 in range(0, B, sub_block_size):
+        in_sub = torch.zeros(B, dtype=torch.bool, device=device)
+        in_sub[s0 : s0 + sub_block_size] = True
+        while stop_at is None and bool((masked & in_sub).any()):
+            probs = torch.softmax(lm.denoise(block, start, cache), -1)
+            passes += 1
+            confidence, tokens = probs.max(-1)
+            confidence = torch.where(masked & in_sub, confidence, -1.0)
+            unmask = confidence > threshold
+            unmask[confidence.argmax()] = True
+            block[0, unmask] = tokens[unmask]
+            masked &= ~unmask
+            stop_at = decided_stop(block[0].tolist(), masked.tolist(), first, stop_ids)
+    return stop_at, passes
 
 
 def decided_stop(block: list[int], masked: list[bool], first: int, stop_ids) -> int | None:

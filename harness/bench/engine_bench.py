@@ -369,13 +369,7 @@ def bench_engine(
     writes) after printing them. `model`: a random model already made at `shape` (the GPU check shares one
     among its steps)."""
     dtype = torch_dtype(dtype)
-    tokenizer = None
-    if model_path:
-        target = load_target(model_path, dtype, device, "eager")
-        label = str(model_path)
-    else:
-        model = model if model is not None else random_model(shape, dtype, check_device(device))
-        target, label = Target.of(model, f"random {shape}", engine="eager"), f"{shape} shape, random weights"
+    target, label = bench_target(shape, model_path, dtype, device, model)
     model, tokenizer, device = target.model, target.tokenizer, torch.device(device)
     plan = default_plan(device, full)
     engines = engines or list(plan.engines or available_engines(device))
@@ -389,6 +383,51 @@ def bench_engine(
     console = make_console()
     console.quiet = not print_tables
     console.print(f"[bold]bench-engine[/]: {label}, {str(dtype).removeprefix('torch.')}, on {machine()}")
+    figures, floor = roofline(console, model, label, dtype, device)
+    prompts = end_to_end_prompts(target, plan) if prompts is None else prompts
+    ar_tokens = None  # every decoder in every mode is held to the first mode's AR
+    batched = []
+    for mode in engines:
+        in_mode = Target(model, target.path, tokenizer, Engine(model, mode))
+        if mode != "eager":  # the first pass of each shape compiles or captures; the timings come after
+            console.print(f"engine {mode}: compiling each pass shape on first use (minutes on a CPU) ...")
+        rows = [
+            row
+            for K in block_sizes
+            for row in forward_table(console, in_mode.engine, mode, contexts, K, repeats, device, floor)
+        ]
+        e2e, ar_tokens = end_to_end(in_mode, prompts, new_tokens, END_TO_END, ar_tokens)
+        figures["modes"][mode] = {
+            "forwards": rows,
+            "end_to_end": e2e,
+            "events_over_wall": events_vs_wall(in_mode.engine, contexts[0], 50, device),
+        }
+        if batch_sizes:
+            rows = batched_costs(in_mode.engine, mode, contexts, block_sizes, repeats, device, batch_sizes)
+            print_batched(console, rows, repeats, mode)
+            batched += rows
+    if batch_sizes:
+        figures["batched"] = batched
+    figures["baselines"] = (
+        end_to_end(target, prompts, new_tokens, plan.baselines, ar_tokens)[0] if baselines else {}
+    )
+    figures["instrumentation"] = instrumentation(figures, device)
+    print_end_to_end(console, figures, len(prompts), new_tokens)
+    return figures
+
+
+def bench_target(shape: str, model_path, dtype: torch.dtype, device: str, model) -> tuple[Target, str]:
+    """(the eager target timed, its label): the checkpoint at `model_path`, else `model` or a random model at
+    `shape`."""
+    if model_path:
+        return load_target(model_path, dtype, device, "eager"), str(model_path)
+    model = model if model is not None else random_model(shape, dtype, check_device(device))
+    return Target.of(model, f"random {shape}", engine="eager"), f"{shape} shape, random weights"
+
+
+def roofline(console, model, label: str, dtype: torch.dtype, device: torch.device) -> tuple[dict, float]:
+    """The roofline measured and printed -> (the figures' head, its modes still empty; the floor: seconds per AR
+    step at batch size 1 that streaming the weights at the measured copy bandwidth takes)."""
     bandwidth = copy_bandwidth(device)
     floor = weight_bytes(model) / bandwidth
     console.print(
@@ -404,95 +443,94 @@ def bench_engine(
         "bandwidth_gb_s": bandwidth / 1e9,
         "modes": {},
     }
-    if prompts is None and tokenizer is not None:
+    return figures, floor
+
+
+def end_to_end_prompts(target: Target, plan: Plan) -> list[list[int]]:
+    """The plan's tiny-math prompts in the checkpoint's chat template; random ones for random weights or a
+    checkpoint without a tokenizer (acceptance is then meaningless)."""
+    prompts = None
+    if target.tokenizer is not None:
         prompts = suite_prompts(target.path, plan.suite_prompts)
-    if prompts is None:  # random weights or no tokenizer: random prompts (acceptance is then meaningless)
+    if prompts is None:
         g = torch.Generator().manual_seed(1)
         prompts = [
-            torch.randint(0, model.config.vocab_size - 1, (32,), generator=g).tolist()
+            torch.randint(0, target.model.config.vocab_size - 1, (32,), generator=g).tolist()
             for _ in range(plan.random_prompts)
         ]
-    ar_tokens = None  # every decoder in every mode is held to the first mode's AR
-    batched = []
-    for mode in engines:
-        in_mode = Target(model, target.path, tokenizer, Engine(model, mode))
-        if mode != "eager":  # the first pass of each shape compiles or captures; the timings come after
-            console.print(f"engine {mode}: compiling each pass shape on first use (minutes on a CPU) ...")
-        rows = []
-        for K in block_sizes:
-            table = Table(
-                "context",
-                "prefill s",
-                "AR ms",
-                "roofline %",
-                "diffusion ms",
-                "verify ms",
-                "cycle / AR",
-                title=f"engine {mode}: per-forward medians over {repeats} repeats, K = {K}; prefill: one eager "
-                f"pass of the whole context, median over {min(repeats, PREFILL_REPEATS)}",
-            )
-            for _, ctx, prefill, ar, diffusion, verify in forward_costs(
-                in_mode.engine, contexts, K, repeats, device
-            ):
-                row = dict(
-                    context=ctx,
-                    K=K,
-                    prefill_s=prefill,
-                    ar_ms=ar * 1e3,
-                    roofline_pct=100 * floor / ar,
-                    diffusion_ms=diffusion * 1e3,
-                    verify_ms=verify * 1e3,
-                    cycle_over_ar=(diffusion + verify) / ar,
-                )
-                rows.append(row)
-                table.add_row(
-                    str(ctx),
-                    f"{prefill:.3f}",
-                    f"{row['ar_ms']:.3f}",
-                    f"{row['roofline_pct']:.0f}%",
-                    f"{row['diffusion_ms']:.3f}",
-                    f"{row['verify_ms']:.3f}",
-                    f"{row['cycle_over_ar']:.2f}",
-                )
-            console.print(table)
-        e2e, ar_tokens = end_to_end(in_mode, prompts, new_tokens, END_TO_END, ar_tokens)
-        figures["modes"][mode] = {
-            "forwards": rows,
-            "end_to_end": e2e,
-            "events_over_wall": events_vs_wall(in_mode.engine, contexts[0], 50, device),
-        }
-        if batch_sizes:
-            rows = [
-                dict(
-                    engine=mode,
-                    batch_size=B,
-                    context=ctx,
-                    K=K,
-                    ar_ms=ar * 1e3,
-                    diffusion_ms=diffusion * 1e3,
-                    verify_ms=verify * 1e3,
-                    cycle_over_ar=(diffusion + verify) / ar,
-                )
-                for K in block_sizes
-                for B, ctx, _, ar, diffusion, verify in forward_costs(
-                    in_mode.engine, contexts, K, repeats, device, batch_sizes, time_prefill=False
-                )
-            ]
-            print_batched(console, rows, repeats, mode)
-            batched += rows
-    if batch_sizes:
-        figures["batched"] = batched
-    figures["baselines"] = (
-        end_to_end(target, prompts, new_tokens, plan.baselines, ar_tokens)[0] if baselines else {}
+    return prompts
+
+
+def forward_table(console, engine: Engine, mode: str, contexts, K: int, repeats: int, device, floor: float):
+    """One pass of each kind per context at block size K in `engine`, printed as a table -> its rows (per
+    context: prefill s, the AR step, diffusion and verify passes in ms, the AR step against the roofline)."""
+    table = Table(
+        "context",
+        "prefill s",
+        "AR ms",
+        "roofline %",
+        "diffusion ms",
+        "verify ms",
+        "cycle / AR",
+        title=f"engine {mode}: per-forward medians over {repeats} repeats, K = {K}; prefill: one eager "
+        f"pass of the whole context, median over {min(repeats, PREFILL_REPEATS)}",
     )
+    rows = []
+    for _, ctx, prefill, ar, diffusion, verify in forward_costs(engine, contexts, K, repeats, device):
+        row = dict(
+            context=ctx,
+            K=K,
+            prefill_s=prefill,
+            ar_ms=ar * 1e3,
+            roofline_pct=100 * floor / ar,
+            diffusion_ms=diffusion * 1e3,
+            verify_ms=verify * 1e3,
+            cycle_over_ar=(diffusion + verify) / ar,
+        )
+        rows.append(row)
+        table.add_row(
+            str(ctx),
+            f"{prefill:.3f}",
+            f"{row['ar_ms']:.3f}",
+            f"{row['roofline_pct']:.0f}%",
+            f"{row['diffusion_ms']:.3f}",
+            f"{row['verify_ms']:.3f}",
+            f"{row['cycle_over_ar']:.2f}",
+        )
+    console.print(table)
+    return rows
+
+
+def batched_costs(
+    engine: Engine, mode: str, contexts, block_sizes, repeats: int, device, batch_sizes
+) -> list:
+    """The batched passes' costs in `engine` per block size, batch size and context (no prefill timed)."""
+    return [
+        dict(
+            engine=mode,
+            batch_size=B,
+            context=ctx,
+            K=K,
+            ar_ms=ar * 1e3,
+            diffusion_ms=diffusion * 1e3,
+            verify_ms=verify * 1e3,
+            cycle_over_ar=(diffusion + verify) / ar,
+        )
+        for K in block_sizes
+        for B, ctx, _, ar, diffusion, verify in forward_costs(
+            engine, contexts, K, repeats, device, batch_sizes, time_prefill=False
+        )
+    ]
+
+
+def instrumentation(figures: dict, device: torch.device) -> dict:
+    """What one synchronised clock reading costs, in µs and against the first mode's first AR step."""
     first_ar_ms = next(iter(figures["modes"].values()))["forwards"][0]["ar_ms"]
     overhead = clock_overhead(device)
-    figures["instrumentation"] = {
+    return {
         "clock_us": overhead * 1e6,
         "pct_of_ar_step": 100 * overhead / (first_ar_ms / 1e3),  # one reading against the first mode's step
     }
-    print_end_to_end(console, figures, len(prompts), new_tokens)
-    return figures
 
 
 def print_end_to_end(console, figures: dict, n_prompts: int, new_tokens: int) -> None:

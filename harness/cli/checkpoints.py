@@ -244,7 +244,7 @@ def memory_plan(args, model: str) -> tuple[int, list[str], dict]:
     import torch
 
     from harness.methods.plan import decoding_for, default_methods, plan_target
-    from harness.options import check_device, check_device_name, check_positive, free_memory
+    from harness.options import check_device_name, check_positive
     from orthrus_core import memory
     from orthrus_core.params import SamplingParams
 
@@ -252,20 +252,11 @@ def memory_plan(args, model: str) -> tuple[int, list[str], dict]:
     rows = check_positive("--batch-size", args.batch_size)
     device = args.device or ("cuda" if args.memory is not None or torch.cuda.is_available() else "cpu")
     check_device_name(device)
-    if args.memory is not None:
-        if not args.memory > 0:
-            raise UsageError(f"--memory must be a positive number of GiB, got {args.memory}")
-        available, source = int(args.memory * memory.GIB), f"{args.memory:g} GiB (--memory)"
-    else:
-        check_device(device)
-        available = free_memory(device)
-        source = f"{_gib(available)} GiB free on {device} now"
+    available, source = plan_memory(args.memory, device)
     # Sampled with top-p holds the most logits (orthrus_core.memory.sampling_copies); the values are stand-ins.
     sampling = None if args.greedy else SamplingParams(temperature=1.0, top_p=0.95)
     target = plan_target(model, args.dtype)
     specs = args.methods or default_methods(target)
-    usable = memory.USABLE * available
-    max_positions = target.model.config.max_position_embeddings
     plans, problems = [], {}
     for spec in specs:
         try:
@@ -284,20 +275,53 @@ def memory_plan(args, model: str) -> tuple[int, list[str], dict]:
                 sampling=sampling,
             )
         )
-
-    first = plans[0] if plans else None
-    engine = f" (engine {first.engine})" if first else ""
-    g = Unit(max((p.total for p in plans), default=0))
+    usable = memory.USABLE * available
+    engine = f" (engine {plans[0].engine})" if plans else ""
     text = [
         f"memory plan  {context} positions (prompt + new tokens), batch size {rows}, {args.dtype} on "
         f"{device}{engine}, logits {memory.sampling_name(sampling)}",
         f"             memory {source}: a plan may take {memory.USABLE:.0%} of it, {_gib(usable)} GiB",
     ]
+    max_positions = target.model.config.max_position_embeddings
     if context > max_positions:
         text.append(f"             note: {context} positions are more than the model's {max_positions}")
+    text += plan_table(plans, problems, available)
+    code = 1 if problems or any(not p.fits(available) for p in plans) else 0
+    plan = {
+        "context": context,
+        "batch_size": rows,
+        "dtype": args.dtype,
+        "device": device,
+        "memory": available,
+        "memory_source": source,
+        "usable": int(usable),
+        "methods": [{**p.to_dict(), "fits": p.fits(available)} for p in plans],
+        "problems": problems,
+    }
+    return code, text, plan
+
+
+def plan_memory(gib: float | None, device: str) -> tuple[int, str]:
+    """(bytes a plan is held to, where that figure comes from): --memory GIB, or what is free on `device` now."""
+    from harness.options import check_device, free_memory
+    from orthrus_core import memory
+
+    if gib is not None:
+        if not gib > 0:
+            raise UsageError(f"--memory must be a positive number of GiB, got {gib}")
+        return int(gib * memory.GIB), f"{gib:g} GiB (--memory)"
+    check_device(device)
+    available = free_memory(device)
+    return available, f"{_gib(available)} GiB free on {device} now"
+
+
+def plan_table(plans: list, problems: dict[str, str], available: int) -> list[str]:
+    """The plan's lines under its heading: one row per method (the ones that cannot run saying why), each
+    method's own table, and what the plans assume."""
+    g = Unit(max((p.total for p in plans), default=0))
     header = f"  {g.name:<22}{'weights':>9}{'KV needed -> bucketed':>24}{'drafter':>9}{'workspace':>11}"
     header += f"{'logits':>8}{'total':>8}  verdict"
-    text.append(header)
+    text = [header]
     for p in plans:
         kv = f"{g(p.kv_needed)} -> {g(p.kv)}"
         verdict = "fits" if p.fits(available) else "does not fit"
@@ -314,19 +338,7 @@ def memory_plan(args, model: str) -> tuple[int, list[str], dict]:
         "on CUDA, a dense boolean mask on a CPU, counted); a static engine's caches of shorter buckets, kept "
         "after shorter requests, are not counted"
     )
-    code = 1 if problems or any(not p.fits(available) for p in plans) else 0
-    plan = {
-        "context": context,
-        "batch_size": rows,
-        "dtype": args.dtype,
-        "device": device,
-        "memory": available,
-        "memory_source": source,
-        "usable": int(usable),
-        "methods": [{**p.to_dict(), "fits": p.fits(available)} for p in plans],
-        "problems": problems,
-    }
-    return code, text, plan
+    return text
 
 
 def method_lines(p, available: int, g: Unit) -> list[str]:

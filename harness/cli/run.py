@@ -22,102 +22,7 @@ from .args import (
 
 
 def register(sub) -> None:
-    from orthrus_core.params import TEMPERATURE_FLOOR, TOP_P_FLOOR
-
-    p = sub.add_parser(
-        "run",
-        help="run suites x methods on a model into a results directory (no arguments: the embedded default)",
-    )
-    add_model_args(p)
-    add_engine_arg(p)
-    p.add_argument("--suite", type=parse_suites, help="comma-separated suite names or .toml paths")
-    p.add_argument(
-        "--methods",
-        type=parse_methods,
-        help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain",
-    )
-    p.add_argument(
-        "--sweep",
-        action="append",
-        metavar="SPEC",
-        help="a method option's grid, one method per value into the same run, e.g. "
-        "'orthrus:block_size=4,8,16,32', 'dflash:block_size=4,8,16', 'pld:num_draft_tokens=2,5,10', "
-        "'eagle3:tree=chain:depth=2,4,6' (one option lists values, the others stay fixed); repeatable; added to "
-        "--methods (without --methods: ar and the sweeps), ar added as the speedup baseline where no AR "
-        "baseline is listed; the report's Sweeps section shows tau, TPF and speedup against the values",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        help="override every suite's temperature: a finite number >= 0, 0 = greedy. Degenerate settings, whose "
-        "distribution is one token, are decoded and verified as greedy, and the verdict says so: temperature "
-        f"below {TEMPERATURE_FLOOR:g}, --top-k 1, or --top-p below {TOP_P_FLOOR:g}",
-    )
-    p.add_argument("--top-k", type=int, help="override every suite's top-k (0 disables; 1 is greedy)")
-    p.add_argument(
-        "--top-p",
-        type=float,
-        help=f"override every suite's top-p, in (0, 1] (1 disables; below {TOP_P_FLOOR:g}: greedy)",
-    )
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--limit", type=int, help="first N items of each suite")
-    p.add_argument("--ids", type=parse_ids, help="comma-separated dataset ids to keep (one suite)")
-    p.add_argument("--samples", type=int, default=1, help="generations per item and method")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up generations per method")
-    p.add_argument("--no-telemetry", action="store_true", help="measure wall-clock only (overhead baseline)")
-    add_data_dir_arg(p)
-    p.add_argument("--out", help="results directory (default: runs/<date-time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="with --resume: run again the units that ended in an error (their records kept in "
-        "retried-errors.jsonl)",
-    )
-    p.add_argument(
-        "--shard",
-        help="i/n: run shard i of n (items balanced by expected cost); under torchrun, accelerate or srun "
-        "each process takes its own shard from the launcher, and rank 0 merges them into --out",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        help=batch_size_help(),
-    )
-    p.add_argument(
-        "--continuous",
-        action="store_true",
-        help="with --batch-size or --batch-sizes: refill a finished row with the next prompt at once",
-    )
-    p.add_argument(
-        "--batch-sizes",
-        type=parse_int_list,
-        help="a concurrency sweep, e.g. 1,2,4,8,16,32,64: one run per batch size into OUT/batch-<B>, each "
-        "verified, then throughput, latency and speedup over ar against B",
-    )
-    p.add_argument(
-        "--tensor-parallel-size",
-        type=int,
-        default=1,
-        help="the vLLM methods' tensor parallelism (vLLM's own, over that many GPUs); recorded in run.json",
-    )
-    p.add_argument(
-        "--data-parallel-size",
-        type=int,
-        default=1,
-        help="the vLLM methods' data parallelism (vLLM's own engine replicas); recorded in run.json",
-    )
-    p.add_argument(
-        "--quantize",
-        metavar="FORMAT",
-        help="simulated weight quantization of the target's and drafters' linear weights (not lm_head, "
-        "norms, embeddings): fp8-tensor, fp8-channel, int8-channel or int4-group; in the run's config, and "
-        "verify checks against ar of the same quantized model",
-    )
-    p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
-    add_quiet_arg(p)
-    p.set_defaults(func=cmd_run)
+    _register_run(sub)
 
     p = sub.add_parser("merge", help="join the shard directories of one run")
     p.add_argument("shards", nargs="+", help="shard result directories")
@@ -137,6 +42,137 @@ def register(sub) -> None:
 
     p = sub.add_parser("methods", help="list the registered methods and their options")
     p.set_defaults(func=cmd_methods)
+
+
+def _register_run(sub) -> None:
+    """`run`'s parser: the model and engine, what to run, how to sample, how much, where to write, batching,
+    parallelism and quantization."""
+    p = sub.add_parser(
+        "run",
+        help="run suites x methods on a model into a results directory (no arguments: the embedded default)",
+    )
+    add_model_args(p)
+    add_engine_arg(p)
+    _add_selection_args(p)
+    _add_sampling_args(p)
+    _add_scope_args(p)
+    add_data_dir_arg(p)
+    _add_output_args(p)
+    _add_batching_args(p)
+    _add_parallelism_args(p)
+    p.add_argument(
+        "--quantize",
+        metavar="FORMAT",
+        help="simulated weight quantization of the target's and drafters' linear weights (not lm_head, "
+        "norms, embeddings): fp8-tensor, fp8-channel, int8-channel or int4-group; in the run's config, and "
+        "verify checks against ar of the same quantized model",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the equivalence verdicts at the end")
+    add_quiet_arg(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_selection_args(p) -> None:
+    """What runs: --suite, --methods and --sweep."""
+    p.add_argument("--suite", type=parse_suites, help="comma-separated suite names or .toml paths")
+    p.add_argument(
+        "--methods",
+        type=parse_methods,
+        help="comma-separated method specs, e.g. ar,orthrus,eagle3:tree=chain",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        metavar="SPEC",
+        help="a method option's grid, one method per value into the same run, e.g. "
+        "'orthrus:block_size=4,8,16,32', 'dflash:block_size=4,8,16', 'pld:num_draft_tokens=2,5,10', "
+        "'eagle3:tree=chain:depth=2,4,6' (one option lists values, the others stay fixed); repeatable; added to "
+        "--methods (without --methods: ar and the sweeps), ar added as the speedup baseline where no AR "
+        "baseline is listed; the report's Sweeps section shows tau, TPF and speedup against the values",
+    )
+
+
+def _add_sampling_args(p) -> None:
+    """The overrides of every suite's generation settings: --temperature, --top-k, --top-p, --max-new-tokens."""
+    from orthrus_core.params import TEMPERATURE_FLOOR, TOP_P_FLOOR
+
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="override every suite's temperature: a finite number >= 0, 0 = greedy. Degenerate settings, whose "
+        "distribution is one token, are decoded and verified as greedy, and the verdict says so: temperature "
+        f"below {TEMPERATURE_FLOOR:g}, --top-k 1, or --top-p below {TOP_P_FLOOR:g}",
+    )
+    p.add_argument("--top-k", type=int, help="override every suite's top-k (0 disables; 1 is greedy)")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        help=f"override every suite's top-p, in (0, 1] (1 disables; below {TOP_P_FLOOR:g}: greedy)",
+    )
+    p.add_argument("--max-new-tokens", type=int)
+
+
+def _add_scope_args(p) -> None:
+    """How much runs and how it is measured: --limit, --ids, --samples, --seed, --warmup, --no-telemetry."""
+    p.add_argument("--limit", type=int, help="first N items of each suite")
+    p.add_argument("--ids", type=parse_ids, help="comma-separated dataset ids to keep (one suite)")
+    p.add_argument("--samples", type=int, default=1, help="generations per item and method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up generations per method")
+    p.add_argument("--no-telemetry", action="store_true", help="measure wall-clock only (overhead baseline)")
+
+
+def _add_output_args(p) -> None:
+    """Where the run goes and which part of it this process runs: --out, --resume, --retry-failed, --shard."""
+    p.add_argument("--out", help="results directory (default: runs/<date-time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run again the units that ended in an error (their records kept in "
+        "retried-errors.jsonl)",
+    )
+    p.add_argument(
+        "--shard",
+        help="i/n: run shard i of n (items balanced by expected cost); under torchrun, accelerate or srun "
+        "each process takes its own shard from the launcher, and rank 0 merges them into --out",
+    )
+
+
+def _add_batching_args(p) -> None:
+    """--batch-size, --continuous and the --batch-sizes sweep."""
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=batch_size_help(),
+    )
+    p.add_argument(
+        "--continuous",
+        action="store_true",
+        help="with --batch-size or --batch-sizes: refill a finished row with the next prompt at once",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=parse_int_list,
+        help="a concurrency sweep, e.g. 1,2,4,8,16,32,64: one run per batch size into OUT/batch-<B>, each "
+        "verified, then throughput, latency and speedup over ar against B",
+    )
+
+
+def _add_parallelism_args(p) -> None:
+    """The vLLM methods' own parallelism: --tensor-parallel-size, --data-parallel-size."""
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="the vLLM methods' tensor parallelism (vLLM's own, over that many GPUs); recorded in run.json",
+    )
+    p.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="the vLLM methods' data parallelism (vLLM's own engine replicas); recorded in run.json",
+    )
 
 
 def batch_size_help() -> str:
@@ -355,42 +391,18 @@ def run_batch_sweep(spec, args, launch) -> int:
 def run_launched(spec, args, launch) -> int:
     """One process of a launched run (harness.run.launch): its shard into OUT/shards/<i>-of-<n>, then at rank 0,
     once every shard has finished, the merged run in OUT, its summary and verdicts."""
-    from harness.report.summary import print_run_summary
-    from harness.run.launch import check_own_devices, connect, gather_finished, launched_device, shard_dir
+    from harness.run.launch import check_own_devices, connect, gather_finished, shard_dir
     from harness.run.runner import execute
-    from harness.run.shards import merge
-    from harness.run.spec import RunError
-    from harness.store import RECORDS, RUN, load_run
-    from harness.verify.config import VerifyConfig
-    from harness.verify.verdicts import verify_main
 
-    if args.out is None:
-        raise UsageError("a launched run needs --out: every process must name the same results directory")
-    if args.shard is not None:
-        raise UsageError(
-            f"--shard is the launcher's to give ({launch.launcher}, {launch.world_size} processes)"
-        )
-    out = Path(args.out)  # on a filesystem every process sees: rank 0 reads every shard
-    # Checked by every rank before any joins the group, so that none is left waiting for one that refused.
-    if (out / RUN).exists() and load_run(out).merged_from is None:
-        raise RunError(f"{out} holds a run that is not a merge of its shards; choose another --out")
-    device, device_source, device_uuid = spec.device, "--device", None
-    if device == "cuda":  # each process on its own GPU; the spec (and so the config hash) keeps "cuda"
-        import torch
-
-        from harness.run.provenance import cuda_uuid
-
-        index, device_source = launched_device(launch, torch.cuda.device_count())
-        torch.cuda.set_device(index)
-        device, device_uuid = f"cuda:{index}", cuda_uuid(index)
+    out = launched_out(args, launch)
+    device, device_source, device_uuid = own_device(spec.device, launch)
     connect(launch)
     check_own_devices(launch, device_uuid)
-    mine = shard_dir(out, launch.rank, launch.world_size)
     finished = False
     try:
         execute(
             spec,
-            mine,
+            shard_dir(out, launch.rank, launch.world_size),
             resume=args.resume,
             retry_failed=args.retry_failed,
             shard=(launch.rank, launch.world_size),
@@ -403,6 +415,53 @@ def run_launched(spec, args, launch) -> int:
         statuses = gather_finished(finished)
     if launch.rank != 0:
         return 0
+    return merge_launched(spec, args, launch, out, statuses)
+
+
+def launched_out(args, launch) -> Path:
+    """The results directory every process of a launched run names, refused (by every rank before any joins the
+    group, so that none is left waiting for one that refused) where the run cannot go there."""
+    from harness.run.spec import RunError
+    from harness.store import RUN, load_run
+
+    if args.out is None:
+        raise UsageError("a launched run needs --out: every process must name the same results directory")
+    if args.shard is not None:
+        raise UsageError(
+            f"--shard is the launcher's to give ({launch.launcher}, {launch.world_size} processes)"
+        )
+    out = Path(args.out)  # on a filesystem every process sees: rank 0 reads every shard
+    if (out / RUN).exists() and load_run(out).merged_from is None:
+        raise RunError(f"{out} holds a run that is not a merge of its shards; choose another --out")
+    return out
+
+
+def own_device(device: str, launch) -> tuple[str, str, str | None]:
+    """(device, where it came from, its GPU's UUID or None) of this process: on CUDA each process on its own
+    GPU, chosen from the launcher's ranks and set current; the spec (and so the config hash) keeps "cuda"."""
+    if device != "cuda":
+        return device, "--device", None
+    import torch
+
+    from harness.run.launch import launched_device
+    from harness.run.provenance import cuda_uuid
+
+    index, device_source = launched_device(launch, torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return f"cuda:{index}", device_source, cuda_uuid(index)
+
+
+def merge_launched(spec, args, launch, out: Path, statuses: list[bool]) -> int:
+    """Rank 0's end of a launched run: every shard finished, merged into `out` (replacing an earlier merge of
+    them), summarised and, unless --no-verify, verified; -> the exit status."""
+    from harness.report.summary import print_run_summary
+    from harness.run.launch import shard_dir
+    from harness.run.shards import merge
+    from harness.run.spec import RunError
+    from harness.store import RECORDS, RUN
+    from harness.verify.config import VerifyConfig
+    from harness.verify.verdicts import verify_main
+
     if not all(statuses):
         failed = [str(shard_dir(out, r, launch.world_size)) for r, ok in enumerate(statuses) if not ok]
         raise RunError(f"shard(s) {', '.join(failed)} did not finish; run the same command with --resume")

@@ -16,6 +16,12 @@ from .args import add_quiet_arg
 
 
 def register(sub) -> None:
+    _register_verify(sub)
+    _register_calibrate(sub)
+
+
+def _register_verify(sub) -> None:
+    """`verify`'s parser: the run, the verdicts' levels and sizes, the device and seed."""
     verify = VerifyConfig()
     p = sub.add_parser("verify", help="lossless-equivalence verdicts of a run against its AR run")
     p.add_argument("run_dir", metavar="RUN", help="results directory written by `orthrus-bench run`")
@@ -42,8 +48,33 @@ def register(sub) -> None:
     add_quiet_arg(p)
     p.set_defaults(func=cmd_verify)
 
-    calibration, greedy = CalibrationConfig(), GreedyCalibrationConfig()
+
+def _register_calibrate(sub) -> None:
+    """`calibrate`'s parser: which model and verdict, the calibration's size, the greedy calibration's own
+    settings, the level, seed and output."""
+    calibration = CalibrationConfig()
     p = sub.add_parser("calibrate", help="measure the verification tests' false-positive rate and power")
+    _add_calibrated_args(p)
+    _add_calibration_size_args(p)
+    _add_greedy_calibration_args(p)
+    p.add_argument("--alpha", type=float, default=calibration.alpha)
+    p.add_argument("--seed", type=int, default=calibration.seed)
+    p.add_argument(
+        "--out",
+        help="writes OUT.md and OUT.json (default: reports/calibration; with --greedy, "
+        "reports/calibration-greedy-DTYPE)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the calibration interrupted at OUT.partial.json (same settings), or start one",
+    )
+    add_quiet_arg(p, "and the table on stdout (OUT.md still holds it)")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _add_calibrated_args(p) -> None:
+    """What is calibrated: --model, --micro, and --greedy (the greedy verdict instead of the sampling one)."""
     p.add_argument(
         "--model",
         help="checkpoint directory (default: the embedded tiny family if it is there, else the random micro "
@@ -58,6 +89,11 @@ def register(sub) -> None:
         help="calibrate the greedy verdict below float32 (ar-hf vs ar, Orthrus vs ar, a planted logit bias) "
         "instead of the sampling verdict",
     )
+
+
+def _add_calibration_size_args(p) -> None:
+    """How large a calibration is: its replicates, arms, prompts and tokens, T2's size and the block size."""
+    calibration, greedy = CalibrationConfig(), GreedyCalibrationConfig()
     p.add_argument(
         "--replicates",
         type=int,
@@ -94,6 +130,11 @@ def register(sub) -> None:
     p.add_argument("--t2-samples", type=int, default=calibration.t2_samples)
     p.add_argument("--t2-depth", type=int, default=calibration.t2_depth)
     p.add_argument("--block-size", type=int, help="Orthrus block size (default: the model's)")
+
+
+def _add_greedy_calibration_args(p) -> None:
+    """--greedy's own settings: --dtype, --pool, --tie-paths, --bias."""
+    greedy = GreedyCalibrationConfig()
     p.add_argument("--dtype", default=greedy.dtype, help="--greedy: the dtype calibrated")
     p.add_argument(
         "--pool",
@@ -108,20 +149,6 @@ def register(sub) -> None:
         help="--greedy: AR paths per replicate's benign study",
     )
     p.add_argument("--bias", type=float, default=greedy.bias, help="--greedy: the mutant's logit bias")
-    p.add_argument("--alpha", type=float, default=calibration.alpha)
-    p.add_argument("--seed", type=int, default=calibration.seed)
-    p.add_argument(
-        "--out",
-        help="writes OUT.md and OUT.json (default: reports/calibration; with --greedy, "
-        "reports/calibration-greedy-DTYPE)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the calibration interrupted at OUT.partial.json (same settings), or start one",
-    )
-    add_quiet_arg(p, "and the table on stdout (OUT.md still holds it)")
-    p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_verify(args) -> int:

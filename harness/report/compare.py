@@ -252,57 +252,74 @@ def compare_runs(
                 Row(method, "coverage", "–", "–", "–", "–", "–", 0, REGRESSION, "no prompt in both runs")
             )
             continue
-        errors_base, errors_new = error_count(base, method), error_count(new, method)
-        if errors_new > errors_base:
-            rows.append(
-                Row(
-                    method,
-                    "errors",
-                    f"{errors_base} failed",
-                    f"{errors_new} failed",
-                    f"+{errors_new - errors_base} failed",
-                    "–",
-                    "–",
-                    0,
-                    REGRESSION,
-                    "more failed generations",
-                )
-            )
+        rows += error_rows(method, base, new)
         greedy = pairs[pairs.greedy & pairs.greedy_base]  # SamplingParams.greedy in both runs
         if not greedy.empty:
             rows += greedy_rows(method, greedy)
-        per_unit = unit_pairs(pairs)
-        timing = [timing_row(method, TIMING_METRICS[0], per_unit, threshold, alpha)]
-        timing[0].counted = "work units"
-        for metric in TIMING_METRICS[1:]:
-            valid = pairs[pairs[metric.column].notna() & pairs[f"{metric.column}_base"].notna()]
-            if not valid.empty:
-                timing.append(timing_row(method, metric, valid, threshold, alpha))
+        timing = timing_rows(method, pairs, threshold, alpha)
         if not gate_timing:
             for row in timing:
                 ungate(row, not_gated_because)
-        rows += timing
-        scored = pairs[pairs.score_correct.notna() & pairs.score_correct_base.notna()]
-        if not scored.empty:
-            acc_base, acc_new = (
-                scored.score_correct_base.astype(float).mean(),
-                scored.score_correct.astype(float).mean(),
-            )
-            rows.append(
-                Row(
-                    method,
-                    "accuracy",
-                    f"{acc_base:.1%}",
-                    f"{acc_new:.1%}",
-                    f"{(acc_new - acc_base) * 100:+.1f} pp",
-                    "–",
-                    "–",
-                    len(scored),
-                    INFO,
-                    "gated through token identity",
-                )
-            )
+        rows += timing + accuracy_rows(method, pairs)
     return rows
+
+
+def error_rows(method: str, base: Run, new: Run) -> list[Row]:
+    """A regression row where NEW has more failed generations of `method` than BASE; else none."""
+    errors_base, errors_new = error_count(base, method), error_count(new, method)
+    if errors_new <= errors_base:
+        return []
+    return [
+        Row(
+            method,
+            "errors",
+            f"{errors_base} failed",
+            f"{errors_new} failed",
+            f"+{errors_new - errors_base} failed",
+            "–",
+            "–",
+            0,
+            REGRESSION,
+            "more failed generations",
+        )
+    ]
+
+
+def timing_rows(method: str, pairs: pd.DataFrame, threshold: float, alpha: float) -> list[Row]:
+    """The noisy tier: tokens/s over work units, then each other timing and memory metric over the prompts
+    both runs measured it on."""
+    timing = [timing_row(method, TIMING_METRICS[0], unit_pairs(pairs), threshold, alpha)]
+    timing[0].counted = "work units"
+    for metric in TIMING_METRICS[1:]:
+        valid = pairs[pairs[metric.column].notna() & pairs[f"{metric.column}_base"].notna()]
+        if not valid.empty:
+            timing.append(timing_row(method, metric, valid, threshold, alpha))
+    return timing
+
+
+def accuracy_rows(method: str, pairs: pd.DataFrame) -> list[Row]:
+    """Accuracy over the prompts scored in both runs, for information (token identity gates it); none unscored."""
+    scored = pairs[pairs.score_correct.notna() & pairs.score_correct_base.notna()]
+    if scored.empty:
+        return []
+    acc_base, acc_new = (
+        scored.score_correct_base.astype(float).mean(),
+        scored.score_correct.astype(float).mean(),
+    )
+    return [
+        Row(
+            method,
+            "accuracy",
+            f"{acc_base:.1%}",
+            f"{acc_new:.1%}",
+            f"{(acc_new - acc_base) * 100:+.1f} pp",
+            "–",
+            "–",
+            len(scored),
+            INFO,
+            "gated through token identity",
+        )
+    ]
 
 
 def ungate(row: Row, because: str) -> None:

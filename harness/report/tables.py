@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from harness.records import UNIT
 from harness.store import RunInfo
 from orthrus_core import metrics
 
-from .published import TABLE1_SUITES, Published, published_figures
+from .published import TABLE1_SUITES, Published, PublishedFigures, published_figures
 from .runs import Run
 from .stats import bootstrap_ci, mean, pooled_tau, pooled_tpf, ratio_of_means
 from .style import method_order, temperature_label
@@ -205,12 +205,79 @@ def sources_note(used: set[str]) -> str:
     return "Published: " + "; ".join(sorted(used)) + "."
 
 
-def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures], u: pd.DataFrame) -> list[Table]:
-    """The paper's Table 1: per model and suite (the paper's eight tasks in its order first), Orthrus's TPF
-    and speedup at T = 0 and T = 1 (and any other temperature run) beside the published cell where the paper
-    reports the checkpoint, with an average row per model; then the same cells under the other averaging.
-    Its denominator is the paper's (`ar-hf`) where the run has it; where that is not the headline's (the
-    fastest AR baseline, over the work units `u`), the note ties the two speedups together."""
+@dataclass
+class Table1Cells:
+    """Table 1's cells, (model, method, suite, temperature) -> Cell, with what each of its tables reads: the
+    temperatures (its column groups), the (model, method) groups in order, the published figures, and the
+    sources of the published figures its tables have shown so far."""
+
+    cells: dict[tuple, Cell]
+    temps: list[float]
+    groups: list[tuple[str, str]]
+    paper: PublishedFigures
+    used: set[str] = field(default_factory=set)
+
+    def published(self, figure: Published | None, ci: tuple | None, suffix: str = "") -> str:
+        """A published figure's cell (beside), its source noted in `used`."""
+        self.used.update([figure.source] if figure else [])
+        return beside(figure, ci, suffix=suffix)
+
+    def table(self, title: str, tpf_of, speedup_of, with_ci: bool, with_paper: bool, note: str) -> Table:
+        """The cells under one averaging (`tpf_of`, `speedup_of` read it from a Cell): a row per suite of each
+        group, then the group's average row; `with_ci`: the CIs in parentheses; `with_paper`: the published
+        figure beside each."""
+        columns = ["model", "method", "suite"]
+        for t in self.temps:
+            label = temperature_label(t)
+            columns += [f"{label} TPF", *([f"{label} TPF paper"] if with_paper else [])]
+            columns += [f"{label} speedup", *([f"{label} speedup paper"] if with_paper else [])]
+        rows = []
+        for model, label in self.groups:
+            suites = suite_order({s for m, lab, s, _ in self.cells if (m, lab) == (model, label)})
+            for suite in suites:
+                row = [model, label, suite]
+                for t in self.temps:
+                    row += self.suite_cells(model, label, suite, t, tpf_of, speedup_of, with_ci, with_paper)
+                rows.append(row)
+            average = [model, label, "Average"]
+            for t in self.temps:
+                average += self.average_cells(model, label, suites, t, tpf_of, speedup_of, with_paper)
+            rows.append(average)
+        return Table(title, columns, rows, note)
+
+    def suite_cells(
+        self, model, label, suite, t, tpf_of, speedup_of, with_ci: bool, with_paper: bool
+    ) -> list:
+        """One suite's TPF and speedup at temperature `t` (each beside its published figure `with_paper`)."""
+        c = self.cells.get((model, label, suite, t))
+        out = [fmt(tpf_of(c), ci=c.tpf_ci if with_ci else None) if c else "–"]
+        if with_paper:
+            out.append(
+                self.published(self.paper.table1_cell(model, suite, t, "tpf"), c.tpf_ci if c else None)
+            )
+        out.append(fmt(speedup_of(c), ci=c.speedup_ci if with_ci else None, suffix="×") if c else "–")
+        if with_paper:
+            p = self.paper.table1_cell(model, suite, t, "speedup")
+            out.append(self.published(p, c.speedup_ci if c else None, suffix="×"))
+        return out
+
+    def average_cells(self, model, label, suites, t, tpf_of, speedup_of, with_paper: bool) -> list:
+        """The arithmetic mean of the suites' TPF and speedup at `t`, "–" unless every suite has one."""
+        per_suite = [self.cells.get((model, label, s, t)) for s in suites]
+        tpfs = [tpf_of(c) for c in per_suite if c and not is_missing(tpf_of(c))]
+        sps = [speedup_of(c) for c in per_suite if c and not is_missing(speedup_of(c))]
+        out = [fmt(float(np.mean(tpfs))) if len(tpfs) == len(suites) else "–"]
+        if with_paper:
+            out.append(self.published(self.paper.table1_average(model, t, "tpf"), None))
+        out.append(fmt(float(np.mean(sps)), suffix="×") if len(sps) == len(suites) else "–")
+        if with_paper:
+            out.append(self.published(self.paper.table1_average(model, t, "speedup"), None, suffix="×"))
+        return out
+
+
+def table1_cells(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures]) -> Table1Cells:
+    """Every Orthrus method's cell per model, suite and temperature (T = 0 and T = 1 always among the
+    temperatures), grouped per model and method in the report's method order."""
     temps = sorted({0.0, 1.0} | set(gens.temperature.dropna()))
     cells: dict[tuple, Cell] = {}
     for (model, suite, temp), figures in by_slice.items():
@@ -219,66 +286,29 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures], u: pd.DataFr
                 cells[(model, label, suite, temp)] = table1_cell(figures, label)
     order = {label: i for i, label in enumerate(orthrus_labels(gens))}
     groups = sorted({(m, label) for m, label, _, _ in cells}, key=lambda g: (g[0], order[g[1]]))
-    if not groups:
+    return Table1Cells(cells, temps, groups, published_figures())
+
+
+def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures], u: pd.DataFrame) -> list[Table]:
+    """The paper's Table 1: per model and suite (the paper's eight tasks in its order first), Orthrus's TPF
+    and speedup at T = 0 and T = 1 (and any other temperature run) beside the published cell where the paper
+    reports the checkpoint, with an average row per model; then the same cells under the other averaging.
+    Its denominator is the paper's (`ar-hf`) where the run has it; where that is not the headline's (the
+    fastest AR baseline, over the work units `u`), the note ties the two speedups together."""
+    t1 = table1_cells(gens, by_slice)
+    if not t1.groups:
         return [Table("Table 1", ["model", "method", "suite"], [], "no Orthrus method in these runs")]
-    baselines = sorted({c.baseline for c in cells.values() if c.baseline})
+    baselines = sorted({c.baseline for c in t1.cells.values() if c.baseline})
     denominators = " and ".join(f"`{b}`" for b in baselines) or "no AR baseline in the run"
     over = " and ".join(f"`{b}`" for b in baselines) or "AR"
-    paper = published_figures()
-    used: set[str] = set()
     has_paper = any(
-        paper.table1_cell(model, suite, t, q) or paper.table1_average(model, t, q)
-        for model, _ in groups
+        t1.paper.table1_cell(model, suite, t, q) or t1.paper.table1_average(model, t, q)
+        for model, _ in t1.groups
         for suite in TABLE1_SUITES
-        for t in temps
+        for t in t1.temps
         for q in ("tpf", "speedup")
     )
-
-    def build(title: str, tpf_of, speedup_of, with_ci: bool, with_paper: bool, note: str) -> Table:
-        columns = ["model", "method", "suite"]
-        for t in temps:
-            label = temperature_label(t)
-            columns += [f"{label} TPF", *([f"{label} TPF paper"] if with_paper else [])]
-            columns += [f"{label} speedup", *([f"{label} speedup paper"] if with_paper else [])]
-        rows = []
-        for model, label in groups:
-            suites = suite_order({s for m, lab, s, _ in cells if (m, lab) == (model, label)})
-            for suite in suites:
-                row = [model, label, suite]
-                for t in temps:
-                    c = cells.get((model, label, suite, t))
-                    row.append(fmt(tpf_of(c), ci=c.tpf_ci if with_ci else None) if c else "–")
-                    if with_paper:
-                        p = paper.table1_cell(model, suite, t, "tpf")
-                        row.append(beside(p, c.tpf_ci if c else None))
-                        used.update([p.source] if p else [])
-                    row.append(
-                        fmt(speedup_of(c), ci=c.speedup_ci if with_ci else None, suffix="×") if c else "–"
-                    )
-                    if with_paper:
-                        p = paper.table1_cell(model, suite, t, "speedup")
-                        row.append(beside(p, c.speedup_ci if c else None, suffix="×"))
-                        used.update([p.source] if p else [])
-                rows.append(row)
-            average = [model, label, "Average"]
-            for t in temps:
-                per_suite = [cells.get((model, label, s, t)) for s in suites]
-                tpfs = [tpf_of(c) for c in per_suite if c and not is_missing(tpf_of(c))]
-                sps = [speedup_of(c) for c in per_suite if c and not is_missing(speedup_of(c))]
-                average.append(fmt(float(np.mean(tpfs))) if len(tpfs) == len(suites) else "–")
-                if with_paper:
-                    p = paper.table1_average(model, t, "tpf")
-                    average.append(beside(p, None))
-                    used.update([p.source] if p else [])
-                average.append(fmt(float(np.mean(sps)), suffix="×") if len(sps) == len(suites) else "–")
-                if with_paper:
-                    p = paper.table1_average(model, t, "speedup")
-                    average.append(beside(p, None, suffix="×"))
-                    used.update([p.source] if p else [])
-            rows.append(average)
-        return Table(title, columns, rows, note)
-
-    main = build(
+    main = t1.table(
         f"Table 1 — Orthrus TPF and wall-clock speedup over {over}"
         + (", the paper's baseline" if baselines == ["ar-hf"] else "")
         + (", beside the paper's figures" if has_paper else ""),
@@ -294,14 +324,15 @@ def table1(gens: pd.DataFrame, by_slice: dict[tuple, SliceFigures], u: pd.DataFr
         f"{denominators}"
         + (", transformers' AR decoding, the paper's denominator" if "ar-hf" in baselines else "")
         + ". Parentheses: 95% bootstrap CI over items (paired with the baseline for speedup). "
-        "Average: arithmetic mean of the suite rows, as in the paper." + headline_tie(u, groups, cells, temps)
+        "Average: arithmetic mean of the suite rows, as in the paper."
+        + headline_tie(u, t1.groups, t1.cells, t1.temps)
     )
     if has_paper:
         main.note += (
             " Paper columns: the published cell where the paper reports this checkpoint, ⚑ where it lies "
-            "outside the measured CI (an average has no CI: its suites differ). " + sources_note(used)
+            "outside the measured CI (an average has no CI: its suites differ). " + sources_note(t1.used)
         )
-    other = build(
+    other = t1.table(
         "Table 1, other averaging",
         lambda c: c.tpf_per_question,
         lambda c: c.speedup_token_weighted,
@@ -370,34 +401,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         rows = by_temperature.setdefault(float(temp), [])
         summary = figures.summary.set_index("method")
         for method in method_order(summary.index):
-            s = summary.loc[method]
-            own = figures.units[figures.units.method == method]
-            scored = own.correct.dropna().astype(float)
-            pairs = paired_units(figures.units, method, "ar")
-            rows.append(
-                [
-                    model,
-                    suite,
-                    method,
-                    s.engine,
-                    *([fmt(s.get("batch_size"), ".0f")] if batched else []),
-                    str(int(s.generations)),
-                    fmt(
-                        s.tau,
-                        ci=bootstrap_ci(pooled_tau, own.accepted, own.cycles) if own.cycles.sum() else None,
-                    ),
-                    fmt(s.tpf, ci=bootstrap_ci(pooled_tpf, own.tokens, own.forwards)),
-                    fmt(s.tokens_per_s, ".1f", bootstrap_ci(mean, own.tokens_per_s)),
-                    fmt(
-                        s.speedup_vs_ar,
-                        ci=bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base),
-                        suffix="×",
-                    ),
-                    fmt(s.speedup_vs_ar_hf, suffix="×"),
-                    fmt(s.accuracy, ".1%", bootstrap_ci(mean, scored) if len(scored) else None),
-                    fmt(s.identical_to_ar, ".1%"),
-                ]
-            )
+            rows.append([model, suite, *summary_cells(figures, summary.loc[method], method, batched)])
     columns = [
         "model",
         "suite",
@@ -422,19 +426,50 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     )
     tables = []
     for temp, rows in sorted(by_temperature.items()):
-        if temp == 0:
-            identity = "identical to ar"
-            extra = " identical to ar: share of generations token-identical to ar's, the greedy criterion."
-        else:
-            identity = "same draws as ar (same seeds)"
-            extra = (
-                " same draws as ar: share of generations whose sampled tokens equal ar's from the same seeds; "
-                "not the criterion at T > 0 (a lossless sampler need only match ar's distribution: Equivalence "
-                "verdicts)."
-            )
+        identity, extra = identity_column(temp)
         title = f"Per method and suite, {temperature_label(temp)}"
         tables.append(Table(title, [*columns, identity], rows, note + extra))
     return tables
+
+
+def summary_cells(figures: SliceFigures, s: pd.Series, method: str, batched: bool) -> list[str]:
+    """One method's cells of the per-method summary after its model and suite, from its summary row `s`, each
+    figure estimated from samples with its CI over the slice's work units."""
+    own = figures.units[figures.units.method == method]
+    scored = own.correct.dropna().astype(float)
+    pairs = paired_units(figures.units, method, "ar")
+    return [
+        method,
+        s.engine,
+        *([fmt(s.get("batch_size"), ".0f")] if batched else []),
+        str(int(s.generations)),
+        fmt(s.tau, ci=bootstrap_ci(pooled_tau, own.accepted, own.cycles) if own.cycles.sum() else None),
+        fmt(s.tpf, ci=bootstrap_ci(pooled_tpf, own.tokens, own.forwards)),
+        fmt(s.tokens_per_s, ".1f", bootstrap_ci(mean, own.tokens_per_s)),
+        fmt(
+            s.speedup_vs_ar,
+            ci=bootstrap_ci(ratio_of_means, pairs.tokens_per_s, pairs.tokens_per_s_base),
+            suffix="×",
+        ),
+        fmt(s.speedup_vs_ar_hf, suffix="×"),
+        fmt(s.accuracy, ".1%", bootstrap_ci(mean, scored) if len(scored) else None),
+        fmt(s.identical_to_ar, ".1%"),
+    ]
+
+
+def identity_column(temp: float) -> tuple[str, str]:
+    """(the summary's last column at `temp`, what the note says of it): token identity with ar at T = 0, the
+    greedy criterion; the same draws as ar from the same seeds at T > 0, which is not the criterion."""
+    if temp == 0:
+        return (
+            "identical to ar",
+            " identical to ar: share of generations token-identical to ar's, the greedy criterion.",
+        )
+    return "same draws as ar (same seeds)", (
+        " same draws as ar: share of generations whose sampled tokens equal ar's from the same seeds; "
+        "not the criterion at T > 0 (a lossless sampler need only match ar's distribution: Equivalence "
+        "verdicts)."
+    )
 
 
 def unscored_notes(gens: pd.DataFrame) -> list[str]:
@@ -694,57 +729,81 @@ def batch_tables(figures: pd.DataFrame) -> list[Table]:
     for (model, temperature, continuous), f in figures.groupby(
         ["model", "temperature", "batch_continuous"], sort=False
     ):
-        sizes = sorted(f.batch_size.unique())
         where = (
             f"{model}, {temperature_label(temperature)}, {'continuous' if continuous else 'static'} batching"
         )
-
-        def table(title: str, cell, note: str = "", f=f, sizes=sizes, where=where) -> Table:
-            rows = []
-            for method in method_order(f.method.unique()):
-                by_size = {r.batch_size: r for r in f[f.method == method].itertuples()}
-                rows.append([method] + [cell(by_size[b]) if b in by_size else "–" for b in sizes])
-            return Table(f"{title} ({where})", ["method"] + [f"B={b}" for b in sizes], rows, note)
-
-        out += [
-            table(
-                "Throughput against batch size: tok/s over the batch (× ar at the same B)",
-                lambda r: (
-                    fmt(r.throughput, ".1f")
-                    + (f" ({fmt(r.speedup_vs_ar, '.2f')}×)" if not is_missing(r.speedup_vs_ar) else "")
-                ),
-                "Σ tokens / Σ spans, a span being one suite's first admission to its last finish.",
-            ),
-            table(
-                "Per-request latency: median TTFT / TPOT (ms)",
-                lambda r: f"{fmt(r.ttft_ms, '.1f')} / {fmt(r.tpot_ms, '.2f')}",
-                "TTFT counts from the request's admission to the batch (rows prefilled before it included).",
-            ),
-            table("τ / TPF against batch size", lambda r: f"{fmt(r.tau)} / {fmt(r.tpf)}"),
-            table(
-                "KV cache per row: median MiB a row needs (× ar); bytes per position (× ar); scratch positions",
-                lambda r: (
-                    f"{fmt(r.kv_mib_per_row, '.3f')}"
-                    + (f" ({fmt(r.kv_vs_ar, '.3f')}×)" if not is_missing(r.kv_vs_ar) else "")
-                    + f"; {r.kv_bytes_per_position:.0f}"
-                    + (
-                        f" ({fmt(r.kv_per_position_vs_ar, '.2f')}×)"
-                        if not is_missing(r.kv_per_position_vs_ar)
-                        else ""
-                    )
-                    + f"; {r.kv_scratch_positions}"
-                ),
-                "A row needs its prompt, its new tokens and the method's scratch positions (its largest proposal), "
-                "at the bytes per position of the target's cache and the drafter's own. Orthrus shares the "
-                "target's cache: the same bytes per position as ar, and only its block's scratch positions more "
-                "per row (the O(1) overhead); a drafter with its own cache adds bytes to every position.",
-            ),
-        ]
-        if f.identical_to_smallest_b.notna().any():
-            out.append(
-                table(
-                    f"Greedy output identical to the same method at B={sizes[0]}",
-                    lambda r: fmt(r.identical_to_smallest_b, ".1%"),
-                )
-            )
+        out += batch_sweep_tables(f, where)
     return out
+
+
+def batch_sweep_tables(f: pd.DataFrame, where: str) -> list[Table]:
+    """One sweep's tables (`f`: its figures, one row per method and batch size; `where`: the model, temperature
+    and batching their titles name): throughput, latency, τ / TPF, KV cache per row, and greedy identity across
+    batch sizes where it was measured."""
+    sizes = sorted(f.batch_size.unique())
+    out = [
+        batch_table(
+            f,
+            sizes,
+            where,
+            "Throughput against batch size: tok/s over the batch (× ar at the same B)",
+            lambda r: (
+                fmt(r.throughput, ".1f")
+                + (f" ({fmt(r.speedup_vs_ar, '.2f')}×)" if not is_missing(r.speedup_vs_ar) else "")
+            ),
+            "Σ tokens / Σ spans, a span being one suite's first admission to its last finish.",
+        ),
+        batch_table(
+            f,
+            sizes,
+            where,
+            "Per-request latency: median TTFT / TPOT (ms)",
+            lambda r: f"{fmt(r.ttft_ms, '.1f')} / {fmt(r.tpot_ms, '.2f')}",
+            "TTFT counts from the request's admission to the batch (rows prefilled before it included).",
+        ),
+        batch_table(f, sizes, where, "τ / TPF against batch size", lambda r: f"{fmt(r.tau)} / {fmt(r.tpf)}"),
+        batch_table(
+            f,
+            sizes,
+            where,
+            "KV cache per row: median MiB a row needs (× ar); bytes per position (× ar); scratch positions",
+            kv_cell,
+            "A row needs its prompt, its new tokens and the method's scratch positions (its largest proposal), "
+            "at the bytes per position of the target's cache and the drafter's own. Orthrus shares the "
+            "target's cache: the same bytes per position as ar, and only its block's scratch positions more "
+            "per row (the O(1) overhead); a drafter with its own cache adds bytes to every position.",
+        ),
+    ]
+    if f.identical_to_smallest_b.notna().any():
+        out.append(
+            batch_table(
+                f,
+                sizes,
+                where,
+                f"Greedy output identical to the same method at B={sizes[0]}",
+                lambda r: fmt(r.identical_to_smallest_b, ".1%"),
+            )
+        )
+    return out
+
+
+def batch_table(f: pd.DataFrame, sizes: list, where: str, title: str, cell, note: str = "") -> Table:
+    """One figure of a sweep, titled `title` (`where`): a row per method, `cell` of its row at each batch size
+    ("–" where not run)."""
+    rows = []
+    for method in method_order(f.method.unique()):
+        by_size = {r.batch_size: r for r in f[f.method == method].itertuples()}
+        rows.append([method] + [cell(by_size[b]) if b in by_size else "–" for b in sizes])
+    return Table(f"{title} ({where})", ["method"] + [f"B={b}" for b in sizes], rows, note)
+
+
+def kv_cell(r) -> str:
+    """The KV cache cell of a method at one batch size: MiB per row (× ar); bytes per position (× ar); scratch
+    positions."""
+    return (
+        f"{fmt(r.kv_mib_per_row, '.3f')}"
+        + (f" ({fmt(r.kv_vs_ar, '.3f')}×)" if not is_missing(r.kv_vs_ar) else "")
+        + f"; {r.kv_bytes_per_position:.0f}"
+        + (f" ({fmt(r.kv_per_position_vs_ar, '.2f')}×)" if not is_missing(r.kv_per_position_vs_ar) else "")
+        + f"; {r.kv_scratch_positions}"
+    )

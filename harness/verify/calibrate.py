@@ -312,6 +312,37 @@ def calibration_prompts(model, tokenizer, n: int, seed: int) -> list[list[int]]:
             for _ in range(n)]  # fmt: skip
 
 
+def every_arm(target: Target, config: CalibrationConfig) -> list[tuple[Arm, GenerateFn | None, int]]:
+    """(arm, its decoder or None for A/A, its replicates) of every arm, A/A, lossless, then the mutants; seeds
+    and AR rows do not depend on which arms run, so an arm run alone gives the replicates it gives in a full
+    calibration."""
+    every: list[tuple[Arm, GenerateFn | None, int]] = [
+        (Arm("A/A: AR vs AR (different seeds)", "<= alpha"), None, config.replicates),
+        (
+            Arm("lossless: Orthrus vs AR", "<= alpha"),
+            decoder(target, config.block_size),
+            config.lossless_replicates,
+        ),
+    ]
+    for name, mutant in mutants(target, config.block_size).items():
+        every.append((Arm(f"mutant: {name}", f">= {POWER_TARGET}"), mutant, config.power_replicates))
+    return every
+
+
+def restore(resume: dict, arms: list[Arm], generator: torch.Generator) -> tuple[int, float]:
+    """The arms and the generator as a checkpoint left them -> (replicates done, seconds spent)."""
+    for arm, saved in zip(arms, resume["arms"], strict=True):
+        # json_safe wrote NaN as null and inf as "inf"
+        arm.__dict__.update(saved, t3_z=[math.nan if z is None else float(z) for z in saved["t3_z"]])
+    generator.set_state(torch.tensor(resume["generator_state"], dtype=torch.uint8))
+    return resume["replicates_done"], resume["seconds"]
+
+
+def short_name(kind: str, k: int) -> str:
+    """Arm `k`'s name in the progress bar: A/A, lossless, or mutant numbered as the table lists them."""
+    return {"aa": "A/A", "lossless": "lossless", "mutants": f"mutant {k - 1}"}[kind]
+
+
 def calibrate(
     target: Target,
     prompts: list[list[int]],
@@ -331,18 +362,7 @@ def calibrate(
     t_start = time.perf_counter()
     model = target.model
     reference = Reference(model)
-    # (arm, decoder or None for A/A, replicates); seeds and AR rows do not depend on which arms run, so an arm
-    # run alone gives the replicates it gives in a full calibration.
-    every: list[tuple[Arm, GenerateFn | None, int]] = [
-        (Arm("A/A: AR vs AR (different seeds)", "<= alpha"), None, config.replicates),
-        (
-            Arm("lossless: Orthrus vs AR", "<= alpha"),
-            decoder(target, config.block_size),
-            config.lossless_replicates,
-        ),
-    ]
-    for name, mutant in mutants(target, config.block_size).items():
-        every.append((Arm(f"mutant: {name}", f">= {POWER_TARGET}"), mutant, config.power_replicates))
+    every = every_arm(target, config)
     kinds = ["aa", "lossless"] + ["mutants"] * (len(every) - 2)
     total = max(n for _, _, n in every)
     generator = torch.Generator().manual_seed(config.seed)
@@ -360,19 +380,8 @@ def calibrate(
     )
     arms = [(k, arm) for k, (arm, _, _) in enumerate(every) if kinds[k] in config.arms]
     replicates = max(every[k][2] for k, _ in arms)
-    done, seconds_before = 0, 0.0
-    if resume:
-        done, seconds_before = resume["replicates_done"], resume["seconds"]
-        for (_, arm), saved in zip(arms, resume["arms"], strict=True):
-            # json_safe wrote NaN as null and inf as "inf"
-            arm.__dict__.update(saved, t3_z=[math.nan if z is None else float(z) for z in saved["t3_z"]])
-        generator.set_state(torch.tensor(resume["generator_state"], dtype=torch.uint8))
-    short = {
-        "aa": "A/A",
-        "lossless": "lossless",
-        "mutants": "mutant",
-    }  # the mutants numbered as the table lists them
-    names = ", ".join(short[kinds[k]] + (f" {k - 1}" if kinds[k] == "mutants" else "") for k, _ in arms)
+    done, seconds_before = restore(resume, [arm for _, arm in arms], generator) if resume else (0, 0.0)
+    names = ", ".join(short_name(kinds[k], k) for k, _ in arms)
     bar = progress.bar(
         desc=f"calibrate: replicates (rejections: {names})", total=replicates, initial=done, unit="replicates"
     )
@@ -392,30 +401,58 @@ def calibrate(
                     )
                 ]
             else:
-                records = sample_records(generate, prompts, config, stop_ids, r)
-                draws = draw_fixed_context(
-                    generate,
-                    context,
-                    PARAMS,
-                    samples=config.t2_samples,
-                    depth=config.t2_depth,
-                    stop_token_ids=stop_ids,
-                    seed=arm_seed,
-                )
+                records, draws = decoder_samples(generate, prompts, context, config, stop_ids, r, arm_seed)
             arm.add(verdict_of(records, draws, reference_records, reference, context, config, arm_seed))
         if checkpoint:
-            state = {
-                "config": asdict(config),
-                "replicates_done": r + 1,
-                "seconds": seconds_before + time.perf_counter() - t_start,
-                "generator_state": generator.get_state().tolist(),
-                "arms": [asdict(arm) for _, arm in arms],
-            }
-            write_json(checkpoint, state)
+            seconds = seconds_before + time.perf_counter() - t_start
+            save_checkpoint(checkpoint, config, r + 1, seconds, generator, [arm for _, arm in arms])
         bar.set_postfix_str(", ".join(f"{a.rejections}/{a.replicates}" for _, a in arms))
         bar.update(1)
     bar.close()
     return [arm for _, arm in arms]
+
+
+def decoder_samples(
+    generate: GenerateFn,
+    prompts: list[list[int]],
+    context: list[int],
+    config: CalibrationConfig,
+    stop_ids: list[int],
+    replicate: int,
+    seed: int,
+) -> tuple[list[dict], list[tuple]]:
+    """A decoder's samples for one replicate: (its records of the prompts, its T2 draws at the fixed context)."""
+    records = sample_records(generate, prompts, config, stop_ids, replicate)
+    draws = draw_fixed_context(
+        generate,
+        context,
+        PARAMS,
+        samples=config.t2_samples,
+        depth=config.t2_depth,
+        stop_token_ids=stop_ids,
+        seed=seed,
+    )
+    return records, draws
+
+
+def save_checkpoint(
+    path: Path,
+    config: CalibrationConfig,
+    replicates_done: int,
+    seconds: float,
+    generator: torch.Generator,
+    arms: list[Arm],
+) -> None:
+    """The calibration so far (its settings, the replicates done, the seconds spent, the generator's state and
+    the arms) into `path`, for load_checkpoint and `resume`."""
+    state = {
+        "config": asdict(config),
+        "replicates_done": replicates_done,
+        "seconds": seconds,
+        "generator_state": generator.get_state().tolist(),
+        "arms": [asdict(arm) for arm in arms],
+    }
+    write_json(path, state)
 
 
 def load_checkpoint(path: Path, config: CalibrationConfig) -> dict:
@@ -507,8 +544,6 @@ def calibrate_main(
     Progress is checkpointed to OUT.partial.json after each replicate (removed at the end); `resume`
     continues from it. Without `resume` an existing checkpoint is an error, so that no work is lost. Each
     step's progress goes to stderr, unless `quiet`."""
-    from harness.methods.target import load_target
-    from harness.paths import DEFAULT_MODEL
     from orthrus_core.generation import stop_ids as eos_ids
 
     config = config or CalibrationConfig()
@@ -521,13 +556,7 @@ def calibrate_main(
         )
     torch.manual_seed(config.seed)
     progress = Reporter(enabled=not quiet)
-    if not micro and (model or (DEFAULT_MODEL / "config.json").is_file()):
-        progress.say(f"calibrate: loading {model or DEFAULT_MODEL}")
-        target = load_target(model)
-    else:
-        target = Target.of(
-            micro_model(config.seed), "random micro model (1 layer, vocab 320, near-AR draft view)"
-        )
+    target = calibrated_target(model, micro, config.seed, progress)
     net, tokenizer, name = target.model, target.tokenizer, target.path
     if config.block_size is None:
         config.block_size = net.block_size
@@ -556,3 +585,15 @@ def calibrate_main(
     checkpoint.unlink()
     print(markdown)
     return 0 if all(a.met(config.alpha) for a in arms) else 1
+
+
+def calibrated_target(model: str | None, micro: bool, seed: int, progress: Reporter) -> Target:
+    """`model`, else the embedded tiny family where it is there, else (or with `micro`) the random micro model
+    made from `seed`."""
+    from harness.methods.target import load_target
+    from harness.paths import DEFAULT_MODEL
+
+    if not micro and (model or (DEFAULT_MODEL / "config.json").is_file()):
+        progress.say(f"calibrate: loading {model or DEFAULT_MODEL}")
+        return load_target(model)
+    return Target.of(micro_model(seed), "random micro model (1 layer, vocab 320, near-AR draft view)")

@@ -35,6 +35,7 @@ import torch
 from scipy import stats
 
 from harness.methods import make_decoder
+from harness.methods.base import GenerateFn
 from harness.methods.target import Target, load_target
 from harness.progress import SILENT, Reporter
 from harness.store import write_json
@@ -156,72 +157,119 @@ def calibrate_greedy(
 ) -> tuple[list[GreedyArm], dict]:
     """-> (arms, meta). `target` decodes in the calibrated dtype, `reference` is its float32 twin. Each step
     shows on `progress` (stderr)."""
-
-    def bar(iterable, desc: str, total: int | None = None, unit: str = "prompts"):
-        return progress.bar(iterable, f"calibrate --greedy: {desc}", total=total, unit=unit)
-
-    def say(line: str) -> None:
-        progress.say(f"calibrate --greedy: {line}")
-
+    steps = Steps(progress)
     t0 = time.perf_counter()
     net = target.model
     stops = eos_ids(net)
     ar = make_decoder("ar", target)
-    ar_runs = [ar.generate(p, config.max_new_tokens, GREEDY, stop_token_ids=stops) for p in bar(pool, "AR")]
+    ar_runs = [
+        ar.generate(p, config.max_new_tokens, GREEDY, stop_token_ids=stops) for p in steps.bar(pool, "AR")
+    ]
     paths = [list(r.tokens) for r in ar_runs]
-    say(f"AR: {sum(map(len, paths))} tokens over {len(pool)} prompts ({time.perf_counter() - t0:.0f} s)")
+    steps.say(
+        f"AR: {sum(map(len, paths))} tokens over {len(pool)} prompts ({time.perf_counter() - t0:.0f} s)"
+    )
     studies = [
         benign_study(net, reference.logits, [(p, a)])
-        for p, a in bar(zip(pool, paths, strict=True), "benign studies", len(pool))
+        for p, a in steps.bar(zip(pool, paths, strict=True), "benign studies", len(pool))
     ]
     token, top_logit = most_flipped_token(reference, list(zip(pool, paths, strict=True)), config.bias)
     floor = (
         2 * torch.finfo(net.lm_head.weight.dtype).eps * 2.0 ** math.floor(math.log2(max(top_logit, 1e-30)))
     )
-    say(f"benign studies done ({time.perf_counter() - t0:.0f} s); mutant token {token}")
-
-    orthrus = make_decoder("orthrus", target)
-    rule = bias_rule(token, config.bias)
-
-    def mutant(prompt_ids, max_new_tokens, params=GREEDY, **kwargs):
-        return orthrus.generate(prompt_ids, max_new_tokens, params, **kwargs, rule=rule)
-
+    steps.say(f"benign studies done ({time.perf_counter() - t0:.0f} s); mutant token {token}")
     token_text = target.tokenizer.decode([token]) if target.tokenizer else str(token)
-    decoders = {
-        "A/A: ar-hf vs ar": ("<= alpha", make_decoder("ar-hf", target).generate),
-        "lossless: Orthrus vs ar": ("<= alpha", orthrus.generate),
-        f"mutant: +{config.bias:g} on {token_text!r}'s logit in verify passes": (
-            f">= {POWER_TARGET}",
-            mutant,
-        ),
-    }
     arms, comparisons = [], []
-    for name, (requirement, generate) in decoders.items():
-        continue_fn = greedy_continuation(generate, stops)
-        compared: list[tuple[dict, PairComparison]] = []
-        for i, (prompt, run) in enumerate(bar(zip(pool, ar_runs, strict=True), name, len(pool))):
-            out = generate(prompt, config.max_new_tokens, GREEDY, stop_token_ids=stops)
-            pair = compare_pair(
-                prompt,
-                {"output_ids": list(run.tokens), "stop_reason": run.stop_reason},
-                {
-                    "output_ids": list(out.tokens),
-                    "stop_reason": out.stop_reason,
-                    "accepted": list(out.accepted),
-                },
-                reference.logits,
-                continue_fn=continue_fn,
-                max_new_tokens=config.max_new_tokens,
-            )
-            compared.append(({"item_id": str(i), "sample": 0, "turn": 0}, pair))
+    for name, (requirement, generate) in arm_decoders(target, token, token_text, config.bias).items():
+        ar_and_arm = steps.bar(zip(pool, ar_runs, strict=True), name, len(pool))
+        compared = compare_with_ar(generate, ar_and_arm, reference, stops, config.max_new_tokens)
         arm = GreedyArm(name, requirement)
         arm.diverging = sum(not pair.identical for _, pair in compared) / len(compared)
         arms.append(arm)
         comparisons.append(compared)
-        say(f"{name}: {arm.diverging:.1%} of generations diverge ({time.perf_counter() - t0:.0f} s)")
+        steps.say(f"{name}: {arm.diverging:.1%} of generations diverge ({time.perf_counter() - t0:.0f} s)")
+    run_replicates(arms, comparisons, studies, floor, config, steps)
+    meta = {
+        "model": target.path,
+        "mutant_token": token,
+        "mutant_token_text": token_text,
+        "previous_rule_floor": floor,
+        "ar_tokens": sum(map(len, paths)),
+        "seconds": time.perf_counter() - t0,
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+    }
+    return arms, meta
 
+
+@dataclass
+class Steps:
+    """calibrate --greedy's progress bars and lines on `progress` (stderr), each under the command's name."""
+
+    progress: Reporter
+
+    def bar(self, iterable, desc: str, total: int | None = None, unit: str = "prompts"):
+        return self.progress.bar(iterable, f"calibrate --greedy: {desc}", total=total, unit=unit)
+
+    def say(self, line: str) -> None:
+        self.progress.say(f"calibrate --greedy: {line}")
+
+
+def arm_decoders(
+    target: Target, token: int, token_text: str, bias: float
+) -> dict[str, tuple[str, GenerateFn]]:
+    """Each arm's name -> (its requirement, its decoder): ar-hf (A/A), Orthrus (lossless), and Orthrus with
+    `bias` added to `token`'s logit in every verify pass (the mutant)."""
+    orthrus = make_decoder("orthrus", target)
+    rule = bias_rule(token, bias)
+
+    def mutant(prompt_ids, max_new_tokens, params=GREEDY, **kwargs):
+        return orthrus.generate(prompt_ids, max_new_tokens, params, **kwargs, rule=rule)
+
+    return {
+        "A/A: ar-hf vs ar": ("<= alpha", make_decoder("ar-hf", target).generate),
+        "lossless: Orthrus vs ar": ("<= alpha", orthrus.generate),
+        f"mutant: +{bias:g} on {token_text!r}'s logit in verify passes": (f">= {POWER_TARGET}", mutant),
+    }
+
+
+def compare_with_ar(
+    generate: GenerateFn, ar_and_arm, reference: Reference, stops: list[int], max_new_tokens: int
+) -> list[tuple[dict, PairComparison]]:
+    """Each pool prompt decoded by `generate`, compared with AR's run of it (`ar_and_arm`: (prompt, AR's
+    result) pairs) and re-synchronised after each divergence."""
+    continue_fn = greedy_continuation(generate, stops)
+    compared: list[tuple[dict, PairComparison]] = []
+    for i, (prompt, run) in enumerate(ar_and_arm):
+        out = generate(prompt, max_new_tokens, GREEDY, stop_token_ids=stops)
+        pair = compare_pair(
+            prompt,
+            {"output_ids": list(run.tokens), "stop_reason": run.stop_reason},
+            {
+                "output_ids": list(out.tokens),
+                "stop_reason": out.stop_reason,
+                "accepted": list(out.accepted),
+            },
+            reference.logits,
+            continue_fn=continue_fn,
+            max_new_tokens=max_new_tokens,
+        )
+        compared.append(({"item_id": str(i), "sample": 0, "turn": 0}, pair))
+    return compared
+
+
+def run_replicates(
+    arms: list[GreedyArm],
+    comparisons: list[list[tuple[dict, PairComparison]]],
+    studies: list[BenignStudy],
+    floor: float,
+    config: GreedyCalibrationConfig,
+    steps: Steps,
+) -> None:
+    """Each replicate draws its prompts from the pool and reaches every arm's verdict on them as verify does,
+    with the benign study of its first `tie_paths` prompts; the arms count what failed them and why."""
     draw = random.Random(config.seed + 1)
-    for _ in bar(range(config.replicates), "replicates", unit="replicates"):
+    for _ in steps.bar(range(config.replicates), "replicates", unit="replicates"):
         chosen = draw.sample(range(config.pool), config.prompts)
         study = BenignStudy.pooled([studies[i] for i in chosen[: config.tie_paths]])
         for arm, compared in zip(arms, comparisons, strict=True):
@@ -235,17 +283,6 @@ def calibrate_greedy(
             arm.events += len(verdict["events"])
             arm.thresholds.append(verdict["near_tie_threshold"])
             arm.previous_rule_fails.append(previous_rule_fails(subset, study, floor, config.alpha))
-    meta = {
-        "model": target.path,
-        "mutant_token": token,
-        "mutant_token_text": token_text,
-        "previous_rule_floor": floor,
-        "ar_tokens": sum(map(len, paths)),
-        "seconds": time.perf_counter() - t0,
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-    }
-    return arms, meta
 
 
 def report(arms: list[GreedyArm], config: GreedyCalibrationConfig, meta: dict) -> tuple[str, dict]:

@@ -75,16 +75,8 @@ def greedy_verdict(
     one-sided p-values: a bug in the method leaves its tokens below AR's, each by a little), and the
     divergence rate against the AR-vs-AR rate (one-sided Fisher exact)."""
     pairs = [pair for _, pair in compared]
-    every = [e for pair in pairs for e in pair.events]
-    level = alpha / 3 / max(len(every), 1)
-    threshold = benign.threshold(level)
-    for pair in pairs:
-        label(pair.events, threshold)
-    # A stream that ended where the other went on has no margin: no numerics explain it.
-    margin_p = [benign.one_sided_p_value(e.margin) if e.margin is not None else 0.0 for e in every]
-    combined_p = (
-        float(stats.combine_pvalues(np.clip(margin_p, 1e-300, 1), method="fisher").pvalue) if every else 1.0
-    )
+    level, threshold = label_divergences(pairs, benign, alpha)
+    margin_p, combined_p = margin_p_values([e for pair in pairs for e in pair.events], benign)
     prompts, identical = len(pairs), sum(p.identical for p in pairs)
     positions = sum(p.positions for p in pairs)
     first_divergences = [{**where, "index": p.first_divergence} for where, p in compared if not p.identical]
@@ -92,17 +84,7 @@ def greedy_verdict(
     algorithmic_prompts = sum(any(e.kind == ALGORITHMIC for e in p.events) for p in pairs)
     near_ties = sum(e["kind"] == NEAR_TIE for e in events)
     algorithmic = len(events) - near_ties
-    fisher_p = float(
-        stats.fisher_exact(
-            [[len(events), positions - len(events)], [benign.flips, benign.positions - benign.flips]],
-            alternative="greater",
-        ).pvalue
-    )
-    upper = (
-        float(stats.binomtest(algorithmic_prompts, prompts, alternative="less").proportion_ci(0.95).high)
-        if prompts
-        else None
-    )
+    fisher_p = rate_p_value(len(events), positions, benign)
     if prompts == 0:
         verdict, reason = "NO DATA", f"no prompt shared with the reference ({not_comparable} not comparable)"
     elif dtype == "float32":
@@ -136,7 +118,7 @@ def greedy_verdict(
         "events_per_1k": 1000 * len(events) / positions if positions else None,
         "resynced": resynced,
         "algorithmic_prompts": algorithmic_prompts,
-        "algorithmic_rate_upper95": upper,
+        "algorithmic_rate_upper95": algorithmic_rate_upper95(algorithmic_prompts, prompts),
         "fisher_vs_ar_ar_pvalue": fisher_p,
         "near_tie_threshold": threshold,
         "near_tie_level": level,
@@ -144,6 +126,43 @@ def greedy_verdict(
         "margins_combined_pvalue": combined_p,
         "ar_vs_ar": asdict(benign),
     }
+
+
+def label_divergences(pairs: list[PairComparison], benign: BenignStudy, alpha: float) -> tuple[float, float]:
+    """Each divergence labelled near-tie or algorithmic at the near-tie threshold, the |margin| a benign flip
+    exceeds with probability alpha / 3 / n (Bonferroni over the n divergences) -> (that level, the threshold)."""
+    level = alpha / 3 / max(sum(len(pair.events) for pair in pairs), 1)
+    threshold = benign.threshold(level)
+    for pair in pairs:
+        label(pair.events, threshold)
+    return level, threshold
+
+
+def margin_p_values(events: list, benign: BenignStudy) -> tuple[list[float], float]:
+    """(each divergence's one-sided p-value under the noise model, Fisher's method over them: 1 without any)."""
+    # A stream that ended where the other went on has no margin: no numerics explain it.
+    margin_p = [benign.one_sided_p_value(e.margin) if e.margin is not None else 0.0 for e in events]
+    combined_p = (
+        float(stats.combine_pvalues(np.clip(margin_p, 1e-300, 1), method="fisher").pvalue) if events else 1.0
+    )
+    return margin_p, combined_p
+
+
+def rate_p_value(events: int, positions: int, benign: BenignStudy) -> float:
+    """The one-sided Fisher exact p-value of `events` divergences over `positions` against the AR-vs-AR rate."""
+    return float(
+        stats.fisher_exact(
+            [[events, positions - events], [benign.flips, benign.positions - benign.flips]],
+            alternative="greater",
+        ).pvalue
+    )
+
+
+def algorithmic_rate_upper95(algorithmic_prompts: int, prompts: int) -> float | None:
+    """The exact binomial 95% upper bound on the share of prompts with an algorithmic divergence (None: none)."""
+    if not prompts:
+        return None
+    return float(stats.binomtest(algorithmic_prompts, prompts, alternative="less").proportion_ci(0.95).high)
 
 
 def verify_greedy(
