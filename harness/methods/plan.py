@@ -65,7 +65,8 @@ def decoding_for(spec: str, target: PlanTarget) -> Decoding:
     from orthrus_core.dflash import DFlashDrafter
     from orthrus_core.eagle3 import Eagle3Drafter
 
-    name, module, options, label = resolve_options(spec)
+    spec, module, options = resolve_options(spec)
+    name, label = spec.name, str(spec)
     if engine_of(spec) != ENGINE:
         raise ValueError(
             f"{label}: decoded by {engine_of(spec)}, which plans its own memory (its kv_cache_gib and "
@@ -83,7 +84,7 @@ def decoding_for(spec: str, target: PlanTarget) -> Decoding:
         return Decoding(label, drafter=drafter, source=source)
     # The other methods read no checkpoint: their own build, on the meta target (no engine: nothing runs).
     try:
-        decoder = module.build(Target(model, target.path, None, None), label, options)
+        decoder = module.build(Target(model, target.path, None, None), spec, options)
     except ValueError as exc:
         if not str(exc).startswith(name):
             exc.args = (f"{label}: {exc}", *exc.args[1:])
