@@ -244,7 +244,7 @@ def print_wrote(directories: list[Path], sweep: Path | None = None) -> None:
 
 
 def sweep_methods(
-    methods: list[MethodSpec] | None, sweeps: list[str], model: str | None, dtype: str
+    methods: list[str] | None, sweeps: list[str], model: str | None, dtype: str
 ) -> list[MethodSpec]:
     """`--sweep`: the run's methods, `--methods` (or ar alone) followed by one spec per swept value
     (harness.methods.expand_sweep), ar first where no AR baseline is listed. Every value is checked before
@@ -253,7 +253,7 @@ def sweep_methods(
     from harness.methods import expand_sweep
     from harness.report.verdicts import AR_BASELINES
 
-    out = list(methods or [])
+    out = [MethodSpec.of(m) for m in methods or []]
     origin = {m: f"--methods {m}" for m in out}
     for sweep in sweeps:
         try:
