@@ -14,6 +14,7 @@ from harness.methods import (
     BATCHED,
     ENGINE,
     METHODS,
+    engine_of,
     is_batched,
     is_greedy_only,
     make_decoder,
@@ -22,6 +23,7 @@ from harness.methods import (
 from harness.methods.base import BatchError
 from harness.methods.checkpoints import draft_checkpoint
 from harness.methods.target import Target
+from harness.run.spec import RunSpec
 from orthrus_core.checkpoint import save_model
 from orthrus_core.dflash import save_dflash
 from orthrus_core.eagle3 import save_eagle3
@@ -86,6 +88,23 @@ def test_resolving_a_spec_types_its_options_and_writes_the_overrides_into_it(fam
         "orthrus",
         str,
     )
+
+
+def test_a_spec_parsed_where_it_entered_is_passed_on_not_parsed_again(family, monkeypatch):
+    """The registry, make_decoder, the decoder and a RunSpec take a parsed spec as it is: once it is parsed,
+    nothing parses its text again (the decoder holds the very spec it was given)."""
+    specs = [MethodSpec.parse(s) for s in ("ar", "orthrus:block_size=4", "eagle3:tree=chain", "ar-hf")]
+
+    def parse_again(cls, text):
+        raise AssertionError(f"{text!r} parsed again")
+
+    monkeypatch.setattr(MethodSpec, "parse", classmethod(parse_again))
+    assert [m is s for m, s in zip(RunSpec(methods=specs).methods, specs, strict=True)] == [True] * 4
+    for spec in specs:
+        decoder = make_decoder(spec, family)
+        assert decoder.spec is spec and decoder.name == spec.name, spec
+        assert (decoder.batched, decoder.greedy_only) == (spec.name != "ar-hf", False), spec
+        assert engine_of(spec) == ENGINE
 
 
 def test_the_registry_says_which_methods_batch_and_which_decode_greedily_only(family):

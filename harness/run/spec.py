@@ -14,7 +14,8 @@ from harness.suites.config import GenerationSettings
 from orthrus_core.quantize import check_format
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
-DEFAULT_METHODS = list(OWN)  # every method of the project's engine (vLLM's are named: vllm-ar, ...)
+# Every method of the project's engine (vLLM's are named: vllm-ar, ...), parsed once here
+DEFAULT_METHODS = [MethodSpec.parse(name) for name in OWN]
 DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a few minutes on 2 CPU cores
 # RunSpec fields that say how a run ran rather than what it generated: outside its config.
 SETTINGS = (
