@@ -25,6 +25,9 @@ class MethodSpec(str):
     name: str
     _given: tuple[tuple[str, str], ...]
 
+    def __new__(cls, *args, **kwargs):  # a spec unparsed would have no name: parse() makes one
+        raise TypeError("MethodSpec.parse(text) makes a MethodSpec")
+
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
         """'name:key=value:...' -> its MethodSpec; a ValueError says what is malformed."""
@@ -48,7 +51,7 @@ class MethodSpec(str):
 
     @classmethod
     def _of(cls, name: str, given: dict[str, str]) -> MethodSpec:
-        spec = super().__new__(cls, ":".join([name] + [f"{k}={v}" for k, v in given.items()]))
+        spec = str.__new__(cls, ":".join([name] + [f"{k}={v}" for k, v in given.items()]))
         spec.name, spec._given = name, tuple(given.items())
         return spec
 

@@ -56,6 +56,8 @@ def test_available_and_spec_parsing():
             MethodSpec.parse(bad)
     with pytest.raises(TypeError, match="a method spec is a string"):
         MethodSpec.parse(["ar"])
+    with pytest.raises(TypeError, match=r"MethodSpec.parse\(text\) makes"):
+        MethodSpec("ar")  # it would have no name
 
 
 def test_a_spec_is_its_canonical_string_wherever_it_goes():
