@@ -42,7 +42,7 @@ class MethodSpec(str):
             if key in given:
                 raise ValueError(f"bad method spec {text!r}: option {key!r} given twice")
             given[key] = value
-        return cls._of(name, given)
+        return cls._from_parts(name, given)
 
     @classmethod
     def of(cls, value: str | MethodSpec) -> MethodSpec:
@@ -50,7 +50,7 @@ class MethodSpec(str):
         return value if isinstance(value, MethodSpec) else cls.parse(value)
 
     @classmethod
-    def _of(cls, name: str, given: dict[str, str]) -> MethodSpec:
+    def _from_parts(cls, name: str, given: dict[str, str]) -> MethodSpec:
         spec = str.__new__(cls, ":".join([name] + [f"{k}={v}" for k, v in given.items()]))
         spec.name, spec._given = name, tuple(given.items())
         return spec
@@ -62,7 +62,7 @@ class MethodSpec(str):
 
     def with_options(self, **values) -> MethodSpec:
         """The same spec with `values` in place of (or after) its own: each a value as it would be written."""
-        return self._of(self.name, {**self.options, **{k: str(v) for k, v in values.items()}})
+        return self._from_parts(self.name, {**self.options, **{k: str(v) for k, v in values.items()}})
 
     def __copy__(self) -> MethodSpec:  # immutable, as a str is: a copy (dataclasses.asdict's) is itself
         return self
