@@ -91,7 +91,7 @@ class UnitFields:
 
     suite: str
     item_id: str  # "<suite>/<dataset id>"
-    method: str  # the method spec as the run names it, e.g. "eagle3:tree=chain"
+    method: str  # the method spec, canonical (harness.method_spec.MethodSpec), e.g. "eagle3:tree=chain"
     method_name: str  # the registry name, e.g. "eagle3"
     lossless: bool
     sample: int
@@ -294,19 +294,3 @@ def prompt_key(record) -> tuple:
     """The prompt a record answered: the same key in every method's record of that prompt (what the greedy
     verdict and the report pair methods' generations by)."""
     return tuple(record[column] for column in PROMPT)
-
-
-# A method spec as the user writes it, and a record's method label as it holds it: the registry builds decoders
-# from it, the report reads labels with it.
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'name:key=value:...' -> (name, {key: value as text})."""
-    name, *parts = spec.strip().split(":")
-    options = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ValueError(f"bad method spec {spec!r}: expected name:key=value:..., got {part!r}")
-        if key in options:
-            raise ValueError(f"bad method spec {spec!r}: option {key!r} given twice")
-        options[key] = value
-    return name, options

@@ -9,6 +9,7 @@ import torch
 from conftest import VOCAB, random_model, random_prompts
 from safetensors import safe_open
 
+from harness.method_spec import MethodSpec
 from harness.methods import ar_hf
 from harness.methods.target import Target
 from orthrus_core.attention import ALL, CAUSAL
@@ -425,7 +426,7 @@ def test_dflash_loader_errors(target, tmp_path):
 def test_captured_features_use_transformers_hidden_state_indices(target):
     """capture=(i, ...) returns transformers' output_hidden_states[i] (0 embeddings, l+1 after layer l, the
     last after the final norm), the indices EAGLE-3 and DFlash configs are written in."""
-    hf_model = ar_hf.build(Target.of(target, "x"), "ar_hf", {"cache": "dynamic"}).hf_model
+    hf_model = ar_hf.build(Target.of(target, "x"), MethodSpec.parse("ar-hf"), {"cache": "dynamic"}).hf_model
     ids = torch.tensor([[5, 9, 2, 33, 7]])
     with torch.inference_mode():
         hf_states = hf_model(ids, output_hidden_states=True).hidden_states

@@ -10,7 +10,8 @@ import torch
 from conftest import check_emissions, heldout_prompts, random_model, random_prompts
 from test_drafters import random_dflash, random_head
 
-from harness.methods import BATCHED, load_target, make_decoder, parse_spec
+from harness.method_spec import MethodSpec
+from harness.methods import BATCHED, load_target, make_decoder
 from harness.paths import DEFAULT_MODEL
 from orthrus_core.dflash import DFlashDrafter
 from orthrus_core.eagle3 import Eagle3Drafter
@@ -300,7 +301,7 @@ SPECS = ["ar", "orthrus", "pld", "eagle3:tree=chain", "eagle3", "dflash"]  # eag
 
 
 def test_the_specs_here_cover_every_batched_method():
-    assert {parse_spec(s)[0] for s in SPECS} == set(BATCHED)
+    assert {MethodSpec.parse(s).name for s in SPECS} == set(BATCHED)
 
 
 @pytest.fixture(scope="module")

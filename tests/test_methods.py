@@ -1,16 +1,29 @@
 """The methods registry: spec parsing and its errors, draft checkpoint resolution, and every method behind the
 one interface (greedy identity with AR for the lossless ones, the lossy one marked and visible)."""
 
+import copy
 import json
+import pickle
 
 import pytest
 from conftest import check_emissions, random_model, random_prompts
 from test_drafters import random_dflash, random_head
 
-from harness.methods import BATCHED, ENGINE, METHODS, is_batched, is_greedy_only, make_decoder, parse_spec
+from harness.method_spec import MethodSpec
+from harness.methods import (
+    BATCHED,
+    ENGINE,
+    METHODS,
+    engine_of,
+    is_batched,
+    is_greedy_only,
+    make_decoder,
+    resolve_options,
+)
 from harness.methods.base import BatchError
 from harness.methods.checkpoints import draft_checkpoint
 from harness.methods.target import Target
+from harness.run.spec import RunSpec
 from orthrus_core.checkpoint import save_model
 from orthrus_core.dflash import save_dflash
 from orthrus_core.eagle3 import save_eagle3
@@ -35,11 +48,65 @@ def test_available_and_spec_parsing():
         "vllm-eagle3",
         "vllm-dflash",
     ]  # vLLM's beside the project's engine (tests/test_vllm.py)
-    assert parse_spec("eagle3:tree=chain:depth=5") == ("eagle3", {"tree": "chain", "depth": "5"})
-    assert parse_spec("ar") == ("ar", {})
+    spec = MethodSpec.parse(" eagle3:tree=chain:depth=5")
+    assert (spec.name, spec.options) == ("eagle3", {"tree": "chain", "depth": "5"})
+    assert (MethodSpec.parse("ar").name, MethodSpec.parse("ar").options) == ("ar", {})
     for bad in ["eagle3:depth", "eagle3:=3", "pld:max_ngram=2:max_ngram=3"]:
         with pytest.raises(ValueError, match="bad method spec"):
-            parse_spec(bad)
+            MethodSpec.parse(bad)
+    with pytest.raises(TypeError, match="a method spec is a string"):
+        MethodSpec.parse(["ar"])
+    with pytest.raises(TypeError, match=r"MethodSpec.parse\(text\) makes"):
+        MethodSpec("ar")  # it would have no name
+
+
+def test_a_spec_is_its_canonical_string_wherever_it_goes():
+    """What run.json and the records hold of a spec is its text as written (stripped), whatever was parsed."""
+    spec = MethodSpec.parse(" eagle3:tree=chain:depth=5 ")
+    assert spec == "eagle3:tree=chain:depth=5" and type(str(spec)) is str
+    assert {spec: 1}["eagle3:tree=chain:depth=5"] == 1  # the key run.json's methods and the records use
+    assert json.dumps({spec: [spec]}) == '{"eagle3:tree=chain:depth=5": ["eagle3:tree=chain:depth=5"]}'
+    assert MethodSpec.of(spec) is spec and copy.deepcopy(spec) is spec  # passed on, not parsed again
+    again = pickle.loads(pickle.dumps(spec))  # to another process: parsed there
+    assert (again, again.name, again.options) == (spec, "eagle3", {"tree": "chain", "depth": "5"})
+    assert spec.with_options(depth=3, top_k="4") == "eagle3:tree=chain:depth=3:top_k=4"
+    assert spec.options == {"tree": "chain", "depth": "5"}  # unchanged by with_options or a caller's edit
+    spec.options["depth"] = "9"
+    assert spec.options["depth"] == "5"
+
+
+def test_resolving_a_spec_types_its_options_and_writes_the_overrides_into_it(family):
+    spec = MethodSpec.parse("eagle3:tree=chain:depth=5")
+    resolved = resolve_options(spec, top_k=3)
+    assert resolved.spec == "eagle3:tree=chain:depth=5:top_k=3" and resolved.module.__name__.endswith(
+        "eagle3"
+    )
+    assert resolved.options == {"tree": "chain", "top_k": 3, "depth": 5, "total_tokens": 60, "draft": None}
+    assert resolve_options(spec).spec is spec  # no overrides: the spec as it came
+    d = make_decoder(MethodSpec.parse("orthrus"), family, block_size=4)
+    assert (d.spec, d.label, d.name, type(d.label)) == (
+        "orthrus:block_size=4",
+        "orthrus:block_size=4",
+        "orthrus",
+        str,
+    )
+
+
+def test_a_spec_parsed_where_it_entered_is_passed_on_not_parsed_again(family, monkeypatch):
+    """The registry, make_decoder, the decoder and a RunSpec take a parsed spec as it is: once it is parsed,
+    nothing parses its text again (the decoder holds the very spec it was given)."""
+    specs = [MethodSpec.parse(s) for s in ("ar", "orthrus:block_size=4", "eagle3:tree=chain", "ar-hf")]
+
+    def parse_again(cls, text):
+        raise AssertionError(f"{text!r} parsed again")
+
+    monkeypatch.setattr(MethodSpec, "parse", classmethod(parse_again))
+    assert [m is s for m, s in zip(RunSpec(methods=specs).methods, specs, strict=True)] == [True] * 4
+    for spec in specs:
+        decoder = make_decoder(spec, family)
+        assert decoder.spec is spec and decoder.name == spec.name, spec
+        assert (decoder.batched, decoder.greedy_only) == (spec.name != "ar-hf", False), spec
+        assert engine_of(spec) == ENGINE
 
 
 def test_the_registry_says_which_methods_batch_and_which_decode_greedily_only(family):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from harness.method_spec import MethodSpec
+
 
 class UsageError(Exception):
     """Bad input from the user: printed without a traceback, exit status 2."""
@@ -59,8 +61,17 @@ def parse_list(text: str) -> list[str]:
     return _items(text, "names", "eager,compile")
 
 
-def parse_methods(text: str) -> list[str]:
-    return _items(text, "method specs", "ar,orthrus", " (`orthrus-bench methods` lists them)")
+def parse_method(text: str) -> MethodSpec:
+    """A method spec, parsed where it enters (harness.method_spec): a malformed one is an argument error."""
+    try:
+        return MethodSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    items = _items(text, "method specs", "ar,orthrus", " (`orthrus-bench methods` lists them)")
+    return [parse_method(item) for item in items]
 
 
 def parse_suites(text: str) -> list[str]:

@@ -161,13 +161,13 @@ def cmd_bench_overhead(args) -> int:
 
 def cmd_bench_syncs(args) -> int:
     from harness.bench.syncs import METHODS, bench_syncs, print_syncs, route_name
-    from harness.methods import BATCHED, parse_spec
+    from harness.methods import BATCHED
     from harness.progress import Reporter
     from harness.suites import load_suite
 
     # Refused before a model loads: each method decodes in the loop, at rows it can have
     for spec in args.methods or []:
-        if parse_spec(spec)[0] not in BATCHED:
+        if spec.name not in BATCHED:
             raise UsageError(
                 f"bench-syncs counts the decode loop's cycles: {spec!r} is not one of {', '.join(BATCHED)}"
             )

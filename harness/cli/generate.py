@@ -6,7 +6,7 @@ import json
 import re
 import sys
 
-from .args import UsageError, add_engine_arg, add_model_args, parse_int_list
+from .args import UsageError, add_engine_arg, add_model_args, parse_int_list, parse_method
 
 # Printed (on stderr) when generate runs the embedded default: what the tiny family can answer, which is only
 # what its corpus taught it (orthrus_core/training/tiny_corpus.py; the model card, models/tiny/orthrus/README.md).
@@ -41,6 +41,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--method",
+        type=parse_method,
         default="orthrus",
         help="a method spec of the registry, e.g. ar, orthrus:block_size=16, eagle3:tree=chain, pld (see "
         "`orthrus-bench methods`)",

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness.method_spec import MethodSpec
+
 from .args import (
     UsageError,
     add_data_dir_arg,
@@ -277,15 +279,17 @@ def print_wrote(directories: list[Path], sweep: Path | None = None) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def sweep_methods(methods: list[str] | None, sweeps: list[str], model: str | None, dtype: str) -> list[str]:
+def sweep_methods(
+    methods: list[str] | None, sweeps: list[str], model: str | None, dtype: str
+) -> list[MethodSpec]:
     """`--sweep`: the run's methods, `--methods` (or ar alone) followed by one spec per swept value
     (harness.methods.expand_sweep), ar first where no AR baseline is listed. Every value is checked before
     anything is loaded, with the method's own checks on the model's config (harness.methods.plan): a bad one
     is a UsageError naming the --sweep and what to write instead."""
-    from harness.methods import expand_sweep, parse_spec
+    from harness.methods import expand_sweep
     from harness.report.verdicts import AR_BASELINES
 
-    out = list(methods or [])
+    out = [MethodSpec.of(m) for m in methods or []]
     origin = {m: f"--methods {m}" for m in out}
     for sweep in sweeps:
         try:
@@ -300,15 +304,15 @@ def sweep_methods(methods: list[str] | None, sweeps: list[str], model: str | Non
                 )
             origin[spec] = f"--sweep {sweep!r}"
             out.append(spec)
-    if not any(parse_spec(m)[0] in AR_BASELINES for m in out):
-        out.insert(0, "ar")  # the speedup's baseline
+    if not any(m.name in AR_BASELINES for m in out):
+        out.insert(0, MethodSpec.parse("ar"))  # the speedup's baseline
     return out
 
 
-def check_sweep_values(sweep: str, key: str, specs: list[str], model: str | None, dtype: str) -> None:
+def check_sweep_values(sweep: str, key: str, specs: list[MethodSpec], model: str | None, dtype: str) -> None:
     """Each swept spec of the project's engine planned on `model`'s config (no weights loaded; vLLM's methods
     are checked when their engines start): what the method refuses is refused now, with the values to drop."""
-    from harness.methods import ENGINE, engine_of, parse_spec
+    from harness.methods import ENGINE, engine_of
     from harness.methods.plan import decoding_for, plan_target
     from harness.paths import default_model
 
@@ -320,20 +324,18 @@ def check_sweep_values(sweep: str, key: str, specs: list[str], model: str | None
         try:
             decoding_for(spec, target)
         except ValueError as exc:  # the method's build names the spec; the drafters' own checks do not
-            refused[parse_spec(spec)[1][key]] = str(exc) if str(exc).startswith(spec) else f"{spec}: {exc}"
+            refused[spec.options[key]] = str(exc) if str(exc).startswith(spec) else f"{spec}: {exc}"
     if not refused:
         return
-    values = [parse_spec(s)[1][key] for s in specs]
+    values = [s.options[key] for s in specs]
     why = next(iter(refused.values()))
     if len(refused) == len(values):
         raise UsageError(f"--sweep {sweep!r}: no value runs: {why}")
     kept = [v for v in values if v not in refused]
-    name, options = parse_spec(sweep)
     if len(kept) > 1:
-        options[key] = ",".join(kept)
-        instead = "--sweep '" + ":".join([name] + [f"{k}={v}" for k, v in options.items()]) + "'"
+        instead = f"--sweep '{specs[0].with_options(**{key: ','.join(kept)})}'"
     else:
-        instead = "--methods " + next(s for s in specs if parse_spec(s)[1][key] == kept[0])
+        instead = "--methods " + next(s for s in specs if s.options[key] == kept[0])
     raise UsageError(f"--sweep {sweep!r}: {key}={', '.join(refused)} refused ({why}); drop it: {instead}")
 
 

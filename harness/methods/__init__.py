@@ -1,4 +1,4 @@
-"""Stage 2, methods: every decoder behind one interface (`base.Decoder`), built from a spec string, and the
+"""Stage 2, methods: every decoder behind one interface (`base.Decoder`), built from a method spec, and the
 registry of methods every list of them is derived from (the run's default methods, the batched ones, the nox
 sessions, the tests).
 
@@ -7,8 +7,10 @@ sessions, the tests).
     result = decoder.generate(prompt_ids, 256)
     for done in decoder.decode(requests.pop, rows=16, continuous=True): ...
 
-A spec is `name` or `name:key=value:key=value`; each method module declares its OPTIONS as
-{key: (type, default)}. `overrides` passed to make_decoder win over the spec's values.
+A spec is `name` or `name:key=value:key=value` (harness.method_spec.MethodSpec, parsed where it enters: what
+these functions are given as text they parse once, what they are given parsed they take as it is); each method
+module declares its OPTIONS as {key: (type, default)}. `overrides` passed to make_decoder win over the spec's
+values.
 
 This module is torch-free (the noxfile reads the registry); what needs torch is imported when it is used.
 """
@@ -17,11 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import import_module
+from types import ModuleType
+from typing import NamedTuple
 
-from harness.records import (
-    ENGINE,  # the project's own engine
-    parse_spec,
-)
+from harness.method_spec import MethodSpec
+from harness.records import ENGINE  # the project's own engine
 
 
 @dataclass(frozen=True)
@@ -69,14 +71,15 @@ def method(name: str) -> Method:
     return METHODS[name]
 
 
-def expand_sweep(sweep: str) -> tuple[str, str, list[str]]:
+def expand_sweep(sweep: str) -> tuple[str, str, list[MethodSpec]]:
     """A sweep 'name:key=v1,v2,...' (other options fixed beside it: 'eagle3:tree=chain:depth=2,4,6') -> (method
     name, swept option, one method spec per value, in the order given, each written as the user wrote the
     options: 'eagle3:tree=chain:depth=2'). Each spec's options are resolved here (known, of the option's type);
     what the method itself checks of a value (a block size >= 2) is its build's to say. A ValueError names
     what is wrong and what to write instead."""
     example = "e.g. orthrus:block_size=4,8,16 or eagle3:tree=chain:depth=2,4,6"
-    name, options = parse_spec(sweep)
+    swept = MethodSpec.parse(sweep)
+    name, options = swept.name, swept.options
     listed = [k for k, v in options.items() if "," in v]
     if not listed:
         one = f"; one value runs as --methods {sweep.strip()}" if options else ""
@@ -94,9 +97,9 @@ def expand_sweep(sweep: str) -> tuple[str, str, list[str]]:
         raise ValueError(f"{sweep!r}: {key} needs two or more values, none empty, {example}")
     specs, seen = [], {}
     for value in values:
-        spec = ":".join([name] + [f"{k}={value if k == key else v}" for k, v in options.items()])
+        spec = swept.with_options(**{key: value})
         try:
-            resolved = resolve_options(spec)[2][key]
+            resolved = resolve_options(spec).options[key]
         except ValueError as exc:
             raise ValueError(f"{sweep!r}: {exc}") from None
         if resolved in seen:
@@ -108,24 +111,26 @@ def expand_sweep(sweep: str) -> tuple[str, str, list[str]]:
     return name, key, specs
 
 
-def _leaves_the_loop(spec: str) -> bool:
-    name, options = parse_spec(spec)
-    return any(options.get(k) == v for k, v in method(name).one_at_a_time.items())
+def _leaves_the_loop(spec: MethodSpec) -> bool:
+    options = spec.options
+    return any(options.get(k) == v for k, v in method(spec.name).one_at_a_time.items())
 
 
-def is_batched(spec: str) -> bool:
+def is_batched(spec: str | MethodSpec) -> bool:
     """Whether the method spec decodes batches of rows (`decoder.decode(..., rows > 1)`)."""
-    return method(parse_spec(spec)[0]).batched and not _leaves_the_loop(spec)
+    spec = MethodSpec.of(spec)
+    return method(spec.name).batched and not _leaves_the_loop(spec)
 
 
-def engine_of(spec: str) -> str:
+def engine_of(spec: str | MethodSpec) -> str:
     """The engine that decodes the method spec: ENGINE (the project's) or "vllm"."""
-    return method(parse_spec(spec)[0]).engine
+    return method(MethodSpec.of(spec).name).engine
 
 
-def is_greedy_only(spec: str) -> bool:
+def is_greedy_only(spec: str | MethodSpec) -> bool:
     """Whether the method spec decodes at temperature 0 only."""
-    return method(parse_spec(spec)[0]).greedy_only or _leaves_the_loop(spec)
+    spec = MethodSpec.of(spec)
+    return method(spec.name).greedy_only or _leaves_the_loop(spec)
 
 
 def _coerce(name: str, key: str, kind: type, value):
@@ -139,33 +144,41 @@ def _coerce(name: str, key: str, kind: type, value):
     raise ValueError(f"{name}: option {key} must be {kind.__name__}, got {value!r}")
 
 
-def resolve_options(spec: str, **overrides):
-    """-> (name, its module, every option resolved and coerced, label) for `spec`: what make_decoder builds
-    from, and what the memory planner reads without building (harness.methods.plan)."""
-    name, given = parse_spec(spec)
-    method(name)
-    module = import_module(f"{__name__}.{name.replace('-', '_')}")  # ar-hf lives in ar_hf.py
-    given.update(overrides)
+class Resolved(NamedTuple):
+    """A method spec resolved against its method's option schema: what make_decoder builds from, and what the
+    memory planner reads without building (harness.methods.plan)."""
+
+    spec: MethodSpec  # with make_decoder's overrides written in: the decoder's label
+    module: ModuleType  # harness.methods.<name>: its OPTIONS and build()
+    options: dict  # every option of the module's OPTIONS, of its type, its default where the spec gives none
+
+
+def resolve_options(spec: str | MethodSpec, **overrides) -> Resolved:
+    """`spec` (and `overrides`, values of the options' types) resolved: the method known, every option known
+    and coerced to its type. A ValueError names the method and what is wrong."""
+    spec = MethodSpec.of(spec)
+    method(spec.name)
+    module = import_module(f"{__name__}.{spec.name.replace('-', '_')}")  # ar-hf lives in ar_hf.py
+    given = {**spec.options, **overrides}
     unknown = sorted(set(given) - set(module.OPTIONS))
     if unknown:
         known = ", ".join(f"{k} (default {d!r})" for k, (_, d) in module.OPTIONS.items()) or "none"
-        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; known options: {known}")
+        raise ValueError(f"{spec.name}: unknown option(s) {', '.join(unknown)}; known options: {known}")
     options = {
-        k: _coerce(name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()
+        k: _coerce(spec.name, k, kind, given.get(k, default)) for k, (kind, default) in module.OPTIONS.items()
     }
-    label = ":".join([name] + [f"{k}={v}" for k, v in given.items()])
-    return name, module, options, label
+    return Resolved(spec.with_options(**overrides) if overrides else spec, module, options)
 
 
-def make_decoder(spec: str, target, **overrides):
+def make_decoder(spec: str | MethodSpec, target, **overrides):
     """The decoder (a harness.methods.base.Decoder) for `spec` on `target` (a harness.methods.target.Target),
     its options resolved and checked and its checkpoints loaded."""
-    name, module, options, label = resolve_options(spec, **overrides)
+    spec, module, options = resolve_options(spec, **overrides)
     try:
-        return module.build(target, label, options)
+        return module.build(target, spec, options)
     except ValueError as exc:  # the core's checks do not know the spec the user wrote: name it
-        if not str(exc).startswith(name):
-            exc.args = (f"{label}: {exc}", *exc.args[1:])
+        if not str(exc).startswith(spec.name):
+            exc.args = (f"{spec}: {exc}", *exc.args[1:])
         raise
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from harness.method_spec import MethodSpec
 from orthrus_core import loop
 from orthrus_core.compiled import rehearsing
 from orthrus_core.engine import bucket, row_bucket
@@ -17,7 +18,7 @@ from orthrus_core.memory import Decoding
 from orthrus_core.params import GREEDY, SamplingParams
 from orthrus_core.sampling import EXACT, AcceptanceRule
 
-from . import BATCHED, METHODS, is_batched, is_greedy_only, parse_spec
+from . import BATCHED, METHODS, is_batched, is_greedy_only
 from .target import Target
 
 # What every caller holds of a decoder: its `generate`, or a stand-in with the same signature
@@ -30,13 +31,18 @@ class BatchError(ValueError):
 
 
 class Decoder:
-    """One configured method. `config` holds every resolved option (JSON-serialisable, for provenance) and
-    `checkpoints` the local directory of every checkpoint used, by role ("target", "draft")."""
+    """One configured method. `spec` is the method spec it was made from (make_decoder's overrides written
+    in), `label` that spec as run.json and the records name it, `config` every resolved
+    option (JSON-serialisable, for provenance) and `checkpoints` the local directory of every checkpoint used,
+    by role ("target", "draft")."""
 
-    def __init__(self, target: Target, label: str, config: dict, checkpoints: dict[str, str] | None = None):
-        self.target, self.label, self.config = target, label, config
+    def __init__(
+        self, target: Target, spec: MethodSpec, config: dict, checkpoints: dict[str, str] | None = None
+    ):
+        self.target, self.spec, self.config = target, spec, config
+        self.label = str(spec)
         self.checkpoints = {"target": target.path, **(checkpoints or {})}
-        self.name = parse_spec(label)[0]  # the method, e.g. "eagle3"
+        self.name = spec.name  # the method, e.g. "eagle3"
 
     @property
     def lossless(self) -> bool:
@@ -45,7 +51,7 @@ class Decoder:
 
     @property
     def batched(self) -> bool:
-        return is_batched(self.label)
+        return is_batched(self.spec)
 
     # The configuration of the engine that decodes it where that is not the project's (vLLM's version and engine
     # arguments), for run.json and the report; None for the project's engine, whose mode run.json records.
@@ -71,7 +77,7 @@ class Decoder:
 
     @property
     def greedy_only(self) -> bool:
-        return is_greedy_only(self.label)
+        return is_greedy_only(self.spec)
 
     def generator(self, seed: int | None) -> torch.Generator | None:
         """The generator a seeded generation draws from (None: unseeded)."""
@@ -161,8 +167,8 @@ SHAPE_TOKENS = 4
 class LoopDecoder(Decoder):
     """A method that is a drafter in the decode loop (None: plain AR)."""
 
-    def __init__(self, target, label, config, drafter: Drafter | None, checkpoints=None):
-        super().__init__(target, label, config, checkpoints)
+    def __init__(self, target, spec, config, drafter: Drafter | None, checkpoints=None):
+        super().__init__(target, spec, config, checkpoints)
         self.drafter = drafter
 
     @property

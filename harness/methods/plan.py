@@ -65,7 +65,8 @@ def plan_target(model: str, dtype) -> PlanTarget:
 def decoding_for(spec: str, target: PlanTarget) -> Decoding:
     """The method `spec` on the meta target, as make_decoder would build it (its options resolved and checked),
     its draft's shape found without loading a weight. A ValueError says why it cannot run on this target."""
-    name, module, options, label = resolve_options(spec)
+    spec, module, options = resolve_options(spec)
+    name, label = spec.name, str(spec)
     if engine_of(spec) != ENGINE:
         raise ValueError(
             f"{label}: decoded by {engine_of(spec)}, which plans its own memory (its kv_cache_gib and "
@@ -76,7 +77,7 @@ def decoding_for(spec: str, target: PlanTarget) -> Decoding:
             drafter, source = module.meta_drafter(target, options)
             return Decoding(label, drafter=drafter, source=source)
         # The other methods read no checkpoint: their own build, on the meta target (no engine: nothing runs).
-        return module.build(Target(target.model, target.path, None, None), label, options).memory_decoding()
+        return module.build(Target(target.model, target.path, None, None), spec, options).memory_decoding()
     except ValueError as exc:
         if not str(exc).startswith(name):
             exc.args = (f"{label}: {exc}", *exc.args[1:])

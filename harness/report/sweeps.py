@@ -1,7 +1,7 @@
 """Option sweeps (`run --sweep 'orthrus:block_size=4,8,16,32'`, or any run holding two or more labels of one
 method that differ in one option): per (model, temperature, method, option) τ, TPF and the speedup over the
 strongest AR baseline against the option's value, with the losslessness verdict of each value. Torch-free: the
-values are read from the method labels (harness.records.parse_spec), the figures from the work units.
+values are read from the method labels (harness.method_spec.MethodSpec), the figures from the work units.
 
 τ, TPF and the speedup are the report's own (stats.pooled_tau, stats.pooled_tpf, tables.speedup_over, against
 verdicts.strongest_baseline), pooled over every suite of the run; a second table gives them per suite."""
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.records import parse_spec
+from harness.method_spec import MethodSpec
 
 from .runs import Run
 from .stats import bootstrap_ci, pooled_tau, pooled_tpf
@@ -55,11 +55,12 @@ def find_sweeps(labels) -> list[Sweep]:
     parsed = {}
     for label in dict.fromkeys(labels):
         try:
-            parsed[label] = parse_spec(label)
+            parsed[label] = MethodSpec.parse(label)
         except ValueError:  # not a method spec: nothing to sweep
             continue
     groups: dict[tuple, dict[str, str]] = {}
-    for label, (name, options) in parsed.items():
+    for label, spec in parsed.items():
+        name, options = spec.name, spec.options
         for key, value in options.items():
             fixed = tuple(sorted((k, v) for k, v in options.items() if k != key))
             groups.setdefault((name, key, fixed), {}).setdefault(value, label)

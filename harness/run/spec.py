@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
+from harness.method_spec import MethodSpec
 from harness.methods import OWN, engine_of
 from harness.options import OptionError, check_device_name, check_engine_name, check_positive, check_sampling
 from harness.store import OVERRIDES
@@ -13,7 +14,8 @@ from harness.suites.config import GenerationSettings
 from orthrus_core.quantize import check_format
 
 TINY_SUITES = ["tiny-math", "tiny-code", "tiny-chat"]
-DEFAULT_METHODS = list(OWN)  # every method of the project's engine (vLLM's are named: vllm-ar, ...)
+# Every method of the project's engine (vLLM's are named: vllm-ar, ...), parsed once here
+DEFAULT_METHODS = [MethodSpec.parse(name) for name in OWN]
 DEFAULT_LIMIT = 8  # items per tiny suite when `run` is given no arguments: a few minutes on 2 CPU cores
 # RunSpec fields that say how a run ran rather than what it generated: outside its config.
 SETTINGS = (
@@ -35,7 +37,9 @@ class RunError(Exception):
 @dataclass
 class RunSpec:
     suites: list[str] = field(default_factory=lambda: list(TINY_SUITES))
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    # The methods as written (text, or parsed already): each parsed here, once (harness.method_spec.MethodSpec),
+    # and passed on parsed to the runner, its decoders and their records.
+    methods: list[MethodSpec] = field(default_factory=lambda: list(DEFAULT_METHODS))
     model: str | None = None  # checkpoint directory or hub id; None: the embedded tiny family
     dtype: str = "float32"
     device: str = "cpu"
@@ -60,6 +64,9 @@ class RunSpec:
     # Simulated weight quantization of the target and the drafters (orthrus_core.quantize: fp8-tensor,
     # fp8-channel, int8-channel, int4-group; None: full precision). In the config: it changes the tokens.
     quantize: str | None = None
+
+    def __post_init__(self):
+        self.methods = [MethodSpec.of(m) for m in self.methods]
 
     def check(self) -> None:
         """Every option that can be checked before anything is loaded (harness.options); the lengths against the

@@ -48,12 +48,13 @@ from .sampling_verdict import draw_fixed_context, fixed_context_tests, t2_contex
 DecoderFactory = Callable[[str], GenerateFn]
 
 
-def suite_settings(run: RunInfo, suite: str) -> GenerationSettings:
+def suite_settings(run: RunInfo, spec: RunSpec, suite: str) -> GenerationSettings:
     """The generation settings the run used for `suite`: its suite file as run.json recorded it (else the
-    suite file of this checkout), with the run's overrides (RunSpec.generation, as the run applied them)."""
+    suite file of this checkout), with the run's overrides (`spec`, the RunSpec run.json records:
+    RunSpec.generation, as the run applied them)."""
     raw = run.suites.get(suite, {}).get("config")
     settings = parse_suite(raw, suite, "run.json").generation if raw else load_suite(suite).generation
-    return RunSpec.recorded(run.config, run.settings).generation(settings)
+    return spec.generation(settings)
 
 
 def correctness(records: list[dict]) -> dict[str, list[bool]]:
@@ -79,6 +80,7 @@ class RunVerification:
     ):
         self.run_dir, self.config, self.progress = run_dir, config, progress
         self.run = load_run(run_dir)
+        self.spec = RunSpec.recorded(self.run.config, self.run.settings)  # its methods parsed here, once
         every = read_records(run_dir)
         if not every:
             command = " ".join(self.run.command) or "orthrus-bench run ..."
@@ -121,7 +123,8 @@ class RunVerification:
         self.step = "verify"  # the verdict being reached, as its progress names it
 
     def registry_decoder(self, label: str) -> GenerateFn:
-        decoder = make_decoder(label, self.target)
+        """The decoder of a record's method `label`, built from its spec as run.json records it (parsed)."""
+        decoder = make_decoder(self.spec.methods[self.spec.methods.index(label)], self.target)
         self.built.append(decoder)
         return decoder.generate
 
@@ -171,7 +174,7 @@ class RunVerification:
 
     def verdict(self, method: str, suite: str, temperature: float, records: list, reference_records: list):
         config = self.config
-        settings = dataclasses.replace(suite_settings(self.run, suite), temperature=temperature)
+        settings = dataclasses.replace(suite_settings(self.run, self.spec, suite), temperature=temperature)
         params = settings.sampling
         info = self.run.methods.get(method, {})
         lossless = bool(records[0].get("lossless", info.get("lossless", True)))
