@@ -8,9 +8,13 @@ early still compares every method on the same prompts (a batched run: methods ou
 before its batches). `--shard i/n` keeps shard i of n, the items balanced by expected cost (launch.py;
 shards.py joins shard directories back into one run).
 
+One request path (`decode_units`): every method decodes through its decoder's `decode`, each turn a request;
+batch size 1 is one row, each request a decode of its own. Measures, telemetry and records hang off each
+finished request, alone or batched (`Meter`).
+
 Timing follows docs/methodology.md: each generation is bracketed by device synchronisation and
-perf_counter; per-forward times come from CUDA events (perf_counter on CPU); telemetry is in telemetry.py.
-The records are harness.records' types.
+perf_counter, from its admission to its finish; per-forward times come from CUDA events (perf_counter on
+CPU); telemetry is in telemetry.py. The records are harness.records' types.
 """
 
 from __future__ import annotations
