@@ -21,8 +21,16 @@ from typing import Union, get_args, get_origin, get_type_hints
 @dataclass(kw_only=True)
 class TelemetryFields:
     """What `harness.run.telemetry` measures around one generation. Forward times are CUDA events on a GPU,
-    perf_counter on a CPU; the first AR forward is the prefill. Memory, NVML and energy fields are None where
-    they cannot be measured (no CUDA device, no NVML)."""
+    perf_counter on a CPU; the prefill is the request's own (the engine's, else the first AR forward). Memory,
+    NVML and energy fields are None where they cannot be measured (no CUDA device, no NVML).
+
+    In a batched run (issue 39; older batched records have none of these fields) they are measured over the
+    request's stay in the batch, admission to finish, and BatchFields.batch_shared_telemetry says so: the
+    memory peaks, power, clocks, throttling and pass counts and times are the batch's over that stretch, shared
+    with the requests decoded beside it (the passes it took part in, and the others' prefills left out: its
+    ar_forward_count is its ar_forwards); energy_j is its part of the device's energy, every stretch between two
+    admissions or finishes split evenly among the requests then in the batch, so that the records of a batch
+    add up to its energy; kv_capacity is the bucket of the batch's cache."""
 
     prefill_forward_ms: float | None = None  # None when the target's own forward never ran (ar-hf)
     ar_forward_count: int
@@ -77,6 +85,10 @@ class BatchFields:
         int  # positions a row holds beyond its committed ones (the drafter's largest proposal)
     )
     kv_row_bytes: int  # the KV cache its row needs: bytes per position x (prompt + new tokens + scratch)
+    # Added with issue 39 (absent from older records, whose batched runs measured no telemetry): True where the
+    # record's telemetry fields are the batch's over its stay, shared (TelemetryFields says how); None: no
+    # telemetry (`run --no-telemetry`)
+    batch_shared_telemetry: bool | None = None
 
 
 BATCH_FIELDS = tuple(f.name for f in fields(BatchFields))
@@ -142,7 +154,8 @@ class GenerationRecord(UnitFields):
     # its first attempt's, which the runner ran again, so wall_s is the rerun's and holds none; batched: during
     # its stay in the batch, admission to finish, so wall_s holds them. None: a record from before.
     compiles: int | None = None
-    telemetry: TelemetryFields | None  # inlined on disk; None: `run --no-telemetry`, or a batched run
+    # inlined on disk; None: `run --no-telemetry`, or a batched run from before issue 39
+    telemetry: TelemetryFields | None
     score_correct: bool | None  # the score belongs to the item's last turn; None on earlier turns
     score_status: str | None
     score_detail: dict | None  # harness.scoring.base.Score.detail (extracted answer, gold, ...)
@@ -209,7 +222,7 @@ FIELD_TYPES = {
 # An inlined group is all there or not at all: its fields without a default (those with one came later).
 INLINED = {
     "telemetry": tuple(f.name for f in fields(TelemetryFields) if f.default is not None),
-    "batch": BATCH_FIELDS,
+    "batch": tuple(f.name for f in fields(BatchFields) if f.default is not None),
 }
 
 

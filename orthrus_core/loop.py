@@ -231,9 +231,11 @@ class Finished:
     forwards: int  # passes (target and drafter, prefill excluded) the request took part in
     forward_share: float  # sum over those passes of 1 / rows in the pass: its share of the batch's compute
     mean_rows: float  # rows per pass, averaged over its passes (the co-scheduled rows, itself included)
-    kv_bytes_per_position: float  # the KV caches (the target's and the drafter's own) per row and position
-    kv_scratch_positions: int  # positions a row holds beyond its committed ones (the largest proposal)
-    kv_row_bytes: int  # what its row needs: bytes per position x (prompt + new tokens + scratch positions)
+    # The KV figures; None each where a decoder outside the loop decoded it alone in a cache of its own
+    # (harness.methods.base). Bytes of the KV caches (the target's and the drafter's own) per row and position:
+    kv_bytes_per_position: float | None
+    kv_scratch_positions: int | None  # positions a row holds beyond its committed ones (the largest proposal)
+    kv_row_bytes: int | None  # what its row needs: bytes per position x (prompt + new tokens + scratch)
 
 
 class _Accepted(NamedTuple):

@@ -1,17 +1,22 @@
 """Batched runs through the runner and the CLI: the records carry the batch context, the report sweeps it, every
 method of the decode loop batches in any engine, and what cannot batch is refused."""
 
+import dataclasses
 import json
 
 import pytest
+from test_telemetry import FakeNvml, fake_gpu_handle
 
+import harness.run.telemetry as telemetry_module
 from harness.cli import main
 from harness.options import OptionError
+from harness.records import BATCH_FIELDS, TELEMETRY_FIELDS
 from harness.report.batch import batch_figures
 from harness.report.page import build_report
 from harness.report.runs import generations, load_runs
 from harness.run.runner import execute, prepare
 from harness.run.spec import RunError, RunSpec
+from harness.store import read_records
 
 
 def test_a_batched_run_records_the_batch_and_the_report_sweeps_it(tmp_path, capsys):
@@ -95,3 +100,34 @@ def test_batched_runs_take_every_method_of_the_loop_in_any_engine(tmp_path):
         RunSpec(methods=["ar", "eagle3", "dflash", "pld"], batch_size=4, engine="compile", **spec)
     )
     assert prepared.target.engine.mode == "compile" and all(d.batched for d in prepared.decoders.values())
+
+
+def test_a_batched_record_has_the_telemetry_of_a_record_decoded_alone(tmp_path, monkeypatch):
+    """The same units alone and in batches of two (a fake NVML standing in for a GPU): every batched record
+    carries the telemetry fields a record decoded alone has, measured over its stay in the batch and marked
+    shared; its passes are the batch's it took part in, and the batch's energy is split among its requests."""
+    monkeypatch.setattr(telemetry_module, "nvml_handle", fake_gpu_handle)
+    spec = RunSpec(suites=["tiny-math"], methods=["ar", "orthrus"], limit=3, max_new_tokens=12, warmup=0)
+    prepared = dataclasses.replace(prepare(spec), nvml=FakeNvml())
+    alone = read_records(execute(spec, tmp_path / "alone", prepared=prepared, progress=False))
+    batched_spec = dataclasses.replace(spec, batch_size=2, continuous=True)
+    batched = read_records(execute(batched_spec, tmp_path / "batched", prepared=prepared, progress=False))
+    assert {tuple(r) for r in alone} == {tuple(k for k in r if k not in BATCH_FIELDS) for r in batched}
+    assert all(set(TELEMETRY_FIELDS) <= set(r) and "batch_size" not in r for r in alone)
+    for r in batched:
+        assert r["batch_shared_telemetry"] is True and r["nvml_error"] is None
+        assert (
+            r["ar_forward_count"] == r["ar_forwards"] and r["diffusion_forward_count"] == r["draft_forwards"]
+        )
+        assert r["prefill_forward_ms"] > 0 and r["ar_forward_ms_mean"] > 0
+        assert r["nvml_samples"] >= 2 and r["power_mean_w"] == 250 and r["energy_j"] > 0
+        assert r["prompt_tokens"] + r["new_tokens"] <= r["kv_capacity"]
+    for method in ("ar", "orthrus"):  # 5 J between two readings, one at each admission and finish
+        energy = sum(r["energy_j"] for r in batched if r["method"] == method)
+        assert energy <= 5 * (2 * 3 - 1)
+    tokens = {(r["method"], r["item_id"]): r["output_ids"] for r in alone}
+    assert {(r["method"], r["item_id"]): r["output_ids"] for r in batched} == tokens
+
+    quiet = dataclasses.replace(batched_spec, telemetry=False)
+    for r in read_records(execute(quiet, tmp_path / "quiet", prepared=prepared, progress=False)):
+        assert r["batch_shared_telemetry"] is None and not set(TELEMETRY_FIELDS) & set(r)

@@ -27,6 +27,21 @@ def prepared():
     return prepare(RunSpec(**SPEC))
 
 
+def failing(decoder, monkeypatch, error):
+    """`decoder` whose generations raise error(request) where that is an exception, after its decode admitted
+    the request (as an OOM mid-generation would); the others go on."""
+    decode = decoder.decode
+
+    def patched(next_request, *args, **kwargs):
+        for done in decode(next_request, *args, **kwargs):
+            exc = error(done.request)
+            if exc is not None:
+                raise exc
+            yield done
+
+    monkeypatch.setattr(decoder, "decode", patched)
+
+
 def keys(records):
     return sorted((r["suite"], r["item_id"], r["method"], r["sample"], r["turn"]) for r in records)
 
@@ -94,20 +109,16 @@ def test_resume_after_a_crash_loses_and_repeats_nothing(prepared, tmp_path, monk
         read_records(execute(RunSpec(**SPEC), tmp_path / "straight", prepared=prepared, progress=False))
     )
 
-    decoder = prepared.decoders["orthrus"]
     calls = {"n": 0}
-    generate = decoder.generate
 
-    def crashing(*args, **kwargs):
+    def crashing(request):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # stands in for Ctrl-C or kill -9 mid-generation
-        return generate(*args, **kwargs)
+        return KeyboardInterrupt() if calls["n"] == 3 else None  # Ctrl-C or kill -9 mid-generation
 
-    monkeypatch.setattr(decoder, "generate", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        execute(RunSpec(**SPEC), out, prepared=prepared, progress=False)
-    monkeypatch.setattr(decoder, "generate", generate)
+    with monkeypatch.context() as patch:
+        failing(prepared.decoders["orthrus"], patch, crashing)
+        with pytest.raises(KeyboardInterrupt):
+            execute(RunSpec(**SPEC), out, prepared=prepared, progress=False)
     assert load_run(out).status == "interrupted"
     with open(out / RECORDS, "a") as f:
         f.write('{"suite": "tiny-math", "item_id": "tiny-math/math-1", "met')  # a torn last line
@@ -133,16 +144,12 @@ def test_resume_after_a_crash_loses_and_repeats_nothing(prepared, tmp_path, monk
 
 
 def test_a_failing_generation_is_recorded_and_the_run_goes_on(prepared, tmp_path, monkeypatch):
-    decoder = prepared.decoders["orthrus"]
-    generate = decoder.generate
+    def oom(request):
+        return RuntimeError("CUDA out of memory (simulated)") if len(request.prompt_ids) % 2 else None
 
-    def failing(prompt_ids, *args, **kwargs):
-        if len(prompt_ids) % 2:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return generate(prompt_ids, *args, **kwargs)
-
-    monkeypatch.setattr(decoder, "generate", failing)
-    records = read_records(execute(RunSpec(**SPEC), tmp_path / "run", prepared=prepared, progress=False))
+    with monkeypatch.context() as patch:
+        failing(prepared.decoders["orthrus"], patch, oom)
+        records = read_records(execute(RunSpec(**SPEC), tmp_path / "run", prepared=prepared, progress=False))
     errors = [r for r in records if r["status"] == "error"]
     assert errors and all("out of memory" in r["error"] and r["method"] == "orthrus" for r in errors)
     assert sum(r["method"] == "ar" and r["status"] == "ok" for r in records) == 6
@@ -150,7 +157,6 @@ def test_a_failing_generation_is_recorded_and_the_run_goes_on(prepared, tmp_path
     assert summarize(records).set_index("method").loc["orthrus", "errors"] == len(errors)
 
     # --resume alone keeps the errors; --retry-failed runs those units again and keeps the old error records.
-    monkeypatch.setattr(decoder, "generate", generate)
     out = tmp_path / "run"
     assert (
         read_records(execute(RunSpec(**SPEC), out, prepared=prepared, resume=True, progress=False)) == records
@@ -216,22 +222,25 @@ def test_telemetry_faults_never_fail_a_generation(prepared, tmp_path, monkeypatc
 
     monkeypatch.setattr(telemetry_module, "nvml_handle", fake_gpu_handle)
     spec = RunSpec(**{**SPEC, "suites": ["tiny-math"]})
-    decoder = prepared.decoders["orthrus"]
-    generate = decoder.generate
-
-    def failing(prompt_ids, *args, **kwargs):
-        raise RuntimeError("CUDA out of memory (simulated)")
-
     threads = threading.active_count()
-    monkeypatch.setattr(decoder, "generate", failing)
-    records = read_records(
-        execute(spec, tmp_path / "a", prepared=dataclasses.replace(prepared, nvml=FakeNvml()))
-    )
-    assert {r["status"] for r in records if r["method"] == "orthrus"} == {"error"}
-    assert all(r["power_mean_w"] == 250 for r in records if r["method"] == "ar")  # the sampler still works
-    assert threading.active_count() == threads  # no sampler thread left behind by the failures
-    assert "step" not in vars(prepared.target.engine)  # the timer let go of the engine
-    monkeypatch.setattr(decoder, "generate", generate)
+    for batch_size in (None, 2):  # alone, and in a batch whose other requests are being measured
+        with monkeypatch.context() as patch:
+            failing(
+                prepared.decoders["orthrus"], patch, lambda r: RuntimeError("CUDA out of memory (simulated)")
+            )
+            records = read_records(
+                execute(
+                    dataclasses.replace(spec, batch_size=batch_size),
+                    tmp_path / f"a{batch_size}",
+                    prepared=dataclasses.replace(prepared, nvml=FakeNvml()),
+                )
+            )
+        assert {r["status"] for r in records if r["method"] == "orthrus"} == {"error"}
+        assert all(
+            r["power_mean_w"] == 250 for r in records if r["method"] == "ar"
+        )  # the sampler still works
+        assert threading.active_count() == threads  # no sampler thread left behind by the failures
+        assert "step" not in vars(prepared.target.engine)  # the timer let go of the engine
 
     flaky = FakeNvml()
     power = flaky.nvmlDeviceGetPowerUsage

@@ -75,7 +75,7 @@ def test_records_are_written_flat_and_read_back_as_written(tmp_path):
     telemetry = TelemetryFields(
         **{**dict.fromkeys(TELEMETRY_FIELDS), "ar_forward_count": 2, "diffusion_forward_count": 0}
     )
-    batch = {**dict.fromkeys(BATCH_FIELDS, 0), "batch_continuous": False}
+    batch = {**dict.fromkeys(BATCH_FIELDS, 0), "batch_continuous": False, "batch_shared_telemetry": True}
     records = [
         generation_record(item_id="s/a", telemetry=telemetry),
         generation_record(item_id="s/b"),  # --no-telemetry: no telemetry field at all

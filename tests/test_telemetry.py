@@ -1,4 +1,4 @@
-"""Telemetry around one generation, with a fake NVML standing in for a GPU."""
+"""Telemetry around one generation, alone or in a batch, with a fake NVML standing in for a GPU."""
 
 from __future__ import annotations
 
@@ -63,8 +63,11 @@ def test_nvml_sampler_summarises_a_background_series():
     nvml = FakeNvml()
     sampler = NvmlSampler(nvml, handle=0, interval_s=0.005)
     sampler.start()
+    begin, energy0 = sampler.reading()
     time.sleep(0.05)
-    out = sampler.stop()
+    sampler.stop()
+    end, energy1 = sampler.reading()
+    out = sampler.figures(begin, end, (energy1 - energy0) / 1000)
     assert out["nvml_samples"] >= 4  # the start and stop samples plus the thread's
     assert out["device_mem_peak_bytes"] == 1000 + 10 * nvml.calls
     assert out["process_mem_peak_bytes"] == 300 + nvml.calls - 1
@@ -89,6 +92,28 @@ def test_telemetry_counts_forwards_by_kind_and_restores_the_model(model, monkeyp
         assert out.prefill_forward_ms > 0 and out.ar_forward_ms_mean > 0 and out.diffusion_forward_count > 0
         assert out.nvml_samples >= 2 and out.allocator_peak_bytes is None  # CPU: no allocator peak
     assert Telemetry(target.engine, torch.device("cpu"), enabled=False).stop() is None  # --no-telemetry
+
+
+def test_requests_in_a_batch_share_its_figures_and_split_its_energy(model, monkeypatch):
+    """Two requests overlapping in one decode: each reads the samples of its own stay, and the energy of every
+    stretch between two admissions or finishes is split among the requests then in the batch, so the two add
+    up to the batch's (the fake's counter gains 5 J at each reading)."""
+    monkeypatch.setattr(telemetry_module, "nvml_handle", fake_gpu_handle)
+    engine = Target.of(model, "micro").engine
+    nvml = FakeNvml()
+    telemetry = Telemetry(engine, torch.device("cpu"), nvml=nvml)
+    telemetry.open()
+    telemetry.admit("a")  # alone until b comes: 5 J its own
+    telemetry.admit("b")  # a and b: 5 J shared
+    a = telemetry.finish("a")
+    b = telemetry.finish("b")  # b alone: 5 J its own
+    telemetry.close()
+    assert (a.energy_j, b.energy_j) == (7.5, 7.5) and a.energy_j + b.energy_j == 15.0
+    # The readings at each one's admission and finish and at the other's admission or finish, and the thread's
+    assert a.nvml_samples >= 3 and b.nvml_samples >= 3
+    assert a.power_mean_w == b.power_mean_w == 250
+    assert a.ar_forward_count == b.ar_forward_count == 0 and a.prefill_forward_ms is None  # no pass ran
+    assert not {"forward", "step", "prefill"} & (set(vars(engine)) | set(vars(engine.model)))
 
 
 def test_without_nvml_every_nvml_field_is_none(model):

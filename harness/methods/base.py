@@ -12,7 +12,7 @@ from harness.method_spec import MethodSpec
 from orthrus_core import loop
 from orthrus_core.compiled import rehearsing
 from orthrus_core.engine import bucket, row_bucket
-from orthrus_core.generation import GenerationResult, StreamCallback
+from orthrus_core.generation import Clock, GenerationResult, StreamCallback
 from orthrus_core.loop import Drafter, Finished, Request
 from orthrus_core.memory import Decoding
 from orthrus_core.params import GREEDY, SamplingParams
@@ -113,10 +113,31 @@ class Decoder:
         continuous: bool = False,
         rule: AcceptanceRule = EXACT,
     ) -> Iterator[Finished]:
-        """The requests `next_request` returns, `rows` at a time, each yielded as it finishes."""
-        raise BatchError(
-            f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED)}"
-        )
+        """The requests `next_request` returns, `rows` at a time, each yielded as it finishes. Here, for a method
+        that decodes one prompt at a time: one row, each request through `generate`, alone."""
+        if rows != 1:
+            raise BatchError(
+                f"{self.label} does not decode in batches; the batched methods are {', '.join(BATCHED)}"
+            )
+        return self._one_at_a_time(next_request, params, rule)
+
+    def _one_at_a_time(
+        self, next_request, params: SamplingParams, rule: AcceptanceRule
+    ) -> Iterator[Finished]:
+        """Each request through `generate`, seeded with the seed its generator started from (`generator`). It
+        shares no pass; its KV figures are None (its cache is the method's own, not the decode loop's)."""
+        clock = Clock(self.target.engine.device)
+        for request in iter(next_request, None):
+            seed = None if request.generator is None else request.generator.initial_seed()
+            admitted_at = clock()
+            result = self.generate(
+                request.prompt_ids, request.max_new_tokens, params, seed=seed,
+                stop_token_ids=request.stop_token_ids, on_tokens=request.on_tokens, rule=rule,
+            )  # fmt: skip
+            passes = result.ar_forwards + result.draft_forwards
+            yield Finished(
+                request, result, admitted_at, clock(), passes, float(passes), 1.0, None, None, None
+            )
 
     def warm_up(
         self,
@@ -130,18 +151,16 @@ class Decoder:
         positions: Iterable[int] = (),
     ) -> None:
         """Unrecorded work before a run's first recorded generation, so that kernel selection, allocator growth
-        and lazy initialisation are not timed: `repeats` generations of `prompt_ids` (up to `max_new_tokens`
-        each), alone, or with `rows` (a batched run) as decodes of `rows` such requests. `positions`: what each
-        first-turn request of the run needs (prompt + max_new_tokens), for a decoder whose passes compile per
-        shape (LoopDecoder); what the others compile, if anything (transformers' graphs for
-        `ar-hf:cache=static`), these generations compile."""
+        and lazy initialisation are not timed: `repeats` decodes of `rows` requests for `prompt_ids` (up to
+        `max_new_tokens` each; `rows` None: one, alone). `positions`: what each first-turn request of the run
+        needs (prompt + max_new_tokens), for a decoder whose passes compile per shape (LoopDecoder); what the
+        others compile, if anything (transformers' graphs for `ar-hf:cache=static`), these generations
+        compile."""
+        batch = rows or 1
         for _ in range(repeats):
-            if rows is None:
-                self.generate(prompt_ids, max_new_tokens, params)
-            else:
-                _drain(
-                    self, [Request(prompt_ids, max_new_tokens) for _ in range(rows)], params, rows, continuous
-                )
+            _drain(
+                self, [Request(prompt_ids, max_new_tokens) for _ in range(batch)], params, batch, continuous
+            )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"

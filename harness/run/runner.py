@@ -8,18 +8,24 @@ early still compares every method on the same prompts (a batched run: methods ou
 before its batches). `--shard i/n` keeps shard i of n, the items balanced by expected cost (launch.py;
 shards.py joins shard directories back into one run).
 
+One request path (`decode_units`): every method decodes through its decoder's `decode`, each turn a request;
+batch size 1 is one row, each request a decode of its own. Measures, telemetry and records hang off each
+finished request, alone or batched (`Meter`).
+
 Timing follows docs/methodology.md: each generation is bracketed by device synchronisation and
-perf_counter; per-forward times come from CUDA events (perf_counter on CPU); telemetry is in telemetry.py.
-The records are harness.records' types.
+perf_counter, from its admission to its finish; per-forward times come from CUDA events (perf_counter on
+CPU); telemetry is in telemetry.py. The records are harness.records' types.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -37,12 +43,20 @@ from harness.progress import Reporter
 from harness.records import BatchFields, ErrorRecord, GenerationRecord, Record, TelemetryFields, unit_key
 from harness.store import RunInfo, StoreError, add_compiles, check_out, open_run
 from harness.suites.config import GenerationSettings
-from harness.suites.conversation import Conversation, Turn, run_batched, run_item
+from harness.suites.conversation import (
+    Conversation,
+    Decode,
+    Turn,
+    one_at_a_time,
+    run_conversations,
+    source_of,
+)
 from harness.suites.suite import Suite, SuiteItem, load_suite
 from orthrus_core import metrics
 from orthrus_core.compiled import LEDGER, Compile, compilations, summary
 from orthrus_core.engine import EngineError
 from orthrus_core.generation import Clock
+from orthrus_core.loop import Finished, Request
 from orthrus_core.memory import sampling_copies
 
 from .launch import balanced_shards, item_cost
@@ -250,41 +264,69 @@ def method_provenance(d: Decoder) -> dict:
 
 
 class Measure(NamedTuple):
-    """How one generation was timed: its wall-clock seconds, its telemetry (None in a batched run) and the graphs
-    compiled or captured during it (`compiles`, GenerationRecord.compiles)."""
+    """How one generation was timed: its wall-clock seconds (admission to finish, synchronised), its telemetry
+    (None with --no-telemetry) and the graphs compiled or captured during it (`compiles`,
+    GenerationRecord.compiles)."""
 
     wall_s: float
     telemetry: TelemetryFields | None
     compiles: int
 
 
-def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink: list[Measure]):
-    """decoder.generate wrapped: synchronised wall-clock and telemetry per call, appended to sink.
+class Meter:
+    """What the runner measures of every request between its admission to a decode and its finish, decoded alone
+    or in a batch: its synchronised wall-clock, its telemetry (harness.run.telemetry) and the graphs compiled
+    meanwhile, in `measures` by id(request) until the record is made."""
 
-    A call that compiled or captured a graph (a pass shape warm-up had not met: a later turn's new cache
-    bucket, a new tree size; or transformers' own compile for `ar-hf:cache=static`) is run again, the same seed
-    giving the same tokens and shapes, so that no record's time holds a compilation; its measure keeps the
-    first call's compiles, so that the record says so."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    def __init__(self, telemetry: Telemetry, device: torch.device):
+        self.telemetry = telemetry
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        self.started: dict[int, tuple[float, int]] = {}  # id(request) -> perf_counter, compilations() then
+        self.measures: dict[int, Measure] = {}
 
-    def timed(args, kwargs):
-        before = compilations()
-        telemetry.start()
-        sync()
-        t0 = time.perf_counter()
-        result = decoder.generate(*args, **kwargs)
-        sync()
-        wall = time.perf_counter() - t0
-        return result, wall, telemetry.stop(), compilations() - before
+    def measured(self, decode: Decode) -> Decode:
+        """`decode` with each request measured, the telemetry open while it runs and closed however it ends."""
 
-    def generate(*args, **kwargs):
-        result, wall, measured, compiles = timed(args, kwargs)
-        if compiles:  # the same call again meets only the shapes it just compiled
-            result, wall, measured, _ = timed(args, kwargs)
-        sink.append(Measure(wall, measured, compiles))
-        return result
+        def each(next_request):
+            def admit():
+                request = next_request()
+                if request is not None:
+                    self.telemetry.admit(id(request))
+                    self.sync()
+                    self.started[id(request)] = (time.perf_counter(), compilations())
+                return request
 
-    return generate
+            self.telemetry.open()
+            try:
+                for done in decode(admit):
+                    key = id(done.request)
+                    self.sync()
+                    t0, before = self.started.pop(key)
+                    wall = time.perf_counter() - t0
+                    self.measures[key] = Measure(wall, self.telemetry.finish(key), compilations() - before)
+                    yield done
+            finally:
+                self.telemetry.close()
+
+        return each
+
+    def rerunning(self, decode: Decode, fresh: Callable[[Request], Request]) -> Decode:
+        """`decode` (measured) of one request alone, run again where it compiled or captured a graph (a pass
+        shape warm-up had not met: a later turn's new cache bucket, a new tree size; or transformers' own
+        compile for `ar-hf:cache=static`): fresh(request) is the same request with its generator made anew, so
+        the same seed gives the same tokens and shapes and no record's time holds a compilation. Its measure
+        keeps the first run's compiles, so that the record says so."""
+
+        def once(next_request):
+            (done,) = decode(next_request)
+            compiles = self.measures[id(done.request)].compiles
+            if compiles:  # the same request again meets only the shapes it just compiled
+                del self.measures[id(done.request)]
+                (done,) = decode(source_of(fresh(done.request)))
+                self.measures[id(done.request)] = self.measures[id(done.request)]._replace(compiles=compiles)
+            yield done
+
+        return once
 
 
 # The record fields that are the GenerationResult's attributes of the same name.
@@ -484,6 +526,22 @@ def execute(
             close(p.decoders)
 
 
+@dataclass
+class Work:
+    """What every work unit of a run's session shares: the prepared run, its store and progress, the compiles
+    per method and the meter of every request."""
+
+    p: Prepared
+    spec: RunSpec
+    settings: dict[str, GenerationSettings]  # suite name -> the run's generation settings
+    store: object  # harness.store's open run
+    bar: object
+    figures: Progress
+    compiles: Compiles
+    meter: Meter
+    clock: Clock
+
+
 def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, launch) -> Path:
     run = provenance(spec, p, shard)
     run.launch = launch  # the launcher, the rank and its device, host and pid (launch.LaunchEnv), if launched
@@ -492,7 +550,6 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
     except StoreError as exc:
         raise RunError(str(exc)) from None
     run.status, run.started, run.resumed_from = "running", _now(), len(store.done) or None
-    settings = {s.name: spec.generation(s.generation) for s in p.suites}
     device = p.target.model.lm_head.weight.device
     telemetry = Telemetry(p.target.engine, device, enabled=spec.telemetry, nvml=p.nvml)
     units = [
@@ -508,61 +565,25 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
         if unit_key({"suite": u[0].name, "item_id": u[1].id, "method": u[3], "sample": u[2]})
         not in store.done
     ]
-    figures = Progress()
-    compiles = Compiles()
     # A resumed run's compiles are its sessions' together: the earlier ones' stay in run.json from the start
     earlier = run.compiles = store.resumed.compiles if store.resumed else None
     shown = Reporter(enabled=progress)  # stderr: a bar on a terminal, a few lines in a log
     bar = shown.bar(todo, "run", unit="gen", initial=len(units) - len(todo), total=len(units), leave=True)
-
-    def warming_up(label: str) -> None:
-        if spec.warmup > 0 and any(lbl == label for *_, lbl in todo):
-            shown.say(
-                f"run: warming up {label} ({spec.warmup} unrecorded generation{'s' * (spec.warmup > 1)})"
-            )
-
+    settings = {s.name: spec.generation(s.generation) for s in p.suites}
+    work = Work(
+        p, spec, settings, store, bar, Progress(), Compiles(), Meter(telemetry, device), Clock(device)
+    )
     try:  # from here on the store (and its writer lock) is closed however the run ends
         store.write_run(run)
-        if spec.batch_size is not None:
-            execute_batched(p, spec, todo, settings, store, bar, figures, compiles, warming_up)
-            bar.close()
-        else:
-            for label in p.decoders:  # every method's warm-up before the first timed generation
-                warming_up(label)
-                with compiles.during(label, "warmup"):
-                    warm_up(p, spec, label, settings, todo)
-            for suite, item, sample, label in bar:
-                decoder = p.decoders[label]
-                unit = unit_fields(suite, item, label, decoder, sample)
-                measures: list[Measure] = []
-                try:
-                    with compiles.during(label, "generations"):
-                        turns = run_item(
-                            suite,
-                            item,
-                            p.target.tokenizer,
-                            _measured(decoder, telemetry, device, measures),
-                            settings[suite.name],
-                            seed=partial(generation_seed, spec.seed, item.id, sample),
-                        )
-                    score = suite.score(item, [t.text for t in turns], tokenizer=p.target.tokenizer)
-                    records = unit_records(
-                        unit, item, turns, measures, score, settings[suite.name], spec.seed
-                    )
-                except Exception as exc:  # an OOM or a bug in one generation must not end the run
-                    telemetry.abort()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    records = [error_record(unit, item, exc)]
-                store.write_unit(records)
-                bar.set_postfix_str(figures.add(label, records))
+        decode_all(work, todo, shown)
+        bar.close()
         run.status = "complete"
     except KeyboardInterrupt:
         run.status = "interrupted"
         raise
     finally:
         run.finished = _now()
-        run.compiles = add_compiles(earlier, compiles.summary())
+        run.compiles = add_compiles(earlier, work.compiles.summary())
         try:
             store.write_run(run)
         finally:  # the writer lock goes with the store, even when the disk refused run.json
@@ -570,83 +591,95 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
     return Path(out)
 
 
-def execute_batched(
-    p: Prepared,
-    spec: RunSpec,
-    todo: list,
-    settings,
-    store,
-    bar,
-    figures: Progress,
-    compiles: Compiles,
-    warming_up=lambda label: None,
-) -> None:
-    """The work units of a batched run (`--batch-size`): per method, per suite, every unit through the method's
-    decode loop at `batch_size` rows (orthrus_core.loop), each turn a request, records written as each unit
-    finishes. Methods are the outer loop here: a batch holds one method's requests, and a method warms up just
-    before its batches. A batch cannot be run again: a record counts the graphs compiled or captured while its
-    request was in the batch, which its time holds."""
-    device = p.target.model.lm_head.weight.device
-    clock = Clock(device)
-    for label, decoder in p.decoders.items():
-        warming_up(label)
-        with compiles.during(label, "warmup"):
-            warm_up(p, spec, label, settings, todo)
+def decode_all(work: Work, todo: list, shown: Reporter) -> None:
+    """The work units in `todo`, each method warmed up before its first (`warm_up`), all through `decode_units`.
+    Decoded alone (no --batch-size): every method's warm-up first, then the units one at a time, items outer
+    and methods inner, so that a run stopped early still compares every method on the same prompts. Batched:
+    methods outer, each warmed up just before its batches, and a suite's units in one decode."""
+    spec, p = work.spec, work.p
+
+    def warmed_up(label: str) -> None:
+        if spec.warmup > 0 and any(lbl == label for *_, lbl in todo):
+            shown.say(
+                f"run: warming up {label} ({spec.warmup} unrecorded generation{'s' * (spec.warmup > 1)})"
+            )
+        with work.compiles.during(label, "warmup"):
+            warm_up(p, spec, label, work.settings, todo)
+
+    if spec.batch_size is None:
+        for label in p.decoders:  # every method's warm-up before the first timed generation
+            warmed_up(label)
+        for suite, item, sample, label in todo:
+            decode_units(work, label, suite, [(item, sample)])
+        return
+    for label in p.decoders:
+        warmed_up(label)
         for suite in p.suites:
             mine = [(item, sample) for s, item, sample, lbl in todo if s is suite and lbl == label]
-            if not mine:
-                continue
-            gen = settings[suite.name]
-            conversations = [Conversation(item, sample) for item, sample in mine]
-            epoch = clock()
-            admitted: dict[int, int] = {}  # id(request) -> compilations() when it entered the batch
-            compiled: dict[int, int] = {}  # id(request) -> compilations from its admission to its finish
-
-            def decode(next_request, decoder=decoder, gen=gen, admitted=admitted, compiled=compiled):
-                def admit():
-                    request = next_request()
-                    if request is not None:
-                        admitted[id(request)] = compilations()
-                    return request
-
-                for done in decoder.decode(
-                    admit, gen.sampling, rows=spec.batch_size, continuous=spec.continuous
-                ):
-                    compiled[id(done.request)] = compilations() - admitted.pop(id(done.request))
-                    yield done
-
-            def generator(c, turn, decoder=decoder):
-                return decoder.generator(generation_seed(spec.seed, c.item.id, c.sample, turn))
-
-            finished = set()
-            try:
-                with compiles.during(label, "generations"):
-                    for c in run_batched(suite, conversations, p.target.tokenizer, decode, gen, generator):
-                        unit = unit_fields(suite, c.item, label, decoder, c.sample)
-                        score = suite.score(c.item, [t.text for t in c.turns], tokenizer=p.target.tokenizer)
-                        measures = [
-                            Measure(b.finished_at - b.admitted_at, None, compiled.pop(id(b.request)))
-                            for b in c.batch
-                        ]
-                        batch = [batch_fields(spec, b, epoch) for b in c.batch]
-                        records = unit_records(unit, c.item, c.turns, measures, score, gen, spec.seed, batch)
-                        store.write_unit(records)
-                        finished.add(id(c))
-                        bar.update(1)
-                        bar.set_postfix_str(figures.add(label, records))
-            # An OOM or a bug ends this batch; its unfinished units get error records and the run goes on.
-            except Exception as exc:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                for c in conversations:
-                    if id(c) not in finished:
-                        store.write_unit(
-                            [error_record(unit_fields(suite, c.item, label, decoder, c.sample), c.item, exc)]
-                        )
-                        bar.update(1)
+            if mine:
+                decode_units(work, label, suite, mine)
 
 
-def batch_fields(spec: RunSpec, b, epoch: float) -> BatchFields:
+def decode_units(work: Work, label: str, suite: Suite, units: list[tuple[SuiteItem, int]]) -> None:
+    """The one request path: the work units (item, sample) of one method in one suite through the method's
+    `decode`, each turn a request (the next queued when the last finishes), records written, with their measure
+    (`Meter`), as each unit finishes. Alone (no --batch-size), each request is a decode of one row of its own
+    (conversation.one_at_a_time), run again where it compiled (`Meter.rerunning`); batched, the units share one
+    decode at `batch_size` rows, and a record counts the graphs compiled while its request was in the batch,
+    which its time holds (a batch cannot be run again). An OOM or a bug ends the decode: its unfinished units
+    get error records and the run goes on."""
+    spec, p, meter = work.spec, work.p, work.meter
+    decoder, gen = p.decoders[label], work.settings[suite.name]
+
+    def generator(c: Conversation, turn: int):
+        return decoder.generator(generation_seed(spec.seed, c.item.id, c.sample, turn))
+
+    rows = spec.batch_size or 1
+    decode = meter.measured(
+        partial(decoder.decode, params=gen.sampling, rows=rows, continuous=spec.continuous)
+    )
+
+    def anew(request: Request) -> Request:  # the same turn's request, its generator made again
+        return dataclasses.replace(request, generator=generator(request.key, len(request.key.turns)))
+
+    if spec.batch_size is None:
+        decode = one_at_a_time(meter.rerunning(decode, anew))
+    conversations = [Conversation(item, sample) for item, sample in units]
+    epoch, written = work.clock(), set()
+    try:
+        with (
+            work.compiles.during(label, "generations"),
+            contextlib.closing(
+                run_conversations(suite, conversations, p.target.tokenizer, decode, gen, generator)
+            ) as finished,
+        ):
+            for c in finished:
+                unit = unit_fields(suite, c.item, label, decoder, c.sample)
+                score = suite.score(c.item, [t.text for t in c.turns], tokenizer=p.target.tokenizer)
+                measures = [meter.measures.pop(id(f.request)) for f in c.finished]
+                batch = (
+                    None if spec.batch_size is None else [batch_fields(spec, f, epoch) for f in c.finished]
+                )
+                records = unit_records(unit, c.item, c.turns, measures, score, gen, spec.seed, batch)
+                work.store.write_unit(records)
+                written.add(id(c))
+                work.bar.update(1)
+                work.bar.set_postfix_str(work.figures.add(label, records))
+    except Exception as exc:
+        if p.target.model.lm_head.weight.device.type == "cuda":
+            torch.cuda.empty_cache()
+        for c in conversations:
+            if id(c) not in written:
+                work.store.write_unit(
+                    [error_record(unit_fields(suite, c.item, label, decoder, c.sample), c.item, exc)]
+                )
+                work.bar.update(1)
+    finally:  # a failed request's measures go with it
+        meter.started.clear()
+        meter.measures.clear()
+
+
+def batch_fields(spec: RunSpec, b: Finished, epoch: float) -> BatchFields:
     return BatchFields(
         batch_size=spec.batch_size,
         batch_continuous=spec.continuous,
@@ -658,6 +691,7 @@ def batch_fields(spec: RunSpec, b, epoch: float) -> BatchFields:
         kv_bytes_per_position=b.kv_bytes_per_position,
         kv_scratch_positions=b.kv_scratch_positions,
         kv_row_bytes=b.kv_row_bytes,
+        batch_shared_telemetry=True if spec.telemetry else None,
     )
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from harness.methods import load_target, make_decoder
 from harness.store import json_text
-from harness.suites.conversation import run_item
+from harness.suites.conversation import Conversation, Turn, one_at_a_time, run_conversations
 from harness.suites.suite import load_suite
 from orthrus_core import metrics
 from orthrus_core.checkpoint import save_model
@@ -64,7 +65,7 @@ def evaluate(
         accepted: dict[int, list[int]] = {k: [] for k in block_sizes}
         identical = dict.fromkeys(block_sizes, 0)
         for item in tqdm(items, desc=f"evaluate {name}", disable=not progress):
-            ar_turns = run_item(suite, item, tokenizer, ar.generate)
+            ar_turns = turns_of(suite, item, tokenizer, ar)
             score = suite.score(item, [t.text for t in ar_turns], tokenizer=tokenizer)
             if score.correct is not None:
                 scored += 1
@@ -72,7 +73,7 @@ def evaluate(
             new_tokens += sum(t.result.new_tokens for t in ar_turns)
             fig.turns += len(ar_turns)
             for K in block_sizes:
-                turns = run_item(suite, item, tokenizer, orthrus[K].generate)
+                turns = turns_of(suite, item, tokenizer, orthrus[K])
                 for ar_turn, turn in zip(ar_turns, turns, strict=True):
                     accepted[K] += turn.result.accepted
                     identical[K] += turn.result.tokens == ar_turn.result.tokens
@@ -82,6 +83,13 @@ def evaluate(
         fig.identical = identical
         figures.append(fig)
     return figures
+
+
+def turns_of(suite, item, tokenizer, decoder) -> list[Turn]:
+    """Every turn of `item` by `decoder` at the suite's settings, each decoded alone."""
+    decode = one_at_a_time(partial(decoder.decode, params=suite.generation.sampling))
+    (conversation,) = run_conversations(suite, [Conversation(item, 0)], tokenizer, decode)
+    return conversation.turns
 
 
 def figures_table(figures: list[SuiteFigures]) -> str:
