@@ -1,12 +1,13 @@
 """`orthrus-bench bench-syncs`: what each method's decode cycle costs the host in talking to the GPU: kernel
 launches outside graphs, calls into graphs, and host syncs, per cycle, in each engine mode.
 
-Where it is counted. Inside each decode cycle (`orthrus_core.loop._cycle`) after a warm-up decode of the same
-requests (so every shape is compiled and captured before counting), on the CUDA route: on a GPU as it runs, on
-a CPU in a rehearsal of it (orthrus_core.rehearsal), which chooses kernels and engine as a GPU would, compiles
-with Dynamo's eager backend and simulates CUDA graphs. Admission (prefill, first token) is not a cycle and is
-not counted. Every figure is counted by what reaches torch, not by hooks in the drafters, so it follows a
-drafter's passes wherever they run.
+Where it is counted. Inside each decode cycle (`orthrus_core.loop._cycle`), on the CUDA route: on a GPU as it
+runs, on a CPU in a rehearsal of it (orthrus_core.rehearsal), which chooses kernels and engine as a GPU would,
+compiles with Dynamo's eager backend and simulates CUDA graphs. Under cudagraph a warm-up decode of the same
+requests comes first (a capture runs its pass outside any replay); a compile is counted as the call that made
+it (Dynamo traces unseen). Admission (prefill, first token) is not a cycle and is not counted. Every figure is
+counted by what reaches torch, not by hooks in the drafters, so it follows a drafter's passes wherever they
+run.
 
 The figures, per cycle:
 
@@ -129,8 +130,9 @@ def cycle_counts(device):
 
 
 def count_cycles(target, method: str, prompts, *, rows: int, temperature: float, max_new_tokens: int) -> dict:
-    """`method` over `prompts`, `rows` at a time (continuous batching), seeded, decoded twice: a warm-up, then
-    counted: its cycles, and per cycle its launches, calls into graphs and syncs, and where they are."""
+    """`method` over `prompts`, `rows` at a time (continuous batching), seeded, counted (under cudagraph after a
+    warm-up decode that captures every shape): its cycles, and per cycle its launches, calls into graphs and
+    syncs, and where they are."""
     decoder = make_decoder(method, target)
     params = SamplingParams(temperature=temperature)  # 0, or below its floor: greedy
 
@@ -142,7 +144,8 @@ def count_cycles(target, method: str, prompts, *, rows: int, temperature: float,
         for _ in decoder.decode(lambda: queue.pop() if queue else None, params, rows=rows, continuous=True):
             pass
 
-    decode()  # compiles and captures every shape the counted decode meets
+    if target.engine.mode == "cudagraph":  # a capture runs its pass outside any replay: captured first
+        decode()
     with cycle_counts(target.engine.device) as counts:
         decode()
     n, launches = max(counts.cycles, 1), counts.launches
