@@ -15,11 +15,13 @@ The figures, per cycle:
   aten op that reaches the dispatcher outside a call into a graph and would run a kernel on the GPU, by
   `orthrus_core.host.launches_kernel`: compute and copies count one each (`copy_`, `clone`, `_to_copy`,
   `cat`, `arange`, ...; a tensor made from host values, `upload`, is one copy up), FlexAttention (a
-  higher-order op) one; views and metadata (`is_view` ops: view, expand, slice, select, transpose, detach,
-  ...; in-place views; `_unsafe_view`), allocations (`empty*`) and read-backs (`_local_scalar_dense`,
-  `tolist`: host syncs, below) none. A GPU launches each of these as one kernel (cuBLAS may split a GEMM in
-  two; a launch of a memcpy costs the host what a kernel launch does). `where` says which orthrus_core module
-  the cycle went through for them ("engine.py": the target's passes, "eagle3.py": the drafter's, ...).
+  higher-order op) one, SDPA under a bottom-right causal bias one (a GPU's flash or memory-efficient kernel
+  takes the bias; a CPU materialises it first); views and metadata (`is_view` ops: view, expand, slice,
+  select, transpose, detach, ...; in-place views; `_unsafe_view`), allocations (`empty*`) and read-backs
+  (`_local_scalar_dense`, `tolist`: host syncs, below) none. A GPU launches each of these as one kernel
+  (cuBLAS may split a GEMM in two; a memcpy's launch costs the host what a kernel's does). `launches_where`
+  says which orthrus_core module the cycle went through for them ("engine.py": the target's passes,
+  "eagle3.py": the drafter's, "model.py": the cache's compaction, ...).
 * replays (cudagraph): each a CUDA graph launch (`torch.cuda.CUDAGraph.replay`), its passes' kernels inside it;
   the copies a replay makes beside its graph (each new input into its static buffer, each output cloned out)
   are launches of the engine's.
@@ -33,14 +35,20 @@ The figures, per cycle:
   sync is overhead.
 
 What a launch costs. Each launch costs the host 5-10 us (CUDA's launch is about 5 us; PyTorch's dispatch and
-Python bring an eager op to about 10); while the GPU's kernels are short (batch 1, decode) it waits that out:
-../shared/research/paper.md §8 measured 0.47 ms per layer of HF eager overhead beyond weight streaming, which
-this counter's launches per layer in eager put at about 10 us a launch. Beside each row the table sets the
-launches (kernels, replays and compiled calls: each compiled call one kernel at least, `compiled_ops` at most)
-at 5-10 us against the target step they would add to: a Qwen3-8B step at batch 1 on an H200, 3.5-4 ms (16.4
-GB of bf16 weights streamed at 4.8 TB/s is 3.4 ms, plus the fixed part of a pass). The tiny family's counts
-stand in for the 8B's where they do not grow with the model's depth: the graphs' count and the drafters' and
-the loop's bookkeeping; an eager target pass launches per layer (6 here, 36 for 8B).
+Python bring an eager op to about 10); while the GPU's kernels are short (batch 1, decode) it waits that out.
+../shared/research/paper.md §8 measured 0.47 ms per layer of HF eager overhead beyond weight streaming; this
+counter puts an eager Qwen3 layer at about 50 launches (7 GEMMs, 4 RMSNorms of 4 ops, RoPE, the cache write,
+attention), about 9 us a launch. Beside each row the table sets the launches (kernels, replays and compiled
+calls: each compiled call one kernel at least, `compiled_ops` at most) at 5-10 us against the target step they
+would add to: a Qwen3-8B step at batch 1 on an H200, 3.5-4 ms (its 16.4 GB of bf16 weights streamed at 4.8
+TB/s take 3.4 ms). The tiny family's counts stand in for the 8B's where they do not grow with the model's
+depth: the graphs' count and the drafters' and the loop's bookkeeping; an eager target pass launches per
+layer (6 here, 36 for 8B), and a drafter's eager passes per drafter layer (the tiny DFlash has 2, the
+published 8B one 5; an EAGLE-3 head has 1).
+
+`--json` writes per row: `per_cycle` {launches, replays, compiled_calls, compiled_ops, syncs}, `launch_ms`
+[fewest, most] and `of_step` [fewest, most] (the launches' time and its share of the step), `launches_where`
+and `syncs_where` (per cycle), beside the method, engine mode, rows, temperature and cycles counted.
 """
 
 from __future__ import annotations
