@@ -29,7 +29,8 @@ The figures, per cycle:
   graph. A compiled call is counted as one call into a graph of N kernels, where N is not counted: inductor
   fuses on a GPU what the rehearsal cannot (its eager backend runs the graph unfused), so the ops the graph runs
   unfused are counted (`compiled_ops`), an upper bound on N; one kernel is the lower. Without CUDA graphs
-  inductor launches each of its N kernels from the host.
+  inductor launches each of its N kernels from the host. On a GPU `compiled_ops` sees only the library calls
+  inductor's code makes through the dispatcher (a GEMM), not its Triton kernels: a lower bound there.
 * host syncs (`orthrus_core.host.HostSyncs`): the host waiting for the GPU's queue to drain (a device value
   read on the host, a blocking copy up). The loop reads each cycle's accepted tokens back once; every other
   sync is overhead.
