@@ -284,8 +284,8 @@ def environment(device: str) -> dict:
 
 def smoke(device: str, scale: Scale) -> dict:
     """The machine, then one AR step and one Orthrus cycle at the 8B shape under the device's default engine:
-    the kernels each pass chose (at capture) and the host syncs of a cycle."""
-    from harness.bench.syncs import cycle_syncs
+    the kernels each pass chose (at capture), and the host syncs and launches of a cycle."""
+    from harness.bench.syncs import cycle_counts
     from orthrus_core import loop
     from orthrus_core.engine import Engine, default_engine
     from orthrus_core.orthrus import OrthrusDrafter
@@ -301,14 +301,16 @@ def smoke(device: str, scale: Scale) -> dict:
         new = 2 if drafter is None else model.block_size + 1  # one cycle after the first token
         with kernels_seen() as seen:  # the first generation captures its passes: recorded at capture
             loop.generate(engine, drafter, prompt, new, stop_token_ids=[])
-        with cuda_sync_warnings(device) as cuda, cycle_syncs() as (syncs, cycles):
+        with cuda_sync_warnings(device) as cuda, cycle_counts(device) as counts:
             loop.generate(engine, drafter, prompt, new, stop_token_ids=[])
         rows.append(
             {
                 "method": method,
                 "engine": engine.mode,
-                "cycles": cycles[0],
-                "host_syncs": syncs.total,
+                "cycles": counts.cycles,
+                "host_syncs": counts.syncs.total,
+                "launches": counts.launches.total,  # outside graphs (harness.bench.syncs)
+                "replays": counts.launches.replays,
                 "cuda_syncs": cuda["syncs"],  # the whole generation: its prefill and first token included
                 "kernels": kernel_rows(seen),
             }

@@ -172,32 +172,3 @@ def test_a_run_shaped_like_bench_8b_compiles_its_known_shapes_in_warm_up_and_dec
             assert {(r["suite"], r["item_id"], r["method"]): r["output_ids"] for r in rehearsed} == {
                 (r["suite"], r["item_id"], r["method"]): r["output_ids"] for r in cpu
             }
-
-
-# ------------------------------------------------------------------------------------------ host syncs
-
-
-def test_every_greedy_cycle_waits_for_the_gpu_once_and_bench_syncs_refuses_bad_input(
-    tmp_path, data_dir, capsys
-):
-    """On the CUDA route (rehearsed), a greedy cycle of every batched method reads its accepted tokens back and
-    makes the host wait for nothing else, at one row and several (the issue's bound: at most 2 for AR, Orthrus,
-    DFlash and prompt lookup; EAGLE-3 meets it too). Bad input is refused before a model loads."""
-    import json
-
-    from harness.cli import main
-
-    out = tmp_path / "syncs.json"
-    args = ["bench-syncs", "--rows", "1,3", "--temperatures", "0", "--prompts", "3", "--max-new-tokens", "12"]
-    assert main([*args, "--data-dir", str(data_dir), "--json", str(out)]) == 0
-    results = json.loads(out.read_text())
-    assert {(r["method"], r["rows"]) for r in results} == {
-        (m, r) for m in BATCHED + ["eagle3:tree=chain"] for r in (1, 3)
-    }
-    for r in results:
-        assert r["cycles"] > 0 and r["per_cycle"] == 1.0, r  # the one read-back: loop.py's tolist
-        assert all(site.endswith("tolist") for site in r["where"]), r["where"]
-    assert "host syncs per decode cycle" in capsys.readouterr().out
-    for bad, says in ((["--methods", "ar-hf"], "is not one of"), (["--rows", "0"], "at least 1")):
-        assert main(["bench-syncs", *bad]) == 2
-        assert says in capsys.readouterr().err

@@ -16,6 +16,12 @@ from .args import (
 
 
 def register(sub) -> None:
+    register_bench_engine(sub)
+    register_bench_overhead(sub)
+    register_bench_syncs(sub)
+
+
+def register_bench_engine(sub) -> None:
     p = sub.add_parser(
         "bench-engine",
         help="time a prefill, an AR step (against the roofline), a diffusion pass and a verify pass, and end to end",
@@ -70,6 +76,8 @@ def register(sub) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_engine)
 
+
+def register_bench_overhead(sub) -> None:
     p = sub.add_parser("bench-overhead", help="wall-clock cost of the runner's telemetry (on vs off)")
     add_model_args(p)
     add_engine_arg(p)
@@ -84,13 +92,23 @@ def register(sub) -> None:
     add_quiet_arg(p)
     p.set_defaults(func=cmd_bench_overhead)
 
+
+def register_bench_syncs(sub) -> None:
     p = sub.add_parser(
         "bench-syncs",
-        help="host syncs per decode cycle for each method, on the CUDA route (rehearsed on a CPU)",
+        help="kernel launches outside graphs, graph replays and compiled calls, and host syncs per decode cycle "
+        "for each method in each engine mode, on the CUDA route (rehearsed on a CPU); how each is counted and "
+        "what it costs a GPU: harness/bench/syncs.py",
     )
     add_model_args(p)
     p.add_argument(
         "--methods", type=parse_methods, default=None, help="method specs (default: every batched one)"
+    )
+    p.add_argument(
+        "--engines",
+        type=parse_list,
+        default=None,
+        help="engine modes, e.g. eager,cudagraph (default: every mode, orthrus_core.engine.ENGINES)",
     )
     p.add_argument("--rows", type=parse_int_list, default=[1, 4], help="batch sizes (continuous), e.g. 1,4")
     p.add_argument("--temperatures", type=parse_float_list, default=[0.0, 1.0], help="e.g. 0,1")
@@ -164,6 +182,7 @@ def cmd_bench_syncs(args) -> int:
     from harness.methods import BATCHED
     from harness.progress import Reporter
     from harness.suites import load_suite
+    from orthrus_core.engine import ENGINES
 
     # Refused before a model loads: each method decodes in the loop, at rows it can have
     for spec in args.methods or []:
@@ -171,6 +190,9 @@ def cmd_bench_syncs(args) -> int:
             raise UsageError(
                 f"bench-syncs counts the decode loop's cycles: {spec!r} is not one of {', '.join(BATCHED)}"
             )
+    engines = args.engines or list(ENGINES)
+    if unknown := [e for e in engines if e not in ENGINES]:
+        raise UsageError(f"--engines takes {', '.join(ENGINES)}, not {', '.join(unknown)}")
     if not args.rows or min(args.rows) < 1:
         raise UsageError(f"--rows needs batch sizes of at least 1, got {args.rows}")
     if args.prompts < 1 or args.max_new_tokens < 2:
@@ -179,8 +201,8 @@ def cmd_bench_syncs(args) -> int:
         )
     suite = load_suite(args.suite, args.data_dir, limit=args.prompts)
     results = bench_syncs(
-        args.model, args.dtype, args.device, suite, methods=args.methods or METHODS, rows=args.rows,
-        temperatures=args.temperatures, max_new_tokens=args.max_new_tokens,
+        args.model, args.dtype, args.device, suite, methods=args.methods or METHODS, engines=engines,
+        rows=args.rows, temperatures=args.temperatures, max_new_tokens=args.max_new_tokens,
         progress=Reporter(enabled=not args.quiet),
     )  # fmt: skip
     print_syncs(results, route_name(args.device))
