@@ -127,14 +127,15 @@ class Engine:
         self.mode = check_engine(mode, p.device)
         self.model, self.device, self.dtype = model, p.device, p.dtype
         self.caches: dict[int, KVCache] = {}  # capacity bucket -> the engine's cache
-        self.draft_caches: dict[tuple[int, int], KVCache] = {}  # (id of a drafter's config, capacity) -> its cache
+        # (id of a drafter's model config, capacity) -> that drafter's cache
+        self.draft_caches: dict[tuple[int, int], KVCache] = {}
         self.used: set[int] = set()  # capacity buckets handed out since `mark`
         self.drafts_used: set[tuple[int, int]] = set()  # drafters' caches handed out since `mark`
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = None
         self.pool_bytes = 0  # memory the captured graphs' pool reserved (their intermediates)
         if self.mode == "compile":
-            self.compiled: dict[Callable, Compiled] = {}  # pass function -> its compiled form (one graph per shape)
+            self.compiled: dict[Callable, Compiled] = {}  # pass function -> its compiled form
             # Inductor reads these when it compiles, inside the first call of each shape (torch.compile's
             # `options` does not reach freezing), so every call runs under them.
             self.options = compile_options(self.device, autotune)
@@ -247,7 +248,8 @@ class Engine:
                 [ancestors, torch.eye(T, dtype=torch.bool, device=ids.device).expand(pad, T, T)]
             )
         inputs = (ids, slots, positions, ancestors)
-        out = self.run(static_pass, inputs, (self.model, cache.k[:, :rows], cache.v[:, :rows], diffusion, capture))
+        fixed = (self.model, cache.k[:, :rows], cache.v[:, :rows], diffusion, capture)
+        out = self.run(static_pass, inputs, fixed)
         if not pad:
             return out
         return (out[0][:R], out[1][:R]) if capture else out[:R]

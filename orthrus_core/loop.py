@@ -89,9 +89,6 @@ class Drafter(ABC):
     what each row committed. Rows leave by `keep`, in step with the target cache."""
 
     capture: tuple[int, ...] = ()  # target hidden states the drafter reads, as `output_hidden_states` indices
-    # The passes this drafter runs itself, outside the engine (so eager in every engine mode), named for run.json
-    # and the report; None: its passes are the engine's (Orthrus' draft pass) or it runs none (prompt lookup).
-    outside_engine: str | None = None
 
     @property
     @abstractmethod
