@@ -17,7 +17,10 @@ way gpt-fast does, with every shape fixed:
   step of one kind at one row bucket: the AR step (T = 1), the Orthrus diffusion pass and the verify pass
   (T = K), a tree verify pass (its ancestors given), whatever each row's length;
 * prefills run eager into the same cache: one pass per prompt, of the prompt's length, compute-bound where it
-  is long.
+  is long;
+* a drafter's per-cycle passes (DFlash's draft pass, EAGLE-3's drafting) run here too (`run`: any pass function
+  over fixed-shape tensors), on a cache of its own that the engine holds per capacity as it holds the target's
+  (`draft_cache`), so that they compile and capture once per row bucket, as the target's passes do.
 
 Eager passes over rows of one length (always at batch size 1) are the model's plain forward: slice writes, and
 no mask tensor for a single token, a diffusion block or (on CUDA) a verify pass. Rows of different lengths

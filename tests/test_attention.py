@@ -256,7 +256,8 @@ def test_static_passes_read_the_cache_through_a_block_mask_on_cuda(micro, monkey
     static = Engine(target, "compile", autotune=False)
     for name in ("ar", "orthrus", "eagle3"):
         calls = recorded(monkeypatch)
-        monkeypatch.setattr("orthrus_core.engine.Compiled", lambda fn, kind: fn)  # the static passes, uncompiled
+        # the static passes uncompiled (undone with the recorder below, so set again for each method)
+        monkeypatch.setattr("orthrus_core.engine.Compiled", lambda fn, kind: fn)
         with planned_on("cuda"):
             assert run(static, drafters[name], 3) == reference, name
         check_cuda_calls(calls, most_queries=16)
