@@ -35,7 +35,7 @@ from .engine import row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
 from .memory import PassBytes, activations, expanded_kv_bytes, masked_pass_bytes, rope_bytes
-from .model import OrthrusForCausalLM, head_dim
+from .model import KVCache, OrthrusForCausalLM, head_dim
 from .rope import Qwen3Rotary
 
 ARCHITECTURE = "DFlashDraftModel"
@@ -130,8 +130,6 @@ class DFlashDrafter(CachedDrafter):
     sits after the padding in the draft cache but at the row's own positions, and its visibility hides the
     padding from it. `pending` per row: target features of committed tokens not in the draft cache yet."""
 
-    outside_engine = "the DFlash drafter's pass (one per cycle)"
-
     def __init__(self, draft: DFlashDraftModel, target: OrthrusForCausalLM, block_size: int | None = None):
         self.draft, self.target = draft, target
         self.block_size = draft.block_size if block_size is None else block_size
@@ -162,37 +160,55 @@ class DFlashDrafter(CachedDrafter):
         self.pending = [features[b, :n] for b, n in enumerate(counts)]
 
     def propose(self, roots, params, generators):
-        active, K, device, cache = roots.shape[0], self.block_size, roots.device, self.draft_cache
+        active, K, cache, static = roots.shape[0], self.block_size, self.draft_cache, self.engine.static
         # Over several rows the pass is ragged (FlexAttention on a GPU, compiled per shape): it runs over the
         # engine's row bucket of the active rows (padding rows bring no context rows and write at slot 0 of an
         # unused row of the draft cache), and its window is as wide as the most padding a row can have before its
-        # block (K, a row admitted since the last cycle) plus the block, whatever this cycle's.
+        # block (K, a row admitted since the last cycle) plus the block, whatever this cycle's. A static engine
+        # runs it so at one row too, its new context rows padded to the most a row can bring (K): one shape per
+        # row bucket, its inputs tensors.
         R = row_bucket(active, cache.rows)
         pending = self.pending + [self.pending[0][:0]] * (R - active)
         roots = torch.cat([roots, roots.new_zeros(R - active)])
         lengths = cache.lengths + [0] * (R - active)
         n = [len(f) for f in pending]
-        M = max(n)
-        features = pending[0].new_zeros(R, M, pending[0].shape[-1])
+        features = pending[0].new_zeros(R, K if static else max(n), pending[0].shape[-1])
         for b, f in enumerate(pending):
             features[b, : n[b]] = f
-        block = torch.full((R, K), self.draft.mask_token_id, dtype=torch.long, device=device)
-        block[:, 0] = roots
         committed = [c + k for c, k in zip(lengths, n, strict=True)]  # and the new context rows
-        offsets = torch.arange(M + K, device=device)
-        slots = upload(lengths, device)[:, None] + offsets
-        root_at = upload(committed, device)[:, None]
-        positions = torch.cat([slots[:, :M], root_at + offsets[:K]], 1)
-        # The block sees its row's committed and new context rows and itself, not the padding between them.
-        pad = upload([M - k for k in n], device)[:, None, None]
-        columns = torch.arange(M - n[0] + K if R == 1 else 2 * K, device=device)
-        window = ((columns >= pad) & (columns < pad + K)).expand(R, K, -1)
-        visible = Visibility.after(committed, K, "whole" if R == 1 else "pattern", device, window=window)
-        embeds = self.target.model.embed_tokens(block)
-        hidden = self.draft(embeds, features, positions, visible, cache.scatter(slots))
+        starts, new = upload([lengths, n], roots.device)
+        inputs = (roots, features, starts, new, None if static else committed)
+        ragged, rows = R > 1 or static, R if static else active
+        fixed = (self.draft, self.target, cache.k[:, :R], cache.v[:, :R], K, ragged, rows)
+        drafts = self.engine.run(draft_block, inputs, fixed)
         cache.lengths = committed[:active]  # keep the context rows, drop the padding and the block
-        drafts = self.target.lm_head(hidden[:active, 1:]).argmax(-1)
-        return Proposal(torch.cat([roots[:active, None], drafts], 1), [K - 1] * active, 1)
+        return Proposal(torch.cat([roots[:active, None], drafts[:active]], 1), [K - 1] * active, 1)
+
+
+def draft_block(roots, features, starts, new, prefix, draft, target, k_cache, v_cache, K: int, ragged: bool,
+                rows: int):  # fmt: skip
+    """One DFlash pass over R rows: each row's new context rows (features [R, M, F], `new` [R] of them real,
+    written from slot `starts` [R] on) then its block [root, MASK x (K-1)] after the padding, at the row's own
+    positions -> the greedy drafts [rows, K-1] of the first `rows` rows. The block sees its row's committed and
+    new context rows and itself, not the padding between them: one length (`ragged` False, one row, no padding)
+    sees a whole block; otherwise a window of 2K after the row's prefix. `prefix`: the rows' committed lengths
+    as host ints (eager), or None (a static pass: from the tensors)."""
+    R, M = features.shape[:2]
+    device = roots.device
+    block = torch.full((R, K), draft.mask_token_id, dtype=torch.long, device=device)
+    block[:, 0] = roots
+    offsets = torch.arange(M + K, device=device)
+    slots = starts[:, None] + offsets
+    committed = starts + new
+    positions = torch.cat([slots[:, :M], committed[:, None] + offsets[:K]], 1)
+    pad = (M - new)[:, None, None]
+    columns = torch.arange(2 * K if ragged else K, device=device)
+    window = ((columns >= pad) & (columns < pad + K)).expand(R, K, -1)
+    visible = Visibility.after(committed if prefix is None else prefix, K, "pattern" if ragged else "whole",
+                               device, window=window)  # fmt: skip
+    embeds = target.model.embed_tokens(block)
+    hidden = draft(embeds, features, positions, visible, KVCache.view(k_cache, v_cache).scatter(slots))
+    return target.lm_head(hidden[:rows, 1:]).argmax(-1)
 
     # Its cost (orthrus_core.loop.Drafter; its cache and pending features are CachedDrafter's).
 

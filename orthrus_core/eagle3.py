@@ -52,7 +52,7 @@ from .engine import pass_visibility, row_bucket
 from .host import upload
 from .loop import CachedDrafter, Proposal
 from .memory import FLOAT32, PassBytes, activations, expanded_kv_bytes, masked_pass_bytes, rope_bytes
-from .model import OrthrusForCausalLM, head_dim
+from .model import KVCache, OrthrusForCausalLM, head_dim
 from .rope import LlamaRotary
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -235,8 +235,6 @@ class Eagle3Drafter(CachedDrafter):
     ancestors and itself. `pending` per row: the tokens committed since its last cycle (the root excluded) and
     their target features."""
 
-    outside_engine = "the EAGLE-3 head's passes (depth per cycle)"
-
     def __init__(
         self, head: Eagle3Head, target: OrthrusForCausalLM, top_k: int, depth: int, total_tokens: int
     ):
@@ -277,18 +275,14 @@ class Eagle3Drafter(CachedDrafter):
     def accept(self, counts, tokens, features):
         self.pending = [(tokens[b, 1:n], features[b, :n]) for b, n in enumerate(counts)]
 
-    def _run(self, tokens, hidden, slots, positions, visible):
-        kv = self.draft_cache.scatter(slots)
-        return self.head(tokens, hidden, positions, visible, lambda k, v: kv(0, k, v))
-
     def propose(self, roots, params, generators):
-        head, k, device, active = self.head, self.top_k, roots.device, roots.shape[0]
-        cache = self.draft_cache
+        device, active, cache, static = roots.device, roots.shape[0], self.draft_cache, self.engine.static
         # Over several rows the passes are ragged (FlexAttention on a GPU, compiled per shape): they run over the
         # engine's row bucket of the active rows, the padding rows (one token each, at slot 0 of an unused row of
         # the draft cache) dropped at the end, every pass is as wide as the most a row can bring, and each takes
         # FlexAttention even when this cycle's rows happen to share one length, so that the shapes a run meets
-        # do not depend on its data (warm-up compiles them all).
+        # do not depend on its data (warm-up compiles them all). A static engine runs the first pass so at one
+        # row too: one shape per row bucket, every input a tensor.
         R = row_bucket(active, cache.rows)
         pending = self.pending + [(roots[:0], self.pending[0][1][:1] * 0)] * (R - active)
         roots = torch.cat([roots, roots.new_zeros(R - active)])
@@ -296,75 +290,93 @@ class Eagle3Drafter(CachedDrafter):
         # Rows not in the draft cache yet: (feature of token t-1, token t) for every newly committed t, root last.
         new = [torch.cat([tokens, root[None]]) for (tokens, _), root in zip(pending, roots, strict=True)]
         m = [len(t) for t in new]
-        width = max(m) if R == 1 else self.depth + 1
+        width = max(m) if R == 1 and not static else self.depth + 1
         feature = pending[0][1]
         tokens = torch.zeros(R, width, dtype=torch.long, device=device)
         hidden = feature.new_zeros(R, width, feature.shape[-1])
         for b, (t, (_, f)) in enumerate(zip(new, pending, strict=True)):
             tokens[b, : m[b]], hidden[b, : m[b]] = t, f
-        if R == 1:
-            visible = pass_visibility(lengths, width, False, None, device)
-        else:  # a causal window given: FlexAttention whether or not this cycle's rows share one length
-            causal = torch.ones(width, width, dtype=torch.bool, device=device).tril().expand(R, -1, -1)
-            visible = Visibility.after(lengths, width, "pattern", device, window=causal)
-        slots = visible.prefix[:, None] + torch.arange(width, device=device)
-        out = self._run(tokens, hidden, slots, slots, visible)
-        lengths = [c + n for c, n in zip(lengths, m, strict=True)]
-        cache.lengths = lengths[:active]
-        committed = upload(lengths, device)  # [R]: each row's committed draft rows
-        hidden = out[torch.arange(R, device=device), upload(m, device) - 1][:, None]  # root rows
-
-        scores, ids = torch.log_softmax(head.logits(hidden[:, 0]), -1).topk(k)  # [R, k]
-        cand_ids, cand_scores, cand_parents = [ids], [scores], [torch.full((R, k), -1, device=device)]
-        frontier = torch.arange(k, device=device).expand(R, k)  # candidate indices of the newest level
-        frontier_hidden, frontier_scores = hidden.expand(R, k, -1), scores
-        seen = torch.zeros(R, k, 0, dtype=torch.bool, device=device)  # scratch rows each frontier row sees
-        scratch = 0  # scratch rows written this cycle
-        # Every level's window is as wide as the last level's (k per level): one pass shape for every level.
-        levels_width = (self.depth - 1) * k
-        for level in range(1, self.depth):
-            # The frontier's rows go to scratch slots after the committed rows, at position committed - 1 + level.
-            width = frontier.shape[1]
-            offsets = torch.arange(width, device=device)
-            slots = committed[:, None] + scratch + offsets
-            sees = torch.cat([seen, torch.eye(width, dtype=torch.bool, device=device).expand(R, -1, -1)], 2)
-            # Each node sees its row's committed rows, its ancestors among the scratch rows and itself.
-            window = torch.cat([sees, sees.new_zeros(R, width, levels_width - sees.shape[2])], 2)
-            visible = Visibility.after(lengths, width, "pattern", device, window=window)
-            positions = (committed - 1 + level)[:, None].expand(R, width)
-            node_ids = head.to_target(torch.cat(cand_ids, 1).gather(1, frontier))
-            out = self._run(node_ids, frontier_hidden, slots, positions, visible)
-            logp, child_ids = torch.log_softmax(head.logits(out), -1).topk(k)  # [R, width, k]
-            child_scores = (frontier_scores[:, :, None] + logp).flatten(1)
-            first = sum(c.shape[1] for c in cand_ids)
-            cand_ids.append(child_ids.flatten(1))
-            cand_scores.append(child_scores)
-            cand_parents.append(frontier.repeat_interleave(k, dim=1))
-            best = child_scores.topk(k).indices  # [R, k]
-            parent_row = best // k
-            frontier, frontier_scores = first + best, child_scores.gather(1, best)
-            frontier_hidden = out.gather(1, parent_row[..., None].expand(-1, -1, out.shape[-1]))
-            seen = sees.gather(1, parent_row[..., None].expand(-1, -1, sees.shape[-1]))
-            scratch += width
-
-        # Rerank: each row's best-scored candidates; a stable sort keeps a parent ahead of an equal-scored child.
-        all_scores = torch.cat(cand_scores, 1)
-        keep = (
-            torch.sort(all_scores, dim=1, descending=True, stable=True)
-            .indices[:, : self.n_drafts]
-            .sort(1)
-            .values
-        )
-        node_of = torch.zeros_like(all_scores, dtype=torch.long)
-        node_of.scatter_(1, keep, torch.arange(1, keep.shape[1] + 1, device=device).expand_as(keep))
-        parent_cands = torch.cat(cand_parents, 1).gather(1, keep)
-        parents = torch.where(parent_cands >= 0, node_of.gather(1, parent_cands.clamp_min(0)), 0)
-        drafts = head.to_target(torch.cat(cand_ids, 1).gather(1, keep))
+        committed = [c + n for c, n in zip(lengths, m, strict=True)]
+        starts, counts = upload([lengths, m], device)
+        host = (None, None) if static else (lengths, committed)  # the prefixes, where the host knows them
+        fixed = (self.head, cache.k[:, :R], cache.v[:, :R], self.top_k, self.depth, self.n_drafts)
+        drafts, parents = self.engine.run(draft_tree, (tokens, hidden, starts, counts, *host), fixed)
+        cache.lengths = committed[:active]
         tokens = torch.cat([roots[:, None], drafts], 1)[:active]
-        if k == 1:  # top-1 at every level: a chain
-            return Proposal(tokens, [keep.shape[1]] * active, self.depth)
+        if self.top_k == 1:  # top-1 at every level: a chain
+            return Proposal(tokens, [self.n_drafts] * active, self.depth)
         parents = torch.cat([parents.new_full((R, 1), -1), parents], 1)[:active]
-        return Proposal(tokens, [keep.shape[1]] * active, self.depth, parents=parents)
+        return Proposal(tokens, [self.n_drafts] * active, self.depth, parents=parents)
+
+
+def draft_tree(tokens, hidden, starts, counts, prefix, committed, head, k_cache, v_cache, k, depth, n_drafts):
+    """One cycle's drafting for R rows: the head's pass over each row's new rows (tokens [R, W] and their
+    features, `counts` [R] of them real, the root last, written from slot `starts` [R] on), then depth - 1
+    expansion passes over the top-k best nodes of the newest level (at scratch slots after the committed rows),
+    then the rerank -> (drafts [R, n_drafts] as target ids, each draft's parent node [R, n_drafts]: 0 the root,
+    i the i-th draft). `prefix` and `committed`: the rows' lengths
+    before and after the new rows as host ints (eager), or None (a static pass: from the tensors)."""
+    R, width = tokens.shape
+    device = tokens.device
+    kv = KVCache.view(k_cache, v_cache)
+    committed_at = starts + counts  # [R]: each row's committed draft rows
+    before = starts if prefix is None else prefix
+    after = committed_at if committed is None else committed
+    if R == 1:
+        visible = pass_visibility(before, width, False, None, device)
+    else:  # a causal window given: FlexAttention whether or not this cycle's rows share one length
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril().expand(R, -1, -1)
+        visible = Visibility.after(before, width, "pattern", device, window=causal)
+    slots = starts[:, None] + torch.arange(width, device=device)
+    out = _head_pass(head, kv, tokens, hidden, slots, slots, visible)
+    hidden = out[torch.arange(R, device=device), counts - 1][:, None]  # root rows
+
+    scores, ids = torch.log_softmax(head.logits(hidden[:, 0]), -1).topk(k)  # [R, k]
+    cand_ids, cand_scores, cand_parents = [ids], [scores], [torch.full((R, k), -1, device=device)]
+    frontier = torch.arange(k, device=device).expand(R, k)  # candidate indices of the newest level
+    frontier_hidden, frontier_scores = hidden.expand(R, k, -1), scores
+    seen = torch.zeros(R, k, 0, dtype=torch.bool, device=device)  # scratch rows each frontier row sees
+    scratch = 0  # scratch rows written this cycle
+    # Every level's window is as wide as the last level's (k per level): one pass shape for every level.
+    levels_width = (depth - 1) * k
+    for level in range(1, depth):
+        # The frontier's rows go to scratch slots after the committed rows, at position committed - 1 + level.
+        width = frontier.shape[1]
+        offsets = torch.arange(width, device=device)
+        slots = committed_at[:, None] + scratch + offsets
+        sees = torch.cat([seen, torch.eye(width, dtype=torch.bool, device=device).expand(R, -1, -1)], 2)
+        # Each node sees its row's committed rows, its ancestors among the scratch rows and itself.
+        window = torch.cat([sees, sees.new_zeros(R, width, levels_width - sees.shape[2])], 2)
+        visible = Visibility.after(after, width, "pattern", device, window=window)
+        positions = (committed_at - 1 + level)[:, None].expand(R, width)
+        node_ids = head.to_target(torch.cat(cand_ids, 1).gather(1, frontier))
+        out = _head_pass(head, kv, node_ids, frontier_hidden, slots, positions, visible)
+        logp, child_ids = torch.log_softmax(head.logits(out), -1).topk(k)  # [R, width, k]
+        child_scores = (frontier_scores[:, :, None] + logp).flatten(1)
+        first = sum(c.shape[1] for c in cand_ids)
+        cand_ids.append(child_ids.flatten(1))
+        cand_scores.append(child_scores)
+        cand_parents.append(frontier.repeat_interleave(k, dim=1))
+        best = child_scores.topk(k).indices  # [R, k]
+        parent_row = best // k
+        frontier, frontier_scores = first + best, child_scores.gather(1, best)
+        frontier_hidden = out.gather(1, parent_row[..., None].expand(-1, -1, out.shape[-1]))
+        seen = sees.gather(1, parent_row[..., None].expand(-1, -1, sees.shape[-1]))
+        scratch += width
+
+    # Rerank: each row's best-scored candidates; a stable sort keeps a parent ahead of an equal-scored child.
+    all_scores = torch.cat(cand_scores, 1)
+    keep = torch.sort(all_scores, dim=1, descending=True, stable=True).indices[:, :n_drafts].sort(1).values
+    node_of = torch.zeros_like(all_scores, dtype=torch.long)
+    node_of.scatter_(1, keep, torch.arange(1, keep.shape[1] + 1, device=device).expand_as(keep))
+    parent_cands = torch.cat(cand_parents, 1).gather(1, keep)
+    parents = torch.where(parent_cands >= 0, node_of.gather(1, parent_cands.clamp_min(0)), 0)
+    return head.to_target(torch.cat(cand_ids, 1).gather(1, keep)), parents
+
+
+def _head_pass(head, kv: KVCache, tokens, hidden, slots, positions, visible):
+    context = kv.scatter(slots)
+    return head(tokens, hidden, positions, visible, lambda k, v: context(0, k, v))
 
     # Its cost (orthrus_core.loop.Drafter; its cache and pending features are CachedDrafter's).
 

@@ -17,7 +17,10 @@ way gpt-fast does, with every shape fixed:
   step of one kind at one row bucket: the AR step (T = 1), the Orthrus diffusion pass and the verify pass
   (T = K), a tree verify pass (its ancestors given), whatever each row's length;
 * prefills run eager into the same cache: one pass per prompt, of the prompt's length, compute-bound where it
-  is long.
+  is long;
+* a drafter's per-cycle passes (DFlash's draft pass, EAGLE-3's drafting) run here too (`run`: any pass function
+  over fixed-shape tensors), on a cache of its own that the engine holds per capacity as it holds the target's
+  (`draft_cache`), so that they compile and capture once per row bucket, as the target's passes do.
 
 Eager passes over rows of one length (always at batch size 1) are the model's plain forward: slice writes, and
 no mask tensor for a single token, a diffusion block or (on CUDA) a verify pass. Rows of different lengths
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -126,12 +130,15 @@ class Engine:
         self.mode = check_engine(mode, p.device)
         self.model, self.device, self.dtype = model, p.device, p.dtype
         self.caches: dict[int, KVCache] = {}  # capacity bucket -> the engine's cache
+        # (id of a drafter's model config, capacity) -> that drafter's cache
+        self.draft_caches: dict[tuple[int, int], KVCache] = {}
         self.used: set[int] = set()  # capacity buckets handed out since `mark`
+        self.drafts_used: set[tuple[int, int]] = set()  # drafters' caches handed out since `mark`
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = None
         self.pool_bytes = 0  # memory the captured graphs' pool reserved (their intermediates)
         if self.mode == "compile":
-            self.compiled = Compiled(static_pass, "static_pass")  # one graph per pass kind and shape
+            self.compiled: dict[Callable, Compiled] = {}  # pass function -> its compiled form
             # Inductor reads these when it compiles, inside the first call of each shape (torch.compile's
             # `options` does not reach freezing), so every call runs under them.
             self.options = compile_options(self.device, autotune)
@@ -148,26 +155,37 @@ class Engine:
         one compiled and captured."""
         size = bucket(capacity)
         self.used.add(size)
+        return self._held(self.caches, size, self.model.config, rows, size)
+
+    def draft_cache(self, config, rows: int, capacity: int) -> KVCache:
+        """A drafter's own cache (for its model's `config`), as `new_cache` hands out the target's: a static
+        engine keeps one per capacity, reused by every decode, so that the drafter's captured passes read it where
+        they were captured. `capacity` is the drafter's exactly (the target's bucket and the drafter's room)."""
+        key = (id(config), capacity)
+        self.drafts_used.add(key)
+        return self._held(self.draft_caches, key, config, rows, capacity)
+
+    def _held(self, caches: dict, key, config, rows: int, capacity: int) -> KVCache:
         if not self.static:
-            return KVCache(self.model.config, rows, size, dtype=self.dtype, device=self.device)
-        cache = self.caches.get(size)
+            return KVCache(config, rows, capacity, dtype=self.dtype, device=self.device)
+        cache = caches.get(key)
         if cache is None or cache.rows < rows:
             if cache is not None:  # its graphs read buffers that are going away
-                self.graphs = {key: g for key, g in self.graphs.items() if key[0] != id(cache)}
-            cache = self.caches[size] = KVCache(
-                self.model.config, rows, size, dtype=self.dtype, device=self.device
-            )
+                self.graphs = {k: g for k, g in self.graphs.items() if not g.reads(cache.k)}
+            cache = caches[key] = KVCache(config, rows, capacity, dtype=self.dtype, device=self.device)
         cache.lengths = []
         return cache
 
     def mark(self) -> None:
         """Start counting the buckets handed out (a generation begins): see `held_bytes`."""
-        self.used = set()
+        self.used, self.drafts_used = set(), set()
 
     def held_bytes(self) -> int:
-        """Bytes of the caches this engine keeps for buckets not handed out since `mark`: another generation's
-        (a long item's cache outlives it, so that its graphs stay valid), not the current one's."""
-        return sum(c.nbytes for size, c in self.caches.items() if size not in self.used)
+        """Bytes of the caches (the target's and drafters') this engine keeps for buckets not handed out since
+        `mark`: another generation's (a long item's cache outlives it, so that its graphs stay valid), not the
+        current one's."""
+        target = sum(c.nbytes for size, c in self.caches.items() if size not in self.used)
+        return target + sum(c.nbytes for key, c in self.draft_caches.items() if key not in self.drafts_used)
 
     def capacity_used(self) -> int | None:
         """The largest capacity bucket handed out since `mark` (positions per row)."""
@@ -232,31 +250,51 @@ class Engine:
             ancestors = torch.cat(
                 [ancestors, torch.eye(T, dtype=torch.bool, device=ids.device).expand(pad, T, T)]
             )
-        args = (ids, slots, positions, ancestors, cache.k[:, :rows], cache.v[:, :rows])
-        if self.mode == "compile":
-            with torch._inductor.config.patch(self.options):
-                out = self.compiled(self.model, *args, diffusion, capture)
-        else:
-            key = (id(cache), rows, T, diffusion, ancestors is not None, capture)
-            graph = self.graphs.get(key)
-            if graph is None:
-                if self.pool is None and self.device.type == "cuda":
-                    self.pool = torch.cuda.graph_pool_handle()
-                graph = self.graphs[key] = _Graph(
-                    self.model, args, diffusion, capture, self.pool, self.device
-                )
-                self.pool_bytes += graph.pool_bytes
-            out = graph.replay(args)
+        inputs = (ids, slots, positions, ancestors)
+        fixed = (self.model, cache.k[:, :rows], cache.v[:, :rows], diffusion, capture)
+        out = self.run(static_pass, inputs, fixed)
         if not pad:
             return out
         return (out[0][:R], out[1][:R]) if capture else out[:R]
+
+    def run(self, fn: Callable, inputs: tuple, fixed: tuple):
+        """fn(*inputs, *fixed): one pass of the target or of a drafter in this engine's mode. `inputs` are what
+        changes from call to call (tensors, or None); `fixed` what the pass reads where it lies or bakes in
+        (models, cache buffers, flags). Eager calls it; compile calls one `Compiled` per pass function (each
+        shape compiled once); cudagraph captures it once per pass function, input shapes and fixed values (a
+        cache by its address) and replays it with the inputs copied into the graph's own buffers. A static mode
+        needs every input a tensor of a fixed shape and nothing read back to the host inside the pass."""
+        if self.mode == "eager":
+            return fn(*inputs, *fixed)
+        if self.mode == "compile":
+            compiled = self.compiled.get(fn)
+            if compiled is None:
+                compiled = self.compiled[fn] = Compiled(fn, fn.__name__)
+            with torch._inductor.config.patch(self.options):
+                return compiled(*inputs, *fixed)
+        shapes = tuple(None if a is None else (tuple(a.shape), a.dtype) for a in inputs)
+        key = (fn, shapes, tuple(_identity(f) for f in fixed))
+        graph = self.graphs.get(key)
+        if graph is None:
+            if self.pool is None and self.device.type == "cuda":
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = self.graphs[key] = _Graph(fn, inputs, fixed, self.pool, self.device)
+            self.pool_bytes += graph.pool_bytes
+        return graph.replay(inputs)
+
+
+def _identity(value):
+    """What a captured graph holds of a fixed argument: a tensor's address and shape, a module itself, a value."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value.data_ptr(), tuple(value.shape))
+    return ("object", id(value)) if isinstance(value, torch.nn.Module) else value
 
 
 def _pad_rows(x: torch.Tensor, pad: int, value) -> torch.Tensor:
     return torch.cat([x, x.new_full((pad, *x.shape[1:]), value)]) if pad else x
 
 
-def static_pass(model, ids, slots, positions, ancestors, k_cache, v_cache, diffusion: bool, capture):
+def static_pass(ids, slots, positions, ancestors, model, k_cache, v_cache, diffusion: bool, capture):
     """One pass with every shape fixed: write each row's K/V at its `slots` [R, T] and attend to the cache under
     the pass's visibility (`pass_visibility`)."""
     visible = pass_visibility(slots[:, 0], slots.shape[1], diffusion, ancestors)
@@ -271,15 +309,15 @@ def static_pass(model, ids, slots, positions, ancestors, k_cache, v_cache, diffu
 
 
 class _Graph:
-    """One captured pass: static input buffers, the graph, and its outputs (cloned on return, because the
-    next replay overwrites them while a decoder may still hold the last ones). On a CPU (a rehearsal,
-    orthrus_core.rehearsal) the capture is simulated: the same warm-up runs and captured run, and each replay
-    re-runs the pass on the static buffers."""
+    """One captured pass fn(*inputs, *fixed) (`Engine.run`): static input buffers, the graph, and its outputs
+    (cloned on return, because the next replay overwrites them while a decoder may still hold the last ones). On
+    a CPU (a rehearsal, orthrus_core.rehearsal) the capture is simulated: the same warm-up runs and captured run,
+    and each replay re-runs the pass on the static buffers."""
 
-    def __init__(self, model, args, diffusion, capture, pool, device):
-        self.inputs = [a.clone() if a is not None else None for a in args[:4]]
-        k_cache, v_cache = args[4], args[5]
-        self.run = lambda: static_pass(model, *self.inputs, k_cache, v_cache, diffusion, capture)  # noqa: E731
+    def __init__(self, fn, inputs, fixed, pool, device):
+        self.inputs = [a.clone() if a is not None else None for a in inputs]
+        self.addresses = {f.data_ptr() for f in fixed if isinstance(f, torch.Tensor)}
+        self.run = lambda: fn(*self.inputs, *fixed)  # noqa: E731
         mark, t0 = LEDGER.mark(), time.perf_counter()
         self.graph, self.pool_bytes = None, 0
         if device.type == "cuda":
@@ -290,8 +328,12 @@ class _Graph:
             self.outputs = self.run()
         # The capture's own seconds: compiles inside it (a new FlexAttention shape) are their own entries.
         seconds = time.perf_counter() - t0 - sum(c.seconds for c in LEDGER.since(mark))
-        kind = "diffusion" if diffusion else "tree" if args[3] is not None else "causal"
-        LEDGER.add("cudagraph", f"{kind} {describe(args[:1], {})}, cache {list(k_cache.shape)}", seconds)
+        cache = next(f for f in fixed if isinstance(f, torch.Tensor))
+        LEDGER.add("cudagraph", f"{fn.__name__} {describe(inputs, {})}, cache {list(cache.shape)}", seconds)
+
+    def reads(self, buffer: torch.Tensor) -> bool:
+        """Whether the graph reads `buffer` (a cache's) where it lies."""
+        return buffer.data_ptr() in self.addresses
 
     def _capture(self, pool, device):
         with torch.cuda.device(device):  # the streams and the capture belong to the model's device
@@ -313,8 +355,8 @@ class _Graph:
             # allocated to no tensor, so the allocator's peak never shows them.
             self.pool_bytes = torch.cuda.memory_reserved(device) - reserved
 
-    def replay(self, args):
-        for buffer, value in zip(self.inputs, args[:4], strict=True):
+    def replay(self, inputs):
+        for buffer, value in zip(self.inputs, inputs, strict=True):
             if buffer is not None:
                 buffer.copy_(value)
         if self.graph is not None:

@@ -90,9 +90,6 @@ class Drafter(ABC):
     what each row committed. Rows leave by `keep`, in step with the target cache."""
 
     capture: tuple[int, ...] = ()  # target hidden states the drafter reads, as `output_hidden_states` indices
-    # The passes this drafter runs itself, outside the engine (so eager in every engine mode), named for run.json
-    # and the report; None: its passes are the engine's (Orthrus' draft pass) or it runs none (prompt lookup).
-    outside_engine: str | None = None
 
     @property
     @abstractmethod
@@ -177,22 +174,13 @@ class CachedDrafter(Drafter):
     def bind(self, engine, cache):
         super().bind(engine, cache)
         self.draft_cache = None  # the last decode's, freed before the new one is allocated
-        self.draft_cache = KVCache(
-            self.cache_config,
-            cache.rows,
-            cache.capacity + self.extra,
-            dtype=cache.k.dtype,
-            device=cache.k.device,
-        )
+        self.draft_cache = engine.draft_cache(self.cache_config, cache.rows, cache.capacity + self.extra)
         self.pending: list = []
 
     def grow(self, cache):
         super().grow(cache)
         if cache.capacity + self.extra > self.draft_cache.capacity:
-            k = cache.k
-            grown = KVCache(
-                self.cache_config, cache.rows, cache.capacity + self.extra, dtype=k.dtype, device=k.device
-            )
+            grown = self.engine.draft_cache(self.cache_config, cache.rows, cache.capacity + self.extra)
             grown.copy_rows_from(self.draft_cache)
             self.draft_cache = grown
 

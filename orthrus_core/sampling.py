@@ -25,9 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .host import upload
 from .params import SamplingParams
 
 # Below this residual mass p and q agree to rounding: rejection there is a rounding artefact and p is exact.
@@ -131,27 +133,77 @@ class AcceptanceRule:
         self, tokens: list[int], parents: list[int], p: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[list[int], int]:
         """Deterministic drafts in a tree (node 0 the root, parents[i] < i), p [N, V] the target's distribution
-        after each node -> (accepted path of node indices from the root, next token)."""
+        after each node -> (accepted path of node indices from the root, next token).
+
+        The walk draws one uniform per child it tries and then the next token, in that order; it is computed
+        with two reads of the device: every node's tests (for the j-th child of node n, the mass left at n after
+        its first j - 1 children were rejected and that child's share of it, for all nodes at once) and as many
+        uniforms as the longest walk can try are read back together, the walk follows them on the host, and the
+        generator is set back to where the walk's last uniform left it, so that the next token is drawn from the
+        stream a walk that drew its uniforms one by one would draw it from."""
         children: list[list[int]] = [[] for _ in tokens]
         for i, parent in enumerate(parents[1:], start=1):
             children[parent].append(i)
-        node, path = 0, [0]
-        while True:
-            dist = p[node]
-            for child in children[node]:
-                x = tokens[child]
-                u = torch.rand((), generator=generator, device=dist.device)
-                # dist is unnormalised after rejections: accept with probability dist(x) / sum dist
-                if u * dist.sum() < self.ratio_scale * dist[x]:
-                    node = child
-                    path.append(child)
+        ranks = range(max(map(len, children)))
+        # per child rank j and node: the j-th child's token (0 where there is none) and whether there is one
+        child_tokens = upload(
+            [[tokens[c[j]] if j < len(c) else 0 for c in children] for j in ranks], p.device
+        )
+        tried = upload([[j < len(c) for c in children] for j in ranks], p.device, torch.bool)
+        # After rank j, dist is each node's mass with its first j children rejected. Each mass left is summed
+        # over its own row, as the walk sums it (a [N, V] tensor's row sums round otherwise at a large V).
+        dist, masses, shares = p, [], []
+        for j in ranks:
+            x = child_tokens[j]
+            masses += [dist[n].sum() for n, kids in enumerate(children) if j < len(kids)]
+            shares.append(dist.gather(1, x[:, None])[:, 0])
+            residual = self.residual(dist, F.one_hot(x, dist.shape[-1]).to(dist.dtype))
+            dist = torch.where(tried[j][:, None], residual, dist)
+        generator = generator if generator is not None else _default_generator(p.device)
+        draws, states = [], [generator.get_state()]
+        for _ in range(_longest_walk(children)):
+            draws.append(torch.rand((), generator=generator, device=p.device))
+            states.append(generator.get_state())
+        node, path, used = 0, [0], 0
+        if draws:  # one read-back: the uniforms, the masses left and the children's shares
+            host = np.float32(torch.cat([torch.stack(draws + masses), *shares]).tolist())
+            u, mass = host[: len(draws)], iter(host[len(draws) : len(draws) + len(masses)])
+            mass_at = {(j, n): next(mass) for j in ranks for n, kids in enumerate(children) if j < len(kids)}
+            share_at = host[len(draws) + len(masses) :].reshape(-1, len(tokens))
+            scale = np.float32(self.ratio_scale)
+            while children[node]:
+                for j, child in enumerate(children[node]):
+                    # the mass is unnormalised after rejections: accept with probability share / mass left
+                    accept = u[used] * mass_at[j, node] < scale * share_at[j, node]
+                    used += 1
+                    if accept:
+                        node = child
+                        path.append(child)
+                        break
+                else:
                     break
-                dist = self.residual(
-                    dist, F.one_hot(torch.tensor(x, device=dist.device), dist.shape[-1]).to(dist.dtype)
-                )
-            else:
-                residual = dist if dist.sum() > RESIDUAL_EPS else p[node]
-                return path, int(sample(residual, generator))
+            generator.set_state(states[used])
+        left = dist[node]
+        return path, int(sample(torch.where(left.sum() > RESIDUAL_EPS, left, p[node]), generator))
+
+
+def _longest_walk(children: list[list[int]]) -> int:
+    """The most children a walk from the root can try: the j-th child of a node is tried after its j - 1 elder
+    siblings, and a walk ends having tried all of its last node's children."""
+    before = [0] * len(children)  # children tried on the way to each node
+    for n, kids in enumerate(children):
+        for j, child in enumerate(kids):
+            before[child] = before[n] + j + 1
+    return max(b + len(kids) for b, kids in zip(before, children, strict=True))
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    """The generator a draw with `generator=None` takes on `device`."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()
+        ]
+    return torch.default_generator
 
 
 EXACT = AcceptanceRule()

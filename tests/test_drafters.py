@@ -433,3 +433,18 @@ def test_captured_features_use_transformers_hidden_state_indices(target):
         _, ours = target(ids, 0, target.new_cache(5), capture=(0, 2, 5, 6))
     expected = torch.cat([hf_states[i] for i in (0, 2, 5, 6)], dim=-1)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_every_method_of_the_decode_loop_runs_its_drafters_passes_in_the_engine():
+    """run.json's `outside_engine` is null for every method of the registry that decodes in the loop (every
+    batched one, EAGLE-3's chains too): its drafter's passes are the engine's (Engine.run). The baselines outside
+    the loop (transformers' generate, the official loop) still say that every pass of theirs is outside it."""
+    from harness.methods import BATCHED, make_decoder
+    from harness.methods.target import load_target
+    from harness.run.runner import method_provenance
+
+    target = load_target(None)
+    for spec in [*BATCHED, "eagle3:tree=chain"]:
+        assert method_provenance(make_decoder(spec, target))["outside_engine"] is None, spec
+    for spec in ("ar-hf", "orthrus:cache=dynamic"):
+        assert make_decoder(spec, target).outside_engine == "every pass", spec

@@ -154,15 +154,15 @@ def test_the_static_pass_with_padding_rows_computes_what_each_row_computes_alone
         slots if kind != "tree" else slots[:, :1] + torch.cat([options["depth"], torch.zeros(1, 4)]).long()
     )
     anc = None if kind != "tree" else torch.cat([options["ancestors"], torch.eye(4, dtype=torch.bool)[None]])
-    got = static_pass(model, ids, slots, positions, anc, static.k, static.v, kind == "diffusion", ())
+    got = static_pass(ids, slots, positions, anc, model, static.k, static.v, kind == "diffusion", ())
     for b, p in enumerate(prompts):
         torch.testing.assert_close(got[b], expected(model, p, b, kind), rtol=1e-5, atol=1e-5)
         end = len(p) + 4
         torch.testing.assert_close(static.k[:, b, :, :end], eager.k[:, b, :, :end])
         torch.testing.assert_close(static.v[:, b, :, :end], eager.v[:, b, :, :end])
 
+    monkeypatch.setattr("orthrus_core.engine.Compiled", lambda fn, kind: fn)  # the static path, uncompiled
     engine = Engine(model, "compile", autotune=False)
-    monkeypatch.setattr(engine, "compiled", static_pass)  # the engine's static path, uncompiled
     engine.new_cache(4, 64)  # the engine's cache holds 4 rows: 3 active rows run as a bucket of 4
     cache = prefilled(engine, prompts, rows=3)
     assert cache.rows == 4
@@ -199,7 +199,7 @@ def test_the_static_pass_computes_the_eager_pass(diffusion):
     start, block = prompt.shape[1], prompt[:, :5]
     expected = model(block, start, eager, diffusion=diffusion)
     slots = torch.arange(start, start + 5)[None]
-    got = static_pass(model, block, slots, slots, None, static.k, static.v, diffusion, ())
+    got = static_pass(block, slots, slots, None, model, static.k, static.v, diffusion, ())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(static.k[:, :, :, : start + 5], eager.k[:, :, :, : start + 5])
     parents = torch.tensor([-1, 0, 1, 0, 3])  # node 3 is not a descendant of node 1
@@ -207,7 +207,7 @@ def test_the_static_pass_computes_the_eager_pass(diffusion):
     assert not options["visible"].dense(64)[0, 0, 3, start + 1]
     expected = model(block, start, eager, **options)
     got = static_pass(
-        model, block, slots, options["positions"], ancestors(parents)[None], static.k, static.v, False, ()
+        block, slots, options["positions"], ancestors(parents)[None], model, static.k, static.v, False, ()
     )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 

@@ -14,13 +14,15 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import random_prompts
 
 from harness.run.runner import execute
 from harness.run.spec import RunSpec
 from harness.store import load_run, read_records
 from orthrus_core.attention import Visibility, attend
 from orthrus_core.compiled import LEDGER
-from orthrus_core.engine import bucket, row_bucket
+from orthrus_core.engine import Engine, bucket, row_bucket
+from orthrus_core.loop import Request, decode
 from orthrus_core.rehearsal import rehearsal
 
 
@@ -55,8 +57,7 @@ NODES = {"ar": 1, "orthrus": ORTHRUS_K, "pld": PLD_NODES, "dflash": DFLASH_K, "e
 def flex_shapes(method: str, rows: int, capacity: int) -> set:
     """The FlexAttention shapes `method` compiles at a (row bucket, capacity bucket): its static passes (a
     window over the pass's own tokens, or a tree's ancestors; Orthrus' diffusion and verify passes share one)
-    and its drafter's own passes, which take FlexAttention over several rows only, except EAGLE-3's expansion
-    (every level one shape)."""
+    and its drafter's own passes, static too (EAGLE-3: its first pass, and every expansion level one shape)."""
 
     def static(T, kind="window"):  # noqa: E306
         return ("static", rows, T, kind, capacity)
@@ -68,23 +69,23 @@ def flex_shapes(method: str, rows: int, capacity: int) -> set:
     if method == "pld":  # at its full width, drafts or not
         return {static(PLD_NODES)}
     if method == "dflash":
-        return {static(DFLASH_K)} | ({("dflash draft", rows, capacity)} if rows > 1 else set())
+        return {static(DFLASH_K), ("dflash draft", rows, capacity)}
     if method == "eagle3":
-        drafter = {("eagle3 expansion", rows, capacity)}
-        drafter |= {("eagle3 first pass", rows, capacity)} if rows > 1 else set()
+        drafter = {("eagle3 first pass", rows, capacity), ("eagle3 expansion", rows, capacity)}
         return {static(TREE_NODES, "tree")} | drafter
     return set()  # ar-hf and the official loop: SDPA only
 
 
 def graphs(method: str, rows: int, capacity: int) -> set:
     """The CUDA graphs `method` captures at a (row bucket, capacity bucket): one per static pass kind, keyed as
-    the engine keys them (tokens, diffusion view, tree, the features the drafter reads)."""
+    the engine keys them (tokens, diffusion view, tree, the features the drafter reads), and its drafter's one
+    (DFlash's draft pass, EAGLE-3's drafting)."""
     return {
         "ar": {(rows, 1, "ar", ())},
         "orthrus": {(rows, ORTHRUS_K, "diffusion", ()), (rows, ORTHRUS_K, "ar", ())},
         "pld": {(rows, PLD_NODES, "ar", ())},
-        "dflash": {(rows, DFLASH_K, "ar", "dflash features")},
-        "eagle3": {(rows, TREE_NODES, "tree", "eagle3 features")},
+        "dflash": {(rows, DFLASH_K, "ar", "dflash features"), (rows, "dflash draft")},
+        "eagle3": {(rows, TREE_NODES, "tree", "eagle3 features"), (rows, "eagle3 draft")},
     }.get(method, set())
 
 
@@ -172,3 +173,39 @@ def test_a_run_shaped_like_bench_8b_compiles_its_known_shapes_in_warm_up_and_dec
             assert {(r["suite"], r["item_id"], r["method"]): r["output_ids"] for r in rehearsed} == {
                 (r["suite"], r["item_id"], r["method"]): r["output_ids"] for r in cpu
             }
+
+
+# ------------------------------------------------------------------------------------------ drafters' passes
+
+
+def decode_all(engine, drafter, rows: int) -> None:
+    prompts = [p + p[:3] for p in random_prompts(4, seed=4, min_len=3, max_len=10)]
+    queue = [Request(p, n, [], key=i) for i, (p, n) in enumerate(zip(prompts, [16, 11, 16, 6], strict=True))]
+    queue.reverse()
+    for _ in decode(engine, drafter, lambda: queue.pop() if queue else None, rows, continuous=True):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["compile", "cudagraph"])
+def test_a_drafters_passes_compile_or_capture_once_per_row_bucket(micro, mode):
+    """The drafters' passes run in the target's engine (Engine.run), on the CUDA route (rehearsed): under compile
+    one graph per pass function and row bucket, under cudagraph one capture per row bucket (its cache the
+    engine's, at one address), and a second decode of the same shapes makes nothing new."""
+    target, drafters = micro
+    for name, kind in (
+        ("dflash", "draft_block"),
+        ("eagle3:tree=chain", "draft_tree"),
+        ("eagle3", "draft_tree"),
+    ):
+        torch._dynamo.reset()
+        made = []
+        with rehearsal():
+            engine = Engine(target, mode, autotune=False)
+            for rows in (2, 1, 2, 1):  # the batch of 2 ends on one row: row buckets 2 and 1
+                mark = LEDGER.mark()
+                decode_all(engine, drafters[name], rows)
+                made.append(
+                    sum(c.kind == kind or c.kind == "cudagraph" and c.shapes.startswith(kind)
+                        for c in LEDGER.since(mark))
+                )  # fmt: skip
+        assert sum(made[:2]) == 2 and made[2:] == [0, 0], (name, made)

@@ -4,6 +4,7 @@ one is the rule as written out here independently, draw for draw, and a planted 
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import random_model, random_prompts
 
 from harness.methods import make_decoder
@@ -11,11 +12,12 @@ from harness.methods.target import Target
 from harness.verify.equivalence import randomized_pit, uniformity_pvalues
 from orthrus_core.attention import CAUSAL
 from orthrus_core.engine import Engine
+from orthrus_core.host import HostSyncs
 from orthrus_core.loop import Drafter, Proposal, Request, decode, generate
 from orthrus_core.micro import micro_model
 from orthrus_core.orthrus import OrthrusDrafter
 from orthrus_core.params import SamplingParams
-from orthrus_core.sampling import EXACT, RESIDUAL_EPS, AcceptanceRule, probs
+from orthrus_core.sampling import EXACT, RESIDUAL_EPS, AcceptanceRule, probs, residual_distribution
 
 ALPHA = 0.01
 
@@ -251,3 +253,48 @@ def test_the_acceptance_rule_is_an_argument_of_the_loop(near_ar, rows):
         prompts[0], 40, params, seed=0, stop_token_ids=[], rule=AcceptanceRule(position_shift=1)
     )
     assert shifted.tokens != exact.tokens
+
+
+def walk_child_by_child(tokens, parents, p, generator):
+    """The multi-draft rule walked with a read of the device per child tried (the rule's arithmetic: u times the
+    mass left against the child's share), as the loop walked it before the walk read the device once."""
+    node, path = 0, [0]
+    while True:
+        dist = p[node]
+        for child in [i for i, parent in enumerate(parents) if parent == node]:
+            u = torch.rand((), generator=generator)
+            if u * dist.sum() < dist[tokens[child]]:
+                node = child
+                path.append(child)
+                break
+            dist = residual_distribution(
+                dist, F.one_hot(torch.tensor(tokens[child]), dist.shape[-1]).to(dist.dtype)
+            )
+        else:
+            residual = dist if dist.sum() > RESIDUAL_EPS else p[node]
+            return path, int(torch.multinomial(residual, 1, generator=generator)[0])
+
+
+@pytest.mark.parametrize("vocab", [6, 151_936])
+def test_the_tree_walk_reads_the_device_once_and_leaves_the_stream_where_a_child_by_child_walk_does(vocab):
+    """The tree rule's walk, computed from one read-back (the uniforms a longest walk can draw and every node's
+    tests), accepts what a walk reading the device per child accepts, draws the same next token, and leaves the
+    generator where that walk leaves it, so the row's later draws are the same too; at a vocabulary as large as
+    Qwen3's too, where a [N, V] tensor's row sums round otherwise than each row's own sum."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(40 if vocab < 100 else 4):
+        N = int(torch.randint(1, 9, (), generator=g))
+        parents = [-1] + [int(torch.randint(0, i, (), generator=g)) for i in range(1, N)]
+        p = torch.softmax(torch.randn(N, vocab, generator=g) * (2 if vocab < 100 else 8), -1)
+        tokens = p.argmax(-1)[torch.tensor(parents).clamp_min(0)].tolist()  # often accepted
+        tokens = [
+            int(torch.randint(0, vocab, (), generator=g)) if i % 3 == 2 else t for i, t in enumerate(tokens)
+        ]
+        seed = int(torch.randint(0, 2**31, (), generator=g))
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        syncs = HostSyncs()
+        with syncs:
+            walked = EXACT.tree(tokens, parents, p, ours)
+        assert walked == walk_child_by_child(tokens, parents, p, theirs)
+        assert torch.equal(ours.get_state(), theirs.get_state())
+        assert syncs.total <= 2  # the walk's one read-back and the next token

@@ -192,7 +192,7 @@ class LoopDecoder(Decoder):
 
     @property
     def outside_engine(self) -> str | None:
-        return None if self.drafter is None else self.drafter.outside_engine
+        return None  # every pass of the loop, the drafter's too, runs in the target's engine (Engine.run)
 
     @property
     def compiles_per_shape(self) -> bool:
