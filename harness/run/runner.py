@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass
@@ -265,16 +264,14 @@ def _measured(decoder: Decoder, telemetry: Telemetry, device: torch.device, sink
     bucket, a new tree size; or transformers' own compile for `ar-hf:cache=static`) is run again, the same seed
     giving the same tokens and shapes, so that no record's time holds a compilation; its measure keeps the
     first call's compiles, so that the record says so."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    clock = Clock(device)
 
     def timed(args, kwargs):
         before = compilations()
         telemetry.start()
-        sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         result = decoder.generate(*args, **kwargs)
-        sync()
-        wall = time.perf_counter() - t0
+        wall = clock() - t0
         return result, wall, telemetry.stop(), compilations() - before
 
     def generate(*args, **kwargs):
