@@ -18,8 +18,8 @@ match its configuration and its shard (a whole run stays whole, shard i/n stays 
 run.json cannot be resumed.
 
 One process writes a directory at a time (`WriterLock`: an flock the kernel releases when its holder dies):
-a run, a repair, a verify writing verdicts.json, a merge. Files are replaced atomically (`replace_file`): a
-failed write leaves the old file and no partial one.
+a run, a repair, a verify writing verdicts.json, a merge. Files are replaced atomically
+(orthrus_core.jsonfile's `replace_file` and `write_json`): a failed write leaves the old file and no partial one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import socket
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 from harness.paths import checkpoint_location
 from harness.records import ENGINE, Record, schema_problem, unit_key, unit_name
 from harness.run.seeds import generation_seed
+from orthrus_core.jsonfile import json_safe, replace_file, write_json
 from orthrus_core.params import SamplingParams
 
 RECORDS = "records.jsonl"
@@ -425,48 +425,9 @@ class RunStore:
             self._lock.release()
 
 
-def json_safe(obj, *, infinity_as_text: bool = True):
-    """JSON without NaN/inf (strict readers reject them): non-finite floats become None, or strings ("inf",
-    "-inf") where an infinity means something (a statistic, a bound); without `infinity_as_text` (a record's
-    measurements, which readers average) every non-finite float becomes None, not measured."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v, infinity_as_text=infinity_as_text) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v, infinity_as_text=infinity_as_text) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) or not infinity_as_text else str(obj)
-    return obj
-
-
-def json_text(obj, **kwargs) -> str:
-    """`obj` as standard JSON, every file and line the project writes: json_safe, then no NaN or Infinity
-    token (allow_nan=False), which strict parsers reject."""
-    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
-
-
 def record_line(record: dict) -> bytes:
     """One record as its records.jsonl line (standard JSON: a non-finite measurement is written null)."""
     return json.dumps(json_safe(record, infinity_as_text=False), allow_nan=False).encode() + b"\n"
-
-
-def replace_file(path: Path, payload: bytes) -> None:
-    """Replace `path` atomically: a reader sees the old file or the new one, never a mix, and a failed write
-    (a full disk) leaves the old file and no partial one."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Replace `path` atomically with `obj` as JSON (replace_file)."""
-    replace_file(path, (json_text(obj, indent=2, default=str) + "\n").encode())
 
 
 def check_out(

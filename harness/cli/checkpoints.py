@@ -185,7 +185,7 @@ def cmd_inspect(args) -> int:
             plan_code, plan_text, out["plan"] = memory_plan(args, info.path)
             text += plan_text
             code = max(code, plan_code)
-    from harness.store import json_text
+    from orthrus_core.jsonfile import json_text
 
     print(json_text(out) if args.json else "\n".join(text))
     return code
@@ -217,7 +217,7 @@ def inspect_shape(args) -> int:
     if args.context is not None:
         code, plan_text, out["plan"] = memory_plan(args, name)
         text += plan_text
-    from harness.store import json_text
+    from orthrus_core.jsonfile import json_text
 
     print(json_text(out) if args.json else "\n".join(text))
     return code

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orthrus_core.generation import GenerationResult, check_prompt, offsets, stop_ids
+from orthrus_core.jsonfile import write_json
 from orthrus_core.loop import Finished
 from orthrus_core.params import GREEDY
 from orthrus_core.sampling import EXACT
@@ -137,7 +138,7 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     h = hashlib.sha256((directory / "config.json").read_bytes())
     for shard in sorted(set(files.values())):
         h.update(f"{shard.name}:{_digest(shard, memo)}".encode())
-    _write_atomically(memo_file, json.dumps(memo, indent=1, allow_nan=False))
+    write_json(memo_file, memo)
     out = cache / h.hexdigest()[:16]
     if (out / "config.json").is_file():
         return out
@@ -152,11 +153,11 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     if (directory / "model.safetensors.index.json").is_file():
         index = read_json(directory / "model.safetensors.index.json")
         index["weight_map"] = {name: shard.name for name, shard in sorted(kept.items())}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, allow_nan=False))
+        write_json(tmp / "model.safetensors.index.json", index)
     config = {k: v for k, v in raw.items() if k not in ("auto_map", "block_size", "mask_token_id")}
     config["architectures"] = ["Qwen3ForCausalLM"]
     config["model_type"] = "qwen3"
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False))
+    write_json(tmp / "config.json", config)
     for path in directory.iterdir():
         if path.is_file() and (path.name.startswith("tokenizer") or path.suffix in (".jinja", ".txt") or
                                path.name in ("generation_config.json", "special_tokens_map.json",
@@ -168,12 +169,6 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     except OSError:  # another process exported the same checkpoint meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # The engine.
