@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from harness.paths import checkpoint_location
-from harness.records import ENGINE, Record, schema_problem, unit_key, unit_name
+from harness.records import BACKEND, Record, schema_problem, unit_key, unit_name, upgraded
 from harness.run.seeds import generation_seed
 from orthrus_core.jsonfile import json_safe, replace_file, write_json
 from orthrus_core.params import SamplingParams
@@ -105,7 +105,8 @@ class RunInfo:
             raise StoreError(
                 f"{source} is not an orthrus-bench run.json ({problem}; the schema is harness.store.RunInfo)"
             )
-        return cls(**{"config_hash": "", **data})
+        methods = {label: _method_now(m) for label, m in data.get("methods", {}).items()}
+        return cls(**{"config_hash": "", **data, "methods": methods})
 
     def to_dict(self) -> dict:
         optional = ("launch", "merged_from", "compiles")
@@ -233,7 +234,7 @@ def scan(path: Path, run: RunInfo | None = None) -> Scan:
 
     for index, line in enumerate(lines):
         try:
-            record = json.loads(line.raw, parse_constant=_refuse_constant)
+            record = upgraded(json.loads(line.raw, parse_constant=_refuse_constant))
         except ValueError as exc:  # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
             cut_short("the rest of its unit unreadable")
             unreadable = f"not valid JSON ({exc})"
@@ -295,6 +296,15 @@ def scan(path: Path, run: RunInfo | None = None) -> Scan:
     return Scan(path, records, record_lines, good_end, bad, tail, newline_missing)
 
 
+def _method_now(method: dict) -> dict:
+    """A run.json method entry (and its engine_config) with the keys renamed since it was written given their
+    names now (harness.records.RENAMED: `engine`, whose engine decoded it, is `backend`)."""
+    method = upgraded(method)
+    if isinstance(method.get("engine_config"), dict):
+        method = {**method, "engine_config": upgraded(method["engine_config"])}
+    return method
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not standard JSON")
 
@@ -315,9 +325,9 @@ def not_of_run(record: dict, run: RunInfo) -> str | None:
     for key, recorded in (("method_name", known.get("name")), ("lossless", known.get("lossless"))):
         if recorded is not None and record[key] != recorded:
             return f"its {key} is {record[key]!r}, the run's {method} has {recorded!r}"
-    engine, ran_in = record.get("engine", ENGINE), known.get("engine", ENGINE)
-    if engine != ran_in:
-        return f"its engine is {engine}, the run's {method} ran in {ran_in}"
+    backend, ran_in = record.get("backend", BACKEND), known.get("backend", BACKEND)
+    if backend != ran_in:
+        return f"its backend is {backend}, the run's {method} ran in {ran_in}"
     items = run.suites[suite].get("items")
     if not item.startswith(f"{suite}/") or (items is not None and item not in items):
         selected = f"the {len(items)} items" if items is not None else "the items"

@@ -19,7 +19,7 @@ from pathlib import Path
 from orthrus_core import memory
 from orthrus_core.memory import Decoding
 
-from . import ENGINE, engine_of, resolve_options
+from . import BACKEND, backend_of, resolve_options
 from .checkpoints import PUBLIC_DRAFT_SHAPES, PUBLIC_DRAFTS, QWEN3_SHAPES, find_draft
 from .target import Target, torch_dtype
 
@@ -66,9 +66,9 @@ def decoding_for(spec: str, target: PlanTarget) -> Decoding:
     from orthrus_core.eagle3 import Eagle3Drafter
 
     name, module, options, label = resolve_options(spec)
-    if engine_of(spec) != ENGINE:
+    if backend_of(spec) != BACKEND:
         raise ValueError(
-            f"{label}: decoded by {engine_of(spec)}, which plans its own memory (its kv_cache_gib and "
+            f"{label}: decoded by {backend_of(spec)}, which plans its own memory (its kv_cache_gib and "
             "gpu_memory_utilization options) and refuses at start what does not fit; not planned here"
         )
     model = target.model
@@ -224,5 +224,5 @@ def plan_loaded(
             sampling=sampling,
         )
         for decoder in decoders
-        if decoder.engine_name == ENGINE
+        if decoder.backend == BACKEND
     ]

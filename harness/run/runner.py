@@ -243,7 +243,7 @@ def method_provenance(d: Decoder) -> dict:
         "hash": config_hash(config),
         "checkpoints": checkpoints,
         "outside_engine": d.outside_engine,
-        "engine": d.engine_name,  # the project's, or vllm (its version and arguments in engine_config)
+        "backend": d.backend,  # the project's, or vllm (its version and arguments in engine_config)
         **({"engine_config": d.engine_config} if d.engine_config else {}),
     }
 
@@ -309,7 +309,7 @@ def unit_fields(suite: Suite, item: SuiteItem, label: str, decoder: Decoder, sam
         method_name=decoder.name,
         lossless=decoder.lossless,
         sample=sample,
-        engine=decoder.engine_name,
+        backend=decoder.backend,
     )
 
 
