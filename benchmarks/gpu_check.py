@@ -73,12 +73,13 @@ from harness.methods.target import load_target  # noqa: E402
 from harness.paths import default_model  # noqa: E402
 from harness.run.runner import execute  # noqa: E402
 from harness.run.spec import RunSpec  # noqa: E402
-from harness.store import json_text, read_records  # noqa: E402
+from harness.store import read_records  # noqa: E402
 from harness.suites.suite import load_suite  # noqa: E402
 from harness.verify.config import VerifyConfig  # noqa: E402
 from harness.verify.verdicts import verify_main  # noqa: E402
 from orthrus_core import compiled  # noqa: E402
 from orthrus_core.checkpoint import save_model  # noqa: E402
+from orthrus_core.jsonfile import replace_file, write_json  # noqa: E402
 from orthrus_core.rehearsal import rehearsal  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -799,13 +800,8 @@ def write(out: Path, result: dict, t0: float) -> None:
     """gpu_check.json and gpu_check.md as they stand, each replaced whole (a kill leaves the last complete)."""
     result["failed"] = sorted(result["errors"])
     result["seconds"] = time.perf_counter() - t0
-    for name, text in (
-        ("gpu_check.json", json_text(result, indent=2, default=str)),
-        ("gpu_check.md", markdown(result)),
-    ):
-        partial = out / f".{name}.partial"
-        partial.write_text(text)
-        partial.replace(out / name)
+    write_json(out / "gpu_check.json", result)
+    replace_file(out / "gpu_check.md", markdown(result).encode())
 
 
 def failed_rows(name: str, value: dict) -> list[str]:
@@ -916,7 +912,7 @@ def main(argv=None) -> int:
         counts = {
             name: {k: n for k, (n, _) in step["compiled"].items()} for name, step in result["steps"].items()
         }
-        PLAN_FILE.write_text(json_text({"rehearsed_with": machine(), "steps": counts}, indent=2) + "\n")
+        write_json(PLAN_FILE, {"rehearsed_with": machine(), "steps": counts})
     print(markdown(result))
     return 1 if result["failed"] else 0
 

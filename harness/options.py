@@ -14,7 +14,6 @@ import re
 from orthrus_core.params import SamplingParams
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-ENGINE_MODES = ("auto", "eager", "compile", "cudagraph")
 
 
 class OptionError(ValueError):
@@ -62,12 +61,6 @@ def check_device(device: str) -> str:
                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
             )
     return device
-
-
-def check_engine_name(engine: str) -> str:
-    if engine not in ENGINE_MODES:
-        raise OptionError(f"--engine {engine}: unknown; choose one of {', '.join(ENGINE_MODES)}")
-    return engine
 
 
 def check_length(

@@ -94,7 +94,11 @@ class BatchFields:
 BATCH_FIELDS = tuple(f.name for f in fields(BatchFields))
 
 
-ENGINE = "orthrus-bench"  # the project's own engine (harness.methods.ENGINE); vLLM's methods record "vllm"
+# Whose engine decoded a method: the project's own (harness.methods.BACKEND); vLLM's methods record "vllm".
+# ("engine" alone is the project's engine and its mode, eager, compile or cudagraph: run.json's `engine`.)
+BACKEND = "orthrus-bench"
+# Keys renamed since records were first written: old name -> new (issue 39: a record's `engine` is its backend)
+RENAMED = {"engine": "backend"}
 
 
 @dataclass(kw_only=True)
@@ -109,8 +113,9 @@ class UnitFields:
     sample: int
     turn: int
     turns: int
-    # Added with issue 28 (absent from older records, all the project's): the engine that decoded it
-    engine: str = ENGINE
+    # Added with issue 28 (absent from older records, all the project's) as `engine`, named `backend` since issue
+    # 39 (readers rename it: `upgraded`): whose engine decoded it, the project's or vLLM's
+    backend: str = BACKEND
     # Added with issue 37 (absent from older records): the config_hash of the run.json of the run that wrote it,
     # stamped by harness.store as it writes, so that a record from another run's configuration is found
     config_hash: str | None = None
@@ -256,6 +261,14 @@ def _type_name(hint) -> str:
     return (
         "null" if hint is type(None) else getattr(hint, "__name__", None) if not get_args(hint) else str(hint)
     )
+
+
+def upgraded(record):
+    """A record as read from disk with the keys renamed since it was written given their names now (RENAMED),
+    so that every reader sees one schema; anything else (not a dict) as it is, for schema_problem to judge."""
+    if not isinstance(record, dict) or not RENAMED.keys() & record.keys():
+        return record
+    return {RENAMED.get(key, key): value for key, value in record.items()}
 
 
 def schema_problem(record) -> str | None:

@@ -18,8 +18,8 @@ match its configuration and its shard (a whole run stays whole, shard i/n stays 
 run.json cannot be resumed.
 
 One process writes a directory at a time (`WriterLock`: an flock the kernel releases when its holder dies):
-a run, a repair, a verify writing verdicts.json, a merge. Files are replaced atomically (`replace_file`): a
-failed write leaves the old file and no partial one.
+a run, a repair, a verify writing verdicts.json, a merge. Files are replaced atomically
+(orthrus_core.jsonfile's `replace_file` and `write_json`): a failed write leaves the old file and no partial one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import socket
 import sys
@@ -37,8 +36,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from harness.paths import checkpoint_location
-from harness.records import ENGINE, Record, schema_problem, unit_key, unit_name
+from harness.records import BACKEND, Record, schema_problem, unit_key, unit_name, upgraded
 from harness.run.seeds import generation_seed
+from orthrus_core.jsonfile import json_safe, replace_file, write_json
 from orthrus_core.params import SamplingParams
 
 RECORDS = "records.jsonl"
@@ -105,7 +105,8 @@ class RunInfo:
             raise StoreError(
                 f"{source} is not an orthrus-bench run.json ({problem}; the schema is harness.store.RunInfo)"
             )
-        return cls(**{"config_hash": "", **data})
+        methods = {label: _method_now(m) for label, m in data.get("methods", {}).items()}
+        return cls(**{"config_hash": "", **data, "methods": methods})
 
     def to_dict(self) -> dict:
         optional = ("launch", "merged_from", "compiles")
@@ -270,7 +271,7 @@ def line_record(line: Line, unfinished: bool, run: RunInfo | None) -> tuple[dict
     """(the line's record, "") where it is one of the run's records; else (None, what that makes of the rest of
     its unit), the line's problem set. `unfinished`: the line is the last one, without its newline."""
     try:
-        record = json.loads(line.raw, parse_constant=_refuse_constant)
+        record = upgraded(json.loads(line.raw, parse_constant=_refuse_constant))
     except ValueError as exc:  # not JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         unreadable = f"not valid JSON ({exc})"
         line.problem = "an unfinished line (no newline after it)" if unfinished else unreadable
@@ -314,6 +315,15 @@ def writer_stopped(tail: list[Line], run: RunInfo | None) -> bool:
     return stopped
 
 
+def _method_now(method: dict) -> dict:
+    """A run.json method entry (and its engine_config) with the keys renamed since it was written given their
+    names now (harness.records.RENAMED: `engine`, whose engine decoded it, is `backend`)."""
+    method = upgraded(method)
+    if isinstance(method.get("engine_config"), dict):
+        method = {**method, "engine_config": upgraded(method["engine_config"])}
+    return method
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not standard JSON")
 
@@ -334,9 +344,9 @@ def not_of_run(record: dict, run: RunInfo) -> str | None:
     for key, recorded in (("method_name", known.get("name")), ("lossless", known.get("lossless"))):
         if recorded is not None and record[key] != recorded:
             return f"its {key} is {record[key]!r}, the run's {method} has {recorded!r}"
-    engine, ran_in = record.get("engine", ENGINE), known.get("engine", ENGINE)
-    if engine != ran_in:
-        return f"its engine is {engine}, the run's {method} ran in {ran_in}"
+    backend, ran_in = record.get("backend", BACKEND), known.get("backend", BACKEND)
+    if backend != ran_in:
+        return f"its backend is {backend}, the run's {method} ran in {ran_in}"
     items = run.suites[suite].get("items")
     if not item.startswith(f"{suite}/") or (items is not None and item not in items):
         selected = f"the {len(items)} items" if items is not None else "the items"
@@ -444,48 +454,9 @@ class RunStore:
             self._lock.release()
 
 
-def json_safe(obj, *, infinity_as_text: bool = True):
-    """JSON without NaN/inf (strict readers reject them): non-finite floats become None, or strings ("inf",
-    "-inf") where an infinity means something (a statistic, a bound); without `infinity_as_text` (a record's
-    measurements, which readers average) every non-finite float becomes None, not measured."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v, infinity_as_text=infinity_as_text) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v, infinity_as_text=infinity_as_text) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) or not infinity_as_text else str(obj)
-    return obj
-
-
-def json_text(obj, **kwargs) -> str:
-    """`obj` as standard JSON, every file and line the project writes: json_safe, then no NaN or Infinity
-    token (allow_nan=False), which strict parsers reject."""
-    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
-
-
 def record_line(record: dict) -> bytes:
     """One record as its records.jsonl line (standard JSON: a non-finite measurement is written null)."""
     return json.dumps(json_safe(record, infinity_as_text=False), allow_nan=False).encode() + b"\n"
-
-
-def replace_file(path: Path, payload: bytes) -> None:
-    """Replace `path` atomically: a reader sees the old file or the new one, never a mix, and a failed write
-    (a full disk) leaves the old file and no partial one."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Replace `path` atomically with `obj` as JSON (replace_file)."""
-    replace_file(path, (json_text(obj, indent=2, default=str) + "\n").encode())
 
 
 def check_out(

@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen3Config
 
+from .jsonfile import write_json
 from .model import OrthrusForCausalLM
 
 ORTHRUS_ARCHITECTURES = {"OrthrusLM"}
@@ -406,12 +407,7 @@ def save_model(
         weight_map = {t: name for name, shard in zip(names, shards, strict=True) for t in shard}
         total = sum(t.numel() * t.element_size() for t in state.values())
         staged[INDEX_FILE] = directory / f".{INDEX_FILE}.partial"
-        staged[INDEX_FILE].write_text(
-            json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, allow_nan=False
-            )
-            + "\n"
-        )
+        write_json(staged[INDEX_FILE], {"metadata": {"total_size": total}, "weight_map": weight_map})
     staged["config.json"] = directory / ".config.json.partial"
     config.to_json_file(staged["config.json"], use_diff=False)
     for stale in [

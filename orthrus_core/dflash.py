@@ -15,7 +15,6 @@ commits the context rows (DFlash's `crop(start)`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from .attention import Visibility, attend
 from .checkpoint import CheckpointError, check_shapes, open_safetensors, read_json, resolve
 from .engine import row_bucket
 from .host import upload
+from .jsonfile import write_json
 from .loop import CachedDrafter, Proposal
 from .memory import PassBytes, activations, expanded_kv_bytes, masked_pass_bytes, rope_bytes
 from .model import KVCache, OrthrusForCausalLM, head_dim
@@ -370,6 +370,6 @@ def save_dflash(
         "tie_word_embeddings": False,
         "torch_dtype": str(state["fc.weight"].dtype).removeprefix("torch."),
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    write_json(directory / "config.json", config)
     save_file(state, directory / WEIGHTS, metadata={"format": "pt"})
     return directory

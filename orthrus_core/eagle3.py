@@ -22,7 +22,6 @@ kept node's ancestors are kept). top_k = 1 is chain drafting. Only committed row
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import zipfile
@@ -50,6 +49,7 @@ from .checkpoint import (
 )
 from .engine import pass_visibility, row_bucket
 from .host import upload
+from .jsonfile import write_json
 from .loop import CachedDrafter, Proposal
 from .memory import FLOAT32, PassBytes, activations, expanded_kv_bytes, masked_pass_bytes, rope_bytes
 from .model import KVCache, OrthrusForCausalLM, head_dim
@@ -586,7 +586,7 @@ def save_eagle3(
     eagle = getattr(c, "eagle_config", None)
     if eagle:
         config["eagle_config"] = dict(eagle)
-    (directory / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    write_json(directory / "config.json", config)
     for name in WEIGHT_FILES:
         (directory / name).unlink(missing_ok=True)
     if weights_format == "bin":

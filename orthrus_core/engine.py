@@ -44,8 +44,7 @@ from .attention import Visibility
 from .compiled import LEDGER, Compiled, describe, rehearsing
 from .host import upload
 from .model import KVCache, OrthrusForCausalLM
-
-ENGINES = ("eager", "compile", "cudagraph")
+from .modes import AUTO, ENGINE_CHOICES, ENGINES
 
 
 class EngineError(ValueError):
@@ -62,10 +61,10 @@ def default_engine(device: torch.device | str) -> str:
 def check_engine(mode: str, device: torch.device | str) -> str:
     """`mode` ("auto" resolves to `default_engine`) if it can run exactly on `device`, else an EngineError."""
     device = torch.device(device)
-    if mode == "auto":
+    if mode == AUTO:
         return default_engine(device)
     if mode not in ENGINES:
-        raise EngineError(f"unknown engine {mode!r}; choose auto or one of {', '.join(ENGINES)}")
+        raise EngineError(f"unknown engine {mode!r}; choose one of {', '.join(ENGINE_CHOICES)}")
     if mode == "cudagraph" and device.type != "cuda" and not rehearsing():
         raise EngineError(
             f"engine cudagraph needs a CUDA device, not {device.type}: use --engine compile or eager there"

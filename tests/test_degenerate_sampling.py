@@ -16,7 +16,8 @@ from harness.cli import main
 from harness.records import unit_key
 from harness.report.runs import load_runs
 from harness.report.verdicts import verify_tables
-from harness.store import json_text, read_records, record_line, write_json
+from harness.store import read_records, record_line
+from orthrus_core.jsonfile import json_text, write_json
 
 RUN_ARGS = ["--suite", "tiny-math", "--methods", "ar,orthrus", "--limit", "1", "--max-new-tokens", "8"]
 RUN_ARGS += ["--warmup", "0", "--samples", "2", "--no-verify"]

@@ -239,6 +239,8 @@ def test_two_resumes_started_together_write_each_unit_once(finished_run, tmp_pat
         (["--temperature", "nan"], "--temperature must be >= 0 and finite (0 is greedy), got nan"),
         (["--top-p", "inf"], "--top-p must be in (0, 1]"),
         (["--top-p", "nan"], "--top-p must be in (0, 1]"),
+        (["--engine", "fast"], "argument --engine: invalid choice: 'fast'"),
+        (["--engine", "cudagraph"], "engine cudagraph needs a CUDA device, not cpu"),
     ],
 )
 def test_bad_run_options_stop_before_anything_is_written(capsys, tmp_path, flags, message):

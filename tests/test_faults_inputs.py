@@ -246,7 +246,7 @@ def test_a_read_only_run_directory_with_writable_files_fails_before_any_unit(cap
     with read_only(half_run, monkeypatch, files_too=False):
         code, printed = cli(capsys, "run", *RUN_ARGS, "--out", half_run, "--resume", "--no-verify")
     assert code == 2 and "Traceback" not in printed, printed
-    assert "error: [Errno 13] Permission denied" in printed and ".run.json.partial" in printed
+    assert "error: [Errno 13] Permission denied" in printed and f".run.json.{os.getpid()}.partial" in printed
     assert f"{half_run} cannot be written: make it writable (e.g. chmod -R u+w {half_run})" in printed
     assert f"The finished units are kept in {half_run}: once it is writable, the same command runs" in printed
     assert (half_run / RECORDS).read_bytes() == records and (half_run / RUN).read_bytes() == run_json

@@ -11,10 +11,10 @@ from test_drafters import random_dflash, random_head
 
 from harness.method_spec import MethodSpec
 from harness.methods import (
+    BACKEND,
     BATCHED,
-    ENGINE,
     METHODS,
-    engine_of,
+    backend_of,
     is_batched,
     is_greedy_only,
     make_decoder,
@@ -28,6 +28,7 @@ from orthrus_core.checkpoint import save_model
 from orthrus_core.dflash import save_dflash
 from orthrus_core.eagle3 import save_eagle3
 from orthrus_core.params import SamplingParams
+from orthrus_core.sampling import AcceptanceRule
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +107,11 @@ def test_a_spec_parsed_where_it_entered_is_passed_on_not_parsed_again(family, mo
         decoder = make_decoder(spec, family)
         assert decoder.spec is spec and decoder.name == spec.name, spec
         assert (decoder.batched, decoder.greedy_only) == (spec.name != "ar-hf", False), spec
-        assert engine_of(spec) == ENGINE
+        assert backend_of(spec) == BACKEND
 
 
 def test_the_registry_says_which_methods_batch_and_which_decode_greedily_only(family):
-    assert BATCHED == [name for name, m in METHODS.items() if m.batched and m.engine == ENGINE]
+    assert BATCHED == [name for name, m in METHODS.items() if m.batched and m.backend == BACKEND]
     assert set(BATCHED) == {"ar", "orthrus", "eagle3", "dflash", "pld"}
     for spec in ["ar", "orthrus", "orthrus:block_size=3", "eagle3", "eagle3:tree=chain", "dflash", "pld"]:
         assert is_batched(spec) and not is_greedy_only(spec), spec
@@ -233,6 +234,19 @@ def test_sampling_is_seeded_for_every_method(family):
         a = d.generate([1, 2, 3], 20, params, seed=3, stop_token_ids=[])
         b = d.generate([1, 2, 3], 20, params, seed=3, stop_token_ids=[])
         assert a.tokens == b.tokens and len(a.tokens) == 20, spec
+
+
+@pytest.mark.parametrize("spec", ["ar-hf", "orthrus:cache=dynamic", "diffusion"])
+def test_a_decoder_with_its_own_acceptance_refuses_another_rule(family, spec):
+    """Only the decode loop's methods accept by a rule a caller may replace; the others decode by their own, so
+    a planted rule would be ignored: they refuse it instead, and take the exact rule (a fresh one is equal)."""
+    d = make_decoder(spec, family)
+    with pytest.raises(ValueError, match="takes no acceptance rule but the exact one"):
+        d.generate([3, 4, 5], 4, stop_token_ids=[], rule=AcceptanceRule(ratio_scale=2.0))
+    assert len(d.generate([3, 4, 5], 4, stop_token_ids=[], rule=AcceptanceRule()).tokens) == 4
+    loop = make_decoder("orthrus", family)
+    planted = loop.generate([3, 4, 5], 4, stop_token_ids=[], rule=AcceptanceRule(ratio_scale=2.0))
+    assert len(planted.tokens) == 4
 
 
 def test_ar_hf_streams_and_times(family):

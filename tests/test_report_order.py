@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from synthetic_runs import make_run
 
-from harness.methods import ENGINE, REGISTRY
+from harness.methods import BACKEND, REGISTRY
 from harness.report.page import build_report, one_at_a_time, under
 from harness.report.runs import generations, load_runs, units
 from harness.report.stats import ratio_of_means
@@ -49,7 +49,7 @@ def test_one_method_order():
 
 def test_the_order_repeats_the_registry():
     """The report needs no torch, so style.py repeats the registry's names; they must stay the registry's."""
-    own = [m for m in REGISTRY if m.engine == ENGINE]
+    own = [m for m in REGISTRY if m.backend == BACKEND]
     assert REGISTRY_ORDER == [m.name for m in own]
     assert {m.name for m in own if not m.lossless} == LOSSY
 

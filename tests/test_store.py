@@ -18,7 +18,7 @@ from harness.records import (
     GenerationRecord,
     TelemetryFields,
 )
-from harness.store import RECORDS, RunInfo, StoreError, add_compiles, load, open_run, read_records
+from harness.store import RECORDS, RunInfo, StoreError, add_compiles, load, load_run, open_run, read_records
 
 
 def unit(item: str, turns: int = 1, method: str = "ar"):
@@ -148,3 +148,23 @@ def test_run_json_gives_the_generation_settings_the_run_used(overrides):
     assert info.generation("tiny-math") == {
         k: getattr(used, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens")
     }
+
+
+def test_files_written_before_backend_was_named_so_read_as_now(tmp_path):
+    """Before issue 39 a record and a run.json method entry named whose engine decoded it `engine`: read back,
+    both say `backend` (the run.json's engine_config too), and a record of a backend other than its method's is
+    still refused."""
+    info = run_info(methods=("vllm-ar",))
+    info.methods["vllm-ar"] = {"engine": "vllm", "engine_config": {"engine": "vllm", "version": "0"}}
+    open_run(tmp_path, info, resume=False).close()
+    record = generation_record(item_id="s/a", method="vllm-ar", method_name="vllm-ar").to_json()
+    old = {("engine" if k == "backend" else k): ("vllm" if k == "backend" else v) for k, v in record.items()}
+    (tmp_path / RECORDS).write_text(json.dumps(old) + "\n")
+    (read,) = read_records(tmp_path)
+    assert read["backend"] == "vllm" and "engine" not in read and list(read) == list(record)
+    run = load_run(tmp_path)
+    assert run.methods["vllm-ar"] == {"backend": "vllm", "engine_config": {"backend": "vllm", "version": "0"}}
+    with open(tmp_path / RECORDS, "a") as f:
+        f.write(json.dumps({**old, "item_id": "s/b", "engine": "orthrus-bench"}) + "\n")
+    with pytest.raises(StoreError, match="its backend is orthrus-bench, the run's vllm-ar ran in vllm"):
+        read_records(tmp_path)

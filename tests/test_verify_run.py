@@ -10,13 +10,13 @@ from synthetic_runs import generation_record
 from harness.cli import main
 from harness.methods import make_decoder
 from harness.methods.target import Target
-from harness.store import write_json
 from harness.suites.config import read_suite_file
 from harness.suites.suite import suite_files_dir
 from harness.verify.calibrate import decoder
 from harness.verify.config import VERDICTS, VerifyConfig
 from harness.verify.verdicts import verify_main
 from orthrus_core.checkpoint import save_model
+from orthrus_core.jsonfile import write_json
 from orthrus_core.micro import micro_model
 from orthrus_core.params import SamplingParams
 

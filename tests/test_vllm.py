@@ -19,7 +19,7 @@ from conftest import heldout_prompts
 from safetensors import safe_open
 
 from harness.cli import main
-from harness.methods import BATCHED, METHODS, OWN, engine_of, is_batched, load_target, make_decoder
+from harness.methods import BATCHED, METHODS, OWN, backend_of, is_batched, load_target, make_decoder
 from harness.methods import vllm as vllm_methods
 from harness.paths import DEFAULT_MODEL, TINY_DIR
 from harness.run.spec import DEFAULT_METHODS, RunSpec
@@ -70,10 +70,12 @@ def cache(tmp_path_factory, monkeypatch):
 
 
 def test_the_vllm_methods_are_registered_beside_the_projects_and_asked_for_by_name():
-    assert [m for m in METHODS if engine_of(m) == "vllm"] == VLLM
+    assert [m for m in METHODS if backend_of(m) == "vllm"] == VLLM
     assert not set(VLLM) & (set(OWN) | set(BATCHED) | set(DEFAULT_METHODS))
     assert all(is_batched(m) and METHODS[m].lossless for m in VLLM)  # concurrent requests
-    assert engine_of("ar") == "orthrus-bench" and engine_of("vllm-eagle3:num_speculative_tokens=5") == "vllm"
+    assert (
+        backend_of("ar") == "orthrus-bench" and backend_of("vllm-eagle3:num_speculative_tokens=5") == "vllm"
+    )
 
 
 def test_methods_lists_the_vllm_methods_and_their_options(capsys):
@@ -285,12 +287,12 @@ def test_a_run_of_vllm_eagle3_beside_ar_is_recorded_and_verified(tmp_path, capsy
     for r in mine:
         assert r["output_ids"] == ar[(r["item_id"], r["turn"])]
         assert r["accepted"] and r["draft_forwards"] == 3 * r["ar_forwards"] and r["ttft_s"] > 0
-        assert r["batch_size"] == 2 and r["engine"] == "vllm"
+        assert r["batch_size"] == 2 and r["backend"] == "vllm"
     run = json.loads((out / "run.json").read_text())
     method = run["methods"]["vllm-eagle3"]
-    assert method["engine"] == "vllm" and method["engine_config"]["version"]
+    assert method["backend"] == "vllm" and method["engine_config"]["version"]
     assert method["engine_config"]["engine_args"]["speculative_config"]["method"] == "eagle3"
-    assert run["settings"]["tensor_parallel_size"] == 1 and run["methods"]["ar"]["engine"] == "orthrus-bench"
+    assert run["settings"]["tensor_parallel_size"] == 1 and run["methods"]["ar"]["backend"] == "orthrus-bench"
     verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
     assert {v["method"]: v["verdict"] for v in verdicts} == {"vllm-eagle3": "PASS"}
 

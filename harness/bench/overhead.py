@@ -9,13 +9,11 @@ per-forward timers, the allocator peak and, on a GPU with NVML, the sampling thr
 from __future__ import annotations
 
 import random
-import time
-
-import torch
 
 from harness.methods import make_decoder
 from harness.progress import SILENT, Reporter
 from harness.run.telemetry import Telemetry, load_nvml
+from orthrus_core.generation import Clock
 
 
 def bench_overhead(
@@ -34,15 +32,13 @@ def bench_overhead(
     device = model.lm_head.weight.device
     on = Telemetry(target.engine, device, nvml=load_nvml() if device.type == "cuda" else None)
     off = Telemetry(target.engine, device, enabled=False)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    clock = Clock(device)
 
     def timed(telemetry, prompt) -> float:
         telemetry.start()
-        sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         decoder.generate(prompt, max_new_tokens)
-        sync()
-        wall = time.perf_counter() - t0
+        wall = clock() - t0
         telemetry.stop()
         return wall
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from harness.method_spec import MethodSpec
+from orthrus_core.modes import ENGINE_CHOICES
 
 
 class UsageError(Exception):
@@ -101,12 +102,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
 
 
-def add_engine_arg(p: argparse.ArgumentParser) -> None:
+def add_engine_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """`--engine`: its name checked here, where it enters (orthrus_core.modes.ENGINE_CHOICES); whether the
+    device runs it is checked where the target is loaded (orthrus_core.engine.check_engine)."""
     p.add_argument(
         "--engine",
-        choices=["auto", "eager", "compile", "cudagraph"],
+        choices=ENGINE_CHOICES,
         default="auto",
-        help="how decode steps run: eager PyTorch, torch.compile with static shapes, or replayed CUDA graphs "
+        help=help
+        or "how decode steps run: eager PyTorch, torch.compile with static shapes, or replayed CUDA graphs "
         "(auto: cudagraph on a GPU, eager on a CPU, where compiling costs more than a short run saves)",
     )
 

@@ -142,10 +142,9 @@ def cmd_bench_engine(args) -> int:
     except EngineError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        from harness.store import json_text
+        from orthrus_core.jsonfile import write_json
 
-        with open(args.json, "w") as f:
-            f.write(json_text(figures, indent=2))
+        write_json(args.json, figures)
     return 0
 
 
@@ -207,8 +206,7 @@ def cmd_bench_syncs(args) -> int:
     )  # fmt: skip
     print_syncs(results, route_name(args.device))
     if args.json:
-        from harness.store import json_text
+        from orthrus_core.jsonfile import write_json
 
-        with open(args.json, "w") as f:
-            f.write(json_text(results, indent=2))
+        write_json(args.json, results)
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .args import UsageError, parse_dtype, parse_methods
+from .args import UsageError, add_engine_arg, parse_dtype, parse_methods
 
 
 def register(sub) -> None:
@@ -57,12 +57,7 @@ def register(sub) -> None:
         help="the device's memory in GiB, to plan for a device that is not here (default: what is free on "
         "--device now)",
     )
-    plan.add_argument(
-        "--engine",
-        choices=["auto", "eager", "compile", "cudagraph"],
-        default="auto",
-        help="the engine the run would use (auto: cudagraph on a GPU, eager on a CPU)",
-    )
+    add_engine_arg(plan, help="the engine the run would use (auto: cudagraph on a GPU, eager on a CPU)")
     plan.add_argument(
         "--greedy",
         action="store_true",
@@ -185,7 +180,7 @@ def cmd_inspect(args) -> int:
             plan_code, plan_text, out["plan"] = memory_plan(args, info.path)
             text += plan_text
             code = max(code, plan_code)
-    from harness.store import json_text
+    from orthrus_core.jsonfile import json_text
 
     print(json_text(out) if args.json else "\n".join(text))
     return code
@@ -217,7 +212,7 @@ def inspect_shape(args) -> int:
     if args.context is not None:
         code, plan_text, out["plan"] = memory_plan(args, name)
         text += plan_text
-    from harness.store import json_text
+    from orthrus_core.jsonfile import json_text
 
     print(json_text(out) if args.json else "\n".join(text))
     return code

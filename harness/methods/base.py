@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,20 @@ from .target import Target
 GenerateFn = Callable[..., GenerationResult]
 
 
+@dataclass(frozen=True)
+class GenerateArgs:
+    """One call of `Decoder.generate`, its sampling settings and acceptance rule already checked against the
+    method: what a decoder's `_generate` decodes."""
+
+    prompt_ids: Iterable[int]
+    max_new_tokens: int
+    params: SamplingParams
+    seed: int | None
+    stop_token_ids: Iterable[int] | None  # None: the target's eos_token_id
+    on_tokens: StreamCallback | None
+    rule: AcceptanceRule
+
+
 class BatchError(ValueError):
     """A method, or one of its options, that has no batched form."""
 
@@ -44,6 +59,10 @@ class Decoder:
         self.checkpoints = {"target": target.path, **(checkpoints or {})}
         self.name = spec.name  # the method, e.g. "eagle3"
 
+    # Whether its drafts are accepted by the decode loop's acceptance rule, which a caller may replace (the
+    # calibration plants bugs through it); the others decode by their own rule and refuse any but EXACT.
+    takes_rule = False
+
     @property
     def lossless(self) -> bool:
         """Greedy output equals AR's and sampled output follows the target's distribution."""
@@ -58,9 +77,9 @@ class Decoder:
     engine_config: dict | None = None
 
     @property
-    def engine_name(self) -> str:
-        """The engine that decodes it: the project's (harness.methods.ENGINE) or "vllm"."""
-        return METHODS[self.name].engine
+    def backend(self) -> str:
+        """Whose engine decodes it: the project's (harness.methods.BACKEND) or "vllm"."""
+        return METHODS[self.name].backend
 
     @property
     def outside_engine(self) -> str | None:
@@ -90,6 +109,13 @@ class Decoder:
                 f"token: top-k 1), not at {params.temperature}"
             )
 
+    def check_rule(self, rule: AcceptanceRule) -> None:
+        if rule != EXACT and not self.takes_rule:
+            raise ValueError(
+                f"{self.label} accepts by its own rule, not the decode loop's: it takes no acceptance rule but "
+                f"the exact one (orthrus_core.sampling.EXACT), not {rule!r}"
+            )
+
     def generate(
         self,
         prompt_ids: Iterable[int],
@@ -101,7 +127,16 @@ class Decoder:
         on_tokens: StreamCallback | None = None,
         rule: AcceptanceRule = EXACT,
     ) -> GenerationResult:
-        """One generation after prompt_ids; stop tokens default to the target's eos_token_id."""
+        """One generation after prompt_ids; stop tokens default to the target's eos_token_id. The one entry
+        of every method: it checks the settings and the rule for the method, then decodes (`_generate`)."""
+        self.check_params(params)
+        self.check_rule(rule)
+        return self._generate(
+            GenerateArgs(prompt_ids, max_new_tokens, params, seed, stop_token_ids, on_tokens, rule)
+        )
+
+    def _generate(self, args: GenerateArgs) -> GenerationResult:
+        """The method's own decoding of one checked call."""
         raise NotImplementedError
 
     def decode(
@@ -186,6 +221,8 @@ SHAPE_TOKENS = 4
 class LoopDecoder(Decoder):
     """A method that is a drafter in the decode loop (None: plain AR)."""
 
+    takes_rule = True
+
     def __init__(self, target, spec, config, drafter: Drafter | None, checkpoints=None):
         super().__init__(target, spec, config, checkpoints)
         self.drafter = drafter
@@ -236,12 +273,11 @@ class LoopDecoder(Decoder):
             self.target.engine, self.drafter, next_request, rows, params, continuous=continuous, rule=rule
         )
 
-    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
-                 on_tokens=None, rule=EXACT):  # fmt: skip
-        self.check_params(params)
+    def _generate(self, args: GenerateArgs) -> GenerationResult:
         return loop.generate(
-            self.target.engine, self.drafter, prompt_ids, max_new_tokens, params,
-            stop_token_ids=stop_token_ids, generator=self.generator(seed), on_tokens=on_tokens, rule=rule,
+            self.target.engine, self.drafter, args.prompt_ids, args.max_new_tokens, args.params,
+            stop_token_ids=args.stop_token_ids, generator=self.generator(args.seed), on_tokens=args.on_tokens,
+            rule=args.rule,
         )  # fmt: skip
 
     def memory_decoding(self) -> Decoding:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from orthrus_core.block_diffusion import BlockDiffusionLM, generate_block_diffusion
 from orthrus_core.memory import Decoding
-from orthrus_core.params import GREEDY
 
-from .base import Decoder
+from .base import Decoder, GenerateArgs
 
 LAYOUTS = {
     "orthrus": BlockDiffusionLM.orthrus,
@@ -38,19 +37,17 @@ class BlockDiffusionDecoder(Decoder):
         super().__init__(target, label, config)
         self.lm = lm
 
-    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
-                 on_tokens=None, rule=None):  # fmt: skip
-        self.check_params(params)
+    def _generate(self, args: GenerateArgs):
         c = self.config
         return generate_block_diffusion(
             self.lm,
-            prompt_ids,
-            max_new_tokens,
+            args.prompt_ids,
+            args.max_new_tokens,
             block_size=c["block_size"],
             sub_block_size=c["sub_block_size"],
             threshold=c["threshold"],
-            stop_token_ids=stop_token_ids,
-            on_tokens=on_tokens,
+            stop_token_ids=args.stop_token_ids,
+            on_tokens=args.on_tokens,
         )
 
     def memory_decoding(self) -> Decoding:

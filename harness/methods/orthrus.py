@@ -10,25 +10,22 @@ from __future__ import annotations
 from orthrus_core.memory import Decoding
 from orthrus_core.official_loop import generate_orthrus_dynamic_cache
 from orthrus_core.orthrus import OrthrusDrafter
-from orthrus_core.params import GREEDY
 
-from .base import Decoder, LoopDecoder
+from .base import Decoder, GenerateArgs, LoopDecoder
 
 OPTIONS = {"block_size": (int, None), "cache": (str, "static")}  # block_size None: the checkpoint's
 CACHES = ("static", "dynamic")
 
 
 class OfficialLoopDecoder(Decoder):
-    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
-                 on_tokens=None, rule=None):  # fmt: skip
-        self.check_params(params)
+    def _generate(self, args: GenerateArgs):
         return generate_orthrus_dynamic_cache(
             self.target.model,
-            prompt_ids,
-            max_new_tokens,
+            args.prompt_ids,
+            args.max_new_tokens,
             block_size=self.config["block_size"],
-            stop_token_ids=stop_token_ids,
-            on_tokens=on_tokens,
+            stop_token_ids=args.stop_token_ids,
+            on_tokens=args.on_tokens,
         )
 
     def memory_decoding(self) -> Decoding:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from orthrus_core import memory
 from orthrus_core.memory import Decoding
 
-from . import ENGINE, engine_of, resolve_options
+from . import BACKEND, backend_of, resolve_options
 from .checkpoints import QWEN3_SHAPES
 from .target import Target, torch_dtype
 
@@ -67,9 +67,9 @@ def decoding_for(spec: str, target: PlanTarget) -> Decoding:
     its draft's shape found without loading a weight. A ValueError says why it cannot run on this target."""
     spec, module, options = resolve_options(spec)
     name, label = spec.name, str(spec)
-    if engine_of(spec) != ENGINE:
+    if backend_of(spec) != BACKEND:
         raise ValueError(
-            f"{label}: decoded by {engine_of(spec)}, which plans its own memory (its kv_cache_gib and "
+            f"{label}: decoded by {backend_of(spec)}, which plans its own memory (its kv_cache_gib and "
             "gpu_memory_utilization options) and refuses at start what does not fit; not planned here"
         )
     try:
@@ -118,5 +118,5 @@ def plan_loaded(
             sampling=sampling,
         )
         for decoder in decoders
-        if decoder.engine_name == ENGINE
+        if decoder.backend == BACKEND
     ]

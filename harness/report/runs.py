@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.records import ENGINE, UNIT
+from harness.records import BACKEND, UNIT
 from harness.store import RUN, RunInfo, load_run, read_records
 
 EMBEDDED_MODEL = "embedded tiny family"
@@ -63,10 +63,10 @@ class Run:
         run.json, temperature decides alone)."""
         return self.info.greedy(suite, temperature) if self.info else float(temperature) == 0
 
-    def engine(self, method: str) -> str:
-        """The engine that decoded `method` as run.json records it (the project's where it does not say)."""
+    def backend(self, method: str) -> str:
+        """Whose engine decoded `method` as run.json records it (the project's where it does not say)."""
         methods = self.info.methods if self.info else {}
-        return methods.get(method, {}).get("engine") or ENGINE
+        return methods.get(method, {}).get("backend") or BACKEND
 
 
 def load_runs(directories: list[str | os.PathLike]) -> list[Run]:
@@ -80,14 +80,14 @@ def load_runs(directories: list[str | os.PathLike]) -> list[Run]:
 
 def generations(runs: list[Run]) -> pd.DataFrame:
     """The successful generations of all runs, one row each, with `run` and `model` columns added, and the
-    engine from run.json where a record does not say (records from before issue 28)."""
+    backend from run.json where a record does not say (records from before issue 28)."""
     rows = [
         {
             **r,
             "run": str(run.directory),
             "model": run.model,
             "base_model": run.base_model,
-            "engine": r.get("engine") or run.engine(r["method"]),
+            "backend": r.get("backend") or run.backend(r["method"]),
             "quantize": run.quantize,
             "greedy": run.greedy(r["suite"], r["temperature"]),
         }

@@ -12,7 +12,7 @@ import pandas as pd
 from rich.table import Table
 
 from harness.console import console
-from harness.records import ENGINE, UNIT, prompt_key
+from harness.records import BACKEND, UNIT, prompt_key
 from harness.store import RUN, load_run, read_records
 from orthrus_core import metrics
 
@@ -25,13 +25,13 @@ def summarize(records: list[dict]) -> pd.DataFrame:
     batch size it decoded at (`run --batch-size`; None: one prompt at a time, or several sizes)."""
     df = pd.DataFrame.from_records([r for r in records if r["status"] == "ok"])
     errors = defaultdict(int)
-    engines = {}  # method -> the engine that decoded it (records from before issue 28: the project's)
+    backends = {}  # method -> whose engine decoded it (records from before issue 28: the project's)
     for r in records:
-        engines.setdefault(r["method"], r.get("engine") or ENGINE)
+        backends.setdefault(r["method"], r.get("backend") or BACKEND)
         if r["status"] != "ok":
             errors[r["method"]] += 1
     failed_only = [
-        {"method": m, "engine": engines.get(m, ENGINE), "generations": 0, "errors": n}
+        {"method": m, "backend": backends.get(m, BACKEND), "generations": 0, "errors": n}
         for m, n in errors.items()
         if df.empty or m not in set(df.method)
     ]
@@ -55,7 +55,7 @@ def summarize(records: list[dict]) -> pd.DataFrame:
         rows.append(
             {
                 "method": method,
-                "engine": engines.get(method, ENGINE),
+                "backend": backends.get(method, BACKEND),
                 "generations": len(g),
                 "errors": errors.get(method, 0),
                 # tau counts drafts a verifier accepted; a lossy decoder commits its drafts unverified
@@ -99,7 +99,7 @@ def print_summary(table, title: str, quantize: str | None = None) -> None:
         sorted(rows, key=lambda r: order[r["method"]]),
         [
             ("method", "method", "{}"),
-            ("engine", "engine", "{}"),
+            ("backend", "backend", "{}"),
             *([("batch_size", "B", "{:.0f}")] if batched else []),
             ("generations", "gens", "{}"),
             ("errors", "errors", "{}"),
@@ -127,7 +127,7 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]], title: st
     caption, if any, under the table."""
     t = Table(title=title, caption=caption or None)
     for _, name, _ in columns:
-        t.add_column(name, justify="left" if name in ("method", "engine") else "right")
+        t.add_column(name, justify="left" if name in ("method", "backend") else "right")
     for row in rows:
         cells = []
         for key, _, fmt in columns:

@@ -406,7 +406,7 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
         "model",
         "suite",
         "method",
-        "engine",
+        "backend",
         *(["B"] if batched else []),
         "gens",
         "τ",
@@ -419,8 +419,8 @@ def summary_tables(by_slice: dict[tuple, SliceFigures]) -> list[Table]:
     note = (
         "τ = accepted drafts + 1 per cycle, pooled over cycles; TPF = all new tokens / all forwards after "
         "prefill; tok/s = mean over items of item tokens / item wall time; accuracy = mean score over items. "
-        "Parentheses: 95% bootstrap CI over items (speedup: paired with ar's item). engine: the project's "
-        "(orthrus-bench) or vLLM's (its version and settings under Provenance)."
+        "Parentheses: 95% bootstrap CI over items (speedup: paired with ar's item). backend: whose engine "
+        "decoded it, the project's (orthrus-bench) or vLLM's (its version and settings under Provenance)."
         + (" B: the batch size the method decoded at (–: one prompt at a time)." if batched else "")
         + " Definitions: docs/methodology.md."
     )
@@ -440,7 +440,7 @@ def summary_cells(figures: SliceFigures, s: pd.Series, method: str, batched: boo
     pairs = paired_units(figures.units, method, "ar")
     return [
         method,
-        s.engine,
+        s.backend,
         *([fmt(s.get("batch_size"), ".0f")] if batched else []),
         str(int(s.generations)),
         fmt(s.tau, ci=bootstrap_ci(pooled_tau, own.accepted, own.cycles) if own.cycles.sum() else None),
@@ -670,7 +670,7 @@ def engine_cell(info: RunInfo) -> str:
         if config:
             args = config.get("engine_args", {})
             what = (
-                f"{config.get('engine', m.get('engine'))} {config.get('version', '?')} "
+                f"{config.get('backend', m.get('backend'))} {config.get('version', '?')} "
                 f"({'eager' if args.get('enforce_eager') else 'compiled'}, "
                 f"TP {args.get('tensor_parallel_size', 1)}, DP {args.get('data_parallel_size', 1)})"
             )

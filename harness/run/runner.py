@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
@@ -258,7 +257,7 @@ def method_provenance(d: Decoder) -> dict:
         "hash": config_hash(config),
         "checkpoints": checkpoints,
         "outside_engine": d.outside_engine,
-        "engine": d.engine_name,  # the project's, or vllm (its version and arguments in engine_config)
+        "backend": d.backend,  # the project's, or vllm (its version and arguments in engine_config)
         **({"engine_config": d.engine_config} if d.engine_config else {}),
     }
 
@@ -280,8 +279,8 @@ class Meter:
 
     def __init__(self, telemetry: Telemetry, device: torch.device):
         self.telemetry = telemetry
-        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-        self.started: dict[int, tuple[float, int]] = {}  # id(request) -> perf_counter, compilations() then
+        self.clock = Clock(device)  # synchronised: a request's time is its passes' time
+        self.started: dict[int, tuple[float, int]] = {}  # id(request) -> clock(), compilations() then
         self.measures: dict[int, Measure] = {}
 
     def measured(self, decode: Decode) -> Decode:
@@ -292,17 +291,15 @@ class Meter:
                 request = next_request()
                 if request is not None:
                     self.telemetry.admit(id(request))
-                    self.sync()
-                    self.started[id(request)] = (time.perf_counter(), compilations())
+                    self.started[id(request)] = (self.clock(), compilations())
                 return request
 
             self.telemetry.open()
             try:
                 for done in decode(admit):
                     key = id(done.request)
-                    self.sync()
                     t0, before = self.started.pop(key)
-                    wall = time.perf_counter() - t0
+                    wall = self.clock() - t0
                     self.measures[key] = Measure(wall, self.telemetry.finish(key), compilations() - before)
                     yield done
             finally:
@@ -354,7 +351,7 @@ def unit_fields(suite: Suite, item: SuiteItem, label: str, decoder: Decoder, sam
         method_name=decoder.name,
         lossless=decoder.lossless,
         sample=sample,
-        engine=decoder.engine_name,
+        backend=decoder.backend,
     )
 
 

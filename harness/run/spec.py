@@ -7,8 +7,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from harness.method_spec import MethodSpec
-from harness.methods import OWN, engine_of
-from harness.options import OptionError, check_device_name, check_engine_name, check_positive, check_sampling
+from harness.methods import OWN, backend_of
+from harness.options import OptionError, check_device_name, check_positive, check_sampling
 from harness.store import OVERRIDES
 from harness.suites.config import GenerationSettings
 from orthrus_core.quantize import check_format
@@ -70,9 +70,9 @@ class RunSpec:
 
     def check(self) -> None:
         """Every option that can be checked before anything is loaded (harness.options); the lengths against the
-        model's positions and memory are checked once it is loaded (runner.prepare)."""
+        model's positions and memory are checked once it is loaded (runner.prepare); the engine with the device
+        it must run on, where the target is loaded (orthrus_core.engine.check_engine, before the weights)."""
         check_device_name(self.device)
-        check_engine_name(self.engine)
         check_positive("--samples", self.samples)
         check_positive("--seed", self.seed, minimum=0)
         check_positive("--warmup", self.warmup, minimum=0)
@@ -86,7 +86,7 @@ class RunSpec:
             if value is not None:
                 check_positive(flag, value)
         if max(self.tensor_parallel_size, self.data_parallel_size) > 1 and not any(
-            engine_of(m) == "vllm" for m in self.methods
+            backend_of(m) == "vllm" for m in self.methods
         ):
             raise OptionError(
                 "--tensor-parallel-size and --data-parallel-size are vLLM's: give them with a vLLM method "
@@ -96,7 +96,7 @@ class RunSpec:
             check_format(self.quantize)
         except ValueError as exc:
             raise OptionError(f"--quantize: {exc}") from None
-        if self.quantize is not None and any(engine_of(m) == "vllm" for m in self.methods):
+        if self.quantize is not None and any(backend_of(m) == "vllm" for m in self.methods):
             raise OptionError(
                 "--quantize applies to the project's engine; vLLM loads the checkpoint itself: "
                 "drop the vLLM methods or --quantize"

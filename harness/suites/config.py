@@ -64,6 +64,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -222,14 +223,17 @@ class GenerationSettings:
     top_p: float = 1.0
     stop: tuple[str | int, ...] = ()
 
-    def __post_init__(self):  # the checks every run option gets (harness.options)
+    def __post_init__(
+        self,
+    ):  # the checks every run option gets (harness.options), where the settings are made
         check_positive("max_new_tokens", self.max_new_tokens)
-        check_sampling(self.temperature, self.top_k, self.top_p)
+        _ = self.sampling
 
-    @property
+    @cached_property
     def sampling(self) -> SamplingParams:
-        """What the decoder samples with."""
-        return SamplingParams(self.temperature, self.top_k, self.top_p)
+        """What the decoder samples with: made, and so checked, once per settings (in __post_init__), not again
+        at each generation that reads it."""
+        return check_sampling(self.temperature, self.top_k, self.top_p)
 
     def stop_token_ids_and_strings(self, tokenizer) -> tuple[list[int], list[str]]:
         """Split ``stop`` into token ids (ints, and strings that are a single token of ``tokenizer``, such

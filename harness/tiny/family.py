@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from harness.methods import load_target, make_decoder
-from harness.store import json_text
 from harness.suites.conversation import Conversation, Turn, one_at_a_time, run_conversations
 from harness.suites.suite import load_suite
 from orthrus_core import metrics
 from orthrus_core.checkpoint import save_model
+from orthrus_core.jsonfile import write_json
 
 TINY_SUITES = ("tiny-math", "tiny-code", "tiny-chat")
 EVAL_BLOCK_SIZES = (8, 16, 32)
@@ -221,15 +221,13 @@ def save_family(out_dir: Path, model, tokenizer, log: dict, *, evaluate_limit: i
     shutil.rmtree(staging, ignore_errors=True)
     save_model(model, staging, dtype=torch.bfloat16)
     tokenizer.save_pretrained(staging)
-    (staging / "training_log.json").write_text(json_text(log) + "\n")
+    write_json(staging / "training_log.json", log, indent=None)
     plot_losses(log, staging / "loss.png")
     t0 = time.perf_counter()
     figures = evaluate(staging, limit=evaluate_limit)
     eval_s = time.perf_counter() - t0
     write_model_card(staging, model, log, figures, eval_s)
-    (staging / "evaluation.json").write_text(
-        json_text({"figures": [asdict(f) for f in figures], "eval_s": eval_s}, indent=2) + "\n"
-    )
+    write_json(staging / "evaluation.json", {"figures": [asdict(f) for f in figures], "eval_s": eval_s})
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():

@@ -35,7 +35,7 @@ from harness.methods.base import GenerateFn
 from harness.methods.target import Target
 from harness.progress import SILENT, Reporter
 from harness.run.seeds import generation_seed
-from harness.store import json_text, write_json
+from orthrus_core.jsonfile import json_text, write_json
 from orthrus_core.micro import micro_model
 from orthrus_core.params import SamplingParams
 from orthrus_core.sampling import EXACT, AcceptanceRule, probs, sample

@@ -38,8 +38,8 @@ from harness.methods import make_decoder
 from harness.methods.base import GenerateFn
 from harness.methods.target import Target, load_target
 from harness.progress import SILENT, Reporter
-from harness.store import write_json
 from orthrus_core.generation import stop_ids as eos_ids
+from orthrus_core.jsonfile import write_json
 from orthrus_core.params import GREEDY
 from orthrus_core.sampling import AcceptanceRule
 

@@ -34,9 +34,10 @@ from harness.paths import default_model
 from harness.progress import SILENT, Reporter
 from harness.records import prompt_key
 from harness.run.spec import RunSpec
-from harness.store import RunInfo, StoreError, WriterLock, load_run, read_records, write_json
+from harness.store import RunInfo, StoreError, WriterLock, load_run, read_records
 from harness.suites.config import GenerationSettings, parse_suite
 from harness.suites.suite import load_suite
+from orthrus_core.jsonfile import write_json
 
 from .config import VERDICTS, VerifyConfig
 from .equivalence import compare_accuracy

@@ -20,7 +20,7 @@ from orthrus_core.dflash import DFlashDraftModel, dflash_config
 from orthrus_core.model import OrthrusForCausalLM
 
 from .batches import Batch, make_batches
-from .schedule import lr_at
+from .optimize import train_loop
 
 
 def dflash_loss(
@@ -85,19 +85,8 @@ def train_dflash(
         draft.fc.weight.normal_(0, 0.02)
         draft.hidden_norm.weight.fill_(1.0)
         draft.norm.weight.copy_(target.model.norm.weight)
-    params = list(draft.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     draw = make_batches(sequences, batch_size, pad_id=0, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
-    draft.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup=steps // 20 + 1)
-        loss = dflash_loss(draft, target, draw(), anchors, gamma, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"dflash step {step}: loss {loss.item():.3f}")
-    return draft.eval()
+    loss_of = lambda batch: dflash_loss(draft, target, batch, anchors, gamma, g)  # noqa: E731
+    train_loop(draft, list(draft.parameters()), loss_of, draw, steps=steps, lr=lr, name="dflash", log=log)
+    return draft

@@ -24,7 +24,7 @@ from orthrus_core.eagle3 import Eagle3Head, aux_layers, distinct_aux_layers, eag
 from orthrus_core.model import OrthrusForCausalLM
 
 from .batches import Batch, make_batches
-from .schedule import lr_at
+from .optimize import train_loop
 
 
 def draft_vocabulary(sequences: Sequence[tuple[list[int], int]], vocab_size: int, size: int) -> torch.Tensor:
@@ -113,17 +113,7 @@ def train_eagle3(
         head.t2d.zero_()
         head.t2d[used] = True
     params = [p for n, p in head.named_parameters() if n != "embed_tokens.weight"]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     draw = make_batches(sequences, batch_size, pad_id=0, seed=seed)
-    head.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup=steps // 20 + 1)
-        loss = ttt_loss(head, target, draw(), used, ttt_steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"eagle3 step {step}: loss {loss.item():.3f}")
-    return head.eval()
+    loss_of = lambda batch: ttt_loss(head, target, batch, used, ttt_steps)  # noqa: E731
+    train_loop(head, params, loss_of, draw, steps=steps, lr=lr, name="eagle3", log=log)
+    return head

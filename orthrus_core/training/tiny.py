@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from transformers import Qwen3Config
 
 from orthrus_core.attention import CAUSAL
+from orthrus_core.jsonfile import write_json
 from orthrus_core.model import OrthrusForCausalLM, copy_ar_to_diffusion, init_weights
 
 from . import tiny_corpus
@@ -372,7 +373,7 @@ def train_tiny(
         raise ValueError(
             f"{work_dir} holds a run with a different recipe; remove it or pass another work directory"
         )
-    recipe_file.write_text(json.dumps(asdict(recipe), indent=2, allow_nan=False) + "\n")
+    write_json(recipe_file, asdict(recipe))
 
     t0 = time.perf_counter()
     tokenizer_dir = work_dir / "tokenizer"
