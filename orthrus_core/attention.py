@@ -137,6 +137,22 @@ class Visibility:
         """FlexAttention's block mask over `keys` slots (`_block_mask`)."""
         return self._once(("blocks", keys), lambda: self._block_mask(keys))
 
+    def plan(self, device: torch.device, dtype: torch.dtype, keys: int) -> tuple:
+        """(kernel, keys attended, mask or block mask or None) of this pass over `keys` slots (`kernel`), made
+        once: every layer of the pass shares the device, the dtype and the choice."""
+        return self._once(("plan", keys, _planned), lambda: self._plan(device, dtype, keys))
+
+    def _plan(self, device, dtype, keys: int) -> tuple:
+        choice = kernel(self, device, dtype)
+        if choice == "flex":
+            return choice, keys, self.block_mask(keys)
+        end = keys if self.end is None else self.end
+        if choice == "sdpa-mask":
+            return choice, end, self.dense(end)
+        if choice.startswith("sdpa-lower-right"):
+            return choice, end, causal_lower_right(self.queries, end)
+        return choice, end, None
+
     def _dense(self, keys: int) -> torch.Tensor:
         W = self.window.shape[2]
         rel = torch.arange(keys, device=self.prefix.device)[None, None] - self.prefix[:, None, None]
@@ -237,27 +253,20 @@ def _flex(q, k, v, **kwargs):
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible, scale: float | None = None):
     """q [R, heads, T, D] against k, v [R, kv_heads, S, D] (S: the keys given, which for a cache pass are its
     whole buffers) under `visible` -> [R, heads, T, D]."""
-    T = q.shape[2]
-    choice = kernel(visible, q.device, q.dtype)
-    if choice == "flex":
-        gqa = q.shape[1] != k.shape[1]
-        return _flex(q, k, v, block_mask=visible.block_mask(k.shape[2]), scale=scale, enable_gqa=gqa)
-    if isinstance(visible, torch.Tensor):
-        mask, end = visible, k.shape[2]
-    elif visible is CAUSAL:
-        mask, end = None, T
-    elif visible is ALL:
-        mask, end = None, k.shape[2]
+    if isinstance(visible, Visibility):  # planned once per pass, for all its layers
+        choice, end, mask = visible.plan(q.device, q.dtype, k.shape[2])
     else:
-        end = k.shape[2] if visible.end is None else visible.end
-        mask = visible.dense(end) if choice == "sdpa-mask" else None
+        choice = kernel(visible, q.device, q.dtype)
+        mask = visible if isinstance(visible, torch.Tensor) else None
+        end = q.shape[2] if visible is CAUSAL else k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if choice == "flex":
+        return _flex(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
     k, v = k[:, :, :end], v[:, :, :end]
     if choice.endswith("+kv"):  # K/V expanded to the query heads: a kernel without GQA can take the pass
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-    if choice.startswith("sdpa-lower-right"):
-        mask = causal_lower_right(T, end)
-    gqa = q.shape[1] != k.shape[1]
+        gqa = False
     causal = choice.startswith("sdpa-causal")
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa

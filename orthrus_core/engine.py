@@ -43,7 +43,7 @@ import torch
 from .attention import Visibility
 from .compiled import LEDGER, Compiled, describe, rehearsing
 from .host import upload
-from .model import KVCache, OrthrusForCausalLM
+from .model import KVCache, OrthrusForCausalLM, slot_writes
 from .modes import AUTO, ENGINE_CHOICES, ENGINES
 
 
@@ -297,14 +297,9 @@ def static_pass(ids, slots, positions, ancestors, model, k_cache, v_cache, diffu
     """One pass with every shape fixed: write each row's K/V at its `slots` [R, T] and attend to the cache under
     the pass's visibility (`pass_visibility`)."""
     visible = pass_visibility(slots[:, 0], slots.shape[1], diffusion, ancestors)
-    index = slots[:, None, :, None]
-
-    def kv_context(layer, k, v):
-        k_cache[layer].scatter_(2, index.expand_as(k), k)
-        v_cache[layer].scatter_(2, index.expand_as(v), v)
-        return k_cache[layer], v_cache[layer]
-
-    return model.run(ids, positions, visible, diffusion, kv_context, capture=capture)
+    return model.run(
+        ids, positions, visible, diffusion, slot_writes(k_cache, v_cache, slots), capture=capture
+    )
 
 
 class _Graph:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -227,9 +227,15 @@ class Finished:
 
 
 class _Accepted(NamedTuple):
+    """What a cycle accepted in one row."""
+
     count: int  # drafts accepted
     token: int  # the next token: the correction, or the bonus after the last accepted draft
     drafts: list[int]  # the accepted drafts
+    path: list[int] | None = (
+        None  # a tree's accepted nodes (root first); None for a chain: its first count + 1
+    )
+    trace: list | None = None  # sampling: the acceptance trace's entries for the emitted tokens
 
 
 @dataclass
@@ -248,6 +254,109 @@ class _Row:
     share: float = 0.0
     rows_sum: int = 0
 
+    def emit(self, verdict: _Accepted, draft_passes: int, rows: int, at: float, drafted: bool) -> list[int]:
+        """One cycle's outcome for this row, in a pass over `rows` rows: its tokens (returned), counts and
+        clock."""
+        passes = draft_passes + 1
+        self.verify_forwards += 1
+        self.draft_forwards += draft_passes
+        self.forwards += passes
+        self.share += passes / rows
+        self.rows_sum += passes * rows
+        self.root = verdict.token
+        if drafted:
+            self.accepted.append(verdict.count)
+        if verdict.trace is not None:
+            self.trace += verdict.trace
+        tokens = verdict.drafts + [verdict.token]
+        self.out.emit(tokens)
+        self.emitted_at.append(at)
+        return tokens
+
+
+class _Batch:
+    """A decode's rows: the target cache (made at the first request, grown for a longer one), the active rows
+    in cache order, and how requests join (`fill`) and leave (`finish`, `keep`)."""
+
+    def __init__(self, engine: Engine, drafter: Drafter | None, rows: int, params: SamplingParams):
+        self.engine, self.drafter, self.rows, self.params = engine, drafter, rows, params
+        self.clock = Clock(engine.device)
+        self.nodes = drafter.max_nodes if drafter else 1
+        self.capture = drafter.capture if drafter else ()
+        self.cache: KVCache | None = None
+        self.active: list[_Row] = []
+
+    def fill(self, next_request: Callable[[], Request | None]) -> None:
+        """Admit requests until every row is taken or `next_request` has none (for now: a caller may queue more
+        as results come back, say a conversation's next turn)."""
+        while len(self.active) < self.rows:
+            request = next_request()
+            if request is None:
+                return
+            self.admit(request)
+
+    def admit(self, request: Request) -> None:
+        """Prefill `request` into the row after the active ones."""
+        admitted_at = self.clock()
+        prompt = check_prompt(request.prompt_ids, request.max_new_tokens, self.engine.device)
+        self._hold(max(len(prompt) + request.max_new_tokens + self.nodes, request.capacity or 0))
+        cache, drafter = self.cache, self.drafter
+        b = len(cache.lengths)
+        result = self.engine.prefill(cache, b, prompt, self.capture)
+        logits, features = result if self.capture else (result, None)
+        cache.lengths.append(len(prompt))
+        token = int(next_token(self.params, logits[-1], request.generator))
+        stops = stop_ids(self.engine.model, request.stop_token_ids)
+        out = Output(request.max_new_tokens, stops, request.on_tokens)
+        out.emit([token])
+        if drafter:
+            drafter.admit(b, prompt, features)
+            drafter.emitted(b, [token])
+        self.active.append(_Row(request, out, token, admitted_at, self.clock()))
+
+    def _hold(self, positions: int) -> None:
+        """A cache whose rows hold `positions` each: the first request's, or the current one grown."""
+        if self.cache is None:
+            self.cache = self.engine.new_cache(self.rows, positions)
+            if self.drafter:
+                self.drafter.bind(self.engine, self.cache)
+        elif positions > self.cache.capacity:
+            self.cache = self.engine.grow(self.cache, positions)
+            if self.drafter:
+                self.drafter.grow(self.cache)
+
+    def finish(self, row: _Row) -> Finished:
+        now = self.clock()
+        result = GenerationResult(
+            row.out.tokens,
+            row.out.stop_reason,
+            row.accepted,
+            1,
+            row.verify_forwards,
+            row.draft_forwards,
+            row.first_at - row.admitted_at,
+            now - row.first_at,
+            row.trace[: len(row.out.tokens)] if any(row.trace) else [],
+            offsets(row.emitted_at, row.first_at),
+        )
+        mean_rows = row.rows_sum / row.forwards if row.forwards else 1.0
+        cache, nodes = self.cache, self.nodes
+        per_position = (cache.nbytes + (self.drafter.nbytes if self.drafter else 0)) / (
+            cache.rows * cache.capacity
+        )
+        positions = len(row.request.prompt_ids) + len(row.out.tokens) + nodes
+        return Finished(
+            row.request, result, row.admitted_at, now, row.forwards, row.share, mean_rows, per_position, nodes,
+            int(per_position * positions),
+        )  # fmt: skip
+
+    def keep(self, kept: list[int]) -> None:
+        """Only these active rows stay (the others finished), moved down in the cache and the drafter."""
+        self.active = [self.active[i] for i in kept]
+        self.cache.keep(kept)
+        if self.drafter:
+            self.drafter.keep(kept)
+
 
 @torch.inference_mode()
 def decode(
@@ -265,89 +374,24 @@ def decode(
     output follows the target's transformed distribution). Rows are sized by the requests as they come."""
     if rows < 1:
         raise ValueError(f"the batch must have at least one row, got {rows}")
-    model, device = engine.model, engine.device
-    clock = Clock(device)
-    nodes = drafter.max_nodes if drafter else 1
-    capture = drafter.capture if drafter else ()
-    cache: KVCache | None = None
-    active: list[_Row] = []
-
-    def admit() -> bool:
-        """Prefill the next request into the row after the active ones; False when there is none (for now: a
-        caller may queue more as results come back, say a conversation's next turn)."""
-        nonlocal cache
-        request = next_request()
-        if request is None:
-            return False
-        admitted_at = clock()
-        prompt = check_prompt(request.prompt_ids, request.max_new_tokens, device)
-        need = max(len(prompt) + request.max_new_tokens + nodes, request.capacity or 0)
-        if cache is None:
-            cache = engine.new_cache(rows, need)
-            if drafter:
-                drafter.bind(engine, cache)
-        elif need > cache.capacity:
-            cache = engine.grow(cache, need)
-            if drafter:
-                drafter.grow(cache)
-        b = len(cache.lengths)
-        result = engine.prefill(cache, b, prompt, capture)
-        logits, features = result if capture else (result, None)
-        cache.lengths.append(len(prompt))
-        token = int(next_token(params, logits[-1], request.generator))
-        out = Output(request.max_new_tokens, stop_ids(model, request.stop_token_ids), request.on_tokens)
-        out.emit([token])
-        if drafter:
-            drafter.admit(b, prompt, features)
-            drafter.emitted(b, [token])
-        active.append(_Row(request, out, token, admitted_at, clock()))
-        return True
-
-    def finish(row: _Row) -> Finished:
-        now = clock()
-        result = GenerationResult(
-            row.out.tokens,
-            row.out.stop_reason,
-            row.accepted,
-            1,
-            row.verify_forwards,
-            row.draft_forwards,
-            row.first_at - row.admitted_at,
-            now - row.first_at,
-            row.trace[: len(row.out.tokens)] if any(row.trace) else [],
-            offsets(row.emitted_at, row.first_at),
-        )
-        mean_rows = row.rows_sum / row.forwards if row.forwards else 1.0
-        per_position = (cache.nbytes + (drafter.nbytes if drafter else 0)) / (cache.rows * cache.capacity)
-        positions = len(row.request.prompt_ids) + len(row.out.tokens) + nodes
-        return Finished(
-            row.request, result, row.admitted_at, now, row.forwards, row.share, mean_rows, per_position, nodes,
-            int(per_position * positions),
-        )  # fmt: skip
-
+    batch = _Batch(engine, drafter, rows, params)
     try:
         while True:
-            if not active:  # a new batch (static), or the first one
-                while len(active) < rows and admit():
-                    pass
-                if not active:
+            if not batch.active:  # a new batch (static), or the first one
+                batch.fill(next_request)
+                if not batch.active:
                     return
             # Rows whose first token already ended them (a stop token, max_new_tokens 1) never enter a cycle.
-            if not any(row.out.stop_reason for row in active):
-                _cycle(engine, drafter, cache, active, params, rule, capture)
-            finished = [i for i, row in enumerate(active) if row.out.stop_reason is not None]
+            if not any(row.out.stop_reason for row in batch.active):
+                _cycle(engine, drafter, batch.cache, batch.active, params, rule, batch.capture)
+            finished = [i for i, row in enumerate(batch.active) if row.out.stop_reason is not None]
             if not finished:
                 continue
             for i in finished:
-                yield finish(active[i])
-            kept = [i for i in range(len(active)) if active[i].out.stop_reason is None]
-            active = [active[i] for i in kept]
-            cache.keep(kept)
-            if drafter:
-                drafter.keep(kept)
+                yield batch.finish(batch.active[i])
+            batch.keep([i for i, row in enumerate(batch.active) if row.out.stop_reason is None])
             if continuous:
-                while len(active) < rows and admit():
-                    pass
+                batch.fill(next_request)
     finally:  # the caches go with the decode: the next one's are not allocated beside them
         if drafter:
             drafter.release()
@@ -355,105 +399,30 @@ def decode(
 
 def _cycle(engine, drafter, cache, active: list[_Row], params, rule, capture) -> None:
     """One draft-verify cycle over the active rows (the module docstring's steps 1-4)."""
-    R, device = len(active), engine.device
-    roots = upload([row.root for row in active], device)
     generators = [row.request.generator for row in active]
+    roots = upload([row.root for row in active], engine.device)
     if drafter is None:
-        proposal = Proposal(roots[:, None], [0] * R, 0)
+        proposal = Proposal(roots[:, None], [0] * len(active), 0)
     else:
         proposal = drafter.propose(roots, params, generators)
-    tokens, parents = proposal.tokens, proposal.parents
-    if parents is None and engine.static and drafter is not None:
-        tokens = _fixed_width(tokens, drafter.max_nodes)
+        if proposal.parents is None and engine.static:
+            proposal = replace(proposal, tokens=_fixed_width(proposal.tokens, drafter.max_nodes))
     starts = list(cache.lengths)
-    if parents is None:
-        anc = None
-        result = engine.step(cache, tokens, capture=capture)
-    else:
-        anc = ancestors(parents)
-        result = engine.step(cache, tokens, depth=anc.sum(-1) - 1, ancestors=anc, capture=capture)
-    logits, features = result if capture else (result, None)
+    logits, features, anc = _verify(engine, cache, proposal, capture)
     if rule.target_logits is not None:  # a planted bug (the calibration passes it)
         logits = rule.target_logits(logits)
-
-    # Per row: (drafts accepted, the next token, the accepted drafts); paths for trees, traces for sampling.
-    if params.greedy and tokens.shape[1] == 1:  # AR steps
-        accepted, paths, traces = [_Accepted(0, t, []) for t in logits[:, 0].argmax(-1).tolist()], None, None
-    elif params.greedy and parents is None:  # vectorised over the rows, one host transfer
-        counts, nxt = greedy_accept(tokens[:, 1:], logits, upload(proposal.drafts, device))
-        host = torch.cat([counts[:, None], nxt[:, None], tokens[:, 1:]], dim=1).tolist()
-        paths, traces = None, None
-        accepted = [_Accepted(h[0], h[1], h[2 : 2 + h[0]]) for h in host]
-    elif params.greedy:  # trees, vectorised over the rows, one host transfer
-        N = tokens.shape[1]
-        on_path, nxt = accept_greedy(tokens, parents, anc, logits)
-        host = torch.cat([nxt[:, None], on_path.long(), tokens], dim=1).tolist()
-        paths = [[i for i in range(N) if h[1 + i]] for h in host]
-        accepted = [
-            _Accepted(len(p) - 1, h[0], [h[1 + N + i] for i in p[1:]])
-            for p, h in zip(paths, host, strict=True)
-        ]
-        traces = None
-    elif tokens.shape[1] == 1:  # AR steps, sampled: each row draws from its own generator, one host transfer
-        dist = probs(params, logits)
-        nxt = torch.stack([sample(dist[b, 0], generators[b]) for b in range(R)]).tolist()
-        accepted, paths, traces = [_Accepted(0, t, []) for t in nxt], None, [[None]] * R
-    else:  # sampling: row by row, each row drawing from its own generator in the order it draws alone
-        N = tokens.shape[1]
-        dist = probs(params, logits)
-        drawn = parents is None and proposal.q is not None  # drafts drawn from q: Leviathan's rule
-        host = (
-            None if drawn else (tokens if parents is None else torch.cat([tokens, parents], dim=1)).tolist()
-        )
-        accepted, paths, traces = [], [], []
-        for b in range(R):
-            m = proposal.drafts[b]
-            if drawn:  # one host transfer per row: the count, the next token, the trace and the drafts
-                n, token, trace, drafted = rule.chain_with_trace(tokens[b, 1 : 1 + m], proposal.q[b, :m],
-                                                                 dist[b, : m + 1], generators[b])  # fmt: skip
-                path, drafts = list(range(n + 1)), drafted[:n]
-            else:  # deterministic drafts, a chain or a tree: the multi-draft rule
-                row_parents = list(range(-1, m)) if parents is None else host[b][N:]
-                path, token = rule.tree(host[b][: len(row_parents)], row_parents, dist[b], generators[b])
-                trace, drafts = [None] * len(path), [host[b][i] for i in path[1:]]  # no q to audit against
-            accepted.append(_Accepted(len(path) - 1, token, drafts))
-            paths.append(path)
-            traces.append(trace)
-
-    # The cycle's tokens are on the host (every branch above read them back): this is when they are emitted.
+    accepted = _accept(proposal, logits, anc, params, rule, generators)
+    # The cycle's tokens are on the host (every acceptance reads them back): this is when they are emitted.
     emitted_at = time.perf_counter()
-    passes = proposal.passes + 1
-    for b, row in enumerate(active):
-        n, token, drafts = accepted[b]
-        if parents is not None and paths[b] != list(range(len(paths[b]))):
-            cache.compact(b, starts[b], paths[b])
-        cache.lengths[b] = starts[b] + n + 1
-        row.verify_forwards += 1
-        row.draft_forwards += proposal.passes
-        row.forwards += passes
-        row.share += passes / R
-        row.rows_sum += passes * R
-        row.root = token
+    for b, (row, verdict) in enumerate(zip(active, accepted, strict=True)):
+        if verdict.path is not None and verdict.path != list(range(len(verdict.path))):
+            cache.compact(b, starts[b], verdict.path)
+        cache.lengths[b] = starts[b] + verdict.count + 1
+        tokens = row.emit(verdict, proposal.passes, len(active), emitted_at, drafter is not None)
         if drafter:
-            row.accepted.append(n)
-        if traces is not None:
-            row.trace += traces[b]
-        row.out.emit(drafts + [token])
-        row.emitted_at.append(emitted_at)
-        if drafter:
-            drafter.emitted(b, drafts + [token])
+            drafter.emitted(b, tokens)
     if drafter:
-        counts = [a.count + 1 for a in accepted]
-        if parents is None:
-            drafter.accept(counts, tokens, features)
-        else:  # the accepted paths, gathered to the front of each row
-            index = upload([path + [0] * (max(counts) - len(path)) for path in paths], device)
-            gathered = (
-                None
-                if features is None
-                else features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
-            )
-            drafter.accept(counts, tokens.gather(1, index), gathered)
+        _tell(drafter, proposal, features, accepted, engine.device)
 
 
 def _fixed_width(tokens: torch.Tensor, width: int) -> torch.Tensor:
@@ -464,6 +433,90 @@ def _fixed_width(tokens: torch.Tensor, width: int) -> torch.Tensor:
     if tokens.shape[1] == width:
         return tokens
     return torch.cat([tokens, tokens.new_zeros(tokens.shape[0], width - tokens.shape[1])], dim=1)
+
+
+def _verify(engine, cache, proposal: Proposal, capture):
+    """Step 2: the target pass over every row's proposal -> (logits, features or None, the tree's ancestors or
+    None)."""
+    if proposal.parents is None:
+        anc = None
+        result = engine.step(cache, proposal.tokens, capture=capture)
+    else:
+        anc = ancestors(proposal.parents)
+        result = engine.step(cache, proposal.tokens, depth=anc.sum(-1) - 1, ancestors=anc, capture=capture)
+    logits, features = result if capture else (result, None)
+    return logits, features, anc
+
+
+def _accept(proposal: Proposal, logits, anc, params, rule, generators) -> list[_Accepted]:
+    """Step 3, per row: greedy vectorised over the rows and read back in one host transfer; sampling row by row,
+    each row from its own generator."""
+    tokens, parents = proposal.tokens, proposal.parents
+    if tokens.shape[1] == 1:  # AR steps
+        if params.greedy:
+            return [_Accepted(0, t, []) for t in logits[:, 0].argmax(-1).tolist()]
+        dist = probs(params, logits)
+        drawn = torch.stack([sample(dist[b, 0], g) for b, g in enumerate(generators)]).tolist()
+        return [_Accepted(0, t, [], trace=[None]) for t in drawn]
+    if params.greedy and parents is None:
+        counts, nxt = greedy_accept(tokens[:, 1:], logits, upload(proposal.drafts, tokens.device))
+        host = torch.cat([counts[:, None], nxt[:, None], tokens[:, 1:]], dim=1).tolist()
+        return [_Accepted(h[0], h[1], h[2 : 2 + h[0]]) for h in host]
+    if params.greedy:
+        return _accept_greedy_trees(tokens, parents, anc, logits)
+    return _accept_sampled(proposal, probs(params, logits), rule, generators)
+
+
+def _accept_greedy_trees(tokens, parents, anc, logits) -> list[_Accepted]:
+    """Greedy acceptance of trees, vectorised over the rows, one host transfer."""
+    N = tokens.shape[1]
+    on_path, nxt = accept_greedy(tokens, parents, anc, logits)
+    host = torch.cat([nxt[:, None], on_path.long(), tokens], dim=1).tolist()
+    accepted = []
+    for h in host:
+        path = [i for i in range(N) if h[1 + i]]
+        accepted.append(_Accepted(len(path) - 1, h[0], [h[1 + N + i] for i in path[1:]], path))
+    return accepted
+
+
+def _accept_sampled(proposal: Proposal, dist, rule, generators) -> list[_Accepted]:
+    """Sampling, row by row, each row drawing from its own generator in the order it draws alone: Leviathan's
+    rule for drafts drawn from q (one host transfer per row: the count, the next token, the trace and the
+    drafts), else the multi-draft rule for deterministic drafts, a chain or a tree."""
+    tokens, parents, q = proposal.tokens, proposal.parents, proposal.q
+    N = tokens.shape[1]
+    drawn = parents is None and q is not None
+    host = None if drawn else (tokens if parents is None else torch.cat([tokens, parents], dim=1)).tolist()
+    accepted = []
+    for b, generator in enumerate(generators):
+        m = proposal.drafts[b]
+        if drawn:
+            n, token, trace, drafted = rule.chain_with_trace(tokens[b, 1 : 1 + m], q[b, :m], dist[b, : m + 1],
+                                                             generator)  # fmt: skip
+            accepted.append(_Accepted(n, token, drafted[:n], trace=trace))
+            continue
+        row_parents = list(range(-1, m)) if parents is None else host[b][N:]
+        path, token = rule.tree(host[b][: len(row_parents)], row_parents, dist[b], generator)
+        drafts = [host[b][i] for i in path[1:]]
+        tree_path = None if parents is None else path
+        accepted.append(
+            _Accepted(len(path) - 1, token, drafts, tree_path, [None] * len(path))
+        )  # no q to audit
+    return accepted
+
+
+def _tell(drafter: Drafter, proposal: Proposal, features, accepted: list[_Accepted], device) -> None:
+    """Step 4's last part: the drafter hears each row's committed tokens and their target features (a tree's
+    accepted paths gathered to the front of each row)."""
+    counts = [a.count + 1 for a in accepted]
+    if proposal.parents is None:
+        drafter.accept(counts, proposal.tokens, features)
+        return
+    index = upload([a.path + [0] * (max(counts) - len(a.path)) for a in accepted], device)
+    gathered = (
+        None if features is None else features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
+    )
+    drafter.accept(counts, proposal.tokens.gather(1, index), gathered)
 
 
 def generate(

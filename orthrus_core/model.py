@@ -92,14 +92,7 @@ class KVCache:
         """kv_context(layer, k, v) for a pass writing k, v [R, kv_heads, T, D] of rows 0..R-1 at `slots` [R, T]
         (each row its own); it returns the rows' whole buffers, as `extend` does."""
         R = slots.shape[0]
-
-        def kv(layer, k, v):
-            index = slots[:, None, :, None].expand_as(k)
-            self.k[layer, :R].scatter_(2, index, k)
-            self.v[layer, :R].scatter_(2, index, v)
-            return self.k[layer, :R], self.v[layer, :R]
-
-        return kv
+        return slot_writes(self.k[:, :R], self.v[:, :R], slots)
 
     def compact(self, b: int, start: int, keep: list[int]) -> None:
         """Row b keeps its nodes at slots start + keep (sorted offsets, an accepted tree path) as the slots
@@ -125,6 +118,23 @@ class KVCache:
         self.k[:, :R, :, :C] = other.k[:, :R, :, :C]
         self.v[:, :R, :, :C] = other.v[:, :R, :, :C]
         self.lengths = list(other.lengths)
+
+
+def slot_writes(k_buffers: torch.Tensor, v_buffers: torch.Tensor, slots: torch.Tensor) -> KVContext:
+    """kv_context(layer, k, v) writing a pass's k, v [R, kv_heads, T, D] into buffers [layers, R, kv_heads,
+    capacity, D] at `slots` [R, T], each row at its own; it returns the layer's whole buffers. One indexed
+    assignment into the whole buffers (the layer an index too, not a view), which torch.compile performs in
+    place: a write into a view of a pass's input (`k_buffers[layer]`) is made functional there, a copy of every
+    layer's cache per pass and one more of the whole cache back into the buffers."""
+    rows = torch.arange(slots.shape[0], device=slots.device)[:, None]
+
+    def kv(layer, k, v):
+        at = (torch.full_like(rows, layer), rows, slice(None), slots)
+        k_buffers[at] = k.transpose(1, 2)
+        v_buffers[at] = v.transpose(1, 2)
+        return k_buffers[layer], v_buffers[layer]
+
+    return kv
 
 
 def cache_shape(config, rows: int, capacity: int) -> tuple[int, ...]:
