@@ -68,7 +68,7 @@ def test_a_batched_run_records_the_batch_and_the_report_sweeps_it(tmp_path, caps
     assert "those at the smallest, B=1 (a batch of one: one prompt at a time)" in text
     assert "**Embedded tiny family, T=0, B=1**" in text  # the headline names the batch size it reads
     summary = text.split("**Per method and suite, T=0**", 1)[1].split("\n\n")[1].splitlines()
-    assert summary[0].startswith("| model | suite | method | engine | B | gens |")
+    assert summary[0].startswith("| model | suite | method | backend | B | gens |")
     assert all(row.split(" | ")[4] == "1" for row in summary[2:])
 
 
