@@ -1,6 +1,7 @@
 """The layout's rules, read off the import graph of the source (every import statement, those inside functions
 included): no import cycles; orthrus_core never imports harness; nothing imports the CLI that drives it; the
-report stage never imports torch or the runner, directly or through what it imports."""
+report stage never imports torch or the runner, directly or through what it imports; and no function is longer
+than a screen."""
 
 from __future__ import annotations
 
@@ -178,3 +179,19 @@ def test_the_memory_planner_sits_below_every_drafter():
     } <= drafters
     assert "orthrus_core.prompt_lookup" in drafters and "orthrus_core.memory" not in drafters
     assert sorted(closure("orthrus_core.memory") & drafters) == []
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Every function of orthrus_core and harness reads on one screen: at most MAX_FUNCTION_LINES lines from its
+    def to its last line, docstring and nested functions included."""
+    long = [
+        f"{MODULES[name].relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for name in MODULES
+        for node in ast.walk(ast.parse(MODULES[name].read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long == []
