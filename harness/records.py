@@ -199,7 +199,7 @@ def fields_of(inlined) -> tuple[str, ...]:
 
 
 # Fields added after results were first committed: absent from older records, which still load.
-LATER_FIELDS = ("tags", "engine", "emit_offsets_s", "compiles", "config_hash")
+LATER_FIELDS = ("tags", "backend", "emit_offsets_s", "compiles", "config_hash")
 # The fields every record of a status has on disk (telemetry's are all there or, with --no-telemetry, none;
 # the batch's are all there in a batched run and none elsewhere).
 REQUIRED_FIELDS = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from synthetic_runs import generation_record, run_info
@@ -168,3 +169,18 @@ def test_files_written_before_backend_was_named_so_read_as_now(tmp_path):
         f.write(json.dumps({**old, "item_id": "s/b", "engine": "orthrus-bench"}) + "\n")
     with pytest.raises(StoreError, match="its backend is orthrus-bench, the run's vllm-ar ran in vllm"):
         read_records(tmp_path)
+
+
+COMMITTED_RUNS = sorted(
+    path.parent for path in (Path(__file__).resolve().parents[1] / "results").rglob("run.json")
+)
+
+
+@pytest.mark.parametrize("run", COMMITTED_RUNS, ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_committed_run_reads_whole_under_todays_schema(run):
+    """The committed reference runs, written by older versions of the schema (before `backend`, the config hash,
+    telemetry on batched records ...), read back whole: every record good, checked against its run.json."""
+    records = read_records(run)
+    lines = (run / RECORDS).read_text().splitlines()
+    assert len(records) == len(lines) > 0
+    assert {r["backend"] for r in records if "backend" in r} <= {"orthrus-bench", "vllm"}
