@@ -4,6 +4,7 @@ computes what each row computes alone, and the baselines beside them decode what
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 import torch
@@ -332,29 +333,43 @@ def test_the_bench_random_model_has_clear_greedy_decisions():
 
 
 def test_a_generation_that_compiled_is_run_again_before_it_is_recorded(monkeypatch):
+    """A request decoded alone whose decode compiled is decoded again, from a fresh request with the same seed,
+    and the record's measure is the second decode's, which still says that the first one compiled."""
+    import dataclasses
+
     from harness.run import runner
+    from orthrus_core.loop import Request
 
-    counts = iter([0, 1, 1, 1])  # the first call compiles (0 -> 1), the second does not
+    counts = iter([0, 1, 1, 1])  # the first decode compiles (0 -> 1), the second does not
     monkeypatch.setattr(runner, "compilations", lambda: next(counts))
-    calls = []
+    seeds = []
 
-    class Decoder:
-        def generate(self, prompt_ids, max_new_tokens, **kwargs):
-            calls.append(kwargs["seed"])
-            return "result"
+    def decode(next_request):  # one request's decode, as a decoder's `decode` yields it
+        request = next_request()
+        seeds.append(request.generator)
+        yield types.SimpleNamespace(request=request)
 
     class Telemetry:
-        def start(self):
+        def open(self):
             pass
 
-        def stop(self):
-            return {"measured": len(calls)}
+        def admit(self, key):
+            pass
 
-    sink = []
-    generate = runner._measured(Decoder(), Telemetry(), torch.device("cpu"), sink)
-    assert generate([1, 2], 4, seed=7) == "result"
-    assert calls == [7, 7] and len(sink) == 1 and sink[0].telemetry == {"measured": 2}
-    assert sink[0].compiles == 1  # the record says its first attempt compiled
+        def finish(self, key):
+            return {"measured": len(seeds)}
+
+        def close(self):
+            pass
+
+    meter = runner.Meter(Telemetry(), torch.device("cpu"))
+    fresh = lambda request: dataclasses.replace(request, generator=7)  # noqa: E731 (the seed made again)
+    request = Request([1, 2], 4, generator=7)
+    (done,) = meter.rerunning(meter.measured(decode), fresh)(lambda: request)
+    assert seeds == [7, 7] and done.request is not request  # decoded twice, the second time anew
+    measure = meter.measures[id(done.request)]
+    assert measure.telemetry == {"measured": 2}  # the second decode's
+    assert measure.compiles == 1  # the record says its first attempt compiled
 
 
 def test_a_capture_measures_its_graph_pool_after_the_caches_emptying(monkeypatch):
