@@ -141,6 +141,8 @@ class AcceptanceRule:
         uniforms as the longest walk can try are read back together, the walk follows them on the host, and the
         generator is set back to where the walk's last uniform left it, so that the next token is drawn from the
         stream a walk that drew its uniforms one by one would draw it from."""
+        # a static engine verifies a chain at its full width: p has rows after the real nodes', never walked
+        p = p[: len(tokens)]
         children: list[list[int]] = [[] for _ in tokens]
         for i, parent in enumerate(parents[1:], start=1):
             children[parent].append(i)

@@ -280,7 +280,8 @@ def test_the_tree_walk_reads_the_device_once_and_leaves_the_stream_where_a_child
     """The tree rule's walk, computed from one read-back (the uniforms a longest walk can draw and every node's
     tests), accepts what a walk reading the device per child accepts, draws the same next token, and leaves the
     generator where that walk leaves it, so the row's later draws are the same too; at a vocabulary as large as
-    Qwen3's too, where a [N, V] tensor's row sums round otherwise than each row's own sum."""
+    Qwen3's too, where a [N, V] tensor's row sums round otherwise than each row's own sum; and whatever rows of p
+    follow the tree's nodes."""
     g = torch.Generator().manual_seed(1)
     for _ in range(40 if vocab < 100 else 4):
         N = int(torch.randint(1, 9, (), generator=g))
@@ -293,8 +294,10 @@ def test_the_tree_walk_reads_the_device_once_and_leaves_the_stream_where_a_child
         seed = int(torch.randint(0, 2**31, (), generator=g))
         ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
         syncs = HostSyncs()
+        # a static engine verifies a chain at its full width: rows of p after the real nodes are never walked
+        padded = torch.cat([p, torch.softmax(torch.randn(2, vocab, generator=g), -1)])
         with syncs:
-            walked = EXACT.tree(tokens, parents, p, ours)
+            walked = EXACT.tree(tokens, parents, padded, ours)
         assert walked == walk_child_by_child(tokens, parents, p, theirs)
         assert torch.equal(ours.get_state(), theirs.get_state())
         assert syncs.total <= 2  # the walk's one read-back and the next token
