@@ -1,16 +1,17 @@
-"""The one prepared GPU check, in two calls that each fit five minutes on an H200, compiles included, and its
+"""The one prepared GPU check, in three calls that each fit five minutes on an H200, compiles included, and its
 rehearsal on a CPU.
 
     python benchmarks/gpu_check.py --call 1 --out $OUT                  # smoke, long context, engine, bf16
-    python benchmarks/gpu_check.py --call 2 --out $OUT --after DIR      # identity, batch (DIR: call 1's $OUT)
+    python benchmarks/gpu_check.py --call 2 --out $OUT --after DIR      # identity (DIR: call 1's $OUT)
+    python benchmarks/gpu_check.py --call 3 --out $OUT --after DIR      # batch
     python benchmarks/gpu_check.py --rehearse --out DIR                 # every step, the CUDA route on this CPU
     python benchmarks/gpu_check.py --rehearse --out DIR --write-plan    # ... and refresh gpu_check_plan.json
 
 Before it starts, each call prints its plan: per step, the shapes it compiles (FlexAttention kernels, CUDA
 graph captures, transformers' own graphs), as the rehearsal counted them (gpu_check_plan.json, which a test
 holds to the rehearsal), times the seconds one costs (COMPILE_S), plus the step's own work (WORK_S); `--after`
-carries call 1's measured seconds per compile into call 2's plan, and its compile caches (Inductor's and
-Triton's, archived in call 1's $OUT as compile-cache.tar.gz) into call 2. Every step writes DIR/gpu_check.json
+carries call 1's measured seconds per compile into the later calls' plans, and its compile caches (Inductor's
+and Triton's, archived in call 1's $OUT as compile-cache.tar.gz) into them. Every step writes DIR/gpu_check.json
 and DIR/gpu_check.md as it finishes, so a kill keeps what finished; a method that fails keeps the others' rows.
 Exit 0 unless a step failed to run (a missed target is a finding, reported as such). The calls are balanced by
 the plan, each within CALL_LIMIT_S (tests/test_gpu_check.py).
@@ -30,7 +31,9 @@ Call 1:
 
 Call 2:
 5. identity: every lossless method on the tiny family in float32, EAGLE-3 and ar-hf:cache=static included,
-   token for token against `ar`, in the device's default engine;
+   token for token against `ar`, in the device's default engine.
+
+Call 3:
 6. batch: the batched AR step, diffusion and verify passes at the qwen3-8b shape at 4K, at the smallest and the
    largest batch sizes the memory plan of the device fits (H100 or H200), with cycle / AR; Orthrus and DFlash on
    the tiny family at B = 2 (continuous), row for row against their own batch-1 output.
@@ -40,7 +43,7 @@ Call 2:
 The rehearsal (--rehearse, orthrus_core.rehearsal) runs the same steps with the same structure (methods, row
 buckets, capacity buckets, dtypes: what decides how many shapes compile) at a small shape, with contexts that
 group into capacity buckets as the GPU's do (`Scale`, `capacity_groups`), fewer timing repeats, and Dynamo's
-caches emptied between the two calls, which are two processes on the GPU.
+caches emptied at each call's first step: the calls are processes of their own on the GPU.
 
 The machine has no network: only the repository arrives, so it needs only what the project imports.
 """
@@ -86,9 +89,10 @@ HERE = Path(__file__).resolve().parent
 PLAN_FILE = HERE / "gpu_check_plan.json"
 LOSSLESS = ["ar-hf", "ar-hf:cache=static", "orthrus", "orthrus:cache=dynamic", "eagle3", "dflash", "pld"]
 # Balanced by the plan: the bf16 step (the tiny family, its own dtype's shapes) fits beside the 8B steps, whose
-# shapes are few; identity (every method and transformers' own graphs) and batch (two row buckets) fill call 2.
-CALLS = {1: ["smoke", "long_context", "engine", "bf16"], 2: ["identity", "batch"]}
-STEPS = [*CALLS[1], *CALLS[2], "pipeline"]
+# shapes are few; identity (every method, the drafters' passes and transformers' own graphs) fills call 2, and
+# batch (two row buckets, the drafters' passes at each) call 3: together they plan past one call's limit.
+CALLS = {1: ["smoke", "long_context", "engine", "bf16"], 2: ["identity"], 3: ["batch"]}
+STEPS = [*CALLS[1], *CALLS[2], *CALLS[3], "pipeline"]
 CALL_LIMIT_S = 300  # one call of the device tool, as a session should spend it
 
 # Each step's own work on an H200, compiles excluded (the plan adds those from the rehearsal's counts), from
@@ -820,7 +824,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", required=True, help="directory for gpu_check.json, gpu_check.md and the compile cache"
     )
-    parser.add_argument("--call", type=int, choices=sorted(CALLS), help="the steps of call 1 or call 2")
+    parser.add_argument("--call", type=int, choices=sorted(CALLS), help="the steps of call 1, 2 or 3")
     parser.add_argument(
         "--steps", type=lambda s: s.split(","), help=f"these steps, comma-separated ({', '.join(STEPS)})"
     )
@@ -841,7 +845,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     steps = args.steps or (CALLS[args.call] if args.call else (STEPS[:-1] if args.rehearse else None))
     if steps is None:
-        parser.error("give --call 1, --call 2, --steps or --rehearse")
+        parser.error("give --call 1, 2 or 3, --steps or --rehearse")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown steps {', '.join(unknown)}; choose from {', '.join(STEPS)}")
@@ -880,7 +884,7 @@ def main(argv=None) -> int:
     with rehearsal() if args.rehearse else contextlib.nullcontext():
         for name in steps:
             # Each call is a process of its own on the GPU: it starts with nothing compiled.
-            if args.rehearse and name in (steps[0], CALLS[2][0]):
+            if args.rehearse and name in (steps[0], *(call[0] for call in CALLS.values())):
                 torch._dynamo.reset()
             started, mark = time.perf_counter(), compiled.LEDGER.mark()
             graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]

@@ -84,7 +84,8 @@ def test_an_eager_ar_cycle_launches_each_layer_and_a_graph_mode_calls_one_graph(
     assert 10 * compiled["per_cycle"]["launches"] < eager["per_cycle"]["launches"]
     assert compiled["per_cycle"]["compiled_ops"] >= 4 * layers
     for r in (eager, graph, compiled):
-        assert r["per_cycle"]["syncs"] == 1 and list(r["syncs_where"]) == ["loop.py:353 tolist"]
+        (where,) = r["syncs_where"]  # the one read-back of the cycle's tokens, in the loop
+        assert r["per_cycle"]["syncs"] == 1 and where.startswith("loop.py:") and where.endswith(" tolist")
     assert graph["launch_ms"][1] < eager["launch_ms"][0]
 
 

@@ -642,7 +642,7 @@ def decode_units(work: Work, label: str, suite: Suite, units: list[tuple[SuiteIt
     if spec.batch_size is None:
         decode = one_at_a_time(meter.rerunning(decode, anew))
     conversations = [Conversation(item, sample) for item, sample in units]
-    epoch, written = work.clock(), set()
+    epoch, written, writing = work.clock(), set(), None
     try:
         with (
             work.compiles.during(label, "generations"),
@@ -658,11 +658,15 @@ def decode_units(work: Work, label: str, suite: Suite, units: list[tuple[SuiteIt
                     None if spec.batch_size is None else [batch_fields(spec, f, epoch) for f in c.finished]
                 )
                 records = unit_records(unit, c.item, c.turns, measures, score, gen, spec.seed, batch)
+                writing = c  # a store that fails (a full disk) fails the run: its unit is not an error record
                 work.store.write_unit(records)
+                writing = None
                 written.add(id(c))
                 work.bar.update(1)
                 work.bar.set_postfix_str(work.figures.add(label, records))
     except Exception as exc:
+        if writing is not None:
+            raise
         if p.target.model.lm_head.weight.device.type == "cuda":
             torch.cuda.empty_cache()
         for c in conversations:
