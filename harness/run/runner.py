@@ -642,7 +642,9 @@ def decode_units(work: Work, label: str, suite: Suite, units: list[tuple[SuiteIt
     if spec.batch_size is None:
         decode = one_at_a_time(meter.rerunning(decode, anew))
     conversations = [Conversation(item, sample) for item, sample in units]
-    epoch, written, writing = work.clock(), set(), None
+    # a batch's times are from its start (BatchFields); read only where there is a batch: the clock syncs the device
+    epoch = None if spec.batch_size is None else work.clock()
+    written, writing = set(), None
     try:
         with (
             work.compiles.during(label, "generations"),
