@@ -58,6 +58,7 @@ REGISTRY = [
     Method("vllm-pld", True, True, backend="vllm", summary="vLLM's n-gram speculative decoding (prompt lookup)"),
     Method("vllm-eagle3", True, True, backend="vllm", summary="an EAGLE-3 head in vLLM (chain drafts)"),
     Method("vllm-dflash", True, True, backend="vllm", summary="a DFlash drafter in vLLM"),
+    Method("vllm-orthrus", True, True, backend="vllm", summary="Orthrus' diffusion view drafting in vLLM"),
 ]  # fmt: skip
 METHODS = {m.name: m for m in REGISTRY}
 # The project's engine's methods: the default of `run` and the nox sessions (vLLM's are asked for by name).

@@ -481,9 +481,10 @@ class VLLMDecoder(Decoder):
 # Building one.
 
 
-def engine_args(target, options: dict, speculation: Speculation) -> dict:
-    """The vLLM engine arguments of a method on `target` (a harness.methods.target.Target)."""
-    model_dir = base_view(target.path)
+def engine_args(target, options: dict, speculation: Speculation, model_dir: Path | None = None) -> dict:
+    """The vLLM engine arguments of a method on `target` (a harness.methods.target.Target): vLLM loads
+    `model_dir`, by default the target's `base_view`."""
+    model_dir = model_dir or base_view(target.path)
     device = target.model.lm_head.weight.device
     dtype = str(target.model.lm_head.weight.dtype).removeprefix("torch.")
     parallel = getattr(target, "parallel", None) or {}
@@ -513,9 +514,17 @@ def engine_args(target, options: dict, speculation: Speculation) -> dict:
     return args
 
 
-def build(target, label: str, options: dict, speculation: Speculation, checkpoints=None) -> VLLMDecoder:
+def build(
+    target,
+    label: str,
+    options: dict,
+    speculation: Speculation,
+    checkpoints=None,
+    model_dir: Path | None = None,
+) -> VLLMDecoder:
     """The decoder of a vLLM method, vLLM imported and the target (and draft) checked; its engine starts with
-    `start()` (what vLLM refuses then is a VLLMError naming the method) or at its first generation."""
+    `start()` (what vLLM refuses then is a VLLMError naming the method) or at its first generation. vLLM loads
+    `model_dir` (default: the target's base_view)."""
     vllm = import_vllm()
     from vllm.platforms import current_platform
 
@@ -533,7 +542,7 @@ def build(target, label: str, options: dict, speculation: Speculation, checkpoin
     config = {
         "backend": BACKEND,
         "version": vllm.__version__,
-        "engine_args": engine_args(target, options, speculation),
+        "engine_args": engine_args(target, options, speculation, model_dir),
     }
     if speculation.config is not None and platform == "cpu" and (defect := cpu_expand_defect()):
         config["defects"] = [defect]
