@@ -22,7 +22,7 @@ OPTIONS = {
 }
 
 
-def draft_view(directory: Path, cache: Path | None = None) -> Path:
+def draft_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     """The directory vLLM builds the draft from: the checkpoint's config with architecture
     DFlashOrthrusDiffusionView and the mask token as DFlash's, and an empty weights file (the draft's weights are
     the target's), written once per config into `cache`/vllm/."""
@@ -30,7 +30,7 @@ def draft_view(directory: Path, cache: Path | None = None) -> Path:
 
     from .vllm_plugin import MODELS
 
-    raw = read_json(directory / "config.json")
+    raw = read_json(Path(directory) / "config.json")
     config = {k: v for k, v in raw.items() if k != "auto_map"}
     config["architectures"] = [a for a in MODELS if a != "OrthrusLM"]
     # DFlash's proposer always has the target keep some layers' states for the draft; the diffusion view reads
