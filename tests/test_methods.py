@@ -48,6 +48,7 @@ def test_available_and_spec_parsing():
         "vllm-pld",
         "vllm-eagle3",
         "vllm-dflash",
+        "vllm-orthrus",
     ]  # vLLM's beside the project's engine (tests/test_vllm.py)
     spec = MethodSpec.parse(" eagle3:tree=chain:depth=5")
     assert (spec.name, spec.options) == ("eagle3", {"tree": "chain", "depth": "5"})

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from harness.method_spec import MethodSpec
-from harness.methods import OWN, backend_of
+from harness.methods import METHODS, OWN, backend_of
 from harness.options import OptionError, check_device_name, check_positive, check_sampling
 from harness.store import OVERRIDES
 from harness.suites.config import GenerationSettings
@@ -90,7 +90,7 @@ class RunSpec:
         ):
             raise OptionError(
                 "--tensor-parallel-size and --data-parallel-size are vLLM's: give them with a vLLM method "
-                "(vllm-ar, vllm-pld, vllm-eagle3, vllm-dflash)"
+                f"({', '.join(m for m in METHODS if backend_of(m) == 'vllm')})"
             )
         try:
             check_format(self.quantize)
