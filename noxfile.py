@@ -37,7 +37,7 @@ import sys
 import nox
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.methods import BATCHED, OWN, REGISTRY, is_greedy_only  # noqa: E402 (torch-free: the registry alone)
+from harness.methods import BATCHED, OWN, REGISTRY, is_greedy_only  # noqa: E402 (torch-free: the registry)
 
 nox.needs_version = ">=2025.10.14"  # download_python=
 nox.options.sessions = ["lint", "tests"]
@@ -54,7 +54,7 @@ CONTEXT_SUITE = "longctx"
 GPU_SIZES = {"1.7b": "1.7B", "4b": "4B", "8b": "8B"}
 SDAR_METHOD = "diffusion:layout=sdar:block_size=16:mask_token_id=151669"
 ALL_METHODS = list(OWN)  # every method of the project's engine (vLLM's need an extra)
-# vLLM's methods (vllm-ar, vllm-pld, vllm-eagle3, vllm-dflash, vllm-orthrus), in the GPU benchmarks' greedy run.
+# vLLM's methods (vllm-ar, vllm-pld, vllm-eagle3, vllm-dflash, vllm-orthrus): the GPU benchmarks' greedy run's.
 VLLM_METHODS = [m.name for m in REGISTRY if m.backend == "vllm"]
 # The engine's honest baselines (orthrus_core.engine): transformers' compiled StaticCache AR, the strongest
 # off-the-shelf AR, and Orthrus on a DynamicCache as the official code writes it.
@@ -84,7 +84,7 @@ def lint(session: nox.Session) -> None:
 
 
 def install_project(session: nox.Session, extra: str | None = None) -> None:
-    """torch (TORCH_SPEC), then the project with its `extra` (pyproject.toml's optional dependencies), if any."""
+    """torch (TORCH_SPEC), then the project with its `extra` (an optional dependency of pyproject.toml)."""
     if session.venv_backend == "none":  # `nox --no-venv`: use the current environment, which has the project
         return
     session.install(TORCH_SPEC)

@@ -167,9 +167,9 @@ class BenchSession(FakeSession):
 
 @pytest.mark.parametrize("size", ["1.7b", "8b"])
 def test_the_gpu_benchmarks_greedy_run_holds_vllms_methods(tmp_path, monkeypatch, size):
-    """bench-N installs the `vllm` extra and runs every vLLM method of the registry beside the project's in its
-    greedy run, so that its report answers Orthrus against DFlash and EAGLE-3 in both engines; at 1.7B neither
-    DFlash runs (no public drafter). The other runs (T=1, long context, SDAR) are the project's alone."""
+    """bench-N installs the `vllm` extra and runs every vLLM method of the registry beside the project's in
+    its greedy run, so that its report answers Orthrus against DFlash and EAGLE-3 in both engines; at 1.7B
+    neither DFlash runs (no public drafter). The other runs (T=1, long context, SDAR) are the project's alone."""
     sys.path.insert(0, str(REPO))
     try:
         import noxfile

@@ -1,5 +1,5 @@
-"""The report answers "Orthrus against DFlash and EAGLE-3, in vLLM and in the project's engine" (issue 40): the
-headline opens with one row per engine (each drafter's speedup over the engine's AR baseline, and τ), and
+"""The report answers "Orthrus against DFlash and EAGLE-3, in vLLM and in the project's engine" (issue 40):
+the headline opens with one row per engine (each drafter's speedup over the engine's AR baseline, and τ), and
 `vllm-orthrus` is held against the project's `orthrus` in a cross-engine check per suite (token identity, the
 same accepted drafts in every cycle, τ and its difference), named in the headline's note as `vllm-ar` is
 against `ar`. Runs without them render as before."""
@@ -31,8 +31,8 @@ ENGINES = (
     "vllm-dflash",
     "vllm-orthrus",
 )
-# Orthrus in both engines accepting few drafts a cycle: some items' first cycles all accept none, which the drop
-# below leaves as they were
+# Orthrus in both engines accepting few drafts a cycle: some items' first cycles all accept none, which the
+# drop below leaves as they were
 SPECS = {
     "vllm-pld": ("vllm-pld", True, 1.1, 0.8),
     "orthrus": ("orthrus", True, 4.0, 0.3),
@@ -104,8 +104,8 @@ def test_vllm_orthrus_is_held_against_orthrus_per_suite(report):
     assert "T=1" not in check  # greedy only: sampled draws differ by construction
     columns, rows = table_after(markdown, "vllm-orthrus against orthrus (embedded tiny family, T=0)")
     assert columns == ["suite", "prompts", "identical to each other", "same accepted drafts in every cycle",
-                       "orthrus identical to ar", "vllm-orthrus identical to ar", "orthrus τ", "vllm-orthrus τ",
-                       "τ difference"]  # fmt: skip
+                       "orthrus identical to ar", "vllm-orthrus identical to ar", "orthrus τ",
+                       "vllm-orthrus τ", "τ difference"]  # fmt: skip
     records = [r for r in read_records(root / "t0") if r["status"] == "ok"]
     assert [row[0] for row in rows] == ["tiny-code", "tiny-math"]  # no paper suite among them: by name
     for row in rows:
@@ -139,8 +139,9 @@ def test_vllm_orthrus_is_held_against_orthrus_per_suite(report):
 def test_the_vllm_methods_sort_beside_the_projects(report):
     _, markdown, _ = report
     _, rows = table_after(markdown, "Per method and suite, T=0")
-    assert [row[2] for row in rows if row[1] == "tiny-math"] == ["ar", "vllm-ar", "eagle3", "vllm-eagle3", "dflash", "vllm-dflash",
-                                        "orthrus", "vllm-orthrus", "vllm-pld"]  # fmt: skip
+    assert [row[2] for row in rows if row[1] == "tiny-math"] == [
+        "ar", "vllm-ar", "eagle3", "vllm-eagle3", "dflash", "vllm-dflash", "orthrus", "vllm-orthrus", "vllm-pld"
+    ]  # fmt: skip
 
 
 def test_runs_without_them_render_as_before(tmp_path):

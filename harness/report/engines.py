@@ -1,8 +1,8 @@
-"""The report's answer across engines: Orthrus against DFlash and EAGLE-3 in each engine that decoded them (the
-project's, and vLLM through its twins `vllm-orthrus`, `vllm-dflash`, `vllm-eagle3`), the headline's first
-tables; and the cross-engine checks, a vLLM method held against the project's method of the same algorithm
-(`vllm-ar` against `ar`, `vllm-orthrus` against `orthrus`), where a difference is the engines' disagreement,
-not a method's fault."""
+"""The report's answer across engines: Orthrus against DFlash and EAGLE-3 in each engine that decoded them
+(the project's, and vLLM through `vllm-orthrus`, `vllm-dflash`, `vllm-eagle3`), the headline's first tables;
+and the cross-engine checks, a vLLM method held against the project's method of the same algorithm (`vllm-ar`
+against `ar`, `vllm-orthrus` against `orthrus`), where a difference is the engines' disagreement, not a
+method's fault."""
 
 from __future__ import annotations
 
@@ -20,19 +20,19 @@ DRAFTERS = {"orthrus": "Orthrus", "dflash": "DFlash", "eagle3": "EAGLE-3"}
 # (engine, the prefix of its methods' names, its AR baseline; None: the fastest AR baseline of the run, the
 # headline's denominator)
 ENGINES = (("orthrus-bench", "", None), ("vLLM", VLLM_PREFIX, f"{VLLM_PREFIX}ar"))
-# Orthrus in vLLM: the project's Orthrus algorithm, so in float32 greedy both give `ar`'s tokens and accept the
-# same drafts in every cycle at the same block size.
+# Orthrus in vLLM: the project's Orthrus algorithm, so in float32 greedy both give `ar`'s tokens and accept
+# the same drafts in every cycle at the same block size.
 VLLM_ORTHRUS = f"{VLLM_PREFIX}orthrus"
 
 
-# ------------------------------------------------------------------------------- Orthrus against the others
+# ---------------------------------------------------------------------------- Orthrus against the others
 
 
 def drafter_tables(u: pd.DataFrame, batch_size: int | None = None) -> list[Table]:
-    """Per model and temperature, one row per engine that decoded its Orthrus and DFlash or EAGLE-3: each one's
-    speedup over the engine's AR baseline (mean per-item tokens/s over the baseline's on the same items of every
-    suite, 95% paired bootstrap CI) and its τ pooled over every suite's cycles. `batch_size`: the batch size of
-    the units in `u`, named in each title (None: decoded alone)."""
+    """Per model and temperature, one row per engine that decoded its Orthrus and DFlash or EAGLE-3: each
+    one's speedup over the engine's AR baseline (mean per-item tokens/s over the baseline's on the same items
+    of every suite, 95% paired bootstrap CI) and its τ pooled over every suite's cycles. `batch_size`: the
+    batch size of the units in `u`, named in each title (None: decoded alone)."""
     tables = []
     for (model, temp), g in u.groupby(["model", "temperature"], sort=True):
         rows = [row for engine in ENGINES if (row := engine_row(g, *engine))]
@@ -41,13 +41,14 @@ def drafter_tables(u: pd.DataFrame, batch_size: int | None = None) -> list[Table
         columns = ["engine", "methods", "speedup over", *(f"{n} ×" for n in DRAFTERS.values()),
                    *(f"{n} τ" for n in DRAFTERS.values())]  # fmt: skip
         note = (
-            "Orthrus against DFlash and EAGLE-3 in each engine that decoded Orthrus and one of them: the project's "
-            f"(orthrus-bench: {', '.join(DRAFTERS)}) and vLLM's ({', '.join(VLLM_PREFIX + d for d in DRAFTERS)}). "
-            "×: mean per-item tokens/s over that of the engine's AR baseline (speedup over) on the same items of "
-            "every suite, 95% paired bootstrap CI over items in parentheses; the project's engine's is the "
-            f"fastest AR baseline of the run, vLLM's `{VLLM_PREFIX}ar`. τ: accepted drafts + 1 per cycle, pooled "
-            "over every suite's cycles. A method run with several options counts by its fastest, named under "
-            "methods. Each method's verdict: the table below."
+            "Orthrus against DFlash and EAGLE-3 in each engine that decoded Orthrus and one of them: the "
+            f"project's (orthrus-bench: {', '.join(DRAFTERS)}) and vLLM's "
+            f"({', '.join(VLLM_PREFIX + d for d in DRAFTERS)}). ×: mean per-item tokens/s over that of the "
+            "engine's AR baseline (speedup over) on the same items of every suite, 95% paired bootstrap CI "
+            "over items in parentheses; the project's engine's is the fastest AR baseline of the run, vLLM's "
+            f"`{VLLM_PREFIX}ar`. τ: accepted drafts + 1 per cycle, pooled over every suite's cycles. A "
+            "method run with several options counts by its fastest, named under methods. Each method's "
+            "verdict: the table below."
         )
         where = f"{model}, {temperature_label(temp)}" + (f", B={batch_size}" if batch_size else "")
         tables.append(Table(f"Headline — Orthrus against DFlash and EAGLE-3 ({where})", columns, rows, note))
@@ -55,8 +56,8 @@ def drafter_tables(u: pd.DataFrame, batch_size: int | None = None) -> list[Table
 
 
 def engine_row(g: pd.DataFrame, engine: str, prefix: str, baseline: str | None) -> list[str] | None:
-    """One engine's row of drafter_tables over the units `g` of one model and temperature: None where the engine
-    did not decode its Orthrus and at least one of DFlash and EAGLE-3."""
+    """One engine's row of drafter_tables over the units `g` of one model and temperature: None where the
+    engine did not decode its Orthrus and at least one of DFlash and EAGLE-3."""
     baseline = (
         strongest_baseline(g) if baseline is None else (baseline if baseline in set(g.method) else None)
     )
@@ -74,8 +75,8 @@ def engine_row(g: pd.DataFrame, engine: str, prefix: str, baseline: str | None) 
 
 
 def fastest_label(g: pd.DataFrame, name: str, baseline: str | None) -> str | None:
-    """The label of method `name` in `g` (its only one, or the fastest over `baseline` of several; the first in
-    the report's order without a baseline); None where `g` has none."""
+    """The label of method `name` in `g` (its only one, or the fastest over `baseline` of several; the first
+    in the report's order without a baseline); None where `g` has none."""
     labels = method_order(set(g[g.method_name == name].method))
     if len(labels) < 2 or baseline is None:
         return labels[0] if labels else None
@@ -83,7 +84,7 @@ def fastest_label(g: pd.DataFrame, name: str, baseline: str | None) -> str | Non
     return max(labels, key=lambda label: -1.0 if ratios[label] is None else ratios[label])
 
 
-# -------------------------------------------------------------------------------------- cross-engine checks
+# ----------------------------------------------------------------------------------- cross-engine checks
 
 
 def cross_engine_words(labels: set[str], names: set[str]) -> str:
@@ -93,23 +94,23 @@ def cross_engine_words(labels: set[str], names: set[str]) -> str:
     engines = [m for m in AR_BASELINES[1:] if m in labels]
     if engines:
         words += (
-            f" {' and '.join(f'`{m}`' for m in engines)} against `ar`: a cross-engine check of the project's AR "
-            "(another engine decoding the same weights one token a pass); a FAIL there is a disagreement between "
-            "engines, not a method's fault."
+            f" {' and '.join(f'`{m}`' for m in engines)} against `ar`: a cross-engine check of the project's "
+            "AR (another engine decoding the same weights one token a pass); a FAIL there is a disagreement "
+            "between engines, not a method's fault."
         )
     if {VLLM_ORTHRUS, "orthrus"} <= names:
         words += (
             f" `{VLLM_ORTHRUS}` against `orthrus`: a cross-engine check of the project's Orthrus (the same "
-            "algorithm in vLLM: its token identity and accepted drafts per suite under Cross-engine check); a "
-            "difference there is a disagreement between engines, not a method's fault."
+            "algorithm in vLLM; greedy, their token identity and accepted drafts per suite under "
+            "Cross-engine check); a difference there is a disagreement between engines, not a method's fault."
         )
     return words
 
 
 def cross_engine_tables(gens: pd.DataFrame) -> list[Table]:
-    """Per model and greedy temperature, each vLLM Orthrus label against the project's (cross_engine_twin), per
-    suite on the prompts both decoded: how many are token-identical to each other and to `ar`, how many accepted
-    the same drafts in every cycle, and each one's τ with their difference."""
+    """Per model and greedy temperature, each vLLM Orthrus label against the project's (cross_engine_twin),
+    per suite on the prompts both decoded: how many are token-identical to each other and to `ar`, how many
+    accepted the same drafts in every cycle, and each one's τ with their difference."""
     tables = []
     for (model, temp), g in gens[gens.greedy.astype(bool)].groupby(["model", "temperature"], sort=True):
         for label in method_order(set(g[g.method_name == VLLM_ORTHRUS].method)):
@@ -122,21 +123,23 @@ def cross_engine_tables(gens: pd.DataFrame) -> list[Table]:
                        f"{twin} identical to ar", f"{label} identical to ar", f"{twin} τ", f"{label} τ",
                        "τ difference"]  # fmt: skip
             note = (
-                f"`{label}` decodes with `{twin}`'s algorithm in vLLM: both are lossless, so in float32 greedy "
-                "each gives `ar`'s tokens, and at the same block size they accept the same drafts in every cycle. "
-                "A difference here is a disagreement between the engines (a near-tie of the diffusion pass's "
-                "logits, whose order another engine's kernels may flip), not a method's fault: the verdicts hold "
-                "each to `ar` alone (Equivalence verdicts). Greedy generations, on the prompts both decoded; τ: "
-                "accepted drafts + 1 per cycle, pooled over cycles; τ difference: vLLM's less the project's."
+                f"`{label}` decodes with `{twin}`'s algorithm in vLLM: both are lossless, so in float32 "
+                "greedy each gives `ar`'s tokens, and at the same block size they accept the same drafts in "
+                "every cycle. A difference here is a disagreement between the engines (a near-tie of the "
+                "diffusion pass's logits, whose order another engine's kernels may flip), not a method's "
+                "fault: the verdicts hold each to `ar` alone (Equivalence verdicts). Greedy generations, on "
+                "the prompts both decoded; τ: accepted drafts + 1 per cycle, pooled over cycles; τ "
+                "difference: vLLM's less the project's."
             )
             where = f"{model}, {temperature_label(temp)}"
-            tables.append(Table(f"Cross-engine check: {label} against {twin} ({where})", columns, rows, note))
+            title = f"Cross-engine check: {label} against {twin} ({where})"
+            tables.append(Table(title, columns, rows, note))
     return tables
 
 
 def cross_engine_twin(label: str, twins: set[str]) -> str | None:
-    """The project's label a vLLM label is checked against: the one of the same options, else the default, else
-    the only one; None where none of them is in `twins`."""
+    """The project's label a vLLM label is checked against: the one of the same options, else the default,
+    else the only one; None where none of them is in `twins`."""
     same = label.removeprefix(VLLM_PREFIX)
     default = same.split(":", 1)[0]
     if same in twins or default in twins:
