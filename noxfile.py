@@ -5,8 +5,10 @@
                                           -> results/tiny, results/tiny-t1, reports/tiny
     nox -s bench-1.7b | bench-4b | bench-8b [-- RUN OPTIONS]
                                           the same on chiennv/Orthrus-Qwen3-N with the baselines over the
-                                          paper's eight Table 1 suites, on a GPU (skipped, with a message,
-                                          where no CUDA device is present)
+                                          paper's eight Table 1 suites, greedy with vLLM's methods beside
+                                          them (the `vllm` extra: Orthrus against DFlash and EAGLE-3 in both
+                                          engines), on a GPU (skipped, with a message, where no CUDA device
+                                          is present)
     nox -s bench-specbench [-- RUN OPTIONS]
                                           Spec-Bench's 480 questions on chiennv/Orthrus-Qwen3-8B (pass
                                           --model to change it) with every lossless method, greedy
@@ -35,7 +37,7 @@ import sys
 import nox
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.methods import BATCHED, OWN, is_greedy_only  # noqa: E402 (torch-free: the registry alone)
+from harness.methods import BATCHED, OWN, REGISTRY, is_greedy_only  # noqa: E402 (torch-free: the registry)
 
 nox.needs_version = ">=2025.10.14"  # download_python=
 nox.options.sessions = ["lint", "tests"]
@@ -52,6 +54,8 @@ CONTEXT_SUITE = "longctx"
 GPU_SIZES = {"1.7b": "1.7B", "4b": "4B", "8b": "8B"}
 SDAR_METHOD = "diffusion:layout=sdar:block_size=16:mask_token_id=151669"
 ALL_METHODS = list(OWN)  # every method of the project's engine (vLLM's need an extra)
+# vLLM's methods (vllm-ar, vllm-pld, vllm-eagle3, vllm-dflash, vllm-orthrus): the GPU benchmarks' greedy run's.
+VLLM_METHODS = [m.name for m in REGISTRY if m.backend == "vllm"]
 # The engine's honest baselines (orthrus_core.engine): transformers' compiled StaticCache AR, the strongest
 # off-the-shelf AR, and Orthrus on a DynamicCache as the official code writes it.
 BASELINES = ["ar-hf:cache=static", "orthrus:cache=dynamic"]
@@ -79,11 +83,12 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-def install_project(session: nox.Session) -> None:
+def install_project(session: nox.Session, extra: str | None = None) -> None:
+    """torch (TORCH_SPEC), then the project with its `extra` (an optional dependency of pyproject.toml)."""
     if session.venv_backend == "none":  # `nox --no-venv`: use the current environment, which has the project
         return
     session.install(TORCH_SPEC)
-    session.install("-e", ".")
+    session.install("-e", f".[{extra}]" if extra else ".")
 
 
 def split_out(args: list[str], default: str) -> tuple[str, list[str]]:
@@ -176,17 +181,20 @@ def require_cuda(session: nox.Session, name: str) -> None:
 def gpu_bench(session: nox.Session, size: str) -> None:
     require_cuda(session, f"bench-{size}")
     methods = ALL_METHODS + BASELINES
-    if size == "1.7b":
-        methods.remove("dflash")  # no public DFlash drafter for Qwen3-1.7B
+    # vLLM's methods join the greedy run: it answers Orthrus against DFlash and EAGLE-3 in both engines
+    vllm = list(VLLM_METHODS)
+    if size == "1.7b":  # no public DFlash drafter for Qwen3-1.7B
+        methods.remove("dflash")
+        vllm.remove("vllm-dflash")
     gpu = ["--dtype", "bfloat16", "--device", "cuda"]
     orthrus = ["--model", f"chiennv/Orthrus-Qwen3-{GPU_SIZES[size]}", *gpu]
     sdar = ["--model", f"JetLM/SDAR-{GPU_SIZES[size]}-Chat-b16", *gpu, "--methods", SDAR_METHOD]
-    install_project(session)
+    install_project(session, "vllm")  # mainline vLLM at the version the adapter is tested with, on CUDA
     bench(
         session,
         f"qwen3-{size}",
         {
-            "": [*orthrus, "--suite", GPU_SUITES, "--methods", methods_list(methods, 0)],
+            "": [*orthrus, "--suite", GPU_SUITES, "--methods", methods_list(methods + vllm, 0)],
             "-t1": [
                 *orthrus,
                 "--suite",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.records import GenerationRecord, TelemetryFields
+from harness.records import BACKEND, GenerationRecord, TelemetryFields
 from harness.store import RunInfo, open_run
 from orthrus_core import metrics
 
@@ -19,6 +19,11 @@ METHODS = {
     "eagle3": ("eagle3", True, 2.0, 2.5),
     "dflash": ("dflash", True, 3.0, 4.5),
     "diffusion": ("diffusion", False, 2.5, None),
+    # vLLM's (the backend its name says), each the algorithm of the project's method of the same name
+    "vllm-ar": ("vllm-ar", True, 1.2, None),
+    "vllm-eagle3": ("vllm-eagle3", True, 2.2, 2.5),
+    "vllm-dflash": ("vllm-dflash", True, 3.3, 4.5),
+    "vllm-orthrus": ("vllm-orthrus", True, 3.6, 6.0),
 }
 SUITES = {"tiny-math": 1024, "tiny-code": 2048}  # suite -> context bucket
 
@@ -67,6 +72,11 @@ def generation_record(
     )
     derived = dict(new_tokens=new_tokens, ar_forwards=ar_forwards, draft_forwards=draft_forwards)
     return GenerationRecord(**{**defaults, **fields, **given, **derived})
+
+
+def backend(name: str) -> str:
+    """Whose engine decodes the method `name`: vLLM's for its vLLM methods (`vllm-…`), else the project's."""
+    return "vllm" if name.startswith("vllm-") else BACKEND
 
 
 def run_info(suites=("s",), methods=("ar",), samples=1, config_hash: str = "h", **fields) -> RunInfo:
@@ -133,7 +143,15 @@ def make_run(
         git={"commit": commit, "dirty": False},
         versions={"torch": "2.13.0", "transformers": "5.24.0"},
         hardware={"cpu": "synthetic CPU", "gpus": [{"name": "synthetic GPU"}] if gpu else []},
-        methods={m: {"name": known[m][0], "lossless": known[m][1], "hash": "abcdef12"} for m in methods},
+        methods={
+            m: {
+                "name": known[m][0],
+                "lossless": known[m][1],
+                "hash": "abcdef12",
+                "backend": backend(known[m][0]),
+            }
+            for m in methods
+        },
         suites={
             s: {
                 "config": {"generation": {"temperature": temperature, "max_new_tokens": 256}},
@@ -201,6 +219,7 @@ def make_run(
                     method=label,
                     method_name=name,
                     lossless=lossless,
+                    backend=backend(name),
                     temperature=temperature,
                     context_bucket=SUITES.get(suite, 1024),
                     tags={"category": categories[i % len(categories)]} if categories else {},

@@ -142,3 +142,55 @@ def test_a_failed_verdict_does_not_stop_the_remaining_runs_or_the_report(tmp_pat
     passing.posargs = ["--out", str(tmp_path / "y")]
     noxfile.bench(passing, "y", {"": []})  # nothing failed: no error
     assert passing.commands[-1] == f"report {tmp_path}/y"
+
+
+class BenchSession(FakeSession):
+    """A GPU benchmark's session: what it installs, and the `orthrus-bench run` commands it gives."""
+
+    venv_backend = "virtualenv"
+
+    def __init__(self, out: Path):
+        super().__init__(failing=set())
+        self.posargs, self.installed, self.runs = ["--out", str(out)], [], {}
+
+    def install(self, *args):
+        self.installed.append(args)
+
+    def log(self, message):
+        pass
+
+    def run(self, *command, silent=False):
+        if command[1] == "run":  # its methods, by the run's directory suffix
+            self.runs[command[-1].removeprefix(self.posargs[1])] = command[command.index("--methods") + 1]
+        return super().run(*command, silent=silent)
+
+
+@pytest.mark.parametrize("size", ["1.7b", "8b"])
+def test_the_gpu_benchmarks_greedy_run_holds_vllms_methods(tmp_path, monkeypatch, size):
+    """bench-N installs the `vllm` extra and runs every vLLM method of the registry beside the project's in
+    its greedy run, so that its report answers Orthrus against DFlash and EAGLE-3 in both engines; at 1.7B
+    neither DFlash runs (no public drafter). The other runs (T=1, long context, SDAR) are the project's alone."""
+    sys.path.insert(0, str(REPO))
+    try:
+        import noxfile
+    finally:
+        sys.path.remove(str(REPO))
+    from harness.methods import REGISTRY
+
+    monkeypatch.setattr(noxfile, "cuda_device", lambda: "GPU 0: synthetic")
+    session = BenchSession(tmp_path / "q")
+    noxfile.gpu_bench(session, size)
+    assert session.installed == [(noxfile.TORCH_SPEC,), ("-e", ".[vllm]")]
+    assert list(session.runs) == ["", "-t1", "-context", "-sdar"]
+    greedy = session.runs[""].split(",")
+    vllm = [m.name for m in REGISTRY if m.backend == "vllm"]
+    assert {"vllm-ar", "vllm-pld", "vllm-eagle3", "vllm-dflash"} <= set(vllm)
+    assert [m for m in greedy if m.startswith("vllm-")] == [
+        m for m in vllm if size != "1.7b" or m != "vllm-dflash"
+    ]
+    assert ("dflash" in greedy) == (size != "1.7b") and {"ar", "orthrus", "eagle3"} <= set(greedy)
+    assert not any(
+        m.startswith("vllm-")
+        for suffix in ("-t1", "-context", "-sdar")
+        for m in session.runs[suffix].split(",")
+    )

@@ -34,9 +34,10 @@ ORDERED = ["ar", "ar-hf", "eagle3", "orthrus:block_size=4", "orthrus:block_size=
 
 def test_one_method_order():
     assert method_order(GIVEN) == ORDERED
-    mixed = ["diffusion", "vllm-eagle3", "somebody-else", "pld", "vllm-ar", "dflash", "eagle3", "ar"]
-    assert method_order(mixed) == ["ar", "vllm-ar", "eagle3", "vllm-eagle3", "dflash", "pld", "somebody-else",
-                                   "diffusion"]  # fmt: skip
+    mixed = ["diffusion", "vllm-orthrus", "vllm-eagle3", "somebody-else", "pld", "vllm-ar", "dflash", "orthrus",
+             "vllm-dflash", "eagle3", "ar"]  # fmt: skip
+    assert method_order(mixed) == ["ar", "vllm-ar", "eagle3", "vllm-eagle3", "dflash", "vllm-dflash", "orthrus",
+                                   "vllm-orthrus", "pld", "somebody-else", "diffusion"]  # fmt: skip
     depths = [
         "eagle3:tree=chain:depth=10",
         "eagle3:tree=chain:depth=2",

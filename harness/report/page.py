@@ -14,6 +14,7 @@ from orthrus_core.jsonfile import replace_file
 
 from .batch import batch_figures, batched
 from .distributions import acceptance_tables, latency_tables
+from .engines import cross_engine_tables, drafter_tables
 from .figures import Figure, draw_batch_figure, draw_figures, draw_sweep_figure
 from .quantize import quantization_tables
 from .runs import Run, generations, load_runs, read_json_if_present, units
@@ -40,9 +41,11 @@ from .verdicts import calibration_tables, headline_tables, verification_tables
 class Report:
     title: str
     runs: list[Run]
+    drafters: list[Table]  # the headline's first tables: Orthrus against DFlash and EAGLE-3 per engine
     headline: list[Table]
     table1: list[Table]
     figure4: list[Table]
+    cross_engine: list[Table]  # vllm-orthrus against orthrus (runs with both only)
     reproduction: list[Table]
     specbench: list[Table]
     sweeps: list  # τ, TPF and speedup against a swept method option, tables and figure (`run --sweep`)
@@ -70,6 +73,7 @@ class Report:
             )
         calibration = self.calibration or ["no calibration table (reports/calibration.json)"]
         headline = [
+            *self.drafters,
             *self.headline,
             *(
                 ["not verified: " + ", ".join(self.unverified) + " (no verdicts.json)"]
@@ -78,6 +82,7 @@ class Report:
             ),
         ]
         optional = [
+            ("Cross-engine check", self.cross_engine),
             ("Sweeps", self.sweeps),
             ("Independent reproduction", self.reproduction),
             ("Spec-Bench", self.specbench),
@@ -210,9 +215,11 @@ def build_report(run_dirs: list[str], out: str | Path, title: str | None = None,
     return Report(
         title=title or f"orthrus-bench report: {', '.join(str(r.directory) for r in runs)}",
         runs=runs,
+        drafters=drafter_tables(u, batch_size_of(gens)),
         headline=headline_tables(u, runs, batch_size_of(gens)),
         table1=table1(gens, by_slice, u),
         figure4=figure4_tables(u),
+        cross_engine=cross_engine_tables(gens),
         reproduction=reproduction_tables(u),
         specbench=specbench_tables(u),
         sweeps=[*sweep_tables(swept), *([sweep_figure] if sweep_figure else [])],

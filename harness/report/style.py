@@ -12,6 +12,9 @@ DRAFT_ORDER = ["eagle3", "dflash", "orthrus"]
 REGISTRY_ORDER = ["ar", "ar-hf", "orthrus", "eagle3", "dflash", "pld", "diffusion"]
 LOSSY = {"diffusion"}
 BASELINES = ("ar", "ar-hf")
+# A vLLM method is named after the project's method it runs in vLLM (`vllm-orthrus`: Orthrus' diffusion view as
+# a vLLM speculative method), and sorts right after it.
+VLLM_PREFIX = "vllm-"
 
 
 def temperature_label(t: float) -> str:
@@ -34,7 +37,7 @@ def method_order(methods) -> list[str]:
 
     def rank(label: str):
         name = label.split(":", 1)[0]
-        base = name.removeprefix("vllm-")
+        base = name.removeprefix(VLLM_PREFIX)
         if base in BASELINES:
             group, position = 0, BASELINES.index(base)
         elif base in DRAFT_ORDER:

@@ -11,6 +11,7 @@ from pathlib import Path, PurePath
 
 import pandas as pd
 
+from .engines import cross_engine_words
 from .runs import Run, read_json_if_present
 from .style import method_order, temperature_label
 from .tables import AR_BASELINES, Table, fmt, speedup_over, strongest_baseline
@@ -355,13 +356,7 @@ def headline_tables(u: pd.DataFrame, runs: list[Run], batch_size: int | None = N
             if baseline
             else "No AR baseline in the run: no speedup. lossless?: verify's verdict (Equivalence verdicts)."
         )
-        engines = [m for m in AR_BASELINES[1:] if m in set(g.method)]
-        if engines:
-            note += (
-                f" {' and '.join(f'`{m}`' for m in engines)} against `ar`: a cross-engine check of the project's "
-                "AR (another engine decoding the same weights one token a pass); a FAIL there is a disagreement "
-                "between engines, not a method's fault."
-            )
+        note += cross_engine_words(set(g.method), set(g.method_name))
         where = f"{model}, {temperature_label(temp)}" + (f", B={batch_size}" if batch_size else "")
         tables.append(Table(f"Headline ({where})", columns, rows, note))
     return tables
