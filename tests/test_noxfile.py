@@ -184,7 +184,7 @@ def test_the_gpu_benchmarks_greedy_run_holds_vllms_methods(tmp_path, monkeypatch
     assert list(session.runs) == ["", "-t1", "-context", "-sdar"]
     greedy = session.runs[""].split(",")
     vllm = [m.name for m in REGISTRY if m.backend == "vllm"]
-    assert {"vllm-ar", "vllm-pld", "vllm-eagle3", "vllm-dflash"} <= set(vllm)
+    assert {"vllm-ar", "vllm-pld", "vllm-eagle3", "vllm-dflash", "vllm-orthrus"} <= set(vllm)
     assert [m for m in greedy if m.startswith("vllm-")] == [
         m for m in vllm if size != "1.7b" or m != "vllm-dflash"
     ]
