@@ -114,6 +114,24 @@ def test_bad_options_are_refused_when_the_decoder_is_made(tiny, spec, match):
         make_decoder(spec, tiny)
 
 
+@needs_vllm
+@pytest.mark.parametrize("spec", ["vllm-ar", "vllm-ar:gpu_memory_utilization=0.5"])
+def test_on_a_gpu_an_engine_takes_what_is_free_beside_the_target_unless_told(tiny, monkeypatch, spec):
+    """vLLM refuses to start where less than its fraction of the whole device is free, and this process holds
+    the target on the same GPU: the default fraction is 0.9 of what is free (faked: 30 of 80 GiB)."""
+    started, emptied = [], []
+    decoder = make_decoder(spec, tiny)
+    monkeypatch.setattr(type(decoder), "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (30 << 30, 80 << 30))
+    monkeypatch.setattr(vllm_methods, "VllmEngine", lambda args: started.append(dict(args)))
+    decoder.start()
+    expected = 0.5 if "=" in spec else round(0.9 * 30 / 80, 4)
+    assert started[0]["gpu_memory_utilization"] == expected
+    assert decoder.engine_config["engine_args"]["gpu_memory_utilization"] == expected  # what run.json records
+    assert emptied == ([] if "=" in spec else [True])
+
+
 def test_parallel_sizes_need_a_vllm_method():
     with pytest.raises(ValueError, match="vLLM's"):
         RunSpec(methods=["ar"], tensor_parallel_size=2).check()

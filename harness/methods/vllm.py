@@ -56,7 +56,8 @@ INSTALL = (
 )
 # Every vLLM method's engine options (a method module adds its own): the longest sequence (None: the target's
 # max_position_embeddings), the KV cache in GiB (None: 1 GiB on a CPU, vLLM's own sizing from
-# gpu_memory_utilization on a GPU), vLLM's memory fraction (None: vLLM's default).
+# gpu_memory_utilization on a GPU), vLLM's memory fraction (None: on a GPU, 0.9 of what is free when the engine
+# starts, `sharing_fraction`).
 ENGINE_OPTIONS = {
     "max_model_len": (int, None),
     "kv_cache_gib": (float, None),
@@ -291,6 +292,22 @@ class Speculation:
     draft_kv_bytes_per_position: int = 0  # the drafter's own KV cache (EAGLE-3's layer, DFlash's layers)
 
 
+# What an engine leaves free of the memory it finds: vLLM's own margin at its default fraction (0.9).
+GPU_HEADROOM = 0.9
+
+
+def sharing_fraction(device) -> float:
+    """vLLM's `gpu_memory_utilization` for an engine on a GPU this process already uses: vLLM sizes itself as a
+    fraction of the device's whole memory and refuses to start where less than that is free, so at its default
+    (0.9) it cannot start beside the target this process holds (16 GB for Qwen3-8B in bf16). The fraction is
+    GPU_HEADROOM of what is free once this process's allocator has returned its unused blocks."""
+    import torch
+
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(device)
+    return round(GPU_HEADROOM * free / total, 4)
+
+
 def kv_bytes_per_position(config, dtype_bytes: int) -> int:
     """K and V of every layer of a (transformers) config, per position."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -332,13 +349,20 @@ class VLLMDecoder(Decoder):
 
     def start(self) -> None:
         if self._engine is None:
+            args = self.engine_config["engine_args"]
+            if self.device.type == "cuda" and "gpu_memory_utilization" not in args:
+                args["gpu_memory_utilization"] = sharing_fraction(self.device)  # recorded: run.json has args
             try:
-                self._engine = VllmEngine(self.engine_config["engine_args"])
+                self._engine = VllmEngine(args)
             except Exception as exc:
                 raise VLLMError(
                     f"{self.label}: vLLM {self.engine_config['version']} refused to start "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
+
+    @property
+    def device(self):
+        return self.target.model.lm_head.weight.device
 
     @property
     def engine(self) -> VllmEngine:
