@@ -1,12 +1,14 @@
 """`orthrus-bench run`: (suites × methods × model × settings) -> one record per generation, with provenance.
 
-Order of work: every check that can fail (suites, data, methods, checkpoints, tokenizer) happens before the
-first generation. Then every method's warm-up (not recorded: a few short generations and, where passes compile
-per shape, every shape the run's first turns will reach), then the work units: one unit is one item (all its
-turns) by one method for one sample. Items are the outer loop and methods the inner one, so a run stopped
-early still compares every method on the same prompts (a batched run: methods outer, each warmed up just
-before its batches). `--shard i/n` keeps shard i of n, the items balanced by expected cost (launch.py;
-shards.py joins shard directories back into one run).
+Order of work: every check that can fail (suites, data, methods, checkpoints, tokenizer, what vLLM refuses to
+start) happens before the first generation. Then every method's warm-up (not recorded: a few short generations
+and, where passes compile per shape, every shape the run's first turns will reach), then the work units: one
+unit is one item (all its turns) by one method for one sample. Items are the outer loop and methods the inner
+one, so a run stopped early still compares every method on the same prompts (a batched run: methods outer, each
+warmed up just before its batches). A vLLM method's engine is alive only through its own warm-up and units, one
+engine at a time and never beside the project's methods: each vLLM method decodes after them, as a phase of its
+own (`decode_all`). `--shard i/n` keeps shard i of n, the items balanced by expected cost (launch.py; shards.py
+joins shard directories back into one run).
 
 One request path (`decode_units`): every method decodes through its decoder's `decode`, each turn a request;
 batch size 1 is one row, each request a decode of its own. Measures, telemetry and records hang off each
@@ -24,7 +26,7 @@ import dataclasses
 import logging
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -33,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from harness.methods import BATCHED, is_batched, make_decoder
+from harness.methods import BACKEND, BATCHED, is_batched, make_decoder
 from harness.methods.base import Decoder
 from harness.methods.target import Target, load_target, torch_dtype
 from harness.options import check_device, check_length, check_memory
@@ -138,22 +140,39 @@ def prepare(spec: RunSpec, shard: tuple[int, int] = (0, 1), device: str | None =
             for role, path in decoder.checkpoints.items():
                 if Path(path) != Path(target.path):
                     model_records.append(model_provenance(f"{label}:{role}", label, Path(path)))
-        # Last, the slow part: the vLLM engines start, and what vLLM refuses fails here.
+        # Last, the slow part: each engine outside this process (vLLM's) started and shut down again, one at a
+        # time, so that what vLLM refuses fails here, before anything is timed. Its engine core finds most of it
+        # as it loads the model and the draft and sizes the KV cache, which its arguments alone do not tell
+        # without redoing vLLM's own rules; a start costs 21 s (vllm-ar) to 28 s (vllm-dflash) and a shutdown
+        # 5 s on the tiny family on 2 CPU cores, once per vLLM method. `decode_all` starts it again for its phase.
         for decoder in decoders.values():
             decoder.start()
+            decoder.close()
     except BaseException:
-        close(decoders)
+        close(decoders.values())
         raise
     return Prepared(spec, target, decoders, suites, items, nvml, model_records)
 
 
-def close(decoders: dict[str, Decoder]) -> None:
+def close(decoders: Iterable[Decoder]) -> None:
     """Release what the decoders hold outside this process (the vLLM methods' engines)."""
-    for decoder in decoders.values():
+    for decoder in decoders:
         try:
             decoder.close()
         except Exception as exc:  # a decoder that cannot close must not hide why the run ended
             logger.warning("%s: close failed (%s: %s)", decoder.label, type(exc).__name__, exc)
+
+
+@contextlib.contextmanager
+def alive(decoders: list[Decoder]):
+    """The decoders' engines outside this process (vLLM's) started for the block and shut down however it ends
+    (an error, an interrupt); the project's decoders have none."""
+    try:
+        for decoder in decoders:
+            decoder.start()
+        yield
+    finally:
+        close(decoders)
 
 
 def check_fits(
@@ -516,11 +535,7 @@ def execute(
             f"the prepared target is quantized {p.target.quantize or 'not at all'}, the run asks for "
             f"--quantize {spec.quantize}: prepare it with the same spec"
         )
-    try:
-        return _execute(spec, out, p, resume, retry_failed, shard, progress, launch)
-    finally:
-        if prepared is None:  # the decoders this call built: their engines end with it
-            close(p.decoders)
+    return _execute(spec, out, p, resume, retry_failed, shard, progress, launch)
 
 
 @dataclass
@@ -589,10 +604,14 @@ def _execute(spec, out, p: Prepared, resume, retry_failed, shard, progress, laun
 
 
 def decode_all(work: Work, todo: list, shown: Reporter) -> None:
-    """The work units in `todo`, each method warmed up before its first (`warm_up`), all through `decode_units`.
-    Decoded alone (no --batch-size): every method's warm-up first, then the units one at a time, items outer
-    and methods inner, so that a run stopped early still compares every method on the same prompts. Batched:
-    methods outer, each warmed up just before its batches, and a suite's units in one decode."""
+    """The work units in `todo` in phases (`phases`), each method warmed up before its first (`warm_up`), all
+    through `decode_units`. A phase's engines outside this process (a vLLM method's) are started just before its
+    warm-ups and shut down after its last unit (`alive`), so that one at most is alive at any time and none while
+    a method of the project's engine decodes or warms up; a phase with no unit left (a resumed run) starts none.
+    Decoded alone (no --batch-size): first the project's methods, every warm-up before the first timed generation,
+    then the units one at a time, items outer and methods inner, so that a run stopped early still compares every
+    method on the same prompts; then each vLLM method in turn, as a phase of its own, its units in item order.
+    Batched: methods outer, each a phase, warmed up just before its batches, and a suite's units in one decode."""
     spec, p = work.spec, work.p
 
     def warmed_up(label: str) -> None:
@@ -603,18 +622,30 @@ def decode_all(work: Work, todo: list, shown: Reporter) -> None:
         with work.compiles.during(label, "warmup"):
             warm_up(p, spec, label, work.settings, todo)
 
-    if spec.batch_size is None:
-        for label in p.decoders:  # every method's warm-up before the first timed generation
-            warmed_up(label)
-        for suite, item, sample, label in todo:
-            decode_units(work, label, suite, [(item, sample)])
-        return
-    for label in p.decoders:
-        warmed_up(label)
-        for suite in p.suites:
-            mine = [(item, sample) for s, item, sample, lbl in todo if s is suite and lbl == label]
-            if mine:
-                decode_units(work, label, suite, mine)
+    for labels in phases(p.decoders, batched=spec.batch_size is not None):
+        units = [u for u in todo if u[3] in labels]
+        with alive([p.decoders[label] for label in labels] if units else []):
+            for label in labels:  # every warm-up of the phase before its first timed generation
+                warmed_up(label)
+            if spec.batch_size is None:
+                for suite, item, sample, label in units:
+                    decode_units(work, label, suite, [(item, sample)])
+            else:
+                (label,) = labels
+                for suite in p.suites:
+                    mine = [(item, sample) for s, item, sample, _ in units if s is suite]
+                    if mine:
+                        decode_units(work, label, suite, mine)
+
+
+def phases(decoders: dict[str, Decoder], batched: bool) -> list[list[str]]:
+    """The run's methods (labels) in the groups `decode_all` runs one after another. Alone: the project's
+    methods together, their units interleaved, then each method of another engine (vLLM) alone, so that its
+    engine lives only through its own units. Batched: every method alone, in the order the run lists them."""
+    if batched:
+        return [[label] for label in decoders]
+    own = [label for label, decoder in decoders.items() if decoder.backend == BACKEND]
+    return [own] + [[label] for label, decoder in decoders.items() if decoder.backend != BACKEND]
 
 
 def decode_units(work: Work, label: str, suite: Suite, units: list[tuple[SuiteItem, int]]) -> None:
