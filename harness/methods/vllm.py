@@ -1,9 +1,10 @@
 """vLLM beside the project's engine: the engine users deploy, decoding the same prompts into the same records.
 
-`vllm-ar`, `vllm-pld`, `vllm-eagle3`, `vllm-dflash` and `vllm-orthrus` (one thin module each: their OPTIONS and the
-speculative config they give vLLM; Orthrus' model and draft inside vLLM are vllm_orthrus_model.py's) are decoders of this module's `VLLMDecoder`, which holds one vLLM engine (`AsyncLLM`) per
-method and run, started when the decoder is built, so that a model or a draft vLLM refuses fails before the
-first generation. A request is one `generate` call, or one `Request` of `decode(next_request, rows=B)`, which
+`vllm-ar`, `vllm-pld`, `vllm-eagle3`, `vllm-dflash` and `vllm-orthrus` (one thin module each: their OPTIONS and
+the speculative config they give vLLM; Orthrus' model and draft inside vLLM are vllm_orthrus_model.py's) are
+decoders of this module's `VLLMDecoder`, which holds one vLLM engine (`AsyncLLM`) while it is started
+(`start()`, `close()`): the runner starts and shuts down each once before anything is timed, so that a model or a
+draft vLLM refuses fails first, and again for the method's own phase of the run, one engine alive at a time. A request is one `generate` call, or one `Request` of `decode(next_request, rows=B)`, which
 keeps B requests in flight (`--batch-size` / `--batch-sizes` are concurrent requests; vLLM batches them itself).
 
 What a record holds, from vLLM's own per-request figures: the output token ids (the stop token included, as the
