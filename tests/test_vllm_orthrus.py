@@ -162,5 +162,6 @@ def test_a_run_of_vllm_orthrus_beside_orthrus_is_recorded_and_verified(tmp_path,
     run = json.loads((out / "run.json").read_text())
     args = run["methods"]["vllm-orthrus"]["engine_config"]["engine_args"]
     assert args["speculative_config"]["method"] == "dflash" and args["model"] == str(DEFAULT_MODEL)
+    assert args["speculative_config"]["draft_sample_method"] == "probabilistic"  # at T > 0, drafts from q
     verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
     assert {v["method"]: v["verdict"] for v in verdicts} == {"orthrus": "PASS", "vllm-orthrus": "PASS"}

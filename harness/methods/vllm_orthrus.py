@@ -73,7 +73,14 @@ def build(target, label, options):
     if problem := version_problem(vllm.import_vllm().__version__):
         raise vllm.VLLMError(f"{label}: {problem}")
     speculation = vllm.Speculation(
-        dict(method="dflash", model=str(draft_view(directory)), num_speculative_tokens=block_size - 1),
+        dict(
+            method="dflash",
+            model=str(draft_view(directory)),
+            num_speculative_tokens=block_size - 1,
+            # at T > 0 drafts sampled from the diffusion view's q and verified against it, as `orthrus` drafts
+            # (vLLM's default takes the argmax and verifies a one-hot q: lossless too, fewer drafts accepted)
+            draft_sample_method="probabilistic",
+        ),
         draft_forwards_per_step=1,  # one diffusion pass per step; its K/V lives in the target's cache
     )
     options = dict(options, block_size=block_size)
