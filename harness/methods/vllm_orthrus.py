@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from orthrus_core.checkpoint import ORTHRUS_ARCHITECTURES, read_json
+from orthrus_core.checkpoint import read_json
 from orthrus_core.jsonfile import write_json
 
 from . import vllm
@@ -28,11 +28,11 @@ def draft_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     the target's), written once per config into `cache`/vllm/."""
     from safetensors.torch import save_file
 
-    from .vllm_plugin import MODELS
+    from .vllm_plugin import DRAFT_ARCHITECTURE
 
     raw = read_json(Path(directory) / "config.json")
     config = {k: v for k, v in raw.items() if k != "auto_map"}
-    config["architectures"] = [a for a in MODELS if a != "OrthrusLM"]
+    config["architectures"] = [DRAFT_ARCHITECTURE]
     # DFlash's proposer always has the target keep some layers' states for the draft; the diffusion view reads
     # none, so the fewest: one layer's.
     config["dflash_config"] = {
@@ -44,28 +44,22 @@ def draft_view(directory: str | os.PathLike, cache: Path | None = None) -> Path:
     out = (
         Path(cache or vllm.CACHE) / "vllm" / f"orthrus-draft-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     )
-    if (out / "config.json").is_file():
-        return out
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({}, tmp / "model.safetensors", metadata={"format": "pt"})
-    write_json(tmp / "config.json", config)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process wrote the same view meanwhile
-        pass
-    return out
+
+    def write(tmp: Path) -> None:
+        save_file({}, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "config.json", config)
+
+    return vllm.published(out, write)
 
 
 def build(target, label, options):
-    directory = Path(target.path)
-    raw = read_json(directory / "config.json")
-    if not set(raw.get("architectures") or []) & ORTHRUS_ARCHITECTURES or "mask_token_id" not in raw:
+    directory, model = Path(target.path), target.model
+    if not model.has_diffusion_view:
         raise vllm.VLLMError(
-            f"{label}: {directory} is not an Orthrus checkpoint (architectures {raw.get('architectures')}); "
+            f"{label}: {directory} is not an Orthrus checkpoint (architectures {model.config.architectures}); "
             "vllm-orthrus drafts with the target's own diffusion view: give --model an Orthrus checkpoint"
         )
-    block_size = options["block_size"] or int(raw["block_size"])
+    block_size = options["block_size"] or model.block_size
     if block_size < 2:
         raise ValueError(f"{label}: block_size must be >= 2, got {block_size}")
     from .vllm_plugin import version_problem

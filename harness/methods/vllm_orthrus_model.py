@@ -34,10 +34,7 @@ from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLine
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 from vllm.model_executor.models.qwen3_dflash import DFlashQwen3ForCausalLM
 
-from .vllm_plugin import check_version
-
-ORTHRUS_ARCHITECTURE = "OrthrusLM"
-DRAFT_ARCHITECTURE = "DFlashOrthrusDiffusionView"  # EAGLEConfig renames a DFlash draft not named DFlash*
+from .vllm_plugin import TARGET_ARCHITECTURE, check_version
 
 
 class OrthrusForCausalLM(Qwen3ForCausalLM):
@@ -148,15 +145,14 @@ class OrthrusDiffusionView(DFlashQwen3ForCausalLM):
         target_config = vllm_config.model_config.hf_config
         n_layers = target_config.num_hidden_layers
         names = [f"model.layers.{i}.self_attn.attn" for i in range(n_layers)]
-        found = context.get(names[0])
-        target = getattr(found, "orthrus_model", lambda: None)()
+        first = context.get(names[0])
+        target = getattr(first, "orthrus_model", lambda: None)()
         if target is None:
             raise ValueError(
                 "the Orthrus diffusion view drafts for an Orthrus target: load the target checkpoint with "
-                f"architectures [{ORTHRUS_ARCHITECTURE!r}] (the orthrus-bench vLLM plugin registers it)"
+                f"architectures [{TARGET_ARCHITECTURE!r}] (the orthrus-bench vLLM plugin registers it)"
             )
         self._target = weakref.ref(target)
-        first = context[names[0]]
         attention = [
             Attention(
                 first.num_heads,

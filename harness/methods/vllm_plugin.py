@@ -9,9 +9,13 @@ from __future__ import annotations
 # same version number as mainline.
 SUPPORTED_VLLM = ("0.32.0",)
 
+TARGET_ARCHITECTURE = "OrthrusLM"  # the published checkpoints'
+DRAFT_ARCHITECTURE = (
+    "DFlashOrthrusDiffusionView"  # vLLM's EAGLEConfig renames a DFlash draft not named DFlash*
+)
 MODELS = {
-    "OrthrusLM": "harness.methods.vllm_orthrus_model:OrthrusForCausalLM",
-    "DFlashOrthrusDiffusionView": "harness.methods.vllm_orthrus_model:OrthrusDiffusionView",
+    TARGET_ARCHITECTURE: "harness.methods.vllm_orthrus_model:OrthrusForCausalLM",
+    DRAFT_ARCHITECTURE: "harness.methods.vllm_orthrus_model:OrthrusDiffusionView",
 }
 
 
